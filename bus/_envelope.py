@@ -1,0 +1,149 @@
+"""The event envelope: CloudEvents 1.0 structured JSON, validated against a versioned schema.
+
+`parse_event` is the one door events come in through. It either returns an `Event` or raises
+`InvalidEvent` with a reason a person can act on; the caller decides where the bad bytes go (the DLQ).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "v1"
+DATA_SCHEMA_URI = "https://rtem.dev/schemas/event/v1.json"
+MAX_EVENT_BYTES = 1024 * 1024
+SEVERITIES = ("info", "warning", "error", "critical")
+SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
+
+
+class InvalidEvent(ValueError):
+    """Bytes that are not an rtem event; `reason` says why, `event_id` is set when one could be read."""
+
+    def __init__(self, reason: str, event_id: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.event_id = event_id
+
+
+class Event(BaseModel):
+    """One validated event. `time` is event time (UTC); windows and correlation use it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    source: str
+    type: str
+    time: datetime
+    subject: str
+    severity: str = "info"
+    message: str = ""
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ts(self) -> float:
+        """Event time as POSIX seconds, the unit windows are measured in."""
+        return self.time.timestamp()
+
+    def to_cloudevent(self) -> dict[str, Any]:
+        return {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": format_time(self.time),
+            "subject": self.subject,
+            "datacontenttype": "application/json",
+            "dataschema": DATA_SCHEMA_URI,
+            "data": {"severity": self.severity, "message": self.message, "attributes": self.attributes},
+        }
+
+
+def parse_event(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
+    """Decode, upcast and validate one structured CloudEvent."""
+    size = len(raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw)
+    if size > max_bytes:
+        raise InvalidEvent(f"event is {size} bytes, over the {max_bytes}-byte limit")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidEvent(f"not valid UTF-8 at byte {exc.start}") from None
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(doc, dict):
+        raise InvalidEvent(f"not a JSON object but a {type(doc).__name__}")
+    return event_from_dict(doc)
+
+
+def event_from_dict(doc: dict[str, Any]) -> Event:
+    event_id = doc.get("id") if isinstance(doc.get("id"), str) else None
+    doc = upcast(doc)
+    validator = _validator()
+    if not validator.is_valid(doc):
+        error = min(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), e.message))
+        where = "/" + "/".join(str(p) for p in error.absolute_path)
+        raise InvalidEvent(f"schema {SCHEMA_VERSION}: {error.message} at {where}", event_id)
+    try:
+        time = parse_time(doc["time"])
+    except ValueError:
+        raise InvalidEvent(f"time {doc['time']!r} is not an RFC 3339 timestamp", event_id) from None
+    data = doc["data"]
+    attributes = data.get("attributes") or {}
+    return Event(
+        id=doc["id"],
+        source=doc["source"],
+        type=doc["type"],
+        time=time,
+        subject=doc["subject"],
+        severity=data["severity"],
+        message=data.get("message", ""),
+        attributes=attributes,
+    )
+
+
+_V0_LEVELS = {"debug": "info", "info": "info", "warn": "warning", "warning": "warning",
+              "err": "error", "error": "error", "crit": "critical", "critical": "critical", "fatal": "critical"}
+
+
+def upcast(doc: dict[str, Any]) -> dict[str, Any]:
+    """Bring older data shapes up to v1 so the rest of rtem sees one shape.
+
+    v0 (before `dataschema` was set) carried `data.level` with syslog-like names instead of
+    `data.severity`; it is renamed and mapped here. Unknown levels are left for the schema to reject.
+    """
+    data = doc.get("data")
+    if isinstance(data, dict) and "severity" not in data and "level" in data:
+        level = data["level"]
+        data = {**data, "severity": _V0_LEVELS.get(str(level).lower(), level)}
+        del data["level"]
+        doc = {**doc, "data": data}
+    return doc
+
+
+def parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("no time zone")
+    return value.astimezone(timezone.utc)
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@lru_cache(maxsize=1)
+def event_schema() -> dict[str, Any]:
+    return json.loads(resources.files("bus").joinpath("schemas/event.v1.json").read_text("utf-8"))
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(event_schema())

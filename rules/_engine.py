@@ -1,0 +1,181 @@
+"""The one adapter over durable-rules. Nothing else in rtem imports `durable`.
+
+durable-rules is unmaintained since 2020 and does not import on Python 3.13, so it stays behind this
+small surface: a `Condition` language (plain data, shared by detection and guardrail files) compiled
+into one durable-rules ruleset, and `CompiledRuleset.match(fact)`, which returns the ids of *every*
+rule whose condition holds. Facts (not events) are asserted so that one input can fire many rules;
+each is retracted right after, so the engine keeps no state between calls: windows and counters are
+ours, in event time, because durable-rules' own timers run on the wall clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from durable import engine as _durable_engine
+from durable.lang import m, ruleset, when_all, assert_fact, retract_fact
+
+OPERATORS = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "exists", "matches")
+_ruleset_counter = itertools.count(1)
+_lock = threading.Lock()
+
+
+class ConditionError(ValueError):
+    """A condition that cannot be compiled; `path` says where inside the condition."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.reason = message
+
+
+def compile_condition(condition: Mapping[str, Any], fields: dict[str, str], path: str = "match"):
+    """Turn a condition mapping into a durable-rules expression.
+
+    A condition maps field paths (dotted, e.g. `attributes.host.name` is looked up as the key
+    `host.name` under `attributes` when that key exists) to either a literal (equality) or a
+    mapping of operators. The keys `all` and `any` take lists of nested conditions. An empty
+    condition matches every fact.
+    """
+    if not isinstance(condition, Mapping):
+        raise ConditionError("a condition is a mapping of fields to values or operators", path)
+    terms = []
+    for key, spec in condition.items():
+        where = f"{path}.{key}"
+        if key in ("all", "any"):
+            if not isinstance(spec, list) or not spec:
+                raise ConditionError(f"'{key}' takes a non-empty list of conditions", where)
+            parts = [compile_condition(c, fields, f"{where}[{i}]") for i, c in enumerate(spec)]
+            expr = parts[0]
+            for part in parts[1:]:
+                expr = (expr & part) if key == "all" else (expr | part)
+            terms.append(expr)
+            continue
+        slot = fields.setdefault(str(key), f"f{len(fields)}")
+        ref = getattr(m, slot)
+        if not isinstance(spec, Mapping):
+            terms.append(ref == _literal(spec, where))
+            continue
+        if not spec:
+            raise ConditionError("an operator mapping needs at least one operator", where)
+        for op, value in spec.items():
+            terms.append(_operator(ref, str(op), value, f"{where}.{op}"))
+    if not terms:
+        return m.rtem == 1  # every fact carries rtem=1; durable-rules has no plain "true"
+    expr = terms[0]
+    for term in terms[1:]:
+        expr = expr & term
+    return expr
+
+
+def _operator(ref, op: str, value: Any, where: str):
+    if op == "eq":
+        return ref == _literal(value, where)
+    if op == "ne":
+        return ref != _literal(value, where)
+    if op in ("in", "not_in"):
+        if not isinstance(value, list) or not value:
+            raise ConditionError(f"'{op}' takes a non-empty list", where)
+        values = [_literal(v, where) for v in value]
+        if op == "in":
+            expr = ref == values[0]
+            for v in values[1:]:
+                expr = expr | (ref == v)
+            return expr
+        expr = ref != values[0]
+        for v in values[1:]:
+            expr = expr & (ref != v)
+        return expr
+    if op in ("lt", "lte", "gt", "gte"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConditionError(f"'{op}' compares with a number, not {value!r}", where)
+        return {"lt": ref < value, "lte": ref <= value, "gt": ref > value, "gte": ref >= value}[op]
+    if op == "exists":
+        if not isinstance(value, bool):
+            raise ConditionError("'exists' takes true or false", where)
+        # durable-rules' own absence test (-m.x) re-fires forever on facts; use a presence flag.
+        return getattr(m, f"{ref._name}_present") == int(value)
+    if op == "matches":
+        if not isinstance(value, str):
+            raise ConditionError("'matches' takes a regular expression string", where)
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ConditionError(f"bad regular expression: {exc}", where) from None
+        return ref.matches(value)
+    raise ConditionError(f"unknown operator '{op}'; use one of {', '.join(OPERATORS)}", where)
+
+
+def _literal(value: Any, where: str):
+    if isinstance(value, str | int | float | bool):
+        return value
+    raise ConditionError(f"compares with a string, number or boolean, not {type(value).__name__}", where)
+
+
+class CompiledRuleset:
+    """Conditions by rule id, compiled into one durable-rules ruleset.
+
+    `match(fact)` asserts the fact, collects every rule that fired, retracts it, and returns the
+    ids in the order the rules were given.
+    """
+
+    def __init__(self, conditions: Mapping[str, Mapping[str, Any]], name: str = "rtem"):
+        self.fields: dict[str, str] = {}
+        self.order = {rule_id: i for i, rule_id in enumerate(conditions)}
+        self.name = f"{re.sub(r'[^A-Za-z0-9_]', '_', name)}_{next(_ruleset_counter)}"
+        self._hits: list[str] = []
+        compiled = {}
+        for rule_id, condition in conditions.items():
+            compiled[rule_id] = compile_condition(condition or {}, self.fields)
+        self._facts = itertools.count(1)
+        if not compiled:
+            return
+        with _lock, ruleset(self.name):
+            for rule_id, expr in compiled.items():
+                when_all(expr)(self._recorder(rule_id))
+
+    def _recorder(self, rule_id: str):
+        def fired(_c):
+            self._hits.append(rule_id)
+        fired.__name__ = f"rule_{self.order[rule_id]}"
+        return fired
+
+    def match(self, fact: Mapping[str, Any]) -> list[str]:
+        if not self.order:
+            return []
+        flat: dict[str, Any] = {"id": next(self._facts), "rtem": 1}
+        for path, slot in self.fields.items():
+            value = lookup(fact, path)
+            flat[f"{slot}_present"] = int(value is not None)
+            if value is not None:
+                flat[slot] = value
+        with _lock:
+            self._hits = []
+            try:
+                assert_fact(self.name, flat)
+            except _durable_engine.MessageNotHandledException:
+                pass  # no rule matched, so the engine kept nothing
+            else:
+                retract_fact(self.name, flat)
+            hits = self._hits
+        return sorted(set(hits), key=self.order.__getitem__)
+
+
+def lookup(fact: Mapping[str, Any], path: str) -> Any:
+    """Find a dotted path in nested mappings; a key that itself has dots wins (`host.name`)."""
+    if path in fact:
+        return fact[path]
+    head, _, rest = path.partition(".")
+    while rest:
+        node = fact.get(head)
+        if isinstance(node, Mapping):
+            found = lookup(node, rest)
+            if found is not None:
+                return found
+        more, _, rest = rest.partition(".")
+        head = f"{head}.{more}"
+    return None
