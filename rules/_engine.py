@@ -98,7 +98,7 @@ def _operator(ref, op: str, value: Any, where: str):
         if not isinstance(value, bool):
             raise ConditionError("'exists' takes true or false", where)
         # durable-rules' own absence test (-m.x) re-fires forever on facts; use a presence flag.
-        return getattr(m, f"{ref._name}_present") == int(value)
+        return getattr(m, f"{ref._left}_present") == int(value)
     if op == "matches":
         if not isinstance(value, str):
             raise ConditionError("'matches' takes a regular expression string", where)
