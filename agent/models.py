@@ -1,0 +1,48 @@
+"""The agent's domain objects: incidents, ranked root causes and decision records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class RootCause(BaseModel):
+    """One ranked hypothesis: which entity is at fault, how sure we are, and on what evidence."""
+
+    entity: str
+    fault_type: str = "unknown"
+    confidence: float = Field(ge=0.0, le=1.0)
+    evidence: list[str] = Field(default_factory=list, description="event ids, strongest first")
+    explanation: str = ""
+
+
+class Incident(BaseModel):
+    """A group of events that one disruption explains, correlated by event time and topology."""
+
+    id: str
+    opened_at: datetime
+    updated_at: datetime
+    status: str = "open"
+    severity: str = "warning"
+    entities: list[str] = Field(default_factory=list)
+    event_count: int = 0
+    detections: list[str] = Field(default_factory=list, description="ids of detection rules that fired")
+
+
+class DecisionRecord(BaseModel):
+    """One append-only entry of the audit log, hash-chained to the one before it."""
+
+    seq: int
+    at: datetime
+    incident_id: str | None = None
+    kind: str
+    node: str = ""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    decision: dict[str, Any] = Field(default_factory=dict)
+    reasons: list[str] = Field(default_factory=list)
+    evidence: list[str] = Field(default_factory=list)
+    versions: dict[str, str] = Field(default_factory=dict)
+    prev_hash: str
+    hash: str
