@@ -1,0 +1,308 @@
+"""Publishing to and consuming from JetStream, with dead letters for what cannot be used.
+
+The consumer owns the envelope check: bytes that are not an rtem event never reach the agent; they
+go to the DLQ with the reason and the original bytes, and only then are they acked. Events the
+handler cannot process are redelivered up to `max_deliver` times, then dead-lettered the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from ._envelope import Event, InvalidEvent, parse_event
+from ._streams import (AUDIT, DLQ, EVENTS, TRIAGE, BusSettings, event_subject, stream_configs,
+                       triage_consumer)
+
+log = logging.getLogger("rtem.bus")
+
+Handler = Callable[[list[Event]], Awaitable[Mapping[str, str] | None]]
+"""Gets a batch of valid events; returns {event id: reason} for those it could not process."""
+
+HEADER_REASON = "Rtem-Reason"
+HEADER_EVENT_ID = "Rtem-Event-Id"
+HEADER_SUBJECT = "Rtem-Original-Subject"
+HEADER_DELIVERIES = "Rtem-Deliveries"
+HEADER_SIZE = "Rtem-Original-Size"
+
+
+@dataclass
+class PublishReport:
+    lines: int = 0
+    published: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConsumeStats:
+    delivered: int = 0
+    processed: int = 0
+    invalid: int = 0
+    failed: int = 0
+    redelivered: int = 0
+    batches: int = 0
+
+
+@dataclass
+class DeadLetter:
+    seq: int
+    subject: str
+    reason: str
+    event_id: str | None
+    deliveries: int
+    data: bytes
+
+
+class Bus:
+    """A connection to NATS with rtem's streams; `await Bus.connect(url)` to get one."""
+
+    def __init__(self, nc: nats.NATS, settings: BusSettings):
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.settings = settings
+
+    @classmethod
+    async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "rtem") -> Bus:
+        nc = await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                                connect_timeout=5)
+        return cls(nc, settings or BusSettings())
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def ensure_streams(self) -> None:
+        """Create the streams, or bring their settings up to date; data already in them stays."""
+        for config in stream_configs(self.settings):
+            try:
+                await self.js.stream_info(config.name)
+            except NotFoundError:
+                await self.js.add_stream(config)
+            else:
+                await self.js.update_stream(config)
+
+    async def reset_streams(self) -> None:
+        """Delete and recreate every stream: a fresh start for one replay (`rtem analyze --each`)."""
+        for config in stream_configs(self.settings):
+            try:
+                await self.js.delete_stream(config.name)
+            except NotFoundError:
+                pass
+        await self.ensure_streams()
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    async def publish_lines(self, lines: Iterable[bytes],
+                            progress: Callable[[PublishReport], None] | None = None) -> PublishReport:
+        """Publish raw JSON lines as they are; the consumer validates them.
+
+        A line too large for the server is dead-lettered here, since it cannot travel on the bus.
+        The event id, when the line has one, becomes `Nats-Msg-Id`, so a resent event is one event.
+        """
+        report = PublishReport()
+        pending: list[asyncio.Future] = []
+        limit = self.nc.max_payload - 4096
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            report.lines += 1
+            if len(line) > limit:
+                reason = f"event is {len(line)} bytes, over the bus limit of {limit} bytes"
+                await self.dead_letter(line, reason, event_id=_peek_id(line), subject="rtem.events.unparsed")
+                report.rejected += 1
+                report.reasons.append(reason)
+                continue
+            event_id, event_type = _peek(line)
+            headers = {"Nats-Msg-Id": event_id} if event_id else None
+            pending.append(await self.js.publish_async(event_subject(event_type), line, headers=headers))
+            if len(pending) >= 1000:
+                await self._settle(pending, report)
+                if progress:
+                    progress(report)
+        await self._settle(pending, report)
+        if progress:
+            progress(report)
+        return report
+
+    async def _settle(self, pending: list[asyncio.Future], report: PublishReport) -> None:
+        for ack in await asyncio.gather(*pending):
+            if ack.duplicate:
+                report.duplicates += 1
+            else:
+                report.published += 1
+        pending.clear()
+
+    async def publish_event(self, event: Event | Mapping[str, Any]) -> bool:
+        """Publish one event and wait for JetStream; returns False when it was a duplicate."""
+        doc = event.to_cloudevent() if isinstance(event, Event) else dict(event)
+        ack = await self.js.publish(event_subject(doc.get("type")), json.dumps(doc).encode(),
+                                    headers={"Nats-Msg-Id": str(doc["id"])})
+        return not ack.duplicate
+
+    async def dead_letter(self, data: bytes, reason: str, *, event_id: str | None = None,
+                          subject: str | None = None, deliveries: int = 0, kind: str = "invalid") -> None:
+        """Store bytes rtem could not use in the DLQ, with the reason; waits for JetStream's ack."""
+        room = self.nc.max_payload - 8192
+        headers = {
+            HEADER_REASON: _header_value(reason),
+            HEADER_SUBJECT: subject or "",
+            HEADER_DELIVERIES: str(deliveries),
+            HEADER_SIZE: str(len(data)),
+        }
+        if event_id:
+            headers[HEADER_EVENT_ID] = _header_value(event_id)
+        await self.js.publish(f"rtem.dlq.{kind}", data[:room], headers=headers)
+        log.warning("dead-lettered %s event%s: %s", kind, f" {event_id}" if event_id else "", reason)
+
+    async def publish_audit(self, record: Mapping[str, Any]) -> None:
+        await self.js.publish(f"rtem.audit.{record['kind']}", json.dumps(record, default=str).encode(),
+                              headers={"Nats-Msg-Id": f"audit-{record['seq']}-{record['hash'][:16]}"})
+
+    async def last_audit_seq(self) -> int:
+        """The highest audit record seq already on the AUDIT stream (0 when empty)."""
+        info = await self.js.stream_info(AUDIT)
+        if not info.state.messages:
+            return 0
+        msg = await self.js.get_msg(AUDIT, info.state.last_seq)
+        return int(json.loads(msg.data)["seq"])
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        info = await self.js.stream_info(DLQ)
+        letters = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            if len(letters) >= limit or not info.state.messages:
+                break
+            try:
+                msg = await self.js.get_msg(DLQ, seq)
+            except NotFoundError:
+                continue
+            headers = msg.headers or {}
+            letters.append(DeadLetter(seq=seq, subject=msg.subject, reason=headers.get(HEADER_REASON, ""),
+                                      event_id=headers.get(HEADER_EVENT_ID),
+                                      deliveries=int(headers.get(HEADER_DELIVERIES, 0) or 0),
+                                      data=msg.data or b""))
+        return letters
+
+    async def backlog(self, consumer: str = TRIAGE) -> tuple[int, int]:
+        """(messages not yet delivered, messages delivered but not acked) for the consumer."""
+        info = await self.js.consumer_info(EVENTS, consumer)
+        return info.num_pending, info.num_ack_pending
+
+    async def consume(self, handler: Handler, *, consumer: str = TRIAGE, batch: int = 256,
+                      stop: asyncio.Event | None = None, until_drained: bool = False,
+                      fetch_timeout: float = 0.5, max_event_bytes: int | None = None,
+                      on_batch: Callable[[ConsumeStats], None] | None = None) -> ConsumeStats:
+        """Pull batches from the durable consumer and hand valid events to `handler`.
+
+        Acks only after the handler returned (the handler records events durably before it
+        returns), so a crash at any point redelivers instead of losing. With `until_drained`, stops
+        once nothing is pending or unacked; otherwise runs until `stop` is set.
+        """
+        sub = await self.js.pull_subscribe_bind(consumer, stream=EVENTS) if await self._has_consumer(consumer) \
+            else await self.js.pull_subscribe(
+                "rtem.events.>", durable=consumer, stream=EVENTS, config=triage_consumer(self.settings, consumer))
+        stats = ConsumeStats()
+        batch = min(batch, self.settings.max_ack_pending)
+        limit_kw = {"max_bytes": max_event_bytes} if max_event_bytes else {}
+        try:
+            while not (stop and stop.is_set()):
+                try:
+                    msgs = await sub.fetch(batch, timeout=fetch_timeout)
+                except (NatsTimeout, asyncio.TimeoutError):
+                    if until_drained and await self._drained(consumer):
+                        break
+                    continue
+                await self._handle_batch(msgs, handler, stats, limit_kw)
+                if on_batch:
+                    on_batch(stats)
+        finally:
+            await sub.unsubscribe()
+        return stats
+
+    async def _has_consumer(self, name: str) -> bool:
+        try:
+            await self.js.consumer_info(EVENTS, name)
+            return True
+        except NotFoundError:
+            return False
+
+    async def _drained(self, consumer: str) -> bool:
+        await self.nc.flush()
+        pending, unacked = await self.backlog(consumer)
+        return pending == 0 and unacked == 0
+
+    async def _handle_batch(self, msgs: list[Msg], handler: Handler, stats: ConsumeStats,
+                            limit_kw: dict[str, int]) -> None:
+        stats.batches += 1
+        stats.delivered += len(msgs)
+        valid: list[tuple[Msg, Event]] = []
+        for msg in msgs:
+            deliveries = msg.metadata.num_delivered
+            if deliveries > 1:
+                stats.redelivered += 1
+            try:
+                valid.append((msg, parse_event(msg.data, **limit_kw)))
+            except InvalidEvent as bad:
+                await self.dead_letter(msg.data, bad.reason, event_id=bad.event_id, subject=msg.subject,
+                                       deliveries=deliveries)
+                await msg.ack()
+                stats.invalid += 1
+        if not valid:
+            return
+        try:
+            failures = await handler([event for _, event in valid]) or {}
+        except Exception as exc:  # the whole batch failed: every event is retried, then dead-lettered
+            log.exception("event handler failed on a batch of %d", len(valid))
+            failures = {event.id: f"handler error: {type(exc).__name__}: {exc}" for _, event in valid}
+        for msg, event in valid:
+            reason = failures.get(event.id)
+            if reason is None:
+                await msg.ack()
+                stats.processed += 1
+            elif msg.metadata.num_delivered >= self.settings.max_deliver:
+                await self.dead_letter(msg.data, f"failed {msg.metadata.num_delivered} deliveries: {reason}",
+                                       event_id=event.id, subject=msg.subject,
+                                       deliveries=msg.metadata.num_delivered, kind="failed")
+                await msg.term()
+                stats.failed += 1
+            else:
+                await msg.nak(delay=min(0.2 * 2 ** msg.metadata.num_delivered, 5.0))
+
+
+def _peek(line: bytes) -> tuple[str | None, str | None]:
+    try:
+        doc = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    event_id = doc.get("id") if isinstance(doc.get("id"), str) and doc.get("id") else None
+    event_type = doc.get("type") if isinstance(doc.get("type"), str) else None
+    return event_id, event_type
+
+
+def _peek_id(line: bytes) -> str | None:
+    match = line[:4096].split(b'"id"', 1)
+    if len(match) < 2:
+        return None
+    rest = match[1].lstrip(b' :\t"')
+    return rest.split(b'"', 1)[0].decode("utf-8", "replace")[:256] or None
+
+
+def _header_value(text: str) -> str:
+    return " ".join(str(text).split())[:1024]

@@ -1,0 +1,55 @@
+"""The JetStream streams and the triage consumer rtem relies on, declared as data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import api
+
+EVENTS = "EVENTS"
+DLQ = "DLQ"
+AUDIT = "AUDIT"
+EVENTS_SUBJECTS = "rtem.events.>"
+DLQ_SUBJECTS = "rtem.dlq.>"
+AUDIT_SUBJECTS = "rtem.audit.>"
+TRIAGE = "triage"
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    """What the streams and the consumer are made with; `agent.config.Settings` fills it."""
+
+    duplicate_window_s: float = 120.0
+    max_ack_pending: int = 2048
+    max_deliver: int = 5
+    ack_wait_s: float = 30.0
+    events_max_age_s: float = 7 * 24 * 3600.0
+
+
+def stream_configs(settings: BusSettings) -> list[api.StreamConfig]:
+    return [
+        api.StreamConfig(name=EVENTS, subjects=[EVENTS_SUBJECTS], storage=api.StorageType.FILE,
+                         duplicate_window=settings.duplicate_window_s, max_age=settings.events_max_age_s,
+                         description="rtem input events (CloudEvents JSON)"),
+        api.StreamConfig(name=DLQ, subjects=[DLQ_SUBJECTS], storage=api.StorageType.FILE,
+                         description="events rtem could not use, with the reason in headers"),
+        api.StreamConfig(name=AUDIT, subjects=[AUDIT_SUBJECTS], storage=api.StorageType.FILE,
+                         description="rtem decision records, as written to the audit log"),
+    ]
+
+
+def triage_consumer(settings: BusSettings, name: str = TRIAGE) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        name=name, durable_name=name, filter_subject=EVENTS_SUBJECTS,
+        ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=settings.ack_wait_s, max_deliver=settings.max_deliver,
+        max_ack_pending=settings.max_ack_pending,
+    )
+
+
+def event_subject(event_type: str | None) -> str:
+    """`rtem.events.<type>`, with characters NATS treats specially replaced."""
+    if not event_type:
+        return "rtem.events.unparsed"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in event_type).strip(".") or "unknown"
+    return f"rtem.events.{safe}"
