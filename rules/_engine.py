@@ -138,6 +138,11 @@ class CompiledRuleset:
             for rule_id, expr in compiled.items():
                 when_all(expr)(self._recorder(rule_id))
 
+    @staticmethod
+    def check(condition: Mapping[str, Any]) -> None:
+        """Compile a condition without building a ruleset: raises ConditionError if it is bad."""
+        compile_condition(condition, {})
+
     def _recorder(self, rule_id: str):
         def fired(_c):
             self._hits.append(rule_id)

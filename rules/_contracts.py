@@ -1,0 +1,296 @@
+"""Action contracts: what each remediation action type is, and what a proposal of it may say.
+
+A contract is one file, `rules/contracts/<action>.json`: a JSON Schema (draft 2020-12) of the action's
+`params`, with rtem's own terms under the top-level keyword `x-rtem` (risk, target types, approver,
+compensation, executor). JSON Schema validators ignore `x-rtem`, so the file doubles as a plain schema
+for editors and other tools. `schemas/contract.v1.json` is the schema of the file itself.
+
+The guard refuses any proposal whose action type has no contract, or whose params or target break it
+(DESIGN.md §4, points 1 and 2). Contracts therefore bound every parameter: a reasoner fed untrusted
+event text must not be able to smuggle an unbounded string or number past them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from collections.abc import Iterator, Mapping
+from functools import cached_property, lru_cache
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from pydantic import BaseModel, ConfigDict, Field
+
+from rules._proposal import Proposal
+from rules.topology import EntityType, Topology
+
+Risk = Literal["low", "medium", "high"]
+TEMPLATE_FIELDS = frozenset({"action", "target"})
+_MAX_MESSAGE = 240  # violations echo proposal values, which may be long and come from untrusted text
+
+
+class ContractError(ValueError):
+    """A contract file rtem cannot use; `source` is the file, `reason` says what to fix."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class ContractViolation(BaseModel):
+    """One way a proposal breaks its contract. `path` is a JSON path into the proposal: `$.params.replicas`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class Compensation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    action: str | None = Field(description="action type that undoes this one; None when a person must")
+    description: str
+
+
+class NatsExecutor(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["nats"] = "nats"
+    subject: str = Field(description="subject template; {action} and {target} are filled in")
+
+
+class HttpExecutor(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["http"] = "http"
+    method: Literal["POST", "PUT", "PATCH", "DELETE"]
+    url: str
+
+
+class CommandExecutor(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["command"] = "command"
+    argv: tuple[str, ...]
+
+
+Executor = Annotated[NatsExecutor | HttpExecutor | CommandExecutor, Field(discriminator="kind")]
+
+
+class ActionContract(BaseModel):
+    """One action type's contract, as loaded from its file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: str
+    description: str
+    target_types: tuple[EntityType, ...]
+    risk: Risk
+    compensation: Compensation
+    approver_role: str | None
+    executor: Executor
+    idempotent: bool
+    timeout_s: float
+    params_schema: dict[str, Any] = Field(description="the file without x-rtem: a JSON Schema of params")
+    digest: str = Field(description="sha256 of the file's bytes; recorded with every verdict")
+    source: str
+
+    @property
+    def needs_approval(self) -> bool:
+        return self.approver_role is not None or self.risk == "high"
+
+    @cached_property
+    def _validator(self) -> Draft202012Validator:
+        return Draft202012Validator(self.params_schema)
+
+    def check(self, proposal: Proposal, topology: Topology) -> list[ContractViolation]:
+        """Every way `proposal` breaks this contract; an empty list means it fits."""
+        found: list[ContractViolation] = []
+        if proposal.type != self.action:
+            found.append(ContractViolation(path="$.type", message=f"is {_short(proposal.type)!r}, this contract is for {self.action!r}"))
+        entity_type = topology.entity_type(proposal.target)
+        if entity_type is None:
+            found.append(ContractViolation(path="$.target", message=f"{_short(proposal.target)!r} is not an entity in the topology"))
+        elif entity_type not in self.target_types:
+            found.append(ContractViolation(
+                path="$.target",
+                message=f"{proposal.target!r} is a {entity_type}; {self.action} acts on {', '.join(self.target_types)}",
+            ))
+        found.extend(self._param_violations(proposal.params))
+        return found
+
+    def _param_violations(self, params: Mapping[str, Any]) -> Iterator[ContractViolation]:
+        # jsonschema reports `required` and `additionalProperties` at the enclosing object; point at the
+        # parameter itself instead, so the reasoner (and a person) sees exactly which name is wrong.
+        seen: set[tuple[str, str]] = set()
+        errors = sorted(self._validator.iter_errors(params), key=lambda e: (_json_path(e.absolute_path), e.validator))
+        for error in errors:
+            base = list(error.absolute_path)
+            if error.validator == "required":
+                for name in error.validator_value:
+                    if name not in error.instance:
+                        yield from _once(seen, base + [name], "is required")
+            elif error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+                allowed = sorted(error.schema.get("properties", {}))
+                hint = f"allowed: {', '.join(allowed)}" if allowed else f"{self.action} takes no parameters"
+                for name in error.instance:
+                    if name not in allowed and not _pattern_allows(error.schema, name):
+                        yield from _once(seen, base + [name], f"is not a parameter of {self.action}; {hint}")
+            else:
+                yield from _once(seen, base, _short(error.message, _MAX_MESSAGE))
+
+
+def load_contracts(directory: str | Path | None = None) -> dict[str, ActionContract]:
+    """Every `*.json` contract in `directory` (default: the packaged `rules/contracts/`), by action type.
+
+    Raises ContractError naming the file on the first problem: not JSON, not a valid contract (see
+    schemas/contract.v1.json), a params schema that is not valid JSON Schema, an unbounded parameter,
+    or a compensation naming an action type that has no contract.
+    """
+    if directory is None:
+        root: Traversable | Path = resources.files("rules") / "contracts"
+    else:
+        root = Path(directory)
+        if not root.is_dir():
+            raise ContractError(str(root), "not a directory of action contracts")
+    files = sorted((f for f in root.iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
+    contracts: dict[str, ActionContract] = {}
+    for file in files:
+        contract = _load_one(str(file), file.name.removesuffix(".json"), file.read_bytes())
+        contracts[contract.action] = contract
+    for contract in contracts.values():
+        undo = contract.compensation.action
+        if undo is not None and undo not in contracts:
+            raise ContractError(contract.source, f"$.x-rtem.compensation.action: no contract for {undo!r}")
+    return contracts
+
+
+def _load_one(source: str, stem: str, data: bytes) -> ActionContract:
+    try:
+        doc = json.loads(data)
+    except UnicodeDecodeError:
+        raise ContractError(source, "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ContractError(source, f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    error = best_match(_contract_validator().iter_errors(doc))
+    if error is not None:
+        raise ContractError(source, f"{_json_path(error.absolute_path, root='$')}: {error.message}")
+    terms = doc["x-rtem"]
+    if terms["action"] != stem:
+        raise ContractError(source, f"$.x-rtem.action is {terms['action']!r}; the file must be named {terms['action']}.json")
+    if terms["risk"] == "high" and not terms["approver_role"]:
+        raise ContractError(source, "$.x-rtem.approver_role: a high-risk action needs an approver role")
+    params_schema = {k: v for k, v in doc.items() if k != "x-rtem"}
+    try:
+        Draft202012Validator.check_schema(params_schema)
+    except SchemaError as exc:
+        raise ContractError(source, f"params schema is not valid JSON Schema at {_json_path(exc.absolute_path, root='$')}: {exc.message}") from None
+    for where, problem in _unbounded(params_schema, "$"):
+        raise ContractError(source, f"{where}: {problem}")
+    for where, template in _templates(terms["executor"]):
+        unknown = _template_fields(template) - TEMPLATE_FIELDS
+        if unknown:
+            raise ContractError(source, f"$.x-rtem.executor.{where}: unknown placeholder {{{sorted(unknown)[0]}}}; use {{action}} or {{target}}")
+    return ActionContract(
+        **{k: v for k, v in terms.items()},
+        params_schema=params_schema,
+        digest=hashlib.sha256(data).hexdigest(),
+        source=source,
+    )
+
+
+@lru_cache(maxsize=1)
+def _contract_validator() -> Draft202012Validator:
+    text = (resources.files("rules") / "schemas" / "contract.v1.json").read_text("utf-8")
+    return Draft202012Validator(json.loads(text))
+
+
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs")
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+
+
+def _unbounded(schema: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Where a (sub)schema lets a value through without a size bound."""
+    if not isinstance(schema, Mapping):
+        return
+    if "enum" not in schema and "const" not in schema:
+        types = schema.get("type")
+        types = [types] if isinstance(types, str) else list(types or [])
+        if not types and "$ref" not in schema and where != "$" and not any(k in schema for k in _SUBSCHEMA_LISTS):
+            yield where, "a parameter needs a type, enum or const"
+        if "string" in types and "maxLength" not in schema:
+            yield where, "a string parameter needs maxLength"
+        if {"integer", "number"} & set(types):
+            if not ({"minimum", "exclusiveMinimum"} & schema.keys() and {"maximum", "exclusiveMaximum"} & schema.keys()):
+                yield where, "a number parameter needs a minimum and a maximum"
+        if "array" in types and "maxItems" not in schema:
+            yield where, "an array parameter needs maxItems"
+        if "object" in types and schema.get("additionalProperties") is not False:
+            yield where, "an object parameter needs additionalProperties: false"
+    for key in _SUBSCHEMA_MAPS:
+        for name, sub in (schema.get(key) or {}).items():
+            yield from _unbounded(sub, f"{where}.{key}.{name}")
+    for key in _SUBSCHEMA_LISTS:
+        for index, sub in enumerate(schema.get(key) or []):
+            yield from _unbounded(sub, f"{where}.{key}[{index}]")
+    if isinstance(schema.get("items"), Mapping):
+        yield from _unbounded(schema["items"], f"{where}.items")
+
+
+def _templates(executor: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    for key in ("subject", "url"):
+        if key in executor:
+            yield key, executor[key]
+    for index, arg in enumerate(executor.get("argv", [])):
+        yield f"argv[{index}]", arg
+
+
+def _template_fields(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError:
+        return {"<unbalanced brace>"}
+
+
+def _once(seen: set[tuple[str, str]], path: list, message: str) -> Iterator[ContractViolation]:
+    key = (_json_path(path), message)
+    if key not in seen:
+        seen.add(key)
+        yield ContractViolation(path=key[0], message=message)
+
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _json_path(parts, root: str = "$.params") -> str:
+    path = root
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _NAME.match(str(part)):
+            path += f".{part}"
+        else:
+            path += f"[{json.dumps(_short(str(part), 64))}]"
+    return path
+
+
+def _pattern_allows(schema: Mapping[str, Any], name: str) -> bool:
+    return any(re.search(pattern, name) for pattern in schema.get("patternProperties", {}))
+
+
+def _short(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+__all__ = ["ActionContract", "ContractError", "ContractViolation", "load_contracts", "ValidationError"]

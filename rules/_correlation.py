@@ -1,0 +1,157 @@
+"""Correlation: which signals belong to the same incident.
+
+Two signals belong together when they are close in event time (within `gap_s` of the incident's
+span) and close in the topology: the same entity, the same service, services one `calls`/`uses`
+hop apart, or instances sharing a host. A storm of alerts from one fault stays inside that
+neighbourhood and becomes one incident; faults in unrelated parts of the system stay apart. When a
+signal links several open incidents, they are merged into the oldest.
+
+Topologies are never complete: an entity the topology does not know, or knows with no relation at
+all (a host with no recorded workload), cannot be placed, so for it time is the only evidence. Such
+a signal joins the largest incident open at that time, and never merges incidents.
+
+Incident ids derive from the first signal's event id, so a replay gives the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from bus import SEVERITY_RANK
+
+from ._detection import Signal
+from .topology import Topology
+
+LINKS = ("calls", "uses")
+
+
+@dataclass
+class OpenIncident:
+    id: str
+    first_ts: float
+    last_ts: float
+    severity: str = "warning"
+    entities: set[str] = field(default_factory=set)
+    services: set[str] = field(default_factory=set)
+    hosts: set[str] = field(default_factory=set)
+    detections: set[str] = field(default_factory=set)
+    signals: int = 0
+
+    def to_state(self) -> dict[str, Any]:
+        return {"id": self.id, "first_ts": self.first_ts, "last_ts": self.last_ts, "severity": self.severity,
+                "entities": sorted(self.entities), "detections": sorted(self.detections),
+                "signals": self.signals}
+
+
+@dataclass(frozen=True)
+class Assignment:
+    incident_id: str
+    opened: bool = False
+    merged: tuple[str, ...] = ()
+
+
+class Correlator:
+    def __init__(self, topology: Topology, gap_s: float = 300.0):
+        self.topology = topology
+        self.gap_s = gap_s
+        self.open: dict[str, OpenIncident] = {}
+
+    def assign(self, signal: Signal) -> Assignment:
+        """Put a signal into the incident it belongs to, opening or merging incidents as needed."""
+        near = [inc for inc in self.open.values() if self._near(inc, signal.ts)]
+        if near and not self._placed(signal.entity):
+            largest = max(near, key=lambda inc: (inc.signals, -inc.first_ts))
+            self._add(largest, signal)
+            return Assignment(largest.id)
+        related = [inc for inc in near if self._linked(inc, signal.entity)]
+        if not related:
+            incident = OpenIncident(id=incident_id(signal.event_ids[0]), first_ts=signal.ts, last_ts=signal.ts,
+                                    severity=signal.severity)
+            self.open[incident.id] = incident
+            self._add(incident, signal)
+            return Assignment(incident.id, opened=True)
+        related.sort(key=lambda inc: (inc.first_ts, inc.id))
+        keeper, absorbed = related[0], related[1:]
+        for other in absorbed:
+            self._absorb(keeper, other)
+        self._add(keeper, signal)
+        return Assignment(keeper.id, merged=tuple(o.id for o in absorbed))
+
+    def find(self, entity: str, ts: float) -> str | None:
+        """The open incident that already covers this entity at this time, for context events."""
+        for inc in self.open.values():
+            if self._near(inc, ts) and entity in inc.entities:
+                return inc.id
+        return None
+
+    def quiet(self, watermark: float) -> list[str]:
+        """Incidents no signal has touched for `gap_s` of event time: their picture is complete."""
+        return [inc.id for inc in self.open.values() if watermark - inc.last_ts > self.gap_s]
+
+    def release(self, incident_id: str) -> OpenIncident | None:
+        """Stop correlating into an incident (it is being closed)."""
+        return self.open.pop(incident_id, None)
+
+    def restore(self, states: list[dict[str, Any]]) -> None:
+        for state in states:
+            inc = OpenIncident(id=state["id"], first_ts=state["first_ts"], last_ts=state["last_ts"],
+                               severity=state.get("severity", "warning"), signals=state.get("signals", 0),
+                               detections=set(state.get("detections", [])))
+            for entity in state.get("entities", []):
+                self._cover(inc, entity)
+            self.open[inc.id] = inc
+
+    def _placed(self, entity: str) -> bool:
+        return entity in self.topology and bool(self.topology.neighbours(entity))
+
+    def _near(self, inc: OpenIncident, ts: float) -> bool:
+        return inc.first_ts - self.gap_s <= ts <= inc.last_ts + self.gap_s
+
+    def _linked(self, inc: OpenIncident, entity: str) -> bool:
+        if entity in inc.entities:
+            return True
+        topo = self.topology
+        if entity not in topo:
+            return False
+        service = topo.service_of(entity)
+        if service in inc.services:
+            return True
+        if any(n in inc.services for rel in LINKS for n in (*topo.targets(service, rel), *topo.sources(service, rel))):
+            return True
+        host = entity if topo.entity_type(entity) == "host" else topo.host_of(entity)
+        return host is not None and host in inc.hosts
+
+    def _add(self, inc: OpenIncident, signal: Signal) -> None:
+        inc.first_ts = min(inc.first_ts, signal.ts)
+        inc.last_ts = max(inc.last_ts, signal.ts)
+        inc.signals += 1
+        inc.detections.add(signal.rule)
+        if SEVERITY_RANK.get(signal.severity, 0) > SEVERITY_RANK.get(inc.severity, 0):
+            inc.severity = signal.severity
+        self._cover(inc, signal.entity)
+
+    def _cover(self, inc: OpenIncident, entity: str) -> None:
+        inc.entities.add(entity)
+        topo = self.topology
+        inc.services.add(topo.service_of(entity))
+        if topo.entity_type(entity) == "host":
+            inc.hosts.add(entity)
+        elif (host := topo.host_of(entity)) is not None:
+            inc.hosts.add(host)
+
+    def _absorb(self, keeper: OpenIncident, other: OpenIncident) -> None:
+        keeper.first_ts = min(keeper.first_ts, other.first_ts)
+        keeper.last_ts = max(keeper.last_ts, other.last_ts)
+        keeper.signals += other.signals
+        keeper.detections |= other.detections
+        for entity in other.entities:
+            self._cover(keeper, entity)
+        if SEVERITY_RANK.get(other.severity, 0) > SEVERITY_RANK.get(keeper.severity, 0):
+            keeper.severity = other.severity
+        del self.open[other.id]
+
+
+def incident_id(first_event_id: str) -> str:
+    return "inc-" + hashlib.sha256(first_event_id.encode()).hexdigest()[:12]

@@ -1,0 +1,233 @@
+"""Detection: which events are signs of a disruption.
+
+Detection files (`rules/detect/*.yaml`, schema `schemas/detections.v1.json`) hold four kinds of rule:
+a plain `match`, a `threshold` (N matching events per key within a window), a `sequence` (a `first`
+event followed by a `then` event on the same key within a time) and an `absence` (a key that sent
+matching events went quiet for a time). Every condition is compiled into ONE durable-rules ruleset
+through the adapter, so an event is matched once against all rules; windows, sequences and absences
+are kept here, in event time, so a replayed recording gives the same signals every time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bus import SEVERITY_RANK, Event
+
+from ._engine import CompiledRuleset, ConditionError
+from ._files import RuleFile, RulesError, content_digest, read_rule_file
+from .topology import Topology
+
+import json
+
+from jsonschema import Draft202012Validator
+
+
+@dataclass(frozen=True)
+class Detection:
+    id: str
+    kind: str  # match | threshold | sequence | absence
+    description: str = ""
+    match: dict[str, Any] | None = None
+    count: int = 1
+    window_s: float = 0.0
+    first: dict[str, Any] | None = None
+    then: dict[str, Any] | None = None
+    by: str = "subject"
+    severity: str | None = None
+    source: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A detection that fired: on which entity, when (event time), and on which events."""
+
+    rule: str
+    entity: str
+    ts: float
+    severity: str
+    event_ids: tuple[str, ...]
+
+
+@dataclass
+class DetectionSet:
+    detections: list[Detection]
+    digest: str
+    sources: list[str] = field(default_factory=list)
+
+
+def parse_duration(value: float | int | str) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    number, unit = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", value).groups()
+    return float(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def default_detect_dir() -> Path:
+    return Path(str(resources.files("rules").joinpath("detect")))
+
+
+def load_detections(directory: str | Path | None = None) -> DetectionSet:
+    """Read, check and return every detection rule under `directory` (default: the packaged ones).
+
+    Raises RulesError naming the file, line and column of the first problem.
+    """
+    directory = Path(directory) if directory else default_detect_dir()
+    files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+    detections: list[Detection] = []
+    seen: dict[str, str] = {}
+    parsed: list[RuleFile] = []
+    for path in files:
+        rule_file = read_rule_file(path)
+        parsed.append(rule_file)
+        rule_file.validate(_validator())
+        for index, doc in enumerate(rule_file.doc["detections"]):
+            detection = _detection(doc, rule_file, index)
+            if detection.id in seen:
+                raise rule_file.error(("detections", index, "id"), f"duplicate rule id {detection.id!r}",
+                                      f"first defined at {seen[detection.id]}")
+            seen[detection.id] = f"{path}:{detection.line}"
+            detections.append(detection)
+    result = DetectionSet(detections, content_digest(parsed), [str(p) for p in files])
+    Detector(result, Topology())  # compile once now, so a bad condition fails at load, not at runtime
+    return result
+
+
+def _detection(doc: dict[str, Any], rule_file: RuleFile, index: int) -> Detection:
+    line = rule_file.locate(("detections", index))[0]
+    common = dict(id=doc["id"], description=doc.get("description", ""), by=doc.get("by", "subject"),
+                  severity=doc.get("severity"), source=str(rule_file.path), line=line)
+    try:
+        if "sequence" in doc:
+            seq = doc["sequence"]
+            _check(seq["first"]), _check(seq["then"])
+            return Detection(kind="sequence", first=seq["first"], then=seq["then"],
+                             window_s=parse_duration(seq["within"]), **common)
+        if "absence" in doc:
+            _check(doc["absence"]["match"])
+            return Detection(kind="absence", match=doc["absence"]["match"],
+                             window_s=parse_duration(doc["absence"]["for"]), **common)
+        _check(doc["match"])
+        if "threshold" in doc:
+            return Detection(kind="threshold", match=doc["match"], count=doc["threshold"]["count"],
+                             window_s=parse_duration(doc["threshold"]["window"]), **common)
+        return Detection(kind="match", match=doc["match"], **common)
+    except ConditionError as exc:
+        path = ("detections", index, *[p for p in re.split(r"[.\[\]]+", exc.path) if p])
+        raise rule_file.error(path, exc.reason) from None
+
+
+def _check(condition: dict[str, Any]) -> None:
+    CompiledRuleset.check(condition)
+
+
+class Detector:
+    """Turns events into signals. Keeps window state per rule and key; `state()` survives restarts."""
+
+    def __init__(self, detections: DetectionSet, topology: Topology):
+        self.detections = detections
+        self.topology = topology
+        self.by_id = {d.id: d for d in detections.detections}
+        conditions: dict[str, dict[str, Any]] = {}
+        for d in detections.detections:
+            if d.kind == "sequence":
+                conditions[f"{d.id}#first"] = d.first or {}
+                conditions[f"{d.id}#then"] = d.then or {}
+            else:
+                conditions[d.id] = d.match or {}
+        self._ruleset = CompiledRuleset(conditions, name=f"detect_{detections.digest}")
+        self._windows: dict[tuple[str, str], deque[tuple[float, str]]] = {}
+        self._firsts: dict[tuple[str, str], tuple[float, str]] = {}
+        self._last_seen: dict[tuple[str, str], tuple[float, str]] = {}
+        self._absent_fired: set[tuple[str, str]] = set()
+        self.watermark = 0.0
+
+    def observe(self, event: Event) -> list[Signal]:
+        """Signals this event raises (possibly none), plus absences its time reveals."""
+        ts = event.ts
+        signals: list[Signal] = []
+        for hit in self._ruleset.match(self.fact(event)):
+            rule_id, _, part = hit.partition("#")
+            detection = self.by_id[rule_id]
+            key = (rule_id, self._key(detection, event.subject))
+            severity = detection.severity or event.severity
+            if detection.kind == "match":
+                signals.append(Signal(rule_id, event.subject, ts, severity, (event.id,)))
+            elif detection.kind == "threshold":
+                window = self._windows.setdefault(key, deque())
+                window.append((ts, event.id))
+                while window and window[0][0] < ts - detection.window_s:
+                    window.popleft()
+                if len(window) >= detection.count:
+                    signals.append(Signal(rule_id, event.subject, ts, severity, tuple(i for _, i in window)))
+            elif detection.kind == "sequence":
+                if part == "then" and key in self._firsts and 0 <= ts - self._firsts[key][0] <= detection.window_s:
+                    signals.append(Signal(rule_id, event.subject, ts, severity, (self._firsts[key][1], event.id)))
+                if part == "first":
+                    self._firsts[key] = (ts, event.id)
+            elif detection.kind == "absence":
+                self._last_seen[key] = (ts, event.id)
+                self._absent_fired.discard(key)
+        if ts > self.watermark:
+            self.watermark = ts
+            signals.extend(self._absences())
+        return signals
+
+    def _absences(self) -> list[Signal]:
+        fired = []
+        for key, (seen_ts, event_id) in self._last_seen.items():
+            detection = self.by_id[key[0]]
+            if key not in self._absent_fired and self.watermark - seen_ts > detection.window_s:
+                self._absent_fired.add(key)
+                fired.append(Signal(key[0], key[1], seen_ts + detection.window_s,
+                                    detection.severity or "error", (event_id,)))
+        return fired
+
+    def fact(self, event: Event) -> dict[str, Any]:
+        """What detection conditions can test: the event's fields plus its place in the topology."""
+        return {
+            "id": event.id, "type": event.type, "source": event.source, "subject": event.subject,
+            "severity": event.severity, "severity_rank": SEVERITY_RANK[event.severity],
+            "message": event.message, "attributes": event.attributes,
+            "service": self.topology.service_of(event.subject),
+            "entity_type": self.topology.entity_type(event.subject) or "unknown",
+            "host": self.topology.host_of(event.subject) or "",
+        }
+
+    def _key(self, detection: Detection, subject: str) -> str:
+        if detection.by == "service":
+            return self.topology.service_of(subject)
+        if detection.by == "host":
+            return self.topology.host_of(subject) or subject
+        return subject
+
+    def state(self) -> dict[str, Any]:
+        """Window state as JSON-able data, to persist across restarts."""
+        return {
+            "watermark": self.watermark,
+            "windows": [[k[0], k[1], list(v)] for k, v in self._windows.items()],
+            "firsts": [[k[0], k[1], v[0], v[1]] for k, v in self._firsts.items()],
+            "last_seen": [[k[0], k[1], v[0], v[1]] for k, v in self._last_seen.items()],
+            "absent_fired": [list(k) for k in self._absent_fired],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        known = self.by_id.keys()
+        self.watermark = state.get("watermark", 0.0)
+        self._windows = {(r, k): deque(tuple(x) for x in v) for r, k, v in state.get("windows", []) if r in known}
+        self._firsts = {(r, k): (t, i) for r, k, t, i in state.get("firsts", []) if r in known}
+        self._last_seen = {(r, k): (t, i) for r, k, t, i in state.get("last_seen", []) if r in known}
+        self._absent_fired = {(r, k) for r, k in state.get("absent_fired", []) if r in known}
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Draft202012Validator:
+    schema = json.loads(resources.files("rules").joinpath("schemas/detections.v1.json").read_text("utf-8"))
+    return Draft202012Validator(schema)
