@@ -1,17 +1,13 @@
 """The audit log: every decision as an append-only, hash-chained record in SQLite.
 
-Each record's ``hash`` is ``sha256(prev_hash + canonical_json(record without hash))``; the first record chains
-to 64 zeros. Triggers refuse UPDATE and DELETE, and a one-row ``audit_head`` table, moved forward in the same
-transaction as each insert, remembers the last seq and hash.
+``hash = sha256(prev_hash + canonical_json(record without hash))``, chained from 64 zeros. Triggers refuse
+UPDATE and DELETE; the one-row ``audit_head`` table, moved by a trigger on each insert, anchors the tail.
 
-What ``verify`` catches, and what it cannot:
-- a record edited in place (its hash no longer matches): ``changed`` at that seq;
-- a record edited and re-hashed: ``chain_broken`` at the next seq (or at the head anchor for the last one);
-- records removed from the start, middle or end: ``deleted``, naming the missing range (the end via the head);
-- records moved to another seq (up to ``_MOVE_WINDOW`` places): ``reordered``.
-- NOT caught: someone with write access to the file who drops the triggers and rewrites a whole suffix,
-  re-hashing every record and the head. Only a copy held elsewhere (the JetStream ``AUDIT`` stream, or a head
-  hash published outside the file) can expose that: compare it with ``last().hash``.
+``verify`` reports: a record edited in place as ``changed``; edited and re-hashed as ``chain_broken`` at the
+next seq (or at the head); removed records, the tail included, as ``deleted``; records moved up to
+``_MOVE_WINDOW`` places as ``reordered``. It cannot catch someone who drops the triggers and rewrites a whole
+suffix, re-hashing it and the head: only a copy kept elsewhere (the JetStream ``AUDIT`` stream, a published
+head hash) exposes that, by comparison with ``last().hash``.
 """
 
 from __future__ import annotations
@@ -52,10 +48,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL,
                                        hash TEXT NOT NULL);
 INSERT INTO audit_head (id, seq, hash) SELECT 1, 0, '{genesis}' WHERE NOT EXISTS (SELECT 1 FROM audit_head);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit {refuse}
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit {refuse}
 CREATE TRIGGER IF NOT EXISTS audit_extends_head BEFORE INSERT ON audit
   WHEN NEW.seq IS NOT (SELECT seq + 1 FROM audit_head) OR NEW.prev_hash IS NOT (SELECT hash FROM audit_head)
   BEGIN SELECT RAISE(ABORT, 'audit record must extend the chain head'); END;
@@ -63,14 +57,11 @@ CREATE TRIGGER IF NOT EXISTS audit_moves_head AFTER INSERT ON audit
   BEGIN UPDATE audit_head SET seq = NEW.seq, hash = NEW.hash WHERE id = 1; END;
 CREATE TRIGGER IF NOT EXISTS audit_head_forward_only BEFORE UPDATE ON audit_head
   WHEN NEW.id IS NOT OLD.id OR NEW.seq IS NOT OLD.seq + 1
-       OR NEW.hash IS NOT (SELECT hash FROM audit WHERE seq = NEW.seq)
-  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head
-  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+       OR NEW.hash IS NOT (SELECT hash FROM audit WHERE seq = NEW.seq) {refuse}
+CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head {refuse}
 CREATE TRIGGER IF NOT EXISTS audit_head_single BEFORE INSERT ON audit_head
-  WHEN EXISTS (SELECT 1 FROM audit_head)
-  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
-""".format(genesis=GENESIS)
+  WHEN EXISTS (SELECT 1 FROM audit_head) {refuse}
+""".format(genesis=GENESIS, refuse="BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;")
 
 
 class Problem(BaseModel):
@@ -101,13 +92,11 @@ class AuditLog:
         self.path = Path(path)
         self.sinks: list[Sink] = []
         self._lock = threading.Lock()
-        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, check_same_thread=False)
-        self._db = Database(conn)
+        self._db = Database(sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, check_same_thread=False))
         self._db.enable_wal()
         with self._transaction():
-            self._db["audit"].create(
-                {name: int if name == "seq" else str for name in _COLUMNS}, pk="seq", not_null={"at", "kind", "prev_hash", "hash"}, if_not_exists=True,
-            )
+            self._db["audit"].create({name: int if name == "seq" else str for name in _COLUMNS}, pk="seq",
+                                     not_null={"at", "kind", "prev_hash", "hash"}, if_not_exists=True)
             self._db["audit"].create_index(["incident_id"], "audit_incident_id", if_not_exists=True)
             self._db["audit"].create_index(["kind"], "audit_kind", if_not_exists=True)
             self._db.executescript(_SCHEMA)
@@ -119,17 +108,17 @@ class AuditLog:
                decision: Any = None, reasons: Iterable[str] | None = None, evidence: Iterable[str] | None = None,
                versions: Any = None, at: datetime | None = None) -> DecisionRecord:
         content = _plain({
-            "incident_id": incident_id, "kind": kind, "node": node, "inputs": inputs or {},
-            "decision": decision or {}, "reasons": list(reasons or []), "evidence": list(evidence or []),
-            "versions": versions or {},
+            "at": _iso(at or datetime.now(timezone.utc)), "incident_id": incident_id, "kind": kind, "node": node,
+            "inputs": inputs or {}, "decision": decision or {}, "reasons": list(reasons or []),
+            "evidence": list(evidence or []), "versions": versions or {},
         })
         # Refuse a bad record before it takes a seq, so nothing half-valid is ever chained.
-        DecisionRecord.model_validate({**content, "seq": 0, "at": at or _now(), "prev_hash": "", "hash": ""})
+        DecisionRecord.model_validate({**content, "seq": 0, "prev_hash": "", "hash": ""})
         with self._lock, self._transaction():
             head = self._db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
             if head is None:
                 raise RuntimeError(f"{self.path}: audit_head is missing; run `rtem audit verify`")
-            fields = {**content, "seq": head[0] + 1, "at": _iso(at or _now()), "prev_hash": head[1]}
+            fields = {**content, "seq": head[0] + 1, "prev_hash": head[1]}
             row = {**fields, "hash": _seal(fields)}
             self._db["audit"].insert({k: _canonical(v) if k in _JSON_FIELDS else v for k, v in row.items()})
         record = DecisionRecord.model_validate(row)
@@ -143,11 +132,11 @@ class AuditLog:
 
     def records(self, incident_id: str | None = None, kind: str | None = None, since_seq: int = 0,
                 limit: int | None = None) -> list[DecisionRecord]:
-        filters = {name: value for name, value in {"incident_id": incident_id, "kind": kind}.items() if value}
-        where = " AND ".join(["seq > ?", *(f"{name} = ?" for name in filters)])
+        filters = {"seq >": since_seq, "incident_id =": incident_id, "kind =": kind}
+        filters = {column: value for column, value in filters.items() if value is not None}
+        where = " AND ".join(f"{column} ?" for column in filters)
         with self._lock:
-            rows = list(self._db["audit"].rows_where(where, [since_seq, *filters.values()], order_by="seq",
-                                                     limit=limit))
+            rows = list(self._db["audit"].rows_where(where, list(filters.values()), order_by="seq", limit=limit))
         return [_record(row) for row in rows]
 
     def last(self) -> DecisionRecord | None:
@@ -174,8 +163,7 @@ class AuditLog:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        # IMMEDIATE takes the write lock up front, so reading the head and inserting can't interleave with
-        # another process doing the same.
+        # IMMEDIATE takes the write lock up front: no other process can slip in between head read and insert.
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -225,14 +213,11 @@ def verify_file(path: str | Path, *, max_problems: int = 1000) -> VerifyReport:
         if head is None:
             report(0, "chain_broken", "audit_head is missing, so a truncated tail would go unnoticed")
         elif head[0] > prev_seq:
-            report(prev_seq + 1, "deleted", f"seq {_span(prev_seq + 1, head[0])} missing from the end "
-                                            f"(the head anchor says the log reached seq {head[0]})")
+            report(prev_seq + 1, "deleted", f"seq {_span(prev_seq + 1, head[0])} missing from the end (head anchor)")
         elif head[0] < prev_seq:
-            report(head[0] + 1, "chain_broken", f"seq {_span(head[0] + 1, prev_seq)} lie past the head anchor: "
-                                                f"written around the log, not through it")
+            report(head[0] + 1, "chain_broken", f"seq {_span(head[0] + 1, prev_seq)} written past the head anchor")
         elif head[1] != prev_hash:
-            report(prev_seq, "chain_broken", "the last record's hash differs from the head anchor's: "
-                                             "it was rewritten and re-hashed")
+            report(prev_seq, "chain_broken", "last record differs from the head anchor: rewritten and re-hashed")
         return VerifyReport(ok=not problems, records=count, problems=problems, omitted=omitted)
     finally:
         db.close()
@@ -297,10 +282,6 @@ def _iso(at: datetime) -> str:
     # Naive times are taken as UTC. The "Z" form is also pydantic's, so record_hash() matches stored hashes.
     at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
     return at.isoformat().replace("+00:00", "Z")
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _span(first: int, last: int) -> str:

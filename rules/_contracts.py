@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from jsonschema.exceptions import SchemaError, best_match
 from pydantic import BaseModel, ConfigDict, Field
 
 from rules._proposal import Proposal
@@ -127,7 +127,7 @@ class ActionContract(BaseModel):
                 path="$.target",
                 message=f"{proposal.target!r} is a {entity_type}; {self.action} acts on {', '.join(self.target_types)}",
             ))
-        found.extend(self._param_violations(proposal.params))
+        found.extend(sorted(self._param_violations(proposal.params), key=lambda v: v.path))
         return found
 
     def _param_violations(self, params: Mapping[str, Any]) -> Iterator[ContractViolation]:
@@ -148,7 +148,7 @@ class ActionContract(BaseModel):
                     if name not in allowed and not _pattern_allows(error.schema, name):
                         yield from _once(seen, base + [name], f"is not a parameter of {self.action}; {hint}")
             else:
-                yield from _once(seen, base, _short(error.message, _MAX_MESSAGE))
+                yield from _once(seen, base, _message(error))
 
 
 def load_contracts(directory: str | Path | None = None) -> dict[str, ActionContract]:
@@ -203,7 +203,7 @@ def _load_one(source: str, stem: str, data: bytes) -> ActionContract:
         if unknown:
             raise ContractError(source, f"$.x-rtem.executor.{where}: unknown placeholder {{{sorted(unknown)[0]}}}; use {{action}} or {{target}}")
     return ActionContract(
-        **{k: v for k, v in terms.items()},
+        **terms,
         params_schema=params_schema,
         digest=hashlib.sha256(data).hexdigest(),
         source=source,
@@ -285,6 +285,14 @@ def _json_path(parts, root: str = "$.params") -> str:
     return path
 
 
+def _message(error) -> str:
+    # jsonschema quotes the offending value whole; keep the verdict readable when it is long.
+    shown = repr(error.instance)
+    if len(shown) > 64:
+        return _short(error.message.replace(shown, _short(shown, 48) + f" ({len(shown)} characters)"), _MAX_MESSAGE)
+    return _short(error.message, _MAX_MESSAGE)
+
+
 def _pattern_allows(schema: Mapping[str, Any], name: str) -> bool:
     return any(re.search(pattern, name) for pattern in schema.get("patternProperties", {}))
 
@@ -292,5 +300,3 @@ def _pattern_allows(schema: Mapping[str, Any], name: str) -> bool:
 def _short(text: str, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
-
-__all__ = ["ActionContract", "ContractError", "ContractViolation", "load_contracts", "ValidationError"]

@@ -1,0 +1,71 @@
+"""rtem's configuration: one pydantic settings model, from a file and `RTEM_*` variables.
+
+Precedence, highest first: environment variables (`RTEM_DATA_DIR`, `RTEM_NATS_URL`, …), the file
+named by `RTEM_CONFIG` (TOML or YAML), then the defaults below, which run on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bus import BusSettings
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RTEM_", extra="forbid")
+
+    data_dir: Path = Field(Path(".rtem"), description="where the store, audit log and checkpoints live")
+    nats_url: str | None = Field(None, description="an existing NATS server; unset: start an embedded one")
+    rules_dir: Path | None = Field(None, description="guardrails, contracts and detections; unset: packaged")
+    topology: Path | None = Field(None, description="topology file (JSON or YAML)")
+    llm: Literal["none"] = Field("none", description="reasoner: none = the deterministic reasoner")
+
+    batch_size: int = Field(256, ge=1, le=10000, description="events fetched per pull")
+    max_ack_pending: int = Field(2048, ge=1, description="events in flight before the consumer waits")
+    max_deliver: int = Field(5, ge=1, description="deliveries before an event goes to the DLQ")
+    ack_wait_s: float = Field(30.0, gt=0)
+    duplicate_window_s: float = Field(120.0, gt=0, description="JetStream Nats-Msg-Id dedupe window")
+    max_event_bytes: int = Field(1024 * 1024, ge=1024)
+    correlation_gap_s: float = Field(300.0, gt=0, description="event-time gap that ends an incident")
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = Field(
+        "FULL", description="FULL survives power loss; NORMAL survives process crashes only")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "rtem.db"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.data_dir / "checkpoints.db"
+
+    def bus_settings(self) -> BusSettings:
+        return BusSettings(duplicate_window_s=self.duplicate_window_s, max_ack_pending=self.max_ack_pending,
+                           max_deliver=self.max_deliver, ack_wait_s=self.ack_wait_s)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileSource(settings_cls)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Reads the file named by RTEM_CONFIG (TOML or YAML); a missing variable means no file."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ does the work
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        name = os.environ.get("RTEM_CONFIG")
+        if not name:
+            return {}
+        path = Path(name)
+        text = path.read_text("utf-8")
+        doc = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        return dict(doc.get("rtem", doc) if isinstance(doc, dict) else {})

@@ -1,0 +1,175 @@
+"""The incident store: events, incidents and the pipeline's state, in one SQLite file.
+
+Every batch is written in ONE transaction (events, incident updates, detector and correlator
+state), and the bus acks only after it commits. A crash before the commit redelivers the batch;
+a crash after it redelivers events the store already has, which `known_ids` filters out. So an
+event is recorded exactly once however often it arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from bus import Event, format_time, parse_time
+
+from .models import Incident
+
+EVENT_COLUMNS = ("id", "ts", "time", "type", "subject", "severity", "source", "message", "attributes",
+                 "incident_id", "signals", "received_at")
+
+
+class IncidentStore:
+    def __init__(self, path: str | Path, synchronous: str = "FULL"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self._lock = threading.RLock()
+        self._create()
+
+    def _create(self) -> None:
+        if "events" not in self.db.table_names():
+            self.db["events"].create({
+                "id": str, "ts": float, "time": str, "type": str, "subject": str, "severity": str,
+                "source": str, "message": str, "attributes": str, "incident_id": str, "signals": str,
+                "received_at": str}, pk="id")
+            self.db["events"].create_index(["incident_id", "ts"])
+        if "incidents" not in self.db.table_names():
+            self.db["incidents"].create({
+                "id": str, "opened_at": str, "updated_at": str, "first_ts": float, "last_ts": float,
+                "status": str, "severity": str, "entities": str, "detections": str, "signal_count": int,
+                "event_count": int, "merged_into": str, "root_causes": str, "actions": str,
+                "versions": str, "diagnosed_at": str}, pk="id")
+            self.db["incidents"].create_index(["status"])
+        if "pipeline_state" not in self.db.table_names():
+            self.db["pipeline_state"].create({"key": str, "value": str}, pk="key")
+
+    @contextmanager
+    def transaction(self):
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    # -- the hot path -----------------------------------------------------------------------------
+
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        known: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            known.update(r[0] for r in self.db.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
+        return known
+
+    def insert_events(self, rows: Iterable[tuple]) -> None:
+        marks = ",".join("?" * len(EVENT_COLUMNS))
+        self.db.conn.executemany(f"INSERT OR IGNORE INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({marks})", rows)
+
+    def attach(self, incident_id: str, event_ids: Iterable[str]) -> None:
+        """Give events recorded before their incident existed (a threshold's early events) to it."""
+        self.db.conn.executemany("UPDATE events SET incident_id=? WHERE id=? AND incident_id IS NULL",
+                                 [(incident_id, e) for e in event_ids])
+
+    def merge(self, absorbed: str, keeper: str) -> None:
+        self.db.execute("UPDATE events SET incident_id=? WHERE incident_id=?", [keeper, absorbed])
+        self.db.execute("UPDATE incidents SET status='merged', merged_into=? WHERE id=?", [keeper, absorbed])
+
+    def upsert_incident(self, state: dict[str, Any]) -> None:
+        count = self.db.execute("SELECT COUNT(*) FROM events WHERE incident_id=?", [state["id"]]).fetchone()[0]
+        existing = self.db.execute("SELECT status FROM incidents WHERE id=?", [state["id"]]).fetchone()
+        self.db["incidents"].upsert({
+            "id": state["id"], "opened_at": _iso(state["first_ts"]), "updated_at": _iso(state["last_ts"]),
+            "first_ts": state["first_ts"], "last_ts": state["last_ts"],
+            "status": existing[0] if existing else "open", "severity": state["severity"],
+            "entities": json.dumps(state["entities"]), "detections": json.dumps(state["detections"]),
+            "signal_count": state["signals"], "event_count": count}, pk="id")
+
+    def save_state(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO pipeline_state (key, value) VALUES (?, ?)", [key, json.dumps(value)])
+
+    def load_state(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM pipeline_state WHERE key=?", [key]).fetchone()
+        return json.loads(row[0]) if row else default
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def incident(self, incident_id: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM incidents WHERE id=?", [incident_id]))
+        if not rows:
+            rows = list(self.db.query("SELECT * FROM incidents WHERE id LIKE ? ORDER BY first_ts",
+                                      [incident_id + "%"]))
+            if len(rows) != 1:
+                return None
+        return _decode(rows[0])
+
+    def incidents(self, status: str | None = None, include_merged: bool = False) -> list[dict[str, Any]]:
+        where, params = [], []
+        if status:
+            where.append("status=?")
+            params.append(status)
+        elif not include_merged:
+            where.append("status!='merged'")
+        sql = "SELECT * FROM incidents" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY first_ts, id"
+        return [_decode(r) for r in self.db.query(sql, params)]
+
+    def events(self, incident_id: str) -> list[Event]:
+        return [event_from_row(r) for r in self.db.query(
+            "SELECT * FROM events WHERE incident_id=? ORDER BY ts, id", [incident_id])]
+
+    def event_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    def save_diagnosis(self, incident_id: str, *, status: str, root_causes: list[dict[str, Any]],
+                       actions: list[dict[str, Any]], versions: dict[str, str]) -> None:
+        with self.transaction():
+            self.db["incidents"].update(incident_id, {
+                "status": status, "root_causes": json.dumps(root_causes), "actions": json.dumps(actions),
+                "versions": json.dumps(versions), "diagnosed_at": datetime.now(timezone.utc).isoformat()})
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+
+def event_row(event: Event, incident_id: str | None, signals: Sequence[str], received_at: str) -> tuple:
+    return (event.id, event.ts, format_time(event.time), event.type, event.subject, event.severity,
+            event.source, event.message, json.dumps(event.attributes), incident_id,
+            json.dumps(list(signals)) if signals else None, received_at)
+
+
+def event_from_row(row: dict[str, Any]) -> Event:
+    return Event(id=row["id"], source=row["source"], type=row["type"],
+                 time=parse_time(row["time"]), subject=row["subject"],
+                 severity=row["severity"], message=row["message"] or "",
+                 attributes=json.loads(row["attributes"] or "{}"))
+
+
+def incident_model(row: dict[str, Any]) -> Incident:
+    return Incident(id=row["id"], opened_at=row["opened_at"], updated_at=row["updated_at"], status=row["status"],
+                    severity=row["severity"], entities=row["entities"], event_count=row["event_count"],
+                    detections=row["detections"])
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("entities", "detections", "root_causes", "actions", "versions"):
+        if key in row:
+            row[key] = json.loads(row[key]) if row[key] else ([] if key != "versions" else {})
+    return row
+
+
+def _iso(ts: float) -> str:
+    return format_time(datetime.fromtimestamp(ts, timezone.utc))

@@ -1,0 +1,118 @@
+"""The hot path from the bus to the store: dedupe, detect, correlate, record. The bus acks after.
+
+`Triage.handle` is the bus handler. It is plain synchronous work over a batch; the one transaction
+at its end is what makes an ack safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from bus import Event
+from rules import Correlator, Detector
+
+from .store import IncidentStore, event_row
+
+log = logging.getLogger("rtem.triage")
+
+DETECTOR_STATE = "detector"
+CORRELATOR_STATE = "correlator"
+
+
+@dataclass
+class TriageStats:
+    events: int = 0
+    duplicates: int = 0
+    signals: int = 0
+    incidents_opened: int = 0
+    incidents_merged: int = 0
+
+
+@dataclass
+class BatchResult:
+    """What one batch changed, for whoever reports or audits it after the commit."""
+
+    opened: list[str] = field(default_factory=list)
+    merged: list[tuple[str, str]] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+
+class Triage:
+    def __init__(self, store: IncidentStore, detector: Detector, correlator: Correlator,
+                 after_commit: Callable[[BatchResult], None] | None = None):
+        self.store = store
+        self.detector = detector
+        self.correlator = correlator
+        self.after_commit = after_commit
+        self.stats = TriageStats()
+        self.restore()
+
+    def restore(self) -> None:
+        """Pick up window and incident state where the last process left it."""
+        self.detector.restore(self.store.load_state(DETECTOR_STATE, {}))
+        self.correlator.restore(self.store.load_state(CORRELATOR_STATE, []))
+
+    async def __call__(self, events: list[Event]) -> None:
+        self.handle(events)
+
+    def handle(self, events: Sequence[Event]) -> BatchResult:
+        received = datetime.now(timezone.utc).isoformat()
+        known = self.store.known_ids([e.id for e in events])
+        result = BatchResult()
+        rows = []
+        late: dict[str, list[str]] = {}
+        for event in events:
+            if event.id in known:
+                self.stats.duplicates += 1
+                continue
+            known.add(event.id)
+            incident_id, rules = self._place(event, result, late)
+            rows.append(event_row(event, incident_id, rules, received))
+        with self.store.transaction():
+            self.store.insert_events(rows)
+            for absorbed, keeper in result.merged:
+                self.store.merge(absorbed, keeper)
+            for incident_id, event_ids in late.items():
+                self.store.attach(self._current(incident_id, result), event_ids)
+            for incident_id in result.touched:
+                if incident_id in self.correlator.open:
+                    self.store.upsert_incident(self.correlator.open[incident_id].to_state())
+            self.store.save_state(DETECTOR_STATE, self.detector.state())
+            self.store.save_state(CORRELATOR_STATE, [i.to_state() for i in self.correlator.open.values()])
+        self.stats.events += len(rows)
+        if self.after_commit:
+            self.after_commit(result)
+        return result
+
+    def _place(self, event: Event, result: BatchResult, late: dict[str, list[str]]) -> tuple[str | None, list[str]]:
+        signals = self.detector.observe(event)
+        incident_id = None
+        for signal in signals:
+            assignment = self.correlator.assign(signal)
+            incident_id = assignment.incident_id
+            result.touched.add(incident_id)
+            if assignment.opened:
+                result.opened.append(incident_id)
+                self.stats.incidents_opened += 1
+            for absorbed in assignment.merged:
+                result.merged.append((absorbed, incident_id))
+                result.touched.discard(absorbed)
+                self.stats.incidents_merged += 1
+            earlier = [i for i in signal.event_ids if i != event.id]
+            if earlier:
+                late.setdefault(incident_id, []).extend(earlier)
+        self.stats.signals += len(signals)
+        if incident_id is None:
+            incident_id = self.correlator.find(event.subject, event.ts)
+        return incident_id, [s.rule for s in signals]
+
+    @staticmethod
+    def _current(incident_id: str, result: BatchResult) -> str:
+        """Follow merges made later in the same batch."""
+        for absorbed, keeper in result.merged:
+            if absorbed == incident_id:
+                incident_id = keeper
+        return incident_id
