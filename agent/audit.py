@@ -52,7 +52,7 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit {refuse}
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit {refuse}
 CREATE TRIGGER IF NOT EXISTS audit_extends_head BEFORE INSERT ON audit
   WHEN NEW.seq IS NOT (SELECT seq + 1 FROM audit_head) OR NEW.prev_hash IS NOT (SELECT hash FROM audit_head)
-  BEGIN SELECT RAISE(ABORT, 'audit record must extend the chain head'); END;
+  BEGIN SELECT RAISE(ABORT, 'audit log is append-only: a record must extend the chain head'); END;
 CREATE TRIGGER IF NOT EXISTS audit_moves_head AFTER INSERT ON audit
   BEGIN UPDATE audit_head SET seq = NEW.seq, hash = NEW.hash WHERE id = 1; END;
 CREATE TRIGGER IF NOT EXISTS audit_head_forward_only BEFORE UPDATE ON audit_head

@@ -1,0 +1,276 @@
+"""The `rtem` command line. Human output uses rich; `--json` prints exactly the documented shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bus import Bus, NatsServerError
+from rules import RulesError, Topology, TopologyError
+
+from .config import Settings
+
+app = typer.Typer(help="rtem, the real-time exception manager: events in, incidents out, safe "
+                       "remediation in between, and an explanation for every step.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+incidents_app = typer.Typer(help="List incidents, or show one with `rtem incidents show ID`.",
+                            invoke_without_command=True)
+audit_app = typer.Typer(help="The append-only, hash-chained audit log.", no_args_is_help=True)
+app.add_typer(incidents_app, name="incidents")
+app.add_typer(audit_app, name="audit")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+DbOpt = Annotated[Optional[Path], typer.Option("--db", help="The store to read (default: RTEM_DATA_DIR/rtem.db).")]
+
+
+def main() -> None:
+    app()
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's message names the variable and the problem
+        fail(f"configuration: {exc}")
+        raise
+
+
+# -- analyze --------------------------------------------------------------------------------------
+
+@app.command()
+def analyze(
+    files: Annotated[list[Path], typer.Argument(help="Recorded events: CloudEvents JSON lines.", show_default=False)],
+    topology: Annotated[Path, typer.Option("--topology", "-t", help="Topology file (JSON or YAML).")],
+    json_out: JsonOpt = False,
+    each: Annotated[bool, typer.Option("--each", help="Analyze every file on its own; one JSON object per line.")] = False,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Keep the store and audit log here "
+                       "(default: RTEM_DATA_DIR/analyze, replaced on each run).")] = None,
+) -> None:
+    """Replay recorded events through the same bus, rules and graph as `rtem run` (dry run) and report the incidents."""
+    from .analyze import analyze_files
+
+    cfg = settings()
+    for path in files:
+        if not path.is_file():
+            fail(f"{path}: no such file")
+    try:
+        topo = Topology.load(topology)
+    except TopologyError as exc:
+        fail(str(exc))
+    workdir = out_dir or cfg.data_dir / "analyze"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    with err.status("starting", spinner="dots") as status:
+        def progress(p):
+            status.update(f"{p.file}: {p.stage} · published {p.published} · triaged {p.processed} · "
+                          f"incidents {p.incidents}")
+        try:
+            results = asyncio.run(analyze_files(files, topo, cfg, workdir=workdir, each=each, progress=progress))
+        except RulesError as exc:
+            fail(str(exc))
+        except NatsServerError as exc:
+            fail(str(exc), 1)
+    if json_out:
+        for result in results:
+            doc = {"file": result.file, **result.report} if each else result.report
+            print(json.dumps(doc, separators=(",", ":") if each else (", ", ": "), indent=None if each else 2))
+        return
+    for result in results:
+        _print_analysis(result)
+    err.print(f"[dim]store and audit log: {results[-1].db_path} — try `rtem incidents --db {results[-1].db_path}`[/]")
+
+
+def _print_analysis(result) -> None:
+    stats = result.report["stats"]
+    incidents = result.report["incidents"]
+    out.rule(f"[bold]{result.file}")
+    out.print(f"{stats['events']} events · {stats['invalid']} invalid (in the DLQ) · {stats['duplicates']} "
+              f"duplicates · {len(incidents)} incident{'s' if len(incidents) != 1 else ''}")
+    for inc in incidents:
+        _print_incident(inc)
+
+
+def _print_incident(inc: dict) -> None:
+    out.print(f"\n[bold]{inc['id']}[/]  opened {inc['opened_at']}  ·  {inc['event_count']} events  ·  "
+              f"{len(inc['entities'])} entities")
+    causes = Table(title="ranked root causes", title_justify="left", show_edge=False)
+    for col in ("#", "entity", "fault", "confidence", "evidence"):
+        causes.add_column(col)
+    for rank, cause in enumerate(inc["root_causes"], 1):
+        causes.add_row(str(rank), cause["entity"], cause["fault_type"], f"{cause['confidence']:.2f}",
+                       str(len(cause["evidence"])))
+    out.print(causes)
+    if inc["root_causes"]:
+        out.print(f"[dim]{inc['root_causes'][0]['explanation']}[/]")
+    actions = Table(title="proposed actions (dry run)", title_justify="left", show_edge=False)
+    for col in ("action", "target", "verdict", "rules", "reason"):
+        actions.add_column(col, overflow="fold")
+    colour = {"allow": "green", "deny": "red", "require_approval": "yellow"}
+    for action in inc["actions"]:
+        actions.add_row(action["type"], action["target"], f"[{colour[action['verdict']]}]{action['verdict']}[/]",
+                        ", ".join(action["rules"]) or "-", action["reason"])
+    out.print(actions)
+
+
+# -- ingest ---------------------------------------------------------------------------------------
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help="CloudEvents JSON lines ('-' for standard input).")],
+    nats_url: Annotated[Optional[str], typer.Option("--nats-url", help="Server to publish to (default: RTEM_NATS_URL, "
+                        "else the embedded server of a running `rtem run`).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Publish events to the bus. Invalid lines are published too: the consumer dead-letters them with the reason."""
+    cfg = settings()
+    url = nats_url or cfg.nats_url or _running_server_url(cfg)
+    if not url:
+        fail("no NATS server: set RTEM_NATS_URL, pass --nats-url, or start `rtem run` first")
+
+    async def publish():
+        bus = await Bus.connect(url, cfg.bus_settings(), name="rtem-ingest")
+        try:
+            await bus.ensure_streams()
+            totals = {"lines": 0, "published": 0, "duplicates": 0, "rejected": 0}
+            for path in files:
+                handle = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
+                with handle:
+                    report = await bus.publish_lines(handle)
+                for key in totals:
+                    totals[key] += getattr(report, key)
+            return totals
+        finally:
+            await bus.close()
+
+    for path in files:
+        if str(path) != "-" and not path.is_file():
+            fail(f"{path}: no such file")
+    try:
+        totals = asyncio.run(publish())
+    except (OSError, asyncio.TimeoutError) as exc:
+        fail(f"cannot publish to {url}: {exc}", 1)
+    if json_out:
+        print(json.dumps(totals))
+    else:
+        out.print(f"{totals['published']} published · {totals['duplicates']} duplicates (already on the bus) · "
+                  f"{totals['rejected']} rejected (too large, sent to the DLQ) · from {totals['lines']} lines")
+
+
+def _running_server_url(cfg: Settings) -> str | None:
+    marker = cfg.data_dir / "nats.url"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+# -- incidents ------------------------------------------------------------------------------------
+
+def _store(db: Path | None):
+    from .store import IncidentStore
+
+    cfg = settings()
+    path = db or cfg.db_path
+    if not path.is_file():
+        fail(f"{path}: no store here yet (run `rtem analyze` or `rtem run`, or pass --db)")
+    return IncidentStore(path)
+
+
+@incidents_app.callback()
+def incidents(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None,
+              status: Annotated[Optional[str], typer.Option(help="Only incidents with this status.")] = None) -> None:
+    """List incidents, newest last."""
+    if ctx.invoked_subcommand:
+        return
+    from .analyze import incident_report
+
+    store = _store(db)
+    rows = store.incidents(status=status)
+    if json_out:
+        print(json.dumps({"incidents": [{**incident_report(r), "status": r["status"]} for r in rows]}, indent=2))
+        return
+    table = Table(show_edge=False)
+    for col in ("id", "opened", "status", "severity", "events", "root cause", "actions"):
+        table.add_column(col)
+    for r in rows:
+        top = r["root_causes"][0] if r["root_causes"] else None
+        table.add_row(r["id"], r["opened_at"], r["status"], r["severity"], str(r["event_count"]),
+                      f"{top['entity']} ({top['fault_type']}, {top['confidence']:.2f})" if top else "-",
+                      ", ".join(f"{a['type']}:{a['verdict']}" for a in r["actions"]) or "-")
+    out.print(table if rows else "no incidents")
+
+
+@incidents_app.command("show")
+def incidents_show(incident_id: Annotated[str, typer.Argument(help="Incident id (a unique prefix is enough).")],
+                   json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """One incident: its entities, ranked root causes and the verdict on each proposed action."""
+    from .analyze import incident_report
+
+    row = _store(db).incident(incident_id)
+    if row is None:
+        fail(f"no incident {incident_id!r} (see `rtem incidents`)", 1)
+    report = {**incident_report(row), "status": row["status"], "severity": row["severity"],
+              "detections": row["detections"], "versions": row["versions"]}
+    if json_out:
+        print(json.dumps(report, indent=2))
+        return
+    _print_incident(report)
+    out.print(f"status {row['status']} · severity {row['severity']} · detections {', '.join(row['detections'])}")
+
+
+# -- audit ----------------------------------------------------------------------------------------
+
+@audit_app.command("verify")
+def audit_verify(json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Check the hash chain: exits 1 and names each changed or deleted record if the log was tampered with."""
+    from .audit import verify_file
+
+    cfg = settings()
+    path = db or cfg.db_path
+    if not path.is_file():
+        fail(f"{path}: no audit log here")
+    report = verify_file(path)
+    if json_out:
+        print(report.model_dump_json(indent=2) if hasattr(report, "model_dump_json") else json.dumps(report.__dict__))
+    else:
+        (out if report.ok else err).print(report.summary())
+        for problem in report.problems:
+            err.print(f"  seq {problem.seq}: {problem.kind}: {problem.detail}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@audit_app.command("list")
+def audit_list(incident: Annotated[Optional[str], typer.Option(help="Only this incident's records.")] = None,
+               json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Decision records, oldest first: what was decided, on what inputs, by which rule and model versions."""
+    from .audit import AuditLog
+
+    cfg = settings()
+    path = db or cfg.db_path
+    if not path.is_file():
+        fail(f"{path}: no audit log here")
+    records = AuditLog(path).records(incident_id=incident)
+    if json_out:
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    table = Table(show_edge=False)
+    for col in ("seq", "at", "incident", "kind", "node", "reasons"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        table.add_row(str(r.seq), r.at.isoformat(timespec="seconds"), r.incident_id or "-", r.kind, r.node,
+                      "; ".join(r.reasons)[:200])
+    out.print(table)

@@ -1,0 +1,213 @@
+"""What the deterministic reasoner knows about signals and remedies, as data.
+
+Three tables live here: which resource a metric name measures (its *domain*), which direction of change
+is bad for that domain, and which remediation actions answer which (entity type, fault type). Everything
+is keyed by generic words found in metric names (cpu, mem, fs_reads, io.w_s, mrt, sr ...), never by the
+names of one system's services, so the same tables serve any topology.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# The fault-type vocabulary: what `RootCause.fault_type` may say.
+FAULT_TYPES: dict[str, str] = {
+    "cpu": "CPU saturation or contention",
+    "memory": "memory pressure or leak",
+    "disk_io": "disk read/write throughput or IOPS",
+    "disk_space": "disk or filesystem filling up",
+    "network": "network throughput, packet loss, corruption or retransmission",
+    "process": "process or thread trouble: crashes, restarts, thread explosion, health check down",
+    "latency": "slow responses with no resource signal that explains them",
+    "errors": "failed requests with no resource signal that explains them",
+    "bad_deploy": "a deployment shortly before the anomalies",
+    "bad_config": "a configuration change shortly before the anomalies",
+    "unknown": "anomalous, but the signals do not say which resource",
+}
+
+# Domains are the resources (or symptoms) a signal speaks about; most map one-to-one to a fault type.
+RESOURCE_DOMAINS = ("cpu", "memory", "disk_io", "disk_space", "network", "process")
+SYMPTOM_DOMAINS = ("latency", "errors", "traffic")
+CHANGE_FAULTS = {"rtem.change.deploy": "bad_deploy", "rtem.change.config": "bad_config"}
+
+# Ordered: the first rule whose words all occur among a metric name's tokens wins, so the more specific
+# rules (disk space before disk, success rate before rate) come first.
+_DOMAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("disk_space", ("disk", "used")),
+    ("disk_space", ("disk", "pct")),
+    ("disk_space", ("disk", "free")),
+    ("disk_space", ("fs", "usage")),
+    ("disk_space", ("filesystem",)),
+    ("disk_space", ("inodes",)),
+    ("disk_io", ("fs", "reads")),
+    ("disk_io", ("fs", "writes")),
+    ("disk_io", ("io",)),
+    ("disk_io", ("iops",)),
+    ("disk_io", ("blkio",)),
+    ("disk_io", ("diskio",)),
+    ("disk_io", ("disk",)),
+    ("network", ("network",)),
+    ("network", ("net",)),
+    ("network", ("packets",)),
+    ("network", ("retrans",)),
+    ("network", ("retransmits",)),
+    ("network", ("tcp",)),
+    ("network", ("rx",)),
+    ("network", ("tx",)),
+    ("cpu", ("cpu",)),
+    ("cpu", ("load",)),
+    ("memory", ("memory",)),
+    ("memory", ("mem",)),
+    ("memory", ("rss",)),
+    ("memory", ("heap",)),
+    ("memory", ("swap",)),
+    ("memory", ("oom",)),
+    ("process", ("threads",)),
+    ("process", ("thread",)),
+    ("process", ("restarts",)),
+    ("process", ("restart",)),
+    ("process", ("pids",)),
+    ("process", ("fds",)),
+    ("process", ("up",)),
+    ("errors", ("sr",)),
+    ("errors", ("success",)),
+    ("errors", ("error",)),
+    ("errors", ("errors",)),
+    ("errors", ("5xx",)),
+    ("errors", ("failures",)),
+    ("latency", ("mrt",)),
+    ("latency", ("rt",)),
+    ("latency", ("latency",)),
+    ("latency", ("duration",)),
+    ("latency", ("p99",)),
+    ("latency", ("p95",)),
+    ("traffic", ("rr",)),
+    ("traffic", ("count",)),
+    ("traffic", ("qps",)),
+    ("traffic", ("rps",)),
+    ("traffic", ("requests",)),
+)
+
+# Metrics where a rise is good news: a higher success rate or uptime is not a fault.
+_HIGHER_IS_BETTER = (("sr",), ("success",), ("up",))
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+# A trailing device or interface qualifier (container_fs_reads./dev/vda, ..._packets.eth0) names where
+# a metric was measured, not what it measures; two devices of one metric are one kind of signal.
+_QUALIFIER = re.compile(r"\.(/dev/[^.]*|eth\d+|ens\w*|enp\w*|lo|vd[a-z]\d*|sd[a-z]\d*|nvme\w*)$")
+
+
+def metric_kind(name: str) -> str:
+    """The metric name without its device or interface qualifier."""
+    return _QUALIFIER.sub("", name.strip())
+
+
+def metric_domain(name: str) -> str:
+    """The resource or symptom a metric measures; "unknown" when no rule matches."""
+    tokens = set(_TOKEN.findall(metric_kind(name).lower()))
+    for domain, words in _DOMAIN_RULES:
+        if all(w in tokens for w in words):
+            return domain
+    return "unknown"
+
+
+def is_bad_direction(name: str, domain: str, direction: str | None) -> bool:
+    """Whether a change in `direction` is a problem for this metric.
+
+    Latency and error counts are only bad when they rise, success rates and uptime only when they fall.
+    Resource usage is suspect both ways: a spike is load, a drop is a process that stopped working.
+    """
+    if not direction:
+        return True
+    direction = direction.lower()
+    tokens = set(_TOKEN.findall(metric_kind(name).lower()))
+    if any(all(w in tokens for w in words) for words in _HIGHER_IS_BETTER):
+        return direction == "down"
+    if domain in ("latency", "errors"):
+        return direction == "up"
+    return True
+
+
+def text_domain(text: str) -> str:
+    """The domain a free-text message (log line, alert name) speaks about, by the same words as metrics."""
+    tokens = set(_TOKEN.findall(text.lower()))
+    hints = (
+        ("memory", ("oom", "outofmemory", "oomkilled", "memory")),
+        ("disk_space", ("space", "full", "enospc")),
+        ("disk_io", ("iowait", "io")),
+        ("cpu", ("cpu", "throttled", "throttling")),
+        ("network", ("timeout", "timed", "unreachable", "refused", "reset", "network", "dns")),
+        ("process", ("crash", "crashloop", "crashloopbackoff", "killed", "restart", "restarted", "panic",
+                     "segfault", "exited", "down", "unhealthy")),
+        ("latency", ("slow", "latency")),
+    )
+    for domain, words in hints:
+        if tokens & set(words):
+            return domain
+    return "errors"
+
+
+def fault_type_of(domain: str) -> str:
+    if domain in FAULT_TYPES:
+        return domain
+    if domain == "traffic":
+        return "latency"
+    return "unknown"
+
+
+# --- actions --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    """One remediation the catalog offers: `type` aimed at the cause itself or at a related entity.
+
+    `aim` is one of: "self" (the cause), "service" (the service an instance belongs to), "host" (the
+    host an instance runs on), "caller" (a service the cause's service is called by: circuit breaking
+    happens at the caller), "user" (a service that uses the cause, e.g. a database's client).
+    """
+
+    type: str
+    aim: str = "self"
+    why: str = ""
+
+
+# Keyed by (entity type, fault type); "*" matches any fault type. The first matching key wins, and at
+# most two remedies are proposed before the closing notify_oncall.
+ACTION_CATALOG: dict[tuple[str, str], tuple[ActionRule, ...]] = {
+    ("instance", "bad_deploy"): (ActionRule("rollback_deploy", "service", "undo the deployment that preceded the anomalies"),),
+    ("instance", "cpu"): (ActionRule("restart_instance", why="a restart clears a runaway process"),
+                          ActionRule("scale_out", "service", "more replicas take load off the saturated one")),
+    ("instance", "memory"): (ActionRule("restart_instance", why="a restart releases leaked memory"),),
+    ("instance", "process"): (ActionRule("restart_instance", why="bring the failed process back"),),
+    ("instance", "disk_io"): (ActionRule("restart_instance", why="stop the I/O-heavy process"),),
+    ("instance", "disk_space"): (ActionRule("restart_instance", why="a fresh container starts with clean scratch space"),),
+    ("instance", "network"): (ActionRule("restart_instance", why="a restart reschedules the pod on a fresh network path"),),
+    ("instance", "*"): (ActionRule("restart_instance", why="restart the misbehaving instance"),),
+    ("service", "bad_deploy"): (ActionRule("rollback_deploy", why="undo the deployment that preceded the anomalies"),),
+    ("service", "cpu"): (ActionRule("scale_out", why="add capacity for the CPU-bound service"),
+                         ActionRule("shed_load", why="protect the service while it scales")),
+    ("service", "memory"): (ActionRule("scale_out", why="spread memory pressure over more replicas"),),
+    ("service", "disk_io"): (ActionRule("scale_out", why="spread I/O over more replicas"),),
+    ("service", "errors"): (ActionRule("open_circuit", "caller", "stop failing calls from cascading to callers"),),
+    ("service", "network"): (ActionRule("open_circuit", "caller", "stop calls over the degraded network path"),),
+    ("service", "latency"): (ActionRule("shed_load", why="cut load until latency recovers"),
+                             ActionRule("open_circuit", "caller", "keep callers from queueing on the slow service")),
+    ("service", "*"): (ActionRule("scale_out", why="add capacity to the degraded service"),),
+    ("host", "*"): (ActionRule("drain_host", why="move workloads off the faulty host"),),
+    ("database", "*"): (ActionRule("failover_database", why="switch to a healthy replica"),),
+    ("cache", "*"): (ActionRule("open_circuit", "user", "let clients bypass the degraded cache"),),
+    ("queue", "*"): (ActionRule("shed_load", "user", "slow producers while the queue recovers"),),
+}
+
+ACTION_TYPES = ("restart_instance", "rollback_deploy", "scale_out", "failover_database", "open_circuit",
+                "shed_load", "drain_host", "notify_oncall")
+
+# Conservative defaults for the parameterised actions; the guard's contracts bound them.
+SCALE_OUT_REPLICAS = 2
+SHED_LOAD_PERCENT = 20
+
+
+def action_rules(entity_type: str, fault_type: str) -> tuple[ActionRule, ...]:
+    return ACTION_CATALOG.get((entity_type, fault_type)) or ACTION_CATALOG.get((entity_type, "*"), ())

@@ -1,0 +1,114 @@
+"""Events turned into signals: one anomaly about one topology entity, with its domain and weight.
+
+A signal is the unit the scorer reasons over. Events that say nothing bad (a success rate going up, an
+info log) produce no signal; events about entities outside the topology produce none either, since a
+root cause must be something the operator can act on by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bus._envelope import SEVERITY_RANK, Event
+from rules.topology import Topology
+
+from ._catalog import CHANGE_FAULTS, is_bad_direction, metric_domain, metric_kind, text_domain
+
+# How much an event's own severity adds to its weight: an error-level anomaly counts half again as
+# much as a warning, a critical one twice. Info-level events carry no anomaly.
+SEVERITY_WEIGHT = {"info": 0.0, "warning": 1.0, "error": 1.5, "critical": 2.0}
+
+METRIC, TRACE, LOG, ALERT, HEALTH, CHANGE, OTHER = "metric", "trace", "log", "alert", "health", "change", "other"
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One anomaly about `entity`.
+
+    `kind` names what was measured (a metric name without device, "trace:latency", "log:errors"...);
+    `source` is the family of events it came from, since families differ in sampling delay (metrics
+    land on scrape boundaries, traces and logs as they happen) and so are timed against each other.
+    For trace signals `caller` is the entity that observed the callee's trouble.
+    """
+
+    event_id: str
+    entity: str
+    kind: str
+    domain: str
+    source: str
+    ts: float
+    weight: float
+    caller: str | None = None
+
+
+def extract_signals(events: Iterable[Event], topology: Topology) -> list[Signal]:
+    signals: list[Signal] = []
+    for event in events:
+        signal = _signal(event, topology)
+        if signal is not None:
+            signals.append(signal)
+    return signals
+
+
+def _signal(event: Event, topology: Topology) -> Signal | None:
+    weight = SEVERITY_WEIGHT.get(event.severity, 1.0)
+    kind_of_event = event.type
+    if kind_of_event == "rtem.trace.anomaly":
+        return _trace_signal(event, topology, weight)
+    if kind_of_event in CHANGE_FAULTS:
+        if event.subject not in topology:
+            return None
+        return Signal(event.id, event.subject, kind_of_event, CHANGE_FAULTS[kind_of_event], CHANGE, event.ts,
+                      max(weight, 1.0))
+    if event.subject not in topology or weight == 0.0:
+        return None
+    if kind_of_event == "rtem.metric.anomaly":
+        return _metric_signal(event, weight)
+    text = " ".join(str(v) for v in (event.attributes.get("alertname"), event.message) if v)
+    domain = text_domain(text)
+    if kind_of_event == "rtem.health":
+        # A failed health check says the thing is down, whatever its message says.
+        return Signal(event.id, event.subject, "health", "process", HEALTH, event.ts, weight)
+    source = {"rtem.log": LOG, "rtem.alert": ALERT}.get(kind_of_event, OTHER)
+    if source == LOG and SEVERITY_RANK.get(event.severity, 0) < SEVERITY_RANK["error"]:
+        return None  # warnings in logs are too common to count as anomalies
+    return Signal(event.id, event.subject, f"{source}:{domain}", domain, source, event.ts, weight)
+
+
+def _metric_signal(event: Event, weight: float) -> Signal | None:
+    name = str(event.attributes.get("metric") or event.message.split(" ", 1)[0] or "metric")
+    domain = metric_domain(name)
+    if not is_bad_direction(name, domain, event.attributes.get("direction")):
+        return None
+    return Signal(event.id, event.subject, metric_kind(name), domain, METRIC, event.ts, weight)
+
+
+def _trace_signal(event: Event, topology: Topology, weight: float) -> Signal | None:
+    attrs = event.attributes
+    callee = str(attrs.get("callee") or event.subject)
+    if callee not in topology:
+        return None
+    caller = attrs.get("caller")
+    caller = str(caller) if caller in topology else None
+    domain = _trace_domain(str(attrs.get("anomaly", "")))
+    return Signal(event.id, callee, f"trace:{domain}", domain, TRACE, event.ts, weight, caller)
+
+
+def _trace_domain(code: str) -> str:
+    """Trace anomaly codes: "PD" (performance degradation) is latency; HTTP/gRPC status codes are errors."""
+    code = code.strip().upper()
+    if code.isdigit() or "ERR" in code or code in ("EE", "FAIL", "ERROR"):
+        return "errors"
+    return "latency"
+
+
+def first_by_kind(signals: Sequence[Signal]) -> dict[tuple[str, str], Signal]:
+    """The earliest signal of each (entity, kind): a repeated anomaly is one piece of evidence."""
+    first: dict[tuple[str, str], Signal] = {}
+    for signal in signals:
+        key = (signal.entity, signal.kind)
+        seen = first.get(key)
+        if seen is None or signal.ts < seen.ts or (signal.ts == seen.ts and signal.weight > seen.weight):
+            first[key] = signal
+    return first

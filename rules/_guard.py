@@ -1,0 +1,172 @@
+"""The guard: judges one proposed action and says allow, deny or require_approval, with every reason.
+
+It applies DESIGN.md §4 in a fixed order of built-in checks, then every guardrail:
+
+  contract.unknown_action  deny              the action type has no contract
+  contract.invalid         deny              params or target break the contract (one JSON path per problem)
+  guard.blast_radius       deny              the target is outside the incident's blast radius
+  contract.approval        require_approval  the contract names an approver role or rates the action high risk
+  <guardrail ids>                            each guardrail whose `match` holds, in file order
+
+Every check runs even after one has denied, so the decision record lists all rules that matched, not
+just the first. The strongest outcome wins (deny > require_approval > allow); when nothing matches, the
+guard's default outcome applies. Nothing the reasoner writes can widen this: the contract, topology and
+incident come from rtem, the proposal only from the reasoner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from rules._contracts import ActionContract
+from rules._engine import CompiledRuleset
+from rules._guardrails import Ruleset
+from rules._proposal import OUTCOME_PRECEDENCE, Outcome, Proposal, RuleMatch, Verdict
+from rules.topology import Topology
+
+DEFAULT_APPROVER_ROLE = "approver"
+
+
+class Guard:
+    """Built once per (guardrails, contracts) pair: compiling the guardrails is the expensive part."""
+
+    def __init__(self, guardrails: Ruleset, contracts: Mapping[str, ActionContract], default_outcome: Outcome = "allow"):
+        if default_outcome not in OUTCOME_PRECEDENCE:
+            raise ValueError(f"default_outcome must be one of {', '.join(OUTCOME_PRECEDENCE)}, not {default_outcome!r}")
+        self.guardrails = guardrails
+        self.contracts = dict(contracts)
+        self.default_outcome = default_outcome
+        self._rules = {rule.id: rule for rule in guardrails.rules}
+        self._compiled = CompiledRuleset({rule.id: rule.match for rule in guardrails.rules}, name="guardrails")
+
+    def evaluate(
+        self,
+        proposal: Proposal,
+        *,
+        topology: Topology,
+        incident_entities: Iterable[str],
+        incident_id: str,
+        incident_severity: str,
+        at: datetime,
+    ) -> Verdict:
+        """Judge `proposal` for the incident. `at` is event time (timezone-aware), not the wall clock,
+        so replaying a recording judges its proposals exactly as they were judged live."""
+        contract = self.contracts.get(proposal.type)
+        in_radius = proposal.target in topology.blast_radius(incident_entities)
+        matches = list(self._builtin(proposal, contract, topology, in_radius))
+        fact = context_fact(proposal, contract, topology, in_blast_radius=in_radius,
+                            incident_id=incident_id, incident_severity=incident_severity, at=at)
+        for rule_id in self._compiled.match(fact):
+            rule = self._rules[rule_id]
+            role = (rule.approver_role or DEFAULT_APPROVER_ROLE) if rule.outcome == "require_approval" else None
+            matches.append(RuleMatch(id=rule.id, outcome=rule.outcome, reason=rule.reason, approver_role=role))
+        return self._verdict(matches, contract)
+
+    def _builtin(self, proposal: Proposal, contract: ActionContract | None, topology: Topology,
+                 in_radius: bool) -> Iterator[RuleMatch]:
+        if contract is None:
+            known = ", ".join(sorted(self.contracts)) or "none"
+            yield RuleMatch(id="contract.unknown_action", outcome="deny",
+                            reason=f"no action contract for {proposal.type[:64]!r}; known actions: {known}")
+        else:
+            violations = contract.check(proposal, topology)
+            if violations:
+                yield RuleMatch(id="contract.invalid", outcome="deny",
+                                reason=f"breaks the {contract.action} contract: " + "; ".join(map(str, violations)))
+        if not in_radius:
+            yield RuleMatch(id="guard.blast_radius", outcome="deny",
+                            reason=f"target {proposal.target[:64]!r} is outside the incident's blast radius "
+                                   "(its entities and those one relation away)")
+        if contract is not None and contract.needs_approval:
+            yield RuleMatch(id="contract.approval", outcome="require_approval",
+                            approver_role=contract.approver_role or DEFAULT_APPROVER_ROLE,
+                            reason=f"the {contract.action} contract ({contract.risk} risk) requires approval")
+
+    def _verdict(self, matches: list[RuleMatch], contract: ActionContract | None) -> Verdict:
+        if matches:
+            outcome = max((m.outcome for m in matches), key=OUTCOME_PRECEDENCE.__getitem__)
+            reasons = [m.reason for m in matches]
+        else:
+            outcome = self.default_outcome
+            reasons = [f"no rule matched; the guard's default is {outcome}"]
+        role = None
+        if outcome == "require_approval":
+            # the first rule that asked for approval names the role: built-ins, then guardrails in file order
+            role = next((m.approver_role for m in matches if m.approver_role), DEFAULT_APPROVER_ROLE)
+        return Verdict(
+            outcome=outcome,
+            rules=[m.id for m in matches],
+            reasons=reasons,
+            matches=matches,
+            approver_role=role,
+            ruleset=self.guardrails.digest,
+            contract=contract.digest if contract else None,
+        )
+
+
+def context_fact(
+    proposal: Proposal,
+    contract: ActionContract | None,
+    topology: Topology,
+    *,
+    in_blast_radius: bool,
+    incident_id: str,
+    incident_severity: str,
+    at: datetime,
+) -> dict[str, Any]:
+    """The fact guardrail conditions match against. A field that does not apply is absent, so
+    `{exists: false}` tests for it; a comparison with an absent field is false.
+
+    action              the proposed action type (`restart_instance`)
+    risk                the action contract's risk: low, medium or high; absent without a contract
+    proposed_by         who proposed it: `deterministic`, or the LLM reasoner's name
+    cause               the root-cause entity the proposal answers, when the reasoner named one
+    target              the target entity id
+    target_type         its entity type: service, instance, host, database, cache, queue, external;
+                        absent when the target is not in the topology
+    target_service      the service an instance belongs to; any other entity stands for itself
+    target_tier         the target's tier (an int, 0 or 1 = most critical); an instance without a tier
+                        takes its service's, so a tier-1 rule also covers the service's instances
+    target_labels.<k>   the target's labels, merged over its service's labels for an instance
+    incident_id         the incident the proposal is for
+    incident_severity   its severity: info, warning, error, critical
+    in_blast_radius     true when the target is an incident entity or one relation away from one
+    hour, minute        event time `at` in UTC: hour 0-23, minute 0-59
+    weekday             0 = Monday … 6 = Sunday (UTC)
+    date                `YYYY-MM-DD` (UTC)
+    params.<k>          the proposal's parameters, as proposed (a contract violation denies anyway)
+    """
+    if at.tzinfo is None:
+        raise ValueError("the guard's evaluation time must be timezone-aware (event time, in UTC)")
+    at = at.astimezone(timezone.utc)
+    fact: dict[str, Any] = {
+        "action": proposal.type,
+        "proposed_by": proposal.proposed_by,
+        "target": proposal.target,
+        "incident_id": incident_id,
+        "incident_severity": incident_severity,
+        "in_blast_radius": in_blast_radius,
+        "hour": at.hour,
+        "minute": at.minute,
+        "weekday": at.weekday(),
+        "date": at.date().isoformat(),
+        "params": dict(proposal.params),
+    }
+    if contract is not None:
+        fact["risk"] = contract.risk
+    if proposal.cause:
+        fact["cause"] = proposal.cause
+    entity = topology.by_id.get(proposal.target)
+    if entity is not None:
+        service = topology.by_id.get(topology.service_of(entity.id))
+        fact["target_type"] = entity.type
+        fact["target_service"] = service.id if service else entity.id
+        tier = entity.tier if entity.tier is not None else (service.tier if service else None)
+        if tier is not None:
+            fact["target_tier"] = tier
+        labels = {**(service.labels if service and service is not entity else {}), **entity.labels}
+        if labels:
+            fact["target_labels"] = labels
+    return fact
