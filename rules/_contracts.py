@@ -270,7 +270,7 @@ def _once(seen: set[tuple[str, str]], path: list, message: str) -> Iterator[Cont
         yield ContractViolation(path=key[0], message=message)
 
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 def _json_path(parts, root: str = "$.params") -> str:

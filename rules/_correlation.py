@@ -2,7 +2,8 @@
 
 Two signals belong together when they are close in event time (within `gap_s` of the incident's
 span) and close in the topology: the same entity, the same service, services one `calls`/`uses`
-hop apart, or instances sharing a host. A storm of alerts from one fault stays inside that
+hop apart, or a host and the instances running on it. Two instances merely sharing a host are
+not linked: on a busy host that would tie every fault to every other. A storm of alerts from one fault stays inside that
 neighbourhood and becomes one incident; faults in unrelated parts of the system stay apart. When a
 signal links several open incidents, they are merged into the oldest.
 
@@ -36,6 +37,7 @@ class OpenIncident:
     entities: set[str] = field(default_factory=set)
     services: set[str] = field(default_factory=set)
     hosts: set[str] = field(default_factory=set)
+    placements: set[str] = field(default_factory=set)
     detections: set[str] = field(default_factory=set)
     signals: int = 0
 
@@ -120,7 +122,9 @@ class Correlator:
             return True
         if any(n in inc.services for rel in LINKS for n in (*topo.targets(service, rel), *topo.sources(service, rel))):
             return True
-        host = entity if topo.entity_type(entity) == "host" else topo.host_of(entity)
+        if topo.entity_type(entity) == "host":
+            return entity in inc.placements
+        host = topo.host_of(entity)
         return host is not None and host in inc.hosts
 
     def _add(self, inc: OpenIncident, signal: Signal) -> None:
@@ -139,7 +143,7 @@ class Correlator:
         if topo.entity_type(entity) == "host":
             inc.hosts.add(entity)
         elif (host := topo.host_of(entity)) is not None:
-            inc.hosts.add(host)
+            inc.placements.add(host)
 
     def _absorb(self, keeper: OpenIncident, other: OpenIncident) -> None:
         keeper.first_ts = min(keeper.first_ts, other.first_ts)

@@ -59,9 +59,9 @@ class RuleFile:
 
     def validate(self, validator: Draft202012Validator) -> None:
         """Raise the first schema error (in document order) at its line."""
-        errors = sorted(validator.iter_errors(self.doc), key=lambda e: self.locate(e.absolute_path))
+        errors = sorted(validator.iter_errors(self.doc), key=lambda e: self.locate(_where(e)))
         if errors:
-            raise self.error(errors[0].absolute_path, *_explain(errors[0]))
+            raise self.error(_where(errors[0]), *_explain(errors[0]))
 
 
 def read_rule_file(path: str | Path) -> RuleFile:
@@ -104,6 +104,16 @@ def _walk(node: yaml.Node, path: Path_, marks: dict[Path_, tuple[int, int]]) -> 
             _walk(item, path + (index,), marks)
 
 
+def _where(error) -> tuple[str | int, ...]:
+    """The path of the offending part: for an unknown field, the field itself, not its parent."""
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        if extra:
+            path += (extra[0],)
+    return path
+
+
 def _explain(error) -> tuple[str, str]:
     """A schema error in words a rule author can act on, with a hint where one helps."""
     if error.validator == "additionalProperties":
@@ -112,8 +122,8 @@ def _explain(error) -> tuple[str, str]:
         return f"unknown field {', '.join(repr(e) for e in extra)}", f"allowed here: {allowed}"
     if error.validator == "enum":
         return (f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}", "")
-    if error.validator == "required":
-        return error.message, ""
+    if error.validator in ("anyOf", "oneOf") and error.schema.get("description"):
+        return f"{error.instance!r} is not valid here", f"expected {error.schema['description']}"
     return error.message, ""
 
 

@@ -48,6 +48,9 @@ TRACE_WEIGHT = 1.0
 # like one and a half distinctive anomalies: changes are the most common cause of incidents, but a
 # change is also routine, so it must be backed by anomalies to rank.
 CHANGE_WEIGHT = 1.5
+import os
+HOST_SHARING = os.environ.get("HS", "count")
+DOMAIN_VOTE = os.environ.get("DV", "max")
 
 
 @dataclass
@@ -126,7 +129,7 @@ class _Scorer:
         cand = Candidate(entity, self.topology.entity_type(entity) or "unknown")
         for domain, items in self.own.get(entity, {}).items():
             items.sort(key=lambda item: -item[0])
-            best = items[0][0]
+            best = items[0][0] if DOMAIN_VOTE == "max" else sum(v for v, _ in items) / len(items)
             cand.domains[domain] = best
             cand.evidence.extend(items)
         cand.score = sum(cand.domains.values())
@@ -146,7 +149,7 @@ class _Scorer:
                 if not explainers:
                     continue
                 own = cand.domains[domain]
-                kept = own / (own + sum(explainers.values()))
+                kept = 1 / (1 + len(explainers)) if HOST_SHARING == "count" else own / (own + sum(explainers.values()))
                 cand.domains[domain] = own * kept
                 top = max(explainers, key=explainers.get)
                 cand.notes.append(f"its {domain} anomaly is also seen on {len(explainers)} instance(s) on it "
@@ -154,33 +157,33 @@ class _Scorer:
             cand.score = sum(cand.domains.values())
 
     def _propagate_symptoms(self, cands: dict[str, Candidate]) -> None:
-        """Idea 3, calls: a component's latency/errors are shared with the dependencies that show symptoms too."""
+        """Idea 3, calls: a component's latency/errors move on to the dependencies that show them too.
+
+        Callers are visited before their callees, so what a caller passes on travels down the chain to
+        the deepest dependency that is still symptomatic. A component forwards the share of its symptoms
+        that its dependencies' own symptoms can account for (all of it when they are at least as strong).
+        """
         topo = self.topology
-        symptom = {e: _symptom(c) for e, c in cands.items() if c.entity_type not in ("instance", "host")}
+        own = {e: _symptom(c) for e, c in cands.items() if c.entity_type not in ("instance", "host")}
         received: dict[str, float] = defaultdict(float)
-        for entity, own in symptom.items():
-            if own <= 0:
-                continue
-            deps = {d: symptom.get(d, 0.0) for d in topo.targets(entity, "calls") + topo.targets(entity, "uses")}
+        for entity in _callers_first(topo, [e for e, v in own.items() if v > 0]):
+            total = own[entity] + received[entity]
+            deps = {d: own.get(d, 0.0) for d in topo.targets(entity, "calls") + topo.targets(entity, "uses")}
             deps = {d: v for d, v in deps.items() if v > 0}
-            if not deps:
-                continue
-            total = sum(deps.values())
-            moved = min(own, total)
-            for dep, value in deps.items():
-                received[dep] += moved * value / total
-            kept = 1 - moved / own
             cand = cands[entity]
+            forwarded = min(1.0, sum(deps.values()) / own[entity]) if deps else 0.0
+            for dep, value in deps.items():
+                received[dep] += total * forwarded * value / sum(deps.values())
             for domain in SYMPTOM_DOMAINS:
                 if domain in cand.domains:
-                    cand.domains[domain] *= kept
-            cand.score = sum(cand.domains.values())
-            cand.notes.append(f"{1 - kept:.0%} of its latency/errors are attributed to dependencies that show "
-                              f"them too ({', '.join(sorted(deps))})")
-        for dep, value in received.items():
-            cand = cands[dep]
-            cand.score += value
-            cand.notes.append(f"callers' latency/errors point at it (+{value:.2f})")
+                    cand.domains[domain] *= 1 - forwarded
+            cand.score = sum(cand.domains.values()) + received[entity] * (1 - forwarded)
+            if forwarded:
+                cand.notes.append(f"{forwarded:.0%} of its latency/errors are passed on to dependencies that "
+                                  f"show them too ({', '.join(sorted(deps))})")
+            if received[entity] * (1 - forwarded) > 0:
+                cand.notes.append(f"callers' latency/errors point at it (+{received[entity] * (1 - forwarded):.2f})")
+            cand.domains["latency"] = cand.domains.get("latency", 0.0) + received[entity] * (1 - forwarded)
 
     def _add_trace_outliers(self, cands: dict[str, Candidate]) -> None:
         """Idea 4, traces: instances whose callers see many more anomalous calls than their peers'."""
@@ -227,22 +230,40 @@ class _Scorer:
 
     def _aggregate_service(self, cand: Candidate, instance_scores: dict[str, float],
                            cands: dict[str, Candidate]) -> None:
-        """Idea 4: a service is as suspect as its instances are on average, plus its own signals."""
+        """Idea 4: a service is as suspect as its instances are on average, plus its own signals.
+
+        Its own latency/errors are service-wide only as far as its instances are anomalous alike: with
+        one instance standing out, they are that instance's doing, and its share moves there.
+        """
         instances = self.topology.instances(cand.entity)
-        if not instances:
+        scores = [instance_scores.get(i, 0.0) for i in instances]
+        if not instances or max(scores) <= 0:
             return
         anomalous = [i for i in instances if instance_scores.get(i, 0) > 0]
-        if not anomalous:
-            return
-        mean = sum(instance_scores.get(i, 0.0) for i in instances) / len(instances)
-        cand.score += mean
+        typical = statistics.median(scores)
+        evenness = typical / max(scores)
+        symptom = _symptom(cand)
+        if symptom > 0 and evenness < 1:
+            moved = symptom * (1 - evenness)
+            for domain in SYMPTOM_DOMAINS:
+                if domain in cand.domains:
+                    cand.domains[domain] *= evenness
+            for i in anomalous:
+                share = moved * instance_scores[i] / sum(scores)
+                cands[i].score += share
+                cands[i].domains["latency"] = cands[i].domains.get("latency", 0.0) + share
+            cand.score -= moved
+            leader = max(anomalous, key=lambda i: instance_scores[i])
+            cand.notes.append(f"its instances are unevenly anomalous, so {1 - evenness:.0%} of its latency/errors "
+                              f"move to them (mostly {leader})")
+        cand.score += typical
         for i in anomalous:
             for domain, value in cands[i].domains.items():
                 cand.domains[domain] = cand.domains.get(domain, 0.0) + value / len(instances)
             cand.evidence.extend((v / len(instances), s) for v, s in cands[i].evidence)
         cand.onset = min([cand.onset or math.inf] + [cands[i].onset or math.inf for i in anomalous])
         cand.notes.append(f"{len(anomalous)} of its {len(instances)} instances are anomalous "
-                          f"(mean instance score {mean:.2f})")
+                          f"(median instance score {typical:.2f})")
 
     def _aggregate_host(self, cand: Candidate, instance_scores: dict[str, float],
                         cands: dict[str, Candidate]) -> None:
@@ -274,6 +295,19 @@ class _Scorer:
 
 
 _MAX_SURPRISE = math.log(2)
+
+
+def _callers_first(topology: Topology, entities: Sequence[str]) -> list[str]:
+    """`entities` ordered so that a caller comes before what it calls or uses (cycles broken by id)."""
+    pending = set(entities)
+    order: list[str] = []
+    while pending:
+        roots = sorted(e for e in pending
+                       if not any(c in pending for c in topology.sources(e, "calls") + topology.sources(e, "uses")))
+        batch = roots or [min(pending)]
+        order.extend(batch)
+        pending.difference_update(batch)
+    return order
 
 
 def _symptom(cand: Candidate) -> float:
