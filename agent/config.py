@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     duplicate_window_s: float = Field(120.0, gt=0, description="JetStream Nats-Msg-Id dedupe window")
     max_event_bytes: int = Field(1024 * 1024, ge=1024)
     correlation_gap_s: float = Field(300.0, gt=0, description="event-time gap that ends an incident")
-    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = Field(
-        "FULL", description="FULL survives power loss; NORMAL survives process crashes only")
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL", description="NORMAL (WAL) survives a crash of rtem, like JetStream's default sync "
+                              "policy; FULL also survives power loss, at one fsync per batch")
 
     @property
     def db_path(self) -> Path:

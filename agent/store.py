@@ -28,7 +28,7 @@ EVENT_COLUMNS = ("id", "ts", "time", "type", "subject", "severity", "source", "m
 
 
 class IncidentStore:
-    def __init__(self, path: str | Path, synchronous: str = "FULL"):
+    def __init__(self, path: str | Path, synchronous: str = "NORMAL"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)

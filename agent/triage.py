@@ -38,6 +38,7 @@ class BatchResult:
     opened: list[str] = field(default_factory=list)
     merged: list[tuple[str, str]] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
+    quiet: list[str] = field(default_factory=list)
 
 
 class Triage:
@@ -71,6 +72,11 @@ class Triage:
             known.add(event.id)
             incident_id, rules = self._place(event, result, late)
             rows.append(event_row(event, incident_id, rules, received))
+        # An incident no signal touched for two gaps of event time cannot take new signals (one gap
+        # is the correlation limit, the other allows late events): stop scanning it on every event.
+        result.quiet = self.correlator.quiet(self.detector.watermark, lateness=self.correlator.gap_s)
+        for incident_id in result.quiet:
+            self.correlator.release(incident_id)
         with self.store.transaction():
             self.store.insert_events(rows)
             for absorbed, keeper in result.merged:

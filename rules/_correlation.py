@@ -88,9 +88,9 @@ class Correlator:
                 return inc.id
         return None
 
-    def quiet(self, watermark: float) -> list[str]:
-        """Incidents no signal has touched for `gap_s` of event time: their picture is complete."""
-        return [inc.id for inc in self.open.values() if watermark - inc.last_ts > self.gap_s]
+    def quiet(self, watermark: float, lateness: float = 0.0) -> list[str]:
+        """Incidents no signal has touched for `gap_s` (+ `lateness`) of event time: complete pictures."""
+        return [inc.id for inc in self.open.values() if watermark - inc.last_ts > self.gap_s + lateness]
 
     def release(self, incident_id: str) -> OpenIncident | None:
         """Stop correlating into an incident (it is being closed)."""

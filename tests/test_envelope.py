@@ -61,3 +61,19 @@ def test_v0_events_are_upcast_to_the_current_schema():
 
 def test_unknown_event_types_are_kept():
     assert parse_event(json.dumps({**GOOD, "type": "com.example.something"})).type == "com.example.something"
+
+
+def test_the_fast_validator_and_jsonschema_agree():
+    from bus._envelope import _fast_validator, _validator, upcast
+    import fastjsonschema
+
+    samples = [GOOD, {**GOOD, "id": ""}, {**GOOD, "data": {"severity": "x"}}, {**GOOD, "data": []},
+               {**GOOD, "specversion": 1}, {**GOOD, "subject": None}, {**GOOD, "data": {"severity": "info",
+               "attributes": []}}, {**GOOD, "data": {"severity": "info", "message": 3}}, {"id": "x"}]
+    for doc in samples:
+        try:
+            _fast_validator()(upcast(doc))
+            fast_ok = True
+        except fastjsonschema.JsonSchemaException:
+            fast_ok = False
+        assert fast_ok == _validator().is_valid(upcast(doc)), doc

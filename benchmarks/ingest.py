@@ -1,0 +1,209 @@
+"""Ingest throughput: rtem's triage pipeline against a bare nats-py consume-and-ack loop.
+
+    python benchmarks/ingest.py [--events 100000] [--batch 256] [--json]
+
+One run, one embedded nats-server, the same events for both consumers:
+  bare      pull-consume-and-ack with nats-py, doing nothing else;
+  pipeline  rtem's consumer: validate the envelope, dedupe, detect (durable-rules), correlate, record
+            in SQLite (one transaction per batch, synchronous=FULL), then ack.
+It also measures the latency from publish to incident update while events flow at a steady rate,
+the peak RSS of this process, and how a 10,000-event storm from one fault compresses into incidents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.store import IncidentStore  # noqa: E402
+from agent.triage import Triage  # noqa: E402
+from bus import Bus, BusSettings, EmbeddedNats, EVENTS  # noqa: E402
+from rules import Correlator, Detector, Topology, load_detections  # noqa: E402
+
+TOPOLOGY = ROOT / "agent" / "examples" / "boutique-topology.json"
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def synthetic_events(n: int, topology: Topology, seed: int = 7, faults: int = 40) -> list[bytes]:
+    """A day of telemetry: mostly healthy info events, with `faults` bursts of anomalies."""
+    rng = random.Random(seed)
+    instances = [e.id for e in topology.entities if e.type == "instance"]
+    span = 24 * 3600.0
+    fault_at = sorted(rng.uniform(0, span) for _ in range(faults))
+    lines = []
+    for i in range(n):
+        ts = span * i / n
+        near = [f for f in fault_at if 0 <= ts - f < 300]
+        subject = rng.choice(instances)
+        if near and rng.random() < 0.6:
+            subject = instances[int(near[0]) % len(instances)]
+            kind, severity = rng.choice([("rtem.metric.anomaly", "warning"), ("rtem.trace.anomaly", "warning"),
+                                         ("rtem.log", "error")])
+        else:
+            kind, severity = rng.choice([("rtem.log", "info"), ("rtem.metric.sample", "info")])
+        lines.append(json.dumps({
+            "specversion": "1.0", "id": f"bench-{seed}-{i}", "source": "/bench", "type": kind,
+            "time": (T0 + timedelta(seconds=ts)).isoformat().replace("+00:00", "Z"), "subject": subject,
+            "data": {"severity": severity, "message": f"{kind} on {subject}",
+                     "attributes": {"metric": "container_cpu_usage_seconds", "direction": "up",
+                                    "host.name": topology.host_of(subject) or ""}}}).encode())
+    return lines
+
+
+async def publish(bus: Bus, lines: list[bytes]) -> float:
+    start = time.perf_counter()
+    await bus.publish_lines(lines)
+    return time.perf_counter() - start
+
+
+async def bare_rate(bus: Bus, n: int, batch: int) -> float:
+    """Events per second of a nats-py loop that only pulls and acks."""
+    sub = await bus.js.pull_subscribe("rtem.events.>", durable="bare", stream=EVENTS)
+    done = 0
+    start = time.perf_counter()
+    while done < n:
+        for msg in await sub.fetch(batch, timeout=5):
+            await msg.ack()
+            done += 1
+    await bus.nc.flush()
+    elapsed = time.perf_counter() - start
+    await sub.unsubscribe()
+    return n / elapsed
+
+
+def make_triage(workdir: Path, topology: Topology, name: str, after_commit=None) -> Triage:
+    store = IncidentStore(workdir / f"{name}.db")
+    return Triage(store, Detector(load_detections(), topology), Correlator(topology), after_commit=after_commit)
+
+
+async def pipeline_rate(bus: Bus, topology: Topology, workdir: Path, n: int, batch: int) -> tuple[float, Triage]:
+    triage = make_triage(workdir, topology, "pipeline")
+    start = time.perf_counter()
+    stats = await bus.consume(triage, batch=batch, until_drained=True, fetch_timeout=0.2)
+    elapsed = time.perf_counter() - start - 0.2  # the final empty fetch that proves the stream drained
+    assert stats.processed == n, (stats, n)
+    return n / elapsed, triage
+
+
+async def latency(bus: Bus, topology: Topology, workdir: Path, rate: int, seconds: float, batch: int) -> list[float]:
+    """Publish at a steady rate while the pipeline runs; time from publish to the committed update."""
+    await bus.reset_streams()
+    sent: dict[str, float] = {}
+    samples: list[float] = []
+    pending: list[str] = []
+
+    async def handler(events):
+        pending.extend(e.id for e in events)
+        triage.handle(events)
+
+    def committed(_result):
+        now = time.perf_counter()
+        samples.extend(now - sent[i] for i in pending if i in sent)
+        pending.clear()
+
+    triage = make_triage(workdir, topology, "latency", after_commit=committed)
+    stop = asyncio.Event()
+    consumer = asyncio.create_task(bus.consume(handler, batch=batch, stop=stop, fetch_timeout=0.05))
+    lines = synthetic_events(int(rate * seconds), topology, seed=11)
+    start = time.perf_counter()
+    for index, line in enumerate(lines):
+        target = start + index / rate
+        if (delay := target - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        sent[f"bench-11-{index}"] = time.perf_counter()
+        await bus.js.publish_async("rtem.events.bench", line, headers={"Nats-Msg-Id": f"bench-11-{index}"})
+    while len(samples) < len(lines) and time.perf_counter() - start < seconds + 30:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await consumer
+    return samples
+
+
+def storm_compression(topology: Topology, workdir: Path) -> dict[str, float]:
+    """10,000 anomalies from one fault (a service's instances and their callers' traces)."""
+    triage = make_triage(workdir, topology, "storm")
+    from bus import parse_event
+
+    events = []
+    for i in range(10_000):
+        callee = f"cartservice-{i % 3}"
+        doc = {"specversion": "1.0", "id": f"storm-{i}", "source": "/bench", "time":
+               (T0 + timedelta(seconds=i * 0.06)).isoformat().replace("+00:00", "Z"), "subject": callee,
+               "type": "rtem.trace.anomaly" if i % 4 else "rtem.metric.anomaly",
+               "data": {"severity": "error" if i % 10 == 0 else "warning", "message": "storm",
+                        "attributes": {"caller": f"frontend-{i % 3}", "callee": callee, "anomaly": "PD"}}}
+        events.append(parse_event(json.dumps(doc)))
+    for start in range(0, len(events), 256):
+        triage.handle(events[start:start + 256])
+    incidents = triage.store.incidents()
+    return {"events": len(events), "incidents": len(incidents), "events_per_incident": len(events) / len(incidents)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000)[int(q * 10) - 1] if len(values) > 1 else values[0]
+
+
+async def main(args) -> dict:
+    topology = Topology.load(TOPOLOGY)
+    lines = synthetic_events(args.events, topology)
+    with tempfile.TemporaryDirectory(prefix="rtem-bench-") as tmp, EmbeddedNats(Path(tmp) / "nats") as server:
+        workdir = Path(tmp)
+        bus = await Bus.connect(server.url, BusSettings(max_ack_pending=max(2048, args.batch)))
+        try:
+            await bus.reset_streams()
+            publish_s = await publish(bus, lines)
+            bare = await bare_rate(bus, args.events, args.batch)
+            pipeline, triage = await pipeline_rate(bus, topology, workdir, args.events, args.batch)
+            lat = await latency(bus, topology, workdir, args.rate, args.seconds, args.batch)
+        finally:
+            await bus.close()
+        storm = storm_compression(topology, workdir)
+    return {
+        "events": args.events, "batch": args.batch,
+        "publish_events_per_s": round(args.events / publish_s),
+        "bare_events_per_s": round(bare), "pipeline_events_per_s": round(pipeline),
+        "pipeline_over_bare": round(pipeline / bare, 3),
+        "incidents": len(triage.store.incidents()), "signals": triage.stats.signals,
+        "latency_rate_per_s": args.rate, "latency_samples": len(lat),
+        "latency_p50_ms": round(percentile(lat, 50) * 1000, 2), "latency_p99_ms": round(percentile(lat, 99) * 1000, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "storm": storm,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--rate", type=int, default=2000, help="events/s for the latency run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = asyncio.run(main(args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"events                      {result['events']:>10,}  (batch {result['batch']})")
+        print(f"publish                     {result['publish_events_per_s']:>10,} events/s")
+        print(f"bare nats-py consume+ack    {result['bare_events_per_s']:>10,} events/s")
+        print(f"rtem pipeline               {result['pipeline_events_per_s']:>10,} events/s  "
+              f"({result['pipeline_over_bare']:.0%} of bare)")
+        print(f"incidents from the run      {result['incidents']:>10,}  ({result['signals']:,} signals)")
+        print(f"publish → incident update   p50 {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms "
+              f"at {result['latency_rate_per_s']:,} events/s ({result['latency_samples']:,} samples)")
+        print(f"peak RSS                    {result['peak_rss_mib']:>10} MiB")
+        s = result["storm"]
+        print(f"storm compression           {s['events']:,} events → {s['incidents']} incident(s) "
+              f"= {s['events_per_incident']:,.0f} events per incident")

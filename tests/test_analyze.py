@@ -1,0 +1,134 @@
+"""`rtem analyze` end to end: a real embedded nats-server, SQLite, the LangGraph graph and the guard."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from tests.conftest import EXAMPLES, SHARED_DATA, cloud_event, write_events
+
+RECORDING = EXAMPLES / "boutique-node-cpu.events.jsonl"
+TOPOLOGY = EXAMPLES / "boutique-topology.json"
+runner = CliRunner()
+
+
+def analyze(*args):
+    result = runner.invoke(app, ["analyze", *map(str, args), "--topology", str(TOPOLOGY)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def analyze_json(*args):
+    return json.loads(analyze(*args, "--json").stdout)
+
+
+def test_the_json_report_has_exactly_the_documented_shape(tmp_path):
+    report = analyze_json(RECORDING, "--out", tmp_path / "out")
+    assert set(report) == {"incidents", "stats"}
+    assert set(report["stats"]) == {"events", "invalid", "duplicates"}
+    [incident] = report["incidents"]
+    assert set(incident) == {"id", "opened_at", "event_count", "entities", "root_causes", "actions"}
+    assert incident["event_count"] == report["stats"]["events"] == 194
+    for cause in incident["root_causes"]:
+        assert set(cause) == {"entity", "fault_type", "confidence", "evidence", "explanation"}
+        assert 0 <= cause["confidence"] <= 1 and cause["explanation"]
+    for action in incident["actions"]:
+        assert set(action) == {"type", "target", "params", "verdict", "rules", "reason", "executed"}
+        assert action["verdict"] in {"allow", "deny", "require_approval"} and action["executed"] is False
+
+
+def test_the_recorded_host_fault_is_found(tmp_path):
+    [incident] = analyze_json(RECORDING, "--out", tmp_path / "out")["incidents"]
+    top3 = [c["entity"] for c in incident["root_causes"][:3]]
+    assert "node-6" in top3, top3  # the truth of this recording: CPU load injected on node-6
+    evidence = set(incident["root_causes"][0]["evidence"])
+    recorded_ids = {json.loads(line)["id"] for line in RECORDING.read_text().splitlines()}
+    assert evidence and evidence <= recorded_ids, "evidence names real event ids"
+
+
+def test_a_replay_gives_the_same_incidents_every_time(tmp_path):
+    first = analyze_json(RECORDING, "--out", tmp_path / "a")
+    second = analyze_json(RECORDING, "--out", tmp_path / "b")
+    assert first == second
+
+
+def test_bad_and_duplicate_lines_are_counted_and_the_rest_analyzed(tmp_path):
+    lines = RECORDING.read_bytes().splitlines()
+    mixed = write_events(tmp_path / "mixed.jsonl", [
+        *lines[:50], b"{not json", lines[3], b'{"specversion": "1.0", "id": "x"}', *lines[50:], lines[60]])
+    report = analyze_json(mixed, "--out", tmp_path / "out")
+    assert report["stats"] == {"events": 194, "invalid": 2, "duplicates": 2}
+    assert sum(i["event_count"] for i in report["incidents"]) == 194
+
+
+def test_each_file_is_analyzed_on_its_own(tmp_path):
+    files = [SHARED_DATA / "cases" / f"{n}.events.jsonl" for n in (0, 2)]
+    files = [f for f in files if f.exists()] or [RECORDING]
+    files.append(RECORDING)
+    result = runner.invoke(app, ["analyze", *map(str, files), "--topology", str(TOPOLOGY), "--each", "--json",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [d["file"] for d in docs] == [str(f) for f in files]
+    for doc in docs:
+        assert doc["stats"]["duplicates"] == 0, "fresh state per file: nothing seen before"
+        assert doc["incidents"]
+
+
+def test_every_decision_is_in_a_verifiable_audit_log(tmp_path):
+    analyze(RECORDING, "--out", tmp_path / "out")
+    db = tmp_path / "out" / "run" / "rtem.db"
+    listing = runner.invoke(app, ["audit", "list", "--db", str(db), "--json"])
+    kinds = [r["kind"] for r in json.loads(listing.stdout)]
+    assert kinds[0] == "incident.opened"
+    assert {"causes.ranked", "actions.proposed", "action.verdict", "incident.diagnosed"} <= set(kinds)
+    verdicts = [r for r in json.loads(listing.stdout) if r["kind"] == "action.verdict"]
+    assert all(r["versions"]["ruleset"] and r["versions"]["reasoner"] for r in verdicts)
+    assert runner.invoke(app, ["audit", "verify", "--db", str(db)]).exit_code == 0
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER IF EXISTS audit_no_update")
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit'"):
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("UPDATE audit SET reasons='[\"nothing to see\"]' WHERE seq=2")
+    tampered = runner.invoke(app, ["audit", "verify", "--db", str(db), "--json"])
+    assert tampered.exit_code == 1
+    problems = json.loads(tampered.stdout)["problems"]
+    assert problems[0]["seq"] == 2 and problems[0]["kind"] == "changed"
+
+
+def test_incidents_can_be_listed_and_shown_after_an_analysis(tmp_path):
+    report = analyze_json(RECORDING, "--out", tmp_path / "out")
+    db = str(tmp_path / "out" / "run" / "rtem.db")
+    listed = json.loads(runner.invoke(app, ["incidents", "--db", db, "--json"]).stdout)
+    assert [i["id"] for i in listed["incidents"]] == [i["id"] for i in report["incidents"]]
+    incident_id = report["incidents"][0]["id"]
+    shown = runner.invoke(app, ["incidents", "show", incident_id[:8], "--db", db, "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["id"] == incident_id
+    missing = runner.invoke(app, ["incidents", "show", "inc-nope", "--db", db])
+    assert missing.exit_code == 1 and "no incident" in missing.output
+
+
+def test_errors_name_the_problem(tmp_path):
+    no_file = runner.invoke(app, ["analyze", str(tmp_path / "nope.jsonl"), "--topology", str(TOPOLOGY)])
+    assert no_file.exit_code == 2 and "no such file" in no_file.output
+    bad_topology = tmp_path / "topo.json"
+    bad_topology.write_text(json.dumps({"entities": [{"id": "a", "type": "service"}],
+                                        "relations": [{"source": "a", "target": "b", "type": "calls"}]}))
+    result = runner.invoke(app, ["analyze", str(RECORDING), "--topology", str(bad_topology)])
+    assert result.exit_code == 2 and "relations[0] names unknown entity 'b'" in result.output
+
+
+def test_the_console_script_runs_as_installed(tmp_path):
+    events = write_events(tmp_path / "e.jsonl", [
+        cloud_event(f"e{i}", "cartservice-0", f"2022-03-20T00:36:{i:02d}Z", metric="container_cpu_usage_seconds",
+                    direction="up") for i in range(20)])
+    done = subprocess.run([sys.executable, "-m", "agent", "analyze", str(events), "--topology", str(TOPOLOGY),
+                           "--json", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    [incident] = json.loads(done.stdout)["incidents"]
+    assert incident["root_causes"][0]["entity"] == "cartservice-0"
