@@ -1,15 +1,20 @@
 """rtem's rules: detection, correlation, action contracts and the guard, over one durable-rules adapter."""
 
+from ._contracts import ActionContract, ContractError, ContractViolation, load_contracts
 from ._correlation import Assignment, Correlator, OpenIncident, incident_id
 from ._detection import Detection, DetectionSet, Detector, Signal, load_detections, parse_duration
-from ._engine import CompiledRuleset, ConditionError
+from ._engine import MAX_BRANCHES, CompiledRuleset, ConditionError
 from ._files import RulesError, content_digest
+from ._guard import DEFAULT_APPROVER_ROLE, Guard, context_fact
+from ._guardrails import CONTEXT_FIELDS, Guardrail, Ruleset, load_guardrails, parse_guardrails
 from ._proposal import OUTCOME_PRECEDENCE, Proposal, RuleMatch, Verdict
 from .topology import Entity, Relation, Topology, TopologyError
 
 __all__ = [
-    "OUTCOME_PRECEDENCE", "Assignment", "CompiledRuleset", "ConditionError", "Correlator", "Detection",
-    "DetectionSet", "Detector", "Entity", "OpenIncident", "Proposal", "Relation", "RuleMatch", "RulesError",
-    "Signal", "Topology", "TopologyError", "Verdict", "content_digest", "incident_id", "load_detections",
-    "parse_duration",
+    "CONTEXT_FIELDS", "DEFAULT_APPROVER_ROLE", "MAX_BRANCHES", "OUTCOME_PRECEDENCE", "ActionContract",
+    "Assignment", "CompiledRuleset", "ConditionError", "ContractError", "ContractViolation", "Correlator",
+    "Detection", "DetectionSet", "Detector", "Entity", "Guard", "Guardrail", "OpenIncident", "Proposal",
+    "Relation", "RuleMatch", "RulesError", "Ruleset", "Signal", "Topology", "TopologyError", "Verdict",
+    "content_digest", "context_fact", "incident_id", "load_contracts", "load_detections", "load_guardrails",
+    "parse_duration", "parse_guardrails",
 ]

@@ -103,7 +103,7 @@ class ActionContract(BaseModel):
     idempotent: bool
     timeout_s: float
     params_schema: dict[str, Any] = Field(description="the file without x-rtem: a JSON Schema of params")
-    digest: str = Field(description="sha256 of the file's bytes; recorded with every verdict")
+    digest: str = Field(description="sha256 of the file's bytes (16 hex digits); recorded with every verdict")
     source: str
 
     @property
@@ -118,14 +118,17 @@ class ActionContract(BaseModel):
         """Every way `proposal` breaks this contract; an empty list means it fits."""
         found: list[ContractViolation] = []
         if proposal.type != self.action:
-            found.append(ContractViolation(path="$.type", message=f"is {_short(proposal.type)!r}, this contract is for {self.action!r}"))
+            found.append(ContractViolation(
+                path="$.type", message=f"is {_short(proposal.type)!r}, this contract is for {self.action!r}"))
         entity_type = topology.entity_type(proposal.target)
         if entity_type is None:
-            found.append(ContractViolation(path="$.target", message=f"{_short(proposal.target)!r} is not an entity in the topology"))
+            found.append(ContractViolation(
+                path="$.target", message=f"{_short(proposal.target)!r} is not an entity in the topology"))
         elif entity_type not in self.target_types:
             found.append(ContractViolation(
                 path="$.target",
-                message=f"{proposal.target!r} is a {entity_type}; {self.action} acts on {', '.join(self.target_types)}",
+                message=f"{proposal.target!r} is a {entity_type}; "
+                        f"{self.action} acts on {', '.join(self.target_types)}",
             ))
         found.extend(sorted(self._param_violations(proposal.params), key=lambda v: v.path))
         return found
@@ -188,24 +191,27 @@ def _load_one(source: str, stem: str, data: bytes) -> ActionContract:
         raise ContractError(source, f"{_json_path(error.absolute_path, root='$')}: {error.message}")
     terms = doc["x-rtem"]
     if terms["action"] != stem:
-        raise ContractError(source, f"$.x-rtem.action is {terms['action']!r}; the file must be named {terms['action']}.json")
+        raise ContractError(source, f"$.x-rtem.action is {terms['action']!r}; "
+                                    f"the file must be named {terms['action']}.json")
     if terms["risk"] == "high" and not terms["approver_role"]:
         raise ContractError(source, "$.x-rtem.approver_role: a high-risk action needs an approver role")
     params_schema = {k: v for k, v in doc.items() if k != "x-rtem"}
     try:
         Draft202012Validator.check_schema(params_schema)
     except SchemaError as exc:
-        raise ContractError(source, f"params schema is not valid JSON Schema at {_json_path(exc.absolute_path, root='$')}: {exc.message}") from None
+        where = _json_path(exc.absolute_path, root="$")
+        raise ContractError(source, f"params schema is not valid JSON Schema at {where}: {exc.message}") from None
     for where, problem in _unbounded(params_schema, "$"):
         raise ContractError(source, f"{where}: {problem}")
     for where, template in _templates(terms["executor"]):
         unknown = _template_fields(template) - TEMPLATE_FIELDS
         if unknown:
-            raise ContractError(source, f"$.x-rtem.executor.{where}: unknown placeholder {{{sorted(unknown)[0]}}}; use {{action}} or {{target}}")
+            raise ContractError(source, f"$.x-rtem.executor.{where}: unknown placeholder "
+                                        f"{{{sorted(unknown)[0]}}}; use {{action}} or {{target}}")
     return ActionContract(
         **terms,
         params_schema=params_schema,
-        digest=hashlib.sha256(data).hexdigest(),
+        digest=hashlib.sha256(data).hexdigest()[:16],  # as long as content_digest and Topology.digest
         source=source,
     )
 
@@ -232,7 +238,8 @@ def _unbounded(schema: Any, where: str) -> Iterator[tuple[str, str]]:
         if "string" in types and "maxLength" not in schema:
             yield where, "a string parameter needs maxLength"
         if {"integer", "number"} & set(types):
-            if not ({"minimum", "exclusiveMinimum"} & schema.keys() and {"maximum", "exclusiveMaximum"} & schema.keys()):
+            keys = schema.keys()
+            if not ({"minimum", "exclusiveMinimum"} & keys and {"maximum", "exclusiveMaximum"} & keys):
                 yield where, "a number parameter needs a minimum and a maximum"
         if "array" in types and "maxItems" not in schema:
             yield where, "an array parameter needs maxItems"

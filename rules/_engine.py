@@ -11,6 +11,7 @@ ours, in event time, because durable-rules' own timers run on the wall clock.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import threading
 from collections.abc import Mapping
@@ -20,6 +21,11 @@ from durable import engine as _durable_engine
 from durable.lang import m, ruleset, when_all, assert_fact, retract_fact
 
 OPERATORS = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "exists", "matches")
+# durable-rules hangs building a ruleset in which one test has more than ~500 successors, and fails
+# (error 108) when more than 256 rules end on the same test. A rule's alternatives (its condition in
+# disjunctive normal form) bound both: one rule may have at most this many, and a CompiledRuleset
+# spreads its rules over as many durable-rules rulesets as it takes to keep each under this total.
+MAX_BRANCHES = 200
 _ruleset_counter = itertools.count(1)
 _lock = threading.Lock()
 
@@ -116,8 +122,23 @@ def _literal(value: Any, where: str):
     raise ConditionError(f"compares with a string, number or boolean, not {type(value).__name__}", where)
 
 
+def condition_branches(condition: Mapping[str, Any]) -> int:
+    """How many alternatives a condition has in disjunctive normal form (the paths durable-rules
+    builds for it): the entries of an `any` and the values of an `in` are alternatives; terms side by
+    side multiply them."""
+    total = 1
+    for key, spec in condition.items():
+        if key == "any":
+            total *= sum(condition_branches(c) for c in spec)
+        elif key == "all":
+            total *= math.prod(condition_branches(c) for c in spec)
+        elif isinstance(spec, Mapping):
+            total *= len(spec.get("in", [None]))
+    return total
+
+
 class CompiledRuleset:
-    """Conditions by rule id, compiled into one durable-rules ruleset.
+    """Conditions by rule id, compiled into durable-rules rulesets of at most MAX_BRANCHES each.
 
     `match(fact)` asserts the fact, collects every rule that fired, retracts it, and returns the
     ids in the order the rules were given.
@@ -126,17 +147,30 @@ class CompiledRuleset:
     def __init__(self, conditions: Mapping[str, Mapping[str, Any]], name: str = "rtem"):
         self.fields: dict[str, str] = {}
         self.order = {rule_id: i for i, rule_id in enumerate(conditions)}
-        self.name = f"{re.sub(r'[^A-Za-z0-9_]', '_', name)}_{next(_ruleset_counter)}"
+        base = re.sub(r"[^A-Za-z0-9_]", "_", name)
         self._hits: list[str] = []
-        compiled = {}
-        for rule_id, condition in conditions.items():
-            compiled[rule_id] = compile_condition(condition or {}, self.fields)
         self._facts = itertools.count(1)
-        if not compiled:
-            return
-        with _lock, ruleset(self.name):
+        self.names: list[str] = []
+        chunk: dict[str, Any] = {}
+        weight = 0
+        for rule_id, condition in conditions.items():
+            branches = condition_branches(condition or {})
+            if branches > MAX_BRANCHES:
+                raise ConditionError(f"{branches} alternatives, over the limit of {MAX_BRANCHES}", "match")
+            if chunk and weight + branches > MAX_BRANCHES:
+                self._define(base, chunk)
+                chunk, weight = {}, 0
+            chunk[rule_id] = compile_condition(condition or {}, self.fields)
+            weight += branches
+        if chunk:
+            self._define(base, chunk)
+
+    def _define(self, base: str, compiled: dict[str, Any]) -> None:
+        name = f"{base}_{next(_ruleset_counter)}"
+        with _lock, ruleset(name):
             for rule_id, expr in compiled.items():
                 when_all(expr)(self._recorder(rule_id))
+        self.names.append(name)
 
     @staticmethod
     def check(condition: Mapping[str, Any]) -> None:
@@ -150,7 +184,7 @@ class CompiledRuleset:
         return fired
 
     def match(self, fact: Mapping[str, Any]) -> list[str]:
-        if not self.order:
+        if not self.names:
             return []
         flat: dict[str, Any] = {"id": next(self._facts), "rtem": 1}
         for path, slot in self.fields.items():
@@ -160,12 +194,12 @@ class CompiledRuleset:
                 flat[slot] = value
         with _lock:
             self._hits = []
-            try:
-                assert_fact(self.name, flat)
-            except _durable_engine.MessageNotHandledException:
-                pass  # no rule matched, so the engine kept nothing
-            else:
-                retract_fact(self.name, flat)
+            for name in self.names:
+                try:
+                    assert_fact(name, flat)
+                except _durable_engine.MessageNotHandledException:
+                    continue  # no rule matched, so the engine kept nothing
+                retract_fact(name, flat)
             hits = self._hits
         return sorted(set(hits), key=self.order.__getitem__)
 

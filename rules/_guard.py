@@ -22,7 +22,7 @@ from typing import Any
 
 from rules._contracts import ActionContract
 from rules._engine import CompiledRuleset
-from rules._guardrails import Ruleset
+from rules._guardrails import Guardrail, Ruleset
 from rules._proposal import OUTCOME_PRECEDENCE, Outcome, Proposal, RuleMatch, Verdict
 from rules.topology import Topology
 
@@ -32,9 +32,11 @@ DEFAULT_APPROVER_ROLE = "approver"
 class Guard:
     """Built once per (guardrails, contracts) pair: compiling the guardrails is the expensive part."""
 
-    def __init__(self, guardrails: Ruleset, contracts: Mapping[str, ActionContract], default_outcome: Outcome = "allow"):
+    def __init__(self, guardrails: Ruleset, contracts: Mapping[str, ActionContract],
+                 default_outcome: Outcome = "allow"):
         if default_outcome not in OUTCOME_PRECEDENCE:
-            raise ValueError(f"default_outcome must be one of {', '.join(OUTCOME_PRECEDENCE)}, not {default_outcome!r}")
+            raise ValueError(f"default_outcome must be one of {', '.join(OUTCOME_PRECEDENCE)}, "
+                             f"not {default_outcome!r}")
         self.guardrails = guardrails
         self.contracts = dict(contracts)
         self.default_outcome = default_outcome
@@ -58,7 +60,7 @@ class Guard:
         matches = list(self._builtin(proposal, contract, topology, in_radius))
         fact = context_fact(proposal, contract, topology, in_blast_radius=in_radius,
                             incident_id=incident_id, incident_severity=incident_severity, at=at)
-        for rule_id in self._compiled.match(fact):
+        for rule_id in self._compiled.match(fact):  # in file order
             rule = self._rules[rule_id]
             role = (rule.approver_role or DEFAULT_APPROVER_ROLE) if rule.outcome == "require_approval" else None
             matches.append(RuleMatch(id=rule.id, outcome=rule.outcome, reason=rule.reason, approver_role=role))
@@ -116,8 +118,8 @@ def context_fact(
     incident_severity: str,
     at: datetime,
 ) -> dict[str, Any]:
-    """The fact guardrail conditions match against. A field that does not apply is absent, so
-    `{exists: false}` tests for it; a comparison with an absent field is false.
+    """The fact guardrail conditions match against. A field that does not apply is absent: every
+    comparison with an absent field is false, `ne` and `not_in` included; `{exists: false}` tests for it.
 
     action              the proposed action type (`restart_instance`)
     risk                the action contract's risk: low, medium or high; absent without a contract

@@ -19,7 +19,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict
 
-from rules._engine import ConditionError, compile_condition
+from rules._engine import MAX_BRANCHES, ConditionError, compile_condition, condition_branches
 from rules._files import RuleFile, RulesError, content_digest, read_rule_file
 from rules._proposal import Outcome
 
@@ -71,7 +71,7 @@ def load_guardrails(source: str | Path | Iterable[str | Path] | None = None) -> 
             if rule.id in seen:
                 first = seen[rule.id]
                 raise rule_file.error(["rules", index, "id"], f"duplicate rule id {rule.id!r}",
-                                      f"first defined at {first.source}:{first.line}; ids must be unique across files")
+                                      f"first defined at {first.source}:{first.line}; ids are unique across files")
             seen[rule.id] = rule
             rules.append(rule)
     return Ruleset(rules=tuple(rules), digest=content_digest(files), sources=tuple(str(f.path) for f in files))
@@ -85,7 +85,8 @@ def parse_guardrails(rule_file: RuleFile) -> list[Guardrail]:
     if "version" not in doc:
         raise rule_file.error([], f"the file must start with 'version: {SUPPORTED_VERSION}'")
     if doc["version"] != SUPPORTED_VERSION:
-        raise rule_file.error(["version"], f"version {doc['version']!r} is not supported; this rtem reads version {SUPPORTED_VERSION}")
+        raise rule_file.error(["version"], f"version {doc['version']!r} is not supported",
+                              f"this rtem reads version {SUPPORTED_VERSION}")
     problems = [_schema_problem(rule_file, e) for e in _schema().iter_errors(doc)]
     if problems:
         raise min(problems, key=lambda p: (p.line, p.column))
@@ -104,13 +105,19 @@ def _check_rule(rule: Mapping[str, Any], rule_file: RuleFile, at: list) -> None:
     for path in _fields(rule["match"], ["match"]):
         field = path[-1]
         if field not in CONTEXT_FIELDS and not field.startswith(CONTEXT_PREFIXES):
+            known = ", ".join(sorted(CONTEXT_FIELDS))
             raise rule_file.error(at + path, f"{_dotted(at + path)}: unknown field {field!r}",
-                                  f"a guardrail can match {', '.join(sorted(CONTEXT_FIELDS))}, params.<name>, target_labels.<name>")
+                                  f"a guardrail can match {known}, params.<name>, target_labels.<name>")
+    branches = condition_branches(rule["match"])
+    if branches > MAX_BRANCHES:
+        raise rule_file.error(at + ["match"], f"{_dotted(at)}.match has {branches} alternatives, over {MAX_BRANCHES}",
+                              "split the rule, or shorten its 'in' lists and 'any' branches")
     try:
         compile_condition(rule["match"], {}, "match")
     except ConditionError as exc:
         path = at + ["match"] + _condition_path(rule["match"], exc.path.removeprefix("match"))
         raise rule_file.error(path, f"{_dotted(at)}.{exc.path}: {exc.reason}") from None
+
 
 
 def _fields(condition: Mapping[str, Any], path: list) -> Iterator[list]:
@@ -153,13 +160,15 @@ def _schema_problem(rule_file: RuleFile, error) -> RulesError:
     if error.validator == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         extra = next(k for k in error.instance if k not in allowed)
-        return rule_file.error(path + [extra], f"{where}: unknown field {extra!r}", f"allowed here: {', '.join(allowed)}")
+        return rule_file.error(path + [extra], f"{where}: unknown field {extra!r}",
+                               f"allowed here: {', '.join(allowed)}")
     if error.validator == "enum" and "propertyNames" in error.schema_path:
         # propertyNames errors carry the bad key as the instance but the enclosing object's path
         return rule_file.error(path + [error.instance], f"{where}: unknown operator {error.instance!r}",
                                f"use one of {', '.join(error.validator_value)}")
     if "dependentSchemas" in error.schema_path:
-        return rule_file.error(path[:-1] + ["approver_role"], f"{_dotted(path[:-1])}: approver_role goes only with outcome: require_approval")
+        return rule_file.error(path[:-1] + ["approver_role"],
+                               f"{_dotted(path[:-1])}: approver_role goes only with outcome: require_approval")
     message = error.message if len(error.message) <= 200 else error.message[:199] + "…"
     hint = ""
     if error.validator == "type" and isinstance(error.instance, list) and "match" in path:

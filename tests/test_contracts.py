@@ -57,7 +57,7 @@ def test_contract_fields_are_loaded(contracts):
     scale_out = contracts["scale_out"]
     assert scale_out.target_types == ("service",)
     assert scale_out.executor.kind == "nats" and "{target}" in scale_out.executor.subject
-    assert len(scale_out.digest) == 64 and scale_out.source.endswith("scale_out.json")
+    assert len(scale_out.digest) == 16 and scale_out.source.endswith("scale_out.json")
     assert "x-rtem" not in scale_out.params_schema
     assert set(contracts["notify_oncall"].target_types) == {"service", "instance", "host", "database", "cache",
                                                             "queue", "external"}

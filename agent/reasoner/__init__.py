@@ -1,0 +1,10 @@
+"""Reasoners: from an incident's events to ranked root causes and remediation proposals.
+
+The deterministic reasoner is the default and the fallback; LLM reasoners sit beside it with the same
+two methods, `diagnose` and `propose`.
+"""
+
+from ._catalog import ACTION_CATALOG, ACTION_TYPES, FAULT_TYPES
+from .deterministic import DeterministicReasoner
+
+__all__ = ["ACTION_CATALOG", "ACTION_TYPES", "FAULT_TYPES", "DeterministicReasoner"]

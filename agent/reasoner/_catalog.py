@@ -29,6 +29,9 @@ FAULT_TYPES: dict[str, str] = {
 # Domains are the resources (or symptoms) a signal speaks about; most map one-to-one to a fault type.
 RESOURCE_DOMAINS = ("cpu", "memory", "disk_io", "disk_space", "network", "process")
 SYMPTOM_DOMAINS = ("latency", "errors", "traffic")
+# Most specific first: on a tie between domains, the earlier names the fault. Thread counts and CPU rise
+# under almost any load, so they say the least about which resource is at fault.
+SPECIFICITY = ("disk_space", "disk_io", "network", "memory", "cpu", "process", "errors", "latency", "traffic")
 CHANGE_FAULTS = {"rtem.change.deploy": "bad_deploy", "rtem.change.config": "bad_config"}
 
 # Ordered: the first rule whose words all occur among a metric name's tokens wins, so the more specific
@@ -42,11 +45,6 @@ _DOMAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("disk_space", ("inodes",)),
     ("disk_io", ("fs", "reads")),
     ("disk_io", ("fs", "writes")),
-    ("disk_io", ("io",)),
-    ("disk_io", ("iops",)),
-    ("disk_io", ("blkio",)),
-    ("disk_io", ("diskio",)),
-    ("disk_io", ("disk",)),
     ("network", ("network",)),
     ("network", ("net",)),
     ("network", ("packets",)),
@@ -55,6 +53,11 @@ _DOMAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("network", ("tcp",)),
     ("network", ("rx",)),
     ("network", ("tx",)),
+    ("disk_io", ("io",)),
+    ("disk_io", ("iops",)),
+    ("disk_io", ("blkio",)),
+    ("disk_io", ("diskio",)),
+    ("disk_io", ("disk",)),
     ("cpu", ("cpu",)),
     ("cpu", ("load",)),
     ("memory", ("memory",)),
@@ -148,6 +151,20 @@ def text_domain(text: str) -> str:
     return "errors"
 
 
+_INWARD = frozenset(("read", "reads", "r", "rx", "receive", "received", "in", "ingress"))
+_OUTWARD = frozenset(("write", "writes", "w", "tx", "transmit", "transmitted", "sent", "out", "egress"))
+
+
+def flow_of(kind: str) -> str | None:
+    """Whether a disk or network metric counts reads/receives ("in") or writes/sends ("out")."""
+    tokens = set(_TOKEN.findall(kind.lower()))
+    if tokens & _INWARD and not tokens & _OUTWARD:
+        return "in"
+    if tokens & _OUTWARD and not tokens & _INWARD:
+        return "out"
+    return None
+
+
 def fault_type_of(domain: str) -> str:
     if domain in FAULT_TYPES:
         return domain
@@ -164,8 +181,8 @@ class ActionRule:
     """One remediation the catalog offers: `type` aimed at the cause itself or at a related entity.
 
     `aim` is one of: "self" (the cause), "service" (the service an instance belongs to), "host" (the
-    host an instance runs on), "caller" (a service the cause's service is called by: circuit breaking
-    happens at the caller), "user" (a service that uses the cause, e.g. a database's client).
+    host an instance runs on), "instance" (the cause's most anomalous instance), "caller" (the cause
+    itself, with the circuit opened from its busiest caller), "user" (a service that uses the cause).
     """
 
     type: str
@@ -176,28 +193,28 @@ class ActionRule:
 # Keyed by (entity type, fault type); "*" matches any fault type. The first matching key wins, and at
 # most two remedies are proposed before the closing notify_oncall.
 ACTION_CATALOG: dict[tuple[str, str], tuple[ActionRule, ...]] = {
-    ("instance", "bad_deploy"): (ActionRule("rollback_deploy", "service", "undo the deployment that preceded the anomalies"),),
+    ("instance", "bad_deploy"): (ActionRule("rollback_deploy", "service", "undo the deployment before it"),),
     ("instance", "cpu"): (ActionRule("restart_instance", why="a restart clears a runaway process"),
                           ActionRule("scale_out", "service", "more replicas take load off the saturated one")),
     ("instance", "memory"): (ActionRule("restart_instance", why="a restart releases leaked memory"),),
     ("instance", "process"): (ActionRule("restart_instance", why="bring the failed process back"),),
     ("instance", "disk_io"): (ActionRule("restart_instance", why="stop the I/O-heavy process"),),
-    ("instance", "disk_space"): (ActionRule("restart_instance", why="a fresh container starts with clean scratch space"),),
-    ("instance", "network"): (ActionRule("restart_instance", why="a restart reschedules the pod on a fresh network path"),),
+    ("instance", "disk_space"): (ActionRule("restart_instance", why="a fresh container gets clean scratch space"),),
+    ("instance", "network"): (ActionRule("restart_instance", why="a restart moves the pod to a fresh network path"),),
     ("instance", "*"): (ActionRule("restart_instance", why="restart the misbehaving instance"),),
-    ("service", "bad_deploy"): (ActionRule("rollback_deploy", why="undo the deployment that preceded the anomalies"),),
+    ("service", "bad_deploy"): (ActionRule("rollback_deploy", why="undo the deployment before the anomalies"),),
     ("service", "cpu"): (ActionRule("scale_out", why="add capacity for the CPU-bound service"),
                          ActionRule("shed_load", why="protect the service while it scales")),
     ("service", "memory"): (ActionRule("scale_out", why="spread memory pressure over more replicas"),),
     ("service", "disk_io"): (ActionRule("scale_out", why="spread I/O over more replicas"),),
-    ("service", "errors"): (ActionRule("open_circuit", "caller", "stop failing calls from cascading to callers"),),
+    ("service", "errors"): (ActionRule("open_circuit", "caller", "stop failures cascading to callers"),),
     ("service", "network"): (ActionRule("open_circuit", "caller", "stop calls over the degraded network path"),),
     ("service", "latency"): (ActionRule("shed_load", why="cut load until latency recovers"),
-                             ActionRule("open_circuit", "caller", "keep callers from queueing on the slow service")),
+                             ActionRule("open_circuit", "caller", "keep callers from queueing on it")),
     ("service", "*"): (ActionRule("scale_out", why="add capacity to the degraded service"),),
     ("host", "*"): (ActionRule("drain_host", why="move workloads off the faulty host"),),
     ("database", "*"): (ActionRule("failover_database", why="switch to a healthy replica"),),
-    ("cache", "*"): (ActionRule("open_circuit", "user", "let clients bypass the degraded cache"),),
+    ("cache", "*"): (ActionRule("restart_instance", "instance", "restart the degraded cache node"),),
     ("queue", "*"): (ActionRule("shed_load", "user", "slow producers while the queue recovers"),),
 }
 

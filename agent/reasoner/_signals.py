@@ -28,7 +28,7 @@ class Signal:
 
     `kind` names what was measured (a metric name without device, "trace:latency", "log:errors"...);
     `source` is the family of events it came from, since families differ in sampling delay (metrics
-    land on scrape boundaries, traces and logs as they happen) and so are timed against each other.
+    land on scrape boundaries, traces and logs as they happen) and so each is timed against its own first.
     For trace signals `caller` is the entity that observed the callee's trouble.
     """
 
@@ -53,26 +53,27 @@ def extract_signals(events: Iterable[Event], topology: Topology) -> list[Signal]
 
 def _signal(event: Event, topology: Topology) -> Signal | None:
     weight = SEVERITY_WEIGHT.get(event.severity, 1.0)
-    kind_of_event = event.type
-    if kind_of_event == "rtem.trace.anomaly":
-        return _trace_signal(event, topology, weight)
-    if kind_of_event in CHANGE_FAULTS:
+    if event.type in CHANGE_FAULTS:
+        # Changes are announced at info level; what makes one suspect is what follows it.
         if event.subject not in topology:
             return None
-        return Signal(event.id, event.subject, kind_of_event, CHANGE_FAULTS[kind_of_event], CHANGE, event.ts,
-                      max(weight, 1.0))
-    if event.subject not in topology or weight == 0.0:
+        return Signal(event.id, event.subject, event.type, CHANGE_FAULTS[event.type], CHANGE, event.ts, 1.0)
+    if weight == 0.0:
         return None
-    if kind_of_event == "rtem.metric.anomaly":
+    if event.type == "rtem.trace.anomaly":
+        return _trace_signal(event, topology, weight)
+    if event.subject not in topology:
+        return None
+    if event.type == "rtem.metric.anomaly":
         return _metric_signal(event, weight)
-    text = " ".join(str(v) for v in (event.attributes.get("alertname"), event.message) if v)
-    domain = text_domain(text)
-    if kind_of_event == "rtem.health":
+    if event.type == "rtem.health":
         # A failed health check says the thing is down, whatever its message says.
         return Signal(event.id, event.subject, "health", "process", HEALTH, event.ts, weight)
-    source = {"rtem.log": LOG, "rtem.alert": ALERT}.get(kind_of_event, OTHER)
+    source = {"rtem.log": LOG, "rtem.alert": ALERT}.get(event.type, OTHER)
     if source == LOG and SEVERITY_RANK.get(event.severity, 0) < SEVERITY_RANK["error"]:
         return None  # warnings in logs are too common to count as anomalies
+    text = " ".join(str(v) for v in (event.attributes.get("alertname"), event.message) if v)
+    domain = text_domain(text)
     return Signal(event.id, event.subject, f"{source}:{domain}", domain, source, event.ts, weight)
 
 
@@ -109,6 +110,6 @@ def first_by_kind(signals: Sequence[Signal]) -> dict[tuple[str, str], Signal]:
     for signal in signals:
         key = (signal.entity, signal.kind)
         seen = first.get(key)
-        if seen is None or signal.ts < seen.ts or (signal.ts == seen.ts and signal.weight > seen.weight):
+        if seen is None or (signal.ts, -signal.weight, signal.event_id) < (seen.ts, -seen.weight, seen.event_id):
             first[key] = signal
     return first

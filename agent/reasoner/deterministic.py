@@ -1,0 +1,75 @@
+"""The deterministic, topology-aware root-cause reasoner: the default, and the fallback when no LLM is
+configured or the LLM fails.
+
+`diagnose` turns an incident's events into signals, scores every topology entity they implicate
+(`_scoring` says how), and returns the best as `RootCause`s whose confidence is the candidate's
+posterior share under the scoring model: ``exp(score)`` normalised over all candidates. `propose` maps the
+top cause to remedies from the action catalog. Same events in, same answer out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from agent.models import RootCause
+from bus._envelope import Event
+from rules._proposal import Proposal
+from rules.topology import Topology
+
+from ._explain import explain
+from ._remedies import propose_remedies
+from ._scoring import Candidate, rank_candidates
+from ._signals import extract_signals
+
+MAX_EVIDENCE = 20
+
+
+class DeterministicReasoner:
+    """Ranks root causes by distinctiveness, timing and explaining-away over the topology."""
+
+    name = "deterministic"
+    # Bump when the algorithm changes: it is recorded with every decision in the audit log.
+    version = "deterministic-1"
+
+    def diagnose(self, events: Sequence[Event], topology: Topology, limit: int = 5) -> list[RootCause]:
+        signals = extract_signals(events, topology)
+        ranked = rank_candidates(signals, topology)
+        if not ranked or limit <= 0:
+            return []
+        start = min(s.ts for s in signals)
+        shares = _posterior(ranked)
+        return [_root_cause(cand, share, start) for cand, share in zip(ranked[:limit], shares)]
+
+    def propose(self, causes: Sequence[RootCause], topology: Topology,
+                events: Sequence[Event] | None = None) -> list[Proposal]:
+        """Remedies for the top cause; `events` (optional) lets rollback_deploy check for a deployment
+        and open_circuit pick the caller that suffers most."""
+        return propose_remedies(causes, topology, events, proposed_by=self.name)
+
+
+def _posterior(ranked: Sequence[Candidate]) -> list[float]:
+    top = max(c.rank for c in ranked)
+    weights = [math.exp(c.rank - top) for c in ranked]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def _root_cause(cand: Candidate, share: float, start: float) -> RootCause:
+    return RootCause(
+        entity=cand.entity,
+        fault_type=cand.fault_type,
+        confidence=round(min(1.0, max(0.0, share)), 4),
+        evidence=_evidence_ids(cand),
+        explanation=explain(cand, start),
+    )
+
+
+def _evidence_ids(cand: Candidate) -> list[str]:
+    ids: list[str] = []
+    for _, signal in cand.evidence:
+        if signal.event_id not in ids:
+            ids.append(signal.event_id)
+        if len(ids) == MAX_EVIDENCE:
+            break
+    return ids
