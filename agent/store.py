@@ -91,13 +91,17 @@ class IncidentStore:
 
     def upsert_incident(self, state: dict[str, Any]) -> None:
         count = self.db.execute("SELECT COUNT(*) FROM events WHERE incident_id=?", [state["id"]]).fetchone()[0]
-        existing = self.db.execute("SELECT status FROM incidents WHERE id=?", [state["id"]]).fetchone()
-        self.db["incidents"].upsert({
-            "id": state["id"], "opened_at": _iso(state["first_ts"]), "updated_at": _iso(state["last_ts"]),
-            "first_ts": state["first_ts"], "last_ts": state["last_ts"],
-            "status": existing[0] if existing else "open", "severity": state["severity"],
-            "entities": json.dumps(state["entities"]), "detections": json.dumps(state["detections"]),
-            "signal_count": state["signals"], "event_count": count}, pk="id")
+        self.db.execute(
+            """INSERT INTO incidents (id, opened_at, updated_at, first_ts, last_ts, status, severity, entities,
+                                      detections, signal_count, event_count)
+               VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?)
+               ON CONFLICT(id) DO UPDATE SET opened_at=excluded.opened_at, updated_at=excluded.updated_at,
+                 first_ts=excluded.first_ts, last_ts=excluded.last_ts, severity=excluded.severity,
+                 entities=excluded.entities, detections=excluded.detections,
+                 signal_count=excluded.signal_count, event_count=excluded.event_count""",
+            [state["id"], _iso(state["first_ts"]), _iso(state["last_ts"]), state["first_ts"], state["last_ts"],
+             state["severity"], json.dumps(state["entities"]), json.dumps(state["detections"]), state["signals"],
+             count])
 
     def save_state(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO pipeline_state (key, value) VALUES (?, ?)", [key, json.dumps(value)])

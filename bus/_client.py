@@ -220,16 +220,26 @@ class Bus:
         batch = min(batch, self.settings.max_ack_pending)
         limit_kw = {"max_bytes": max_event_bytes} if max_event_bytes else {}
         try:
-            while not (stop and stop.is_set()):
+            # One fetch is always in flight while the previous batch is processed, so the round trip
+            # to the server overlaps with the work instead of adding to it.
+            pending = asyncio.ensure_future(sub.fetch(batch, timeout=fetch_timeout))
+            while True:
                 try:
-                    msgs = await sub.fetch(batch, timeout=fetch_timeout)
+                    msgs = await pending
                 except (NatsTimeout, asyncio.TimeoutError):
-                    if until_drained and await self._drained(consumer):
+                    msgs = []
+                stopping = bool(stop and stop.is_set())
+                if not msgs:
+                    if stopping or (until_drained and await self._drained(consumer)):
                         break
+                    pending = asyncio.ensure_future(sub.fetch(batch, timeout=fetch_timeout))
                     continue
+                pending = None if stopping else asyncio.ensure_future(sub.fetch(batch, timeout=fetch_timeout))
                 await self._handle_batch(msgs, handler, stats, limit_kw)
                 if on_batch:
                     on_batch(stats)
+                if pending is None:
+                    break
         finally:
             await sub.unsubscribe()
         return stats
@@ -252,14 +262,13 @@ class Bus:
         stats.delivered += len(msgs)
         valid: list[tuple[Msg, Event]] = []
         for msg in msgs:
-            deliveries = msg.metadata.num_delivered
-            if deliveries > 1:
+            if msg.metadata.num_delivered > 1:
                 stats.redelivered += 1
             try:
                 valid.append((msg, parse_event(msg.data, **limit_kw)))
             except InvalidEvent as bad:
                 await self.dead_letter(msg.data, bad.reason, event_id=bad.event_id, subject=msg.subject,
-                                       deliveries=deliveries)
+                                       deliveries=msg.metadata.num_delivered)
                 await msg.ack()
                 stats.invalid += 1
         if not valid:
@@ -269,6 +278,11 @@ class Bus:
         except Exception as exc:  # the whole batch failed: every event is retried, then dead-lettered
             log.exception("event handler failed on a batch of %d", len(valid))
             failures = {event.id: f"handler error: {type(exc).__name__}: {exc}" for _, event in valid}
+        if not failures:
+            for msg, _ in valid:
+                await msg.ack()
+            stats.processed += len(valid)
+            return
         for msg, event in valid:
             reason = failures.get(event.id)
             if reason is None:

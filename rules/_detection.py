@@ -147,6 +147,7 @@ class Detector:
         self._firsts: dict[tuple[str, str], tuple[float, str]] = {}
         self._last_seen: dict[tuple[str, str], tuple[float, str]] = {}
         self._absent_fired: set[tuple[str, str]] = set()
+        self._places: dict[str, tuple[str, str, str]] = {}
         self.watermark = 0.0
 
     def observe(self, event: Event) -> list[Signal]:
@@ -192,14 +193,22 @@ class Detector:
 
     def fact(self, event: Event) -> dict[str, Any]:
         """What detection conditions can test: the event's fields plus its place in the topology."""
+        service, entity_type, host = self._place(event.subject)
         return {
             "id": event.id, "type": event.type, "source": event.source, "subject": event.subject,
             "severity": event.severity, "severity_rank": SEVERITY_RANK[event.severity],
             "message": event.message, "attributes": event.attributes,
-            "service": self.topology.service_of(event.subject),
-            "entity_type": self.topology.entity_type(event.subject) or "unknown",
-            "host": self.topology.host_of(event.subject) or "",
+            "service": service, "entity_type": entity_type, "host": host,
         }
+
+    def _place(self, subject: str) -> tuple[str, str, str]:
+        place = self._places.get(subject)
+        if place is None:
+            topo = self.topology
+            place = (topo.service_of(subject), topo.entity_type(subject) or "unknown", topo.host_of(subject) or "")
+            if len(self._places) < 100_000:
+                self._places[subject] = place
+        return place
 
     def _key(self, detection: Detection, subject: str) -> str:
         if detection.by == "service":
@@ -209,7 +218,8 @@ class Detector:
         return subject
 
     def state(self) -> dict[str, Any]:
-        """Window state as JSON-able data, to persist across restarts."""
+        """Window state as JSON-able data, to persist across restarts. Expired entries are dropped."""
+        self._prune()
         return {
             "watermark": self.watermark,
             "windows": [[k[0], k[1], list(v)] for k, v in self._windows.items()],
@@ -217,6 +227,14 @@ class Detector:
             "last_seen": [[k[0], k[1], v[0], v[1]] for k, v in self._last_seen.items()],
             "absent_fired": [list(k) for k in self._absent_fired],
         }
+
+    def _prune(self) -> None:
+        """Forget windows and sequence starts that event time has left behind."""
+        mark = self.watermark
+        for key in [k for k, w in self._windows.items() if not w or w[-1][0] < mark - self.by_id[k[0]].window_s]:
+            del self._windows[key]
+        for key in [k for k, (ts, _) in self._firsts.items() if ts < mark - self.by_id[k[0]].window_s]:
+            del self._firsts[key]
 
     def restore(self, state: dict[str, Any]) -> None:
         known = self.by_id.keys()

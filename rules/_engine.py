@@ -17,8 +17,11 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import json
+
+import durable_rules_engine as _native
 from durable import engine as _durable_engine
-from durable.lang import m, ruleset, when_all, assert_fact, retract_fact
+from durable.lang import get_host, m, ruleset, when_all
 
 OPERATORS = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "exists", "matches")
 # durable-rules hangs building a ruleset in which one test has more than ~500 successors, and fails
@@ -26,6 +29,8 @@ OPERATORS = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "exists", "ma
 # disjunctive normal form) bound both: one rule may have at most this many, and a CompiledRuleset
 # spreads its rules over as many durable-rules rulesets as it takes to keep each under this total.
 MAX_BRANCHES = 200
+ANSWER_CACHE_SIZE = 65536
+_SCALARS = (str, int, float, bool, type(None))
 _ruleset_counter = itertools.count(1)
 _lock = threading.Lock()
 
@@ -150,6 +155,7 @@ class CompiledRuleset:
         base = re.sub(r"[^A-Za-z0-9_]", "_", name)
         self._hits: list[str] = []
         self._facts = itertools.count(1)
+        self._answers: dict[tuple, tuple[str, ...]] = {}
         self.names: list[str] = []
         chunk: dict[str, Any] = {}
         weight = 0
@@ -186,22 +192,37 @@ class CompiledRuleset:
     def match(self, fact: Mapping[str, Any]) -> list[str]:
         if not self.names:
             return []
+        values = [lookup(fact, path) for path in self.fields]
+        # Which rules fire depends only on the values of the fields the conditions name (the engine
+        # keeps no state between calls), so one answer serves every fact with the same values.
+        key = tuple(values) if all(isinstance(v, _SCALARS) for v in values) else None
+        if key is not None and (known := self._answers.get(key)) is not None:
+            return list(known)
         flat: dict[str, Any] = {"id": next(self._facts), "rtem": 1}
-        for path, slot in self.fields.items():
-            value = lookup(fact, path)
+        for slot, value in zip(self.fields.values(), values):
             flat[f"{slot}_present"] = int(value is not None)
             if value is not None:
                 flat[slot] = value
+        payload = json.dumps(flat, ensure_ascii=False)
         with _lock:
+            host = get_host()  # registers rulesets defined since the last call
             self._hits = []
             for name in self.names:
-                try:
-                    assert_fact(name, flat)
-                except _durable_engine.MessageNotHandledException:
-                    continue  # no rule matched, so the engine kept nothing
-                retract_fact(name, flat)
+                rules = host.get_ruleset(name)
+                # Most facts match nothing: ask the native engine directly and skip the exception
+                # durable-rules' Python layer raises for that case (a third of the cost of a match).
+                result = _native.assert_fact(rules._handle, payload)
+                if result[0] == 1:
+                    continue
+                host._handle_function(rules, lambda _r: rules._handle_result(_r, flat), result, None)
+                host.retract_fact(name, flat)
             hits = self._hits
-        return sorted(set(hits), key=self.order.__getitem__)
+        answer = sorted(set(hits), key=self.order.__getitem__)
+        if key is not None:
+            if len(self._answers) >= ANSWER_CACHE_SIZE:
+                self._answers.clear()
+            self._answers[key] = tuple(answer)
+        return answer
 
 
 def lookup(fact: Mapping[str, Any], path: str) -> Any:
