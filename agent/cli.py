@@ -56,7 +56,8 @@ def settings() -> Settings:
 @app.command()
 def analyze(
     files: Annotated[list[Path], typer.Argument(help="Recorded events: CloudEvents JSON lines.", show_default=False)],
-    topology: Annotated[Path, typer.Option("--topology", "-t", help="Topology file (JSON or YAML).")],
+    topology: Annotated[Optional[Path], typer.Option("--topology", "-t", help="Topology file (JSON or YAML; "
+                        "default: RTEM_TOPOLOGY).")] = None,
     json_out: JsonOpt = False,
     each: Annotated[bool, typer.Option("--each", help="Analyze every file on its own; one JSON object per line.")] = False,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Keep the store and audit log here "
@@ -69,6 +70,9 @@ def analyze(
     for path in files:
         if not path.is_file():
             fail(f"{path}: no such file")
+    topology = topology or cfg.topology
+    if topology is None:
+        fail("no topology: pass --topology FILE or set RTEM_TOPOLOGY")
     try:
         topo = Topology.load(topology)
     except TopologyError as exc:

@@ -1,0 +1,77 @@
+"""`rtem ingest` and the AUDIT stream, against a real nats-server."""
+
+import asyncio
+import json
+
+from typer.testing import CliRunner
+
+from agent.cli import app
+from bus import AUDIT, EVENTS, Bus
+from tests.conftest import EXAMPLES, cloud_event, write_events
+
+runner = CliRunner()
+
+
+def stream_count(url, stream):
+    async def count():
+        bus = await Bus.connect(url)
+        try:
+            return (await bus.js.stream_info(stream)).state.messages
+        finally:
+            await bus.close()
+    return asyncio.run(count())
+
+
+def reset(url):
+    async def go():
+        bus = await Bus.connect(url)
+        await bus.reset_streams()
+        await bus.close()
+    asyncio.run(go())
+
+
+def test_ingest_publishes_events_and_counts_duplicates(nats_server, tmp_path):
+    reset(nats_server.url)
+    events = write_events(tmp_path / "e.jsonl", [cloud_event(f"e{i}", "a", "2024-01-01T00:00:00Z") for i in range(10)]
+                          + [b"not json"])
+    first = runner.invoke(app, ["ingest", str(events), "--nats-url", nats_server.url, "--json"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout) == {"lines": 11, "published": 11, "duplicates": 0, "rejected": 0}
+    again = runner.invoke(app, ["ingest", str(events), "--nats-url", nats_server.url, "--json"])
+    assert json.loads(again.stdout)["duplicates"] == 10, "the same ids are one event on the bus"
+    # 10 events once, and the line without an id twice: nothing to dedupe it by (the DLQ gets both).
+    assert stream_count(nats_server.url, EVENTS) == 12
+
+
+def test_ingest_without_a_server_says_how_to_get_one(tmp_path):
+    events = write_events(tmp_path / "e.jsonl", [cloud_event("e", "a", "2024-01-01T00:00:00Z")])
+    result = runner.invoke(app, ["ingest", str(events)])
+    assert result.exit_code == 2 and "set RTEM_NATS_URL" in result.output
+
+
+def test_analyze_copies_every_decision_record_to_the_audit_stream(nats_server, tmp_path, monkeypatch):
+    result = runner.invoke(app, ["analyze", str(EXAMPLES / "boutique-node-cpu.events.jsonl"), "--topology",
+                                 str(EXAMPLES / "boutique-topology.json"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    records = runner.invoke(app, ["audit", "list", "--db", str(tmp_path / "out" / "run" / "rtem.db"), "--json"])
+    assert len(json.loads(records.stdout)) > 3
+    # analyze runs its own embedded server; the records' copy lives on its AUDIT stream. Check the
+    # same mechanism against the shared test server: publish the log and read the stream back.
+    from agent.audit import AuditLog
+    from agent.service import publish_audit
+
+    async def publish():
+        bus = await Bus.connect(nats_server.url)
+        await bus.reset_streams()
+        log = AuditLog(tmp_path / "out" / "run" / "rtem.db")
+        first = await publish_audit(bus, log)
+        second = await publish_audit(bus, log)
+        info = await bus.js.stream_info(AUDIT)
+        last = json.loads((await bus.js.get_msg(AUDIT, info.state.last_seq)).data)
+        await bus.close()
+        return first, second, info.state.messages, last, log.last()
+
+    first, second, on_stream, last, newest = asyncio.run(publish())
+    assert first == on_stream == len(json.loads(records.stdout))
+    assert second == 0, "a second catch-up publishes nothing twice"
+    assert last["hash"] == newest.hash
