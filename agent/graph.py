@@ -23,16 +23,20 @@ from bus import parse_time
 from rules import Proposal, Topology, Verdict
 
 from .audit import AuditLog
-from .models import RootCause
+from .models import ReasonerRun, RootCause
 from .store import IncidentStore
 
 
 class Reasoner(Protocol):
+    """Ranks causes and proposes actions. A reasoner may return `(answer, ReasonerRun)` pairs to say
+    how it decided (an LLM reasoner does: model, prompt hash, fallbacks); a plain list means it decided
+    on its own, deterministically."""
+
     name: str
     version: str
 
-    def diagnose(self, events, topology: Topology, limit: int = 5) -> list[RootCause]: ...
-    def propose(self, causes, topology: Topology) -> list[Proposal]: ...
+    def diagnose(self, events, topology: Topology, limit: int = 5) -> list[RootCause] | tuple[list[RootCause], ReasonerRun]: ...
+    def propose(self, causes, topology: Topology) -> list[Proposal] | tuple[list[Proposal], ReasonerRun]: ...
 
 
 class GuardLike(Protocol):
@@ -71,26 +75,30 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     deps = runtime.context
     incident = state["incident"]
     events = deps.store.events(incident["id"])
-    causes = deps.reasoner.diagnose(events, deps.topology)
+    causes, run = _answer(deps, deps.reasoner.diagnose(events, deps.topology))
     reasons = [f"{c.entity}: {c.explanation}" for c in causes[:3]] or ["no candidate had evidence"]
+    if run.fallback:
+        reasons.insert(0, f"deterministic fallback: {run.fallback}")
     deps.audit.append(
         "causes.ranked", incident_id=incident["id"], node="diagnose",
         inputs={"events": len(events), "entities": incident["entities"], "topology": deps.topology.digest},
-        decision={"root_causes": [c.model_dump() for c in causes]}, reasons=reasons,
-        evidence=causes[0].evidence if causes else [], versions=_versions(deps))
+        decision={"root_causes": [c.model_dump() for c in causes], "reasoner": run.model_dump()},
+        reasons=reasons, evidence=causes[0].evidence if causes else [], versions=_versions(deps, run))
     return {"root_causes": [c.model_dump() for c in causes]}
 
 
 def propose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     deps = runtime.context
     causes = [RootCause.model_validate(c) for c in state.get("root_causes", [])]
-    proposals = deps.reasoner.propose(causes, deps.topology)
+    proposals, run = _answer(deps, deps.reasoner.propose(causes, deps.topology))
+    reasons = [f"{p.type} on {p.target}: {p.reason}" for p in proposals]
+    if run.fallback:
+        reasons.insert(0, f"deterministic fallback: {run.fallback}")
     deps.audit.append(
         "actions.proposed", incident_id=state["incident"]["id"], node="propose",
         inputs={"root_causes": [c.entity for c in causes]},
-        decision={"proposals": [p.model_dump() for p in proposals]},
-        reasons=[f"{p.type} on {p.target}: {p.reason}" for p in proposals],
-        evidence=causes[0].evidence[:5] if causes else [], versions=_versions(deps))
+        decision={"proposals": [p.model_dump() for p in proposals], "reasoner": run.model_dump()},
+        reasons=reasons, evidence=causes[0].evidence[:5] if causes else [], versions=_versions(deps, run))
     return {"proposals": [p.model_dump() for p in proposals]}
 
 
@@ -133,8 +141,17 @@ def close(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     return {"status": "diagnosed"}
 
 
-def _versions(deps: Deps) -> dict[str, str]:
-    return {**deps.versions, "reasoner": f"{deps.reasoner.name}/{deps.reasoner.version}"}
+def _answer(deps: Deps, result):
+    if isinstance(result, tuple):
+        return result
+    return result, ReasonerRun(reasoner=deps.reasoner.name)
+
+
+def _versions(deps: Deps, run: ReasonerRun | None = None) -> dict[str, str]:
+    versions = {**deps.versions, "reasoner": f"{deps.reasoner.name}/{deps.reasoner.version}"}
+    if run is not None:
+        versions.update(run.versions)
+    return versions
 
 
 def build_graph():

@@ -18,6 +18,18 @@ class RootCause(BaseModel):
     explanation: str = ""
 
 
+class ReasonerRun(BaseModel):
+    """How a reasoner reached its answer: recorded with the decision, so a reader knows what to trust."""
+
+    reasoner: str = Field(description="who decided: `deterministic`, or `llm` with the model in versions")
+    versions: dict[str, str] = Field(default_factory=dict, description="model, prompt hash, reasoner version")
+    fallback: str | None = Field(default=None, description="why the deterministic answer replaced the LLM's")
+    calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    notes: list[str] = Field(default_factory=list)
+
+
 class Incident(BaseModel):
     """A group of events that one disruption explains, correlated by event time and topology."""
 
