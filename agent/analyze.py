@@ -64,7 +64,7 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
                    progress: Callable[[Progress], None] | None) -> Analysis:
     name = ", ".join(str(f) for f in files)
     await bus.reset_streams()
-    parts = build(settings, topology, run_dir)
+    parts = await build(settings, topology, run_dir).open()
     try:
         state = Progress(file=name, stage="publishing")
         published = rejected = duplicates = 0
@@ -88,7 +88,7 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
             state.stage = f"diagnosing {number}/{len(incidents)}"
             if progress:
                 progress(state)
-            parts.graph.run(row["id"])
+            await parts.graph.run(row["id"])
         audit_records = await publish_audit(bus, parts.audit)
         report = {
             "incidents": [incident_report(r) for r in parts.store.incidents()],
@@ -98,7 +98,7 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
         return Analysis(file=name, report=report, db_path=parts.store.path, audit_records=audit_records,
                         extra={"failed": stats.failed, "published": published})
     finally:
-        parts.close()
+        await parts.close()
 
 
 def incident_report(row: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     duplicate_window_s: float = Field(120.0, gt=0, description="JetStream Nats-Msg-Id dedupe window")
     max_event_bytes: int = Field(1024 * 1024, ge=1024)
     correlation_gap_s: float = Field(300.0, gt=0, description="event-time gap that ends an incident")
+    approval_ttl_s: float = Field(900.0, gt=0, description="an approval request, and an approval, expire after this")
+    verify_quiet_s: float = Field(60.0, gt=0, description="event-time quiet after acting that counts as recovery")
+    verify_deadline_s: float = Field(600.0, gt=0, description="event time after acting before rtem escalates")
+    diagnose_after_s: float = Field(30.0, ge=0, description="event time an incident gathers evidence before diagnosis")
+    command_allowlist: list[str] = Field(default_factory=list, description="programs the command executor may run")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL (WAL) survives a crash of rtem, like JetStream's default sync "
                               "policy; FULL also survives power loss, at one fsync per batch")

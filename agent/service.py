@@ -11,7 +11,8 @@ from rules import Guard, load_contracts, load_guardrails
 
 from .audit import AuditLog
 from .config import Settings
-from .graph import Deps, IncidentGraph
+from .graph import Deps, IncidentGraph, Policy
+from .ledger import Ledger
 from .reasoner import DeterministicReasoner
 from .store import IncidentStore
 from .triage import BatchResult, Triage
@@ -26,14 +27,21 @@ class Components:
     triage: Triage
     graph: IncidentGraph
     versions: dict[str, str]
+    ledger: Ledger | None = None
 
-    def close(self) -> None:
-        self.graph.close()
+    async def open(self) -> Components:
+        await self.graph.open()
+        return self
+
+    async def close(self) -> None:
+        await self.graph.close()
         self.store.close()
         self.audit.close()
+        if self.ledger is not None:
+            self.ledger.close()
 
 
-def build(settings: Settings, topology: Topology, data_dir: Path | None = None) -> Components:
+def build(settings: Settings, topology: Topology, data_dir: Path | None = None, *, dry_run: bool = True) -> Components:
     """Load rules and contracts, open the store and audit log, and assemble triage and the graph.
 
     Rule files are checked here, so a bad file stops start-up with its file:line:column.
@@ -51,10 +59,14 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None) 
     audit = AuditLog(data_dir / "rtem.db")
     triage = Triage(store, Detector(detections, topology), Correlator(topology, settings.correlation_gap_s),
                     after_commit=lambda result: record_correlation(audit, store, result, versions))
+    ledger = Ledger(data_dir / "rtem.db")
     deps = Deps(store=store, audit=audit, reasoner=reasoner, guard=Guard(guardrails, contracts),
-                topology=topology, versions=versions)
+                topology=topology, versions=versions, contracts=contracts, ledger=ledger, dry_run=dry_run,
+                policy=Policy(approval_ttl_s=settings.approval_ttl_s, verify_quiet_s=settings.verify_quiet_s,
+                              verify_deadline_s=settings.verify_deadline_s),
+                watermark=lambda: triage.detector.watermark)
     graph = IncidentGraph(data_dir / "checkpoints.db", deps)
-    return Components(settings, topology, store, audit, triage, graph, versions)
+    return Components(settings, topology, store, audit, triage, graph, versions, ledger)
 
 
 def record_correlation(audit: AuditLog, store: IncidentStore, result: BatchResult, versions: dict[str, str]) -> None:

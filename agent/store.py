@@ -50,7 +50,7 @@ class IncidentStore:
                 "id": str, "opened_at": str, "updated_at": str, "first_ts": float, "last_ts": float,
                 "status": str, "severity": str, "entities": str, "detections": str, "signal_count": int,
                 "event_count": int, "merged_into": str, "root_causes": str, "actions": str,
-                "versions": str, "diagnosed_at": str}, pk="id")
+                "versions": str, "diagnosed_at": str, "mttr_s": float, "resolution": str}, pk="id")
             self.db["incidents"].create_index(["status"])
         if "pipeline_state" not in self.db.table_names():
             self.db["pipeline_state"].create({"key": str, "value": str}, pk="key")
@@ -139,11 +139,23 @@ class IncidentStore:
         return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def save_diagnosis(self, incident_id: str, *, status: str, root_causes: list[dict[str, Any]],
-                       actions: list[dict[str, Any]], versions: dict[str, str]) -> None:
+                       actions: list[dict[str, Any]], versions: dict[str, str], mttr_s: float | None = None,
+                       resolution: str | None = None) -> None:
         with self.transaction():
             self.db["incidents"].update(incident_id, {
                 "status": status, "root_causes": json.dumps(root_causes), "actions": json.dumps(actions),
-                "versions": json.dumps(versions), "diagnosed_at": datetime.now(timezone.utc).isoformat()})
+                "versions": json.dumps(versions), "diagnosed_at": datetime.now(timezone.utc).isoformat(),
+                "mttr_s": mttr_s, "resolution": resolution})
+
+    def set_status(self, incident_id: str, status: str) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE incidents SET status=? WHERE id=?", [status, incident_id])
+
+    def last_signal(self, incident_id: str, after_ts: float) -> float | None:
+        """Event time of the incident's latest signal after `after_ts` (recovery means: none lately)."""
+        row = self.db.execute("SELECT MAX(ts) FROM events WHERE incident_id=? AND ts>? AND signals IS NOT NULL",
+                              [incident_id, after_ts]).fetchone()
+        return row[0] if row else None
 
     def close(self) -> None:
         self.db.conn.close()

@@ -1,0 +1,242 @@
+"""Executors: the edge where rtem's decisions touch the world.
+
+An executor runs one step (an action or its compensation) with a timeout, retries with backoff and
+jitter for retryable failures (the policy is data: `RetryPolicy`), and a circuit breaker per target.
+Every request carries the step's idempotency key, so a target that has applied it answers with the
+first result instead of acting again; the ledger (agent/ledger.py) makes rtem itself never start a
+completed step twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+from rules import ActionContract
+
+log = logging.getLogger("rtem.executors")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an executor retries a retryable failure (a timeout, no responder, a 5xx)."""
+
+    max_attempts: int = 3
+    initial_interval_s: float = 0.2
+    backoff: float = 2.0
+    max_interval_s: float = 5.0
+    jitter: float = 0.2  # ± fraction of each interval, so retries from many incidents do not align
+
+    def delays(self) -> list[float]:
+        delays, interval = [], self.initial_interval_s
+        for _ in range(self.max_attempts - 1):
+            delays.append(min(interval, self.max_interval_s) * (1 + random.uniform(-self.jitter, self.jitter)))
+            interval *= self.backoff
+        return delays
+
+
+@dataclass
+class Step:
+    """One thing to do: an action, or the compensation of one."""
+
+    key: str
+    incident_id: str
+    action: str
+    target: str
+    params: dict[str, Any]
+    kind: str = "do"  # do | compensate
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    attempts: int = 0
+    retryable: bool = False
+    breaker_open: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "result": self.result, "error": self.error, "attempts": self.attempts,
+                "breaker_open": self.breaker_open}
+
+
+class BreakerOpen(Exception):
+    pass
+
+
+@dataclass
+class CircuitBreaker:
+    """Opens after `threshold` consecutive failures; lets one trial through after `cooldown_s`."""
+
+    threshold: int = 3
+    cooldown_s: float = 30.0
+    failures: int = 0
+    opened_at: float | None = None
+    clock: Callable[[], float] = time.monotonic
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if self.clock() - self.opened_at >= self.cooldown_s else "open"
+
+    def allow(self) -> bool:
+        return self.state != "open"
+
+    def record(self, ok: bool) -> None:
+        if ok:
+            self.failures, self.opened_at = 0, None
+            return
+        self.failures += 1
+        if self.failures >= self.threshold or self.state == "half_open":
+            self.opened_at = self.clock()
+
+
+class Transport(Protocol):
+    """Sends one request; raises TransientError for what is worth retrying, PermanentError otherwise."""
+
+    async def send(self, contract: ActionContract, step: Step, timeout: float) -> dict[str, Any]: ...
+
+
+class TransientError(Exception):
+    pass
+
+
+class PermanentError(Exception):
+    pass
+
+
+class NatsTransport(Transport):
+    """Request/reply on the contract's subject; the reply is `{"ok", "error", "result"}`."""
+
+    def __init__(self, nc):
+        self.nc = nc
+
+    async def send(self, contract, step, timeout):
+        subject = contract.executor.subject.format(action=step.action, target=step.target)
+        body = json.dumps({"action": step.action, "target": step.target, "params": step.params,
+                           "idempotency_key": step.key, "incident_id": step.incident_id}).encode()
+        try:
+            msg = await self.nc.request(subject, body, timeout=timeout,
+                                        headers={"Rtem-Idempotency-Key": step.key})
+        except (NatsTimeout, asyncio.TimeoutError):
+            raise TransientError(f"no reply on {subject} within {timeout:.0f}s") from None
+        except NoRespondersError:
+            raise TransientError(f"nothing answers on {subject}") from None
+        return _reply(msg.data, subject)
+
+
+class HttpTransport(Transport):
+    """A webhook: the contract's method and URL, the step as JSON, `Idempotency-Key` header."""
+
+    async def send(self, contract, step, timeout):
+        url = contract.executor.url.format(action=step.action, target=step.target)
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                response = await client.request(contract.executor.method, url, headers={"Idempotency-Key": step.key},
+                                                json={"action": step.action, "target": step.target,
+                                                      "params": step.params, "incident_id": step.incident_id})
+        except httpx.TimeoutException:
+            raise TransientError(f"{url} did not answer within {timeout:.0f}s") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"{url}: {exc}") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TransientError(f"{url} answered {response.status_code}")
+        if response.status_code >= 400:
+            raise PermanentError(f"{url} answered {response.status_code}: {response.text[:200]}")
+        return _reply(response.content or b'{"ok": true}', url)
+
+
+class CommandTransport(Transport):
+    """A local program from an allowlist, run as an argument list, never through a shell."""
+
+    def __init__(self, allowlist: Sequence[str]):
+        self.allowlist = set(allowlist)
+
+    async def send(self, contract, step, timeout):
+        argv = [part.format(action=step.action, target=step.target) for part in contract.executor.argv]
+        if argv[0] not in self.allowlist:
+            raise PermanentError(f"{argv[0]} is not in the command allowlist (RTEM_COMMAND_ALLOWLIST)")
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={"RTEM_IDEMPOTENCY_KEY": step.key, "PATH": "/usr/bin:/bin"})
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(json.dumps(step.params).encode()), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            raise TransientError(f"{argv[0]} ran past {timeout:.0f}s") from None
+        if proc.returncode != 0:
+            raise PermanentError(f"{argv[0]} exited {proc.returncode}: {err.decode(errors='replace')[:200]}")
+        return {"ok": True, "result": {"stdout": out.decode(errors="replace")[:2000]}}
+
+
+def _reply(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise PermanentError(f"{where} answered something that is not JSON") from None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise PermanentError(f"{where} answered without an 'ok' field")
+    return reply
+
+
+class Executors:
+    """Runs steps through the transport their contract names, with retries and per-target breakers."""
+
+    def __init__(self, transports: Mapping[str, Transport], policy: RetryPolicy | None = None,
+                 breaker_threshold: int = 3, breaker_cooldown_s: float = 30.0,
+                 on_breaker: Callable[[str, str], None] | None = None):
+        self.transports = dict(transports)
+        self.policy = policy or RetryPolicy()
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._threshold, self._cooldown = breaker_threshold, breaker_cooldown_s
+        self.on_breaker = on_breaker
+
+    def breaker(self, target: str) -> CircuitBreaker:
+        if target not in self.breakers:
+            self.breakers[target] = CircuitBreaker(self._threshold, self._cooldown)
+        return self.breakers[target]
+
+    async def run(self, contract: ActionContract, step: Step) -> Outcome:
+        breaker = self.breaker(step.target)
+        if not breaker.allow():
+            return Outcome(False, error=f"circuit breaker for {step.target} is open", breaker_open=True)
+        transport = self.transports.get(contract.executor.kind)
+        if transport is None:
+            return Outcome(False, error=f"no {contract.executor.kind} executor is configured")
+        delays = self.policy.delays()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                reply = await transport.send(contract, step, contract.timeout_s)
+            except TransientError as exc:
+                if delays and breaker.allow():
+                    await asyncio.sleep(delays.pop(0))
+                    continue
+                return self._failed(breaker, step, str(exc), attempts, retryable=True)
+            except PermanentError as exc:
+                return self._failed(breaker, step, str(exc), attempts, retryable=False)
+            if reply.get("ok"):
+                breaker.record(True)
+                return Outcome(True, result=reply.get("result") or {}, attempts=attempts)
+            return self._failed(breaker, step, str(reply.get("error") or "the target refused"), attempts,
+                                retryable=False)
+
+    def _failed(self, breaker: CircuitBreaker, step: Step, error: str, attempts: int, retryable: bool) -> Outcome:
+        before = breaker.state
+        breaker.record(False)
+        if breaker.state == "open" and before != "open" and self.on_breaker:
+            self.on_breaker(step.target, error)
+        return Outcome(False, error=error, attempts=attempts, retryable=retryable,
+                       breaker_open=breaker.state == "open")
