@@ -278,3 +278,123 @@ def audit_list(incident: Annotated[Optional[str], typer.Option(help="Only this i
         table.add_row(str(r.seq), r.at.isoformat(timespec="seconds"), r.incident_id or "-", r.kind, r.node,
                       "; ".join(r.reasons)[:200])
     out.print(table)
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+@app.command()
+def run(
+    topology: Annotated[Optional[Path], typer.Option("--topology", "-t", help="Topology file (default: RTEM_TOPOLOGY).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, but execute nothing.")] = False,
+    metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on this port (0: off).")] = 9464,
+    log_format: Annotated[str, typer.Option(help="text or json")] = "text",
+) -> None:
+    """Run the service: consume the bus, detect, diagnose, guard, execute, verify. Stops on Ctrl-C."""
+    from .logs import setup_logging
+    from .run import Service
+
+    cfg = settings()
+    setup_logging(log_format)
+    path = topology or cfg.topology
+    if path is None:
+        fail("no topology: pass --topology FILE or set RTEM_TOPOLOGY")
+    try:
+        topo = Topology.load(path)
+    except TopologyError as exc:
+        fail(str(exc))
+
+    async def serve():
+        service = Service(cfg, topo, dry_run=dry_run)
+        await service.start()
+        if metrics_port:
+            from prometheus_client import start_http_server
+            start_http_server(metrics_port, addr="127.0.0.1")
+        err.print(f"rtem run: bus {service.url} · store {service.parts.store.path}"
+                  + (f" · metrics http://127.0.0.1:{metrics_port}/metrics" if metrics_port else "")
+                  + (" · DRY RUN" if dry_run else ""))
+        try:
+            await service.run_forever()
+        finally:
+            await service.stop()
+
+    try:
+        asyncio.run(serve())
+    except RulesError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("stopped")
+
+
+def _ledger(db: Path | None):
+    from .ledger import Ledger
+
+    path = db or settings().db_path
+    if not path.is_file():
+        fail(f"{path}: no store here (is `rtem run` using another RTEM_DATA_DIR?)")
+    return Ledger(path)
+
+
+def _decide(incident_id: str, action: str, approve: bool, by: str | None, reason: str, db: Path | None,
+            json_out: bool) -> None:
+    from .run import operator
+
+    row = _store(db).incident(incident_id)
+    if row is None:
+        fail(f"no incident {incident_id!r} (see `rtem incidents`)", 1)
+    actions = row["actions"]
+    matches = [a for a in actions if str(a.get("index")) == action or a["type"] == action]
+    pending = [a for a in matches if a["verdict"] == "require_approval"]
+    if not pending:
+        needing = ", ".join(f"{a['index']} ({a['type']} on {a['target']})" for a in actions
+                            if a["verdict"] == "require_approval") or "none"
+        fail(f"incident {row['id']} has no action {action!r} that needs approval; those that do: {needing}", 1)
+    ledger = _ledger(db)
+    who = by or operator()
+    for a in pending:
+        ledger.decide(row["id"], a["index"], approve, who, reason)
+    result = {"incident": row["id"], "actions": [a["index"] for a in pending],
+              "decision": "approve" if approve else "reject", "by": who}
+    if json_out:
+        print(json.dumps(result))
+    else:
+        labels = ", ".join(f"#{a['index']} {a['type']} on {a['target']}" for a in pending)
+        out.print(f"{result['decision']}d {labels} of {row['id']} as {who}; "
+                  "the service picks it up within a second")
+
+
+@app.command()
+def approve(incident_id: Annotated[str, typer.Argument(help="Incident id (a unique prefix is enough).")],
+            action: Annotated[str, typer.Argument(help="The action's index or type, as `rtem incidents show` lists.")],
+            by: Annotated[Optional[str], typer.Option(help="Who approves (default: your user name).")] = None,
+            reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+            json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Approve an action that waits for a person. Kept in the store: it survives a service restart."""
+    _decide(incident_id, action, True, by, reason, db, json_out)
+
+
+@app.command()
+def reject(incident_id: Annotated[str, typer.Argument(help="Incident id (a unique prefix is enough).")],
+           action: Annotated[str, typer.Argument(help="The action's index or type.")],
+           by: Annotated[Optional[str], typer.Option(help="Who rejects (default: your user name).")] = None,
+           reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+           json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Reject an action that waits for a person; it will not run."""
+    _decide(incident_id, action, False, by, reason, db, json_out)
+
+
+@app.command()
+def pause(by: Annotated[Optional[str], typer.Option(help="Who pulls the switch.")] = None, db: DbOpt = None) -> None:
+    """Kill switch: stop all execution. Detection and diagnosis go on; actions wait."""
+    from .run import operator
+
+    _ledger(db).set_paused(True, by or operator())
+    out.print("execution paused: no action will run until `rtem resume`")
+
+
+@app.command()
+def resume(by: Annotated[Optional[str], typer.Option(help="Who releases the switch.")] = None, db: DbOpt = None) -> None:
+    """Release the kill switch: waiting actions run again (their approvals are checked again)."""
+    from .run import operator
+
+    _ledger(db).set_paused(False, by or operator())
+    out.print("execution resumed")

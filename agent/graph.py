@@ -14,6 +14,7 @@ versions it used. Side effects happen only in `_run_step`, behind the ledger's i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,13 +34,15 @@ from .audit import AuditLog
 from .executors import Executors, Step
 from .ledger import Ledger, step_key
 from .models import ReasonerRun, RootCause
+from .reasoner import HISTORY_WINDOW, History, learn_history
 from .store import IncidentStore
 
 
 class Reasoner(Protocol):
     """Ranks causes and proposes actions. A reasoner may return `(answer, ReasonerRun)` pairs to say
     how it decided (an LLM reasoner does: model, prompt hash, fallbacks); a plain list means it decided
-    on its own, deterministically."""
+    on its own, deterministically. A `diagnose` with a `history` keyword also gets the background learned
+    from earlier incidents (`agent.reasoner.History`)."""
 
     name: str
     version: str
@@ -105,13 +108,17 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     deps = runtime.context
     incident = state["incident"]
     events = deps.store.events(incident["id"])
-    causes, run = _answer(deps, deps.reasoner.diagnose(events, deps.topology))
+    extra: dict[str, Any] = {}
+    if events and _takes_history(deps.reasoner):
+        extra["history"] = _history(deps, incident["id"], min(e.ts for e in events))
+    causes, run = _answer(deps, deps.reasoner.diagnose(events, deps.topology, **extra))
     reasons = [f"{c.entity}: {c.explanation}" for c in causes[:3]] or ["no candidate had evidence"]
     if run.fallback:
         reasons.insert(0, f"deterministic fallback: {run.fallback}")
     deps.audit.append(
         "causes.ranked", incident_id=incident["id"], node="diagnose",
-        inputs={"events": len(events), "entities": incident["entities"], "topology": deps.topology.digest},
+        inputs={"events": len(events), "entities": incident["entities"], "topology": deps.topology.digest,
+                "earlier_incidents": extra["history"].incidents if "history" in extra else 0},
         decision={"root_causes": [c.model_dump() for c in causes], "reasoner": run.model_dump()},
         reasons=reasons, evidence=causes[0].evidence if causes else [], versions=_versions(deps, run))
     return {"root_causes": [c.model_dump() for c in causes]}
@@ -370,6 +377,17 @@ def _after_execute(state: IncidentState) -> str:
     return "execute"
 
 
+def _history(deps: Deps, incident_id: str, start: float) -> History:
+    """Background noise learned from the incidents that opened before this one's first event, never later."""
+    incidents, shapes = deps.store.past_event_shapes(start, limit=HISTORY_WINDOW, exclude=incident_id)
+    return learn_history(incidents, shapes, deps.topology)
+
+
+def _takes_history(reasoner: Reasoner) -> bool:
+    """Reasoners that learn from earlier incidents say so with a `history` keyword on `diagnose`."""
+    return "history" in inspect.signature(reasoner.diagnose).parameters
+
+
 def _answer(deps: Deps, result):
     if isinstance(result, tuple):
         return result
@@ -425,6 +443,17 @@ class IncidentGraph:
 
     async def resume(self, incident_id: str) -> tuple[IncidentState, dict[str, Any] | None]:
         await self.app.ainvoke(Command(resume=True), _config(incident_id), context=self.deps)
+        return await self.status(incident_id)
+
+    async def proceed(self, incident_id: str) -> tuple[IncidentState, dict[str, Any] | None]:
+        """Move a started thread on: resume it if it waits, continue it if a crash cut it short."""
+        snapshot = await self.app.aget_state(_config(incident_id))
+        if any(task.interrupts for task in snapshot.tasks):
+            return await self.resume(incident_id)
+        if snapshot.next:
+            await self.app.ainvoke(None, _config(incident_id), context=self.deps)
+        elif not snapshot.values:
+            return await self.run(incident_id)
         return await self.status(incident_id)
 
     async def status(self, incident_id: str) -> tuple[IncidentState, dict[str, Any] | None]:

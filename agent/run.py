@@ -1,0 +1,184 @@
+"""`rtem run`: the long-running service.
+
+It consumes the live EVENTS stream through triage, starts one LangGraph thread per incident once the
+incident has gathered `diagnose_after_s` of event-time evidence, and keeps every unfinished thread
+moving: waiting for approvals, for the kill switch, or for recovery. Everything it needs to go on is
+in SQLite (store, ledger, checkpoints) and JetStream (unacked events), so a `kill -9` and a restart
+resume every open incident where it stood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bus import Bus, EmbeddedNats
+from rules import Topology
+
+from . import metrics
+from .config import Settings
+from .executors import CommandTransport, Executors, HttpTransport, NatsTransport
+from .service import Components, build, publish_audit
+
+log = logging.getLogger("rtem.run")
+
+FINAL = ("resolved", "escalated", "diagnosed", "merged")
+WAITING_STATUS = {"approval": "awaiting_approval", "resume": "paused", "recovery": "verifying"}
+
+
+class Service:
+    def __init__(self, settings: Settings, topology: Topology, *, dry_run: bool = False,
+                 on_change: Callable[[str, str], None] | None = None, poll_s: float = 0.25):
+        self.settings = settings
+        self.topology = topology
+        self.dry_run = dry_run
+        self.on_change = on_change
+        self.poll_s = poll_s
+        self.server: EmbeddedNats | None = None
+        self.bus: Bus | None = None
+        self.parts: Components | None = None
+        self.stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._advancing: dict[str, asyncio.Task] = {}
+        self.pages: list[dict[str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        return self.settings.nats_url or self.server.url
+
+    async def start(self) -> Service:
+        data_dir = Path(self.settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.settings.nats_url:
+            port_file = data_dir / "nats.port"
+            port = int(port_file.read_text()) if port_file.is_file() else None
+            self.server = EmbeddedNats(data_dir / "nats", port=port)
+            try:
+                self.server.start()
+            except Exception:
+                self.server = EmbeddedNats(data_dir / "nats")  # the old port is taken: take a new one
+                self.server.start()
+            port_file.write_text(str(self.server.port))
+            (data_dir / "nats.url").write_text(self.server.url)
+        self.bus = await Bus.connect(self.url, self.settings.bus_settings(), name="rtem-run")
+        await self.bus.ensure_streams()
+        self.parts = await build(self.settings, self.topology, data_dir, dry_run=self.dry_run).open()
+        self.parts.graph.deps.executors = Executors(
+            {"nats": NatsTransport(self.bus.nc), "http": HttpTransport(),
+             "command": CommandTransport(self.settings.command_allowlist)},
+            on_breaker=self._breaker_opened)
+        await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", cb=self._page)
+        self._tasks = [asyncio.create_task(self._consume(), name="consume"),
+                       asyncio.create_task(self._drive(), name="drive")]
+        log.info("rtem run: consuming %s, store %s", self.url, self.parts.store.path)
+        return self
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._advancing.values(), return_exceptions=True)
+        if self.parts is not None:
+            await publish_audit(self.bus, self.parts.audit)
+            await self.parts.close()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.server is not None:
+            self.server.stop()
+
+    async def run_forever(self) -> None:
+        await self.stop_event.wait()
+
+    async def _consume(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                await self.bus.consume(self._handle, batch=self.settings.batch_size, stop=self.stop_event,
+                                       max_event_bytes=self.settings.max_event_bytes)
+            except Exception:  # a lost connection: the client reconnects; nothing was acked that was not stored
+                log.exception("consumer stopped; restarting it")
+                await asyncio.sleep(1)
+
+    async def _handle(self, events):
+        before = self.parts.triage.stats.events
+        result = self.parts.triage.handle(events)
+        metrics.EVENTS.inc(self.parts.triage.stats.events - before)
+        metrics.INCIDENTS.inc(len(result.opened))
+
+    async def _drive(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                await self.tick()
+                if self.bus and not self.bus.nc.is_closed:
+                    await publish_audit(self.bus, self.parts.audit)
+                    metrics.CONSUMER_LAG.set(await self._lag())
+            except Exception:
+                log.exception("driving incidents failed; trying again")
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), self.poll_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def tick(self) -> None:
+        """Start threads for incidents that are ready and move waiting ones along."""
+        store = self.parts.store
+        watermark = self.parts.triage.detector.watermark
+        for row in store.incidents():
+            if row["status"] in FINAL or row["id"] in self._advancing:
+                continue
+            if row["status"] == "open" and watermark - row["first_ts"] < self.settings.diagnose_after_s:
+                continue
+            task = asyncio.create_task(self._advance(row["id"], row["status"]))
+            self._advancing[row["id"]] = task
+            task.add_done_callback(lambda _t, key=row["id"]: self._advancing.pop(key, None))
+
+    async def _advance(self, incident_id: str, status: str) -> None:
+        graph = self.parts.graph
+        if status == "open":
+            self.parts.store.set_status(incident_id, "diagnosing")
+            self._changed(incident_id, "diagnosing")
+            values, waiting = await graph.run(incident_id)
+        else:
+            values, waiting = await graph.proceed(incident_id)
+        new_status = WAITING_STATUS[waiting["waiting"]] if waiting else values.get("status", status)
+        if new_status != status:
+            if waiting:
+                self.parts.store.set_status(incident_id, new_status)
+            self._changed(incident_id, new_status)
+        if new_status in FINAL:
+            self.parts.triage.correlator.release(incident_id)
+            if values.get("mttr_s") is not None:
+                metrics.MTTR.observe(values["mttr_s"])
+
+    async def _lag(self) -> int:
+        try:
+            return (await self.bus.backlog())[0]
+        except Exception:  # the consumer is created by the first fetch; until then there is no lag
+            return 0
+
+    def _changed(self, incident_id: str, status: str) -> None:
+        log.info("incident %s: %s", incident_id, status)
+        if self.on_change:
+            self.on_change(incident_id, status)
+
+    def _breaker_opened(self, target: str, error: str) -> None:
+        metrics.BREAKER.labels(target=target).set(1)
+        self.parts.audit.append("breaker.opened", node="execute", inputs={"target": target},
+                                decision={"state": "open"}, reasons=[error])
+
+    async def _page(self, msg) -> None:
+        """The built-in pager for notify_oncall when no paging integration answers: it records."""
+        request = json.loads(msg.data)
+        self.pages.append(request)
+        log.warning("page for %s: %s", request.get("target"), request.get("params", {}).get("summary", ""))
+        await msg.respond(json.dumps({"ok": True, "result": {"paged": "log"}}).encode())
+
+
+def operator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry (a container): still name the decision
+        return "operator"

@@ -1,0 +1,71 @@
+"""Helpers for tests of the live service: a target that obeys commands, events in event time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def anomaly(event_id: str, subject: str, seconds: float, metric: str = "container_cpu_usage_seconds") -> dict:
+    return {"specversion": "1.0", "id": event_id, "source": "/test", "type": "rtem.metric.anomaly", "time": at(seconds),
+            "subject": subject, "data": {"severity": "error", "message": f"{metric} anomalous (up) on {subject}",
+                                         "attributes": {"metric": metric, "direction": "up"}}}
+
+
+def sample(event_id: str, subject: str, seconds: float) -> dict:
+    return {"specversion": "1.0", "id": event_id, "source": "/test", "type": "rtem.metric.sample", "time": at(seconds),
+            "subject": subject, "data": {"severity": "info", "message": "ok", "attributes": {"cpu": 0.2}}}
+
+
+class Target:
+    """Answers rtem's commands like a real system would: applies each idempotency key once."""
+
+    def __init__(self, fail: set[str] | None = None, silent: set[str] | None = None):
+        self.applied: list[tuple[str, str, str]] = []
+        self.answers: dict[str, dict] = {}
+        self.requests: list[dict] = []
+        self.fail = fail or set()
+        self.silent = silent or set()
+
+    async def attach(self, nc) -> None:
+        await nc.subscribe("rtem.cmd.>", cb=self._on_command)
+
+    async def _on_command(self, msg) -> None:
+        request = json.loads(msg.data)
+        if request["action"] == "notify_oncall":
+            return  # the service's own pager answers those
+        self.requests.append(request)
+        if request["action"] in self.silent:
+            return
+        key = request["idempotency_key"]
+        if key not in self.answers:
+            if request["action"] in self.fail:
+                self.answers[key] = {"ok": False, "error": f"{request['action']} failed on {request['target']}"}
+            else:
+                self.applied.append((key, request["action"], request["target"]))
+                self.answers[key] = {"ok": True, "result": {"applied": True}}
+        await msg.respond(json.dumps(self.answers[key]).encode())
+
+
+async def publish(bus, events: list[dict]) -> None:
+    await bus.publish_lines([json.dumps(e).encode() for e in events])
+
+
+async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -1,0 +1,72 @@
+"""The live service against a real nats-server: detect, diagnose, guard, act once, verify, close."""
+
+import pytest
+
+from agent.config import Settings
+from agent.run import Service
+from tests.live import Target, anomaly, publish, sample, wait_for
+
+
+def settings(tmp_path, nats_server, **extra):
+    return Settings(data_dir=tmp_path / "data", nats_url=nats_server.url, diagnose_after_s=5, verify_quiet_s=30,
+                    verify_deadline_s=300, **extra)
+
+
+@pytest.fixture
+async def target(bus):
+    obeying = Target()
+    await obeying.attach(bus.nc)
+    return obeying
+
+
+def incident(service):
+    rows = service.parts.store.incidents()
+    return rows[0] if rows else None
+
+
+async def test_a_fault_is_remediated_once_and_verified(tmp_path, nats_server, bus, target, boutique):
+    service = await Service(settings(tmp_path, nats_server), boutique, poll_s=0.05).start()
+    try:
+        await publish(bus, [anomaly(f"a{i}", "cartservice-0", i) for i in range(10)])
+        await wait_for(lambda: target.applied)
+        assert target.applied[0][1:] == ("restart_instance", "cartservice-0")
+        await wait_for(lambda: (incident(service) or {}).get("status") == "verifying")
+        # Time passes without new anomalies: the service sees recovery in event time.
+        await publish(bus, [sample(f"s{i}", "cartservice-0", 20 + i * 10) for i in range(8)])
+        row = await wait_for(lambda: incident(service)["status"] == "resolved" and incident(service))
+        assert row["mttr_s"] > 0
+        keys = [key for key, _, _ in target.applied]
+        assert len(keys) == len(set(keys)), "every step applied once"
+        assert [a for _, a, _ in target.applied] == ["restart_instance", "scale_out"]
+        assert service.pages and service.pages[0]["target"] == "cartservice-0"
+        kinds = [r.kind for r in service.parts.audit.records(incident_id=row["id"])]
+        assert kinds.index("action.executed") < kinds.index("incident.closed")
+    finally:
+        await service.stop()
+
+
+async def test_a_failing_executor_opens_its_breaker_and_escalates(tmp_path, nats_server, bus, boutique):
+    failing = Target(fail={"restart_instance"})
+    await failing.attach(bus.nc)
+    service = await Service(settings(tmp_path, nats_server), boutique, poll_s=0.05).start()
+    try:
+        await publish(bus, [anomaly(f"a{i}", "cartservice-0", i) for i in range(10)])
+        row = await wait_for(lambda: (incident(service) or {}).get("status") == "escalated" and incident(service))
+        assert "failed" in row["resolution"]
+        kinds = [r.kind for r in service.parts.audit.records(incident_id=row["id"])]
+        assert "action.executed" in kinds
+    finally:
+        await service.stop()
+
+
+async def test_the_kill_switch_stops_execution_but_not_diagnosis(tmp_path, nats_server, bus, target, boutique):
+    service = await Service(settings(tmp_path, nats_server), boutique, poll_s=0.05).start()
+    try:
+        service.parts.ledger.set_paused(True, "test")
+        await publish(bus, [anomaly(f"a{i}", "cartservice-0", i) for i in range(10)])
+        row = await wait_for(lambda: (incident(service) or {}).get("status") == "paused" and incident(service))
+        assert target.applied == []
+        service.parts.ledger.set_paused(False, "test")
+        await wait_for(lambda: target.applied)
+    finally:
+        await service.stop()
