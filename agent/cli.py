@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,6 +33,18 @@ err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 DbOpt = Annotated[Optional[Path], typer.Option("--db", help="The store to read (default: RTEM_DATA_DIR/rtem.db).")]
+
+
+class LlmChoice(str, Enum):
+    none = "none"
+    openai = "openai"
+    local = "local"
+
+
+LlmOpt = Annotated[Optional[LlmChoice], typer.Option(
+    "--llm", help="Reasoner: none (deterministic), openai (any OpenAI-compatible endpoint: RTEM_LLM_BASE_URL, "
+                  "RTEM_LLM_API_KEY, RTEM_LLM_MODEL) or local (llama.cpp, from the optional extra `local`). Default: RTEM_LLM, "
+                  "else none. See docs/llm.md.")]
 
 
 def main() -> None:
@@ -62,11 +75,15 @@ def analyze(
     each: Annotated[bool, typer.Option("--each", help="Analyze every file on its own; one JSON object per line.")] = False,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Keep the store and audit log here "
                        "(default: RTEM_DATA_DIR/analyze, replaced on each run).")] = None,
+    llm: LlmOpt = None,
 ) -> None:
     """Replay recorded events through the same bus, rules and graph as `rtem run` (dry run) and report the incidents."""
     from .analyze import analyze_files
+    from .llm import LLMSetupError
 
     cfg = settings()
+    if llm is not None:
+        cfg = cfg.model_copy(update={"llm": llm.value})
     for path in files:
         if not path.is_file():
             fail(f"{path}: no such file")
@@ -91,6 +108,8 @@ def analyze(
             fail(str(exc))
         except NatsServerError as exc:
             fail(str(exc), 1)
+        except LLMSetupError as exc:
+            fail(str(exc))
     if json_out:
         for result in results:
             doc = {"file": result.file, **result.report} if each else result.report
@@ -191,7 +210,7 @@ def _store(db: Path | None):
     path = db or cfg.db_path
     if not path.is_file():
         fail(f"{path}: no store here yet (run `rtem analyze` or `rtem run`, or pass --db)")
-    return IncidentStore(path)
+    return IncidentStore(path, readonly=True)
 
 
 @incidents_app.callback()
@@ -204,18 +223,47 @@ def incidents(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None,
 
     store = _store(db)
     rows = store.incidents(status=status)
+    decided = _deciders(store.path)
     if json_out:
-        print(json.dumps({"incidents": [{**incident_report(r), "status": r["status"]} for r in rows]}, indent=2))
+        print(json.dumps({"incidents": [{**incident_report(r), "status": r["status"],
+                                         "reasoner": decided.get(r["id"])} for r in rows]}, indent=2))
         return
     table = Table(show_edge=False)
-    for col in ("id", "opened", "status", "severity", "events", "root cause", "actions"):
+    for col in ("id", "opened", "status", "severity", "events", "root cause", "actions", "decided by"):
         table.add_column(col)
     for r in rows:
         top = r["root_causes"][0] if r["root_causes"] else None
         table.add_row(r["id"], r["opened_at"], r["status"], r["severity"], str(r["event_count"]),
                       f"{top['entity']} ({top['fault_type']}, {top['confidence']:.2f})" if top else "-",
-                      ", ".join(f"{a['type']}:{a['verdict']}" for a in r["actions"]) or "-")
+                      ", ".join(f"{a['type']}:{a['verdict']}" for a in r["actions"]) or "-",
+                      _decider_label(decided.get(r["id"])))
     out.print(table if rows else "no incidents")
+
+
+def _deciders(path: Path) -> dict[str, dict]:
+    """Which reasoner ranked each incident's causes, from the audit log: `llm`, `deterministic`, or the
+    deterministic fallback with its reason (`degraded` while the LLM provider's breaker was open)."""
+    from .audit import AuditLog
+
+    found: dict[str, dict] = {}
+    with AuditLog(path) as audit:
+        for record in audit.records(kind="causes.ranked"):
+            run = record.decision.get("reasoner") or {}
+            fallback = run.get("fallback")
+            found[record.incident_id] = {"reasoner": run.get("reasoner", "?"), "fallback": fallback,
+                                         "degraded": bool(fallback and fallback.startswith("degraded mode")),
+                                         "model": record.versions.get("model", "none")}
+    return found
+
+
+def _decider_label(decided: dict | None) -> str:
+    if not decided:
+        return "-"
+    if decided["degraded"]:
+        return "[yellow]deterministic (degraded: LLM breaker open)[/]"
+    if decided["fallback"]:
+        return "[yellow]deterministic (LLM fallback)[/]"
+    return decided["reasoner"] + (f" ({decided['model']})" if decided["reasoner"] == "llm" else "")
 
 
 @incidents_app.command("show")

@@ -142,16 +142,25 @@ def propose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
 def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     deps = runtime.context
     incident = state["incident"]
+    at = parse_time(incident["updated_at"])
+    # Allowed actions go to the guard's action history, which its rate limits and caps count
+    # (agent/action_history.py); the record keeps what `rtem rules replay` needs to judge it again.
+    history = getattr(deps.guard, "history", None)
     actions = []
     for raw in state.get("proposals", []):
         proposal = Proposal.model_validate(raw)
+        seen = history.watermark() if hasattr(history, "watermark") else None
         verdict = deps.guard.evaluate(
             proposal, topology=deps.topology, incident_entities=incident["entities"],
-            incident_id=incident["id"], incident_severity=incident["severity"],
-            at=parse_time(incident["updated_at"]))
+            incident_id=incident["id"], incident_severity=incident["severity"], at=at)
+        if verdict.outcome == "allow" and history is not None:
+            history.record(proposal.type, proposal.target, at, incident_id=incident["id"],
+                           key=f"{incident['id']}#{len(actions)}@{incident['updated_at']}")
         deps.audit.append(
             "action.verdict", incident_id=incident["id"], node="guard",
-            inputs={"proposal": proposal.model_dump()},
+            inputs={"proposal": proposal.model_dump(),
+                    "context": {"incident_entities": incident["entities"], "incident_severity": incident["severity"],
+                                "at": incident["updated_at"], "history_seq": seen}},
             decision={"outcome": verdict.outcome, "rules": verdict.rules, "approver_role": verdict.approver_role},
             reasons=verdict.reasons, versions={**_versions(deps), "ruleset": verdict.ruleset,
                                                "contract": verdict.contract or ""})
@@ -197,7 +206,10 @@ def approve(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
         action["approval"] = decision
         action["status"] = "approved" if decision["decision"] == "approve" else "rejected"
     if undecided:
-        interrupt({"waiting": "approval", "incident_id": incident_id, "actions": [_label(a) for a in undecided]})
+        # The service resumes this only once every pending action is decided or the request expired,
+        # so on resume the loop above finds nothing undecided and interrupt() is not reached again.
+        interrupt({"waiting": "approval", "incident_id": incident_id, "asked_at": asked_at.isoformat(),
+                   "actions": [a["index"] for a in undecided], "labels": [_label(a) for a in undecided]})
     for action in pending:  # recorded only once every pending action is decided: the node will not rerun
         by = (action.get("approval") or {}).get("by", "rtem")
         reason = (action.get("approval") or {}).get("reason") or (
@@ -249,7 +261,8 @@ async def execute(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState
 
 def verify(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     """Look for evidence of recovery in event time: no new signal on the incident's entities for
-    `verify_quiet_s` after the last action, before `verify_deadline_s`. Until then the thread waits."""
+    `verify_quiet_s` after the last action, before `verify_deadline_s`. Until then the thread ends in
+    status "verifying" and the service starts it again (at this node) when event time has moved."""
     deps = runtime.context
     incident = state["incident"]
     if state.get("saga"):
@@ -272,8 +285,7 @@ def verify(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     if watermark - acted_at > deps.policy.verify_deadline_s:
         return {"status": "escalated", "resolution": f"still showing signals {deps.policy.verify_deadline_s:.0f}s "
                                                      "of event time after acting; a person must look"}
-    interrupt({"waiting": "recovery", "incident_id": incident["id"], "since": acted_at})
-    return {}
+    return {"status": "verifying"}
 
 
 def close(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
@@ -371,6 +383,14 @@ def _after_guard(state: IncidentState) -> str:
     return "close" if state.get("dry_run", True) else "approve"
 
 
+def _entry(state: IncidentState) -> str:
+    return "verify" if state.get("status") == "verifying" else "gather_context"
+
+
+def _after_verify(state: IncidentState) -> str:
+    return "close" if state.get("status") in ("resolved", "escalated") else END
+
+
 def _after_execute(state: IncidentState) -> str:
     if state.get("saga") or _next_runnable(state.get("actions", [])) is None:
         return "verify"
@@ -407,14 +427,14 @@ def build_graph():
                        ("guard", guard), ("approve", approve), ("execute", execute), ("verify", verify),
                        ("close", close)):
         graph.add_node(name, node)
-    graph.add_edge(START, "gather_context")
+    graph.add_conditional_edges(START, _entry, ["gather_context", "verify"])
     graph.add_edge("gather_context", "diagnose")
     graph.add_edge("diagnose", "propose")
     graph.add_edge("propose", "guard")
     graph.add_conditional_edges("guard", _after_guard, ["approve", "close"])
     graph.add_edge("approve", "execute")
     graph.add_conditional_edges("execute", _after_execute, ["execute", "verify"])
-    graph.add_edge("verify", "close")
+    graph.add_conditional_edges("verify", _after_verify, ["close", END])
     graph.add_edge("close", END)
     return graph
 
@@ -422,8 +442,9 @@ def build_graph():
 class IncidentGraph:
     """The compiled graph with its SQLite checkpointer; one thread per incident.
 
-    `run(incident_id)` starts a thread; `resume(incident_id)` continues one that waits (for an
-    approval, the kill switch, or recovery). Both return the state and what the thread waits for.
+    `run(incident_id)` starts a thread, or re-enters verification of one that is verifying;
+    `resume(incident_id)` continues one that waits in an interrupt (for an approval or the kill
+    switch). Both return the state and what the thread waits for, if anything.
     """
 
     def __init__(self, checkpoint_path: str | Path, deps: Deps):
@@ -452,9 +473,8 @@ class IncidentGraph:
             return await self.resume(incident_id)
         if snapshot.next:
             await self.app.ainvoke(None, _config(incident_id), context=self.deps)
-        elif not snapshot.values:
-            return await self.run(incident_id)
-        return await self.status(incident_id)
+            return await self.status(incident_id)
+        return await self.run(incident_id)
 
     async def status(self, incident_id: str) -> tuple[IncidentState, dict[str, Any] | None]:
         snapshot = await self.app.aget_state(_config(incident_id))

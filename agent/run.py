@@ -14,6 +14,7 @@ import getpass
 import json
 import logging
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from .service import Components, build, publish_audit
 log = logging.getLogger("rtem.run")
 
 FINAL = ("resolved", "escalated", "diagnosed", "merged")
-WAITING_STATUS = {"approval": "awaiting_approval", "resume": "paused", "recovery": "verifying"}
+WAITING_STATUS = {"approval": "awaiting_approval", "resume": "paused"}
 
 
 class Service:
@@ -45,6 +46,8 @@ class Service:
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._advancing: dict[str, asyncio.Task] = {}
+        self._waiting: dict[str, dict[str, Any]] = {}
+        self._checked: dict[str, float] = {}
         self.pages: list[dict[str, Any]] = []
 
     @property
@@ -127,13 +130,30 @@ class Service:
         store = self.parts.store
         watermark = self.parts.triage.detector.watermark
         for row in store.incidents():
-            if row["status"] in FINAL or row["id"] in self._advancing:
-                continue
-            if row["status"] == "open" and watermark - row["first_ts"] < self.settings.diagnose_after_s:
+            if row["status"] in FINAL or row["id"] in self._advancing or not self._ready(row, watermark):
                 continue
             task = asyncio.create_task(self._advance(row["id"], row["status"]))
             self._advancing[row["id"]] = task
             task.add_done_callback(lambda _t, key=row["id"]: self._advancing.pop(key, None))
+
+    def _ready(self, row: dict[str, Any], watermark: float) -> bool:
+        """Whether a thread can make progress now, so waiting threads are not spun for nothing."""
+        status, incident_id = row["status"], row["id"]
+        if status == "open":
+            return watermark - row["first_ts"] >= self.settings.diagnose_after_s
+        if status == "paused":
+            return not self.parts.ledger.paused()
+        if status == "verifying":
+            return watermark > self._checked.get(incident_id, float("-inf"))
+        if status == "awaiting_approval":
+            waiting = self._waiting.get(incident_id)
+            if waiting is None:
+                return True  # after a restart: look once, the graph says what it waits for
+            decided = self.parts.ledger.decisions(incident_id)
+            asked = datetime.fromisoformat(waiting["asked_at"])
+            expired = (datetime.now(timezone.utc) - asked).total_seconds() > self.settings.approval_ttl_s
+            return expired or all(index in decided for index in waiting["actions"])
+        return True
 
     async def _advance(self, incident_id: str, status: str) -> None:
         graph = self.parts.graph
@@ -142,11 +162,17 @@ class Service:
             self._changed(incident_id, "diagnosing")
             values, waiting = await graph.run(incident_id)
         else:
+            if status == "verifying":
+                self._checked[incident_id] = self.parts.triage.detector.watermark
             values, waiting = await graph.proceed(incident_id)
+        if waiting:
+            self._waiting[incident_id] = waiting
         new_status = WAITING_STATUS[waiting["waiting"]] if waiting else values.get("status", status)
+        if new_status not in FINAL:
+            # Operators (rtem incidents, rtem approve) read the plan from the store while it waits.
+            self.parts.store.save_diagnosis(incident_id, status=new_status, root_causes=values.get("root_causes", []),
+                                            actions=values.get("actions", []), versions=self.parts.versions)
         if new_status != status:
-            if waiting:
-                self.parts.store.set_status(incident_id, new_status)
             self._changed(incident_id, new_status)
         if new_status in FINAL:
             self.parts.triage.correlator.release(incident_id)

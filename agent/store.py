@@ -28,14 +28,20 @@ EVENT_COLUMNS = ("id", "ts", "time", "type", "subject", "severity", "source", "m
 
 
 class IncidentStore:
-    def __init__(self, path: str | Path, synchronous: str = "NORMAL"):
+    def __init__(self, path: str | Path, synchronous: str = "NORMAL", *, readonly: bool = False):
+        """`readonly` is for readers beside a running service (the CLI): it never takes a write lock."""
         self.path = Path(path)
+        self._lock = threading.RLock()
+        if readonly:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+            self.db = sqlite_utils.Database(conn)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous}")
-        self._lock = threading.RLock()
         self._create()
 
     def _create(self) -> None:
@@ -135,6 +141,47 @@ class IncidentStore:
         return [event_from_row(r) for r in self.db.query(
             "SELECT * FROM events WHERE incident_id=? ORDER BY ts, id", [incident_id])]
 
+    def past_event_shapes(self, before_ts: float, *, limit: int = 200,
+                          exclude: str | None = None) -> tuple[list[str], list[tuple[Event, list[str]]]]:
+        """What the `limit` most recent incidents opened before `before_ts` looked like, for learning
+        background noise: their ids, and each distinct event shape (type, subject, severity and the
+        attributes that say what was anomalous) once, with the incidents it occurred in.
+
+        Only events before `before_ts` count, so nothing at or after the current incident's start leaks
+        in; `exclude` (the current incident) never counts. SQLite groups the events, so Python sees a few
+        hundred shapes rather than every event. Trace and metric messages are dropped from the shape (the
+        attributes say it all); other messages are kept, since their text is what they say.
+        """
+        past = [r[0] for r in self.db.execute(
+            """SELECT id FROM incidents WHERE status != 'merged' AND first_ts < ? AND id != ?
+               ORDER BY first_ts DESC, id DESC LIMIT ?""", [before_ts, exclude or "", limit])]
+        if not past:
+            return [], []
+        marks = ",".join("?" * len(past))
+        rows = self.db.execute(f"""
+            SELECT type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message,
+                   MIN(time), group_concat(DISTINCT incident_id)
+            FROM (SELECT incident_id, type, subject, severity, time,
+                         json_extract(attributes, '$.metric') AS metric,
+                         json_extract(attributes, '$.direction') AS direction,
+                         json_extract(attributes, '$.callee') AS callee,
+                         json_extract(attributes, '$.caller') AS caller,
+                         json_extract(attributes, '$.anomaly') AS anomaly,
+                         json_extract(attributes, '$.alertname') AS alertname,
+                         CASE WHEN type = 'rtem.trace.anomaly' OR json_extract(attributes, '$.metric') IS NOT NULL
+                              THEN '' ELSE message END AS message
+                  FROM events WHERE incident_id IN ({marks}) AND ts < ?)
+            GROUP BY type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message""",
+            [*past, before_ts]).fetchall()
+        keys = ("metric", "direction", "callee", "caller", "anomaly", "alertname")
+        shapes = []
+        for number, (type_, subject, severity, *values, message, time, incidents) in enumerate(rows):
+            attributes = {k: v for k, v in zip(keys, values) if v is not None}
+            shape = Event(id=f"shape-{number}", source="rtem.store", type=type_, time=parse_time(time),
+                          subject=subject, severity=severity, message=message or "", attributes=attributes)
+            shapes.append((shape, incidents.split(",")))
+        return past, shapes
+
     def event_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
@@ -156,6 +203,25 @@ class IncidentStore:
         row = self.db.execute("SELECT MAX(ts) FROM events WHERE incident_id=? AND ts>? AND signals IS NOT NULL",
                               [incident_id, after_ts]).fetchone()
         return row[0] if row else None
+
+    def latest_state(self, entity: str, at_ts: float, max_age_s: float = 900.0, limit: int = 500) -> dict[str, Any]:
+        """What rtem last observed about `entity` as of event time `at_ts`: the latest value of each
+        attribute reported in events about it (subject = entity) within `max_age_s` before `at_ts`.
+        Guardrail state preconditions read it (`state: {replica_lag_s: {gt: 30}}`, see docs/rules.md).
+        The (subject, ts) index it needs is created on first use, so a store whose rules never ask
+        pays nothing for it on the ingest path."""
+        with self._lock:
+            if not getattr(self, "_state_index", False):
+                self.db.execute("CREATE INDEX IF NOT EXISTS events_subject_ts ON events (subject, ts)")
+                self._state_index = True
+            rows = self.db.execute(
+                "SELECT attributes FROM events WHERE subject=? AND ts<=? AND ts>=? ORDER BY ts DESC, id DESC LIMIT ?",
+                [entity, at_ts, at_ts - max_age_s, limit]).fetchall()
+        state: dict[str, Any] = {}
+        for (attributes,) in rows:
+            for key, value in json.loads(attributes or "{}").items():
+                state.setdefault(key, value)
+        return state
 
     def close(self) -> None:
         self.db.conn.close()

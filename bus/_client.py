@@ -112,7 +112,7 @@ class Bus:
         The event id, when the line has one, becomes `Nats-Msg-Id`, so a resent event is one event.
         """
         report = PublishReport()
-        pending: list[asyncio.Future] = []
+        pending: list[tuple[asyncio.Future, str, bytes, dict[str, str] | None]] = []
         limit = self.nc.max_payload - 4096
         for line in lines:
             line = line.strip()
@@ -127,7 +127,8 @@ class Bus:
                 continue
             event_id, event_type = _peek(line)
             headers = {"Nats-Msg-Id": event_id} if event_id else None
-            pending.append(await self.js.publish_async(event_subject(event_type), line, headers=headers))
+            subject = event_subject(event_type)
+            pending.append((await self.js.publish_async(subject, line, headers=headers), subject, line, headers))
             if len(pending) >= 1000:
                 await self._settle(pending, report)
                 if progress:
@@ -137,13 +138,30 @@ class Bus:
             progress(report)
         return report
 
-    async def _settle(self, pending: list[asyncio.Future], report: PublishReport) -> None:
-        for ack in await asyncio.gather(*pending):
+    async def _settle(self, pending: list, report: PublishReport, timeout: float = 10.0) -> None:
+        """Wait for JetStream's acks. An ack lost to a reconnect is never answered: such messages are
+        published again, one by one and waiting; their Nats-Msg-Id makes the repeat harmless."""
+        done, _ = await asyncio.wait([future for future, *_ in pending], timeout=timeout) if pending else (set(), None)
+        for future, subject, line, headers in pending:
+            if future in done and future.exception() is None:
+                ack = future.result()
+            else:
+                future.cancel()
+                ack = await self._publish_retrying(subject, line, headers)
             if ack.duplicate:
                 report.duplicates += 1
             else:
                 report.published += 1
         pending.clear()
+
+    async def _publish_retrying(self, subject: str, line: bytes, headers: dict[str, str] | None, attempts: int = 10):
+        for attempt in range(attempts):
+            try:
+                return await self.js.publish(subject, line, headers=headers, timeout=5)
+            except (NatsTimeout, asyncio.TimeoutError, nats.errors.ConnectionReconnectingError, nats.errors.NoRespondersError):
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(min(0.2 * 2 ** attempt, 3.0))
 
     async def publish_event(self, event: Event | Mapping[str, Any]) -> bool:
         """Publish one event and wait for JetStream; returns False when it was a duplicate."""

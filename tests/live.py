@@ -59,7 +59,7 @@ async def publish(bus, events: list[dict]) -> None:
     await bus.publish_lines([json.dumps(e).encode() for e in events])
 
 
-async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
+async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, message=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -68,4 +68,4 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
         if value:
             return value
         await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"condition not met within {timeout}s" + (f": {message()}" if message else ""))
