@@ -23,6 +23,9 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from rules import ActionContract
 
+from . import metrics
+from .telemetry import inject, tracer
+
 log = logging.getLogger("rtem.executors")
 
 
@@ -128,7 +131,7 @@ class NatsTransport(Transport):
                            "idempotency_key": step.key, "incident_id": step.incident_id}).encode()
         try:
             msg = await self.nc.request(subject, body, timeout=timeout,
-                                        headers={"Rtem-Idempotency-Key": step.key})
+                                        headers=inject({"Rtem-Idempotency-Key": step.key}))
         except (NatsTimeout, asyncio.TimeoutError):
             raise TransientError(f"no reply on {subject} within {timeout:.0f}s") from None
         except NoRespondersError:
@@ -143,7 +146,8 @@ class HttpTransport(Transport):
         url = contract.executor.url.format(action=step.action, target=step.target)
         try:
             async with httpx.AsyncClient(timeout=timeout) as client:
-                response = await client.request(contract.executor.method, url, headers={"Idempotency-Key": step.key},
+                response = await client.request(contract.executor.method, url,
+                                                headers=inject({"Idempotency-Key": step.key}),
                                                 json={"action": step.action, "target": step.target,
                                                       "params": step.params, "incident_id": step.incident_id})
         except httpx.TimeoutException:
@@ -208,6 +212,17 @@ class Executors:
         return self.breakers[target]
 
     async def run(self, contract: ActionContract, step: Step) -> Outcome:
+        started = time.monotonic()
+        with tracer().start_as_current_span(f"action.{step.kind}", attributes={
+                "rtem.action": step.action, "rtem.target": step.target, "rtem.incident": step.incident_id,
+                "rtem.idempotency_key": step.key}) as span:
+            outcome = await self._run(contract, step)
+            span.set_attribute("rtem.ok", outcome.ok)
+        metrics.ACTIONS.labels(action=step.action, kind=step.kind, ok=str(outcome.ok).lower()).inc()
+        metrics.ACTION_LATENCY.labels(action=step.action).observe(time.monotonic() - started)
+        return outcome
+
+    async def _run(self, contract: ActionContract, step: Step) -> Outcome:
         breaker = self.breaker(step.target)
         if not breaker.allow():
             return Outcome(False, error=f"circuit breaker for {step.target} is open", breaker_open=True)

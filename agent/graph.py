@@ -33,6 +33,8 @@ from rules import Proposal, Topology, Verdict
 from .audit import AuditLog
 from .executors import Executors, Step
 from .ledger import Ledger, step_key
+from . import metrics
+from .telemetry import tracer
 from .models import ReasonerRun, RootCause
 from .reasoner import HISTORY_WINDOW, History, learn_history
 from .store import IncidentStore
@@ -156,6 +158,7 @@ def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
         if verdict.outcome == "allow" and history is not None:
             history.record(proposal.type, proposal.target, at, incident_id=incident["id"],
                            key=f"{incident['id']}#{len(actions)}@{incident['updated_at']}")
+        metrics.VERDICTS.labels(outcome=verdict.outcome).inc()
         deps.audit.append(
             "action.verdict", incident_id=incident["id"], node="guard",
             inputs={"proposal": proposal.model_dump(),
@@ -459,7 +462,8 @@ class IncidentGraph:
         return self
 
     async def run(self, incident_id: str) -> tuple[IncidentState, dict[str, Any] | None]:
-        await self.app.ainvoke({"incident_id": incident_id}, _config(incident_id), context=self.deps)
+        with tracer().start_as_current_span("incident.graph", attributes={"rtem.incident": incident_id}):
+            await self.app.ainvoke({"incident_id": incident_id}, _config(incident_id), context=self.deps)
         return await self.status(incident_id)
 
     async def resume(self, incident_id: str) -> tuple[IncidentState, dict[str, Any] | None]:

@@ -21,7 +21,7 @@ from typing import Any
 from bus import Bus, EmbeddedNats
 from rules import Topology
 
-from . import metrics
+from . import metrics, telemetry
 from .config import Settings
 from .executors import CommandTransport, Executors, HttpTransport, NatsTransport
 from .service import Components, build, publish_audit
@@ -55,6 +55,7 @@ class Service:
         return self.settings.nats_url or self.server.url
 
     async def start(self) -> Service:
+        telemetry.setup()
         data_dir = Path(self.settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         if not self.settings.nats_url:

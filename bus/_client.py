@@ -8,6 +8,7 @@ handler cannot process are redelivered up to `max_deliver` times, then dead-lett
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -292,7 +293,8 @@ class Bus:
         if not valid:
             return
         try:
-            failures = await handler([event for _, event in valid]) or {}
+            with _batch_span(valid[0][0].headers, len(valid)):
+                failures = await handler([event for _, event in valid]) or {}
         except Exception as exc:  # the whole batch failed: every event is retried, then dead-lettered
             log.exception("event handler failed on a batch of %d", len(valid))
             failures = {event.id: f"handler error: {type(exc).__name__}: {exc}" for _, event in valid}
@@ -314,6 +316,21 @@ class Bus:
                 stats.failed += 1
             else:
                 await msg.nak(delay=min(0.2 * 2 ** msg.metadata.num_delivered, 5.0))
+
+
+def _batch_span(headers, size: int):
+    """A tracing span per batch that continues the producer's trace (W3C traceparent header)."""
+    from opentelemetry import context, propagate, trace
+
+    @contextlib.contextmanager
+    def span():
+        token = context.attach(propagate.extract(dict(headers or {})))
+        try:
+            with trace.get_tracer("rtem.bus").start_as_current_span("triage.batch", attributes={"rtem.events": size}):
+                yield
+        finally:
+            context.detach(token)
+    return span()
 
 
 def _peek(line: bytes) -> tuple[str | None, str | None]:

@@ -32,6 +32,7 @@ class Target:
         self.applied: list[tuple[str, str, str]] = []
         self.answers: dict[str, dict] = {}
         self.requests: list[dict] = []
+        self.headers: list[dict] = []
         self.fail = fail or set()
         self.silent = silent or set()
 
@@ -43,6 +44,7 @@ class Target:
         if request["action"] == "notify_oncall":
             return  # the service's own pager answers those
         self.requests.append(request)
+        self.headers.append(dict(msg.headers or {}))
         if request["action"] in self.silent:
             return
         key = request["idempotency_key"]

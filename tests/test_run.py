@@ -30,6 +30,8 @@ async def test_a_fault_is_remediated_once_and_verified(tmp_path, nats_server, bu
         await publish(bus, [anomaly(f"a{i}", "cartservice-0", i) for i in range(10)])
         await wait_for(lambda: target.applied)
         assert target.applied[0][1:] == ("restart_instance", "cartservice-0")
+        assert target.headers[0]["Rtem-Idempotency-Key"] == target.applied[0][0]
+        assert target.headers[0]["traceparent"].startswith("00-"), "the trace context travels with the command"
         await wait_for(lambda: (incident(service) or {}).get("status") == "verifying")
         # Time passes without new anomalies: the service sees recovery in event time.
         await publish(bus, [sample(f"s{i}", "cartservice-0", 20 + i * 10) for i in range(8)])
@@ -39,6 +41,10 @@ async def test_a_fault_is_remediated_once_and_verified(tmp_path, nats_server, bu
         assert len(keys) == len(set(keys)), "every step applied once"
         assert [a for _, a, _ in target.applied] == ["restart_instance", "scale_out"]
         assert service.pages and service.pages[0]["target"] == "cartservice-0"
+        from prometheus_client import REGISTRY
+        assert REGISTRY.get_sample_value("rtem_actions_total", {"action": "restart_instance", "kind": "do",
+                                                                "ok": "true"}) >= 1
+        assert REGISTRY.get_sample_value("rtem_verdicts_total", {"outcome": "allow"}) >= 1
         kinds = [r.kind for r in service.parts.audit.records(incident_id=row["id"])]
         assert kinds.index("action.executed") < kinds.index("incident.closed")
     finally:
