@@ -446,3 +446,57 @@ def resume(by: Annotated[Optional[str], typer.Option(help="Who releases the swit
 
     _ledger(db).set_paused(False, by or operator())
     out.print("execution resumed")
+
+
+from .cli_rules import rules_app  # noqa: E402  (rtem rules check/test/replay)
+
+app.add_typer(rules_app, name="rules")
+
+
+@app.command()
+def demo(
+    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second (event time runs this much faster).")] = 10.0,
+    scenario: Annotated[Optional[list[str]], typer.Option("--scenario", "-s", help="Inject only these scenarios "
+                        "(repeatable): bad-deploy, partial-outage, db-connection-exhaustion, consumer-backlog, "
+                        "host-failure, malformed-records. Default: all six, in two waves.")] = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many wall seconds.")] = 170.0,
+    approve_after: Annotated[float, typer.Option(help="Wall seconds the demo operator waits before approving.")] = 3.0,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Keep the store and audit log here (default: a temp dir).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The main job: rtem remediates a simulated shop (six services, a database, a queue, three hosts)
+    while disruptions are injected; exits 0 only if every incident was resolved and the shop is healthy."""
+    from .demo.runner import run_demo
+    from .logs import setup_logging
+
+    setup_logging("json" if json_out else "text", level=30)
+    result = asyncio.run(run_demo(speed=speed, scenarios=scenario, data_dir=data_dir, approve_after_s=approve_after,
+                                  timeout_s=timeout, settings=settings(), console=err, live=not json_out))
+    if json_out:
+        print(json.dumps({"ok": result.ok, "wall_s": round(result.wall_s, 1), "dead_letters": result.dead_letters,
+                          "approvals": result.approvals, "faults": result.faults, "problems": result.reasons,
+                          "incidents": [{"id": r["id"], "status": r["status"], "mttr_s": r.get("mttr_s"),
+                                         "root_cause": (r["root_causes"] or [{}])[0].get("entity"),
+                                         "actions": [[a["type"], a["target"], a["verdict"], a.get("status")]
+                                                     for a in r["actions"]]} for r in result.incidents],
+                          "audit_db": str(result.data_dir / "rtem.db")}, indent=2))
+    else:
+        table = Table(title="rtem demo: summary", show_edge=False)
+        for col in ("incident", "root cause", "actions", "status", "MTTR (event time)"):
+            table.add_column(col, overflow="fold")
+        for r in result.incidents:
+            top = r["root_causes"][0] if r["root_causes"] else None
+            table.add_row(r["id"], f"{top['entity']} ({top['fault_type']})" if top else "-",
+                          ", ".join(f"{a['type']} {a['target']} [{a.get('status')}]" for a in r["actions"]
+                                    if a.get("status") in ("done", "compensated", "failed")) or "-",
+                          r["status"], f"{r['mttr_s']:.0f}s" if r.get("mttr_s") else "-")
+        out.print(table)
+        out.print(f"{result.dead_letters} malformed records in the DLQ · approvals: {', '.join(result.approvals) or 'none'}"
+                  f" · {result.wall_s:.0f}s wall")
+        out.print(f"audit log: {result.data_dir / 'rtem.db'} (rtem audit verify --db …; rtem incidents --db …)")
+        if result.ok:
+            out.print("[bold green]every incident resolved; the shop is healthy[/]")
+        else:
+            for problem in result.reasons:
+                err.print(f"[red]✗[/] {problem}")
+    raise typer.Exit(0 if result.ok else 1)

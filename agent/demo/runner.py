@@ -1,0 +1,153 @@
+"""`rtem demo`: the whole service against a simulated shop, with disruptions injected.
+
+Embedded NATS, SQLite, the deterministic reasoner (or the configured LLM), the real guard and
+executors: nothing is mocked. The simulation publishes telemetry on the simulated clock and obeys
+commands over NATS. An operator's approvals are granted by the demo itself, visibly, after a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from rules import Topology
+
+from ..config import Settings
+from ..run import FINAL, Service
+from .scenarios import SCENARIOS, demo_plan
+from .sim import Simulation
+
+OPERATOR = "demo-operator"
+
+
+@dataclass
+class DemoResult:
+    ok: bool
+    incidents: list[dict[str, Any]]
+    faults: list[dict[str, Any]]
+    dead_letters: int
+    approvals: list[str]
+    data_dir: Path
+    wall_s: float
+    reasons: list[str] = field(default_factory=list)
+
+
+async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, data_dir: Path | None = None,
+                   approve_after_s: float = 3.0, timeout_s: float = 170.0, settings: Settings | None = None,
+                   console: Console | None = None, live: bool = True) -> DemoResult:
+    console = console or Console(stderr=True)
+    data_dir = Path(data_dir or tempfile.mkdtemp(prefix="rtem-demo-"))
+    sim = Simulation(speed=speed)
+    topology_file = sim.topology_path
+    base = settings or Settings()
+    settings = base.model_copy(update={
+        "data_dir": data_dir, "nats_url": None, "topology": topology_file,
+        "diagnose_after_s": 20.0, "verify_quiet_s": 60.0, "verify_deadline_s": 900.0})
+    service = Service(settings, Topology.load(topology_file), poll_s=0.2)
+    started = time.monotonic()
+    approvals: list[str] = []
+    asked: dict[str, float] = {}
+    await service.start()
+    try:
+        await sim.start(service.url)
+        plan = demo_plan() if not scenarios else [SCENARIOS[name].at(30 + 20 * i) for i, name in enumerate(scenarios)]
+        faults = [sim.inject(scenario) for scenario in plan]
+        with Live(console=console, refresh_per_second=4, transient=False) if live else _Quiet() as view:
+            while time.monotonic() - started < timeout_s:
+                incidents = service.parts.store.incidents()
+                _approve(service, incidents, asked, approve_after_s, approvals, console)
+                view.update(_render(sim, incidents, faults, approvals, time.monotonic() - started))
+                if _finished(sim, faults, incidents):
+                    break
+                await asyncio.sleep(0.25)
+        letters = len(await service.bus.dead_letters())
+        incidents = service.parts.store.incidents()
+        reasons = _problems(sim, faults, incidents)
+        return DemoResult(ok=not reasons, incidents=incidents, faults=[_fault_row(f) for f in faults],
+                          dead_letters=letters, approvals=approvals, data_dir=data_dir,
+                          wall_s=time.monotonic() - started, reasons=reasons)
+    finally:
+        await sim.stop()
+        await service.stop()
+
+
+def _approve(service: Service, incidents, asked: dict[str, float], after_s: float, approvals: list[str],
+             console: Console) -> None:
+    """Do what an on-call operator would: read the request, wait a moment, approve it."""
+    for row in incidents:
+        if row["status"] != "awaiting_approval":
+            continue
+        first_seen = asked.setdefault(row["id"], time.monotonic())
+        if time.monotonic() - first_seen < after_s:
+            continue
+        for action in row["actions"]:
+            if action["verdict"] == "require_approval" and action.get("status") == "proposed":
+                service.parts.ledger.decide(row["id"], action["index"], True, OPERATOR,
+                                            "demo: the operator read the rationale and agreed")
+                label = f"{action['type']} on {action['target']} ({row['id']})"
+                if label not in approvals:
+                    approvals.append(label)
+                    console.log(f"[yellow]operator approves[/] {label}: {action['reason']}")
+
+
+def _finished(sim: Simulation, faults, incidents) -> bool:
+    return (all(f.resolved for f in faults) and bool(incidents)
+            and all(row["status"] in FINAL for row in incidents))
+
+
+def _problems(sim: Simulation, faults, incidents) -> list[str]:
+    problems = [f"{f.id} is {f.status}" for f in faults if not f.resolved]
+    problems += [f"{row['id']} ended {row['status']}: {row.get('resolution') or ''}".strip()
+                 for row in incidents if row["status"] not in ("resolved",)]
+    if not incidents:
+        problems.append("no incident was detected")
+    if not sim.healthy():
+        problems.append("the simulated system is not healthy")
+    return problems
+
+
+def _fault_row(fault) -> dict[str, Any]:
+    return {"id": fault.id, "scenario": fault.scenario.name, "target": fault.scenario.target,
+            "status": fault.status, "fixed_by": list(fault.fixed_by) if fault.fixed_by else None}
+
+
+STATUS_STYLE = {"open": "cyan", "diagnosing": "cyan", "awaiting_approval": "yellow", "paused": "magenta",
+                "verifying": "blue", "resolved": "green", "escalated": "red", "diagnosed": "white"}
+
+
+def _render(sim: Simulation, incidents, faults, approvals, elapsed: float):
+    head = Text.from_markup(
+        f"[bold]rtem demo[/] · wall {elapsed:5.1f}s · sim time {sim.clock.now().strftime('%H:%M:%S')} · "
+        f"faults {sum(f.resolved for f in faults)}/{len(faults)} resolved · approvals {len(approvals)}")
+    table = Table(show_edge=False, expand=True)
+    for col in ("incident", "status", "root cause", "actions (verdict → status)"):
+        table.add_column(col, overflow="fold")
+    for row in incidents:
+        top = row["root_causes"][0] if row["root_causes"] else None
+        actions = "; ".join(f"{a['type']}→{a['target']} [{a['verdict']} → {a.get('status', '')}]"
+                            for a in row["actions"]) or "-"
+        style = STATUS_STYLE.get(row["status"], "white")
+        table.add_row(row["id"], f"[{style}]{row['status']}[/]",
+                      f"{top['entity']} ({top['fault_type']} {top['confidence']:.2f})" if top else "…", actions)
+    faults_line = Text("  ".join(f"{f.scenario.name}:{f.status}" for f in faults), style="dim")
+    return Group(head, table, faults_line)
+
+
+class _Quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, _renderable) -> None:
+        pass
