@@ -75,8 +75,9 @@ class Triage:
         # An incident no signal touched for two gaps of event time cannot take new signals (one gap
         # is the correlation limit, the other allows late events): stop scanning it on every event.
         result.quiet = self.correlator.quiet(self.detector.watermark, lateness=self.correlator.gap_s)
-        for incident_id in result.quiet:
-            self.correlator.release(incident_id)
+        # Released incidents this batch touched are still written below: one that opened and went quiet
+        # within a batch would otherwise never reach the store.
+        released = {i: inc for i in result.quiet if (inc := self.correlator.release(i)) is not None}
         with self.store.transaction():
             self.store.insert_events(rows)
             for absorbed, keeper in result.merged:
@@ -84,8 +85,9 @@ class Triage:
             for incident_id, event_ids in late.items():
                 self.store.attach(self._current(incident_id, result), event_ids)
             for incident_id in result.touched:
-                if incident_id in self.correlator.open:
-                    self.store.upsert_incident(self.correlator.open[incident_id].to_state())
+                incident = self.correlator.open.get(incident_id) or released.get(incident_id)
+                if incident is not None:
+                    self.store.upsert_incident(incident.to_state())
             self.store.save_state(DETECTOR_STATE, self.detector.state())
             self.store.save_state(CORRELATOR_STATE, [i.to_state() for i in self.correlator.open.values()])
         self.stats.events += len(rows)

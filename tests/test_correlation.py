@@ -113,3 +113,12 @@ def test_incident_state_survives_a_restart(tmp_path, boutique):
     tri2.handle([ev("b", "cartservice-1", 60)])
     [incident] = incidents(store2).values()
     assert incident["event_count"] == 2, "the restarted pipeline kept correlating into the open incident"
+
+
+def test_an_incident_that_opens_and_goes_quiet_within_one_batch_is_recorded(tmp_path, boutique):
+    tri, store = triage(tmp_path, boutique)
+    # One batch: a fault, then events two gaps later that make the first incident quiet (released).
+    tri.handle([ev("a", "cartservice-0", 0), ev("b", "cartservice-0", 30), ev("c", "emailservice-0", 700)])
+    found = incidents(store)
+    assert len(found) == 2
+    assert sorted(row["event_count"] for row in found.values()) == [1, 2]

@@ -5,6 +5,8 @@ two methods, `diagnose` and `propose`.
 """
 
 from ._catalog import ACTION_CATALOG, ACTION_TYPES, FAULT_TYPES
+from ._history import HISTORY_WINDOW, MIN_HISTORY, History, history_from_events, learn_history
 from .deterministic import DeterministicReasoner
 
-__all__ = ["ACTION_CATALOG", "ACTION_TYPES", "FAULT_TYPES", "DeterministicReasoner"]
+__all__ = ["ACTION_CATALOG", "ACTION_TYPES", "FAULT_TYPES", "HISTORY_WINDOW", "MIN_HISTORY", "DeterministicReasoner",
+           "History", "history_from_events", "learn_history"]

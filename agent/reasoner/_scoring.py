@@ -27,6 +27,13 @@ that entity rather than elsewhere. Five ideas make it up:
    by anomalies next to it adds `CHANGE_WEIGHT`.
 5. Levels. Each entity gets the prior ``-log(size of its population)``: the levels (instance, host,
    component) are equally likely a priori, so the level with the most entities does not win by numbers.
+
+Across incidents (optional `History`, see `_history`): an anomaly is background either because it is
+common-mode now (idea 1's chance ``b = spread/(N+1)``) or because it is habitual on its entity (``r``, the
+add-one share of earlier incidents that had it). Taking the two as independent sources of background
+(noisy-OR), the anomaly is background with chance ``1 - (1 - b)(1 - r)`` and weighs minus the log of that:
+with no history (r = 0) exactly idea 1's ``log((N+1)/spread)``. Every use of the anomaly's strength above
+follows (its own value, what it explains away); a caller's report of a slow callee counts ``1 - r``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from dataclasses import dataclass, field
 from rules.topology import Topology
 
 from ._catalog import RESOURCE_DOMAINS, SPECIFICITY, SYMPTOM_DOMAINS, fault_type_of, flow_of
+from ._history import History
 from ._signals import CHANGE, TRACE, Signal, first_by_kind
 
 # Anomalies first seen this many seconds after the first anomaly of their source count half. Five
@@ -77,19 +85,20 @@ class Candidate:
     notes: list[str] = field(default_factory=list)
 
 
-def rank_candidates(signals: Sequence[Signal], topology: Topology) -> list[Candidate]:
+def rank_candidates(signals: Sequence[Signal], topology: Topology, history: History | None = None) -> list[Candidate]:
     """Every topology entity with evidence, best first (ties broken by onset, then id)."""
     if not signals:
         return []
-    candidates = _Scorer(signals, topology).score()
+    candidates = _Scorer(signals, topology, history or History()).score()
     for cand in candidates:
         cand.rank = cand.score + cand.prior
     return sorted(candidates, key=lambda c: (-c.rank, c.onset if c.onset is not None else math.inf, c.entity))
 
 
 class _Scorer:
-    def __init__(self, signals: Sequence[Signal], topology: Topology):
+    def __init__(self, signals: Sequence[Signal], topology: Topology, history: History):
         self.topology = topology
+        self.history = history
         state = sorted((s for s in first_by_kind(signals).values() if s.source not in (TRACE, CHANGE)),
                        key=lambda s: (s.ts, s.event_id))
         self.traces = [s for s in signals if s.source == TRACE]
@@ -97,8 +106,8 @@ class _Scorer:
         self.first_ts = _first_by_source(signals)
         self.spread = _spread(state, topology)
         self.sizes = _population_sizes(topology, by_unit=True)
-        self.surprise = {key: math.log((max(self.sizes.get(key[0], 0), len(units)) + 1) / len(units))
-                         for key, units in self.spread.items()}
+        self.common_mode = {key: len(units) / (max(self.sizes.get(key[0], 0), len(units)) + 1)
+                            for key, units in self.spread.items()}
         self.state = state
         self.own: dict[str, list[Signal]] = defaultdict(list)
         for s in state:
@@ -108,7 +117,9 @@ class _Scorer:
 
     def strength(self, s: Signal) -> float:
         """Idea 1: how much one anomaly says, regardless of when it came."""
-        return self.surprise[(_population(self.topology, s.entity), s.kind)] * s.weight
+        common = self.common_mode[(_population(self.topology, s.entity), s.kind)]
+        background = 1.0 - (1.0 - common) * self.history.weight(s)
+        return -math.log(background) * s.weight
 
     def value(self, s: Signal) -> float:
         """Ideas 1 and 2: what one anomaly adds to its entity's score."""
@@ -152,7 +163,18 @@ class _Scorer:
         population = _population(self.topology, entity)
         cand.kinds = [(s.kind, len(self.spread[(population, s.kind)]), self.sizes[population])
                       for _, s in cand.evidence]
+        self._note_background(cand, self.own.get(entity, ()))
         return cand
+
+    def _note_background(self, cand: Candidate, signals: Iterable[Signal], limit: int = 3) -> None:
+        """Say which of the candidate's anomalies were discounted as recurring background, most recurrent first."""
+        recurring = sorted((s for s in signals if self.history.recurrence(s) > 0),
+                           key=lambda s: (-self.history.recurrence(s), s.kind, s.ts))
+        if not recurring:
+            return
+        shown = "; ".join(self.history.describe(s) for s in recurring[:limit])
+        more = f" (and {len(recurring) - limit} more)" if len(recurring) > limit else ""
+        cand.notes.append(f"{shown}{more}; discounted as recurring background, by how often it recurs")
 
     def _host_shares(self, host: str) -> dict[str, float]:
         """Idea 3, hosts: the share of each host anomaly its instances' matching anomalies leave it."""
@@ -221,20 +243,24 @@ class _Scorer:
     # -- traces and changes ----------------------------------------------------------------------
 
     def _add_trace_outliers(self, cands: dict[str, Candidate]) -> None:
-        """Idea 4, traces: instances whose callers see many more anomalous calls than their peers'."""
+        """Idea 4, traces: instances whose callers see many more anomalous calls than their peers'.
+
+        A caller counts as much as its report is not recurring background (1 with no history)."""
         topo = self.topology
-        callers: dict[str, set[str]] = defaultdict(set)
+        callers: dict[str, dict[str, float]] = defaultdict(dict)
         by_callee: dict[str, list[Signal]] = defaultdict(list)
         for s in self.traces:
             if s.caller and s.caller != s.entity:
-                callers[s.entity].add(s.caller)
+                seen_by = callers[s.entity]
+                seen_by[s.caller] = max(seen_by.get(s.caller, 0.0), self.history.weight(s))
                 by_callee[s.entity].append(s)
+        count = {entity: sum(seen_by.values()) for entity, seen_by in callers.items()}
         for entity, seen_by in callers.items():
             if topo.entity_type(entity) != _INSTANCE:
                 continue
-            peers = [len(callers.get(p, ())) for p in topo.instances(topo.service_of(entity)) if p != entity]
+            peers = [count.get(p, 0.0) for p in topo.instances(topo.service_of(entity)) if p != entity]
             typical = statistics.median(peers) if peers else 0.0
-            excess = len(seen_by) - typical
+            excess = count[entity] - typical
             if excess <= 0:
                 continue
             gain = TRACE_WEIGHT * excess / (excess + typical + 1)
@@ -246,7 +272,8 @@ class _Scorer:
             cand.onset = min(cand.onset or math.inf, min(s.ts for s in signals))
             names = ", ".join(sorted(seen_by)[:4]) + (", …" if len(seen_by) > 4 else "")
             cand.notes.append(f"{len(seen_by)} callers ({names}) see anomalous calls to it, against a median of "
-                              f"{typical:g} for its peers")
+                              f"{typical:.3g} for its peers")
+            self._note_background(cand, by_callee[entity])
 
     def _add_changes(self, cands: dict[str, Candidate]) -> None:
         """Idea 4, changes: a change followed by anomalies on the changed entity or one relation away."""

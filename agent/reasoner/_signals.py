@@ -29,7 +29,8 @@ class Signal:
     `kind` names what was measured (a metric name without device, "trace:latency", "log:errors"...);
     `source` is the family of events it came from, since families differ in sampling delay (metrics
     land on scrape boundaries, traces and logs as they happen) and so each is timed against its own first.
-    For trace signals `caller` is the entity that observed the callee's trouble.
+    For trace signals `caller` is the entity that observed the callee's trouble; for metric signals
+    `direction` is which way the metric moved ("up", "down"), when the event says.
     """
 
     event_id: str
@@ -40,6 +41,7 @@ class Signal:
     ts: float
     weight: float
     caller: str | None = None
+    direction: str | None = None
 
 
 def extract_signals(events: Iterable[Event], topology: Topology) -> list[Signal]:
@@ -82,7 +84,9 @@ def _metric_signal(event: Event, weight: float) -> Signal | None:
     domain = metric_domain(name)
     if not is_bad_direction(name, domain, event.attributes.get("direction")):
         return None
-    return Signal(event.id, event.subject, metric_kind(name), domain, METRIC, event.ts, weight)
+    direction = event.attributes.get("direction")
+    return Signal(event.id, event.subject, metric_kind(name), domain, METRIC, event.ts, weight,
+                  direction=str(direction).lower() if direction else None)
 
 
 def _trace_signal(event: Event, topology: Topology, weight: float) -> Signal | None:
@@ -104,11 +108,12 @@ def _trace_domain(code: str) -> str:
     return "latency"
 
 
-def first_by_kind(signals: Sequence[Signal]) -> dict[tuple[str, str], Signal]:
-    """The earliest signal of each (entity, kind): a repeated anomaly is one piece of evidence."""
-    first: dict[tuple[str, str], Signal] = {}
+def first_by_kind(signals: Sequence[Signal]) -> dict[tuple[str, str, str | None], Signal]:
+    """The earliest signal of each (entity, kind, direction): a repeated anomaly is one piece of evidence,
+    while a metric that rose and later fell (or the reverse) moved in two ways, each its own evidence."""
+    first: dict[tuple[str, str, str | None], Signal] = {}
     for signal in signals:
-        key = (signal.entity, signal.kind)
+        key = (signal.entity, signal.kind, signal.direction)
         seen = first.get(key)
         if seen is None or (signal.ts, -signal.weight, signal.event_id) < (seen.ts, -seen.weight, seen.event_id):
             first[key] = signal

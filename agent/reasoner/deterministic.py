@@ -3,8 +3,10 @@ configured or the LLM fails.
 
 `diagnose` turns an incident's events into signals, scores every topology entity they implicate
 (`_scoring` says how), and returns the best as `RootCause`s whose confidence is the candidate's
-posterior share under the scoring model: ``exp(score)`` normalised over all candidates. `propose` maps the
-top cause to remedies from the action catalog. Same events in, same answer out.
+posterior share under the scoring model: ``exp(score)`` normalised over all candidates. With a `History`
+(learned from earlier incidents, `_history`), anomalies that recur in most earlier incidents are discounted
+as background. `propose` maps the top cause to remedies from the action catalog. Same events and history
+in, same answer out.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rules._proposal import Proposal
 from rules.topology import Topology
 
 from ._explain import explain
+from ._history import History
 from ._remedies import propose_remedies
 from ._scoring import Candidate, rank_candidates
 from ._signals import extract_signals
@@ -30,11 +33,13 @@ class DeterministicReasoner:
 
     name = "deterministic"
     # Bump when the algorithm changes: it is recorded with every decision in the audit log.
-    version = "deterministic-1"
+    version = "deterministic-2"
 
-    def diagnose(self, events: Sequence[Event], topology: Topology, limit: int = 5) -> list[RootCause]:
+    def diagnose(self, events: Sequence[Event], topology: Topology, limit: int = 5, *,
+                 history: History | None = None) -> list[RootCause]:
+        """Ranked causes; `history` (optional) is the background learned from earlier incidents only."""
         signals = extract_signals(events, topology)
-        ranked = rank_candidates(signals, topology)
+        ranked = rank_candidates(signals, topology, history)
         if not ranked or limit <= 0:
             return []
         start = min(s.ts for s in signals)

@@ -1,0 +1,202 @@
+"""Background noise learned from earlier incidents: what is discounted, when, and from which incidents."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from types import SimpleNamespace
+
+from agent.graph import diagnose as diagnose_node
+from agent.reasoner import MIN_HISTORY, DeterministicReasoner, History, history_from_events, learn_history
+from agent.store import IncidentStore, event_row
+from bus._envelope import Event
+from tests.test_reasoner import T0, Events, shop  # noqa: F401  (shop is a fixture)
+
+NOISE = ("container_memory_usage_MB", "container_threads", "container_cpu_usage_seconds")
+HOUR = 3600.0
+
+
+def noisy(ev: Events, at: float = 0) -> None:
+    """checkout-0's habitual anomalies: three kinds at once, which inside one incident look like a fault."""
+    for metric in NOISE:
+        ev.metric("checkout-0", metric, at=at)
+
+
+def current_incident(at: float = 100 * HOUR) -> Events:
+    """The noise again, plus a real but single-metric fault on cart-1."""
+    ev = Events()
+    noisy(ev, at=at)
+    ev.metric("cart-1", "container_fs_writes./dev/vda", at=at + 30)
+    return ev
+
+
+def earlier(count: int, with_noise: int | None = None) -> dict[str, list[Event]]:
+    """`count` earlier incidents an hour apart, the first `with_noise` of them (default all) with the noise,
+    each also with an unrelated fault of its own."""
+    with_noise = count if with_noise is None else with_noise
+    past = {}
+    for n in range(count):
+        ev = Events()
+        if n < with_noise:
+            noisy(ev, at=n * HOUR)
+        ev.metric("frontend-1" if n % 2 else "redis-0", "container_network_receive_MB.eth0", at=n * HOUR + 10)
+        past[f"inc-{n}"] = [e.model_copy(update={"id": f"p{n}-{e.id}"}) for e in ev.events]
+    return past
+
+
+def ranked(events: Events, topology, history: History | None = None) -> list[str]:
+    return [c.entity for c in DeterministicReasoner().diagnose(events.events, topology, limit=5, history=history)]
+
+
+def start(events: Events) -> float:
+    return min(e.ts for e in events.events)
+
+
+# -- the discount ----------------------------------------------------------------------------------
+
+
+def test_recurring_noise_is_discounted_and_the_real_fault_found(shop):
+    now = current_incident()
+    assert ranked(now, shop)[0] == "checkout-0", "without history the noise looks like the fault"
+    history = history_from_events(earlier(8), shop, start(now))
+    assert history.incidents == 8
+    causes = DeterministicReasoner().diagnose(now.events, shop, history=history)
+    assert causes[0].entity == "cart-1"
+    noise = next(c for c in causes if c.entity == "checkout-0")
+    assert "container_memory_usage_MB up on checkout-0 appears in 8 of 8 earlier incidents" in noise.explanation
+    assert "discounted" in noise.explanation and "discounted" not in causes[0].explanation
+
+
+def test_noise_seen_in_few_earlier_incidents_is_barely_discounted(shop):
+    now = current_incident()
+    history = history_from_events(earlier(8, with_noise=1), shop, start(now))
+    assert ranked(now, shop, history)[0] == "checkout-0"
+
+
+def test_no_effect_below_the_minimum_history(shop):
+    now = current_incident()
+    history = history_from_events(earlier(MIN_HISTORY - 1), shop, start(now))
+    assert history.incidents == MIN_HISTORY - 1 and not history.active
+    plain = DeterministicReasoner().diagnose(now.events, shop)
+    assert DeterministicReasoner().diagnose(now.events, shop, history=history) == plain
+    assert DeterministicReasoner().diagnose(now.events, shop, history=History()) == plain
+
+
+def test_a_new_kind_of_signal_on_a_usually_noisy_entity_is_still_found(shop):
+    now = Events()
+    noisy(now, at=100 * HOUR)
+    now.metric("checkout-0", "container_fs_writes./dev/vda", at=100 * HOUR + 10)  # never seen before
+    now.metric("cart-1", "container_network_receive_MB.eth0", at=100 * HOUR + 30)
+    history = history_from_events(earlier(8), shop, start(now))
+    causes = DeterministicReasoner().diagnose(now.events, shop, history=history)
+    assert causes[0].entity == "checkout-0" and causes[0].fault_type == "disk_io"
+
+
+def test_a_new_direction_is_a_new_kind(shop):
+    now = Events()
+    now.metric("checkout-0", "container_memory_usage_MB", at=100 * HOUR, direction="down")  # it always rose
+    now.metric("cart-1", "container_threads", at=100 * HOUR + 600)
+    history = history_from_events(earlier(8), shop, start(now))
+    causes = DeterministicReasoner().diagnose(now.events, shop, history=history)
+    assert causes == DeterministicReasoner().diagnose(now.events, shop)
+    assert causes[0].entity == "checkout-0" and "discounted" not in causes[0].explanation
+
+
+def test_a_change_is_never_discounted(shop):
+    past = {}
+    for n in range(8):
+        ev = Events()
+        ev.other("rtem.change.deploy", "checkout", at=n * HOUR)
+        past[f"inc-{n}"] = [e.model_copy(update={"id": f"p{n}-{e.id}"}) for e in ev.events]
+    now = Events()
+    now.other("rtem.change.deploy", "checkout", at=100 * HOUR)
+    now.metric("checkout-1", "container_cpu_usage_seconds", at=100 * HOUR + 60)
+    history = history_from_events(past, shop, start(now))
+    assert history.incidents == 8 and not history.seen
+    assert ranked(now, shop, history) == ranked(now, shop)
+
+
+# -- no leakage ------------------------------------------------------------------------------------
+
+
+def test_history_counts_only_what_happened_before_the_current_incident(shop):
+    now = current_incident(at=5.5 * HOUR)
+    past = earlier(12)  # incidents at hours 0..11: only hours 0..5 are before the current one
+    history = history_from_events(past, shop, start(now))
+    assert history.incidents == 6
+    assert history.seen[("checkout-0", "container_memory_usage_MB", "up")] == 6
+
+
+def write_incident(store: IncidentStore, incident_id: str, events: list[Event]) -> None:
+    with store.transaction():
+        store.insert_events([event_row(e, incident_id, [], "2024-01-01T00:00:00Z") for e in events])
+        store.upsert_incident({"id": incident_id, "first_ts": min(e.ts for e in events),
+                               "last_ts": max(e.ts for e in events), "severity": "warning",
+                               "entities": sorted({e.subject for e in events}), "detections": ["t"],
+                               "signals": len(events)})
+
+
+def test_the_store_gives_only_earlier_incidents_and_their_earlier_events(tmp_path, shop):
+    store = IncidentStore(tmp_path / "rtem.db")
+    past = earlier(8)
+    for incident_id, events in past.items():
+        write_incident(store, incident_id, events)
+    now = current_incident(at=5.5 * HOUR)
+    write_incident(store, "inc-now", now.events)
+    # inc-2 goes on after the current incident started: that later event must not count.
+    late = Event(id="late", source="/t", type="rtem.metric.anomaly", time=T0 + timedelta(hours=6),
+                 subject="cart-0", severity="warning", attributes={"metric": "container_threads", "direction": "up"})
+    write_incident(store, "inc-2", [*past["inc-2"], late])
+
+    incidents, shapes = store.past_event_shapes(start(now), exclude="inc-now")
+    assert sorted(incidents) == [f"inc-{n}" for n in range(6)]
+    assert all(set(ids) <= set(incidents) for _, ids in shapes)
+    assert not any(shape.subject == "cart-0" for shape, _ in shapes)
+    history = learn_history(incidents, shapes, shop)
+    assert history == history_from_events({i: past[i] for i in incidents}, shop, start(now))
+    assert history.seen[("checkout-0", "container_threads", "up")] == 6
+    # Identical events of one incident are one shape; the window keeps the most recent incidents.
+    assert len([s for s, _ in shapes if s.subject == "checkout-0"]) == len(NOISE)
+    assert store.past_event_shapes(start(now), limit=2)[0] == ["inc-5", "inc-4"]
+    assert store.past_event_shapes(T0.timestamp()) == ([], [])
+    store.close()
+
+
+# -- the graph -------------------------------------------------------------------------------------
+
+
+class Audit:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def append(self, kind: str, **record) -> None:
+        self.records.append({"kind": kind, **record})
+
+
+class PlainReasoner:
+    """A reasoner that knows nothing of history: the graph must not offer it one."""
+
+    name, version = "plain", "1"
+
+    def diagnose(self, events, topology, limit=5):
+        return DeterministicReasoner().diagnose(events, topology, limit)
+
+
+def run_diagnose(store: IncidentStore, reasoner, topology) -> tuple[list[dict], dict]:
+    audit = Audit()
+    deps = SimpleNamespace(store=store, audit=audit, reasoner=reasoner, topology=topology, versions={})
+    state = {"incident": {"id": "inc-now", "entities": ["cart-1", "checkout-0"]}}
+    out = diagnose_node(state, SimpleNamespace(context=deps))
+    return out["root_causes"], audit.records[-1]
+
+
+def test_the_diagnose_node_learns_from_the_store(tmp_path, shop):
+    store = IncidentStore(tmp_path / "rtem.db")
+    for incident_id, events in earlier(8).items():
+        write_incident(store, incident_id, events)
+    write_incident(store, "inc-now", current_incident().events)
+    causes, record = run_diagnose(store, DeterministicReasoner(), shop)
+    assert causes[0]["entity"] == "cart-1"
+    assert record["inputs"]["earlier_incidents"] == 8
+    causes, record = run_diagnose(store, PlainReasoner(), shop)
+    assert causes[0]["entity"] == "checkout-0" and record["inputs"]["earlier_incidents"] == 0
+    store.close()
