@@ -252,6 +252,11 @@ async def execute(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState
     update: IncidentState = {"actions": actions}
     if outcome["ok"]:
         update["acted_at"] = max(state.get("acted_at") or 0.0, deps.watermark())
+        history = getattr(deps.guard, "history", None)
+        if action["verdict"] == "require_approval" and history is not None:
+            # The guard recorded allowed actions when it judged them; approved ones count once they ran.
+            history.record(action["type"], action["target"], datetime.fromtimestamp(update["acted_at"], timezone.utc),
+                           incident_id=incident["id"], key=step_key(incident["id"], action["index"]))
         return update
     for other in actions:
         if other["status"] in ("proposed", "approved") and other is not action:

@@ -24,6 +24,7 @@ from rules import Topology
 from . import metrics, telemetry
 from .config import Settings
 from .executors import CommandTransport, Executors, HttpTransport, NatsTransport
+from .rules_reload import RulesReloader
 from .service import Components, build, publish_audit
 
 log = logging.getLogger("rtem.run")
@@ -77,8 +78,13 @@ class Service:
              "command": CommandTransport(self.settings.command_allowlist)},
             on_breaker=self._breaker_opened)
         await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", cb=self._page)
+        # Hot reload: a changed rule file is checked and swapped in between two batches, or refused
+        # (logged and audited) while the rules in force stay.
+        self.reloader = RulesReloader.for_components(self.parts, actor="rtem run")
+        self.reloader.attach(self.parts)
         self._tasks = [asyncio.create_task(self._consume(), name="consume"),
-                       asyncio.create_task(self._drive(), name="drive")]
+                       asyncio.create_task(self._drive(), name="drive"),
+                       asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules")]
         log.info("rtem run: consuming %s, store %s", self.url, self.parts.store.path)
         return self
 

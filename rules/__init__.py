@@ -1,13 +1,17 @@
 """rtem's rules: detection, correlation, action contracts and the guard, over one durable-rules adapter."""
 
-from ._contracts import ActionContract, ContractError, ContractViolation, load_contracts
+from ._check import CheckReport, Finding, check_rules, find_layout, packaged_rules_dir
+from ._contracts import ActionContract, ContractError, ContractViolation, check_contracts, load_contracts
 from ._correlation import Assignment, Correlator, OpenIncident, incident_id
 from ._detection import Detection, DetectionSet, Detector, Signal, load_detections, parse_duration
 from ._engine import MAX_BRANCHES, CompiledRuleset, ConditionError
 from ._files import RulesError, content_digest
+from ._gates import ActionHistory, MemoryHistory, RecordedAction, StaticState, SystemState
 from ._guard import DEFAULT_APPROVER_ROLE, Guard, context_fact
-from ._guardrails import CONTEXT_FIELDS, Guardrail, Ruleset, load_guardrails, parse_guardrails
+from ._guardrails import (CONTEXT_FIELDS, Guardrail, RuleProblem, Ruleset, collect_guardrails, load_guardrails,
+                          parse_guardrails)
 from ._proposal import OUTCOME_PRECEDENCE, Proposal, RuleMatch, Verdict
+from ._ruletest import RuleTestReport, find_test_files, run_tests
 from .topology import Entity, Relation, Topology, TopologyError
 
 __all__ = [
@@ -17,4 +21,8 @@ __all__ = [
     "Relation", "RuleMatch", "RulesError", "Ruleset", "Signal", "Topology", "TopologyError", "Verdict",
     "content_digest", "context_fact", "incident_id", "load_contracts", "load_detections", "load_guardrails",
     "parse_duration", "parse_guardrails",
+    # rule authoring: gates' inputs, `rules check`, `rules test`
+    "ActionHistory", "CheckReport", "Finding", "MemoryHistory", "RecordedAction", "RuleProblem", "RuleTestReport",
+    "StaticState", "SystemState", "check_contracts", "check_rules", "collect_guardrails", "find_layout",
+    "find_test_files", "packaged_rules_dir", "run_tests",
 ]

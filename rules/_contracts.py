@@ -36,12 +36,21 @@ _MAX_MESSAGE = 240  # violations echo proposal values, which may be long and com
 
 
 class ContractError(ValueError):
-    """A contract file rtem cannot use; `source` is the file, `reason` says what to fix."""
+    """A contract file rtem cannot use; `source` is the file, `reason` says what to fix.
 
-    def __init__(self, source: str, reason: str):
+    `path` is the JSON path of the offending part (`$.x-rtem.risk`), `position` its (line, column)
+    when the file is not JSON at all; `rules check` turns either into file:line:column.
+    """
+
+    def __init__(self, source: str, reason: str, *, path: str | None = None,
+                 position: tuple[int, int] | None = None, hint: str = "", kind: str = "contract"):
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+        self.path = path if path is not None else _leading_path(reason)
+        self.position = position
+        self.hint = hint
+        self.kind = kind
 
 
 class ContractViolation(BaseModel):
@@ -161,22 +170,42 @@ def load_contracts(directory: str | Path | None = None) -> dict[str, ActionContr
     schemas/contract.v1.json), a params schema that is not valid JSON Schema, an unbounded parameter,
     or a compensation naming an action type that has no contract.
     """
+    contracts, problems = check_contracts(directory)
+    if problems:
+        raise problems[0]
+    return contracts
+
+
+def check_contracts(directory: str | Path | None = None) -> tuple[dict[str, ActionContract], list[ContractError]]:
+    """Every contract that loads, and every problem (one per bad file, then bad compensations), for
+    `rules check`: unlike load_contracts it does not stop at the first bad file."""
     if directory is None:
         root: Traversable | Path = resources.files("rules") / "contracts"
     else:
         root = Path(directory)
         if not root.is_dir():
-            raise ContractError(str(root), "not a directory of action contracts")
-    files = sorted((f for f in root.iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
+            return {}, [ContractError(str(root), "not a directory of action contracts")]
     contracts: dict[str, ActionContract] = {}
-    for file in files:
-        contract = _load_one(str(file), file.name.removesuffix(".json"), file.read_bytes())
+    problems: list[ContractError] = []
+    for file in sorted((f for f in root.iterdir() if f.name.endswith(".json")), key=lambda f: f.name):
+        try:
+            contract = _load_one(str(file), file.name.removesuffix(".json"), file.read_bytes())
+        except ContractError as exc:
+            problems.append(exc)
+            continue
         contracts[contract.action] = contract
-    for contract in contracts.values():
+    for contract in list(contracts.values()):
         undo = contract.compensation.action
         if undo is not None and undo not in contracts:
-            raise ContractError(contract.source, f"$.x-rtem.compensation.action: no contract for {undo!r}")
-    return contracts
+            problems.append(ContractError(contract.source, f"$.x-rtem.compensation.action: no contract for {undo!r}",
+                                          hint=f"known actions: {', '.join(sorted(contracts))}",
+                                          kind="unknown_action"))
+    return contracts, problems
+
+
+def _leading_path(reason: str) -> str | None:
+    head = reason.split(":", 1)[0].split(" ", 1)[0]
+    return head if head.startswith("$") else None
 
 
 def _load_one(source: str, stem: str, data: bytes) -> ActionContract:
@@ -185,13 +214,20 @@ def _load_one(source: str, stem: str, data: bytes) -> ActionContract:
     except UnicodeDecodeError:
         raise ContractError(source, "not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise ContractError(source, f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise ContractError(source, f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                            position=(exc.lineno, exc.colno)) from None
     error = best_match(_contract_validator().iter_errors(doc))
     if error is not None:
-        raise ContractError(source, f"{_json_path(error.absolute_path, root='$')}: {error.message}")
+        where = _json_path(error.absolute_path, root="$")
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            allowed = sorted(error.schema.get("properties", {}))
+            extra = next(k for k in error.instance if k not in allowed)
+            raise ContractError(source, f"{where}.{extra}: unknown field {extra!r}", path=f"{where}.{extra}",
+                                hint=f"allowed here: {', '.join(allowed)}", kind="unknown_field")
+        raise ContractError(source, f"{where}: {error.message}", path=where)
     terms = doc["x-rtem"]
     if terms["action"] != stem:
-        raise ContractError(source, f"$.x-rtem.action is {terms['action']!r}; "
+        raise ContractError(source, f"$.x-rtem.action: is {terms['action']!r}; "
                                     f"the file must be named {terms['action']}.json")
     if terms["risk"] == "high" and not terms["approver_role"]:
         raise ContractError(source, "$.x-rtem.approver_role: a high-risk action needs an approver role")

@@ -6,23 +6,32 @@ It applies DESIGN.md §4 in a fixed order of built-in checks, then every guardra
   contract.invalid         deny              params or target break the contract (one JSON path per problem)
   guard.blast_radius       deny              the target is outside the incident's blast radius
   contract.approval        require_approval  the contract names an approver role or rates the action high risk
-  <guardrail ids>                            each guardrail whose `match` holds, in file order
+  <guardrail ids>                            each guardrail whose `match` and gates hold, in file order
 
 Every check runs even after one has denied, so the decision record lists all rules that matched, not
 just the first. The strongest outcome wins (deny > require_approval > allow); when nothing matches, the
 guard's default outcome applies. Nothing the reasoner writes can widen this: the contract, topology and
 incident come from rtem, the proposal only from the reasoner.
+
+Matching happens in two steps. durable-rules matches every rule's stateless `match` against one context
+fact at once (rules/_engine.py, with its answer cache). Then, for the rules that matched and have gates
+(rules/_gates.py: time windows, a state precondition, a rate limit, a blast-radius cap), the guard
+checks those gates, reading the action history and the system state only when such a rule matched.
+A gated rule's reason says what its gates saw ("2 earlier restart_instance on cart-0 within 1h").
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from bus import SEVERITY_RANK
 from rules._contracts import ActionContract
-from rules._engine import CompiledRuleset
-from rules._guardrails import Guardrail, Ruleset
+from rules._engine import CompiledRuleset, lookup
+from rules._gates import EMPTY_HISTORY, NO_STATE, ActionHistory, SystemState
+from rules._guardrails import Guardrail, Ruleset, _fields
 from rules._proposal import OUTCOME_PRECEDENCE, Outcome, Proposal, RuleMatch, Verdict
 from rules.topology import Topology
 
@@ -30,18 +39,36 @@ DEFAULT_APPROVER_ROLE = "approver"
 
 
 class Guard:
-    """Built once per (guardrails, contracts) pair: compiling the guardrails is the expensive part."""
+    """Built once per (guardrails, contracts) pair: compiling the guardrails is the expensive part.
+
+    `history` and `state` are what gated rules read (the agent passes SQLite-backed ones); without
+    them, a limit or cap sees no earlier actions and a state precondition sees nothing observed.
+    """
 
     def __init__(self, guardrails: Ruleset, contracts: Mapping[str, ActionContract],
-                 default_outcome: Outcome = "allow"):
+                 default_outcome: Outcome = "allow", *, history: ActionHistory | None = None,
+                 state: SystemState | None = None):
         if default_outcome not in OUTCOME_PRECEDENCE:
             raise ValueError(f"default_outcome must be one of {', '.join(OUTCOME_PRECEDENCE)}, "
                              f"not {default_outcome!r}")
         self.guardrails = guardrails
         self.contracts = dict(contracts)
         self.default_outcome = default_outcome
+        self.history = history
+        self.state = state
         self._rules = {rule.id: rule for rule in guardrails.rules}
         self._compiled = CompiledRuleset({rule.id: rule.match for rule in guardrails.rules}, name="guardrails")
+        stateful = {rule.id: rule.state for rule in guardrails.rules if rule.state is not None}
+        self._state_rules = CompiledRuleset(stateful, name="guardrail_state") if stateful else None
+        self._state_fields = {rule_id: [path[-1] for path in _fields(cond, [])] for rule_id, cond in stateful.items()}
+        self.needs_history = any(rule.gates.needs_history for rule in guardrails.rules)
+        self.needs_state = bool(stateful)
+
+    def bind(self, *, history: ActionHistory | None = None, state: SystemState | None = None) -> Guard:
+        """This guard (sharing its compiled rules) reading another history and state."""
+        bound = copy.copy(self)
+        bound.history, bound.state = history, state
+        return bound
 
     def evaluate(
         self,
@@ -52,18 +79,30 @@ class Guard:
         incident_id: str,
         incident_severity: str,
         at: datetime,
+        history: ActionHistory | None = None,
+        state: SystemState | None = None,
     ) -> Verdict:
         """Judge `proposal` for the incident. `at` is event time (timezone-aware), not the wall clock,
-        so replaying a recording judges its proposals exactly as they were judged live."""
+        so replaying a recording judges its proposals exactly as they were judged live. `history` and
+        `state` override the guard's own for this one call (rule tests and replays use that)."""
         contract = self.contracts.get(proposal.type)
         in_radius = proposal.target in topology.blast_radius(incident_entities)
         matches = list(self._builtin(proposal, contract, topology, in_radius))
         fact = context_fact(proposal, contract, topology, in_blast_radius=in_radius,
                             incident_id=incident_id, incident_severity=incident_severity, at=at)
+        at = at.astimezone(timezone.utc)
+        gates = _GateContext(self, proposal, topology, at, history or self.history or EMPTY_HISTORY,
+                             state or self.state or NO_STATE)
         for rule_id in self._compiled.match(fact):  # in file order
             rule = self._rules[rule_id]
+            reason = rule.reason
+            if rule.gates:
+                notes = gates.check(rule)
+                if notes is None:
+                    continue
+                reason = f"{reason} ({'; '.join(notes)})"
             role = (rule.approver_role or DEFAULT_APPROVER_ROLE) if rule.outcome == "require_approval" else None
-            matches.append(RuleMatch(id=rule.id, outcome=rule.outcome, reason=rule.reason, approver_role=role))
+            matches.append(RuleMatch(id=rule.id, outcome=rule.outcome, reason=reason, approver_role=role))
         return self._verdict(matches, contract)
 
     def _builtin(self, proposal: Proposal, contract: ActionContract | None, topology: Topology,
@@ -134,6 +173,7 @@ def context_fact(
     target_labels.<k>   the target's labels, merged over its service's labels for an instance
     incident_id         the incident the proposal is for
     incident_severity   its severity: info, warning, error, critical
+    incident_severity_rank  the same as a number: 0 info, 1 warning, 2 error, 3 critical
     in_blast_radius     true when the target is an incident entity or one relation away from one
     hour, minute        event time `at` in UTC: hour 0-23, minute 0-59
     weekday             0 = Monday … 6 = Sunday (UTC)
@@ -156,6 +196,8 @@ def context_fact(
         "date": at.date().isoformat(),
         "params": dict(proposal.params),
     }
+    if incident_severity in SEVERITY_RANK:
+        fact["incident_severity_rank"] = SEVERITY_RANK[incident_severity]
     if contract is not None:
         fact["risk"] = contract.risk
     if proposal.cause:
@@ -172,3 +214,50 @@ def context_fact(
         if labels:
             fact["target_labels"] = labels
     return fact
+
+
+class _GateContext:
+    """Gate checks for one evaluation; what they read (state, the target's place) is read once."""
+
+    def __init__(self, guard: Guard, proposal: Proposal, topology: Topology, at: datetime,
+                 history: ActionHistory, state: SystemState):
+        self.guard, self.proposal, self.topology, self.at = guard, proposal, topology, at
+        self.history, self.state = history, state
+        self._snapshot: Mapping[str, Any] | None = None
+        self._state_hits: set[str] | None = None
+
+    def check(self, rule: Guardrail) -> list[str] | None:
+        """What the rule's gates saw, or None when one of them does not hold."""
+        gates, at, notes = rule.gates, self.at, []
+        if gates.during:
+            inside = next((w for w in gates.during if w.contains(at)), None)
+            if inside is None:
+                return None
+            notes.append(f"during {inside.text}")
+        if gates.outside:
+            if any(w.contains(at) for w in gates.outside):
+                return None
+            notes.append("outside " + ", ".join(w.text for w in gates.outside))
+        if gates.state is not None:
+            if rule.id not in self._state():
+                return None
+            shown = ", ".join(f"{name}={lookup(self._snapshot, name)!r}" for name in self.guard._state_fields[rule.id])
+            notes.append(f"state of {self.proposal.target}: {shown}")
+        for gate in (gates.limit, gates.cap):
+            if gate is None:
+                continue
+            target = self.proposal.target
+            service = self.topology.service_of(target)
+            fired, note = gate.check(self.proposal.type, target, service, self.topology.instances(service), at,
+                                     self.history)
+            if not fired:
+                return None
+            notes.append(note)
+        return notes
+
+    def _state(self) -> set[str]:
+        if self._state_hits is None:
+            self._snapshot = dict(self.state.latest(self.proposal.target, self.at) or {})
+            # an empty snapshot is matched too: `{exists: false}` is how a rule says "when nothing is known"
+            self._state_hits = set(self.guard._state_rules.match(self._snapshot))
+        return self._state_hits

@@ -174,3 +174,20 @@ def test_wrong_target_type(contracts, topology):
 def test_unknown_target(contracts, topology):
     assert check(contracts, topology, "scale_out", "checkout", {"replicas": 2}) == [
         ("$.target", "'checkout' is not an entity in the topology")]
+
+
+def test_check_contracts_collects_a_problem_per_file_with_its_json_path(tmp_path: Path):
+    from rules._contracts import check_contracts
+
+    for name in ("scale_out", "shed_load", "notify_oncall"):
+        (tmp_path / f"{name}.json").write_text((CONTRACTS_DIR / f"{name}.json").read_text("utf-8"), "utf-8")
+    (tmp_path / "scale_out.json").write_text(json.dumps(_with(_scale_out(), ("x-rtem", "colour"), "red")), "utf-8")
+    shed = json.loads((tmp_path / "shed_load.json").read_text("utf-8"))
+    shed["x-rtem"]["compensation"]["action"] = "unshed_load"
+    (tmp_path / "shed_load.json").write_text(json.dumps(shed), "utf-8")
+    contracts, problems = check_contracts(tmp_path)
+    assert set(contracts) == {"shed_load", "notify_oncall"}
+    assert [(Path(p.source).name, p.path, p.kind) for p in problems] == [
+        ("scale_out.json", "$.x-rtem.colour", "unknown_field"),
+        ("shed_load.json", "$.x-rtem.compensation.action", "unknown_action")]
+    assert "allowed here:" in problems[0].hint

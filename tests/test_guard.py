@@ -240,7 +240,11 @@ def test_default_guardrails(topology, contracts):
     assert external.outcome == "deny" and "deny-external-targets" in external.rules
     page = judge(guard, topology, "notify_oncall", "stripe", {"summary": "stripe is down"})
     assert page.outcome == "allow" and page.rules == ["allow-notify-oncall"]
-    assert judge(guard, topology, "restart_instance", "cart-0", entities=["cart-0"]).outcome == "allow"
+    # cart-0 is cart's only instance: restarting it restarts all of cart, over the 50% cap
+    only = judge(guard, topology, "restart_instance", "cart-0", entities=["cart-0"])
+    assert only.outcome == "require_approval" and only.rules == ["restart-at-most-half-a-service"]
+    assert "1 of 1 cart instances" in only.reason
+    assert judge(guard, topology, "rollback_deploy", "cart", entities=["cart"]).outcome == "allow"
 
 
 # -- guardrail file errors ---------------------------------------------------------------------------
@@ -336,3 +340,78 @@ def test_evaluation_is_fast_with_1000_rules(tmp_path: Path, topology, contracts)
         timings.append(time.perf_counter() - start)
     p99 = sorted(timings)[989]
     assert p99 < 0.005, f"p99 {p99 * 1000:.2f} ms"
+
+
+# -- the format's newer parts: gates, collected errors, test files, dates ------------------------------
+
+def test_a_gated_rule_fires_only_when_its_gates_hold_and_says_what_they_saw(tmp_path, topology, contracts):
+    from rules._gates import MemoryHistory, RecordedAction
+
+    path = tmp_path / "g.yaml"
+    path.write_text("version: 1\nrules:\n  - id: weekday-limit\n    match: {action: scale_out}\n"
+                    "    during: [{days: [mon, tue, wed, thu, fri]}]\n    limit: {max: 1, window: 1h}\n"
+                    "    outcome: require_approval\n    reason: One scale-out an hour on weekdays.\n", "utf-8")
+    guard = Guard(load_guardrails(path), contracts)
+    history = MemoryHistory([RecordedAction(NOON - timedelta(minutes=30), "scale_out", "billing")])
+    proposal = Proposal(type="scale_out", target="billing", params={"replicas": 2})
+    kwargs = dict(topology=topology, incident_entities=["billing"], incident_id="inc-1", incident_severity="error")
+    verdict = guard.evaluate(proposal, at=NOON, history=history, **kwargs)
+    assert verdict.rules == ["weekday-limit"]
+    assert verdict.reason == ("One scale-out an hour on weekdays. (during mon,tue,wed,thu,fri UTC; 1 earlier "
+                              "scale_out on billing within 1h; at most 1 allowed)")
+    assert guard.evaluate(proposal, at=NOON + timedelta(days=3), history=history, **kwargs).rules == []  # Saturday
+    assert guard.evaluate(proposal, at=NOON, **kwargs).rules == []  # no history given: nothing counted
+    assert guard.needs_history and not guard.needs_state
+
+
+def test_severity_rank_and_unquoted_dates_can_be_matched(tmp_path, topology, contracts):
+    path = tmp_path / "g.yaml"
+    path.write_text("version: 1\nrules:\n  - id: serious\n    match: {incident_severity_rank: {gte: 2}}\n"
+                    "    outcome: require_approval\n    reason: r\n  - id: christmas\n    match: {date: 2024-12-25}\n"
+                    "    outcome: deny\n    reason: r\n  - id: everything\n    outcome: allow\n"
+                    "    reason: no match means all\n",
+                    "utf-8")
+    guard = Guard(load_guardrails(path), contracts)
+    assert judge(guard, topology, "notify_oncall", "billing", {"summary": "s"}, entities=["billing"],
+                 severity="warning").rules == ["everything"]
+    assert judge(guard, topology, "notify_oncall", "billing", {"summary": "s"}, entities=["billing"],
+                 severity="critical").rules == ["serious", "everything"]
+    christmas = datetime(2024, 12, 25, 9, tzinfo=timezone.utc)
+    assert "christmas" in judge(guard, topology, "notify_oncall", "billing", {"summary": "s"}, entities=["billing"],
+                                at=christmas).rules
+
+
+def test_collect_returns_the_good_rules_and_every_problem(tmp_path):
+    from rules._guardrails import collect_guardrails
+
+    (tmp_path / "a.yaml").write_text("version: 1\nrules:\n" + RULE.format(id="ok") + RULE.format(id="bad") +
+                                     "    colour: red\n" + RULE.format(id="also-ok"), "utf-8")
+    (tmp_path / "a.test.yaml").write_text("not: a guardrail file\n", "utf-8")  # rule tests are skipped
+    problems = []
+    ruleset = collect_guardrails(tmp_path, problems)
+    assert [r.id for r in ruleset.rules] == ["ok", "also-ok"]
+    assert [(p.line, p.kind) for p in problems] == [(11, "unknown_field")]
+    with pytest.raises(RulesError, match="unknown field 'colour'"):
+        load_guardrails(tmp_path)
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_the_fast_validator_and_the_reference_one_agree(tmp_path: Path, name: str):
+    """A valid file skips jsonschema (fastjsonschema says yes); an invalid one is explained by jsonschema."""
+    import fastjsonschema
+    import yaml
+
+    from rules._guardrails import _fast_schema, _plain, _schema
+
+    text = BAD_FILES[name][0]
+    try:
+        doc = _plain(yaml.safe_load(text))
+    except yaml.YAMLError:
+        return
+    fast_ok = True
+    try:
+        _fast_schema()(doc)
+    except fastjsonschema.JsonSchemaException:
+        fast_ok = False
+    reference_ok = not list(_schema().iter_errors(doc))
+    assert fast_ok == reference_ok or (fast_ok and "approver" in name)  # dependentSchemas: _check_rule repeats it

@@ -1,0 +1,381 @@
+"""Hot reload of the rule set for `rtem run`: check a changed rules directory, swap it in atomically.
+
+    reloader = RulesReloader.for_components(parts)     # checks and loads the rules, audits `rules.loaded`
+    reloader.attach(parts)                             # the graph judges with reloader.guard from now on
+    task = asyncio.create_task(reloader.watch(1.0))    # polls the files; or call reloader.check_now()
+
+A change is picked up when a file under the rules directory (guardrails/, contracts/, detect/) is
+added, removed or rewritten. The whole set is then checked exactly as `rtem rules check` does
+(rules/_check.py); only a set without errors is swapped in, as one new `RuleSnapshot` (guard,
+detections, digest) replacing the old one in a single assignment, so a verdict is always judged by
+one complete rule set. An invalid change is refused: the errors go to the log and to the audit log
+(`rules.refused`), and the previous rules stay active until the files are fixed. Every load is
+audited (`rules.loaded`): who/what loaded which version, when, from which files, and what changed
+(rule ids added, removed, changed), also across restarts (the diff is against the last load on record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from rules import (CheckReport, DetectionSet, Detector, Finding, Guard, RulesError, Topology, check_rules,
+                   packaged_rules_dir)
+
+from .audit import AuditLog
+
+log = logging.getLogger("rtem.rules")
+
+WATCHED = ("guardrails", "contracts", "detect")
+_MAX_AUDITED_ERRORS = 20
+
+
+class RuleSnapshot(NamedTuple):
+    """The rule set in force: what `current()` returns and `attach` wires in."""
+
+    guard: Guard
+    detections: DetectionSet
+    digest: str
+
+
+@dataclass(frozen=True)
+class RulesDiff:
+    """Rule ids added, removed and changed, per kind (guardrails, detections, contracts)."""
+
+    added: dict[str, list[str]] = field(default_factory=dict)
+    removed: dict[str, list[str]] = field(default_factory=dict)
+    changed: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.added.values()) and not any(self.removed.values()) and not any(self.changed.values())
+
+    def summary(self) -> str:
+        parts = []
+        for label, table in (("added", self.added), ("removed", self.removed), ("changed", self.changed)):
+            for kind, ids in table.items():
+                if ids:
+                    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+                    parts.append(f"{kind} {label}: {shown}")
+        return "; ".join(parts) or "no rule changed"
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What one `check_now()` did. `digest` is the version in force afterwards."""
+
+    status: Literal["unchanged", "loaded", "refused"]
+    digest: str
+    previous: str | None = None
+    attempted: str | None = None
+    diff: RulesDiff | None = None
+    errors: tuple[Finding, ...] = ()
+    warnings: tuple[Finding, ...] = ()
+    at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "refused"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "digest": self.digest, "previous": self.previous, "attempted": self.attempted,
+                "diff": asdict(self.diff) if self.diff else None, "errors": [e.to_dict() for e in self.errors],
+                "warnings": [w.to_dict() for w in self.warnings], "at": self.at.isoformat()}
+
+
+class RulesInvalid(RulesError):
+    """The rule set cannot be loaded at all (at start-up); `findings` holds every error."""
+
+    def __init__(self, findings: list[Finding]):
+        first = findings[0]
+        more = f" (and {len(findings) - 1} more; run `rtem rules check`)" if len(findings) > 1 else ""
+        super().__init__(first.file, first.line, first.column, first.message + more, first.hint)
+        self.findings = findings
+
+
+class LiveGuard:
+    """A guard that always judges with the reloader's current rule set (the graph holds this one)."""
+
+    def __init__(self, reloader: RulesReloader):
+        self._reloader = reloader
+
+    def evaluate(self, proposal, **context):
+        return self._reloader.current().guard.evaluate(proposal, **context)
+
+    def __getattr__(self, name: str):  # history, state, guardrails, contracts: the current guard's
+        return getattr(self._reloader.current().guard, name)
+
+
+class RulesReloader:
+    """Owns the rule set in force; see the module docstring for the life of a change."""
+
+    def __init__(self, rules_dir: str | Path | None, *, topology: Topology | None = None,
+                 audit: AuditLog | None = None, history=None, state=None, actor: str | None = None):
+        self.rules_dir = Path(rules_dir) if rules_dir else None
+        self.topology = topology or Topology()
+        self.audit = audit
+        self.history = history
+        self.state = state
+        self.actor = actor or default_actor()
+        self.guard = LiveGuard(self)
+        self._listeners: list[Callable[[RuleSnapshot, ReloadResult], None]] = []
+        self._fingerprint = self._stat()
+        self._refused: str | None = None
+        report = _check(self._root)
+        if not report.ok:
+            raise RulesInvalid(report.errors)
+        self._snapshot = self._snapshot_of(report)
+        self._definitions = definitions(report)
+        self._files = _files(self._root)
+        previous = self._last_loaded()
+        diff = diff_definitions(previous.get("definitions", {}), self._definitions) if previous else None
+        self._audit_loaded(report, "start", diff, previous.get("digest") if previous else None, self._files)
+
+    @classmethod
+    def for_components(cls, components, actor: str | None = None) -> RulesReloader:
+        """A reloader for `build()`'s components: their rules directory, topology, audit log, and the
+        action history and state the guard they were built with reads."""
+        guard = components.graph.deps.guard
+        return cls(components.settings.rules_dir, topology=components.topology, audit=components.audit,
+                   history=getattr(guard, "history", None), state=getattr(guard, "state", None), actor=actor)
+
+    # -- what run.py calls ----------------------------------------------------------------------------
+
+    def current(self) -> RuleSnapshot:
+        return self._snapshot
+
+    def subscribe(self, listener: Callable[[RuleSnapshot, ReloadResult], None]) -> None:
+        """Call `listener(snapshot, result)` after each swap (on the thread that swapped)."""
+        self._listeners.append(listener)
+
+    def attach(self, components) -> None:
+        """Wire into `build()`'s components: the graph judges with `self.guard`, and each swap replaces
+        the triage detector (keeping its window state) and the versions recorded with decisions.
+        Call `check_now` on the thread that runs triage (the event loop), so a swap lands between batches."""
+        components.graph.deps.guard = self.guard
+        self._sync(components, self._snapshot)
+
+        def swap(snapshot: RuleSnapshot, result: ReloadResult) -> None:
+            self._sync(components, snapshot)
+        self.subscribe(swap)
+
+    def check_now(self, via: str = "check_now") -> ReloadResult:
+        """Read the files now; when their content changed, check them and swap them in, or refuse them."""
+        self._fingerprint = self._stat()
+        return self._consider(_files(self._root), via)
+
+    async def watch(self, interval: float = 1.0, stop: asyncio.Event | None = None) -> None:
+        """Poll the files every `interval` seconds until `stop` is set (or the task is cancelled).
+
+        A change is considered once the files have stood still for one interval, so an editor's
+        half-written save is not judged. The check and compile run in a worker thread; the swap
+        happens on the event loop, between two triage batches."""
+        pending: tuple | None = None
+        while stop is None or not stop.is_set():
+            try:
+                if stop is None:
+                    await asyncio.sleep(interval)
+                else:
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                    break
+            except asyncio.TimeoutError:
+                pass
+            fingerprint = self._stat()
+            if fingerprint == self._fingerprint:
+                pending = None
+                continue
+            if fingerprint != pending:  # still changing: look again next time
+                pending = fingerprint
+                continue
+            self._fingerprint, pending = fingerprint, None
+            try:
+                files = _files(self._root)
+                content = _content_digest(files)
+                if content in (_content_digest(self._files), self._refused):
+                    continue
+                report = await asyncio.to_thread(_check, self._root)
+                self._apply(report, files, content, "watch")
+            except Exception:  # a reload must never take the service down
+                log.exception("rules reload failed; the previous rules stay active")
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    @property
+    def _root(self) -> Path:
+        return self.rules_dir or packaged_rules_dir()
+
+    def _consider(self, files: list[dict[str, Any]], via: str) -> ReloadResult:
+        content = _content_digest(files)
+        if content in (_content_digest(self._files), self._refused):
+            return ReloadResult("unchanged", self._snapshot.digest)
+        return self._apply(_check(self._root), files, content, via)
+
+    def _apply(self, report: CheckReport, files: list[dict[str, Any]], content: str, via: str) -> ReloadResult:
+        previous = self._snapshot.digest
+        if not report.ok:
+            self._refused = content
+            for error in report.errors:
+                log.error("rules change refused: %s", error)
+            if self.audit is not None:
+                self.audit.append(
+                    "rules.refused", node="rules", inputs={"actor": self.actor, "via": via, "dir": str(self._root),
+                                                           "files": _changed(self._files, files)},
+                    decision={"active": previous, "refused_content": content},
+                    reasons=[str(e) for e in report.errors[:_MAX_AUDITED_ERRORS]], versions={"ruleset": previous})
+            return ReloadResult("refused", previous, previous, content, errors=tuple(report.errors),
+                                warnings=tuple(report.warnings))
+        snapshot = self._snapshot_of(report)
+        new_definitions = definitions(report)
+        diff = diff_definitions(self._definitions, new_definitions)
+        changed = _changed(self._files, files)
+        self._snapshot, self._definitions, self._files, self._refused = snapshot, new_definitions, files, None
+        self._audit_loaded(report, via, diff, previous, changed)
+        log.info("rules %s loaded (was %s): %s", snapshot.digest, previous, diff.summary())
+        result = ReloadResult("loaded", snapshot.digest, previous, content, diff, warnings=tuple(report.warnings))
+        for listener in list(self._listeners):
+            try:
+                listener(snapshot, result)
+            except Exception:
+                log.exception("rules reload listener %r failed", listener)
+        return result
+
+    def _snapshot_of(self, report: CheckReport) -> RuleSnapshot:
+        guard = report.guard.bind(history=self.history, state=self.state)
+        detections = report.detections or DetectionSet([], "", [])
+        return RuleSnapshot(guard, detections, report.digest)
+
+    def _sync(self, components, snapshot: RuleSnapshot) -> None:
+        triage = components.triage
+        if triage.detector.detections.digest != snapshot.detections.digest:
+            detector = Detector(snapshot.detections, components.topology)
+            detector.restore(triage.detector.state())
+            triage.detector = detector
+        components.versions.update({"ruleset": snapshot.guard.guardrails.digest,
+                                    "detections": snapshot.detections.digest, "rules": snapshot.digest})
+
+    def _audit_loaded(self, report: CheckReport, via: str, diff: RulesDiff | None, previous: str | None,
+                      files: list[dict[str, Any]]) -> None:
+        if self.audit is None:
+            return
+        summary = diff.summary() if diff is not None else "first load on record"
+        self.audit.append(
+            "rules.loaded", node="rules",
+            inputs={"actor": self.actor, "via": via, "dir": str(self._root), "files": files},
+            decision={"digest": report.digest, "previous": previous,
+                      "diff": asdict(diff) if diff is not None else None, "counts": report.counts(),
+                      "definitions": self._definitions},
+            reasons=[f"{self.actor} loaded rules {report.digest} via {via}: {summary}"],
+            versions={"ruleset": report.guardrails.digest if report.guardrails else "",
+                      "detections": report.detections.digest if report.detections else "", "rules": report.digest})
+
+    def _last_loaded(self) -> dict[str, Any]:
+        if self.audit is None:
+            return {}
+        records = self.audit.records(kind="rules.loaded")
+        return records[-1].decision if records else {}
+
+    def _stat(self) -> tuple:
+        found = []
+        for kind in WATCHED:
+            directory = self._root / kind
+            if directory.is_dir():
+                for path in sorted(directory.iterdir()):
+                    try:
+                        info = path.stat()
+                    except OSError:
+                        continue
+                    found.append((kind, path.name, info.st_mtime_ns, info.st_size))
+        return tuple(found)
+
+
+def _check(root: Path) -> CheckReport:
+    """`rules check`, plus what a running service needs on top: guardrails to judge with."""
+    report = check_rules(root)
+    if report.guardrails is None:
+        report.findings.append(Finding("error", "invalid", str(root / "guardrails"), 1, 1,
+                                       "no guardrails: a rules directory for rtem run needs guardrails/*.yaml"))
+    return report
+
+
+def definitions(report: CheckReport) -> dict[str, dict[str, str]]:
+    """A short hash of each rule's definition, per kind: what a diff between two loads compares."""
+    def short(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    guardrails = {r.id: short(r.definition()) for r in report.guardrails.rules} if report.guardrails else {}
+    detections = {d.id: short({k: v for k, v in asdict(d).items() if k not in ("source", "line")})
+                  for d in report.detections.detections} if report.detections else {}
+    contracts = {name: c.digest for name, c in report.contracts.items()}
+    return {"guardrails": guardrails, "detections": detections, "contracts": contracts}
+
+
+def diff_definitions(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> RulesDiff:
+    added, removed, changed = {}, {}, {}
+    for kind in ("guardrails", "detections", "contracts"):
+        old, new = before.get(kind, {}), after.get(kind, {})
+        added[kind] = [k for k in new if k not in old]
+        removed[kind] = [k for k in old if k not in new]
+        changed[kind] = [k for k in new if k in old and old[k] != new[k]]
+    return RulesDiff(added, removed, changed)
+
+
+def default_actor() -> str:
+    """Who loads: the OS user, host and process (rtem cannot know who edited a file; the audited file
+    list names each file's owner and modification time)."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def _files(root: Path) -> list[dict[str, Any]]:
+    found = []
+    for kind in WATCHED:
+        directory = root / kind
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            if not path.is_file():
+                continue
+            try:
+                data = path.read_bytes()
+                info = path.stat()
+            except OSError:
+                continue
+            found.append({"file": f"{kind}/{path.name}", "sha256": hashlib.sha256(data).hexdigest()[:16],
+                          "modified": datetime.fromtimestamp(info.st_mtime, timezone.utc).isoformat(),
+                          "owner": _owner(info.st_uid)})
+    return found
+
+
+def _changed(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    old = {f["file"]: f["sha256"] for f in before}
+    new = {f["file"]: f for f in after}
+    changed = [{**f, "change": "added" if name not in old else "modified"} for name, f in new.items()
+               if old.get(name) != f["sha256"]]
+    changed += [{"file": name, "change": "removed"} for name in old if name not in new]
+    return changed
+
+
+def _content_digest(files: list[dict[str, Any]]) -> str:
+    return hashlib.sha256("\n".join(f"{f['file']}={f['sha256']}" for f in files).encode()).hexdigest()[:16]
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return str(uid)

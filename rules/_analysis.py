@@ -1,0 +1,529 @@
+"""Static analysis of guardrails: unknown action types, rules that can never match, shadowed rules.
+
+A rule's `match` is taken apart into its alternatives (disjunctive normal form: `any` branches; an
+`in` list stays one set-valued test) and each alternative into per-field constraints: a finite set of
+allowed values when one is known (from `eq`/`in`, or from the field's domain: risk levels, entity
+types, hours, the action types with a contract, a parameter's enum), excluded values, a numeric
+interval, presence and regular expressions.
+
+- An alternative can never match when some field's constraints leave no value (or contradict the
+  field's type). A rule can never match when none of its alternatives can. Parameters and target
+  types are judged against the action contracts: a rule that only matches proposals the contract
+  refuses (`restart_instance` on a `service`, `params.replica` for `scale_out`) never matters either.
+- Rule R is shadowed by deny rule D when every alternative of R implies some alternative of D (and D
+  has no gates): whenever R matches, D denies, so R's own outcome can never decide a verdict.
+
+Everything here is sound in one direction: it reports only what is certain; when unsure, a rule is
+taken to be able to match and not to be shadowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from rules._contracts import ActionContract
+from rules._guardrails import Guardrail
+
+ENTITY_TYPES = ("service", "instance", "host", "database", "cache", "queue", "external")
+SEVERITIES = ("info", "warning", "error", "critical")
+RISKS = ("low", "medium", "high")
+ENUMS: dict[str, tuple] = {"risk": RISKS, "incident_severity": SEVERITIES, "target_type": ENTITY_TYPES,
+                           "in_blast_radius": (True, False)}
+INT_RANGES = {"hour": (0, 23), "minute": (0, 59), "weekday": (0, 6), "incident_severity_rank": (0, 3)}
+TEXT_FIELDS = {"action", "risk", "proposed_by", "cause", "target", "target_type", "target_service", "incident_id",
+               "incident_severity", "date"}
+NUMBER_FIELDS = {"target_tier", *INT_RANGES}
+NUMERIC_OPS = {"lt", "lte", "gt", "gte"}
+_REFUSED_HINT = "the contract refuses them before this rule can matter; fix the rule or the contract"
+
+
+@dataclass
+class Finding:
+    """One thing `rules check` has to say about a rule; `path` is where inside the rule."""
+
+    kind: str
+    rule: Guardrail
+    path: tuple
+    message: str
+    hint: str = ""
+    severity: str = "error"
+
+
+@dataclass(frozen=True)
+class Term:
+    field: str
+    op: str
+    value: Any
+    path: tuple
+
+
+@dataclass
+class Constraint:
+    """What one alternative of a rule says about one field."""
+
+    allowed: set | None = None
+    excluded: set = field(default_factory=set)
+    lo: float = -math.inf
+    lo_open: bool = True
+    hi: float = math.inf
+    hi_open: bool = True
+    present: bool = False
+    absent: bool = False
+    regexes: list[str] = field(default_factory=list)
+    paths: list[tuple] = field(default_factory=list)
+    positive: bool = False  # an eq or in names the values (not only ne/not_in, which stay open-ended)
+    named: list = field(default_factory=list)  # the values eq names, for messages
+
+    def numeric(self) -> bool:
+        return self.lo != -math.inf or self.hi != math.inf
+
+    def in_interval(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return not self.numeric()
+        above = value > self.lo or (value == self.lo and not self.lo_open)
+        below = value < self.hi or (value == self.hi and not self.hi_open)
+        return above and below
+
+
+@dataclass
+class Alternative:
+    fields: dict[str, Constraint]
+    terms: list[Term]
+    # (message, path, hint, severity) when it can never match: "error" when no value satisfies the
+    # tests, "warning" when only proposals the contracts refuse (and the guard denies anyway) can
+    problem: tuple[str, tuple, str, str] | None = None
+
+
+def analyze(rules: list[Guardrail], contracts: Mapping[str, ActionContract],
+            now: datetime | None = None, broken: set[str] = frozenset()) -> list[Finding]:
+    """Every finding for `rules` (in evaluation order), errors and warnings. `broken` names action types
+    whose contract file exists but does not load: they are not unknown, and the analysis that needs
+    every contract is skipped until they load."""
+    findings: list[Finding] = []
+    shapes: dict[str, list[Alternative]] = {}
+    for rule in rules:
+        unknown = list(_unknown_actions(rule, {*contracts, *broken}))
+        findings.extend(unknown)
+        if unknown or broken:
+            continue
+        alternatives = [_constrain(terms, contracts) for terms in _branches(rule.match or {}, ("match",))]
+        possible = [a for a in alternatives if a.problem is None]
+        if not possible:
+            logical = [a.problem for a in alternatives if a.problem[3] == "error"]
+            if len(logical) == len(alternatives):
+                message, path, hint, _ = logical[0]
+                findings.append(Finding("never_matches", rule, path, f"can never match: {message}", hint))
+            else:
+                message, path, hint, _ = next(a.problem for a in alternatives if a.problem[3] == "warning")
+                findings.append(Finding("never_matches", rule, path, f"only matches proposals the contracts refuse "
+                                        f"(the guard denies them anyway): {message}", hint, severity="warning"))
+            continue
+        if len(possible) < len(alternatives):
+            message, path, hint, _ = next(a.problem for a in alternatives if a.problem)
+            findings.append(Finding("never_matches", rule, path, f"one alternative can never match: {message}",
+                                    hint, severity="warning"))
+        findings.extend(_expired(rule, now))
+        shapes[rule.id] = possible
+    findings.extend(_shadowed(rules, shapes, contracts))
+    return findings
+
+
+# -- taking conditions apart --------------------------------------------------------------------------
+
+def _branches(condition: Mapping[str, Any], path: tuple) -> list[list[Term]]:
+    result: list[list[Term]] = [[]]
+    for key, spec in condition.items():
+        where = path + (key,)
+        if key == "all":
+            for index, nested in enumerate(spec):
+                parts = _branches(nested, where + (index,))
+                result = [a + b for a in result for b in parts]
+        elif key == "any":
+            parts = [b for index, nested in enumerate(spec) for b in _branches(nested, where + (index,))]
+            result = [a + b for a in result for b in parts]
+        elif isinstance(spec, Mapping):
+            terms = [Term(key, op, value, where + (op,)) for op, value in spec.items()]
+            result = [a + terms for a in result]
+        else:
+            result = [a + [Term(key, "eq", spec, where)] for a in result]
+    return result
+
+
+def _constrain(terms: list[Term], contracts: Mapping[str, ActionContract]) -> Alternative:
+    fields: dict[str, Constraint] = {}
+    for term in terms:
+        c = fields.setdefault(term.field, Constraint())
+        c.paths.append(term.path)
+        value = term.value
+        if term.op == "exists":
+            c.present, c.absent = (c.present or value), (c.absent or not value)
+            continue
+        c.present = True
+        c.positive = c.positive or term.op in ("eq", "in")
+        if term.op == "eq":
+            c.named.append(value)
+            c.allowed = {value} if c.allowed is None else c.allowed & {value}
+        elif term.op == "in":
+            c.allowed = set(value) if c.allowed is None else c.allowed & set(value)
+        elif term.op == "ne":
+            c.excluded.add(value)
+        elif term.op == "not_in":
+            c.excluded.update(value)
+        elif term.op == "matches":
+            c.regexes.append(value)
+        elif term.op in ("gt", "gte"):
+            if value > c.lo or (value == c.lo and term.op == "gt"):
+                c.lo, c.lo_open = value, term.op == "gt"
+        elif term.op in ("lt", "lte"):
+            if value < c.hi or (value == c.hi and term.op == "lt"):
+                c.hi, c.hi_open = value, term.op == "lt"
+    alternative = Alternative(fields, terms)
+    alternative.problem = _impossible(fields, contracts)
+    if alternative.problem is None:
+        _derive(fields, contracts)
+    return alternative
+
+
+def _derive(fields: dict[str, Constraint], contracts: Mapping[str, ActionContract]) -> None:
+    """What the action implies for a proposal its contract accepts: the risk, the possible target types.
+    (A proposal the contract refuses is denied anyway, so shadowing may assume an accepted one.)"""
+    actions = fields["action"].allowed if "action" in fields and fields["action"].positive else None
+    if not actions:
+        return
+    risk = fields.get("risk")
+    if risk is None:
+        fields["risk"] = Constraint(allowed={contracts[a].risk for a in actions}, present=True)
+    if "target_type" not in fields:
+        types = {t for a in actions for t in contracts[a].target_types}
+        fields["target_type"] = Constraint(allowed=types, present=True)
+
+
+def _impossible(fields: dict[str, Constraint], contracts: Mapping[str, ActionContract]):
+    """Why no proposal the contracts accept can satisfy these constraints, or None."""
+    actions = _domain_of("action", fields, contracts)
+    if "action" in fields:
+        fields["action"].allowed = actions
+    for name, c in sorted(fields.items(), key=lambda item: item[0] != "action"):  # the action first
+        where = c.paths[0]
+        if c.absent and c.present:
+            return f"{name} is tested for absence (exists: false) and for a value", where, "", "error"
+        if name in TEXT_FIELDS and c.numeric():
+            return f"{name} is text; lt/lte/gt/gte compare numbers", where, "", "error"
+        domain = _domain_of(name, fields, contracts) if name != "action" else actions
+        if domain is not None and c.allowed is None and c.present:
+            c.allowed = set(domain)
+        if c.allowed is not None:
+            before = set(c.allowed)
+            typed = {v for v in c.allowed if _fits_type(name, v)}
+            c.allowed = {v for v in typed if v not in c.excluded and c.in_interval(v)
+                         and all(isinstance(v, str) and re.fullmatch(r, v) for r in c.regexes)}
+            if domain is not None:
+                c.allowed &= set(domain)
+            if not c.allowed:
+                return _why_empty(name, c, before, typed, domain), where, _hint(name, before, domain), "error"
+        elif c.numeric():
+            low = c.lo + (1e-9 if c.lo_open else 0)
+            if c.hi < c.lo or (c.hi == c.lo and (c.lo_open or c.hi_open)):
+                return f"{name}: no number is both {_bound(c, 'lo')} and {_bound(c, 'hi')}", where, "", "error"
+            high = c.hi - (1e-9 if c.hi_open else 0)
+            if name in NUMBER_FIELDS and math.isfinite(low) and math.isfinite(high) \
+                    and math.floor(high) < math.ceil(low):
+                return f"{name} is a whole number; none is {_bound(c, 'lo')} and {_bound(c, 'hi')}", where, "", "error"
+    # Only an action named with eq/in ties the rule to today's contracts; `action: {ne: x}` is meant to
+    # cover action types added later too, so it is not judged against the contracts there are now.
+    actions = fields["action"].allowed if "action" in fields and fields["action"].positive else None
+    if "target_type" in fields and fields["target_type"].allowed is not None and actions is not None:
+        types = fields["target_type"].allowed
+        if not any(set(contracts[a].target_types) & types for a in actions if a in contracts):
+            acts = ", ".join(f"{a} on {'/'.join(contracts[a].target_types)}" for a in sorted(actions) if a in contracts)
+            return (f"target_type {', '.join(map(str, sorted(types)))} never fits the action's contract ({acts})",
+                    fields["target_type"].paths[0],
+                    _REFUSED_HINT, "warning")
+    for name, c in fields.items():
+        if name.startswith("params.") and c.present:
+            param = name.removeprefix("params.")
+            candidates = sorted(actions) if actions is not None else sorted(contracts)
+            limits = _param_range(param, candidates, contracts)
+            if limits is not None and c.numeric() and not _overlaps(c, *limits):
+                return (f"{name} is between {limits[0]:g} and {limits[1]:g} in the contract; none is "
+                        + " and ".join(_bound(c, end) for end, v in (("lo", c.lo), ("hi", c.hi)) if math.isfinite(v)),
+                        c.paths[0], _REFUSED_HINT,
+                        "warning")
+            if candidates and not any(param in _params(contracts[a]) for a in candidates if a in contracts):
+                takes = "; ".join(f"{a}: {', '.join(sorted(_params(contracts[a]))) or 'none'}"
+                                  for a in candidates[:4] if a in contracts)
+                close = difflib.get_close_matches(param, {p for a in candidates if a in contracts
+                                                          for p in _params(contracts[a])}, n=1)
+                hint = (f"did you mean params.{close[0]}? " if close else "") + f"parameters: {takes}"
+                return f"no action it can match takes a parameter {param!r}", c.paths[0], hint, "error"
+    return None
+
+
+def _domain_of(name: str, fields: dict[str, Constraint], contracts: Mapping[str, ActionContract]) -> set | None:
+    if name == "action":
+        c = fields.get("action")
+        known = set(contracts)
+        return known if c is None or c.allowed is None else c.allowed & known
+    if name in ENUMS:
+        domain = set(ENUMS[name])
+        if name == "risk" and "action" in fields:
+            actions = fields["action"].allowed
+            if actions is not None:
+                domain &= {contracts[a].risk for a in actions if a in contracts}
+        return domain
+    if name in INT_RANGES:
+        first, last = INT_RANGES[name]
+        return set(range(first, last + 1))
+    if name.startswith("params."):
+        actions = fields["action"].allowed if "action" in fields else None
+        return _param_enum(name.removeprefix("params."), actions, contracts)
+    return None
+
+
+def _param_enum(param: str, actions: set | None, contracts: Mapping[str, ActionContract]) -> set | None:
+    schemas = [_params(contracts[a]).get(param) for a in (actions if actions is not None else contracts)
+               if a in contracts]
+    schemas = [s for s in schemas if s is not None]
+    if not schemas or not all(isinstance(s, Mapping) and "enum" in s for s in schemas):
+        return None
+    return {v for s in schemas for v in s["enum"]}
+
+
+def _param_range(param: str, actions: list[str], contracts: Mapping[str, ActionContract]):
+    """The (min, max) a numeric parameter may take under the contracts that have it, or None."""
+    schemas = [_params(contracts[a]).get(param) for a in actions if a in contracts]
+    schemas = [s for s in schemas if isinstance(s, Mapping)]
+    if not schemas or not all("minimum" in s and "maximum" in s for s in schemas):
+        return None
+    return min(s["minimum"] for s in schemas), max(s["maximum"] for s in schemas)
+
+
+def _overlaps(c: Constraint, low: float, high: float) -> bool:
+    return c.in_interval(low) or c.in_interval(high) or (low < c.lo < high) or (low < c.hi < high)
+
+
+def _params(contract: ActionContract) -> dict[str, Any]:
+    return contract.params_schema.get("properties") or {}
+
+
+def _fits_type(name: str, value: Any) -> bool:
+    if name in TEXT_FIELDS:
+        return isinstance(value, str)
+    if name in NUMBER_FIELDS:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return True
+
+
+def _why_empty(name: str, c: Constraint, before: set, typed: set, domain: set | None) -> str:
+    if before and not typed:
+        kind = "text" if name in TEXT_FIELDS else "a number"
+        return f"{name} is {kind}; {_show(before)} can never equal it"
+    if domain is not None and before and not (before & set(domain)) and (name in ENUMS or name == "action"):
+        return f"{_show(before)} is not a possible {name}"
+    if len(set(c.named)) > 1:
+        return f"no {name} is both {' and '.join(_show({v}) for v in c.named[:3])}"
+    if name in INT_RANGES and c.numeric():
+        first, last = INT_RANGES[name]
+        bounds = " and ".join(_bound(c, end) for end, v in (("lo", c.lo), ("hi", c.hi)) if math.isfinite(v))
+        return f"{name} runs from {first} to {last}; none is {bounds}"
+    return f"the tests on {name} leave no possible value"
+
+
+def _hint(name: str, values: set, domain: set | None) -> str:
+    if domain is None or name not in ENUMS:
+        return ""
+    strays = [v for v in values if isinstance(v, str) and v not in domain]
+    close = difflib.get_close_matches(strays[0], [str(d) for d in domain], n=1) if strays else []
+    return (f"did you mean {close[0]!r}? " if close else "") + f"possible values: {', '.join(map(str, ENUMS[name]))}"
+
+
+def _show(values: set) -> str:
+    shown = sorted(values, key=str)
+    text = ", ".join(repr(v) for v in shown[:4]) + (", …" if len(shown) > 4 else "")
+    return text if len(shown) == 1 else "{" + text + "}"
+
+
+def _bound(c: Constraint, end: str) -> str:
+    if end == "lo":
+        return f"{'>' if c.lo_open else '>='} {c.lo:g}"
+    return f"{'<' if c.hi_open else '<='} {c.hi:g}"
+
+
+# -- unknown actions, expired windows -------------------------------------------------------------------
+
+def _unknown_actions(rule: Guardrail, contracts: Collection[str]) -> Iterator[Finding]:
+    for terms in _branches(rule.match or {}, ("match",)):
+        for term in terms:
+            if term.field != "action" or term.op not in ("eq", "ne", "in", "not_in"):
+                continue
+            values = term.value if isinstance(term.value, list) else [term.value]
+            for index, value in enumerate(values):
+                if isinstance(value, str) and value not in contracts:
+                    close = difflib.get_close_matches(value, sorted(contracts), n=1)
+                    hint = (f"did you mean {close[0]!r}? " if close else "") + \
+                        f"actions with a contract: {', '.join(sorted(contracts))}"
+                    path = term.path + ((index,) if isinstance(term.value, list) else ())
+                    yield Finding("unknown_action", rule, path, f"unknown action type {value!r}", hint)
+                    return
+
+
+def _expired(rule: Guardrail, now: datetime | None) -> Iterator[Finding]:
+    windows = rule.gates.during
+    if now is None or not windows or not all(w.one_off for w in windows):
+        return
+    if all(w.end <= now for w in windows):
+        last = max(w.end for w in windows)
+        yield Finding("expired", rule, ("during",),
+                      f"has expired: its last window ended {last.isoformat()}, so it can no longer match",
+                      "remove the rule or give it a new window", severity="warning")
+
+
+# -- shadowing ----------------------------------------------------------------------------------------
+
+def _shadowed(rules: list[Guardrail], shapes: dict[str, list[Alternative]],
+              contracts: Mapping[str, ActionContract]) -> Iterator[Finding]:
+    order = {rule.id: i for i, rule in enumerate(rules)}
+    indexes = {outcome: _Index([r for r in rules if r.outcome == outcome and not r.gates and r.id in shapes], shapes)
+               for outcome in ("deny", "require_approval")}
+    for rule in rules:
+        alternatives = shapes.get(rule.id)
+        if not alternatives or rule.outcome == "deny":
+            continue
+        if all(_false(a, "in_blast_radius") for a in alternatives):
+            yield Finding("shadowed", rule, ("match", "in_blast_radius"),
+                          "is shadowed: the built-in check guard.blast_radius denies every proposal it matches "
+                          "(in_blast_radius: false), so its outcome never decides a verdict", "remove the rule")
+            continue
+        cover = indexes["deny"].cover(rule, alternatives)
+        if cover is not None:
+            when = "an earlier" if order[cover.id] < order[rule.id] else "a later"
+            yield Finding("shadowed", rule, ("outcome",),
+                          f"is shadowed: {when} deny rule {cover.id!r} ({cover.source}:{cover.line}) matches every "
+                          f"proposal it matches, so its outcome never decides a verdict",
+                          "remove this rule, narrow the deny rule, or tell them apart in `match`")
+            continue
+        if rule.outcome != "allow":
+            continue
+        cover = indexes["require_approval"].cover(rule, alternatives)
+        if cover is not None:
+            yield Finding("shadowed", rule, ("outcome",),
+                          f"can never allow anything: require_approval rule {cover.id!r} "
+                          f"({cover.source}:{cover.line}) matches every proposal it matches",
+                          "remove this rule or narrow the approval rule", severity="warning")
+            continue
+        actions = _actions_of(alternatives)
+        if actions and all(a in contracts and contracts[a].needs_approval for a in actions):
+            yield Finding("shadowed", rule, ("outcome",),
+                          f"can never allow anything: the contract of {', '.join(sorted(actions))} requires approval "
+                          "(built-in check contract.approval)", "remove the rule", severity="warning")
+
+
+def _false(alternative: Alternative, name: str) -> bool:
+    c = alternative.fields.get(name)
+    return c is not None and c.allowed == {False}
+
+
+def _actions_of(alternatives: list[Alternative]) -> set | None:
+    found: set = set()
+    for alternative in alternatives:
+        c = alternative.fields.get("action")
+        if c is None or c.allowed is None:
+            return None
+        found |= c.allowed
+    return found
+
+
+class _Index:
+    """The alternatives of shadowing candidates, indexed by one (field, value) each must see."""
+
+    def __init__(self, rules: list[Guardrail], shapes: dict[str, list[Alternative]]):
+        self.keyed: dict[tuple[str, Any], list[tuple[Guardrail, Alternative]]] = defaultdict(list)
+        self.unkeyed: list[tuple[Guardrail, Alternative]] = []
+        for rule in rules:
+            for alternative in shapes[rule.id]:
+                finite = [(name, c) for name, c in alternative.fields.items() if c.allowed is not None
+                          and any(t.field == name and t.op in ("eq", "in") for t in alternative.terms)]
+                if not finite:
+                    self.unkeyed.append((rule, alternative))
+                    continue
+                name, c = min(finite, key=lambda item: len(item[1].allowed))
+                for value in c.allowed:
+                    self.keyed[(name, _key(value))].append((rule, alternative))
+
+    def cover(self, rule: Guardrail, alternatives: list[Alternative]) -> Guardrail | None:
+        """A rule that matches whenever `rule` does (every alternative covered by one of its alternatives)."""
+        first = None
+        for alternative in alternatives:
+            candidates = list(self.unkeyed)
+            for name, c in alternative.fields.items():
+                if c.allowed:
+                    candidates.extend(self.keyed.get((name, _key(next(iter(c.allowed)))), ()))
+            found = next((other for other, theirs in candidates
+                          if other.id != rule.id and _implies(alternative, theirs)), None)
+            if found is None:
+                return None
+            first = first or found
+        return first
+
+
+def _key(value: Any) -> Any:
+    return ("b", value) if isinstance(value, bool) else value
+
+
+def _implies(mine: Alternative, theirs: Alternative) -> bool:
+    """Every fact satisfying `mine` satisfies `theirs`."""
+    for term in theirs.terms:
+        c = mine.fields.get(term.field)
+        if term.op == "exists" and term.value is False:
+            if c is None or not c.absent:
+                return False
+            continue
+        if c is None or not c.present:
+            return False
+        if not _term_holds(c, term):
+            return False
+    return True
+
+
+def _term_holds(c: Constraint, term: Term) -> bool:
+    op, value = term.op, term.value
+    if op == "exists":
+        return True
+    values = c.allowed
+    if op == "eq":
+        return values is not None and values <= {value}
+    if op == "in":
+        return values is not None and values <= set(value)
+    if op in ("ne", "not_in"):
+        banned = [value] if op == "ne" else value
+        return all((values is not None and v not in values) or v in c.excluded
+                   or (isinstance(v, int | float) and c.numeric() and not c.in_interval(v)) for v in banned)
+    if op in NUMERIC_OPS:
+        check = Constraint()
+        if op in ("gt", "gte"):
+            check.lo, check.lo_open = value, op == "gt"
+        else:
+            check.hi, check.hi_open = value, op == "lt"
+        if values is not None:
+            return all(not isinstance(v, bool) and isinstance(v, int | float) and check.in_interval(v) for v in values)
+        if not c.numeric():
+            return False
+        return _inside(c, check)
+    if op == "matches":
+        if values is not None:
+            return all(isinstance(v, str) and re.fullmatch(value, v) for v in values)
+        return value in c.regexes
+    return False
+
+
+def _inside(inner: Constraint, outer: Constraint) -> bool:
+    low_ok = inner.lo > outer.lo or (inner.lo == outer.lo and (inner.lo_open or not outer.lo_open))
+    high_ok = inner.hi < outer.hi or (inner.hi == outer.hi and (inner.hi_open or not outer.hi_open))
+    return low_ok and high_ok

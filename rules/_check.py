@@ -1,0 +1,282 @@
+"""`rtem rules check`: everything wrong with a rules directory, each at file:line:column with a hint.
+
+A rules directory holds `guardrails/` (with the `*.test.yaml` rule tests beside them), `contracts/`
+and `detect/`; any of them may be missing (missing contracts: the packaged ones are used to judge the
+guardrails). A guardrails or contracts directory, or a single file, can be checked on its own.
+
+The check reads and validates every file against its schema, compiles it exactly as rtem would, and
+then analyses the guardrails (rules/_analysis.py): unknown action types, rules that can never match,
+rules shadowed by a deny. It collects every problem instead of stopping at the first, and it is fast
+enough for a pre-commit hook (libyaml, a compiled schema validator, one compile of the rule set).
+The same check gates hot reloads (agent/rules_reload.py), so what `check` accepts is what `run` loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rules._analysis import analyze
+from rules._contracts import ActionContract, ContractError, check_contracts
+from rules._detection import DetectionSet, load_detections
+from rules._engine import ConditionError
+from rules._files import RuleFile, RulesError
+from rules._guard import Guard
+from rules._guardrails import TEST_SUFFIX, Ruleset, collect_guardrails, guardrail_paths, read_fast
+
+KINDS = ("guardrails", "contracts", "detect")
+
+
+@dataclass
+class Finding:
+    """One problem: where, what, what to do. `severity` error fails the check; warning does not."""
+
+    severity: str
+    kind: str
+    file: str
+    line: int
+    column: int
+    message: str
+    hint: str = ""
+    rule: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.file}:{self.line}:{self.column}: {self.severity}[{self.kind}]: {self.message}"
+        return text + (f" ({self.hint})" if self.hint else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"severity": self.severity, "kind": self.kind, "file": self.file, "line": self.line,
+                "column": self.column, "message": self.message, "hint": self.hint, "rule": self.rule}
+
+    @classmethod
+    def from_error(cls, error: RulesError, kind: str | None = None, severity: str = "error") -> Finding:
+        return cls(severity, kind or getattr(error, "kind", "invalid"), error.file, error.line, error.column,
+                   error.reason, error.hint, getattr(error, "rule", None))
+
+
+@dataclass
+class Layout:
+    """Where the parts of a rule set are; None means absent (contracts: use the packaged ones)."""
+
+    root: Path
+    guardrails: list[Path] | None = None
+    contracts: Path | None = None
+    detect: Path | None = None
+    tests: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": str(self.root), "guardrails": [str(p) for p in self.guardrails or []],
+                "contracts": str(self.contracts) if self.contracts else "packaged",
+                "detect": str(self.detect) if self.detect else None, "tests": [str(p) for p in self.tests]}
+
+
+@dataclass
+class CheckReport:
+    layout: Layout
+    findings: list[Finding] = field(default_factory=list)
+    guardrails: Ruleset | None = None
+    contracts: dict[str, ActionContract] = field(default_factory=dict)
+    detections: DetectionSet | None = None
+    guard: Guard | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def digest(self) -> str:
+        """One version for the whole rule set: guardrails, contracts and detections."""
+        return rules_digest(self.guardrails, self.contracts, self.detections)
+
+    def counts(self) -> dict[str, int]:
+        return {"guardrail_files": len(self.layout.guardrails or []),
+                "guardrails": len(self.guardrails.rules) if self.guardrails else 0,
+                "contracts": len(self.contracts),
+                "detections": len(self.detections.detections) if self.detections else 0,
+                "test_files": len(self.layout.tests), "errors": len(self.errors), "warnings": len(self.warnings)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "digest": self.digest if self.ok else None, "layout": self.layout.to_dict(),
+                "counts": self.counts(), "elapsed_s": round(self.elapsed_s, 4),
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+def packaged_rules_dir() -> Path:
+    return Path(str(resources.files("rules")))
+
+
+def rules_digest(guardrails: Ruleset | None, contracts: Mapping[str, ActionContract],
+                 detections: DetectionSet | None) -> str:
+    parts = [f"guardrails={guardrails.digest if guardrails else ''}",
+             f"detections={detections.digest if detections else ''}",
+             *(f"contract:{name}={c.digest}" for name, c in sorted(contracts.items()))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def find_layout(path: str | Path | None = None) -> Layout:
+    """Work out what `path` is: a rules directory, a guardrails/contracts/detect directory, or a file.
+    Raises FileNotFoundError when it does not exist."""
+    path = Path(path) if path is not None else packaged_rules_dir()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.suffix == ".json":
+            return Layout(path.parent, contracts=path.parent)
+        if path.name.endswith((TEST_SUFFIX, ".test.yml")):
+            return Layout(path.parent, tests=[path], contracts=_sibling(path.parent, "contracts"))
+        if _is_detection_file(path):
+            return Layout(path.parent, detect=path.parent)
+        return Layout(path.parent, guardrails=[path], contracts=_sibling(path.parent, "contracts"))
+    if any((path / kind).is_dir() for kind in KINDS):
+        guardrails = path / "guardrails"
+        return Layout(path, guardrails=_guardrail_files(guardrails) if guardrails.is_dir() else None,
+                      contracts=path / "contracts" if (path / "contracts").is_dir() else None,
+                      detect=path / "detect" if (path / "detect").is_dir() else None,
+                      tests=_tests(guardrails) if guardrails.is_dir() else [])
+    yamls = [f for f in path.iterdir() if f.suffix in (".yaml", ".yml")]
+    if not yamls and any(f.suffix == ".json" for f in path.iterdir()):
+        return Layout(path, contracts=path)
+    if yamls and all(_is_detection_file(f) for f in yamls):
+        return Layout(path, detect=path)
+    return Layout(path, guardrails=_guardrail_files(path), contracts=_sibling(path, "contracts"), tests=_tests(path))
+
+
+def check_rules(path: str | Path | None = None, *, now: datetime | None = None) -> CheckReport:
+    """Check a rule set; see the module docstring. `now` (default: the wall clock) only decides which
+    one-off windows have ended, for a warning."""
+    started = time.perf_counter()
+    layout = find_layout(path)
+    report = CheckReport(layout)
+    now = now or datetime.now(timezone.utc)
+
+    contracts, contract_problems = check_contracts(layout.contracts)
+    report.contracts = contracts
+    report.findings.extend(_contract_finding(p) for p in contract_problems)
+    if layout.contracts is None and not contracts:
+        report.contracts = contracts = check_contracts(None)[0]
+
+    if layout.guardrails is not None:
+        problems: list[RulesError] = []
+        read: dict[str, RuleFile] = {}
+        ruleset = collect_guardrails(layout.guardrails, problems, read) if layout.guardrails else None
+        if not layout.guardrails:
+            problems.append(RulesError(layout.root, 1, 1, "no guardrail files (*.yaml, *.yml) in this directory"))
+        report.findings.extend(Finding.from_error(p) for p in problems)
+        if ruleset is not None:
+            report.guardrails = ruleset
+            # A contract that failed to load is still an action type: do not call it unknown. The deeper
+            # analysis needs every contract, so it waits until they load.
+            broken = {Path(p.source).name.removesuffix(".json") for p in contract_problems}
+            report.findings.extend(_analysis_findings(ruleset, contracts, read, now, broken))
+            try:
+                report.guard = Guard(ruleset, contracts)
+            except (ConditionError, RuntimeError) as exc:  # pragma: no cover - load-time checks catch these
+                report.findings.append(Finding("error", "compile", layout.root.name, 1, 1,
+                                               f"the guardrails do not compile: {exc}"))
+
+    if layout.detect is not None:
+        try:
+            report.detections = load_detections(layout.detect)
+        except RulesError as exc:
+            report.findings.append(Finding.from_error(exc, kind="detection"))
+
+    for test_file in layout.tests:
+        from rules._ruletest import load_test_file  # tests are optional; keep the import off the hot path
+
+        try:
+            load_test_file(test_file)
+        except RulesError as exc:
+            report.findings.append(Finding.from_error(exc, kind="rule_test"))
+
+    report.findings.sort(key=lambda f: (f.file, f.line, f.column))
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _analysis_findings(ruleset: Ruleset, contracts: Mapping[str, ActionContract], read: dict[str, RuleFile],
+                       now: datetime, broken: set[str]) -> list[Finding]:
+    index: dict[tuple[str, int], int] = {}
+    for source, rule_file in read.items():
+        rules = rule_file.doc.get("rules", []) if isinstance(rule_file.doc, Mapping) else []
+        for i in range(len(rules) if isinstance(rules, list) else 0):
+            index[(source, rule_file.locate(["rules", i])[0])] = i
+    found = []
+    for item in analyze(list(ruleset.rules), contracts, now, broken=broken):
+        rule = item.rule
+        rule_file = read[rule.source]
+        line, column = rule_file.locate(["rules", index[(rule.source, rule.line)], *item.path])
+        found.append(Finding(item.severity, item.kind, rule.source, line, column, f"rule {rule.id!r} {item.message}",
+                             item.hint, rule.id))
+    return found
+
+
+def _contract_finding(error: ContractError) -> Finding:
+    line, column = 1, 1
+    if error.position:
+        line, column = error.position
+    elif error.path and Path(error.source).is_file():
+        try:
+            rule_file = read_fast(error.source)
+            line, column = rule_file.locate(_json_path(error.path))
+        except RulesError:
+            pass
+    reason = error.reason
+    if error.path and reason.startswith(error.path + ":"):
+        reason = reason[len(error.path) + 1:].strip()
+        reason = f"{error.path}: {reason}"
+    return Finding("error", error.kind, error.source, line, column, reason, error.hint)
+
+
+def _json_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for name, index, quoted in re.findall(r'\.([A-Za-z_$][A-Za-z0-9_$-]*)|\[(\d+)\]|\["((?:[^"\\]|\\.)*)"\]',
+                                          path.removeprefix("$")):
+        parts.append(int(index) if index else (name or quoted))
+    return parts
+
+
+def _guardrail_files(directory: Path) -> list[Path]:
+    try:
+        return guardrail_paths(directory)
+    except RulesError:
+        return []
+
+
+def _tests(directory: Path) -> list[Path]:
+    return sorted(f for f in directory.iterdir() if f.name.endswith((TEST_SUFFIX, ".test.yml")))
+
+
+def _sibling(directory: Path, name: str) -> Path | None:
+    candidate = directory.parent / name
+    return candidate if directory.name == "guardrails" and candidate.is_dir() else None
+
+
+def _is_detection_file(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    try:
+        doc = yaml.load(head, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return bool(re.search(r"^detections:", head, re.M))
+    return isinstance(doc, Mapping) and "detections" in doc
