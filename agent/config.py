@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bus import BusSettings
@@ -25,7 +25,33 @@ class Settings(BaseSettings):
     nats_url: str | None = Field(None, description="an existing NATS server; unset: start an embedded one")
     rules_dir: Path | None = Field(None, description="guardrails, contracts and detections; unset: packaged")
     topology: Path | None = Field(None, description="topology file (JSON or YAML)")
-    llm: Literal["none"] = Field("none", description="reasoner: none = the deterministic reasoner")
+    llm: Literal["none", "openai", "local"] = Field(
+        "none", description="reasoner: none = the deterministic reasoner; openai = any OpenAI-compatible "
+                            "endpoint; local = llama.cpp's server started by rtem (the [local] extra); docs/llm.md")
+    # The LLM reasoner (docs/llm.md). Unset provider fields fall back to the SDK's OPENAI_* variables.
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; unset: OPENAI_BASE_URL, else OpenAI")
+    llm_api_key: SecretStr | None = Field(None, description="unset: OPENAI_API_KEY")
+    llm_model: str | None = Field(None, description="unset: OPENAI_MODEL, else gpt-4o-mini; local: `local`")
+    llm_output: Literal["json_schema", "tools"] = Field(
+        "json_schema", description="structured output: a json_schema response format, or a forced tool call")
+    llm_strict: bool = Field(False, description="ask for strict schema adherence (OpenAI's subset of JSON Schema)")
+    llm_timeout_s: float | None = Field(None, gt=0, description="per request; unset: 30 (openai), 180 (local)")
+    llm_temperature: float = Field(0.0, ge=0, le=2)
+    llm_seed: int | None = Field(7, description="sampling seed, for reproducible answers where supported")
+    llm_max_tokens: int = Field(1024, ge=64, le=32768, description="answer tokens per call")
+    llm_context_tokens: int | None = Field(None, ge=500, description="token budget of the incident context; "
+                                           "unset: 6000 (openai), 2500 (local)")
+    llm_retry_attempts: int = Field(3, ge=1, le=10, description="tries per call for 429/5xx/timeouts")
+    llm_retry_initial_s: float = Field(0.5, ge=0, description="first backoff; doubles per retry, at most 8 s")
+    llm_breaker_failures: int = Field(5, ge=1, description="consecutive failed requests that open the breaker")
+    llm_breaker_reset_s: float = Field(30.0, gt=0, description="open breaker's wait before one trial call")
+    llm_max_concurrency: int = Field(4, ge=1, description="LLM calls in flight at once")
+    llm_incident_calls: int = Field(6, ge=1, description="LLM calls one incident may make")
+    llm_incident_tokens: int = Field(60000, ge=1000, description="LLM tokens (in + out) one incident may use")
+    llm_price_in: float | None = Field(None, ge=0, description="USD per million input tokens (cost estimate)")
+    llm_price_out: float | None = Field(None, ge=0, description="USD per million output tokens (cost estimate)")
+    local_model: Path | None = Field(None, description="GGUF file for --llm local; unset: SmolLM2-135M-Instruct")
+    local_ctx_size: int = Field(8192, ge=512, description="llama.cpp server context size (tokens)")
 
     batch_size: int = Field(256, ge=1, le=10000, description="events fetched per pull")
     max_ack_pending: int = Field(2048, ge=1, description="events in flight before the consumer waits")

@@ -35,6 +35,9 @@ class Components:
 
     async def close(self) -> None:
         await self.graph.close()
+        stop_reasoner = getattr(self.graph.deps.reasoner, "close", None)  # the LLM client, a local server
+        if stop_reasoner:
+            stop_reasoner()
         self.store.close()
         self.audit.close()
         if self.ledger is not None:
@@ -57,10 +60,24 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
                 "prompt": "none", "model": "none"}
     store = IncidentStore(data_dir / "rtem.db", synchronous=settings.sqlite_synchronous)
     audit = AuditLog(data_dir / "rtem.db")
+    if settings.llm != "none":  # the LLM reasoner, with the deterministic one as its evidence and fallback
+        from .llm import build_reasoner
+
+        try:
+            reasoner = build_reasoner(settings, contracts=contracts, store=store)
+        except BaseException:
+            store.close()
+            audit.close()
+            raise
+        versions.update(reasoner.versions)
     triage = Triage(store, Detector(detections, topology), Correlator(topology, settings.correlation_gap_s),
                     after_commit=lambda result: record_correlation(audit, store, result, versions))
     ledger = Ledger(data_dir / "rtem.db")
-    deps = Deps(store=store, audit=audit, reasoner=reasoner, guard=Guard(guardrails, contracts),
+    from .action_history import SqliteActionHistory  # what guardrail limits count; survives restarts
+    from .system_state import StoreState  # what guardrail state preconditions read
+
+    guard = Guard(guardrails, contracts, history=SqliteActionHistory(store), state=StoreState(store))
+    deps = Deps(store=store, audit=audit, reasoner=reasoner, guard=guard,
                 topology=topology, versions=versions, contracts=contracts, ledger=ledger, dry_run=dry_run,
                 policy=Policy(approval_ttl_s=settings.approval_ttl_s, verify_quiet_s=settings.verify_quiet_s,
                               verify_deadline_s=settings.verify_deadline_s),

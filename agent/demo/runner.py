@@ -39,11 +39,15 @@ class DemoResult:
     data_dir: Path
     wall_s: float
     reasons: list[str] = field(default_factory=list)
+    applied: list[tuple] = field(default_factory=list)
+    sim_start: float = 0.0
+    commands: int = 0
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, data_dir: Path | None = None,
                    approve_after_s: float = 3.0, timeout_s: float = 170.0, settings: Settings | None = None,
-                   console: Console | None = None, live: bool = True) -> DemoResult:
+                   console: Console | None = None, live: bool = True, plan: list | None = None) -> DemoResult:
     console = console or Console(stderr=True)
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="rtem-demo-"))
     sim = Simulation(speed=speed)
@@ -59,7 +63,8 @@ async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, d
     await service.start()
     try:
         await sim.start(service.url)
-        plan = demo_plan() if not scenarios else [SCENARIOS[name].at(30 + 20 * i) for i, name in enumerate(scenarios)]
+        if plan is None:
+            plan = demo_plan() if not scenarios else [SCENARIOS[name].at(30 + 20 * i) for i, name in enumerate(scenarios)]
         faults = [sim.inject(scenario) for scenario in plan]
         with Live(console=console, refresh_per_second=4, transient=False) if live else _Quiet() as view:
             while time.monotonic() - started < timeout_s:
@@ -74,7 +79,9 @@ async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, d
         reasons = _problems(sim, faults, incidents)
         return DemoResult(ok=not reasons, incidents=incidents, faults=[_fault_row(f) for f in faults],
                           dead_letters=letters, approvals=approvals, data_dir=data_dir,
-                          wall_s=time.monotonic() - started, reasons=reasons)
+                          wall_s=time.monotonic() - started, reasons=reasons, applied=list(sim.applied),
+                          sim_start=sim.clock.start.timestamp(), commands=len(sim.commands),
+                          audit=[r.model_dump(mode="json") for r in service.parts.audit.records()])
     finally:
         await sim.stop()
         await service.stop()
@@ -117,7 +124,8 @@ def _problems(sim: Simulation, faults, incidents) -> list[str]:
 
 def _fault_row(fault) -> dict[str, Any]:
     return {"id": fault.id, "scenario": fault.scenario.name, "target": fault.scenario.target,
-            "status": fault.status, "fixed_by": list(fault.fixed_by) if fault.fixed_by else None}
+            "status": fault.status, "fixed_by": list(fault.fixed_by) if fault.fixed_by else None,
+            "began_s": fault.began_s, "fixed_s": fault.fixed_s, "resolved_s": fault.resolved_s}
 
 
 STATUS_STYLE = {"open": "cyan", "diagnosing": "cyan", "awaiting_approval": "yellow", "paused": "magenta",

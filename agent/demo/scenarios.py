@@ -345,7 +345,8 @@ def malformed_lines(token: str, count: int) -> list[bytes]:
         lambda tag: f"ERROR {tag} payment gateway said: <html>502 Bad Gateway</html>".encode(),
         lambda tag: f'["{tag}", "an array, not an object"]'.encode(),
         lambda tag: (f'{{"specversion": "1.0", "id": "{tag}", "source": "/demo/legacy-exporter", '
-                     f'"type": "rtem.log", "data": {{"severity": "error", "message": "no subject, no time"}}}}').encode(),
+                     f'"type": "rtem.log", "data": {{"severity": "error", "message": "no subject or time"}}}}'
+                     ).encode(),
         lambda tag: (f'{{"specversion": "1.0", "id": "{tag}", "source": "/demo/legacy-exporter", "type": "rtem.log", '
                      f'"time": "2024-01-01T00:00:00Z", "subject": "orders-0", '
                      f'"data": {{"severity": "LOUD", "message": "bad severity"}}}}').encode(),

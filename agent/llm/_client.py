@@ -1,0 +1,230 @@
+"""One client for any OpenAI-compatible chat-completions endpoint, on the official `openai` SDK.
+
+It asks for structured output in one of two styles (a `json_schema` response format, or a forced tool
+call whose parameters are the schema) and returns the answer's text with its usage. Around each request:
+the concurrency limit, the provider's circuit breaker, the SDK's timeout, and retries with backoff for
+429/5xx/timeouts as the `RetryPolicy` says. The SDK's own retries are off, so the policy is the only one.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from ._breaker import CircuitBreaker
+from ._errors import BreakerOpen, LLMUnavailable, ProviderRejected
+
+OutputStyle = Literal["json_schema", "tools"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a failed request is retried: exponential backoff from `initial_interval_s`, at most
+    `max_attempts` tries in all; a `Retry-After` header is honoured up to `max_interval_s`."""
+
+    max_attempts: int = 3
+    initial_interval_s: float = 0.5
+    backoff: float = 2.0
+    max_interval_s: float = 8.0
+    jitter_s: float = 0.1
+    retryable_status: frozenset[int] = frozenset({408, 409, 429})  # and every 5xx
+
+    def interval(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        wait = min(self.max_interval_s, self.initial_interval_s * self.backoff ** (attempt - 1))
+        if retry_after is not None:
+            wait = max(wait, min(self.max_interval_s, retry_after))
+        return wait + random.uniform(0, self.jitter_s)
+
+    def retryable(self, status: int | None) -> bool:
+        return status is None or status >= 500 or status in self.retryable_status
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Everything a call needs, resolved from Settings (and the SDK's OPENAI_* variables) once."""
+
+    provider: str
+    base_url: str | None
+    api_key: str
+    model: str
+    timeout_s: float = 30.0
+    temperature: float = 0.0
+    seed: int | None = 7
+    max_tokens: int = 1024
+    output: OutputStyle = "json_schema"
+    strict: bool = False
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy = RetryPolicy()
+    max_concurrency: int = 4
+    price_in_per_mtok: float | None = None
+    price_out_per_mtok: float | None = None
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float | None:
+        if self.price_in_per_mtok is None and self.price_out_per_mtok is None:
+            return None
+        return (tokens_in * (self.price_in_per_mtok or 0.0) + tokens_out * (self.price_out_per_mtok or 0.0)) / 1e6
+
+
+@dataclass
+class Completion:
+    """One answered call: the answer's text (JSON, unparsed), usage and timing."""
+
+    text: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+    latency_s: float
+    attempts: int
+    finish_reason: str | None = None
+
+
+class LLMClient:
+    def __init__(self, config: LLMConfig, breaker: CircuitBreaker):
+        import openai  # imported here: the deterministic default never pays for it
+
+        self.config = config
+        self.breaker = breaker
+        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._sdk = openai.OpenAI(api_key=config.api_key, base_url=config.base_url, timeout=config.timeout_s,
+                                  max_retries=0)
+
+    def complete(self, messages: list[dict[str, Any]], schema: dict[str, Any], name: str) -> Completion:
+        """Ask for an answer matching `schema` (named `name`); raise LLMUnavailable, BreakerOpen or
+        ProviderRejected when there is none."""
+        request = self._request(messages, schema, name)
+        started = time.perf_counter()
+        attempts = 0
+
+        def attempt():
+            nonlocal attempts
+            attempts += 1
+            return self._send(request)
+
+        policy = self.config.retry
+        retrying = Retrying(stop=stop_after_attempt(policy.max_attempts), wait=self._wait, reraise=True,
+                            retry=retry_if_exception(lambda exc: isinstance(exc, LLMUnavailable)
+                                                     and not isinstance(exc, BreakerOpen)))
+        if not self._slots.acquire(timeout=self.config.timeout_s):
+            raise LLMUnavailable(f"{self.config.max_concurrency} LLM calls already in flight for "
+                                 f"{self.config.timeout_s:.0f} s (the concurrency limit)")
+        try:
+            response = retrying(attempt)
+        finally:
+            self._slots.release()
+        text = _answer_text(response, self.config.output)
+        usage = getattr(response, "usage", None)
+        tokens_in = getattr(usage, "prompt_tokens", None) or estimate_tokens(
+            " ".join(str(m.get("content", "")) for m in messages))
+        tokens_out = getattr(usage, "completion_tokens", None) or estimate_tokens(text)
+        choice = response.choices[0] if response.choices else None
+        return Completion(text=text, model=getattr(response, "model", None) or self.config.model,
+                          tokens_in=int(tokens_in), tokens_out=int(tokens_out),
+                          latency_s=time.perf_counter() - started, attempts=attempts,
+                          finish_reason=getattr(choice, "finish_reason", None))
+
+    def close(self) -> None:
+        self._sdk.close()
+
+    # -- one HTTP request -------------------------------------------------------------------------
+
+    def _request(self, messages, schema, name) -> dict[str, Any]:
+        cfg = self.config
+        request: dict[str, Any] = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
+                                   "max_tokens": cfg.max_tokens}
+        if cfg.seed is not None:
+            request["seed"] = cfg.seed
+        if cfg.output == "tools":
+            request["tools"] = [{"type": "function", "function": {
+                "name": name, "description": f"Submit the {name}: one JSON object matching the parameters.",
+                "parameters": schema, "strict": cfg.strict}}]
+            request["tool_choice"] = {"type": "function", "function": {"name": name}}
+        else:
+            request["response_format"] = {"type": "json_schema",
+                                          "json_schema": {"name": name, "schema": schema, "strict": cfg.strict}}
+        if cfg.extra_body:
+            request["extra_body"] = dict(cfg.extra_body)
+        return request
+
+    def _send(self, request: dict[str, Any]):
+        import openai
+
+        self.breaker.before_call()
+        try:
+            response = self._sdk.chat.completions.create(**request)
+        except openai.APIStatusError as exc:
+            if self.config.retry.retryable(exc.status_code):
+                self.breaker.failure()
+                raise _Unavailable(f"{self.config.provider} answered HTTP {exc.status_code}: "
+                                   f"{_status_message(exc)}", _retry_after(exc)) from exc
+            self.breaker.release()
+            raise ProviderRejected(f"{self.config.provider} refused the request: HTTP {exc.status_code}: "
+                                   f"{_status_message(exc)}") from exc
+        except openai.APITimeoutError as exc:
+            self.breaker.failure()
+            raise _Unavailable(f"{self.config.provider} did not answer within {self.config.timeout_s:g} s") from exc
+        except openai.APIConnectionError as exc:
+            self.breaker.failure()
+            raise _Unavailable(f"cannot reach {self.config.provider} at {self.config.base_url or 'the default URL'}: "
+                               f"{_short(str(exc))}") from exc
+        except openai.OpenAIError as exc:  # a malformed response body, say
+            self.breaker.failure()
+            raise _Unavailable(f"{self.config.provider}: {_short(str(exc))}") from exc
+        if not getattr(response, "choices", None):
+            self.breaker.failure()
+            raise _Unavailable(f"{self.config.provider} answered without choices")
+        self.breaker.success()
+        return response
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return self.config.retry.interval(state.attempt_number, getattr(exc, "retry_after", None))
+
+
+class _Unavailable(LLMUnavailable):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def estimate_tokens(text: str) -> int:
+    """About three characters a token: English runs nearer four, but event ids and metric names tokenize
+    worse, and an estimate for budgets must not fall short. Not a tokenizer."""
+    return len(text) // 3 + 1
+
+
+def _answer_text(response, output: OutputStyle) -> str:
+    message = response.choices[0].message
+    calls = getattr(message, "tool_calls", None) or []
+    if output == "tools" and calls:
+        function = getattr(calls[0], "function", None)
+        return getattr(function, "arguments", "") or ""
+    return message.content or ""
+
+
+def _retry_after(exc) -> float | None:
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _status_message(exc) -> str:
+    """The provider's own error message (OpenAI-style `{"error": {"message": ...}}`), else the SDK's."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    message = body.get("message") if isinstance(body, dict) else None
+    return _short(message or exc.message)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
