@@ -1,11 +1,12 @@
 """Recovery over many injected faults: detection and decision latency, MTTR, and double execution.
 
-    python benchmarks/recovery.py [--waves 10] [--speed 40] [--json]
+    python benchmarks/recovery.py [--waves 17] [--speed 40] [--json]
 
 Runs the real service (embedded NATS, SQLite, the deterministic reasoner, guard, executors) against
-the demo's simulated shop and injects waves of disruptions: three faults, then two, alternating, each
-wave 400 s of event time after the previous one (so correlation keeps waves apart). Approvals are
-granted by the demo operator after one wall second. Reported:
+the demo's simulated shop and injects waves of three disruptions (two instance crashes and a bad
+deploy, on services that are not neighbours), each wave 400 s of event time after the previous one
+(so correlation keeps waves apart). Approvals are granted by the demo operator after one wall
+second. Reported:
   detection latency   fault start → first signal of its incident (event time)
   decision latency    incident opened → guard verdicts recorded (wall time)
   MTTR                first event of the incident → verified recovery (event time)
@@ -26,18 +27,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.demo.runner import run_demo  # noqa: E402
-from agent.demo.scenarios import SCENARIOS  # noqa: E402
+from agent.demo.scenarios import bad_deploy, instance_crash  # noqa: E402
 
 WAVE_S = 400.0
-WAVE_A = ("bad-deploy", "partial-outage", "db-connection-exhaustion")
-WAVE_B = ("consumer-backlog", "host-failure")
+# Each wave disrupts three services that are not neighbours in the topology (so each fault is its own
+# incident), rotating through the shop; payments is tier 1, so its restarts wait for the operator.
+TRIPLES = (("auth", "inventory", "shipping"), ("catalog", "payments", "fulfillment"), ("orders", "auth", "shipping"))
 
 
 def plan(waves: int):
     scenarios, start = [], 30.0
     for wave in range(waves):
-        names = WAVE_A if wave % 2 == 0 else WAVE_B
-        scenarios += [SCENARIOS[name].at(start + 15 * i) for i, name in enumerate(names)]
+        crash_a, crash_b, deploy = TRIPLES[wave % len(TRIPLES)]
+        scenarios += [instance_crash(f"{crash_a}-{wave % 2}").at(start),
+                      instance_crash(f"{crash_b}-{(wave + 1) % 2}").at(start + 10),
+                      bad_deploy(deploy, version=f"9.{wave + 1}.0", previous=f"9.{wave}.0").at(start + 20)]
         start += WAVE_S
     return scenarios
 
@@ -84,7 +88,7 @@ async def main(args) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--waves", type=int, default=20, help="waves of 3 and 2 faults, alternating (20 → 50 faults)")
+    parser.add_argument("--waves", type=int, default=17, help="waves of 3 faults (17 → 51 faults)")
     parser.add_argument("--speed", type=float, default=40.0, help="simulated seconds per wall second")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
