@@ -86,17 +86,25 @@ class IncidentStore:
         marks = ",".join("?" * len(EVENT_COLUMNS))
         self.db.conn.executemany(f"INSERT OR IGNORE INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({marks})", rows)
 
-    def attach(self, incident_id: str, event_ids: Iterable[str]) -> None:
-        """Give events recorded before their incident existed (a threshold's early events) to it."""
-        self.db.conn.executemany("UPDATE events SET incident_id=? WHERE id=? AND incident_id IS NULL",
-                                 [(incident_id, e) for e in event_ids])
+    def attach(self, incident_id: str, event_ids: Iterable[str]) -> int:
+        """Give events recorded before their incident existed (a threshold's early events) to it;
+        returns how many it took."""
+        cursor = self.db.conn.executemany("UPDATE events SET incident_id=? WHERE id=? AND incident_id IS NULL",
+                                          [(incident_id, e) for e in event_ids])
+        return cursor.rowcount
 
     def merge(self, absorbed: str, keeper: str) -> None:
         self.db.execute("UPDATE events SET incident_id=? WHERE incident_id=?", [keeper, absorbed])
+        self.db.execute("""UPDATE incidents SET event_count = event_count +
+                             COALESCE((SELECT event_count FROM incidents WHERE id=?), 0) WHERE id=?""",
+                        [absorbed, keeper])
         self.db.execute("UPDATE incidents SET status='merged', merged_into=? WHERE id=?", [keeper, absorbed])
 
+    def add_events(self, incident_id: str, count: int) -> None:
+        """Counted as events arrive, not recounted: a storm's incident would make every batch slower."""
+        self.db.execute("UPDATE incidents SET event_count = event_count + ? WHERE id=?", [count, incident_id])
+
     def upsert_incident(self, state: dict[str, Any]) -> None:
-        count = self.db.execute("SELECT COUNT(*) FROM events WHERE incident_id=?", [state["id"]]).fetchone()[0]
         self.db.execute(
             """INSERT INTO incidents (id, opened_at, updated_at, first_ts, last_ts, status, severity, entities,
                                       detections, signal_count, event_count)
@@ -104,10 +112,9 @@ class IncidentStore:
                ON CONFLICT(id) DO UPDATE SET opened_at=excluded.opened_at, updated_at=excluded.updated_at,
                  first_ts=excluded.first_ts, last_ts=excluded.last_ts, severity=excluded.severity,
                  entities=excluded.entities, detections=excluded.detections,
-                 signal_count=excluded.signal_count, event_count=excluded.event_count""",
+                 signal_count=excluded.signal_count""",
             [state["id"], _iso(state["first_ts"]), _iso(state["last_ts"]), state["first_ts"], state["last_ts"],
-             state["severity"], json.dumps(state["entities"]), json.dumps(state["detections"]), state["signals"],
-             count])
+             state["severity"], json.dumps(state["entities"]), json.dumps(state["detections"]), state["signals"], 0])
 
     def save_state(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO pipeline_state (key, value) VALUES (?, ?)", [key, json.dumps(value)])

@@ -7,6 +7,7 @@ at its end is what makes an ack safe.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -14,10 +15,11 @@ from datetime import datetime, timezone
 from bus import Event
 from rules import Correlator, Detector
 
-from .store import IncidentStore, event_row
+from .store import EVENT_COLUMNS, IncidentStore, event_row
 
 log = logging.getLogger("rtem.triage")
 
+INCIDENT = EVENT_COLUMNS.index("incident_id")
 DETECTOR_STATE = "detector"
 CORRELATOR_STATE = "correlator"
 
@@ -78,16 +80,20 @@ class Triage:
         # Released incidents this batch touched are still written below: one that opened and went quiet
         # within a batch would otherwise never reach the store.
         released = {i: inc for i in result.quiet if (inc := self.correlator.release(i)) is not None}
+        added = Counter(self._current(row[INCIDENT], result) for row in rows if row[INCIDENT])
         with self.store.transaction():
             self.store.insert_events(rows)
-            for absorbed, keeper in result.merged:
-                self.store.merge(absorbed, keeper)
-            for incident_id, event_ids in late.items():
-                self.store.attach(self._current(incident_id, result), event_ids)
             for incident_id in result.touched:
                 incident = self.correlator.open.get(incident_id) or released.get(incident_id)
                 if incident is not None:
                     self.store.upsert_incident(incident.to_state())
+            for absorbed, keeper in result.merged:
+                self.store.merge(absorbed, keeper)
+            for incident_id, event_ids in late.items():
+                current = self._current(incident_id, result)
+                added[current] += self.store.attach(current, event_ids)
+            for incident_id, count in added.items():
+                self.store.add_events(incident_id, count)
             self.store.save_state(DETECTOR_STATE, self.detector.state())
             self.store.save_state(CORRELATOR_STATE, [i.to_state() for i in self.correlator.open.values()])
         self.stats.events += len(rows)

@@ -122,3 +122,15 @@ def test_an_incident_that_opens_and_goes_quiet_within_one_batch_is_recorded(tmp_
     found = incidents(store)
     assert len(found) == 2
     assert sorted(row["event_count"] for row in found.values()) == [1, 2]
+
+
+def test_event_counts_follow_context_events_and_merges_across_batches(tmp_path, boutique):
+    tri, store = triage(tmp_path, boutique)
+    tri.handle([ev("a", "cartservice-0", 0)])
+    tri.handle([ev("i", "cartservice-0", 5, severity="info")])  # context only: no signal
+    [incident] = incidents(store).values()
+    assert incident["event_count"] == 2
+    tri.handle([ev("b", "productcatalogservice-1", 6), ev("c", "productcatalogservice-1", 7)])
+    tri.handle([ev("d", "checkoutservice", 20)])  # links both: one incident of five events
+    [merged] = incidents(store).values()
+    assert merged["event_count"] == 5 == len(store.events(merged["id"]))
