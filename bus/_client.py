@@ -18,7 +18,6 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js import api
 from nats.js.errors import NotFoundError
 
 from ._envelope import Event, InvalidEvent, parse_event

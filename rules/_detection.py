@@ -21,7 +21,7 @@ from typing import Any
 from bus import SEVERITY_RANK, Event
 
 from ._engine import CompiledRuleset, ConditionError
-from ._files import RuleFile, RulesError, content_digest, read_rule_file
+from ._files import RuleFile, content_digest, read_rule_file
 from .topology import Topology
 
 import json

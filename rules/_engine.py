@@ -20,7 +20,6 @@ from typing import Any
 import json
 
 import durable_rules_engine as _native
-from durable import engine as _durable_engine
 from durable.lang import get_host, m, ruleset, when_all
 
 OPERATORS = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "exists", "matches")

@@ -5,7 +5,6 @@ import sqlite3
 import subprocess
 import sys
 
-import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -318,7 +317,8 @@ def test_empty_or_missing_guardrail_source_is_an_error(tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(120, method="thread")  # an engine hang is inside C code, out of reach of signals
-def test_evaluation_is_fast_with_1000_rules(tmp_path: Path, topology, contracts):
+def test_evaluation_with_1000_rules_reports_every_match(tmp_path: Path, topology, contracts):
+    # How fast is measured by benchmarks/guard_eval.py, not asserted here.
     lines = ["version: 1", "rules:"]
     for i in range(1000):
         # Ten rules match the proposal below. The rest name one target each, which in a single
@@ -332,14 +332,11 @@ def test_evaluation_is_fast_with_1000_rules(tmp_path: Path, topology, contracts)
     proposal = Proposal(type="scale_out", target="cart", params={"replicas": 4})
     kwargs = dict(topology=topology, incident_entities=["cart"], incident_id="inc-1", incident_severity="error",
                   at=NOON)
-    assert len(guard.evaluate(proposal, **kwargs).rules) == 10
-    timings = []
-    for _ in range(1000):
-        start = time.perf_counter()
-        guard.evaluate(proposal, **kwargs)
-        timings.append(time.perf_counter() - start)
-    p99 = sorted(timings)[989]
-    assert p99 < 0.005, f"p99 {p99 * 1000:.2f} ms"
+    verdict = guard.evaluate(proposal, **kwargs)
+    assert verdict.rules == [f"r{i}" for i in range(10)]
+    assert verdict.outcome == "require_approval"
+    other = guard.evaluate(Proposal(type="shed_load", target="svc500", params={"percent": 10}), **kwargs)
+    assert "r500" not in other.rules, "a rule on another target's label does not match without the label"
 
 
 # -- the format's newer parts: gates, collected errors, test files, dates ------------------------------

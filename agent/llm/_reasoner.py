@@ -129,7 +129,7 @@ class LLMReasoner:
         incident = _Incident(context, IncidentBudget(self.budget_calls, self.budget_tokens))
         if not candidates:
             self._remember(candidates[:limit], incident)
-            return [], ReasonerRun(reasoner=self.name, versions=self._versions(prompt),
+            return [], ReasonerRun(reasoner=self.fallback.name, versions=self._versions(prompt, self._det_version()),
                                    notes=["the LLM was not asked: no entity has evidence in this incident"])
         messages, detail, tokens = fit(lambda d: prompt.render(**context.diagnose_vars(d)), self.context_tokens)
         notes = [f"context: about {tokens} tokens (budget {self.context_tokens}), {detail.groups} event groups max"]
@@ -141,7 +141,9 @@ class LLMReasoner:
         schema = sent_diagnosis_schema(prompt.schema, shown, self.compact)
         try:
             answer, checked_notes = self._ask("diagnose", prompt, messages, schema, check, incident)
-        except LLMError as exc:
+        except Exception as exc:  # LLMError, or anything unforeseen: the deterministic answer is always there
+            if not isinstance(exc, LLMError):
+                log.exception("the LLM diagnosis failed unexpectedly")
             causes = candidates[:limit]
             self._remember(causes, incident)
             return causes, self._fallback_run("diagnose", prompt, incident.calls, *self._why(exc, incident),
@@ -161,7 +163,7 @@ class LLMReasoner:
         prompt = self.prompts["propose"]
         events = incident.context.events if incident else None
         if not causes or causes[0].entity not in topology:
-            return [], ReasonerRun(reasoner=self.name, versions=self._versions(prompt),
+            return [], ReasonerRun(reasoner=self.fallback.name, versions=self._versions(prompt, self._det_version()),
                                    notes=["the LLM was not asked: no root cause to act on"])
         deterministic = self.fallback.propose(causes, topology, events)
         if incident is None:
@@ -184,7 +186,9 @@ class LLMReasoner:
                              self.context_tokens)
         try:
             answer, checked_notes = self._ask("propose", prompt, messages, schema, check, incident)
-        except LLMError as exc:
+        except Exception as exc:
+            if not isinstance(exc, LLMError):
+                log.exception("the LLM proposal failed unexpectedly")
             return deterministic, self._fallback_run("propose", prompt, incident.calls, *self._why(exc, incident))
         proposals = self._proposals(answer, causes)
         metrics.record_decision("propose", "llm")
@@ -263,6 +267,9 @@ class LLMReasoner:
             versions["reasoner"] = decided_by
         return versions
 
+    def _det_version(self) -> str:
+        return f"{self.fallback.name}/{self.fallback.version}"
+
     def _run(self, prompt: prompts.Prompt, calls: list[CallRecord], notes: list[str]) -> ReasonerRun:
         return ReasonerRun(reasoner=self.name, versions=self._versions(prompt, f"{self.name}/{self.version}"),
                            calls=len(calls), tokens_in=sum(c.tokens_in for c in calls),
@@ -275,7 +282,7 @@ class LLMReasoner:
         log.warning("%s: deterministic fallback: %s", task, reason)
         return ReasonerRun(
             reasoner=self.fallback.name, fallback=reason,
-            versions=self._versions(prompt, f"{self.fallback.name}/{self.fallback.version}"),
+            versions=self._versions(prompt, self._det_version()),
             calls=len(calls), tokens_in=sum(c.tokens_in for c in calls),
             tokens_out=sum(c.tokens_out for c in calls),
             notes=[c.line() for c in calls] + list(notes) + _cost_note(calls))
