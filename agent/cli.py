@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bus import Bus, NatsServerError
-from rules import RulesError, Topology, TopologyError
+from rules import RulesError, TopologyError
 
 from .config import Settings
 
@@ -87,11 +87,8 @@ def analyze(
     for path in files:
         if not path.is_file():
             fail(f"{path}: no such file")
-    topology = topology or cfg.topology
-    if topology is None:
-        fail("no topology: pass --topology FILE or set RTEM_TOPOLOGY")
     try:
-        topo = Topology.load(topology)
+        topo = cfg.load_topology(topology)
     except TopologyError as exc:
         fail(str(exc))
     workdir = out_dir or cfg.data_dir / "analyze"
@@ -343,11 +340,8 @@ def run(
 
     cfg = settings()
     setup_logging(log_format)
-    path = topology or cfg.topology
-    if path is None:
-        fail("no topology: pass --topology FILE or set RTEM_TOPOLOGY")
     try:
-        topo = Topology.load(path)
+        topo = cfg.load_topology(topology)
     except TopologyError as exc:
         fail(str(exc))
 

@@ -186,7 +186,7 @@ def replay(
     Each proposal is judged in the context it was judged in live: the incident's entities and severity,
     the event time, the action history as it was then, and the observed state as of that time.
     """
-    from rules import Topology, TopologyError, check_rules
+    from rules import TopologyError, check_rules
 
     from .cli import settings
     from .rules_replay import parse_since, replay as run_replay
@@ -199,11 +199,8 @@ def replay(
     path = db or cfg.db_path
     if not path.is_file():
         _usage(f"{path}: no store here (pass --db, or set RTEM_DATA_DIR)")
-    topology_path = topology or cfg.topology
-    if topology_path is None:
-        _usage("no topology: pass --topology FILE or set RTEM_TOPOLOGY")
     try:
-        topo = Topology.load(topology_path)
+        topo = cfg.load_topology(topology)
     except TopologyError as exc:
         _usage(str(exc))
     if rules is not None and not rules.exists():

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bus import BusSettings
+from rules import Topology, TopologyError
 
 
 class Settings(BaseSettings):
@@ -68,6 +69,13 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL (WAL) survives a crash of rtem, like JetStream's default sync "
                               "policy; FULL also survives power loss, at one fsync per batch")
+
+    def load_topology(self, path: Path | None = None) -> Topology:
+        """The topology named on the command line, else RTEM_TOPOLOGY; TopologyError says what is wrong."""
+        path = path or self.topology
+        if path is None:
+            raise TopologyError("no topology: pass --topology FILE or set RTEM_TOPOLOGY")
+        return Topology.load(path)
 
     @property
     def db_path(self) -> Path:
