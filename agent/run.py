@@ -125,6 +125,8 @@ class Service:
                 if self.bus and not self.bus.nc.is_closed:
                     await publish_audit(self.bus, self.parts.audit)
                     metrics.CONSUMER_LAG.set(await self._lag())
+                for target, breaker in self.parts.graph.deps.executors.breakers.items():
+                    metrics.BREAKER.labels(target=target).set(1 if breaker.state == "open" else 0)
             except Exception:
                 log.exception("driving incidents failed; trying again")
             try:
