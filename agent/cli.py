@@ -494,3 +494,74 @@ def demo(
             for problem in result.reasons:
                 err.print(f"[red]✗[/] {problem}")
     raise typer.Exit(0 if result.ok else 1)
+
+
+# -- reports and questions (agent/report.py, agent/chat.py) ------------------------------------------
+
+class ReportFormat(str, Enum):
+    md = "md"
+    html = "html"
+
+
+@app.command()
+def report(incident_id: Annotated[str, typer.Argument(help="Incident id (a unique prefix is enough).")],
+           format: Annotated[ReportFormat, typer.Option("--format", help="Markdown or self-contained HTML.")] = ReportFormat.md,
+           out_file: Annotated[Optional[Path], typer.Option("--out", help="Write here instead of stdout.")] = None,
+           db: DbOpt = None) -> None:
+    """The rationale report of one incident, rebuilt from the store and the audit log (see docs/operators.md)."""
+    from .audit import AuditLog
+    from .report import build_report
+
+    store = _store(db)
+    with AuditLog(store.path) as audit:
+        try:
+            text = build_report(store, audit, incident_id).render(format.value)
+        except LookupError as exc:
+            fail(str(exc), 1)
+    if out_file:
+        out_file.write_text(text, encoding="utf-8")
+        err.print(f"wrote {out_file}")
+    else:
+        sys.stdout.write(text)
+
+
+IncidentOpt = Annotated[Optional[str], typer.Option("--incident", help="Ask about this incident.")]
+
+
+@app.command()
+def ask(question: Annotated[str, typer.Argument(help="A question about incidents, e.g. \"what is still open?\"")],
+        incident: IncidentOpt = None, json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Answer one question from the store and the audit log, citing decision records and event ids."""
+    from .audit import AuditLog
+    from .chat import answer
+
+    store = _store(db)
+    with AuditLog(store.path) as audit:
+        reply = answer(question, store, audit, incident)
+    if json_out:
+        print(json.dumps(reply.to_dict(), indent=2))
+    else:
+        _print_answer(reply)
+
+
+@app.command()
+def chat(incident: IncidentOpt = None, db: DbOpt = None) -> None:
+    """Ask questions one per line until EOF or `quit`; answers are grounded in the store and audit log."""
+    from .audit import AuditLog
+    from .chat import answer
+
+    store = _store(db)
+    with AuditLog(store.path) as audit:
+        for line in sys.stdin:
+            question = line.strip()
+            if question.lower() in ("quit", "exit"):
+                break
+            if question:
+                _print_answer(answer(question, store, audit, incident))
+
+
+def _print_answer(reply) -> None:
+    out.print(reply.text, markup=False, highlight=False)
+    if reply.citations:
+        out.print("cites: " + ", ".join(f"seq {c}" if isinstance(c, int) else f"event {c}" for c in reply.citations),
+                  markup=False, highlight=False)
