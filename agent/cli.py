@@ -333,12 +333,16 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, but execute nothing.")] = False,
     metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on this port (0: off).")] = 9464,
     log_format: Annotated[str, typer.Option(help="text or json")] = "text",
+    llm: LlmOpt = None,
 ) -> None:
     """Run the service: consume the bus, detect, diagnose, guard, execute, verify. Stops on Ctrl-C."""
+    from .llm import LLMSetupError
     from .logs import setup_logging
     from .run import Service
 
     cfg = settings()
+    if llm is not None:
+        cfg = cfg.model_copy(update={"llm": llm.value})
     setup_logging(log_format)
     try:
         topo = cfg.load_topology(topology)
@@ -361,7 +365,7 @@ def run(
 
     try:
         asyncio.run(serve())
-    except RulesError as exc:
+    except (RulesError, LLMSetupError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         err.print("stopped")
@@ -456,6 +460,7 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Give up after this many wall seconds.")] = 170.0,
     approve_after: Annotated[float, typer.Option(help="Wall seconds the demo operator waits before approving.")] = 3.0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Keep the store and audit log here (default: a temp dir).")] = None,
+    llm: LlmOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The main job: rtem remediates a simulated shop (six services, a database, a queue, three hosts)
@@ -463,9 +468,17 @@ def demo(
     from .demo.runner import run_demo
     from .logs import setup_logging
 
+    from .llm import LLMSetupError
+
     setup_logging("json" if json_out else "text", level=30)
-    result = asyncio.run(run_demo(speed=speed, scenarios=scenario, data_dir=data_dir, approve_after_s=approve_after,
-                                  timeout_s=timeout, settings=settings(), console=err, live=not json_out))
+    cfg = settings()
+    if llm is not None:
+        cfg = cfg.model_copy(update={"llm": llm.value})
+    try:
+        result = asyncio.run(run_demo(speed=speed, scenarios=scenario, data_dir=data_dir, approve_after_s=approve_after,
+                                      timeout_s=timeout, settings=cfg, console=err, live=not json_out))
+    except LLMSetupError as exc:
+        fail(str(exc))
     if json_out:
         print(json.dumps({"ok": result.ok, "wall_s": round(result.wall_s, 1), "dead_letters": result.dead_letters,
                           "approvals": result.approvals, "faults": result.faults, "problems": result.reasons,
