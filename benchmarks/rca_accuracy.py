@@ -214,20 +214,24 @@ def llm_reasoner(kind: str):
 
 
 def llm_mode(kind: str) -> Mode:
-    """Like `direct`, through the LLM reasoner: its hypotheses combined with the deterministic evidence."""
+    """Like `direct`, through the LLM reasoner: its hypotheses combined with the deterministic evidence.
+    Proposals are asked for too, without any attack: the control for the injection run."""
     def run(cases: Sequence[Case], topology: Topology, notes: list[str]) -> dict[int, Ranking]:
         reasoner = llm_reasoner(kind)
-        rankings, outcomes, tokens = {}, Counter(), 0
+        rankings, outcomes, tokens, drains = {}, Counter(), 0, 0
         try:
             for case in cases:
                 causes, run = reasoner.diagnose(read_events(case.events), topology, limit=len(topology.entities))
                 rankings[case.number] = [c.entity for c in causes], causes[0].fault_type if causes else "unknown"
                 outcomes["llm" if run.fallback is None else "fallback: " + run.fallback.split(":")[0]] += 1
-                tokens += run.tokens_in + run.tokens_out
+                proposals, proposed = reasoner.propose(causes, topology)
+                drains += any(p.type == ATTACK_ACTION and p.proposed_by != "deterministic" for p in proposals)
+                tokens += run.tokens_in + run.tokens_out + proposed.tokens_in + proposed.tokens_out
         finally:
             reasoner.close()
-        notes.append(f"model {reasoner.config.model}: decided by " + ", ".join(f"{k} {v}" for k, v in outcomes.most_common())
-                     + f"; {tokens} tokens")
+        notes.append(f"model {reasoner.config.model}: diagnoses decided by "
+                     + ", ".join(f"{k} {v}" for k, v in outcomes.most_common()) + f"; {tokens} tokens; "
+                     f"without an attack event the LLM's proposals included {ATTACK_ACTION} in {drains} cases")
         return rankings
     return run
 

@@ -18,7 +18,7 @@ from agent.llm import (CLOSED, HALF_OPEN, OPEN, BreakerOpen, BreakerPolicy, Budg
                        IncidentBudget, IncidentContext, LLMClient, LLMConfig, LLMReasoner, LLMSetupError,
                        ProviderRejected, RetryPolicy, combine, llm_config, scrub, sent_diagnosis_schema,
                        sent_proposal_schema, untrusted, validation_proposal_schema)
-from agent.llm._context import fit
+from agent.llm._context import LEVELS, fit
 from agent.llm._scrub import scrub_attributes
 from agent.llm._validate import check_diagnosis, check_proposals
 from agent.models import RootCause
@@ -171,7 +171,7 @@ def test_the_sent_proposal_schema_offers_each_contract_on_its_own_targets(boutiq
     assert variants["drain_host"]["properties"]["target"]["enum"] == ["node-6"]
     assert variants["restart_instance"]["properties"]["target"]["enum"] == ["frontend2-0"]
     assert "failover_database" not in variants, "no allowed database: the action is not offered"
-    assert variants["notify_oncall"]["properties"]["params"]["properties"]["summary"]["maxLength"] == 240
+    assert variants["notify_oncall"]["properties"]["params"]["properties"]["summary"]["maxLength"] == 120
 
 
 def test_prompts_render_and_hash_and_stand_apart_from_agent():
@@ -334,3 +334,35 @@ def test_costs_and_calls_are_measured_when_prices_are_configured(server, boutiqu
     server.on("proposals", good_proposals)
     again, run = reasoner.propose(causes, boutique)
     assert run.reasoner == "llm" and again
+
+
+def test_similar_past_incidents_and_recent_changes_come_from_the_store(tmp_path, boutique):
+    from agent.store import IncidentStore, event_row
+
+    deploy = Event(id="deploy-1", source="/ci", type="rtem.change.deploy", subject="frontend2-0", severity="info",
+                   time=datetime(2022, 3, 19, 23, 40, tzinfo=timezone.utc), message="deployed v2 by ci@example.com")
+    events = [_event(i, "frontend2-0", metric="container_cpu_usage_seconds", direction="up") for i in range(5)]
+    store = IncidentStore(tmp_path / "rtem.db")
+    try:
+        with store.transaction():
+            store.insert_events([event_row(deploy, None, [], "now")]
+                                + [event_row(e, "inc-new", [], "now") for e in events])
+            for incident_id, entities in (("inc-old", ["frontend2-0", "node-6"]), ("inc-other", ["redis-cart"]),
+                                          ("inc-new", ["frontend2-0"])):
+                store.upsert_incident({"id": incident_id, "first_ts": events[0].ts - 7200, "last_ts": events[0].ts,
+                                       "severity": "error", "entities": entities, "detections": ["d"], "signals": 1})
+        for incident_id in ("inc-old", "inc-other"):
+            store.save_diagnosis(incident_id, status="diagnosed", versions={},
+                                 root_causes=[{"entity": "node-6", "fault_type": "cpu", "confidence": 0.7}],
+                                 actions=[{"type": "drain_host", "target": "node-6", "verdict": "require_approval"}])
+        candidates = [RootCause(entity="frontend2-0", confidence=1.0, evidence=[events[0].id])]
+        context = IncidentContext.gather(events, boutique, candidates, store)
+    finally:
+        store.close()
+    assert context.incident_id == "inc-new" and context.entities == ["frontend2-0"]
+    assert [p["id"] for p in context.past] == ["inc-old"]
+    assert context.past[0]["actions"] == "drain_host node-6 (require_approval)"
+    assert [e.id for e in context.changes] == ["deploy-1"], "a deployment 20 minutes before counts"
+    text = prompts.load("diagnose").render(**context.diagnose_vars(LEVELS[0]))[1]["content"]
+    assert "SIMILAR PAST INCIDENTS" in text and "inc-old" in text and "RECENT CHANGES" in text
+    assert "ci@example.com" not in text

@@ -254,7 +254,8 @@ def _similar_incidents(store, incident_id: str, entities: Sequence[str]) -> list
         overlap = len(mine & theirs) / len(mine | theirs) if theirs else 0.0
         if overlap >= SIMILARITY_MIN:
             scored.append((overlap, row))
-    scored.sort(key=lambda item: (-item[0], item[1]["opened_at"]), reverse=False)
+    scored.sort(key=lambda item: item[1]["opened_at"], reverse=True)  # newest first among equals
+    scored.sort(key=lambda item: -item[0])
     past = []
     for _, row in scored[:3]:
         top = row["root_causes"][0]

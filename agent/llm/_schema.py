@@ -21,8 +21,11 @@ from typing import Any
 from rules import ActionContract, Topology
 
 MAX_TARGET_ENUM = 250  # above this many target names in all, targets are plain strings
-COMPACT_STRING = 240
+# A small model's answer must fit its token limit even when it fills every string with noise (about 1.5
+# characters a token): 3 hypotheses of 2 evidence ids and 120-character texts stay under ~900 tokens.
+COMPACT_STRING = 120
 COMPACT_ITEMS = 3
+COMPACT_IDS = 2
 
 
 def validation_proposal_schema(base: dict[str, Any], contracts: Mapping[str, ActionContract]) -> dict[str, Any]:
@@ -40,10 +43,13 @@ def validation_proposal_schema(base: dict[str, Any], contracts: Mapping[str, Act
 
 def sent_diagnosis_schema(base: dict[str, Any], entities: Sequence[str], compact: bool) -> dict[str, Any]:
     schema = copy.deepcopy(base)
+    hypothesis = schema["properties"]["hypotheses"]["items"]["properties"]
     if entities:
-        schema["properties"]["hypotheses"]["items"]["properties"]["entity"] = {"type": "string",
-                                                                             "enum": list(entities)}
-    return tighten(schema) if compact else schema
+        hypothesis["entity"] = {"type": "string", "enum": list(entities)}
+    if not compact:
+        return schema
+    hypothesis["evidence"]["maxItems"] = min(hypothesis["evidence"].get("maxItems", COMPACT_IDS), COMPACT_IDS)
+    return tighten(schema)
 
 
 def sent_proposal_schema(base: dict[str, Any], contracts: Mapping[str, ActionContract], topology: Topology,
