@@ -116,17 +116,22 @@ async def test_kill_at_any_moment_then_restart_completes_once(tmp_path, nats_ser
         service.stop()
 
 
+async def approve_while_down(service, bus):
+    """A CPU fault on a host: drain_host is high risk and waits for a person, who approves it while
+    the service is down (killed)."""
+    await publish(bus, [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)])
+    row = await wait_for(lambda: service.status() == "awaiting_approval" and service.incident(), 30)
+    service.kill()
+    drain = next(a for a in row["actions"] if a["verdict"] == "require_approval")
+    Ledger(service.db).decide(row["id"], drain["index"], True, "alice")
+
+
 async def test_an_approval_given_while_the_service_is_down_is_honoured(tmp_path, nats_server, bus):
     target = Target()
     await target.attach(bus.nc)
     service = ServiceProcess(tmp_path, nats_server.url).start()
     try:
-        # A CPU fault on a host: drain_host is high risk and waits for a person.
-        await publish(bus, [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)])
-        row = await wait_for(lambda: service.status() == "awaiting_approval" and service.incident(), 30)
-        service.kill()
-        drain = next(a for a in row["actions"] if a["verdict"] == "require_approval")
-        Ledger(service.db).decide(row["id"], drain["index"], True, "alice")
+        await approve_while_down(service, bus)
         service.start()
         await wait_for(lambda: any(a == "drain_host" for _, a, _ in target.applied), 30)
     finally:
@@ -138,11 +143,7 @@ async def test_an_expired_approval_does_not_run(tmp_path, nats_server, bus):
     await target.attach(bus.nc)
     service = ServiceProcess(tmp_path, nats_server.url, RTEM_APPROVAL_TTL_S=1).start()
     try:
-        await publish(bus, [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)])
-        row = await wait_for(lambda: service.status() == "awaiting_approval" and service.incident(), 30)
-        service.kill()
-        drain = next(a for a in row["actions"] if a["verdict"] == "require_approval")
-        Ledger(service.db).decide(row["id"], drain["index"], True, "alice")
+        await approve_while_down(service, bus)
         await asyncio.sleep(1.5)  # the approval ages past its lifetime while nobody executes it
         service.start()
         row = await wait_for(lambda: service.status() in ("escalated", "resolved", "verifying") and service.incident(), 30)
