@@ -168,9 +168,9 @@ async def test_restarting_the_nats_server_mid_stream_loses_nothing(tmp_path, bou
         await publish(producer, [sample(f"e{i}", "cartservice-0", i) for i in range(500)])
         server.stop()
         server.start()  # same port and data directory: clients reconnect
-        await wait_for(lambda: producer.nc.is_connected, 15)
+        await wait_for(lambda: producer.nc.is_connected, 60)
         await publish(producer, [sample(f"e{i}", "cartservice-0", i) for i in range(500, 1000)])
-        await wait_for(lambda: service.parts.store.event_count() == 1000, 30)
+        await wait_for(lambda: service.parts.store.event_count() == 1000, 90)
         await producer.close()
     finally:
         if service:
