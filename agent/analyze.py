@@ -8,7 +8,6 @@ the same incidents every time.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +118,3 @@ def _publish_progress(state: Progress, progress: Callable[[Progress], None] | No
         if progress:
             progress(state)
     return report
-
-
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="rtem-analyze-"))

@@ -30,19 +30,6 @@ class ReasonerRun(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-class Incident(BaseModel):
-    """A group of events that one disruption explains, correlated by event time and topology."""
-
-    id: str
-    opened_at: datetime
-    updated_at: datetime
-    status: str = "open"
-    severity: str = "warning"
-    entities: list[str] = Field(default_factory=list)
-    event_count: int = 0
-    detections: list[str] = Field(default_factory=list, description="ids of detection rules that fired")
-
-
 class DecisionRecord(BaseModel):
     """One append-only entry of the audit log, hash-chained to the one before it."""
 

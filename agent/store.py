@@ -21,7 +21,6 @@ import sqlite_utils
 
 from bus import Event, format_time, parse_time
 
-from .models import Incident
 
 EVENT_COLUMNS = ("id", "ts", "time", "type", "subject", "severity", "source", "message", "attributes",
                  "incident_id", "signals", "received_at")
@@ -246,11 +245,6 @@ def event_from_row(row: dict[str, Any]) -> Event:
                  severity=row["severity"], message=row["message"] or "",
                  attributes=json.loads(row["attributes"] or "{}"))
 
-
-def incident_model(row: dict[str, Any]) -> Incident:
-    return Incident(id=row["id"], opened_at=row["opened_at"], updated_at=row["updated_at"], status=row["status"],
-                    severity=row["severity"], entities=row["entities"], event_count=row["event_count"],
-                    detections=row["detections"])
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:

@@ -163,13 +163,6 @@ class Bus:
                     raise
                 await asyncio.sleep(min(0.2 * 2 ** attempt, 3.0))
 
-    async def publish_event(self, event: Event | Mapping[str, Any]) -> bool:
-        """Publish one event and wait for JetStream; returns False when it was a duplicate."""
-        doc = event.to_cloudevent() if isinstance(event, Event) else dict(event)
-        ack = await self.js.publish(event_subject(doc.get("type")), json.dumps(doc).encode(),
-                                    headers={"Nats-Msg-Id": str(doc["id"])})
-        return not ack.duplicate
-
     async def dead_letter(self, data: bytes, reason: str, *, event_id: str | None = None,
                           subject: str | None = None, deliveries: int = 0, kind: str = "invalid") -> None:
         """Store bytes rtem could not use in the DLQ, with the reason; waits for JetStream's ack."""
