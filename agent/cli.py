@@ -29,7 +29,7 @@ app.add_typer(incidents_app, name="incidents")
 app.add_typer(audit_app, name="audit")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 DbOpt = Annotated[Optional[Path], typer.Option("--db", help="The store to read (default: RTEM_DATA_DIR/rtem.db).")]
