@@ -1,5 +1,8 @@
 """Questions about incidents, answered without an LLM from the store and the audit log alone.
 
+`visible` limits an answer to what one user may see: incidents it rejects are treated as absent, and so
+are their decision records and events (records and events of no incident stay visible).
+
 Each intent is a keyword rule plus a lookup; entity and action names come from what the store and the
 log hold, never from the question's wording alone. An answer cites the decision records (seq) and event
 ids it rests on; a question nothing grounds gets "I don't know" and the list of what was searched.
@@ -17,7 +20,9 @@ from .models import DecisionRecord
 from .report import duration
 from .store import IncidentStore
 
-__all__ = ["Answer", "answer"]
+__all__ = ["Answer", "Scope", "Visible", "answer"]
+
+Visible = Callable[[dict[str, Any]], bool]  # over a row of IncidentStore.incident(): may this user see it?
 
 GENERIC = {"action", "actions", "anything", "it", "that", "this", "remediation", "me", "us", "execution"}
 CLOSED = ("resolved", "escalated", "merged")
@@ -30,6 +35,9 @@ class Answer:
     citations: list[int | str] = field(default_factory=list)  # audit seqs (int) and event ids (str)
     searched: list[str] = field(default_factory=list)
     intent: str = "unknown"
+    reasoner: str = "deterministic"  # or "llm" (agent.llm.LlmChat)
+    versions: dict[str, str] = field(default_factory=dict)  # model and prompt version, for LLM answers
+    fallback: str | None = None  # why the LLM did not answer, when it was asked and the deterministic path did
 
     @property
     def seqs(self) -> list[int]:
@@ -41,12 +49,16 @@ class Answer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "intent": self.intent, "citations": {"seqs": self.seqs, "events": self.event_ids},
-                "searched": self.searched}
+                "searched": self.searched, "reasoner": self.reasoner, "versions": self.versions,
+                "fallback": self.fallback}
 
 
-def answer(question: str, store: IncidentStore, audit: AuditLog, incident_id: str | None = None) -> Answer:
+def answer(question: str, store: IncidentStore, audit: AuditLog, incident_id: str | None = None, *,
+           visible: Visible | None = None) -> Answer:
     q = question.lower().strip()
-    ctx = _Context(q, store, audit, incident_id)
+    ctx = _Context(q, Scope(store, audit, visible), incident_id)
+    if ctx.hidden:
+        return ctx.unknown(f"incident {ctx.hidden!r} is not found or not visible to you")
     for intent, pattern, handler in INTENTS:
         if re.search(pattern, q):
             result = handler(ctx)
@@ -57,24 +69,62 @@ def answer(question: str, store: IncidentStore, audit: AuditLog, incident_id: st
                        "an incident took)")
 
 
+class Scope:
+    """The store and the audit log as one user may see them. With `visible` None, everything is visible.
+
+    An incident `visible` rejects reads as absent, whether asked for by id or listed; so do its decision
+    records (`records`) and its events (`sees_event`). Records and events of no incident are visible;
+    those of an incident the store does not hold are not, since nobody can say who may see them."""
+
+    def __init__(self, store: IncidentStore, audit: AuditLog, visible: Visible | None = None):
+        self.store, self.audit, self.db = store, audit, store.db
+        self.scoped = visible is not None
+        self._ids = None if visible is None else \
+            {r["id"] for r in store.incidents(include_merged=True) if visible(r)}
+        self.missing = "not found or not visible" if self.scoped else "not found"
+        self.where = "you can see" if self.scoped else "in the store"
+
+    def incident(self, incident_id: str) -> dict[str, Any] | None:
+        row = self.store.incident(incident_id)
+        return row if row is not None and self.sees(row["id"]) else None
+
+    def incidents(self, status: str | None = None, include_merged: bool = False) -> list[dict[str, Any]]:
+        return [r for r in self.store.incidents(status, include_merged) if self.sees(r["id"])]
+
+    def records(self, incident_id: str | None = None, kind: str | None = None) -> list[DecisionRecord]:
+        return [r for r in self.audit.records(incident_id=incident_id, kind=kind) if self.sees_event(r.incident_id)]
+
+    def sees(self, incident_id: str) -> bool:
+        return self._ids is None or incident_id in self._ids
+
+    def sees_event(self, incident_id: str | None) -> bool:
+        """For an event or a record: visible when it belongs to no incident or to a visible one."""
+        return incident_id is None or self.sees(incident_id)
+
+
 class _Context:
-    def __init__(self, q: str, store: IncidentStore, audit: AuditLog, incident_id: str | None):
-        self.q, self.store, self.audit = q, store, audit
+    def __init__(self, q: str, scope: Scope, incident_id: str | None):
+        # store and audit log alike are read through the scope: only what the user may see
+        self.q, self.store, self.audit = q, scope, scope
         self.searched: list[str] = []
-        self.incident = store.incident(incident_id) if incident_id else None
+        self.hidden: str | None = None  # an incident the user named that the scope does not show
+        self.incident = scope.incident(incident_id) if incident_id else None
         if incident_id and self.incident is None:
-            self.searched.append(f"store: incident {incident_id!r} (not found)")
-        if self.incident is None:
+            self.searched.append(f"store: incident {incident_id!r} ({scope.missing})")
+            self.hidden = incident_id if scope.scoped else None
+        if self.incident is None and self.hidden is None:
             for token in re.findall(r"\binc-[0-9a-z]+\b", q):
-                self.incident = store.incident(token)
-                self.searched.append(f"store: incident {token!r}" + ("" if self.incident else " (not found)"))
+                self.incident = scope.incident(token)
+                self.searched.append(f"store: incident {token!r}" + ("" if self.incident else f" ({scope.missing})"))
                 if self.incident:
+                    self.hidden = None
                     break
+                self.hidden = token if scope.scoped else None
 
     def records(self, kind: str) -> list[DecisionRecord]:
         scope = self.incident["id"] if self.incident else None
         self.searched.append(f"audit: {kind} records" + (f" of {scope}" if scope else ""))
-        return self.audit.records(incident_id=scope, kind=kind)
+        return self.store.records(incident_id=scope, kind=kind)
 
     def entities(self) -> list[str]:
         """Entity names the store knows that the question mentions, longest first."""
@@ -115,7 +165,7 @@ def _why(ctx: _Context) -> Answer:
     types = ctx.action_types(verdicts)
     ctx.searched.append(f"entities named: {', '.join(entities) or 'none'}; actions named: {', '.join(types) or 'none'}")
     if ctx.strangers():
-        return ctx.unknown(f"no incident in the store involves {', '.join(ctx.strangers())}")
+        return ctx.unknown(f"no incident {ctx.store.where} involves {', '.join(ctx.strangers())}")
     matches = [v for v in verdicts if (not entities or _proposal(v).get("target") in entities)
                and (not types or _proposal(v).get("type") in types)]
     if not matches or not (entities or types):
@@ -174,9 +224,9 @@ def _changed(ctx: _Context) -> Answer:
     first_id, first_ts, first_time = first
     ctx.searched.append(f"store: rtem.change.* events in the {duration(CHANGE_WINDOW_S)} before {first_time} "
                         f"(first error of {row['id']}, event {first_id})")
-    changes = ctx.store.db.execute(
-        "SELECT id, time, type, subject, message FROM events WHERE type LIKE 'rtem.change.%' AND ts<=? AND ts>=?"
-        " ORDER BY ts, id", [first_ts, first_ts - CHANGE_WINDOW_S]).fetchall()
+    changes = [c[:5] for c in ctx.store.db.execute(
+        "SELECT id, time, type, subject, message, incident_id FROM events WHERE type LIKE 'rtem.change.%' AND ts<=?"
+        " AND ts>=? ORDER BY ts, id", [first_ts, first_ts - CHANGE_WINDOW_S]).fetchall() if ctx.store.sees_event(c[5])]
     opened = ctx.audit.records(incident_id=row["id"], kind="incident.opened")
     if not changes:
         return ctx.done(f"Nothing: no change (deploy or config) was recorded in the {duration(CHANGE_WINDOW_S)} "
@@ -197,7 +247,7 @@ def _blocked(ctx: _Context) -> Answer:
     entities = ctx.entities()
     ctx.searched.append(f"actions named: {', '.join(types) or 'none'}; entities named: {', '.join(entities) or 'none'}")
     if ctx.strangers():
-        return ctx.unknown(f"no incident in the store involves {', '.join(ctx.strangers())}")
+        return ctx.unknown(f"no incident {ctx.store.where} involves {', '.join(ctx.strangers())}")
     named = re.search(r"\b(?:block(?:ed|s)?|den(?:y|ied)|refused?|stopp?(?:ed)?|prevent(?:ed)?|held)\s+(?:the\s+|a\s+)?([a-z][\w-]*)", ctx.q)
     if named and not types and not entities and named.group(1) not in GENERIC:
         return ctx.unknown(f"no recorded action is called {named.group(1)!r}")

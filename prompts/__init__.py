@@ -1,4 +1,4 @@
-"""Prompt templates for the LLM reasoner, each with the JSON Schema of the answer it asks for.
+"""Prompt templates for the LLM reasoner and chat, each with the JSON Schema of the answer it asks for.
 
 One task, two files: `<task>.j2` (Jinja, with a `system` and a `user` block) and `<task>.schema.json`.
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import jinja2
 
-TASKS = ("diagnose", "propose")
+TASKS = ("diagnose", "propose", "chat")
 
 __all__ = ["TASKS", "Prompt", "PromptError", "load", "prompt_hash"]
 

@@ -2,7 +2,7 @@
 
 It is a stdlib HTTP server on a free port in a background thread: rtem's LLM client talks to it through
 the official openai SDK exactly as it would to a provider. Each test queues replies per task
-(`diagnosis`, `proposals`; the task is read from the request's response format or forced tool):
+(`diagnosis`, `proposals`, `chat_answer`; the task is read from the request's response format or forced tool):
 
     server.on("diagnosis", {"hypotheses": [...], "summary": "..."})    # a JSON answer
     server.on("diagnosis", "not json at all")                         # raw text
@@ -17,6 +17,7 @@ Every request body is kept in `requests` for assertions.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import defaultdict, deque
@@ -139,7 +140,7 @@ class ScriptedLLM:
 
 
 def task_of(body: dict[str, Any]) -> str:
-    """`diagnosis` or `proposals`: the name of the requested schema or forced tool."""
+    """`diagnosis`, `proposals` or `chat_answer`: the name of the requested schema or forced tool."""
     forced = body.get("tool_choice")
     if isinstance(forced, dict):
         return forced.get("function", {}).get("name", "?")
@@ -209,3 +210,20 @@ def good_proposals(body: dict[str, Any]) -> dict[str, Any]:
                     "params": {"summary": f"LLM plan: look at {target}", "severity": "warning"},
                     "reason": "tell a person first"})
     return {"actions": actions, "summary": "restart and page the on-call person"}
+
+
+def retrieved(body: dict[str, Any]) -> tuple[list[int], list[str]]:
+    """The decision-record seqs and event ids a chat request offered (its `[seq N]` and `[event ID]` lines)."""
+    text = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    return ([int(s) for s in re.findall(r"^\[seq (\d+)\]", text, re.M)],
+            re.findall(r"^\[event ([^\]\s]+)\]", text, re.M))
+
+
+def chat_answer(text: str, seqs=(), events=(), grounded: bool = True) -> dict[str, Any]:
+    return {"grounded": grounded, "answer": text, "citations": {"seqs": list(seqs), "events": list(events)}}
+
+
+def cited_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """A grounded answer citing the last decision record and the first event the request offered."""
+    seqs, events = retrieved(body)
+    return chat_answer(f"See seq {seqs[-1]}.", seqs[-1:], events[:1])

@@ -182,7 +182,7 @@ def test_prompts_render_and_hash_and_stand_apart_from_agent():
     with pytest.raises(Exception, match="undefined"):
         prompt.render()
     with pytest.raises(prompts.PromptError):
-        prompts.load("chat")
+        prompts.load("nope")
     for path in (ROOT / "prompts").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \

@@ -3,11 +3,13 @@
     reasoner = build_reasoner(settings, contracts=contracts, store=store)   # settings.llm: openai | local
     causes, run = reasoner.diagnose(events, topology)   # run.fallback says why, if the LLM did not decide
     proposals, run = reasoner.propose(causes, topology)
+    reply = LlmChat(settings).answer(question, store, audit, visible=may_see)   # chat.Answer, cited
 
 The pieces: `LLMClient` (openai SDK, retries as a `RetryPolicy`, a `CircuitBreaker` per provider, a
 concurrency limit), `IncidentContext` (what the model sees, within a token budget, event text scrubbed),
-the answer checks and the combining rule, `LocalServer` (llama.cpp's server for `--llm local`), and
-`metrics` (Prometheus). docs/llm.md describes configuration, the combining rule and degraded mode.
+the answer checks and the combining rule, `LocalServer` (llama.cpp's server for `--llm local`), `LlmChat`
+(operators' questions answered from retrieved records; docs/operators.md) and `metrics` (Prometheus).
+docs/llm.md describes configuration, the combining rule and degraded mode.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 
 from ._breaker import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, CircuitBreaker, breaker_for
 from ._budget import IncidentBudget
+from ._chat import LlmChat
 from ._client import Completion, LLMClient, LLMConfig, RetryPolicy, estimate_tokens
 from ._combine import LLM_WEIGHT, combine
 from ._context import IncidentContext
@@ -34,15 +37,30 @@ __all__ = [
     "CLOSED", "DEFAULTS", "DEFAULT_OPENAI_MODEL", "HALF_OPEN", "LLM_WEIGHT", "MAX_REASKS", "OPEN", "BreakerOpen",
     "BreakerPolicy", "BudgetExhausted", "CallRecord", "CircuitBreaker", "Completion", "IncidentBudget",
     "IncidentContext", "LLMClient", "LLMConfig", "LLMError", "LLMReasoner", "LLMSetupError", "LLMUnavailable",
-    "LocalServer", "ProviderRejected", "RetryPolicy", "breaker_for", "build_reasoner", "combine",
-    "default_model", "estimate_tokens", "llm_config", "scrub", "sent_diagnosis_schema", "sent_proposal_schema",
-    "server_binary", "tighten", "untrusted", "validation_proposal_schema",
+    "LlmChat", "LocalServer", "ProviderRejected", "RetryPolicy", "breaker_for", "build_reasoner", "combine",
+    "connect", "default_model", "estimate_tokens", "llm_config", "scrub", "sent_diagnosis_schema",
+    "sent_proposal_schema", "server_binary", "tighten", "untrusted", "validation_proposal_schema",
 ]
 
 
 def build_reasoner(settings, *, contracts, store=None) -> LLMReasoner:
     """The LLM reasoner `settings.llm` asks for (`openai` or `local`); for `local` it starts llama.cpp's
     server, which `reasoner.close()` stops. Raises LLMSetupError with what to install or set."""
+    client, server = connect(settings)
+    try:
+        context_tokens = settings.llm_context_tokens or DEFAULTS[client.config.provider]["context_tokens"]
+        return LLMReasoner(client, contracts=contracts, store=store, context_tokens=context_tokens,
+                           budget_calls=settings.llm_incident_calls, budget_tokens=settings.llm_incident_tokens,
+                           on_close=server.stop if server else None)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+
+
+def connect(settings) -> tuple[LLMClient, LocalServer | None]:
+    """A client for the provider `settings.llm` names, on that provider's process-wide breaker. For
+    `local`, llama.cpp's server is started first and returned too: the caller stops it when done."""
     from . import metrics
 
     server = None
@@ -58,11 +76,7 @@ def build_reasoner(settings, *, contracts, store=None) -> LLMReasoner:
         breaker = breaker_for((config.provider, config.base_url, config.model), label, policy,
                               on_change=lambda _old, new: metrics.record_breaker(config.provider, new))
         metrics.record_breaker(config.provider, breaker.state)
-        client = LLMClient(config, breaker)
-        context_tokens = settings.llm_context_tokens or DEFAULTS[config.provider]["context_tokens"]
-        return LLMReasoner(client, contracts=contracts, store=store, context_tokens=context_tokens,
-                           budget_calls=settings.llm_incident_calls, budget_tokens=settings.llm_incident_tokens,
-                           on_close=server.stop if server else None)
+        return LLMClient(config, breaker), server
     except BaseException:
         if server is not None:
             server.stop()
