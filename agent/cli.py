@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -334,8 +335,12 @@ def run(
     metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on this port (0: off).")] = 9464,
     log_format: Annotated[str, typer.Option(help="text or json")] = "text",
     llm: LlmOpt = None,
+    http_host: Annotated[Optional[str], typer.Option(help="Serve the HTTP API and console here (default: RTEM_HTTP_HOST, else 127.0.0.1).")] = None,
+    http_port: Annotated[Optional[int], typer.Option(help="Their port (default: RTEM_HTTP_PORT, else 8080; 0: any free port).")] = None,
+    no_http: Annotated[bool, typer.Option("--no-http", help="Serve no HTTP API or console.")] = False,
 ) -> None:
-    """Run the service: consume the bus, detect, diagnose, guard, execute, verify. Stops on Ctrl-C."""
+    """Run the service: consume the bus, detect, diagnose, guard, execute, verify; serve the HTTP API and
+    web console (docs/api.md; create a token with `rtem tokens create`). Stops on Ctrl-C."""
     from .llm import LLMSetupError
     from .logs import setup_logging
     from .run import Service
@@ -343,6 +348,7 @@ def run(
     cfg = settings()
     if llm is not None:
         cfg = cfg.model_copy(update={"llm": llm.value})
+    cfg = cfg.model_copy(update={k: v for k, v in (("http_host", http_host), ("http_port", http_port)) if v is not None})
     setup_logging(log_format)
     try:
         topo = cfg.load_topology(topology)
@@ -350,22 +356,27 @@ def run(
         fail(str(exc))
 
     async def serve():
-        service = Service(cfg, topo, dry_run=dry_run)
-        await service.start()
-        if metrics_port:
-            from prometheus_client import start_http_server
-            start_http_server(metrics_port, addr="127.0.0.1")
-        err.print(f"rtem run: bus {service.url} · store {service.parts.store.path}"
-                  + (f" · metrics http://127.0.0.1:{metrics_port}/metrics" if metrics_port else "")
-                  + (" · DRY RUN" if dry_run else ""))
+        service = Service(cfg, topo, dry_run=dry_run, http=not no_http)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):  # systemd and Kubernetes stop with SIGTERM: drain
+            loop.add_signal_handler(signum, service.stop_event.set)
         try:
+            await service.start()
+            if metrics_port:
+                from prometheus_client import start_http_server
+                start_http_server(metrics_port, addr="127.0.0.1")
+            err.print(f"rtem run: bus {service.url} · store {service.parts.store.path}"
+                      + (f" · metrics http://127.0.0.1:{metrics_port}/metrics" if metrics_port else "")
+                      + (f" · console {service.http_url}" if service.http_url else "")
+                      + (" · DRY RUN" if dry_run else ""))
             await service.run_forever()
         finally:
-            await service.stop()
+            await service.stop()  # also after a failed start: the embedded NATS server must not outlive us
+        err.print("stopped")
 
     try:
         asyncio.run(serve())
-    except (RulesError, LLMSetupError) as exc:
+    except (RulesError, LLMSetupError, OSError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         err.print("stopped")
@@ -449,6 +460,10 @@ def resume(by: Annotated[Optional[str], typer.Option(help="Who releases the swit
 from .cli_rules import rules_app  # noqa: E402  (rtem rules check/test/replay)
 
 app.add_typer(rules_app, name="rules")
+
+from .cli_tokens import tokens_app  # noqa: E402  (rtem tokens create/list/revoke)
+
+app.add_typer(tokens_app, name="tokens")
 
 
 @app.command()
@@ -543,14 +558,17 @@ IncidentOpt = Annotated[Optional[str], typer.Option("--incident", help="Ask abou
 
 @app.command()
 def ask(question: Annotated[str, typer.Argument(help="A question about incidents, e.g. \"what is still open?\"")],
-        incident: IncidentOpt = None, json_out: JsonOpt = False, db: DbOpt = None) -> None:
+        incident: IncidentOpt = None, json_out: JsonOpt = False, db: DbOpt = None, llm: LlmOpt = None) -> None:
     """Answer one question from the store and the audit log, citing decision records and event ids."""
     from .audit import AuditLog
-    from .chat import answer
 
     store = _store(db)
-    with AuditLog(store.path) as audit:
-        reply = answer(question, store, audit, incident)
+    reply_to, close = _answerer(llm)
+    try:
+        with AuditLog(store.path) as audit:
+            reply = reply_to(question, store, audit, incident)
+    finally:
+        close()
     if json_out:
         print(json.dumps(reply.to_dict(), indent=2))
     else:
@@ -558,19 +576,41 @@ def ask(question: Annotated[str, typer.Argument(help="A question about incidents
 
 
 @app.command()
-def chat(incident: IncidentOpt = None, db: DbOpt = None) -> None:
+def chat(incident: IncidentOpt = None, db: DbOpt = None, llm: LlmOpt = None) -> None:
     """Ask questions one per line until EOF or `quit`; answers are grounded in the store and audit log."""
     from .audit import AuditLog
-    from .chat import answer
 
     store = _store(db)
-    with AuditLog(store.path) as audit:
-        for line in sys.stdin:
-            question = line.strip()
-            if question.lower() in ("quit", "exit"):
-                break
-            if question:
-                _print_answer(answer(question, store, audit, incident))
+    reply_to, close = _answerer(llm)
+    try:
+        with AuditLog(store.path) as audit:
+            for line in sys.stdin:
+                question = line.strip()
+                if question.lower() in ("quit", "exit"):
+                    break
+                if question:
+                    _print_answer(reply_to(question, store, audit, incident))
+    finally:
+        close()
+
+
+def _answerer(llm: Optional[LlmChoice]):
+    """The answering function for --llm (default RTEM_LLM): `chat.answer`, or an LLM's with retrieval
+    (agent.llm.LlmChat); and what to call when done with it."""
+    from .chat import answer
+
+    cfg = settings()
+    if llm is not None:
+        cfg = cfg.model_copy(update={"llm": llm.value})
+    if cfg.llm == "none":
+        return answer, lambda: None
+    from .llm import LLMSetupError, LlmChat
+
+    try:
+        with_llm = LlmChat(cfg)
+    except LLMSetupError as exc:
+        fail(str(exc))
+    return with_llm.answer, with_llm.close
 
 
 def _print_answer(reply) -> None:
@@ -578,3 +618,8 @@ def _print_answer(reply) -> None:
     if reply.citations:
         out.print("cites: " + ", ".join(f"seq {c}" if isinstance(c, int) else f"event {c}" for c in reply.citations),
                   markup=False, highlight=False)
+    if reply.reasoner == "llm":
+        err.print(f"answered by the LLM: model {reply.versions.get('model')}, prompt {reply.versions.get('prompt')}",
+                  style="dim", markup=False, highlight=False)
+    elif reply.fallback:
+        err.print(f"answered without the LLM: {reply.fallback}", style="dim", markup=False, highlight=False)

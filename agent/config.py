@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     verify_deadline_s: float = Field(600.0, gt=0, description="event time after acting before rtem escalates")
     diagnose_after_s: float = Field(30.0, ge=0, description="event time an incident gathers evidence before diagnosis")
     command_allowlist: list[str] = Field(default_factory=list, description="programs the command executor may run")
+    http_host: str = Field("127.0.0.1", description="where `rtem run` serves the HTTP API and console")
+    http_port: int = Field(8080, ge=0, le=65535, description="its port; 0: a free port, printed at start")
+    http_max_body_bytes: int = Field(1024 * 1024, ge=1024, description="larger request bodies get 413")
+    reports_dir: Path | None = Field(None, description="where closed incidents' reports are written; "
+                                                       "unset: DATA_DIR/reports")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL (WAL) survives a crash of rtem, like JetStream's default sync "
                               "policy; FULL also survives power loss, at one fsync per batch")

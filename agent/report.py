@@ -6,6 +6,7 @@ clock or the running configuration, so the same store always gives byte-identica
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from .audit import AuditLog
 from .models import DecisionRecord
 from .store import IncidentStore
 
-__all__ = ["Report", "build_report", "render"]
+__all__ = ["Report", "build_report", "render", "write_reports"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_GROUPS = 40        # timeline rows in the table; the rest are counted, not listed
@@ -53,7 +54,9 @@ def build_report(store: IncidentStore, audit: AuditLog, incident_id: str) -> Rep
     if row is None:
         raise LookupError(f"no incident {incident_id!r} in {store.path} (see `rtem incidents`)")
     events = store.events(row["id"])
-    records = audit.records(incident_id=row["id"])
+    # The record of a written report is about the report, not the incident: leaving it out keeps a
+    # rebuilt report identical to the one written at close.
+    records = [r for r in audit.records(incident_id=row["id"]) if r.kind != "report.written"]
     groups = _group_events(events)
     decisions = [_decision(r) for r in records]
     report = Report(
@@ -73,6 +76,24 @@ def build_report(store: IncidentStore, audit: AuditLog, incident_id: str) -> Rep
     )
     report.chart_svg = timeline_svg(groups, records)
     return report
+
+
+def write_reports(store: IncidentStore, audit: AuditLog, incident_id: str, directory: Path) -> dict[str, str]:
+    """Write the Markdown and HTML reports of a closed incident and record them (path and SHA-256) in
+    the audit log, so anyone can rebuild them with `rtem report` and compare."""
+    report = build_report(store, audit, incident_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for fmt in ("md", "html"):
+        path = directory / f"{report.incident_id}.{fmt}"
+        text = report.render(fmt)
+        path.write_text(text, encoding="utf-8")
+        written[fmt] = str(path)
+        written[f"{fmt}_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    audit.append("report.written", incident_id=report.incident_id, node="report", decision=written,
+                 reasons=[f"incident {report.incident_id} closed: rationale report written to {written['md']} "
+                          f"and {written['html']}"])
+    return written
 
 
 def render(report: Report, fmt: str = "md") -> str:

@@ -131,6 +131,8 @@ class RulesReloader:
         self._listeners: list[Callable[[RuleSnapshot, ReloadResult], None]] = []
         self._fingerprint = self._stat()
         self._refused: str | None = None
+        self.last_result: ReloadResult | None = None
+        self.last_refusal: ReloadResult | None = None
         report = _check(self._root)
         if not report.ok:
             raise RulesInvalid(report.errors)
@@ -140,6 +142,8 @@ class RulesReloader:
         previous = self._last_loaded()
         diff = diff_definitions(previous.get("definitions", {}), self._definitions) if previous else None
         self._audit_loaded(report, "start", diff, previous.get("digest") if previous else None, self._files)
+        self.last_result = ReloadResult("loaded", report.digest, previous.get("digest") if previous else None,
+                                        diff=diff, warnings=tuple(report.warnings))
 
     @classmethod
     def for_components(cls, components, actor: str | None = None) -> RulesReloader:
@@ -168,6 +172,24 @@ class RulesReloader:
         def swap(snapshot: RuleSnapshot, result: ReloadResult) -> None:
             self._sync(components, snapshot)
         self.subscribe(swap)
+
+    async def reload(self, actor: str, via: str = "api") -> ReloadResult:
+        """Check the files now on a worker thread and swap them in on the caller's (the event loop's)
+        thread, in the name of `actor`; unlike the watcher, a refused set is judged (and refused) again."""
+        files = _files(self._root)
+        content = _content_digest(files)
+        report = await asyncio.to_thread(_check, self._root)
+        if report.ok and content == _content_digest(self._files):
+            return ReloadResult("unchanged", self._snapshot.digest, warnings=tuple(report.warnings))
+        self._fingerprint = self._stat()
+        return self._apply(report, files, content, via, actor)
+
+    def status(self) -> dict[str, Any]:
+        """The rule set in force, its files, and what the last reload attempt did."""
+        return {"digest": self._snapshot.digest, "dir": str(self._root), "files": self._files,
+                "ruleset": self._snapshot.guard.guardrails.digest, "detections": self._snapshot.detections.digest,
+                "last_result": self.last_result.to_dict() if self.last_result else None,
+                "last_refusal": self.last_refusal.to_dict() if self.last_refusal else None}
 
     def check_now(self, via: str = "check_now") -> ReloadResult:
         """Read the files now; when their content changed, check them and swap them in, or refuse them."""
@@ -220,7 +242,16 @@ class RulesReloader:
             return ReloadResult("unchanged", self._snapshot.digest)
         return self._apply(_check(self._root), files, content, via)
 
-    def _apply(self, report: CheckReport, files: list[dict[str, Any]], content: str, via: str) -> ReloadResult:
+    def _apply(self, report: CheckReport, files: list[dict[str, Any]], content: str, via: str,
+               actor: str | None = None) -> ReloadResult:
+        result = self._judge(report, files, content, via, actor or self.actor)
+        self.last_result = result
+        if result.status == "refused":
+            self.last_refusal = result
+        return result
+
+    def _judge(self, report: CheckReport, files: list[dict[str, Any]], content: str, via: str,
+               actor: str) -> ReloadResult:
         previous = self._snapshot.digest
         if not report.ok:
             self._refused = content
@@ -228,7 +259,7 @@ class RulesReloader:
                 log.error("rules change refused: %s", error)
             if self.audit is not None:
                 self.audit.append(
-                    "rules.refused", node="rules", inputs={"actor": self.actor, "via": via, "dir": str(self._root),
+                    "rules.refused", node="rules", inputs={"actor": actor, "via": via, "dir": str(self._root),
                                                            "files": _changed(self._files, files)},
                     decision={"active": previous, "refused_content": content},
                     reasons=[str(e) for e in report.errors[:_MAX_AUDITED_ERRORS]], versions={"ruleset": previous})
@@ -239,7 +270,7 @@ class RulesReloader:
         diff = diff_definitions(self._definitions, new_definitions)
         changed = _changed(self._files, files)
         self._snapshot, self._definitions, self._files, self._refused = snapshot, new_definitions, files, None
-        self._audit_loaded(report, via, diff, previous, changed)
+        self._audit_loaded(report, via, diff, previous, changed, actor)
         log.info("rules %s loaded (was %s): %s", snapshot.digest, previous, diff.summary())
         result = ReloadResult("loaded", snapshot.digest, previous, content, diff, warnings=tuple(report.warnings))
         for listener in list(self._listeners):
@@ -264,17 +295,18 @@ class RulesReloader:
                                     "detections": snapshot.detections.digest, "rules": snapshot.digest})
 
     def _audit_loaded(self, report: CheckReport, via: str, diff: RulesDiff | None, previous: str | None,
-                      files: list[dict[str, Any]]) -> None:
+                      files: list[dict[str, Any]], actor: str | None = None) -> None:
+        actor = actor or self.actor
         if self.audit is None:
             return
         summary = diff.summary() if diff is not None else "first load on record"
         self.audit.append(
             "rules.loaded", node="rules",
-            inputs={"actor": self.actor, "via": via, "dir": str(self._root), "files": files},
+            inputs={"actor": actor, "via": via, "dir": str(self._root), "files": files},
             decision={"digest": report.digest, "previous": previous,
                       "diff": asdict(diff) if diff is not None else None, "counts": report.counts(),
                       "definitions": self._definitions},
-            reasons=[f"{self.actor} loaded rules {report.digest} via {via}: {summary}"],
+            reasons=[f"{actor} loaded rules {report.digest} via {via}: {summary}"],
             versions={"ruleset": report.guardrails.digest if report.guardrails else "",
                       "detections": report.detections.digest if report.detections else "", "rules": report.digest})
 

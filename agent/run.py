@@ -13,6 +13,7 @@ import asyncio
 import getpass
 import json
 import logging
+import socket
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +36,10 @@ WAITING_STATUS = {"approval": "awaiting_approval", "resume": "paused"}
 
 class Service:
     def __init__(self, settings: Settings, topology: Topology, *, dry_run: bool = False,
-                 on_change: Callable[[str, str], None] | None = None, poll_s: float = 0.25):
+                 on_change: Callable[[str, str], None] | None = None, poll_s: float = 0.25,
+                 http: bool | None = None):
+        """`http`: serve the API and console on settings.http_host/http_port; None: only when
+        http_port was set explicitly (RTEM_HTTP_PORT, the settings file, or a keyword)."""
         self.settings = settings
         self.topology = topology
         self.dry_run = dry_run
@@ -50,6 +54,9 @@ class Service:
         self._waiting: dict[str, dict[str, Any]] = {}
         self._checked: dict[str, float] = {}
         self.pages: list[dict[str, Any]] = []
+        self.http = "http_port" in settings.model_fields_set if http is None else http
+        self.http_url: str | None = None
+        self._http_server = None
 
     @property
     def url(self) -> str:
@@ -85,20 +92,28 @@ class Service:
         self._tasks = [asyncio.create_task(self._consume(), name="consume"),
                        asyncio.create_task(self._drive(), name="drive"),
                        asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules")]
+        if self.http:
+            await self._serve_http()
         log.info("rtem run: consuming %s, store %s", self.url, self.parts.store.path)
         return self
 
     async def stop(self) -> None:
         self.stop_event.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*self._advancing.values(), return_exceptions=True)
-        if self.parts is not None:
-            await publish_audit(self.bus, self.parts.audit)
-            await self.parts.close()
-        if self.bus is not None:
-            await self.bus.close()
-        if self.server is not None:
-            self.server.stop()
+        if self._http_server is not None:
+            self._http_server.should_exit = True
+        try:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._advancing.values(), return_exceptions=True)
+            if self.parts is not None:
+                try:
+                    await publish_audit(self.bus, self.parts.audit)
+                finally:
+                    await self.parts.close()
+            if self.bus is not None:
+                await self.bus.close()
+        finally:
+            if self.server is not None:
+                self.server.stop()
 
     async def run_forever(self) -> None:
         await self.stop_event.wait()
@@ -187,6 +202,70 @@ class Service:
             self.parts.triage.correlator.release(incident_id)
             if values.get("mttr_s") is not None:
                 metrics.MTTR.observe(values["mttr_s"])
+            if new_status != "merged":
+                await self._write_reports(incident_id)
+
+    async def _write_reports(self, incident_id: str) -> None:
+        """The rationale report of a closed incident, written beside the store (agent/report.py)."""
+        from .report import write_reports
+        from .store import IncidentStore
+
+        directory = Path(self.settings.reports_dir or Path(self.settings.data_dir) / "reports")
+
+        def write() -> dict[str, str]:
+            store = IncidentStore(self.parts.store.path, readonly=True)
+            try:
+                return write_reports(store, self.parts.audit, incident_id, directory)
+            finally:
+                store.close()
+        try:
+            written = await asyncio.to_thread(write)
+            log.info("incident %s: report %s", incident_id, written["html"])
+        except Exception:  # a report is an explanation, not a control: its failure must not stop the service
+            log.exception("incident %s: writing its report failed (rtem report %s rebuilds it)", incident_id,
+                          incident_id)
+
+    async def _serve_http(self) -> None:
+        """The HTTP API and console (agent/api), on this event loop beside the consumer."""
+        import uvicorn
+
+        from .api import ApiContext, create_app
+        from .chat import answer
+        from .tokens import TokenStore
+
+        consumer = self._tasks[0]
+        chat = answer
+        client = getattr(self.parts.graph.deps.reasoner, "client", None)
+        if self.settings.llm != "none" and client is not None:  # chat through the reasoner's LLM client
+            from .llm import LlmChat
+
+            chat = LlmChat(self.settings, client=client).answer
+        ctx = ApiContext(
+            db_path=self.parts.store.path, topology=self.topology, audit=self.parts.audit, ledger=self.parts.ledger,
+            tokens=TokenStore(self.parts.store.path), publish=self.bus.publish_lines, chat=chat,
+            reloader=self.reloader, max_body_bytes=self.settings.http_max_body_bytes,
+            ready=lambda: bool(self.bus and self.bus.nc.is_connected and not consumer.done()))
+        config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")
+        self._http_server = uvicorn.Server(config)
+        self._http_server.install_signal_handlers = lambda: None  # rtem run owns Ctrl-C
+        # Bind here, so a taken port is an OSError that names it, not uvicorn's exit.
+        family = socket.AF_INET6 if ":" in self.settings.http_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.settings.http_host, self.settings.http_port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"cannot serve HTTP on {self.settings.http_host}:{self.settings.http_port}: "
+                          f"{exc.strerror} (set --http-port or RTEM_HTTP_PORT)") from None
+        task = asyncio.create_task(self._http_server.serve(sockets=[sock]), name="http")
+        while not self._http_server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if task.done():
+            task.result()
+        self._tasks.append(task)
+        self.http_url = f"http://{self.settings.http_host}:{sock.getsockname()[1]}"
+        log.info("rtem run: HTTP API and console at %s", self.http_url)
 
     async def _lag(self) -> int:
         try:

@@ -71,3 +71,47 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, mess
             return value
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s" + (f": {message()}" if message else ""))
+
+
+class ThreadedService:
+    """`rtem run`'s Service on its own event loop in a thread, for tests that talk to it over HTTP
+    synchronously; the target that obeys commands runs on the same loop."""
+
+    def __init__(self, settings, topology, **kwargs):
+        import threading
+
+        from agent.run import Service
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="rtem-service", daemon=True)
+        self.service = Service(settings, topology, http=True, poll_s=0.05, **kwargs)
+        self.target = Target()
+
+    def call(self, coro, timeout: float = 60.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> "ThreadedService":
+        self.thread.start()
+        self.call(self.service.start())
+        self.call(self.target.attach(self.service.bus.nc))
+        return self
+
+    def stop(self) -> None:
+        try:
+            self.call(self.service.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return self.service.http_url
+
+    def wait(self, predicate, timeout: float = 30.0, interval: float = 0.1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"condition not met within {timeout}s")

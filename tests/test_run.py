@@ -1,8 +1,11 @@
 """The live service against a real nats-server: detect, diagnose, guard, act once, verify, close."""
 
+import hashlib
+
 import pytest
 
 from agent.config import Settings
+from agent.report import build_report
 from agent.run import Service
 from tests.live import Target, anomaly, publish, sample, wait_for
 
@@ -47,6 +50,13 @@ async def test_a_fault_is_remediated_once_and_verified(tmp_path, nats_server, bu
         assert REGISTRY.get_sample_value("rtem_verdicts_total", {"outcome": "allow"}) >= 1
         kinds = [r.kind for r in service.parts.audit.records(incident_id=row["id"])]
         assert kinds.index("action.executed") < kinds.index("incident.closed")
+        # The rationale report is written at close, and a rebuild later gives the same bytes.
+        [written] = await wait_for(lambda: service.parts.audit.records(incident_id=row["id"], kind="report.written"))
+        html = (tmp_path / "data" / "reports" / f"{row['id']}.html").read_text()
+        assert written.decision["html"].endswith(f"{row['id']}.html") and "<svg" in html
+        rebuilt = build_report(service.parts.store, service.parts.audit, row["id"])
+        for fmt in ("md", "html"):
+            assert hashlib.sha256(rebuilt.render(fmt).encode()).hexdigest() == written.decision[f"{fmt}_sha256"]
     finally:
         await service.stop()
 

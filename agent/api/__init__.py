@@ -1,0 +1,6 @@
+"""rtem's HTTP API and web console (FastAPI), served by `rtem run`; docs/api.md."""
+
+from .app import create_app
+from .context import ApiContext
+
+__all__ = ["ApiContext", "create_app"]

@@ -1,0 +1,63 @@
+"""Who is calling, and may they: the token in the request, its role, and refusals in the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+
+from ..tokens import Principal
+from .context import ApiContext
+
+COOKIE = "rtem_token"
+
+
+class ApiError(Exception):
+    """An error a client gets as JSON `{"error": ..., "detail": ...}` with this status."""
+
+    def __init__(self, status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None):
+        super().__init__(error)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+def context(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+def token_of(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(COOKIE)
+
+
+def deny(ctx: ApiContext, request: Request, status: int, reason: str, who: Principal | None) -> ApiError:
+    """Record a refused attempt, then return the error to raise."""
+    ctx.audit.append("access.denied", node="api",
+                     inputs={"token": who.name if who else "anonymous", "role": who.role if who else None,
+                             "method": request.method, "path": request.url.path},
+                     decision={"status": status}, reasons=[reason])
+    headers = {"WWW-Authenticate": 'Bearer realm="rtem"'} if status == 401 else None
+    return ApiError(status, reason, headers=headers)
+
+
+def require(permission: str) -> Callable[[Request], Principal]:
+    """A FastAPI dependency: the caller's principal if its role has `permission`; 401/403 otherwise."""
+
+    def check(request: Request) -> Principal:
+        ctx = context(request)
+        token = token_of(request)
+        who = ctx.tokens.authenticate(token)
+        if who is None:
+            reason = "no token: send `Authorization: Bearer rtem_…` (rtem tokens create)" if not token \
+                else "unknown or revoked token"
+            raise deny(ctx, request, 401, reason, None)
+        if not who.may(permission):
+            raise deny(ctx, request, 403, f"role {who.role} may not {permission}", who)
+        request.state.principal = who
+        return who
+
+    check.__name__ = f"require_{permission}"
+    return check

@@ -1,0 +1,230 @@
+// One incident: summary, hypotheses, actions (approve or reject those that wait), timeline, and a chat
+// box. It refreshes every 2 s; a section is redrawn only when its data changed, so typing is not lost.
+
+import {
+  ApiFailure, api, badge, confidence, el, fail, flash, formatTime, may, poll, showError, start, tree,
+} from "/static/console.js";
+import { chatBox } from "/static/answer.js";
+
+const asked = decodeURIComponent(location.pathname.split("/").pop());
+const $ = (id) => document.querySelector(`[data-testid=${id}]`);
+const drawn = {};  // section → the JSON it was last drawn from
+let who = null;
+let incidentId = asked;  // the full id once known (the URL may hold a unique prefix)
+let lastSeq = 0;
+let loop = null;  // the 2 s refresh; loop.now() refreshes at once
+
+start("incidents").then(async (principal) => {
+  who = principal;
+  await refresh();  // a 404 here is shown, and nothing polls
+  $("incident-chat").replaceChildren(chatBox(who, { incident: incidentId }));
+  window.addEventListener("hashchange", showCited);
+  loop = poll(refresh, undefined, { immediately: false });
+}).catch(fail);
+
+async function refresh() {
+  const incident = await api("GET", `/api/v1/incidents/${encodeURIComponent(incidentId)}`);
+  if (incidentId !== incident.id) {
+    incidentId = incident.id;
+    history.replaceState(null, "", `/incidents/${encodeURIComponent(incident.id)}${location.hash}`);
+  }
+  document.title = `${incident.id} · rtem`;
+  draw("summary", incident, () => summary(incident));
+  draw("hypotheses", incident.root_causes, () => hypotheses(incident.root_causes || []));
+  draw("actions", [incident.actions, who.role], () => actions(incident));
+  $("incident-title").textContent = incident.id;
+  $("incident-status").replaceChildren(badge(incident.status, "status"));
+  $("report-link").href = `/reports/${encodeURIComponent(incident.id)}`;
+  await timeline();
+}
+
+function draw(section, data, build) {
+  const json = JSON.stringify(data);
+  if (drawn[section] === json) return;
+  const node = $(section);
+  const typed = keepTyping(node);
+  node.replaceChildren(build());
+  typed();
+  if (drawn[section] !== undefined) flash(node);
+  drawn[section] = json;
+}
+
+// What the user typed into a reason box (and where the cursor was) survives a redraw of its section.
+function keepTyping(node) {
+  const values = new Map([...node.querySelectorAll("input[data-key]")].map((i) => [i.dataset.key, i.value]));
+  const focused = node.contains(document.activeElement) ? document.activeElement.dataset.key : null;
+  return () => {
+    for (const input of node.querySelectorAll("input[data-key]")) {
+      if (values.has(input.dataset.key)) input.value = values.get(input.dataset.key);
+      if (input.dataset.key === focused) input.focus();
+    }
+  };
+}
+
+function summary(incident) {
+  const facts = [
+    ["Status", badge(incident.status, "status")],
+    ["Severity", badge(incident.severity, "severity")],
+    ["Opened", formatTime(incident.opened_at)],
+    ["Last event", formatTime(incident.updated_at)],
+    ["Entities", (incident.entities || []).join(", ") || "–"],
+    ["Detections", (incident.detections || []).join(", ") || "–"],
+    ["Events", incident.event_count ?? "–"],
+    ["Awaiting approval", awaiting(incident.actions || [])],
+    ["Resolution", incident.resolution || "–"],
+    ["Time to recover", typeof incident.mttr_s === "number" ? `${incident.mttr_s.toFixed(1)} s` : "–"],
+  ];
+  if (incident.merged_into) facts.push(["Merged into", incident.merged_into]);
+  return el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", { data: { fact: k } }, v)]));
+}
+
+function awaiting(list) {
+  const waiting = list.filter((a) => a.verdict === "require_approval" && a.status === "proposed");
+  return waiting.length ? waiting.map((a) => `#${a.index} ${a.type} on ${a.target}`).join(", ") : "nothing";
+}
+
+function hypotheses(causes) {
+  if (!causes.length) return el("p", { class: "muted" }, "Not diagnosed yet.");
+  return el("ol", { class: "causes" }, causes.map((c, rank) =>
+    el("li", { testid: "hypothesis", data: { entity: c.entity || "" } },
+      el("div", { class: "cause-head" },
+        el("strong", {}, c.entity), c.fault_type ? ` ${c.fault_type}` : "", " ",
+        el("meter", { min: 0, max: 1, value: c.confidence ?? 0, title: `confidence ${confidence(c.confidence)}`,
+          "aria-label": `confidence of hypothesis ${rank + 1}` }),
+        el("span", { class: "confidence", testid: "confidence" }, confidence(c.confidence))),
+      c.explanation ? el("p", {}, c.explanation) : null,
+      evidence(c.evidence))));
+}
+
+function evidence(ids) {
+  if (!ids || !ids.length) return null;
+  return el("p", { class: "small" }, el("span", { class: "muted" }, "Evidence: "),
+    ids.map((id) => [el("code", { class: "event-id" }, id), " "]));
+}
+
+function actions(incident) {
+  const list = incident.actions || [];
+  if (!list.length) return el("p", { class: "muted" }, "No actions proposed yet.");
+  return el("div", { class: "actions" }, list.map((a) => action(incident, a)));
+}
+
+function action(incident, a) {
+  const waits = a.verdict === "require_approval" && a.status === "proposed";
+  return el("article", { class: "action", testid: "action",
+    data: { index: String(a.index), type: a.type || "", status: a.status || "", verdict: a.verdict || "" } },
+  el("h3", {}, `#${a.index} ${a.type} on ${a.target} `, badge(a.verdict, "verdict"), " ",
+    el("span", { testid: "action-status" }, badge(a.status, "action-status"))),
+  a.reason ? el("p", { testid: "action-reason" }, a.reason) : null,
+  el("dl", { class: "facts small" },
+    (a.rules || []).length ? [el("dt", {}, "Rules"), el("dd", {}, a.rules.map((r) => [el("code", {}, r), " "]))] : null,
+    a.approver_role ? [el("dt", {}, "Approver role"), el("dd", {}, a.approver_role)] : null,
+    a.params && Object.keys(a.params).length ? [el("dt", {}, "Parameters"), el("dd", {}, tree(a.params))] : null,
+    a.approval ? [el("dt", {}, "Approval"), el("dd", { testid: "approval" }, approval(a.approval))] : null,
+    a.outcome ? [el("dt", {}, "Outcome"), el("dd", {}, outcome(a.outcome))] : null),
+  waits && may(who, "decide") ? decide(incident, a) : null,
+  waits && !may(who, "decide") ? el("p", { class: "muted small", testid: "cannot-decide" },
+    `Waiting for ${a.approver_role || "an approver"}; the role ${who.role} may not decide.`) : null);
+}
+
+function approval(value) {
+  if (!value || typeof value !== "object") return String(value);
+  const verb = value.decision === "approve" || value.approved === true ? "approved"
+    : value.decision === "reject" || value.approved === false ? "rejected" : value.decision || "decided";
+  return [`${verb} by ${value.by || "?"}`, value.at ? ` at ${formatTime(value.at)}` : "",
+    value.reason ? `: ${value.reason}` : ""].join("");
+}
+
+function outcome(value) {
+  if (value.ok === false) return el("span", { class: "error-text" }, value.error || "failed");
+  return value.ok ? "ok" : tree(value);
+}
+
+function decide(incident, a) {
+  const key = `reason-${a.index}`;
+  const reason = el("input", { type: "text", id: key, testid: "reason", data: { key }, maxlength: 2000,
+    placeholder: "why (optional, kept in the audit log)" });
+  const buttons = [];
+  const send = (verb) => async () => {
+    const error = $("decision-error");
+    const notice = $("decision-notice");
+    error.hidden = notice.hidden = true;
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      const body = reason.value.trim() ? { reason: reason.value.trim() } : {};
+      const answer = await api("POST",
+        `/api/v1/incidents/${encodeURIComponent(incident.id)}/actions/${a.index}/${verb}`, body);
+      notice.textContent = `${answer.decision === "approve" ? "Approved" : "Rejected"} #${a.index} ${a.type} as ` +
+        `${answer.by}; the service picks the decision up within a second.`;
+      notice.hidden = false;
+      loop.now();
+    } catch (err) {
+      showError(error, err instanceof ApiFailure ? `Could not ${verb} #${a.index} ${a.type}: ${err.message}` : err);
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  };
+  buttons.push(
+    el("button", { type: "button", class: "approve", testid: "approve", on: { click: send("approve") } }, "Approve"),
+    el("button", { type: "button", class: "reject", testid: "reject", on: { click: send("reject") } }, "Reject"));
+  return el("div", { class: "decide", testid: "decide" },
+    el("label", { for: key }, "Reason"), reason, ...buttons);
+}
+
+// The timeline: decision records in order, each an anchor (#seq-N) that chat citations link to.
+async function timeline() {
+  const path = lastSeq === 0 ? `/api/v1/incidents/${encodeURIComponent(incidentId)}/decisions`
+    : `/api/v1/audit?incident=${encodeURIComponent(incidentId)}&since_seq=${lastSeq}&limit=1000`;
+  const records = ((await api("GET", path)).records || []).filter((r) => r.seq > lastSeq)
+    .sort((x, y) => x.seq - y.seq);
+  if (!records.length) return;
+  const list = $("timeline");
+  const initial = lastSeq === 0;
+  for (const record of records) {
+    if (document.getElementById(`seq-${record.seq}`)) continue;
+    const entry = entryOf(record);
+    list.append(entry);
+    if (!initial) flash(entry);
+  }
+  lastSeq = records[records.length - 1].seq;
+  if (initial) showCited();
+}
+
+function entryOf(r) {
+  return el("li", { id: `seq-${r.seq}`, class: "entry", testid: "timeline-entry", data: { seq: String(r.seq), kind: r.kind } },
+    el("div", { class: "entry-head" },
+      el("time", { datetime: r.at }, formatTime(r.at)), " ",
+      el("a", { href: `#seq-${r.seq}`, class: "seq" }, `#${r.seq}`), " ",
+      badge(r.kind, "kind"), r.node ? el("span", { class: "muted small" }, ` ${r.node}`) : null),
+    el("p", { class: "headline" }, headline(r)),
+    (r.reasons || []).length > 1 || ((r.reasons || []).length === 1 && r.reasons[0] !== headline(r))
+      ? el("ul", { class: "reasons" }, r.reasons.map((text) => el("li", {}, text))) : null,
+    evidence(r.evidence),
+    el("details", { class: "small" }, el("summary", {}, "Record"),
+      el("div", { class: "record" }, tree({ inputs: r.inputs, decision: r.decision, versions: r.versions }))));
+}
+
+function headline(r) {
+  const d = r.decision || {};
+  const p = (r.inputs && r.inputs.proposal) || {};
+  switch (r.kind) {
+    case "incident.opened": return `Opened on ${(d.entities || []).join(", ")} (${d.severity || "?"})`;
+    case "causes.ranked": return `Ranked causes: ${(d.root_causes || []).map((c) => `${c.entity} ${confidence(c.confidence)}`).join(", ") || "none"}`;
+    case "actions.proposed": return `Proposed: ${(d.proposals || []).map((x) => `${x.type} on ${x.target}`).join(", ") || "nothing"}`;
+    case "action.verdict": return `${p.type} on ${p.target}: ${d.outcome}${(d.rules || []).length ? ` (${d.rules.join(", ")})` : ""}`;
+    case "approval.requested": return `Approval requested: ${((r.inputs || {}).actions || []).join(", ")}`;
+    case "approval.decided": return `${d.decision === "approve" ? "Approved" : "Rejected"} by ${d.by}`;
+    case "action.approval": return `${(r.inputs || {}).action || "action"}: ${d.status} by ${d.by}`;
+    case "incident.closed":
+    case "incident.diagnosed": return `Status ${d.status}${d.root_cause ? `, root cause ${d.root_cause}` : ""}`;
+    default: return (r.reasons || [])[0] || r.kind;
+  }
+}
+
+function showCited() {
+  const match = location.hash.match(/^#seq-(\d+)$/);
+  document.querySelectorAll(".entry.cited").forEach((e) => e.classList.remove("cited"));
+  if (!match) return;
+  const entry = document.getElementById(`seq-${match[1]}`);
+  if (!entry) return;
+  entry.classList.add("cited");
+  entry.scrollIntoView({ block: "center" });
+}

@@ -1,0 +1,84 @@
+"""`rtem tokens`: API tokens for the HTTP API and console (docs/api.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import Settings
+from .tokens import ROLES, TokenError, TokenStore
+
+tokens_app = typer.Typer(help="API tokens for the HTTP API and the web console: create, list, revoke.",
+                         no_args_is_help=True)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DbOpt = Annotated[Optional[Path], typer.Option("--db", help="The service's store (default: RTEM_DATA_DIR/rtem.db).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+
+
+def _tokens(db: Path | None) -> TokenStore:
+    return TokenStore(db or Settings().db_path)
+
+
+@tokens_app.command("create")
+def create(name: Annotated[str, typer.Argument(help="Who or what uses the token; recorded with its every decision.")],
+           role: Annotated[str, typer.Option("--role", "-r", help=f"One of: {', '.join(ROLES)}.")],
+           service: Annotated[Optional[list[str]], typer.Option(
+               "--service", "-s", help="Limit to these services or entities (repeatable).")] = None,
+           label: Annotated[Optional[list[str]], typer.Option(
+               "--label", "-l", help="Limit to entities with this topology label, KEY=VALUE (repeatable).")] = None,
+           json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Create a token and print it once; only its hash is kept."""
+    from .run import operator
+
+    labels = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            err.print(f"[red]error:[/] --label {item!r}: write KEY=VALUE")
+            raise typer.Exit(2)
+        labels[key] = value
+    try:
+        token, info = _tokens(db).create(name, role, services=service or [], labels=labels, by=operator())
+    except TokenError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    if json_out:
+        print(json.dumps({"token": token, **info}))
+        return
+    out.print(token)
+    scope = ", ".join([*info["services"], *(f"{k}={v}" for k, v in info["labels"].items())]) or "everything"
+    err.print(f"token {name!r} ({role}, scope: {scope}) created; it is shown only now. "
+              "Send it as `Authorization: Bearer …`, or paste it into the console's login page.")
+
+
+@tokens_app.command("list")
+def list_tokens(all_: Annotated[bool, typer.Option("--all", help="Include revoked tokens.")] = False,
+                json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Tokens by name, role and scope (never the secrets)."""
+    rows = _tokens(db).list(include_revoked=all_)
+    if json_out:
+        print(json.dumps({"tokens": rows}, indent=2))
+        return
+    table = Table(show_edge=False)
+    for col in ("name", "role", "scope", "created", "by", "revoked"):
+        table.add_column(col)
+    for t in rows:
+        scope = ", ".join([*t["services"], *(f"{k}={v}" for k, v in t["labels"].items())]) or "everything"
+        table.add_row(t["name"], t["role"], scope, t["created_at"], t["created_by"] or "-", t["revoked_at"] or "-")
+    out.print(table if rows else "no tokens (rtem tokens create NAME --role ROLE)")
+
+
+@tokens_app.command("revoke")
+def revoke(name: Annotated[str, typer.Argument(help="The token's name.")], db: DbOpt = None) -> None:
+    """Revoke a token: its next request gets 401."""
+    if not _tokens(db).revoke(name):
+        err.print(f"[red]error:[/] no live token named {name!r} (rtem tokens list)")
+        raise typer.Exit(1)
+    out.print(f"token {name!r} revoked")
