@@ -123,6 +123,12 @@ def test_a_scoped_approver_cannot_approve_outside_its_scope_nor_see_it(live):
         assert response.status_code == 403 and "does not cover node-6" in response.json()["error"]
         assert http.get(f"/api/v1/incidents/{live.incident['id']}").status_code == 404
         assert live.incident["id"] not in [i["id"] for i in http.get("/api/v1/incidents").json()["incidents"]]
+        hidden = http.post("/api/v1/chat", json={"question": "what is still open?"}).json()
+        assert live.incident["id"] not in json.dumps(hidden) and "node-6" not in json.dumps(hidden)
+        named = http.post("/api/v1/chat", json={"question": f"how long did {live.incident['id']} take?"}).json()
+        assert named["text"].startswith("I don't know") and "not found or not visible" in named["text"]
+    with client(live, "approver") as http:  # an unscoped token does see it
+        assert live.incident["id"] in json.dumps(http.post("/api/v1/chat", json={"question": "what is still open?"}).json())
     with AuditLog(live.db) as audit:
         denied = audit.records(kind="access.denied")[-1]
     assert denied.inputs["token"] == "carol" and denied.decision["status"] == 403
