@@ -1,22 +1,27 @@
-"""The web console: static HTML shells and assets, served from the API's own app.
+"""The web console: HTML shells and static assets, served from the API's own app.
 
 Pages hold no data and need no token to fetch; each one's script asks `GET /api/v1/whoami` first and
-goes to /login on a 401, then reads everything else from the JSON API in the browser. Keeping the
-console to files (no templates, no build step) means it works offline and cannot leak data into HTML.
+goes to /login on a 401, then reads everything else from the JSON API in the browser. The shells are
+Jinja templates over one layout (`templates/base.html`), rendered once with nothing but their title:
+no build step, nothing from the internet, and no data can leak into HTML.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import fastapi
-from fastapi.responses import FileResponse
+import jinja2
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 __all__ = ["STATIC", "mount_console", "router"]
 
 STATIC = Path(__file__).resolve().parent / "static"
-PAGES = STATIC / "pages"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+TITLES = {"login": "Sign in", "incidents": "Incidents", "incident": "Incident", "chat": "Chat", "rules": "Rules",
+          "report": "Report"}
 
 router = fastapi.APIRouter(include_in_schema=False)
 
@@ -27,37 +32,43 @@ def mount_console(app: fastapi.FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 
-def _page(name: str) -> FileResponse:
+def _page(name: str) -> HTMLResponse:
     # no-cache: the browser revalidates, so a new console version shows up on the next load
-    return FileResponse(PAGES / f"{name}.html", media_type="text/html; charset=utf-8",
-                        headers={"Cache-Control": "no-cache"})
+    return HTMLResponse(_render(name), headers={"Cache-Control": "no-cache"})
+
+
+@lru_cache(maxsize=None)
+def _render(name: str) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    return env.get_template(f"{name}.html").render(page=name, title=TITLES[name])
 
 
 @router.get("/login")
-def login_page() -> FileResponse:
+def login_page() -> HTMLResponse:
     return _page("login")
 
 
 @router.get("/")
-def incidents_page() -> FileResponse:
+def incidents_page() -> HTMLResponse:
     return _page("incidents")
 
 
 @router.get("/incidents/{incident_id}")
-def incident_page(incident_id: str) -> FileResponse:
+def incident_page(incident_id: str) -> HTMLResponse:
     return _page("incident")
 
 
 @router.get("/chat")
-def chat_page() -> FileResponse:
+def chat_page() -> HTMLResponse:
     return _page("chat")
 
 
 @router.get("/rules")
-def rules_page() -> FileResponse:
+def rules_page() -> HTMLResponse:
     return _page("rules")
 
 
 @router.get("/reports/{incident_id}")
-def report_page(incident_id: str) -> FileResponse:
+def report_page(incident_id: str) -> HTMLResponse:
     return _page("report")
