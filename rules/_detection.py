@@ -95,9 +95,9 @@ def load_detections(directory: str | Path | None = None) -> DetectionSet:
                                       f"first defined at {seen[detection.id]}")
             seen[detection.id] = f"{path}:{detection.line}"
             detections.append(detection)
-    result = DetectionSet(detections, content_digest(parsed), [str(p) for p in files])
-    Detector(result, Topology())  # compile once now, so a bad condition fails at load, not at runtime
-    return result
+    # Every condition was checked above as compiling would (CompiledRuleset.check), so a bad one fails
+    # here with its file:line, and no throwaway ruleset is defined (durable-rules never frees one).
+    return DetectionSet(detections, content_digest(parsed), [str(p) for p in files])
 
 
 def _detection(doc: dict[str, Any], rule_file: RuleFile, index: int) -> Detection:

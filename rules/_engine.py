@@ -179,8 +179,13 @@ class CompiledRuleset:
 
     @staticmethod
     def check(condition: Mapping[str, Any]) -> None:
-        """Compile a condition without building a ruleset: raises ConditionError if it is bad."""
-        compile_condition(condition, {})
+        """Everything building a ruleset would check, without defining one (durable-rules never frees
+        a ruleset): raises ConditionError if the condition is bad or has too many alternatives."""
+        branches = condition_branches(condition or {})
+        if branches > MAX_BRANCHES:
+            raise ConditionError(f"{branches} alternatives, over the limit of {MAX_BRANCHES}; split the rule, "
+                                 "or shorten its 'in' lists and 'any' branches", "")
+        compile_condition(condition or {}, {})
 
     def _recorder(self, rule_id: str):
         def fired(_c):

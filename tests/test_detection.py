@@ -151,6 +151,12 @@ detections:
     match: {type: x}
     threshold: {count: 2, window: soon}
 """, 6, 27, "'soon' is not valid here"),
+    ("""
+version: 1
+detections:
+  - id: too-many-alternatives
+    match: {subject: {in: [%s]}}
+""" % ", ".join(f"svc-{i}" for i in range(201)), 4, 5, "201 alternatives, over the limit of 200"),
 ])
 def test_a_bad_rule_file_is_refused_with_file_line_and_column(tmp_path, body, line, column, reason):
     (tmp_path / "bad.yaml").write_text("\n" + body.lstrip("\n"))
