@@ -250,7 +250,9 @@ class Service:
         self._http_server.install_signal_handlers = lambda: None  # rtem run owns Ctrl-C
         # Bind here, so a taken port is an OSError that names it, not uvicorn's exit.
         family = socket.AF_INET6 if ":" in self.settings.http_host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+        # without it every response waits ~40 ms for a delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.settings.http_host, self.settings.http_port))
