@@ -257,3 +257,36 @@ def test_rtem_run_serves_the_console_and_stops_cleanly_on_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_chat_over_http_answers_through_the_llm_within_the_callers_scope(tmp_path, boutique):
+    from tests.llm_server import ScriptedLLM, cited_answer
+
+    llm = ScriptedLLM().start()
+    settings = Settings(data_dir=tmp_path / "data", http_port=0, diagnose_after_s=1e6, llm="openai",
+                        llm_base_url=llm.url, llm_api_key="sk-test-key", llm_model="scripted-model",
+                        llm_retry_attempts=1, llm_timeout_s=5)
+    service = ThreadedService(settings, boutique).start()
+    try:
+        tokens = TokenStore(tmp_path / "data" / "rtem.db")
+        service.tokens = {"ops": tokens.create("ops", "operator")[0],
+                          "cart": tokens.create("cart-ops", "operator", services=["cartservice"])[0]}
+        with client(service, "ops") as http:
+            events = [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(5)]
+            assert http.post("/api/v1/events", content=json.dumps(events),
+                             headers={"content-type": "application/cloudevents-batch+json"}).status_code == 202
+            incident_id = service.wait(lambda: http.get("/api/v1/incidents").json()["incidents"])[0]["id"]
+            llm.on("chat_answer", cited_answer)
+            reply = http.post("/api/v1/chat", json={"question": "what is still open?"}).json()
+        assert reply["reasoner"] == "llm" and reply["versions"]["model"] == "scripted-model", reply
+        assert incident_id in llm.user_prompt("chat_answer") and reply["citations"]["seqs"]
+        asked = len(llm.requests)
+        llm.on("chat_answer", cited_answer)
+        with client(service, "cart") as http:
+            scoped = http.post("/api/v1/chat", json={"question": "what is still open?"}).json()
+        assert all(incident_id not in json.dumps(request) for request in llm.requests[asked:]), \
+            "the LLM never sees an incident outside the caller's scope"
+        assert incident_id not in json.dumps(scoped)
+    finally:
+        service.stop()
+        llm.stop()
