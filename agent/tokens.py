@@ -39,7 +39,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_tokens (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, digest TEXT NOT NULL UNIQUE, services TEXT NOT NULL,
-    labels TEXT NOT NULL, created_at TEXT NOT NULL, created_by TEXT, revoked_at TEXT, last_used_at TEXT);
+    labels TEXT NOT NULL, created_at TEXT NOT NULL, created_by TEXT, revoked_at TEXT);
 """
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
@@ -43,7 +43,7 @@ def deny(ctx: ApiContext, request: Request, status: int, reason: str, who: Princ
     return ApiError(status, reason, headers=headers)
 
 
-def require(permission: str) -> Callable[[Request], Principal]:
+def require(permission: str) -> Callable[[Request], Awaitable[Principal]]:
     """A FastAPI dependency: the caller's principal if its role has `permission`; 401/403 otherwise."""
 
     # async: a token lookup is one indexed SQLite read, cheaper on the event loop than a hop to a thread
