@@ -501,7 +501,8 @@ def demo(
                                          "root_cause": (r["root_causes"] or [{}])[0].get("entity"),
                                          "actions": [[a["type"], a["target"], a["verdict"], a.get("status")]
                                                      for a in r["actions"]]} for r in result.incidents],
-                          "audit_db": str(result.data_dir / "rtem.db")}, indent=2))
+                          "audit_db": str(result.data_dir / "rtem.db"),
+                          "reports_dir": str(result.data_dir / "reports")}, indent=2))
     else:
         table = Table(title="rtem demo: summary", show_edge=False)
         for col in ("incident", "root cause", "actions", "status", "MTTR (event time)"):
@@ -516,6 +517,7 @@ def demo(
         out.print(f"{result.dead_letters} malformed records in the DLQ · approvals: {', '.join(result.approvals) or 'none'}"
                   f" · {result.wall_s:.0f}s wall")
         out.print(f"audit log: {result.data_dir / 'rtem.db'} (rtem audit verify --db …; rtem incidents --db …)")
+        out.print(f"rationale reports: {result.data_dir / 'reports'} (one .md and one .html per incident)")
         if result.ok:
             out.print("[bold green]every incident resolved; the shop is healthy[/]")
         else:

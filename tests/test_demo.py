@@ -12,6 +12,8 @@ async def test_the_demo_remediates_an_injected_fault_and_reports_success(tmp_pat
     assert incident["root_causes"][0]["entity"] == "auth-1"
     assert [f["status"] for f in result.faults] == ["resolved"]
     assert result.applied and result.applied[0][1:] == ("restart_instance", "auth-1")
+    report = (tmp_path / "demo" / "reports" / f"{incident['id']}.md").read_text()
+    assert "restart_instance" in report and "auth-1" in report, "the report was written when the incident closed"
 
 
 async def test_the_demo_asks_the_operator_before_a_high_risk_action(tmp_path):
