@@ -42,7 +42,7 @@ def boutique() -> Topology:
 def _isolated_data_dir(tmp_path, monkeypatch):
     """Commands that default to ./.rtem write into the test's own directory instead."""
     monkeypatch.setenv("RTEM_DATA_DIR", str(tmp_path / "rtem-data"))
-    for name in ("RTEM_NATS_URL", "RTEM_CONFIG", "RTEM_RULES_DIR"):
+    for name in ("RTEM_NATS_URL", "RTEM_CONFIG", "RTEM_RULES_DIR", "RTEM_HTTP_PORT", "RTEM_LLM"):
         monkeypatch.delenv(name, raising=False)
 
 
