@@ -382,10 +382,14 @@ def run(
         err.print("stopped")
 
 
+def ledger_path(db: Path | None) -> Path:
+    return db or settings().db_path
+
+
 def _ledger(db: Path | None):
     from .ledger import Ledger
 
-    path = db or settings().db_path
+    path = ledger_path(db)
     if not path.is_file():
         fail(f"{path}: no store here (is `rtem run` using another RTEM_DATA_DIR?)")
     return Ledger(path)
@@ -407,8 +411,17 @@ def _decide(incident_id: str, action: str, approve: bool, by: str | None, reason
         fail(f"incident {row['id']} has no action {action!r} that needs approval; those that do: {needing}", 1)
     ledger = _ledger(db)
     who = by or operator()
-    for a in pending:
-        ledger.decide(row["id"], a["index"], approve, who, reason)
+    from .audit import AuditLog
+
+    with AuditLog(ledger_path(db)) as audit:
+        for a in pending:
+            ledger.decide(row["id"], a["index"], approve, who, reason)
+            # The same record the API writes, so every human decision is in the log when it is made.
+            audit.append("approval.decided", incident_id=row["id"], node="cli",
+                         inputs={"user": who, "via": "rtem approve" if approve else "rtem reject",
+                                 "action": {"index": a["index"], "type": a["type"], "target": a["target"]}},
+                         decision={"decision": "approve" if approve else "reject", "by": who},
+                         reasons=[reason or f"{who} gave no reason"])
     result = {"incident": row["id"], "actions": [a["index"] for a in pending],
               "decision": "approve" if approve else "reject", "by": who}
     if json_out:

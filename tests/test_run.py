@@ -86,3 +86,29 @@ async def test_the_kill_switch_stops_execution_but_not_diagnosis(tmp_path, nats_
         await wait_for(lambda: target.applied)
     finally:
         await service.stop()
+
+
+async def test_rtem_approve_decides_a_waiting_action_and_records_who(tmp_path, nats_server, bus, target, boutique):
+    import json
+
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    service = await Service(settings(tmp_path, nats_server), boutique, poll_s=0.05).start()
+    db = str(tmp_path / "data" / "rtem.db")
+    try:
+        await publish(bus, [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)])
+        row = await wait_for(lambda: (incident(service) or {}).get("status") == "awaiting_approval" and incident(service))
+        runner = CliRunner()
+        wrong = runner.invoke(app, ["approve", row["id"], "restart_instance", "--db", db])
+        assert wrong.exit_code == 1 and "those that do: 0 (drain_host on node-6)" in wrong.output
+        done = runner.invoke(app, ["approve", row["id"][:8], "drain_host", "--by", "alice", "--reason", "host is sick",
+                                   "--json", "--db", db])
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.stdout) == {"incident": row["id"], "actions": [0], "decision": "approve", "by": "alice"}
+        [decided] = service.parts.audit.records(incident_id=row["id"], kind="approval.decided")
+        assert decided.inputs["user"] == "alice" and decided.reasons == ["host is sick"]
+        await wait_for(lambda: any(a == "drain_host" for _, a, _ in target.applied))
+    finally:
+        await service.stop()
