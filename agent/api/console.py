@@ -20,8 +20,11 @@ __all__ = ["STATIC", "mount_console", "router"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-TITLES = {"login": "Sign in", "incidents": "Incidents", "incident": "Incident", "chat": "Chat", "rules": "Rules",
-          "report": "Report"}
+# Each page: its path, its template and its title. The ids in paths are read by the page's script.
+PAGES = {"/login": ("login", "Sign in"), "/": ("incidents", "Incidents"),
+         "/incidents/{incident_id}": ("incident", "Incident"), "/chat": ("chat", "Chat"), "/rules": ("rules", "Rules"),
+         "/reports/{incident_id}": ("report", "Report")}
+_TITLES = dict(PAGES.values())
 
 router = fastapi.APIRouter(include_in_schema=False)
 
@@ -41,34 +44,15 @@ def _page(name: str) -> HTMLResponse:
 def _render(name: str) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    return env.get_template(f"{name}.html").render(page=name, title=TITLES[name])
+    return env.get_template(f"{name}.html").render(page=name, title=_TITLES[name])
 
 
-@router.get("/login")
-def login_page() -> HTMLResponse:
-    return _page("login")
+def _route(name: str):
+    def page() -> HTMLResponse:
+        return _page(name)
+    page.__name__ = f"{name}_page"
+    return page
 
 
-@router.get("/")
-def incidents_page() -> HTMLResponse:
-    return _page("incidents")
-
-
-@router.get("/incidents/{incident_id}")
-def incident_page(incident_id: str) -> HTMLResponse:
-    return _page("incident")
-
-
-@router.get("/chat")
-def chat_page() -> HTMLResponse:
-    return _page("chat")
-
-
-@router.get("/rules")
-def rules_page() -> HTMLResponse:
-    return _page("rules")
-
-
-@router.get("/reports/{incident_id}")
-def report_page(incident_id: str) -> HTMLResponse:
-    return _page("report")
+for _path, (_name, _) in PAGES.items():
+    router.add_api_route(_path, _route(_name), methods=["GET"], response_class=HTMLResponse)
