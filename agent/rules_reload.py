@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +38,9 @@ from .audit import AuditLog
 log = logging.getLogger("rtem.rules")
 
 WATCHED = ("guardrails", "contracts", "detect")
+# A replaced rule set is freed this long after the swap: a guard evaluation that picked it up just
+# before (on a worker thread) finishes with it first. durable-rules would otherwise keep it forever.
+RETIRE_GRACE_S = 60.0
 _MAX_AUDITED_ERRORS = 20
 
 
@@ -120,7 +124,8 @@ class RulesReloader:
     """Owns the rule set in force; see the module docstring for the life of a change."""
 
     def __init__(self, rules_dir: str | Path | None, *, topology: Topology | None = None,
-                 audit: AuditLog | None = None, history=None, state=None, actor: str | None = None):
+                 audit: AuditLog | None = None, history=None, state=None, actor: str | None = None,
+                 grace_s: float = RETIRE_GRACE_S):
         self.rules_dir = Path(rules_dir) if rules_dir else None
         self.topology = topology or Topology()
         self.audit = audit
@@ -129,6 +134,8 @@ class RulesReloader:
         self.actor = actor or default_actor()
         self.guard = LiveGuard(self)
         self._listeners: list[Callable[[RuleSnapshot, ReloadResult], None]] = []
+        self.grace_s = grace_s
+        self._retired: list[tuple[float, Callable[[], None]]] = []
         self._fingerprint = self._stat()
         self._refused: str | None = None
         self.last_result: ReloadResult | None = None
@@ -166,7 +173,10 @@ class RulesReloader:
         """Wire into `build()`'s components: the graph judges with `self.guard`, and each swap replaces
         the triage detector (keeping its window state) and the versions recorded with decisions.
         Call `check_now` on the thread that runs triage (the event loop), so a swap lands between batches."""
+        replaced = components.graph.deps.guard
         components.graph.deps.guard = self.guard
+        if isinstance(replaced, Guard):
+            self._retire(replaced.close)  # build()'s own guard, judged with until now
         self._sync(components, self._snapshot)
 
         def swap(snapshot: RuleSnapshot, result: ReloadResult) -> None:
@@ -212,6 +222,7 @@ class RulesReloader:
                     break
             except asyncio.TimeoutError:
                 pass
+            self._free_retired()
             fingerprint = self._stat()
             if fingerprint == self._fingerprint:
                 pending = None
@@ -253,8 +264,11 @@ class RulesReloader:
     def _judge(self, report: CheckReport, files: list[dict[str, Any]], content: str, via: str,
                actor: str) -> ReloadResult:
         previous = self._snapshot.digest
+        self._free_retired()
         if not report.ok:
             self._refused = content
+            if report.guard is not None:
+                report.guard.close()  # compiled to be checked, never judged with
             for error in report.errors:
                 log.error("rules change refused: %s", error)
             if self.audit is not None:
@@ -266,6 +280,7 @@ class RulesReloader:
             return ReloadResult("refused", previous, previous, content, errors=tuple(report.errors),
                                 warnings=tuple(report.warnings))
         snapshot = self._snapshot_of(report)
+        self._retire(self._snapshot.guard.close)
         new_definitions = definitions(report)
         diff = diff_definitions(self._definitions, new_definitions)
         changed = _changed(self._files, files)
@@ -280,6 +295,21 @@ class RulesReloader:
                 log.exception("rules reload listener %r failed", listener)
         return result
 
+    def _retire(self, close: Callable[[], None]) -> None:
+        self._retired.append((time.monotonic() + self.grace_s, close))
+        self._free_retired()
+
+    def _free_retired(self) -> None:
+        """Free the replaced rule sets whose grace period is over."""
+        now = time.monotonic()
+        due = [close for at, close in self._retired if at <= now]
+        self._retired = [(at, close) for at, close in self._retired if at > now]
+        for close in due:
+            try:
+                close()
+            except Exception:
+                log.exception("freeing a replaced rule set failed")
+
     def _snapshot_of(self, report: CheckReport) -> RuleSnapshot:
         guard = report.guard.bind(history=self.history, state=self.state)
         detections = report.detections or DetectionSet([], "", [])
@@ -290,6 +320,7 @@ class RulesReloader:
         if triage.detector.detections.digest != snapshot.detections.digest:
             detector = Detector(snapshot.detections, components.topology)
             detector.restore(triage.detector.state())
+            self._retire(triage.detector.close)
             triage.detector = detector
         components.versions.update({"ruleset": snapshot.guard.guardrails.digest,
                                     "detections": snapshot.detections.digest, "rules": snapshot.digest})

@@ -150,6 +150,10 @@ class Detector:
         self._places: dict[str, tuple[str, str, str]] = {}
         self.watermark = 0.0
 
+    def close(self) -> None:
+        """Free the compiled conditions; the window state (`state()`) stays readable."""
+        self._ruleset.close()
+
     def observe(self, event: Event) -> list[Signal]:
         """Signals this event raises (possibly none), plus absences its time reveals."""
         ts = event.ts

@@ -156,6 +156,7 @@ class CompiledRuleset:
         self._facts = itertools.count(1)
         self._answers: dict[tuple, tuple[str, ...]] = {}
         self.names: list[str] = []
+        self.closed = False
         chunk: dict[str, Any] = {}
         weight = 0
         for rule_id, condition in conditions.items():
@@ -193,7 +194,25 @@ class CompiledRuleset:
         fired.__name__ = f"rule_{self.order[rule_id]}"
         return fired
 
+    def close(self) -> None:
+        """Free the native rulesets: durable-rules keeps every ruleset ever defined until told. Close
+        only what nothing evaluates any more; `match` on a closed ruleset raises."""
+        with _lock:
+            host = get_host()
+            for name in self.names:
+                rules = host._ruleset_directory.pop(name, None)
+                if rules is None:
+                    continue
+                # The host's dispatch timers walk this list on their own threads; a ruleset they pick
+                # up in the moment before it is deleted gets a handled error (not found), no crash.
+                if rules in host._ruleset_list:
+                    host._ruleset_list.remove(rules)
+                _native.delete_ruleset(rules._handle)
+            self.closed = True
+
     def match(self, fact: Mapping[str, Any]) -> list[str]:
+        if self.closed:
+            raise RuntimeError("this rule set was replaced by a reload and freed; judge with the current one")
         if not self.names:
             return []
         values = [lookup(fact, path) for path in self.fields]
@@ -227,6 +246,12 @@ class CompiledRuleset:
                 self._answers.clear()
             self._answers[key] = tuple(answer)
         return answer
+
+
+def live_rulesets() -> int:
+    """How many durable-rules rulesets this process holds (for tests and leak checks)."""
+    with _lock:
+        return len(get_host()._ruleset_directory)
 
 
 def lookup(fact: Mapping[str, Any], path: str) -> Any:

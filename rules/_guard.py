@@ -64,6 +64,12 @@ class Guard:
         self.needs_history = any(rule.gates.needs_history for rule in guardrails.rules)
         self.needs_state = bool(stateful)
 
+    def close(self) -> None:
+        """Free the compiled guardrails (shared with every `bind` of this guard)."""
+        self._compiled.close()
+        if self._state_rules is not None:
+            self._state_rules.close()
+
     def bind(self, *, history: ActionHistory | None = None, state: SystemState | None = None) -> Guard:
         """This guard (sharing its compiled rules) reading another history and state."""
         bound = copy.copy(self)

@@ -158,3 +158,31 @@ async def test_watch_picks_up_a_change_once_the_files_stand_still(rules_dir, aud
     await asyncio.wait_for(task, 5)
     assert [r.status for r in seen] == ["loaded"]
     assert [r.inputs["via"] for r in audit.records(kind="rules.loaded")] == ["start", "watch"]
+
+
+def test_replaced_rule_sets_are_freed_after_their_grace_period(rules_dir, audit):
+    from rules._engine import live_rulesets
+
+    reloader = RulesReloader(rules_dir, topology=TOPOLOGY, audit=audit, actor="tester", grace_s=0)
+    guardrails = rules_dir / "guardrails" / "default.yaml"
+    original = guardrails.read_text("utf-8")
+    edit(guardrails, original + DENY_BIG)
+    assert reloader.check_now().status == "loaded"
+    replaced = reloader.current()
+    held = live_rulesets()
+    for i in range(5):  # loads and refusals alike leave no rule set behind
+        edit(guardrails, original + (DENY_BIG if i % 2 else BROKEN) + f"# edit {i}\n")
+        assert reloader.check_now().status == ("loaded" if i % 2 else "refused")
+        assert live_rulesets() <= held, f"edit {i}: {live_rulesets()} rule sets held, {held} before"
+    assert scale_out(reloader.guard, 18).outcome == "deny", "the rules in force still judge"
+    with pytest.raises(RuntimeError, match="replaced by a reload"):
+        scale_out(replaced.guard, 18)
+
+
+def test_a_replaced_rule_set_stays_usable_during_its_grace_period(rules_dir, audit):
+    reloader = RulesReloader(rules_dir, topology=TOPOLOGY, audit=audit, actor="tester")  # 60 s grace
+    before = reloader.current()
+    edit(rules_dir / "guardrails" / "default.yaml",
+         (rules_dir / "guardrails" / "default.yaml").read_text("utf-8") + DENY_BIG)
+    assert reloader.check_now().status == "loaded"
+    assert scale_out(before.guard, 18).outcome == "require_approval", "an evaluation already under way finishes"
