@@ -55,7 +55,8 @@ class SqliteActionHistory:
             self._conn = sqlite3.connect(str(where), timeout=30, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._own = True
-        self._lock = threading.RLock()
+        # Sharing the store's connection means sharing its lock: one lock per connection.
+        self._lock = where.lock if self._store is not None else threading.RLock()
         with self._writing():
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._conn.execute(statement)

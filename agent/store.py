@@ -8,6 +8,7 @@ event is recorded exactly once however often it arrives.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -26,11 +27,22 @@ EVENT_COLUMNS = ("id", "ts", "time", "type", "subject", "severity", "source", "m
                  "incident_id", "signals", "received_at")
 
 
+def _serialized(method):
+    """Hold the store's lock for the whole call: graph nodes run on worker threads and share this
+    connection with the event loop, and sqlite-utils wraps reads in savepoints that must not
+    interleave with another thread's transaction on the same connection."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class IncidentStore:
     def __init__(self, path: str | Path, synchronous: str = "NORMAL", *, readonly: bool = False):
         """`readonly` is for readers beside a running service (the CLI): it never takes a write lock."""
         self.path = Path(path)
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()  # serializes every use of self.db (see _serialized)
         if readonly:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
                                    isolation_level=None, timeout=30)
@@ -62,7 +74,7 @@ class IncidentStore:
 
     @contextmanager
     def transaction(self):
-        with self._lock:
+        with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self
@@ -73,6 +85,7 @@ class IncidentStore:
 
     # -- the hot path -----------------------------------------------------------------------------
 
+    @_serialized
     def known_ids(self, ids: Sequence[str]) -> set[str]:
         known: set[str] = set()
         for start in range(0, len(ids), 500):
@@ -81,10 +94,12 @@ class IncidentStore:
             known.update(r[0] for r in self.db.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
         return known
 
+    @_serialized
     def insert_events(self, rows: Iterable[tuple]) -> None:
         marks = ",".join("?" * len(EVENT_COLUMNS))
         self.db.conn.executemany(f"INSERT OR IGNORE INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({marks})", rows)
 
+    @_serialized
     def attach(self, incident_id: str, event_ids: Iterable[str]) -> int:
         """Give events recorded before their incident existed (a threshold's early events) to it;
         returns how many it took."""
@@ -92,6 +107,7 @@ class IncidentStore:
                                           [(incident_id, e) for e in event_ids])
         return cursor.rowcount
 
+    @_serialized
     def merge(self, absorbed: str, keeper: str) -> None:
         self.db.execute("UPDATE events SET incident_id=? WHERE incident_id=?", [keeper, absorbed])
         self.db.execute("""UPDATE incidents SET event_count = event_count +
@@ -99,10 +115,12 @@ class IncidentStore:
                         [absorbed, keeper])
         self.db.execute("UPDATE incidents SET status='merged', merged_into=? WHERE id=?", [keeper, absorbed])
 
+    @_serialized
     def add_events(self, incident_id: str, count: int) -> None:
         """Counted as events arrive, not recounted: a storm's incident would make every batch slower."""
         self.db.execute("UPDATE incidents SET event_count = event_count + ? WHERE id=?", [count, incident_id])
 
+    @_serialized
     def upsert_incident(self, state: dict[str, Any]) -> None:
         self.db.execute(
             """INSERT INTO incidents (id, opened_at, updated_at, first_ts, last_ts, status, severity, entities,
@@ -115,15 +133,18 @@ class IncidentStore:
             [state["id"], _iso(state["first_ts"]), _iso(state["last_ts"]), state["first_ts"], state["last_ts"],
              state["severity"], json.dumps(state["entities"]), json.dumps(state["detections"]), state["signals"], 0])
 
+    @_serialized
     def save_state(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO pipeline_state (key, value) VALUES (?, ?)", [key, json.dumps(value)])
 
+    @_serialized
     def load_state(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM pipeline_state WHERE key=?", [key]).fetchone()
         return json.loads(row[0]) if row else default
 
     # -- reading ----------------------------------------------------------------------------------
 
+    @_serialized
     def incident(self, incident_id: str) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM incidents WHERE id=?", [incident_id]))
         if not rows:
@@ -133,6 +154,7 @@ class IncidentStore:
                 return None
         return _decode(rows[0])
 
+    @_serialized
     def incidents(self, status: str | None = None, include_merged: bool = False) -> list[dict[str, Any]]:
         where, params = [], []
         if status:
@@ -143,10 +165,12 @@ class IncidentStore:
         sql = "SELECT * FROM incidents" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY first_ts, id"
         return [_decode(r) for r in self.db.query(sql, params)]
 
+    @_serialized
     def events(self, incident_id: str) -> list[Event]:
         return [event_from_row(r) for r in self.db.query(
             "SELECT * FROM events WHERE incident_id=? ORDER BY ts, id", [incident_id])]
 
+    @_serialized
     def past_event_shapes(self, before_ts: float, *, limit: int = 200,
                           exclude: str | None = None) -> tuple[list[str], list[tuple[Event, list[str]]]]:
         """What the `limit` most recent incidents opened before `before_ts` looked like, for learning
@@ -188,9 +212,11 @@ class IncidentStore:
             shapes.append((shape, incidents.split(",")))
         return past, shapes
 
+    @_serialized
     def event_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
+    @_serialized
     def save_diagnosis(self, incident_id: str, *, status: str, root_causes: list[dict[str, Any]],
                        actions: list[dict[str, Any]], versions: dict[str, str], mttr_s: float | None = None,
                        resolution: str | None = None) -> None:
@@ -200,35 +226,38 @@ class IncidentStore:
                 "versions": json.dumps(versions), "diagnosed_at": datetime.now(timezone.utc).isoformat(),
                 "mttr_s": mttr_s, "resolution": resolution})
 
+    @_serialized
     def set_status(self, incident_id: str, status: str) -> None:
         with self.transaction():
             self.db.execute("UPDATE incidents SET status=? WHERE id=?", [status, incident_id])
 
+    @_serialized
     def last_signal(self, incident_id: str, after_ts: float) -> float | None:
         """Event time of the incident's latest signal after `after_ts` (recovery means: none lately)."""
         row = self.db.execute("SELECT MAX(ts) FROM events WHERE incident_id=? AND ts>? AND signals IS NOT NULL",
                               [incident_id, after_ts]).fetchone()
         return row[0] if row else None
 
+    @_serialized
     def latest_state(self, entity: str, at_ts: float, max_age_s: float = 900.0, limit: int = 500) -> dict[str, Any]:
         """What rtem last observed about `entity` as of event time `at_ts`: the latest value of each
         attribute reported in events about it (subject = entity) within `max_age_s` before `at_ts`.
         Guardrail state preconditions read it (`state: {replica_lag_s: {gt: 30}}`, see docs/rules.md).
         The (subject, ts) index it needs is created on first use, so a store whose rules never ask
         pays nothing for it on the ingest path."""
-        with self._lock:
-            if not getattr(self, "_state_index", False):
-                self.db.execute("CREATE INDEX IF NOT EXISTS events_subject_ts ON events (subject, ts)")
-                self._state_index = True
-            rows = self.db.execute(
-                "SELECT attributes FROM events WHERE subject=? AND ts<=? AND ts>=? ORDER BY ts DESC, id DESC LIMIT ?",
-                [entity, at_ts, at_ts - max_age_s, limit]).fetchall()
+        if not getattr(self, "_state_index", False):
+            self.db.execute("CREATE INDEX IF NOT EXISTS events_subject_ts ON events (subject, ts)")
+            self._state_index = True
+        rows = self.db.execute(
+            "SELECT attributes FROM events WHERE subject=? AND ts<=? AND ts>=? ORDER BY ts DESC, id DESC LIMIT ?",
+            [entity, at_ts, at_ts - max_age_s, limit]).fetchall()
         state: dict[str, Any] = {}
         for (attributes,) in rows:
             for key, value in json.loads(attributes or "{}").items():
                 state.setdefault(key, value)
         return state
 
+    @_serialized
     def close(self) -> None:
         self.db.conn.close()
 

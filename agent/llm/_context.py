@@ -173,7 +173,8 @@ def catalog(contracts: Mapping[str, ActionContract]) -> list[dict[str, Any]]:
 def _incident_row(store, events: Sequence[Event]) -> dict[str, Any] | None:
     if store is None or not events:
         return None
-    found = store.db.execute("SELECT incident_id FROM events WHERE id=?", [events[0].id]).fetchone()
+    with store.lock:  # the service's store: its connection is shared with the event loop
+        found = store.db.execute("SELECT incident_id FROM events WHERE id=?", [events[0].id]).fetchone()
     return store.incident(found[0]) if found and found[0] else None
 
 
@@ -233,8 +234,9 @@ def _recent_changes(store, events: Sequence[Event], topology: Topology, entities
         return own
     radius = topology.blast_radius(entities)
     marks = ",".join("?" * len(CHANGE_TYPES))
-    rows = store.db.query(f"SELECT * FROM events WHERE type IN ({marks}) AND ts BETWEEN ? AND ? ORDER BY ts, id",
-                          [*CHANGE_TYPES, events[0].ts - CHANGE_LOOKBACK_S, events[-1].ts])
+    with store.lock:  # the service's store: its connection is shared with the event loop
+        rows = list(store.db.query(f"SELECT * FROM events WHERE type IN ({marks}) AND ts BETWEEN ? AND ? "
+                                   "ORDER BY ts, id", [*CHANGE_TYPES, events[0].ts - CHANGE_LOOKBACK_S, events[-1].ts]))
     found = {e.id: e for e in own}
     for row in rows:
         if row["subject"] in radius and row["id"] not in found:
