@@ -290,3 +290,22 @@ def test_chat_over_http_answers_through_the_llm_within_the_callers_scope(tmp_pat
     finally:
         service.stop()
         llm.stop()
+
+
+def test_ingest_answers_503_while_the_bus_is_down_and_accepts_again_after(tmp_path, boutique):
+    settings = Settings(data_dir=tmp_path / "data", http_port=0)
+    service = ThreadedService(settings, boutique).start()
+    try:
+        service.tokens = {"ops": TokenStore(tmp_path / "data" / "rtem.db").create("ops", "operator")[0]}
+        event = anomaly("down-1", "frontend-0", 1)
+        with client(service, "ops") as http:
+            service.service.server.stop()  # the embedded NATS server goes away
+            service.wait(lambda: http.get("/readyz").status_code == 503)
+            refused = http.post("/api/v1/events", json=event)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+            assert "nothing was accepted" in refused.json()["error"]
+            service.service.server.start()  # same port: the client reconnects
+            service.wait(lambda: http.get("/readyz").status_code == 200, timeout=60)
+            assert http.post("/api/v1/events", json=event).status_code == 202
+    finally:
+        service.stop()

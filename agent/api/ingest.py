@@ -100,6 +100,8 @@ async def _publish(request: Request, docs: list[Any]) -> dict[str, Any]:
                        detail=rejected)
     if not docs:
         return {"accepted": 0, "duplicates": 0, "ids": []}
+    if not context(request).ready():  # say so at once rather than hang in the bus client's retries
+        raise ApiError(503, "the event bus is not connected; nothing was accepted, retry", headers={"Retry-After": "5"})
     report = await context(request).publish([json.dumps(d, separators=(",", ":")).encode() for d in docs])
     return {"accepted": report.published, "duplicates": report.duplicates, "ids": [d["id"] for d in docs]}
 
