@@ -57,6 +57,7 @@ class Service:
         self.http = "http_port" in settings.model_fields_set if http is None else http
         self.http_url: str | None = None
         self._http_server = None
+        self._tokens = None
 
     @property
     def url(self) -> str:
@@ -111,6 +112,8 @@ class Service:
                     await self.parts.close()
             if self.bus is not None:
                 await self.bus.close()
+            if self._tokens is not None:
+                self._tokens.close()
         finally:
             if self.server is not None:
                 self.server.stop()
@@ -240,9 +243,10 @@ class Service:
             from .llm import LlmChat
 
             chat = LlmChat(self.settings, client=client).answer
+        self._tokens = TokenStore(self.parts.store.path)
         ctx = ApiContext(
             db_path=self.parts.store.path, topology=self.topology, audit=self.parts.audit, ledger=self.parts.ledger,
-            tokens=TokenStore(self.parts.store.path), publish=self.bus.publish_lines, chat=chat,
+            tokens=self._tokens, publish=self.bus.publish_lines, chat=chat,
             reloader=self.reloader, max_body_bytes=self.settings.http_max_body_bytes,
             ready=lambda: bool(self.bus and self.bus.nc.is_connected and not consumer.done()))
         config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")

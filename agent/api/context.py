@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,7 +36,6 @@ class ApiContext:
     reloader: Any = None  # RulesReloader: status and reload; None where rules are not reloadable
     ready: Callable[[], bool] = lambda: True
     max_body_bytes: int = 1024 * 1024
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
     def store(self) -> Iterator[IncidentStore]:

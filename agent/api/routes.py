@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from ..report import build_report
-from ..tokens import Principal
+from ..tokens import ROLES, Principal
 from .auth import ApiError, COOKIE, context, deny, require
 
 router = APIRouter(prefix="/api/v1")
@@ -52,7 +52,7 @@ def logout() -> Response:
 @router.get("/whoami")
 def whoami(who: Principal = Reader) -> dict[str, Any]:
     return {"name": who.name, "role": who.role, "scope": who.scope(),
-            "may": sorted(p for p in ("read", "ask", "ingest", "decide", "rules") if who.may(p))}
+            "may": sorted(ROLES[who.role])}
 
 
 @router.get("/incidents")
