@@ -1,7 +1,8 @@
 """Executors: the edge where rtem's decisions touch the world.
 
 An executor runs one step (an action or its compensation) with a timeout, retries with backoff and
-jitter for retryable failures (the policy is data: `RetryPolicy`), and a circuit breaker per target.
+jitter for retryable failures (the policy is data: `bus.RetryPolicy`), and a `bus.CircuitBreaker` per
+target that lets one trial step through once its cooldown is over.
 Every request carries the step's idempotency key, so a target that has applied it answers with the
 first result instead of acting again; the ledger (agent/ledger.py) makes rtem itself never start a
 completed step twice.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,30 +21,13 @@ from typing import Any, Protocol
 import httpx
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
+from bus import CLOSED, OPEN, BreakerOpen, CircuitBreaker, RetryPolicy
 from rules import ActionContract
 
 from . import metrics
 from .telemetry import inject, tracer
 
 log = logging.getLogger("rtem.executors")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How an executor retries a retryable failure (a timeout, no responder, a 5xx)."""
-
-    max_attempts: int = 3
-    initial_interval_s: float = 0.2
-    backoff: float = 2.0
-    max_interval_s: float = 5.0
-    jitter: float = 0.2  # ± fraction of each interval, so retries from many incidents do not align
-
-    def delays(self) -> list[float]:
-        delays, interval = [], self.initial_interval_s
-        for _ in range(self.max_attempts - 1):
-            delays.append(min(interval, self.max_interval_s) * (1 + random.uniform(-self.jitter, self.jitter)))
-            interval *= self.backoff
-        return delays
 
 
 @dataclass
@@ -71,38 +54,6 @@ class Outcome:
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "result": self.result, "error": self.error, "attempts": self.attempts,
                 "breaker_open": self.breaker_open}
-
-
-class BreakerOpen(Exception):
-    pass
-
-
-@dataclass
-class CircuitBreaker:
-    """Opens after `threshold` consecutive failures; lets one trial through after `cooldown_s`."""
-
-    threshold: int = 3
-    cooldown_s: float = 30.0
-    failures: int = 0
-    opened_at: float | None = None
-    clock: Callable[[], float] = time.monotonic
-
-    @property
-    def state(self) -> str:
-        if self.opened_at is None:
-            return "closed"
-        return "half_open" if self.clock() - self.opened_at >= self.cooldown_s else "open"
-
-    def allow(self) -> bool:
-        return self.state != "open"
-
-    def record(self, ok: bool) -> None:
-        if ok:
-            self.failures, self.opened_at = 0, None
-            return
-        self.failures += 1
-        if self.failures >= self.threshold or self.state == "half_open":
-            self.opened_at = self.clock()
 
 
 class Transport(Protocol):
@@ -199,16 +150,17 @@ class Executors:
 
     def __init__(self, transports: Mapping[str, Transport], policy: RetryPolicy | None = None,
                  breaker_threshold: int = 3, breaker_cooldown_s: float = 30.0,
-                 on_breaker: Callable[[str, str], None] | None = None):
+                 on_breaker: Callable[[str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.transports = dict(transports)
         self.policy = policy or RetryPolicy()
         self.breakers: dict[str, CircuitBreaker] = {}
-        self._threshold, self._cooldown = breaker_threshold, breaker_cooldown_s
+        self._threshold, self._cooldown, self._clock = breaker_threshold, breaker_cooldown_s, clock
         self.on_breaker = on_breaker
 
     def breaker(self, target: str) -> CircuitBreaker:
         if target not in self.breakers:
-            self.breakers[target] = CircuitBreaker(self._threshold, self._cooldown)
+            self.breakers[target] = CircuitBreaker(target, self._threshold, self._cooldown, clock=self._clock)
         return self.breakers[target]
 
     async def run(self, contract: ActionContract, step: Step) -> Outcome:
@@ -223,35 +175,42 @@ class Executors:
         return outcome
 
     async def _run(self, contract: ActionContract, step: Step) -> Outcome:
-        breaker = self.breaker(step.target)
-        if not breaker.allow():
-            return Outcome(False, error=f"circuit breaker for {step.target} is open", breaker_open=True)
         transport = self.transports.get(contract.executor.kind)
         if transport is None:
             return Outcome(False, error=f"no {contract.executor.kind} executor is configured")
+        breaker = self.breaker(step.target)
+        try:
+            trial = breaker.before_call()
+        except BreakerOpen as exc:
+            return Outcome(False, error=str(exc), breaker_open=True)
         delays = self.policy.delays()
         attempts = 0
-        while True:
-            attempts += 1
-            try:
-                reply = await transport.send(contract, step, contract.timeout_s)
-            except TransientError as exc:
-                if delays and breaker.allow():
-                    await asyncio.sleep(delays.pop(0))
-                    continue
-                return self._failed(breaker, step, str(exc), attempts, retryable=True)
-            except PermanentError as exc:
-                return self._failed(breaker, step, str(exc), attempts, retryable=False)
-            if reply.get("ok"):
-                breaker.record(True)
-                return Outcome(True, result=reply.get("result") or {}, attempts=attempts)
-            return self._failed(breaker, step, str(reply.get("error") or "the target refused"), attempts,
-                                retryable=False)
+        try:
+            while True:
+                attempts += 1
+                try:
+                    reply = await transport.send(contract, step, contract.timeout_s)
+                except TransientError as exc:
+                    # A half-open trial is one call; and no retry once another step has opened the breaker.
+                    if delays and self.policy.retryable(exc) and breaker.state == CLOSED:
+                        await asyncio.sleep(delays.pop(0))
+                        continue
+                    return self._failed(breaker, step, str(exc), attempts, retryable=True)
+                except PermanentError as exc:
+                    return self._failed(breaker, step, str(exc), attempts, retryable=False)
+                if reply.get("ok"):
+                    breaker.success()
+                    return Outcome(True, result=reply.get("result") or {}, attempts=attempts)
+                return self._failed(breaker, step, str(reply.get("error") or "the target refused"), attempts,
+                                    retryable=False)
+        except BaseException:  # cancelled, or a transport's bug: no verdict on the target, but end the trial
+            breaker.release(trial)
+            raise
 
     def _failed(self, breaker: CircuitBreaker, step: Step, error: str, attempts: int, retryable: bool) -> Outcome:
         before = breaker.state
-        breaker.record(False)
-        if breaker.state == "open" and before != "open" and self.on_breaker:
+        breaker.failure()
+        opened = breaker.state == OPEN
+        if opened and before != OPEN and self.on_breaker:
             self.on_breaker(step.target, error)
-        return Outcome(False, error=error, attempts=attempts, retryable=retryable,
-                       breaker_open=breaker.state == "open")
+        return Outcome(False, error=error, attempts=attempts, retryable=retryable, breaker_open=opened)

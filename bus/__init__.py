@@ -1,14 +1,16 @@
-"""rtem's bus: the embedded NATS server, JetStream streams, the event envelope and dead letters."""
+"""rtem's bus: the embedded NATS server, JetStream streams, the event envelope and dead letters; and
+the one retry policy and circuit breaker every layer uses (`_resilience`)."""
 
 from ._client import Bus, ConsumeStats, DeadLetter, Handler, PublishReport
 from ._envelope import (MAX_EVENT_BYTES, SEVERITIES, SEVERITY_RANK, Event, InvalidEvent, event_from_dict, event_schema,
                         format_time, parse_event, parse_time)
+from ._resilience import CLOSED, HALF_OPEN, OPEN, BreakerOpen, CircuitBreaker, RetryPolicy, retry_async
 from ._server import EmbeddedNats, NatsServerError
 from ._streams import AUDIT, DLQ, EVENTS, TRIAGE, BusSettings
 
 __all__ = [
-    "AUDIT", "DLQ", "EVENTS", "MAX_EVENT_BYTES", "SEVERITIES", "SEVERITY_RANK", "TRIAGE",
-    "Bus", "BusSettings", "ConsumeStats", "DeadLetter", "EmbeddedNats", "Event", "Handler",
-    "InvalidEvent", "NatsServerError", "PublishReport", "event_from_dict", "event_schema", "format_time", "parse_event",
-    "parse_time",
+    "AUDIT", "CLOSED", "DLQ", "EVENTS", "HALF_OPEN", "MAX_EVENT_BYTES", "OPEN", "SEVERITIES", "SEVERITY_RANK",
+    "TRIAGE", "BreakerOpen", "Bus", "BusSettings", "CircuitBreaker", "ConsumeStats", "DeadLetter", "EmbeddedNats",
+    "Event", "Handler", "InvalidEvent", "NatsServerError", "PublishReport", "RetryPolicy", "event_from_dict",
+    "event_schema", "format_time", "parse_event", "parse_time", "retry_async",
 ]

@@ -2,7 +2,8 @@
 
 The consumer owns the envelope check: bytes that are not an rtem event never reach the agent; they
 go to the DLQ with the reason and the original bytes, and only then are they acked. Events the
-handler cannot process are redelivered up to `max_deliver` times, then dead-lettered the same way.
+handler cannot process are redelivered up to `max_deliver` times, spaced by the settings' `redelivery`
+backoff, then dead-lettered the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 
 from ._envelope import Event, InvalidEvent, parse_event
+from ._resilience import retry_async
 from ._streams import (AUDIT, DLQ, EVENTS, TRIAGE, BusSettings, event_subject, stream_configs,
                        triage_consumer)
 
@@ -34,6 +36,10 @@ HEADER_EVENT_ID = "Rtem-Event-Id"
 HEADER_SUBJECT = "Rtem-Original-Subject"
 HEADER_DELIVERIES = "Rtem-Deliveries"
 HEADER_SIZE = "Rtem-Original-Size"
+
+# Worth publishing again: the server did not answer in time, or the connection is being re-established.
+_PUBLISH_TRANSIENT = (NatsTimeout, asyncio.TimeoutError, nats.errors.ConnectionReconnectingError,
+                      nats.errors.NoRespondersError)
 
 
 @dataclass
@@ -75,9 +81,10 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "rtem") -> Bus:
-        nc = await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-                                connect_timeout=5)
-        return cls(nc, settings or BusSettings())
+        settings = settings or BusSettings()
+        nc = await nats.connect(url, name=name, max_reconnect_attempts=-1,
+                                reconnect_time_wait=settings.reconnect_wait_s, connect_timeout=5)
+        return cls(nc, settings)
 
     async def close(self) -> None:
         if not self.nc.is_closed:
@@ -154,14 +161,9 @@ class Bus:
                 report.published += 1
         pending.clear()
 
-    async def _publish_retrying(self, subject: str, line: bytes, headers: dict[str, str] | None, attempts: int = 10):
-        for attempt in range(attempts):
-            try:
-                return await self.js.publish(subject, line, headers=headers, timeout=5)
-            except (NatsTimeout, asyncio.TimeoutError, nats.errors.ConnectionReconnectingError, nats.errors.NoRespondersError):
-                if attempt == attempts - 1:
-                    raise
-                await asyncio.sleep(min(0.2 * 2 ** attempt, 3.0))
+    async def _publish_retrying(self, subject: str, line: bytes, headers: dict[str, str] | None):
+        return await retry_async(lambda: self.js.publish(subject, line, headers=headers, timeout=5),
+                                 self.settings.publish_retry, _PUBLISH_TRANSIENT)
 
     async def dead_letter(self, data: bytes, reason: str, *, event_id: str | None = None,
                           subject: str | None = None, deliveries: int = 0, kind: str = "invalid") -> None:
@@ -307,7 +309,7 @@ class Bus:
                 await msg.term()
                 stats.failed += 1
             else:
-                await msg.nak(delay=min(0.2 * 2 ** msg.metadata.num_delivered, 5.0))
+                await msg.nak(delay=self.settings.redelivery.interval(msg.metadata.num_delivered))
 
 
 def _batch_span(headers, size: int):

@@ -17,7 +17,6 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "v1"
-DATA_SCHEMA_URI = "https://rtem.dev/schemas/event/v1.json"
 MAX_EVENT_BYTES = 1024 * 1024
 SEVERITIES = ("info", "warning", "error", "critical")
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
@@ -50,19 +49,6 @@ class Event(BaseModel):
     def ts(self) -> float:
         """Event time as POSIX seconds, the unit windows are measured in."""
         return self.time.timestamp()
-
-    def to_cloudevent(self) -> dict[str, Any]:
-        return {
-            "specversion": "1.0",
-            "id": self.id,
-            "source": self.source,
-            "type": self.type,
-            "time": format_time(self.time),
-            "subject": self.subject,
-            "datacontenttype": "application/json",
-            "dataschema": DATA_SCHEMA_URI,
-            "data": {"severity": self.severity, "message": self.message, "attributes": self.attributes},
-        }
 
 
 def parse_event(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:

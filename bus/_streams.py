@@ -1,10 +1,12 @@
-"""The JetStream streams and the triage consumer rtem relies on, declared as data."""
+"""The JetStream streams, the triage consumer and the bus's backoffs rtem relies on, declared as data."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from nats.js import api
+
+from ._resilience import RetryPolicy
 
 EVENTS = "EVENTS"
 DLQ = "DLQ"
@@ -24,6 +26,12 @@ class BusSettings:
     max_deliver: int = 5
     ack_wait_s: float = 30.0
     events_max_age_s: float = 7 * 24 * 3600.0
+    # An event whose publish ack was lost to a reconnect is published again, one by one, as this says.
+    publish_retry: RetryPolicy = RetryPolicy(max_attempts=10, initial_interval_s=0.2, backoff=2.0, max_interval_s=3.0)
+    # The delay before redelivering an event the handler failed on: interval(n) after delivery n.
+    # Only the intervals count here; `max_deliver` says how many deliveries there are.
+    redelivery: RetryPolicy = RetryPolicy(initial_interval_s=0.4, backoff=2.0, max_interval_s=5.0)
+    reconnect_wait_s: float = 0.25  # between attempts to reconnect to NATS (which never stop)
 
 
 def stream_configs(settings: BusSettings) -> list[api.StreamConfig]:

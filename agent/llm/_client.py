@@ -2,47 +2,34 @@
 
 It asks for structured output in one of two styles (a `json_schema` response format, or a forced tool
 call whose parameters are the schema) and returns the answer's text with its usage. Around each request:
-the concurrency limit, the provider's circuit breaker, the SDK's timeout, and retries with backoff for
-429/5xx/timeouts as the `RetryPolicy` says. The SDK's own retries are off, so the policy is the only one.
+the concurrency limit, the provider's circuit breaker (made by whoever builds the client, `connect()`), the
+SDK's timeout, and retries with backoff for 429/5xx/timeouts as the `bus.RetryPolicy` says. The SDK's own
+retries are off, so the policy is the only one.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from bus import BreakerOpen, CircuitBreaker, RetryPolicy
 
-from ._breaker import CircuitBreaker
-from ._errors import BreakerOpen, LLMUnavailable, ProviderRejected
+from ._errors import LLMBreakerOpen, LLMUnavailable, ProviderRejected
 
 OutputStyle = Literal["json_schema", "tools"]
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How a failed request is retried: exponential backoff from `initial_interval_s`, at most
-    `max_attempts` tries in all; a `Retry-After` header is honoured up to `max_interval_s`."""
+# Statuses worth retrying, with every 5xx; any other 4xx is the request's fault (ProviderRejected).
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+# The LLM calls' default policy: a `Retry-After` header is honoured up to `max_interval_s`.
+LLM_RETRY = RetryPolicy(max_attempts=3, initial_interval_s=0.5, backoff=2.0, max_interval_s=8.0, jitter=0.2)
 
-    max_attempts: int = 3
-    initial_interval_s: float = 0.5
-    backoff: float = 2.0
-    max_interval_s: float = 8.0
-    jitter_s: float = 0.1
-    retryable_status: frozenset[int] = frozenset({408, 409, 429})  # and every 5xx
 
-    def interval(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        wait = min(self.max_interval_s, self.initial_interval_s * self.backoff ** (attempt - 1))
-        if retry_after is not None:
-            wait = max(wait, min(self.max_interval_s, retry_after))
-        return wait + random.uniform(0, self.jitter_s)
-
-    def retryable(self, status: int | None) -> bool:
-        return status is None or status >= 500 or status in self.retryable_status
+def retryable_status(status: int | None) -> bool:
+    """Whether an HTTP status (None: no answer at all) is worth another try."""
+    return status is None or status >= 500 or status in RETRYABLE_STATUS
 
 
 @dataclass(frozen=True)
@@ -60,7 +47,7 @@ class LLMConfig:
     output: OutputStyle = "json_schema"
     strict: bool = False
     extra_body: dict[str, Any] = field(default_factory=dict)
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = LLM_RETRY
     max_concurrency: int = 4
     price_in_per_mtok: float | None = None
     price_out_per_mtok: float | None = None
@@ -99,22 +86,11 @@ class LLMClient:
         ProviderRejected when there is none."""
         request = self._request(messages, schema, name)
         started = time.perf_counter()
-        attempts = 0
-
-        def attempt():
-            nonlocal attempts
-            attempts += 1
-            return self._send(request)
-
-        policy = self.config.retry
-        retrying = Retrying(stop=stop_after_attempt(policy.max_attempts), wait=self._wait, reraise=True,
-                            retry=retry_if_exception(lambda exc: isinstance(exc, LLMUnavailable)
-                                                     and not isinstance(exc, BreakerOpen)))
         if not self._slots.acquire(timeout=self.config.timeout_s):
             raise LLMUnavailable(f"{self.config.max_concurrency} LLM calls already in flight for "
                                  f"{self.config.timeout_s:.0f} s (the concurrency limit)")
         try:
-            response = retrying(attempt)
+            response, attempts = self._send_retrying(request)
         finally:
             self._slots.release()
         text = _answer_text(response, self.config.output)
@@ -151,18 +127,33 @@ class LLMClient:
             request["extra_body"] = dict(cfg.extra_body)
         return request
 
+    def _send_retrying(self, request: dict[str, Any]):
+        """The response and the attempts it took; an open breaker is never retried (nothing was sent)."""
+        policy, attempt = self.config.retry, 0
+        while True:
+            attempt += 1
+            try:
+                return self._send(request), attempt
+            except LLMUnavailable as exc:
+                if attempt >= policy.max_attempts or isinstance(exc, BreakerOpen) or not policy.retryable(exc):
+                    raise
+                time.sleep(policy.interval(attempt, getattr(exc, "retry_after", None)))
+
     def _send(self, request: dict[str, Any]):
         import openai
 
-        self.breaker.before_call()
+        try:
+            trial = self.breaker.before_call()
+        except BreakerOpen as exc:
+            raise LLMBreakerOpen(exc.name, exc.failures, exc.retry_in_s) from None
         try:
             response = self._sdk.chat.completions.create(**request)
         except openai.APIStatusError as exc:
-            if self.config.retry.retryable(exc.status_code):
+            if retryable_status(exc.status_code):
                 self.breaker.failure()
                 raise _Unavailable(f"{self.config.provider} answered HTTP {exc.status_code}: "
                                    f"{_status_message(exc)}", _retry_after(exc)) from exc
-            self.breaker.release()
+            self.breaker.release(trial)
             raise ProviderRejected(f"{self.config.provider} refused the request: HTTP {exc.status_code}: "
                                    f"{_status_message(exc)}") from exc
         except openai.APITimeoutError as exc:
@@ -175,15 +166,14 @@ class LLMClient:
         except openai.OpenAIError as exc:  # a malformed response body, say
             self.breaker.failure()
             raise _Unavailable(f"{self.config.provider}: {_short(str(exc))}") from exc
+        except BaseException:  # interrupted, or a bug: no verdict on the provider, but end the trial
+            self.breaker.release(trial)
+            raise
         if not getattr(response, "choices", None):
             self.breaker.failure()
             raise _Unavailable(f"{self.config.provider} answered without choices")
         self.breaker.success()
         return response
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return self.config.retry.interval(state.attempt_number, getattr(exc, "retry_after", None))
 
 
 class _Unavailable(LLMUnavailable):

@@ -1,6 +1,11 @@
-"""What can go wrong between rtem and an LLM provider, as the reasoner tells them apart."""
+"""What can go wrong between rtem and an LLM provider, as the reasoner tells them apart.
+
+`BreakerOpen` is the shared one from `bus`, re-exported here; the client raises it as `LLMBreakerOpen`.
+"""
 
 from __future__ import annotations
+
+from bus import BreakerOpen
 
 
 class LLMError(RuntimeError):
@@ -21,13 +26,9 @@ class ProviderRejected(LLMError):
     and it says nothing about the provider's health, so the breaker does not count it."""
 
 
-class BreakerOpen(LLMUnavailable):
-    """The provider's circuit breaker is open: the call was not made (degraded mode)."""
-
-    def __init__(self, name: str, failures: int, retry_in_s: float):
-        super().__init__(f"the circuit breaker on {name} is open after {failures} consecutive failures; "
-                         f"next trial call in {max(0.0, retry_in_s):.1f} s")
-        self.retry_in_s = retry_in_s
+class LLMBreakerOpen(BreakerOpen, LLMUnavailable):
+    """The provider's circuit breaker (`bus.CircuitBreaker`) is open: the call was not made (degraded mode).
+    The shared `BreakerOpen`, raised as one of the LLM reasoner's errors, so every LLMError handler sees it."""
 
 
 class BudgetExhausted(LLMError):

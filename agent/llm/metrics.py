@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from bus import CLOSED, HALF_OPEN, OPEN
+
 CALLS = Counter("rtem_llm_calls", "LLM provider calls by outcome", ["task", "model", "outcome"])
 TOKENS = Counter("rtem_llm_tokens", "LLM tokens sent (in) and received (out)", ["model", "direction"])
 LATENCY = Histogram("rtem_llm_call_seconds", "Latency of one LLM call, retries included", ["task", "model"],
@@ -29,7 +31,7 @@ DEGRADED = Counter("rtem_llm_degraded_incidents", "Incidents handled in degraded
 BREAKER = Gauge("rtem_llm_breaker_state", "Circuit breaker on the LLM provider: 0 closed, 1 half-open, 2 open",
                 ["provider"])
 
-BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+BREAKER_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
 
 def record_call(task: str, model: str, outcome: str, tokens_in: int, tokens_out: int, latency_s: float,
