@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bus import BusSettings
+from bus import BusSettings, RetryPolicy
 from rules import Topology, TopologyError
 
 
@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     max_ack_pending: int = Field(2048, ge=1, description="events in flight before the consumer waits")
     max_deliver: int = Field(5, ge=1, description="deliveries before an event goes to the DLQ")
     ack_wait_s: float = Field(30.0, gt=0)
+    redelivery_initial_s: float = Field(0.4, ge=0, description="wait before redelivering an event the pipeline "
+                                        "failed on; doubles per delivery")
+    redelivery_max_s: float = Field(5.0, ge=0, description="longest wait before a redelivery")
+    publish_retry_attempts: int = Field(10, ge=1, le=100, description="tries to publish an event whose ack was "
+                                        "lost (a reconnect)")
+    publish_retry_initial_s: float = Field(0.2, ge=0, description="first wait between them; doubles per retry")
+    publish_retry_max_s: float = Field(3.0, ge=0, description="longest wait between them")
+    nats_reconnect_wait_s: float = Field(0.25, gt=0, description="wait between attempts to reconnect to NATS")
     duplicate_window_s: float = Field(120.0, gt=0, description="JetStream Nats-Msg-Id dedupe window")
     max_event_bytes: int = Field(1024 * 1024, ge=1024)
     correlation_gap_s: float = Field(300.0, gt=0, description="event-time gap that ends an incident")
@@ -74,6 +82,8 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL (WAL) survives a crash of rtem, like JetStream's default sync "
                               "policy; FULL also survives power loss, at one fsync per batch")
+    otel_exporter: Literal["none", "console"] = Field(
+        "none", description="where `rtem run` exports OpenTelemetry spans: none, or console (printed)")
 
     def load_topology(self, path: Path | None = None) -> Topology:
         """The topology named on the command line, else RTEM_TOPOLOGY; TopologyError says what is wrong."""
@@ -86,13 +96,15 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         return self.data_dir / "rtem.db"
 
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.data_dir / "checkpoints.db"
-
     def bus_settings(self) -> BusSettings:
         return BusSettings(duplicate_window_s=self.duplicate_window_s, max_ack_pending=self.max_ack_pending,
-                           max_deliver=self.max_deliver, ack_wait_s=self.ack_wait_s)
+                           max_deliver=self.max_deliver, ack_wait_s=self.ack_wait_s,
+                           redelivery=RetryPolicy(initial_interval_s=self.redelivery_initial_s,
+                                                  max_interval_s=self.redelivery_max_s),
+                           publish_retry=RetryPolicy(max_attempts=self.publish_retry_attempts,
+                                                     initial_interval_s=self.publish_retry_initial_s,
+                                                     max_interval_s=self.publish_retry_max_s),
+                           reconnect_wait_s=self.nats_reconnect_wait_s)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

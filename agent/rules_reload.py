@@ -17,12 +17,7 @@ audited (`rules.loaded`): who/what loaded which version, when, from which files,
 from __future__ import annotations
 
 import asyncio
-import getpass
-import hashlib
-import json
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,14 +25,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from rules import (CheckReport, DetectionSet, Detector, Finding, Guard, RulesError, Topology, check_rules,
-                   packaged_rules_dir)
+from rules import CheckReport, DetectionSet, Detector, Finding, Guard, RulesError, Topology, packaged_rules_dir
 
 from .audit import AuditLog
+from .rules_files import (WATCHED, RulesDiff, changed_files as _changed, check_for_run as _check,
+                          content_digest as _content_digest, default_actor, definitions, diff_definitions,
+                          rule_files as _files)
 
 log = logging.getLogger("rtem.rules")
 
-WATCHED = ("guardrails", "contracts", "detect")
 # A replaced rule set is freed this long after the swap: a guard evaluation that picked it up just
 # before (on a worker thread) finishes with it first. durable-rules would otherwise keep it forever.
 RETIRE_GRACE_S = 60.0
@@ -50,28 +46,6 @@ class RuleSnapshot(NamedTuple):
     guard: Guard
     detections: DetectionSet
     digest: str
-
-
-@dataclass(frozen=True)
-class RulesDiff:
-    """Rule ids added, removed and changed, per kind (guardrails, detections, contracts)."""
-
-    added: dict[str, list[str]] = field(default_factory=dict)
-    removed: dict[str, list[str]] = field(default_factory=dict)
-    changed: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def empty(self) -> bool:
-        return not any(self.added.values()) and not any(self.removed.values()) and not any(self.changed.values())
-
-    def summary(self) -> str:
-        parts = []
-        for label, table in (("added", self.added), ("removed", self.removed), ("changed", self.changed)):
-            for kind, ids in table.items():
-                if ids:
-                    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-                    parts.append(f"{kind} {label}: {shown}")
-        return "; ".join(parts) or "no rule changed"
 
 
 @dataclass(frozen=True)
@@ -359,86 +333,3 @@ class RulesReloader:
                         continue
                     found.append((kind, path.name, info.st_mtime_ns, info.st_size))
         return tuple(found)
-
-
-def _check(root: Path) -> CheckReport:
-    """`rules check`, plus what a running service needs on top: guardrails to judge with."""
-    report = check_rules(root)
-    if report.guardrails is None:
-        report.findings.append(Finding("error", "invalid", str(root / "guardrails"), 1, 1,
-                                       "no guardrails: a rules directory for rtem run needs guardrails/*.yaml"))
-    return report
-
-
-def definitions(report: CheckReport) -> dict[str, dict[str, str]]:
-    """A short hash of each rule's definition, per kind: what a diff between two loads compares."""
-    def short(value: Any) -> str:
-        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-    guardrails = {r.id: short(r.definition()) for r in report.guardrails.rules} if report.guardrails else {}
-    detections = {d.id: short({k: v for k, v in asdict(d).items() if k not in ("source", "line")})
-                  for d in report.detections.detections} if report.detections else {}
-    contracts = {name: c.digest for name, c in report.contracts.items()}
-    return {"guardrails": guardrails, "detections": detections, "contracts": contracts}
-
-
-def diff_definitions(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> RulesDiff:
-    added, removed, changed = {}, {}, {}
-    for kind in ("guardrails", "detections", "contracts"):
-        old, new = before.get(kind, {}), after.get(kind, {})
-        added[kind] = [k for k in new if k not in old]
-        removed[kind] = [k for k in old if k not in new]
-        changed[kind] = [k for k in new if k in old and old[k] != new[k]]
-    return RulesDiff(added, removed, changed)
-
-
-def default_actor() -> str:
-    """Who loads: the OS user, host and process (rtem cannot know who edited a file; the audited file
-    list names each file's owner and modification time)."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no user name in some containers
-        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
-
-
-def _files(root: Path) -> list[dict[str, Any]]:
-    found = []
-    for kind in WATCHED:
-        directory = root / kind
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.iterdir()):
-            if not path.is_file():
-                continue
-            try:
-                data = path.read_bytes()
-                info = path.stat()
-            except OSError:
-                continue
-            found.append({"file": f"{kind}/{path.name}", "sha256": hashlib.sha256(data).hexdigest()[:16],
-                          "modified": datetime.fromtimestamp(info.st_mtime, timezone.utc).isoformat(),
-                          "owner": _owner(info.st_uid)})
-    return found
-
-
-def _changed(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    old = {f["file"]: f["sha256"] for f in before}
-    new = {f["file"]: f for f in after}
-    changed = [{**f, "change": "added" if name not in old else "modified"} for name, f in new.items()
-               if old.get(name) != f["sha256"]]
-    changed += [{"file": name, "change": "removed"} for name in old if name not in new]
-    return changed
-
-
-def _content_digest(files: list[dict[str, Any]]) -> str:
-    return hashlib.sha256("\n".join(f"{f['file']}={f['sha256']}" for f in files).encode()).hexdigest()[:16]
-
-
-def _owner(uid: int) -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
-        return str(uid)

@@ -64,7 +64,7 @@ class Service:
         return self.settings.nats_url or self.server.url
 
     async def start(self) -> Service:
-        telemetry.setup()
+        telemetry.setup(self.settings.otel_exporter)
         data_dir = Path(self.settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         if not self.settings.nats_url:

@@ -3,17 +3,15 @@
 The W3C `traceparent` travels in NATS headers: `rtem ingest` and the simulator's producers may set
 it on events, triage continues it in a span per batch, and executors put the incident's trace
 context on every command they send. Spans are exported to the console with
-`RTEM_OTEL_EXPORTER=console`, or to an OTLP collector by installing the OTLP exporter package and
+`RTEM_OTEL_EXPORTER=console` (`Settings.otel_exporter`), or to an OTLP collector by installing the OTLP exporter package and
 using the standard `OTEL_*` variables; without either, spans are created and dropped cheaply.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from contextlib import contextmanager
+from typing import Literal
 
-from opentelemetry import context, propagate, trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
@@ -21,13 +19,14 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProces
 _configured = False
 
 
-def setup() -> None:
+def setup(exporter: Literal["none", "console"]) -> None:
+    """Install rtem's tracer provider once per process; `exporter` is `Settings.otel_exporter`."""
     global _configured
     if _configured:
         return
     _configured = True
     provider = TracerProvider(resource=Resource.create({"service.name": "rtem"}))
-    if os.environ.get("RTEM_OTEL_EXPORTER") == "console":
+    if exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
 
@@ -42,14 +41,3 @@ def inject(headers: dict[str, str] | None = None) -> dict[str, str]:
     propagate.inject(headers)
     return headers
 
-
-@contextmanager
-def span_from(headers: Mapping[str, str] | None, name: str, **attributes):
-    """A span that continues the trace carried in `headers`, if any."""
-    parent = propagate.extract(dict(headers or {}))
-    token = context.attach(parent)
-    try:
-        with tracer().start_as_current_span(name, attributes=attributes) as span:
-            yield span
-    finally:
-        context.detach(token)

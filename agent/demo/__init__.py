@@ -1,8 +1,13 @@
 """The simulated distributed system `rtem demo` runs, disrupts and lets rtem remediate."""
 
-from .scenarios import (SCENARIOS, Emission, FaultModel, Fix, Scenario, bad_deploy, consumer_backlog, db_exhaustion,
-                        demo_plan, host_failure, instance_crash, malformed_burst, malformed_lines)
-from .sim import TOPOLOGY_PATH, CommandFault, Fault, Outgoing, SimClock, Simulation, World, settle_subscriptions
+from ._clock import SimClock
+from ._models import FaultModel, malformed_lines
+from ._nats import settle_subscriptions
+from ._telemetry import Outgoing
+from ._world import World
+from .scenarios import (SCENARIOS, Emission, Fix, Scenario, bad_deploy, consumer_backlog, db_exhaustion, demo_plan,
+                        host_failure, instance_crash, malformed_burst)
+from .sim import TOPOLOGY_PATH, CommandFault, Fault, Simulation
 
 __all__ = [
     "SCENARIOS", "TOPOLOGY_PATH", "CommandFault", "Emission", "Fault", "FaultModel", "Fix", "Outgoing", "Scenario",

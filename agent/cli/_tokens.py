@@ -1,4 +1,4 @@
-"""`rtem tokens`: API tokens for the HTTP API and console (docs/api.md)."""
+"""`rtem tokens create | list | revoke`: API tokens for the HTTP API and console (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,17 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .config import Settings
-from .tokens import ROLES, TokenError, TokenStore
+from ..tokens import ROLES, TokenError, TokenStore
+from ._common import DbOpt, JsonOpt, err, fail, out, store_path
 
 tokens_app = typer.Typer(help="API tokens for the HTTP API and the web console: create, list, revoke.",
                          no_args_is_help=True)
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-DbOpt = Annotated[Optional[Path], typer.Option("--db", help="The service's store (default: RTEM_DATA_DIR/rtem.db).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 
 
 def _tokens(db: Path | None) -> TokenStore:
-    return TokenStore(db or Settings().db_path)
+    return TokenStore(store_path(db))
 
 
 @tokens_app.command("create")
@@ -35,20 +29,18 @@ def create(name: Annotated[str, typer.Argument(help="Who or what uses the token;
                "--label", "-l", help="Limit to entities with this topology label, KEY=VALUE (repeatable).")] = None,
            json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Create a token and print it once; only its hash is kept."""
-    from .run import operator
+    from ..run import operator
 
     labels = {}
     for item in label or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            err.print(f"[red]error:[/] --label {item!r}: write KEY=VALUE")
-            raise typer.Exit(2)
+            fail(f"--label {item!r}: write KEY=VALUE")
         labels[key] = value
     try:
         token, info = _tokens(db).create(name, role, services=service or [], labels=labels, by=operator())
     except TokenError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2)
+        fail(str(exc))
     if json_out:
         print(json.dumps({"token": token, **info}))
         return
@@ -79,6 +71,5 @@ def list_tokens(all_: Annotated[bool, typer.Option("--all", help="Include revoke
 def revoke(name: Annotated[str, typer.Argument(help="The token's name.")], db: DbOpt = None) -> None:
     """Revoke a token: its next request gets 401."""
     if not _tokens(db).revoke(name):
-        err.print(f"[red]error:[/] no live token named {name!r} (rtem tokens list)")
-        raise typer.Exit(1)
+        fail(f"no live token named {name!r} (rtem tokens list)", 1)
     out.print(f"token {name!r} revoked")

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
+
+from ._common import VERDICT_COLOUR, JsonOpt, TopologyOpt, err, fail, out, settings
 
 rules_app = typer.Typer(
     help="Check, test and replay rules (guardrails, action contracts, detections) before they ship.\n\n"
@@ -20,28 +21,16 @@ rules_app = typer.Typer(
          "file; by default RTEM_RULES_DIR, else the rules packaged with rtem.",
     no_args_is_help=True)
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the human report.")]
 PathArg = Annotated[Optional[Path], typer.Argument(
     help="Rules directory, guardrails/contracts/detect directory, or file (default: RTEM_RULES_DIR or the "
          "packaged rules).", show_default=False)]
-COLOUR = {"allow": "green", "deny": "red", "require_approval": "yellow"}
-
-
-def _usage(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(2)
 
 
 def _default_path(path: Path | None) -> Path | None:
     if path is not None:
         if not path.exists():
-            _usage(f"{path}: no such file or directory")
+            fail(f"{path}: no such file or directory")
         return path
-    from .cli import settings
-
     return settings().rules_dir
 
 
@@ -102,10 +91,10 @@ def test(path: PathArg = None, json_out: JsonOpt = False,
     layout = find_layout(target)
     files = find_test_files(target if target is not None else layout.root)
     if not files:
-        _usage(f"{layout.root}: no rule tests (*.test.yaml) here")
+        fail(f"{layout.root}: no rule tests (*.test.yaml) here")
     contracts, problems = check_contracts(layout.contracts)
     if problems:
-        _usage(f"the contracts do not load: {problems[0]} (run `rtem rules check`)")
+        fail(f"the contracts do not load: {problems[0]} (run `rtem rules check`)")
     report = run_tests(files, contracts)
     coverage_failed = fail_under is not None and report.coverage < fail_under
     failed = not report.ok or coverage_failed
@@ -143,8 +132,8 @@ def _print_failure(result) -> None:
               f"[dim]({escape(result.file)}:{result.line})[/]")
     expected, got = result.expected, result.got
     if "outcome" in expected and expected["outcome"] != got["outcome"]:
-        out.print(f"        outcome   expected [{COLOUR[expected['outcome']]}]{expected['outcome']}[/], "
-                  f"got [{COLOUR[got['outcome']]}]{got['outcome']}[/]")
+        out.print(f"        outcome   expected [{VERDICT_COLOUR[expected['outcome']]}]{expected['outcome']}[/], "
+                  f"got [{VERDICT_COLOUR[got['outcome']]}]{got['outcome']}[/]")
     if result.missing or result.unexpected:
         lines = [f"[red]- {escape(r)}[/]  expected, did not match" for r in result.missing]
         lines += [f"[green]+ {escape(r)}[/]  matched, not expected" for r in result.unexpected]
@@ -172,8 +161,7 @@ def replay(
                                        "date-time (UTC by default), or a duration ago such as 24h or 7d.")],
     rules: Annotated[Optional[Path], typer.Option("--rules", help="The edited rule set (a rules directory, or a "
                      "guardrails directory or file; default: RTEM_RULES_DIR or the packaged rules).")] = None,
-    topology: Annotated[Optional[Path], typer.Option("--topology", "-t", help="Topology file (default: "
-                        "RTEM_TOPOLOGY).")] = None,
+    topology: TopologyOpt = None,
     db: Annotated[Optional[Path], typer.Option("--db", help="The store with the audit log (default: "
                   "RTEM_DATA_DIR/rtem.db).")] = None,
     json_out: JsonOpt = False,
@@ -188,23 +176,22 @@ def replay(
     """
     from rules import TopologyError, check_rules
 
-    from .cli import settings
-    from .rules_replay import parse_since, replay as run_replay
+    from ..rules_replay import parse_since, replay as run_replay
 
     cfg = settings()
     try:
         start = parse_since(since)
     except ValueError:
-        _usage(f"--since {since!r}: give an ISO date or date-time, or a duration ago such as 24h or 7d")
+        fail(f"--since {since!r}: give an ISO date or date-time, or a duration ago such as 24h or 7d")
     path = db or cfg.db_path
     if not path.is_file():
-        _usage(f"{path}: no store here (pass --db, or set RTEM_DATA_DIR)")
+        fail(f"{path}: no store here (pass --db, or set RTEM_DATA_DIR)")
     try:
         topo = cfg.load_topology(topology)
     except TopologyError as exc:
-        _usage(str(exc))
+        fail(str(exc))
     if rules is not None and not rules.exists():
-        _usage(f"{rules}: no such file or directory")
+        fail(f"{rules}: no such file or directory")
     checked = check_rules(rules if rules is not None else cfg.rules_dir)
     if not checked.ok or checked.guard is None:
         for finding in checked.errors:
@@ -225,7 +212,7 @@ def replay(
         proposal = verdict.proposal
         out.print(f"  seq {verdict.seq} · {escape(verdict.incident_id or '-')} · {escape(verdict.at)} · "
                   f"{escape(proposal['type'])} on {escape(proposal['target'])}: "
-                  f"[{COLOUR.get(before, 'white')}]{before}[/] → [{COLOUR[after]}]{after}[/]")
+                  f"[{VERDICT_COLOUR.get(before, 'white')}]{before}[/] → [{VERDICT_COLOUR[after]}]{after}[/]")
         for line in verdict.why():
             out.print(f"      {escape(line)}")
     if report.rules_only:

@@ -1,0 +1,26 @@
+"""The `rtem` typer app: every command, registered in the order `rtem --help` lists them."""
+
+from __future__ import annotations
+
+import typer
+
+from . import _approvals, _events, _report, _service
+from ._incidents import audit_app, incidents_app
+from ._rules import rules_app
+from ._tokens import tokens_app
+
+app = typer.Typer(help="rtem, the real-time exception manager: events in, incidents out, safe "
+                       "remediation in between, and an explanation for every step.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+for command in (_events.analyze, _events.ingest, _service.run, _approvals.approve, _approvals.reject,
+                _service.pause, _service.resume, _service.demo, _report.report, _report.ask, _report.chat):
+    app.command()(command)
+app.add_typer(incidents_app, name="incidents")
+app.add_typer(audit_app, name="audit")
+app.add_typer(rules_app, name="rules")
+app.add_typer(tokens_app, name="tokens")
+
+
+def main() -> None:
+    app()

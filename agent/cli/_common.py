@@ -1,0 +1,81 @@
+"""What every `rtem` command shares: the consoles, the error exit, settings, common options, the store.
+
+Human output goes to `out` (stdout) and progress and problems to `err` (stderr); `--json` output is
+printed with `print`, so it is exactly the documented shape, never wrapped or styled.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..config import Settings
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+VERDICT_COLOUR = {"allow": "green", "deny": "red", "require_approval": "yellow"}
+
+
+class LlmChoice(str, Enum):
+    none = "none"
+    openai = "openai"
+    local = "local"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+DbOpt = Annotated[Optional[Path], typer.Option("--db", help="The store (default: RTEM_DATA_DIR/rtem.db).")]
+IncidentArg = Annotated[str, typer.Argument(help="Incident id (a unique prefix is enough).")]
+TopologyOpt = Annotated[Optional[Path], typer.Option("--topology", "-t", help="Topology file (JSON or YAML; "
+                        "default: RTEM_TOPOLOGY).")]
+LlmOpt = Annotated[Optional[LlmChoice], typer.Option(
+    "--llm", help="Reasoner: none (deterministic), openai (any OpenAI-compatible endpoint: RTEM_LLM_BASE_URL, "
+                  "RTEM_LLM_API_KEY, RTEM_LLM_MODEL) or local (llama.cpp, from the optional extra `local`). Default: RTEM_LLM, "
+                  "else none. See docs/llm.md.")]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `error: message` on stderr and exit with `code` (2: a usage error; 1: the command failed)."""
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def settings(llm: LlmChoice | None = None) -> Settings:
+    """The settings from RTEM_* variables and RTEM_CONFIG, with `--llm` over RTEM_LLM when given."""
+    try:
+        cfg = Settings()
+    except Exception as exc:  # pydantic's message names the variable and the problem
+        fail(f"configuration: {exc}")
+    return cfg if llm is None else cfg.model_copy(update={"llm": llm.value})
+
+
+def db_file(db: Path | None, missing: str) -> Path:
+    """`--db`, else RTEM_DATA_DIR/rtem.db; exits with `<path>: <missing>` when there is no such file."""
+    path = store_path(db)
+    if not path.is_file():
+        fail(f"{path}: {missing}")
+    return path
+
+
+def store_path(db: Path | None) -> Path:
+    return db or settings().db_path
+
+
+def open_store(db: Path | None):
+    """The incident store, read-only."""
+    from ..store import IncidentStore
+
+    return IncidentStore(db_file(db, "no store here yet (run `rtem analyze` or `rtem run`, or pass --db)"),
+                         readonly=True)
+
+
+def open_ledger(db: Path | None):
+    """The execution ledger `rtem run` reads approvals and the kill switch from."""
+    from ..ledger import Ledger
+
+    return Ledger(db_file(db, "no store here (is `rtem run` using another RTEM_DATA_DIR?)"))

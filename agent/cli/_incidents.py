@@ -1,0 +1,135 @@
+"""`rtem incidents [show]` and `rtem audit verify | list`: what the store and the audit log hold."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ._common import VERDICT_COLOUR, DbOpt, IncidentArg, JsonOpt, db_file, err, fail, open_store, out
+
+if TYPE_CHECKING:
+    from ..deciders import Decider
+
+incidents_app = typer.Typer(help="List incidents, or show one with `rtem incidents show ID`.",
+                            invoke_without_command=True)
+audit_app = typer.Typer(help="The append-only, hash-chained audit log.", no_args_is_help=True)
+
+NO_AUDIT_LOG = "no audit log here"
+
+
+@incidents_app.callback()
+def incidents(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None,
+              status: Annotated[Optional[str], typer.Option(help="Only incidents with this status.")] = None) -> None:
+    """List incidents, newest last."""
+    if ctx.invoked_subcommand:
+        return
+    from ..analyze import incident_report
+    from ..audit import AuditLog
+    from ..deciders import deciders
+
+    store = open_store(db)
+    rows = store.incidents(status=status)
+    with AuditLog(store.path) as audit:
+        decided = deciders(audit)
+    if json_out:
+        reasoner = {incident: d.to_dict() for incident, d in decided.items()}
+        print(json.dumps({"incidents": [{**incident_report(r), "status": r["status"], "reasoner": reasoner.get(r["id"])}
+                                        for r in rows]}, indent=2))
+        return
+    table = Table(show_edge=False)
+    for col in ("id", "opened", "status", "severity", "events", "root cause", "actions", "decided by"):
+        table.add_column(col)
+    for r in rows:
+        top = r["root_causes"][0] if r["root_causes"] else None
+        table.add_row(r["id"], r["opened_at"], r["status"], r["severity"], str(r["event_count"]),
+                      f"{top['entity']} ({top['fault_type']}, {top['confidence']:.2f})" if top else "-",
+                      ", ".join(f"{a['type']}:{a['verdict']}" for a in r["actions"]) or "-",
+                      _decider_label(decided.get(r["id"])))
+    out.print(table if rows else "no incidents")
+
+
+@incidents_app.command("show")
+def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """One incident: its entities, ranked root causes and the verdict on each proposed action."""
+    from ..analyze import incident_report
+
+    row = open_store(db).incident(incident_id)
+    if row is None:
+        fail(f"no incident {incident_id!r} (see `rtem incidents`)", 1)
+    report = {**incident_report(row), "status": row["status"], "severity": row["severity"],
+              "detections": row["detections"], "versions": row["versions"]}
+    if json_out:
+        print(json.dumps(report, indent=2))
+        return
+    print_incident(report)
+    out.print(f"status {row['status']} · severity {row['severity']} · detections {', '.join(row['detections'])}")
+
+
+def print_incident(inc: dict) -> None:
+    """An incident report (`agent.analyze.incident_report`): ranked causes and the verdicts on its actions."""
+    out.print(f"\n[bold]{inc['id']}[/]  opened {inc['opened_at']}  ·  {inc['event_count']} events  ·  "
+              f"{len(inc['entities'])} entities")
+    causes = Table(title="ranked root causes", title_justify="left", show_edge=False)
+    for col in ("#", "entity", "fault", "confidence", "evidence"):
+        causes.add_column(col)
+    for rank, cause in enumerate(inc["root_causes"], 1):
+        causes.add_row(str(rank), cause["entity"], cause["fault_type"], f"{cause['confidence']:.2f}",
+                       str(len(cause["evidence"])))
+    out.print(causes)
+    if inc["root_causes"]:
+        out.print(f"[dim]{inc['root_causes'][0]['explanation']}[/]")
+    actions = Table(title="proposed actions (dry run)", title_justify="left", show_edge=False)
+    for col in ("action", "target", "verdict", "rules", "reason"):
+        actions.add_column(col, overflow="fold")
+    for action in inc["actions"]:
+        actions.add_row(action["type"], action["target"],
+                        f"[{VERDICT_COLOUR[action['verdict']]}]{action['verdict']}[/]",
+                        ", ".join(action["rules"]) or "-", action["reason"])
+    out.print(actions)
+
+
+def _decider_label(decided: Decider | None) -> str:
+    if decided is None:
+        return "-"
+    if decided.degraded:
+        return "[yellow]deterministic (degraded: LLM breaker open)[/]"
+    if decided.fallback:
+        return "[yellow]deterministic (LLM fallback)[/]"
+    return decided.reasoner + (f" ({decided.model})" if decided.reasoner == "llm" else "")
+
+
+@audit_app.command("verify")
+def audit_verify(json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Check the hash chain: exits 1 and names each changed or deleted record if the log was tampered with."""
+    from ..audit import verify_file
+
+    report = verify_file(db_file(db, NO_AUDIT_LOG))
+    if json_out:
+        print(report.model_dump_json(indent=2) if hasattr(report, "model_dump_json") else json.dumps(report.__dict__))
+    else:
+        (out if report.ok else err).print(report.summary())
+        for problem in report.problems:
+            err.print(f"  seq {problem.seq}: {problem.kind}: {problem.detail}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@audit_app.command("list")
+def audit_list(incident: Annotated[Optional[str], typer.Option(help="Only this incident's records.")] = None,
+               json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Decision records, oldest first: what was decided, on what inputs, by which rule and model versions."""
+    from ..audit import AuditLog
+
+    records = AuditLog(db_file(db, NO_AUDIT_LOG)).records(incident_id=incident)
+    if json_out:
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    table = Table(show_edge=False)
+    for col in ("seq", "at", "incident", "kind", "node", "reasons"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        table.add_row(str(r.seq), r.at.isoformat(timespec="seconds"), r.incident_id or "-", r.kind, r.node,
+                      "; ".join(r.reasons)[:200])
+    out.print(table)

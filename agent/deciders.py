@@ -1,0 +1,36 @@
+"""Which reasoner ranked each incident's root causes, read back from the audit log.
+
+The graph's diagnose node records the reasoner run with every `causes.ranked` record: the LLM, the
+deterministic reasoner, or the deterministic reasoner standing in for the LLM (with the reason; a
+reason starting "degraded mode" means the LLM provider's breaker was open).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .audit import AuditLog
+
+
+@dataclass(frozen=True)
+class Decider:
+    reasoner: str  # "llm", "deterministic", or "?" when the record names none
+    fallback: str | None  # why the deterministic reasoner answered instead of the LLM
+    degraded: bool  # the fallback was degraded mode: the LLM provider's breaker was open
+    model: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def deciders(audit: AuditLog) -> dict[str, Decider]:
+    """The reasoner of each incident's latest ranking, by incident id."""
+    found: dict[str, Decider] = {}
+    for record in audit.records(kind="causes.ranked"):
+        run = record.decision.get("reasoner") or {}
+        fallback = run.get("fallback")
+        found[record.incident_id] = Decider(reasoner=run.get("reasoner", "?"), fallback=fallback,
+                                            degraded=bool(fallback and fallback.startswith("degraded mode")),
+                                            model=record.versions.get("model", "none"))
+    return found
