@@ -5,9 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+from agent.config import Settings
+from tests.helpers import T0
+
+
+def settings(tmp_path, nats_server, **extra) -> Settings:
+    """`rtem run`'s settings for a test: its own data directory, the test's NATS server, short waits."""
+    return Settings(data_dir=tmp_path / "data", nats_url=nats_server.url, diagnose_after_s=5, verify_quiet_s=30,
+                    verify_deadline_s=300, **extra)
 
 
 def at(seconds: float) -> str:
@@ -23,6 +30,17 @@ def anomaly(event_id: str, subject: str, seconds: float, metric: str = "containe
 def sample(event_id: str, subject: str, seconds: float) -> dict:
     return {"specversion": "1.0", "id": event_id, "source": "/test", "type": "rtem.metric.sample", "time": at(seconds),
             "subject": subject, "data": {"severity": "info", "message": "ok", "attributes": {"cpu": 0.2}}}
+
+
+def change(event_id: str, subject: str, seconds: float) -> dict:
+    return {"specversion": "1.0", "id": event_id, "source": "/test", "type": "rtem.change.config", "time": at(seconds),
+            "subject": subject, "data": {"severity": "info", "message": f"{subject} config: pool size 10 -> 2",
+                                         "attributes": {"key": "pool_size"}}}
+
+
+def lag(event_id: str, subject: str, seconds: float) -> dict:
+    return {"specversion": "1.0", "id": event_id, "source": "/test", "type": "rtem.metric.sample", "time": at(seconds),
+            "subject": subject, "data": {"severity": "info", "message": "replica lag", "attributes": {"replica_lag_s": 120}}}
 
 
 class Target:

@@ -5,24 +5,15 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from tests.conftest import EXAMPLES, SHARED_DATA, cloud_event, write_events
+from tests.helpers import RECORDING, SHARED_DATA, TOPOLOGY, analyze, analyze_json, cloud_event, write_events
 
-RECORDING = EXAMPLES / "boutique-node-cpu.events.jsonl"
-TOPOLOGY = EXAMPLES / "boutique-topology.json"
+pytestmark = pytest.mark.integration
+
 runner = CliRunner()
-
-
-def analyze(*args):
-    result = runner.invoke(app, ["analyze", *map(str, args), "--topology", str(TOPOLOGY)])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def analyze_json(*args):
-    return json.loads(analyze(*args, "--json").stdout)
 
 
 def test_the_json_report_has_exactly_the_documented_shape(tmp_path):

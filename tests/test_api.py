@@ -13,7 +13,7 @@ from agent.config import Settings
 from agent.tokens import ROLES, TokenStore
 from tests.live import ThreadedService, anomaly
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ALL_ROLES = list(ROLES)
 

@@ -300,6 +300,7 @@ for i in range(int(sys.argv[2])):
 """
 
 
+@pytest.mark.integration
 def test_processes_append_one_chain(db_path: Path) -> None:
     AuditLog(db_path).close()  # create the schema once, so the writers race on appends, not on setup
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

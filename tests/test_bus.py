@@ -3,8 +3,12 @@
 import asyncio
 import json
 
+import pytest
+
 from bus import DLQ, EVENTS, Bus, BusSettings, EmbeddedNats
 from tests.conftest import cloud_event
+
+pytestmark = pytest.mark.integration
 
 
 def line(event: dict) -> bytes:

@@ -8,47 +8,11 @@ from typer.testing import CliRunner
 from agent.audit import AuditLog
 from agent.chat import answer
 from agent.cli import app
-from agent.run import Service
 from agent.store import IncidentStore
-from tests.live import Target, anomaly, at, publish, sample, wait_for
-from tests.test_run import settings
+
+pytestmark = pytest.mark.integration
 
 runner = CliRunner()
-
-
-def change(event_id: str, subject: str, seconds: float) -> dict:
-    return {"specversion": "1.0", "id": event_id, "source": "/test", "type": "rtem.change.config", "time": at(seconds),
-            "subject": subject, "data": {"severity": "info", "message": f"{subject} config: pool size 10 -> 2",
-                                         "attributes": {"key": "pool_size"}}}
-
-
-def lag(event_id: str, subject: str, seconds: float) -> dict:
-    return {"specversion": "1.0", "id": event_id, "source": "/test", "type": "rtem.metric.sample", "time": at(seconds),
-            "subject": subject, "data": {"severity": "info", "message": "replica lag", "attributes": {"replica_lag_s": 120}}}
-
-
-@pytest.fixture
-async def live_db(tmp_path, nats_server, bus, boutique):
-    """A real run: a config change, then a CPU fault on cartservice-0 that rtem restarts and sees recover;
-    and a database fault whose failover the guard refuses (its replica lags)."""
-    target = Target()
-    await target.attach(bus.nc)
-    cfg = settings(tmp_path, nats_server)
-    service = await Service(cfg, boutique, poll_s=0.05).start()
-    try:
-        await publish(bus, [change("chg-1", "cartservice-0", -30)])
-        await publish(bus, [anomaly(f"a{i}", "cartservice-0", i) for i in range(10)])
-        await wait_for(lambda: target.applied)
-        await wait_for(lambda: any(r["status"] == "verifying" for r in service.parts.store.incidents()))
-        await publish(bus, [sample(f"s{i}", "cartservice-0", 20 + i * 10) for i in range(8)])
-        await wait_for(lambda: any(r["status"] == "resolved" for r in service.parts.store.incidents()))
-        await publish(bus, [lag("lag-1", "productcatalog", 990)])
-        await publish(bus, [anomaly(f"d{i}", "productcatalog", 1000 + i, "db_query_latency") for i in range(10)])
-        await wait_for(lambda: any(r.decision.get("outcome") == "deny"
-                                   for r in service.parts.audit.records(kind="action.verdict")))
-    finally:
-        await service.stop()
-    return cfg.db_path
 
 
 def ask(db, question, incident=None):

@@ -14,9 +14,10 @@ from agent.cli import app
 from agent.config import Settings
 from agent.llm import LlmChat, estimate_tokens
 from agent.store import IncidentStore
+from tests.helpers import assert_bounded
 from tests.llm_server import ScriptedLLM, Status, chat_answer, cited_answer, retrieved
-from tests.test_chat import live_db  # noqa: F401  (the fixture: a real run with two incidents)
-from tests.test_llm_units import _assert_bounded
+
+pytestmark = pytest.mark.integration
 
 MODEL = "scripted-model"
 runner = CliRunner()
@@ -73,7 +74,7 @@ async def test_a_good_answer_cites_only_retrieved_records(live_db, llm, monkeypa
     assert {"causes.ranked", "action.verdict", "action.executed"} <= kinds, "the records the question is about"
     prompt = llm.user_prompt("chat_answer")
     assert "<untrusted-data>" in prompt and cart["id"] in prompt
-    _assert_bounded(request["response_format"]["json_schema"]["schema"])
+    assert_bounded(request["response_format"]["json_schema"]["schema"])
 
     for name, value in {"RTEM_LLM_BASE_URL": llm.url, "RTEM_LLM_API_KEY": "sk-test-key", "RTEM_LLM_MODEL": MODEL}.items():
         monkeypatch.setenv(name, value)

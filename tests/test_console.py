@@ -18,7 +18,7 @@ from agent.tokens import TokenStore
 from rules._check import packaged_rules_dir
 from tests.live import Target, anomaly, publish, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="the console tests need the [dev] extra (playwright)")
 async_playwright, expect = playwright_api.async_playwright, playwright_api.expect

@@ -20,6 +20,8 @@ from bus import Bus, EmbeddedNats
 from tests.conftest import EXAMPLES
 from tests.live import Target, anomaly, publish, sample, wait_for
 
+pytestmark = pytest.mark.integration
+
 TOPOLOGY = EXAMPLES / "boutique-topology.json"
 
 

@@ -1,6 +1,10 @@
 """`rtem demo` end to end, shortened: one disruption at a high simulation speed."""
 
+import pytest
+
 from agent.demo.runner import run_demo
+
+pytestmark = pytest.mark.integration
 
 
 async def test_the_demo_remediates_an_injected_fault_and_reports_success(tmp_path):

@@ -13,6 +13,8 @@ from rules import load_contracts
 from rules._contracts import CommandExecutor, HttpExecutor
 from tests.live import Target, anomaly, publish, wait_for
 
+pytestmark = pytest.mark.integration
+
 FAST = RetryPolicy(max_attempts=3, initial_interval_s=0.01, max_interval_s=0.02)
 
 
@@ -86,12 +88,15 @@ async def test_a_failing_target_opens_its_breaker_and_is_then_spared(restart_con
 
 async def test_a_half_open_breaker_closes_after_a_success(restart_contract):
     hook = Webhook([500, 500])
+    now = [0.0]
     try:
         contract = restart_contract.model_copy(update={"executor": HttpExecutor(method="POST", url=hook.url)})
         executors = Executors({"http": HttpTransport()}, policy=RetryPolicy(max_attempts=1), breaker_threshold=2,
-                              breaker_cooldown_s=0.0)
+                              breaker_cooldown_s=30.0, clock=lambda: now[0])
         for n in range(2):
             await executors.run(contract, step(n))
+        assert executors.breaker("cart-0").state == "open"
+        now[0] = 30.0  # the cooldown is over, on the injected clock
         assert executors.breaker("cart-0").state == "half_open"
         assert (await executors.run(contract, step(5))).ok
         assert executors.breaker("cart-0").state == "closed"

@@ -9,7 +9,7 @@ from agent.graph import diagnose as diagnose_node
 from agent.reasoner import MIN_HISTORY, DeterministicReasoner, History, history_from_events, learn_history
 from agent.store import IncidentStore, event_row
 from bus._envelope import Event
-from tests.test_reasoner import T0, Events, shop  # noqa: F401  (shop is a fixture)
+from tests.helpers import T0, Events
 
 NOISE = ("container_memory_usage_MB", "container_threads", "container_cpu_usage_seconds")
 HOUR = 3600.0

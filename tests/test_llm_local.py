@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.llm import LLMSetupError, default_model, server_binary
 from rules import Topology
-from tests.test_llm_graph import RECORDING, TOPOLOGY, assert_guard_held, decisions
+from tests.helpers import RECORDING, TOPOLOGY, assert_guard_held, decisions
+
+pytestmark = pytest.mark.integration
 
 runner = CliRunner()
 

@@ -14,17 +14,17 @@ from prometheus_client import REGISTRY
 
 import prompts
 from agent.config import Settings
-from agent.llm import (CLOSED, HALF_OPEN, OPEN, BreakerOpen, BreakerPolicy, BudgetExhausted, CircuitBreaker,
-                       IncidentBudget, IncidentContext, LLMClient, LLMConfig, LLMReasoner, LLMSetupError,
-                       ProviderRejected, RetryPolicy, combine, llm_config, scrub, sent_diagnosis_schema,
-                       sent_proposal_schema, untrusted, validation_proposal_schema)
+from agent.llm import (BudgetExhausted, IncidentBudget, IncidentContext, LLMBreakerOpen, LLMClient, LLMConfig,
+                       LLMReasoner, LLMSetupError, ProviderRejected, combine, llm_config, retryable_status, scrub,
+                       sent_diagnosis_schema, sent_proposal_schema, untrusted, validation_proposal_schema)
 from agent.llm._context import LEVELS, fit
 from agent.llm._scrub import scrub_attributes
 from agent.llm._validate import check_diagnosis, check_proposals
 from agent.models import RootCause
 from agent.reasoner import FAULT_TYPES
-from bus import Event
+from bus import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, Event, RetryPolicy
 from rules import load_contracts
+from tests.helpers import assert_bounded
 from tests.llm_server import ScriptedLLM, Status, good_diagnosis, good_proposals
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,38 +71,12 @@ def test_sensitive_attributes_are_dropped_and_untrusted_text_cannot_escape():
 # -- breaker, retries, budget -----------------------------------------------------------------------
 
 
-def test_the_breaker_opens_half_opens_with_one_trial_and_closes():
-    now = [0.0]
-    changes = []
-    breaker = CircuitBreaker("p", BreakerPolicy(failure_threshold=2, reset_timeout_s=10), clock=lambda: now[0],
-                             on_change=lambda old, new: changes.append(new))
-    breaker.before_call()
-    breaker.failure()
-    assert breaker.state == CLOSED
-    breaker.failure()
-    assert breaker.state == OPEN
-    with pytest.raises(BreakerOpen, match="open after 2 consecutive failures; next trial call in 10.0 s"):
-        breaker.before_call()
-    now[0] = 10.0
-    assert breaker.state == HALF_OPEN
-    breaker.before_call()  # the one trial
-    with pytest.raises(BreakerOpen):
-        breaker.before_call()  # everyone else still waits
-    breaker.failure()  # the trial failed: open again, for another reset timeout
-    assert breaker.state == OPEN
-    now[0] = 20.0
-    breaker.before_call()
-    breaker.success()
-    assert breaker.state == CLOSED and breaker.failures == 0
-    assert changes == [OPEN, HALF_OPEN, OPEN, HALF_OPEN, CLOSED]
-
-
-def test_the_retry_policy_is_data():
-    policy = RetryPolicy(max_attempts=4, initial_interval_s=0.5, backoff=2, max_interval_s=3, jitter_s=0)
-    assert [policy.interval(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
-    assert policy.interval(1, retry_after=2.5) == 2.5 and policy.interval(1, retry_after=60) == 3
-    assert all(policy.retryable(s) for s in (None, 408, 429, 500, 502, 503, 504))
-    assert not any(policy.retryable(s) for s in (400, 401, 403, 404, 422))
+def test_the_llm_retry_settings_keep_the_llm_defaults_and_retry_only_what_may_pass():
+    retry = llm_config(Settings(llm="openai", llm_base_url="http://x/v1", llm_retry_attempts=4,
+                                llm_retry_initial_s=0.25)).retry
+    assert (retry.max_attempts, retry.initial_interval_s, retry.max_interval_s) == (4, 0.25, 8.0)
+    assert all(retryable_status(s) for s in (None, 408, 429, 500, 502, 503, 504))
+    assert not any(retryable_status(s) for s in (400, 401, 403, 404, 422))
 
 
 def test_the_incident_budget_counts_calls_and_tokens():
@@ -119,32 +93,6 @@ def test_the_incident_budget_counts_calls_and_tokens():
 # -- prompts and schemas ----------------------------------------------------------------------------
 
 
-def _walk(schema, path="$"):
-    """Every subschema, following the keywords that hold schemas."""
-    if not isinstance(schema, dict):
-        return
-    yield path, schema
-    for name, sub in schema.get("properties", {}).items():
-        yield from _walk(sub, f"{path}.{name}")
-    for key in ("items", "additionalProperties"):
-        yield from _walk(schema.get(key), f"{path}.{key}")
-    for key in ("anyOf", "oneOf", "allOf"):
-        for i, sub in enumerate(schema.get(key, [])):
-            yield from _walk(sub, f"{path}.{key}[{i}]")
-
-
-def _assert_bounded(schema):
-    for path, node in _walk(schema):
-        kinds = node.get("type")
-        kinds = kinds if isinstance(kinds, list) else [kinds]
-        if "string" in kinds and "enum" not in node and "const" not in node:
-            assert "maxLength" in node, f"{path}: a string without maxLength"
-        if {"number", "integer"} & set(kinds):
-            assert "minimum" in node and "maximum" in node, f"{path}: a number without bounds"
-        if "array" in kinds:
-            assert "maxItems" in node, f"{path}: a list without maxItems"
-
-
 def test_every_answer_schema_bounds_every_string_number_and_list(boutique):
     contracts = load_contracts()
     diagnose, propose = prompts.load("diagnose").schema, prompts.load("propose").schema
@@ -153,7 +101,7 @@ def test_every_answer_schema_bounds_every_string_number_and_list(boutique):
                    sent_diagnosis_schema(diagnose, ["node-6"], compact=True),
                    sent_proposal_schema(validation, contracts, boutique, {"node-6", "frontend-0"}, compact=False),
                    sent_proposal_schema(validation, contracts, boutique, {"node-6", "frontend-0"}, compact=True)):
-        _assert_bounded(schema)
+        assert_bounded(schema)
     fault_enum = diagnose["properties"]["hypotheses"]["items"]["properties"]["fault_type"]["enum"]
     assert set(fault_enum) == set(FAULT_TYPES)
     packaged = propose["properties"]["actions"]["items"]["properties"]["params"]["properties"]
@@ -296,12 +244,13 @@ def server():
     scripted.stop()
 
 
-def _client(server, **overrides) -> LLMClient:
+def _client(server, breaker: CircuitBreaker | None = None, **overrides) -> LLMClient:
     config = LLMConfig(provider="openai", base_url=server.url, api_key="k", model="m", timeout_s=2,
-                       retry=RetryPolicy(max_attempts=3, initial_interval_s=0.01, jitter_s=0), **overrides)
-    return LLMClient(config, CircuitBreaker("test", BreakerPolicy(failure_threshold=5, reset_timeout_s=60)))
+                       retry=RetryPolicy(max_attempts=3, initial_interval_s=0.01, jitter=0), **overrides)
+    return LLMClient(config, breaker or CircuitBreaker("test", threshold=5, cooldown_s=60))
 
 
+@pytest.mark.integration
 def test_the_client_retries_429_and_5xx_and_never_retries_a_refusal(server):
     client = _client(server)
     server.on("diagnosis", Status(429, headers={"retry-after": "0.05"}), Status(502), {"ok": 1})
@@ -314,6 +263,31 @@ def test_the_client_retries_429_and_5xx_and_never_retries_a_refusal(server):
     assert len(server.requests) == 4 and client.breaker.failures == 0
 
 
+@pytest.mark.integration
+def test_the_clients_breaker_opens_spares_the_provider_then_one_trial_closes_it(server):
+    now, changes = [0.0], []
+    breaker = CircuitBreaker("scripted", threshold=2, cooldown_s=30, clock=lambda: now[0],
+                             on_change=lambda old, new: changes.append(new))
+    client = _client(server, breaker)
+
+    def ask():
+        return client.complete([{"role": "user", "content": "hi"}], {"type": "object"}, "diagnosis")
+
+    server.on("diagnosis", Status(500), Status(503), {"ok": 1})
+    with pytest.raises(LLMBreakerOpen, match="open after 2 consecutive failures; next trial call in 30.0 s"):
+        ask()  # two 500s open it; the third attempt is refused without a request, and not retried
+    assert len(server.requests) == 2 and breaker.state == OPEN
+    now[0] = 29.0
+    with pytest.raises(LLMBreakerOpen):
+        ask()
+    assert len(server.requests) == 2, "nothing sent while open"
+    now[0] = 30.0
+    assert json.loads(ask().text) == {"ok": 1}, "the one trial call"
+    assert len(server.requests) == 3 and breaker.state == CLOSED
+    assert changes == [OPEN, HALF_OPEN, CLOSED]
+
+
+@pytest.mark.integration
 def test_costs_and_calls_are_measured_when_prices_are_configured(server, boutique):
     client = _client(server, price_in_per_mtok=1.0, price_out_per_mtok=2.0)
     reasoner = LLMReasoner(client, contracts=load_contracts())

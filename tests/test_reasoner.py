@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -12,58 +11,11 @@ import pytest
 from agent.models import RootCause
 from agent.reasoner import ACTION_TYPES, FAULT_TYPES, DeterministicReasoner
 from agent.reasoner._catalog import is_bad_direction, metric_domain, metric_kind
-from bus._envelope import Event, parse_event
+from bus._envelope import parse_event
 from rules.topology import Topology
+from tests.helpers import Events
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Online-Boutique-cloudbed-2"
-
-
-@pytest.fixture
-def shop() -> Topology:
-    """frontend calls cart and checkout, checkout calls cart and uses a database, cart uses a cache."""
-    services = ["frontend", "cart", "checkout"]
-    placement = {"frontend-0": "host-a", "cart-0": "host-a", "checkout-0": "host-b", "frontend-1": "host-b",
-                 "cart-1": "host-c", "checkout-1": "host-c", "redis-0": "host-c"}
-    entities = [{"id": s, "type": "service"} for s in services]
-    entities += [{"id": "orders-db", "type": "database"}, {"id": "redis", "type": "cache"}]
-    entities += [{"id": i, "type": "instance"} for i in placement]
-    entities += [{"id": h, "type": "host"} for h in ("host-a", "host-b", "host-c")]
-    relations = [{"source": "frontend", "target": "cart", "type": "calls"},
-                 {"source": "frontend", "target": "checkout", "type": "calls"},
-                 {"source": "checkout", "target": "cart", "type": "calls"},
-                 {"source": "checkout", "target": "orders-db", "type": "uses"},
-                 {"source": "cart", "target": "redis", "type": "uses"}]
-    for instance, host in placement.items():
-        relations.append({"source": instance, "target": instance.rsplit("-", 1)[0], "type": "instance_of"})
-        relations.append({"source": instance, "target": host, "type": "runs_on"})
-    return Topology.from_dict({"entities": entities, "relations": relations})
-
-
-class Events:
-    """Builds an incident's events with unique ids and times relative to T0."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def metric(self, subject: str, metric: str, at: float = 0, direction: str = "up",
-               severity: str = "warning") -> Event:
-        return self._add("rtem.metric.anomaly", subject, at, severity, f"{metric} anomalous ({direction})",
-                         {"metric": metric, "direction": direction})
-
-    def trace(self, caller: str, callee: str, at: float = 0, anomaly: str = "PD") -> Event:
-        severity = "error" if anomaly.isdigit() else "warning"
-        return self._add("rtem.trace.anomaly", callee, at, severity, f"{caller} -> {callee}: {anomaly}",
-                         {"caller": caller, "callee": callee, "operation": "rpc", "anomaly": anomaly})
-
-    def other(self, type_: str, subject: str, at: float = 0, severity: str = "info", message: str = "") -> Event:
-        return self._add(type_, subject, at, severity, message, {})
-
-    def _add(self, type_: str, subject: str, at: float, severity: str, message: str, attributes: dict) -> Event:
-        event = Event(id=f"ev-{len(self.events):04d}", source="/test", type=type_, time=T0 + timedelta(seconds=at),
-                      subject=subject, severity=severity, message=message, attributes=attributes)
-        self.events.append(event)
-        return event
 
 
 def diagnose(events: Events, topology: Topology, limit: int = 5) -> list[RootCause]:

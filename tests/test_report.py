@@ -10,8 +10,7 @@ from agent.audit import AuditLog
 from agent.cli import app
 from agent.report import build_report
 from agent.store import IncidentStore
-from tests.test_analyze import RECORDING, analyze
-from tests.test_chat import live_db  # noqa: F401  (the live run: a restart that resolves, a refused failover)
+from tests.helpers import RECORDING, analyze
 
 runner = CliRunner()
 
@@ -51,7 +50,7 @@ def well_formed(html: str) -> set[str]:
     return checker.tags
 
 
-async def test_a_resolved_incident_is_justified_step_by_step(live_db):  # noqa: F811
+async def test_a_resolved_incident_is_justified_step_by_step(live_db):
     store = IncidentStore(live_db, readonly=True)
     row = next(r for r in store.incidents() if r["status"] == "resolved")
     md = build(live_db, row["id"])
@@ -78,7 +77,7 @@ async def test_a_resolved_incident_is_justified_step_by_step(live_db):  # noqa: 
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
 
 
-async def test_a_refused_failover_names_every_rule(live_db):  # noqa: F811
+async def test_a_refused_failover_names_every_rule(live_db):
     store = IncidentStore(live_db, readonly=True)
     row = next(r for r in store.incidents() if any(a["type"] == "failover_database" for a in r["actions"]))
     md = build(live_db, row["id"])
@@ -88,6 +87,7 @@ async def test_a_refused_failover_names_every_rule(live_db):  # noqa: F811
     assert "failover_database" not in ran and "escalated" in md
 
 
+@pytest.mark.integration
 def test_the_cli_writes_a_dry_run_report(tmp_path):
     analyze(RECORDING, "--out", tmp_path / "out")
     db = tmp_path / "out" / "run" / "rtem.db"

@@ -252,6 +252,7 @@ def recorded(tmp_path_factory) -> Path:
     return out / "run" / "rtem.db"
 
 
+@pytest.mark.integration
 def test_replay_with_unchanged_rules_changes_nothing(recorded):
     result = rtem("rules", "replay", "--since", "1h", "--db", recorded, "--topology",
                   EXAMPLES / "boutique-topology.json", "--json")
@@ -260,6 +261,7 @@ def test_replay_with_unchanged_rules_changes_nothing(recorded):
     assert report["records"] >= 2 and report["changed"] == [] and report["rules_changed"] == []
 
 
+@pytest.mark.integration
 def test_replay_finds_the_verdicts_an_edit_would_change(recorded, tmp_path):
     edited = (PACKAGED / "guardrails" / "default.yaml").read_text() + (
         "\n  - id: no-host-drains\n    match: {action: drain_host, incident_severity: error}\n    outcome: deny\n"
@@ -279,6 +281,7 @@ def test_replay_finds_the_verdicts_an_edit_would_change(recorded, tmp_path):
     assert rtem(*args, "--fail-on-change").exit_code == 1
 
 
+@pytest.mark.integration
 def test_replay_refuses_a_rule_set_that_fails_check_and_bad_usage(recorded, tmp_path):
     root = rules_dir(tmp_path, {"g.yaml": "version: 1\nrules:\n  - id: a\n    match: {action: drain_hots}\n"
                                           "    outcome: deny\n    reason: r\n"})

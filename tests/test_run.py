@@ -4,15 +4,11 @@ import hashlib
 
 import pytest
 
-from agent.config import Settings
 from agent.report import build_report
 from agent.run import Service
-from tests.live import Target, anomaly, publish, sample, wait_for
+from tests.live import Target, anomaly, publish, sample, settings, wait_for
 
-
-def settings(tmp_path, nats_server, **extra):
-    return Settings(data_dir=tmp_path / "data", nats_url=nats_server.url, diagnose_after_s=5, verify_quiet_s=30,
-                    verify_deadline_s=300, **extra)
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
