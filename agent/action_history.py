@@ -12,61 +12,59 @@ Each row has a `seq`; a verdict's decision record keeps the highest seq the guar
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Collection
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .store import IncidentStore
+from .store import SqliteConnections, SqliteIncidentStore
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS action_history (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  key TEXT UNIQUE,
-  ts REAL NOT NULL,
-  at TEXT NOT NULL,
-  action TEXT NOT NULL,
-  target TEXT NOT NULL,
-  incident_id TEXT,
-  recorded_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS action_history_action_ts ON action_history (action, ts);
-"""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS action_history (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         key TEXT UNIQUE,
+         ts REAL NOT NULL,
+         at TEXT NOT NULL,
+         action TEXT NOT NULL,
+         target TEXT NOT NULL,
+         incident_id TEXT,
+         recorded_at TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS action_history_action_ts ON action_history (action, ts)",
+)
 
 
 class SqliteActionHistory:
     """An ActionHistory over `action_history` in rtem.db.
 
-    Built on an IncidentStore it shares the store's connection (and its lock, so a write never lands
-    inside a triage transaction) and is closed with it; built on a path it opens its own connection.
+    It has its own connections (one per thread, like the store's), never the store's: a guard on a
+    worker thread records while the event loop writes a batch, and SQLite orders the two writes.
+    Built on a store it opens the store's file the same way (read-only too, if the store is) and
+    closes with it; built on a path it opens that file and `close()` closes it.
+
+    A thread must not record while it holds the store's `transaction()` open: the record waits for
+    that transaction's write lock, which its own thread holds.
     """
 
-    def __init__(self, where: IncidentStore | str | Path):
+    def __init__(self, where: SqliteIncidentStore | str | Path):
         self._until_seq: int | None = None  # a view made by as_of() reads only rows up to this seq
         self._before_ts: float | None = None
-        if isinstance(where, IncidentStore):
-            self._store: IncidentStore | None = where
-            self._conn = where.db.conn
-            self._own = False
+        if isinstance(where, SqliteIncidentStore):
+            self._conns = SqliteConnections(where.path, synchronous=where.synchronous, readonly=where.readonly,
+                                            busy_timeout_s=where.connections.busy_timeout_s)
+            where.on_close(self.close)
         else:
-            self._store = None
-            self._conn = sqlite3.connect(str(where), timeout=30, check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._own = True
-        # Sharing the store's connection means sharing its lock: one lock per connection.
-        self._lock = where.lock if self._store is not None else threading.RLock()
-        with self._writing():
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                self._conn.execute(statement)
+            self._conns = SqliteConnections(where)
+        self._own = True
+        if not self._conns.readonly:
+            with self._conns.write() as conn:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
 
     def record(self, action: str, target: str, at: datetime, *, incident_id: str | None = None,
                key: str | None = None) -> bool:
         """Record one action at event time `at`; False when `key` was already recorded."""
         at = at.astimezone(timezone.utc)
-        with self._writing():
-            cursor = self._conn.execute(
+        with self._conns.write() as conn:
+            cursor = conn.execute(
                 "INSERT OR IGNORE INTO action_history (key, ts, at, action, target, incident_id, recorded_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [key, at.timestamp(), at.isoformat().replace("+00:00", "Z"), action, target, incident_id,
@@ -102,7 +100,7 @@ class SqliteActionHistory:
 
     def close(self) -> None:
         if self._own:
-            self._conn.close()
+            self._conns.close()
 
     def _window(self, action: str, since: datetime, until: datetime, targets: Collection[str] | None):
         sql = "action=? AND ts>? AND ts<=?"
@@ -122,14 +120,4 @@ class SqliteActionHistory:
         return sql, params
 
     def _read(self, sql: str, params: list) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
-
-    @contextmanager
-    def _writing(self):
-        if self._store is not None:
-            with self._store.transaction():
-                yield
-        else:
-            with self._lock:
-                yield
+        return self._conns.connection().execute(sql, params).fetchall()

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from .store import IncidentStore
+from .store import IncidentRepository
 
 DEFAULT_MAX_AGE_S = 900.0
 
@@ -22,7 +22,7 @@ DEFAULT_MAX_AGE_S = 900.0
 class StoreState:
     """A SystemState over the store's events."""
 
-    def __init__(self, store: IncidentStore, max_age_s: float = DEFAULT_MAX_AGE_S):
+    def __init__(self, store: IncidentRepository, max_age_s: float = DEFAULT_MAX_AGE_S):
         self.store = store
         self.max_age_s = max_age_s
 

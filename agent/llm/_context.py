@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from agent.models import RootCause
-from agent.store import event_from_row
+from agent.store import IncidentRepository, event_from_row
 from bus import Event
 from rules import ActionContract, Topology
 
@@ -77,7 +77,7 @@ class IncidentContext:
 
     @classmethod
     def gather(cls, events: Sequence[Event], topology: Topology, candidates: Sequence[RootCause],
-               store=None) -> IncidentContext:
+               store: IncidentRepository | None = None) -> IncidentContext:
         events = sorted(events, key=lambda e: (e.ts, e.id))
         row = _incident_row(store, events)
         if row is not None:
@@ -170,12 +170,11 @@ def catalog(contracts: Mapping[str, ActionContract]) -> list[dict[str, Any]]:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _incident_row(store, events: Sequence[Event]) -> dict[str, Any] | None:
+def _incident_row(store: IncidentRepository | None, events: Sequence[Event]) -> dict[str, Any] | None:
     if store is None or not events:
         return None
-    with store.lock:  # the service's store: its connection is shared with the event loop
-        found = store.db.execute("SELECT incident_id FROM events WHERE id=?", [events[0].id]).fetchone()
-    return store.incident(found[0]) if found and found[0] else None
+    incident_id = store.event_incident_id(events[0].id)
+    return store.incident(incident_id) if incident_id else None
 
 
 def _condense(events: Sequence[Event], topology: Topology, rank: dict[str, int]) -> list[dict[str, Any]]:
@@ -228,23 +227,21 @@ def _candidate(rank: int, cause: RootCause, topology: Topology) -> dict[str, Any
             "explanation": explanation[:400]}
 
 
-def _recent_changes(store, events: Sequence[Event], topology: Topology, entities: Sequence[str]) -> list[Event]:
+def _recent_changes(store: IncidentRepository | None, events: Sequence[Event], topology: Topology,
+                    entities: Sequence[str]) -> list[Event]:
     own = [e for e in events if e.type in CHANGE_TYPES]
     if store is None or not events:
         return own
     radius = topology.blast_radius(entities)
-    marks = ",".join("?" * len(CHANGE_TYPES))
-    with store.lock:  # the service's store: its connection is shared with the event loop
-        rows = list(store.db.query(f"SELECT * FROM events WHERE type IN ({marks}) AND ts BETWEEN ? AND ? "
-                                   "ORDER BY ts, id", [*CHANGE_TYPES, events[0].ts - CHANGE_LOOKBACK_S, events[-1].ts]))
     found = {e.id: e for e in own}
-    for row in rows:
-        if row["subject"] in radius and row["id"] not in found:
+    for row in store.change_events(events[0].ts - CHANGE_LOOKBACK_S, events[-1].ts):
+        if row["type"] in CHANGE_TYPES and row["subject"] in radius and row["id"] not in found:
             found[row["id"]] = event_from_row(row)
     return sorted(found.values(), key=lambda e: (e.ts, e.id))
 
 
-def _similar_incidents(store, incident_id: str, entities: Sequence[str]) -> list[dict[str, Any]]:
+def _similar_incidents(store: IncidentRepository | None, incident_id: str,
+                       entities: Sequence[str]) -> list[dict[str, Any]]:
     if store is None or not entities:
         return []
     mine = set(entities)

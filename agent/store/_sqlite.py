@@ -1,0 +1,287 @@
+"""The incident store on SQLite: events, incidents and the pipeline's state, in one file.
+
+Every batch is written in ONE transaction (events, incident updates, detector and correlator
+state), and the bus acks only after it commits. A crash before the commit redelivers the batch;
+a crash after it redelivers events the store already has, which `known_ids` filters out. So an
+event is recorded exactly once however often it arrives.
+
+Each thread has its own connection (agent/store/_connections.py): the event loop writes batches
+while graph nodes read on worker threads, and nothing in Python serialises them. The schema and
+every index are made when a writable store opens, so no query pays for one later.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bus import Event, parse_time
+
+from ._connections import SqliteConnections, dict_rows
+from ._repository import CLOSED_STATUSES
+from ._rows import EVENT_COLUMNS, decode_incident, event_from_row, iso
+
+# Written out, not bound as parameters: SQLite uses a partial index only for the same literal terms.
+_ACTIVE = "status NOT IN (" + ", ".join(f"'{s}'" for s in CLOSED_STATUSES) + ")"
+_CHANGE = "type GLOB 'rtem.change.*'"
+
+# Index names are those sqlite-utils gave earlier stores, so reopening one adds no duplicate.
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+         id TEXT PRIMARY KEY, ts FLOAT, time TEXT, type TEXT, subject TEXT, severity TEXT, source TEXT,
+         message TEXT, attributes TEXT, incident_id TEXT, signals TEXT, received_at TEXT)""",
+    """CREATE TABLE IF NOT EXISTS incidents (
+         id TEXT PRIMARY KEY, opened_at TEXT, updated_at TEXT, first_ts FLOAT, last_ts FLOAT, status TEXT,
+         severity TEXT, entities TEXT, detections TEXT, signal_count INTEGER, event_count INTEGER,
+         merged_into TEXT, root_causes TEXT, actions TEXT, versions TEXT, diagnosed_at TEXT, mttr_s FLOAT,
+         resolution TEXT)""",
+    "CREATE TABLE IF NOT EXISTS pipeline_state (key TEXT PRIMARY KEY, value TEXT)",
+    "CREATE INDEX IF NOT EXISTS idx_events_incident_id_ts ON events (incident_id, ts)",
+    "CREATE INDEX IF NOT EXISTS events_subject_ts ON events (subject, ts)",  # latest_state
+    f"CREATE INDEX IF NOT EXISTS events_changes_ts ON events (ts) WHERE {_CHANGE}",  # change_events
+    "CREATE INDEX IF NOT EXISTS idx_incidents_status ON incidents (status)",
+    f"CREATE INDEX IF NOT EXISTS incidents_active ON incidents (first_ts, id) WHERE {_ACTIVE}",
+)
+
+
+class SqliteIncidentStore:
+    """An `IncidentRepository` in one SQLite file."""
+
+    def __init__(self, path: str | Path, synchronous: str = "NORMAL", *, readonly: bool = False,
+                 busy_timeout_s: float = 30.0):
+        """`readonly` is for readers beside a running service (the CLI, the API): it never takes a
+        write lock, and a write raises `ReadOnlyStoreError`."""
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.readonly = readonly
+        self.connections = SqliteConnections(self.path, synchronous=synchronous, readonly=readonly,
+                                             busy_timeout_s=busy_timeout_s)
+        self._on_close: list[Callable[[], None]] = []
+        self._databases = threading.local()  # for `db`
+        if not readonly:
+            with self.connections.write() as conn:
+                for statement in SCHEMA:
+                    conn.execute(statement)
+
+    @contextmanager
+    def transaction(self):
+        """One BEGIN IMMEDIATE transaction on the calling thread's connection; the store's write
+        methods called inside it (on this thread) join it."""
+        with self.connections.write():
+            yield self
+
+    @property
+    def db(self):
+        """The calling thread's connection as a sqlite-utils `Database`, for callers that still run
+        their own SQL. Not part of `IncidentRepository`: use its methods instead."""
+        conn = self.connections.connection()
+        if getattr(self._databases, "conn", None) is not conn:
+            import sqlite_utils
+
+            self._databases.db, self._databases.conn = sqlite_utils.Database(conn), conn
+        return self._databases.db
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the store closes (the action history's connections close with it)."""
+        self._on_close.append(callback)
+
+    # -- the hot path -----------------------------------------------------------------------------
+
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        conn = self.connections.connection()
+        known: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            known.update(r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
+        return known
+
+    def insert_events(self, rows: Iterable[tuple]) -> None:
+        marks = ",".join("?" * len(EVENT_COLUMNS))
+        with self.connections.write() as conn:
+            conn.executemany(f"INSERT OR IGNORE INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({marks})", rows)
+
+    def attach(self, incident_id: str, event_ids: Iterable[str]) -> int:
+        """Give events recorded before their incident existed (a threshold's early events) to it;
+        returns how many it took."""
+        with self.connections.write() as conn:
+            cursor = conn.executemany("UPDATE events SET incident_id=? WHERE id=? AND incident_id IS NULL",
+                                      [(incident_id, e) for e in event_ids])
+        return cursor.rowcount
+
+    def merge(self, absorbed: str, keeper: str) -> None:
+        with self.connections.write() as conn:
+            conn.execute("UPDATE events SET incident_id=? WHERE incident_id=?", [keeper, absorbed])
+            conn.execute("""UPDATE incidents SET event_count = event_count +
+                              COALESCE((SELECT event_count FROM incidents WHERE id=?), 0) WHERE id=?""",
+                         [absorbed, keeper])
+            conn.execute("UPDATE incidents SET status='merged', merged_into=? WHERE id=?", [keeper, absorbed])
+
+    def add_events(self, incident_id: str, count: int) -> None:
+        """Counted as events arrive, not recounted: a storm's incident would make every batch slower."""
+        with self.connections.write() as conn:
+            conn.execute("UPDATE incidents SET event_count = event_count + ? WHERE id=?", [count, incident_id])
+
+    def upsert_incident(self, state: dict[str, Any]) -> None:
+        with self.connections.write() as conn:
+            conn.execute(
+                """INSERT INTO incidents (id, opened_at, updated_at, first_ts, last_ts, status, severity, entities,
+                                          detections, signal_count, event_count)
+                   VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?)
+                   ON CONFLICT(id) DO UPDATE SET opened_at=excluded.opened_at, updated_at=excluded.updated_at,
+                     first_ts=excluded.first_ts, last_ts=excluded.last_ts, severity=excluded.severity,
+                     entities=excluded.entities, detections=excluded.detections,
+                     signal_count=excluded.signal_count""",
+                [state["id"], iso(state["first_ts"]), iso(state["last_ts"]), state["first_ts"], state["last_ts"],
+                 state["severity"], json.dumps(state["entities"]), json.dumps(state["detections"]),
+                 state["signals"], 0])
+
+    def save_state(self, key: str, value: Any) -> None:
+        with self.connections.write() as conn:
+            conn.execute("INSERT OR REPLACE INTO pipeline_state (key, value) VALUES (?, ?)", [key, json.dumps(value)])
+
+    def load_state(self, key: str, default: Any = None) -> Any:
+        row = self.connections.connection().execute("SELECT value FROM pipeline_state WHERE key=?", [key]).fetchone()
+        return json.loads(row[0]) if row else default
+
+    # -- incidents ----------------------------------------------------------------------------------
+
+    def incident(self, incident_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM incidents WHERE id=?", [incident_id])
+        if not rows:
+            rows = self._query("SELECT * FROM incidents WHERE id LIKE ? ORDER BY first_ts", [incident_id + "%"])
+            if len(rows) != 1:
+                return None
+        return decode_incident(rows[0])
+
+    def incidents(self, status: str | None = None, include_merged: bool = False) -> list[dict[str, Any]]:
+        where, params = [], []
+        if status:
+            where.append("status=?")
+            params.append(status)
+        elif not include_merged:
+            where.append("status!='merged'")
+        sql = "SELECT * FROM incidents" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY first_ts, id"
+        return [decode_incident(r) for r in self._query(sql, params)]
+
+    def active_incidents(self) -> list[dict[str, Any]]:
+        """Incidents not in `CLOSED_STATUSES`, by first_ts then id (the partial index `incidents_active`
+        holds only these, in this order)."""
+        return [decode_incident(r) for r in self._query(
+            f"SELECT * FROM incidents WHERE {_ACTIVE} ORDER BY first_ts, id", [])]
+
+    def save_diagnosis(self, incident_id: str, *, status: str, root_causes: list[dict[str, Any]],
+                       actions: list[dict[str, Any]], versions: dict[str, str], mttr_s: float | None = None,
+                       resolution: str | None = None) -> None:
+        with self.connections.write() as conn:
+            cursor = conn.execute(
+                """UPDATE incidents SET status=?, root_causes=?, actions=?, versions=?, diagnosed_at=?, mttr_s=?,
+                                        resolution=? WHERE id=?""",
+                [status, json.dumps(root_causes), json.dumps(actions), json.dumps(versions),
+                 datetime.now(timezone.utc).isoformat(), mttr_s, resolution, incident_id])
+            if cursor.rowcount != 1:
+                raise LookupError(f"save_diagnosis: no incident {incident_id!r} in {self.path}")
+
+    def set_status(self, incident_id: str, status: str) -> None:
+        with self.connections.write() as conn:
+            conn.execute("UPDATE incidents SET status=? WHERE id=?", [status, incident_id])
+
+    # -- events -------------------------------------------------------------------------------------
+
+    def events(self, incident_id: str) -> list[Event]:
+        return [event_from_row(r) for r in self._query(
+            "SELECT * FROM events WHERE incident_id=? ORDER BY ts, id", [incident_id])]
+
+    def event_count(self) -> int:
+        """How many events are stored (tests and benchmarks; not part of `IncidentRepository`)."""
+        return self.connections.connection().execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    def event_incident_id(self, event_id: str) -> str | None:
+        row = self.connections.connection().execute("SELECT incident_id FROM events WHERE id=?",
+                                                    [event_id]).fetchone()
+        return row[0] if row else None
+
+    def change_events(self, since_ts: float, until_ts: float) -> list[dict[str, Any]]:
+        """Rows of `rtem.change.*` events (deploys, config changes) with since_ts <= ts <= until_ts."""
+        return self._query(f"SELECT * FROM events WHERE {_CHANGE} AND ts BETWEEN ? AND ? ORDER BY ts, id",
+                           [since_ts, until_ts])
+
+    def last_signal(self, incident_id: str, after_ts: float) -> float | None:
+        """Event time of the incident's latest signal after `after_ts` (recovery means: none lately)."""
+        row = self.connections.connection().execute(
+            "SELECT MAX(ts) FROM events WHERE incident_id=? AND ts>? AND signals IS NOT NULL",
+            [incident_id, after_ts]).fetchone()
+        return row[0] if row else None
+
+    def latest_state(self, entity: str, at_ts: float, max_age_s: float = 900.0, limit: int = 500) -> dict[str, Any]:
+        """What rtem last observed about `entity` as of event time `at_ts`: the latest value of each
+        attribute reported in events about it (subject = entity) within `max_age_s` before `at_ts`.
+        Guardrail state preconditions read it (`state: {replica_lag_s: {gt: 30}}`, see docs/rules.md),
+        through the (subject, ts) index."""
+        rows = self.connections.connection().execute(
+            "SELECT attributes FROM events WHERE subject=? AND ts<=? AND ts>=? ORDER BY ts DESC, id DESC LIMIT ?",
+            [entity, at_ts, at_ts - max_age_s, limit]).fetchall()
+        state: dict[str, Any] = {}
+        for (attributes,) in rows:
+            for key, value in json.loads(attributes or "{}").items():
+                state.setdefault(key, value)
+        return state
+
+    def past_event_shapes(self, before_ts: float, *, limit: int = 200,
+                          exclude: str | None = None) -> tuple[list[str], list[tuple[Event, list[str]]]]:
+        """What the `limit` most recent incidents opened before `before_ts` looked like, for learning
+        background noise: their ids, and each distinct event shape (type, subject, severity and the
+        attributes that say what was anomalous) once, with the incidents it occurred in.
+
+        Only events before `before_ts` count, so nothing at or after the current incident's start leaks
+        in; `exclude` (the current incident) never counts. SQLite groups the events, so Python sees a few
+        hundred shapes rather than every event. Trace and metric messages are dropped from the shape (the
+        attributes say it all); other messages are kept, since their text is what they say.
+        """
+        with self.connections.snapshot() as conn:
+            past = [r[0] for r in conn.execute(
+                """SELECT id FROM incidents WHERE status != 'merged' AND first_ts < ? AND id != ?
+                   ORDER BY first_ts DESC, id DESC LIMIT ?""", [before_ts, exclude or "", limit])]
+            if not past:
+                return [], []
+            marks = ",".join("?" * len(past))
+            rows = conn.execute(f"""
+                SELECT type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message,
+                       MIN(time), group_concat(DISTINCT incident_id)
+                FROM (SELECT incident_id, type, subject, severity, time,
+                             json_extract(attributes, '$.metric') AS metric,
+                             json_extract(attributes, '$.direction') AS direction,
+                             json_extract(attributes, '$.callee') AS callee,
+                             json_extract(attributes, '$.caller') AS caller,
+                             json_extract(attributes, '$.anomaly') AS anomaly,
+                             json_extract(attributes, '$.alertname') AS alertname,
+                             CASE WHEN type = 'rtem.trace.anomaly' OR json_extract(attributes, '$.metric') IS NOT NULL
+                                  THEN '' ELSE message END AS message
+                      FROM events WHERE incident_id IN ({marks}) AND ts < ?)
+                GROUP BY type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message""",
+                [*past, before_ts]).fetchall()
+        keys = ("metric", "direction", "callee", "caller", "anomaly", "alertname")
+        shapes = []
+        for number, (type_, subject, severity, *values, message, time, incidents) in enumerate(rows):
+            attributes = {k: v for k, v in zip(keys, values) if v is not None}
+            shape = Event(id=f"shape-{number}", source="rtem.store", type=type_, time=parse_time(time),
+                          subject=subject, severity=severity, message=message or "", attributes=attributes)
+            shapes.append((shape, incidents.split(",")))
+        return past, shapes
+
+    def close(self) -> None:
+        """Close every thread's connection (and what registered with `on_close`)."""
+        callbacks, self._on_close = self._on_close, []
+        try:
+            for callback in callbacks:
+                callback()
+        finally:
+            self.connections.close()
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        return dict_rows(self.connections.connection().execute(sql, params))
