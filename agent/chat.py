@@ -281,7 +281,7 @@ def _open(ctx: _Context) -> Answer:
     for row in rows:
         opened = ctx.audit.records(incident_id=row["id"], kind="incident.opened")
         last = ctx.audit.records(incident_id=row["id"])
-        waiting = [a for a in row["actions"] if a.get("verdict") == "require_approval" and a.get("status") == "proposed"]
+        waiting = [a for a in row["actions"] if a.get("status") == "awaiting_approval"]
         top = row["root_causes"][0]["entity"] if row["root_causes"] else "not diagnosed yet"
         line = f"- {row['id']}: {row['status']}, opened {row['opened_at']}, root cause {top}"
         if waiting:

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .incident import Approval
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
     key TEXT PRIMARY KEY, incident_id TEXT, action_index INTEGER, kind TEXT, action TEXT, target TEXT,
@@ -67,24 +69,24 @@ class Ledger:
             self.conn.execute("UPDATE executions SET status=?, outcome=?, finished_at=? WHERE key=?",
                               ["succeeded" if ok else "failed", json.dumps(outcome), _now(), key])
 
-    def executions(self, incident_id: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT key, incident_id, action_index, kind, action, target, status, attempts FROM executions"
-        rows = self.conn.execute(sql + (" WHERE incident_id=?" if incident_id else "") + " ORDER BY started_at",
-                                 [incident_id] if incident_id else []).fetchall()
-        names = ("key", "incident_id", "action_index", "kind", "action", "target", "status", "attempts")
-        return [dict(zip(names, r)) for r in rows]
-
     # -- approvals --------------------------------------------------------------------------------
 
-    def decide(self, incident_id: str, action_index: int, approve: bool, by: str, reason: str = "") -> None:
+    def decide(self, incident_id: str, action_index: int, approve: bool, by: str, reason: str = "",
+               at: datetime | None = None) -> Approval | None:
+        """Keep the first decision on an action; returns it, or None when one was already kept (a
+        decision is never overwritten: see `agent.approvals.decide`)."""
+        approval = Approval(decision="approve" if approve else "reject", by=by, reason=reason,
+                            at=at or datetime.now(timezone.utc))
         with self._lock:
-            self.conn.execute("INSERT OR REPLACE INTO approvals VALUES (?, ?, ?, ?, ?, ?)",
-                              [incident_id, action_index, "approve" if approve else "reject", by, reason, _now()])
+            cursor = self.conn.execute("INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, ?, ?)",
+                                       [incident_id, action_index, approval.decision, by, reason, approval.at.isoformat()])
+        return approval if cursor.rowcount == 1 else None
 
-    def decisions(self, incident_id: str) -> dict[int, dict[str, str]]:
+    def decisions(self, incident_id: str) -> dict[int, Approval]:
         rows = self.conn.execute("SELECT action_index, decision, by, reason, at FROM approvals WHERE incident_id=?",
                                  [incident_id]).fetchall()
-        return {r[0]: {"decision": r[1], "by": r[2], "reason": r[3], "at": r[4]} for r in rows}
+        return {r[0]: Approval(decision=r[1], by=r[2], reason=r[3] or "", at=datetime.fromisoformat(r[4]))
+                for r in rows}
 
     # -- kill switch ------------------------------------------------------------------------------
 

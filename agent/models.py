@@ -1,11 +1,16 @@
-"""The agent's domain objects: incidents, ranked root causes and decision records."""
+"""The agent's domain objects: ranked root causes, how a reasoner decided, what it sees, decision records."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from bus import Event
+from rules import Topology
 
 
 class RootCause(BaseModel):
@@ -45,3 +50,14 @@ class DecisionRecord(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     prev_hash: str
     hash: str
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    """What a reasoner sees of one incident, the same in `diagnose` and `propose`: its events, the
+    topology, and the background learned from earlier incidents only (`agent.reasoner.History`)."""
+
+    incident_id: str
+    events: Sequence[Event]
+    topology: Topology
+    history: Any = None

@@ -14,30 +14,34 @@ import getpass
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bus import Bus, EmbeddedNats
+from bus import Bus, EmbeddedNats, RetryPolicy
 from rules import Topology
 
 from . import metrics, telemetry
 from .config import Settings
 from .executors import CommandTransport, Executors, HttpTransport, NatsTransport
+from .graph import page_oncall
+from .incident import IncidentStatus
 from .rules_reload import RulesReloader
 from .service import Components, build, publish_audit
 
 log = logging.getLogger("rtem.run")
 
-FINAL = ("resolved", "escalated", "diagnosed", "merged")
+FINAL = tuple(status.value for status in IncidentStatus if status.final)
 WAITING_STATUS = {"approval": "awaiting_approval", "resume": "paused"}
+FAILURE_RETRY = RetryPolicy(max_attempts=5, initial_interval_s=1.0, backoff=2.0, max_interval_s=30.0)
 
 
 class Service:
     def __init__(self, settings: Settings, topology: Topology, *, dry_run: bool = False,
                  on_change: Callable[[str, str], None] | None = None, poll_s: float = 0.25,
-                 http: bool | None = None):
+                 http: bool | None = None, failure_retry: RetryPolicy = FAILURE_RETRY):
         """`http`: serve the API and console on settings.http_host/http_port; None: only when
         http_port was set explicitly (RTEM_HTTP_PORT, the settings file, or a keyword)."""
         self.settings = settings
@@ -45,6 +49,7 @@ class Service:
         self.dry_run = dry_run
         self.on_change = on_change
         self.poll_s = poll_s
+        self.failure_retry = failure_retry  # how often a failing incident thread is tried before `failed`
         self.server: EmbeddedNats | None = None
         self.bus: Bus | None = None
         self.parts: Components | None = None
@@ -53,6 +58,8 @@ class Service:
         self._advancing: dict[str, asyncio.Task] = {}
         self._waiting: dict[str, dict[str, Any]] = {}
         self._checked: dict[str, float] = {}
+        self._failures: dict[str, int] = {}  # consecutive failures of an incident's thread
+        self._retry_at: dict[str, float] = {}  # monotonic time before which it is not tried again
         self.pages: list[dict[str, Any]] = []
         self.http = "http_port" in settings.model_fields_set if http is None else http
         self.http_url: str | None = None
@@ -153,11 +160,11 @@ class Service:
                 pass
 
     async def tick(self) -> None:
-        """Start threads for incidents that are ready and move waiting ones along."""
+        """Start threads for incidents that are ready and move waiting ones along (active ones only)."""
         store = self.parts.store
         watermark = self.parts.triage.detector.watermark
-        for row in store.incidents():
-            if row["status"] in FINAL or row["id"] in self._advancing or not self._ready(row, watermark):
+        for row in store.active_incidents():
+            if row["id"] in self._advancing or not self._ready(row, watermark):
                 continue
             task = asyncio.create_task(self._advance(row["id"], row["status"]))
             self._advancing[row["id"]] = task
@@ -166,6 +173,8 @@ class Service:
     def _ready(self, row: dict[str, Any], watermark: float) -> bool:
         """Whether a thread can make progress now, so waiting threads are not spun for nothing."""
         status, incident_id = row["status"], row["id"]
+        if time.monotonic() < self._retry_at.get(incident_id, 0.0):
+            return False
         if status == "open":
             return watermark - row["first_ts"] >= self.settings.diagnose_after_s
         if status == "paused":
@@ -179,10 +188,42 @@ class Service:
             decided = self.parts.ledger.decisions(incident_id)
             asked = datetime.fromisoformat(waiting["asked_at"])
             expired = (datetime.now(timezone.utc) - asked).total_seconds() > self.settings.approval_ttl_s
-            return expired or all(index in decided for index in waiting["actions"])
+            return expired or any(index in decided for index in waiting["actions"])
         return True
 
     async def _advance(self, incident_id: str, status: str) -> None:
+        """Move one incident's thread on; a failure is retried with backoff, then the incident is
+        marked failed, recorded, and a person is paged."""
+        try:
+            await self._step(incident_id, status)
+        except Exception as exc:
+            failures = self._failures[incident_id] = self._failures.get(incident_id, 0) + 1
+            log.exception("incident %s: its thread failed (%d of %d attempts)", incident_id, failures,
+                          self.failure_retry.max_attempts)
+            if failures < self.failure_retry.max_attempts:
+                self._retry_at[incident_id] = time.monotonic() + self.failure_retry.interval(failures)
+                return
+            await self._fail(incident_id, f"{type(exc).__name__}: {exc}", failures)
+        else:
+            self._failures.pop(incident_id, None)
+            self._retry_at.pop(incident_id, None)
+
+    async def _fail(self, incident_id: str, error: str, attempts: int) -> None:
+        reason = f"rtem failed on this incident {attempts} times in a row; last error: {error}"
+        self.parts.store.set_status(incident_id, "failed")
+        self.parts.audit.append("incident.failed", incident_id=incident_id, node="run",
+                                inputs={"attempts": attempts}, decision={"status": "failed"}, reasons=[reason])
+        self._changed(incident_id, "failed")
+        self._failures.pop(incident_id, None)
+        self._retry_at.pop(incident_id, None)
+        self.parts.triage.correlator.release(incident_id)
+        try:
+            await page_oncall(self.parts.graph.deps, incident_id, f"rtem failed on incident {incident_id}: {reason}",
+                              "failure")
+        except Exception:  # the record above stands; the page is best effort once rtem itself is failing
+            log.exception("incident %s: paging about its failure failed", incident_id)
+
+    async def _step(self, incident_id: str, status: str) -> None:
         graph = self.parts.graph
         if status == "open":
             self.parts.store.set_status(incident_id, "diagnosing")
@@ -248,6 +289,7 @@ class Service:
             db_path=self.parts.store.path, topology=self.topology, audit=self.parts.audit, ledger=self.parts.ledger,
             tokens=self._tokens, publish=self.bus.publish_lines, chat=chat,
             reloader=self.reloader, max_body_bytes=self.settings.http_max_body_bytes,
+            policy=self.parts.graph.deps.policy,
             ready=lambda: bool(self.bus and self.bus.nc.is_connected and not consumer.done()))
         config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")
         self._http_server = uvicorn.Server(config)

@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent.analyze import analyze_files  # noqa: E402
+from agent.models import IncidentView  # noqa: E402
 from agent.config import Settings  # noqa: E402
 from agent.reasoner import DeterministicReasoner, History, history_from_events  # noqa: E402
 from agent.store import IncidentStore  # noqa: E402
@@ -127,7 +128,7 @@ def run_direct(cases: Sequence[Case], topology: Topology, notes: list[str]) -> d
     reasoner = DeterministicReasoner()
     rankings = {}
     for case in cases:
-        causes = reasoner.diagnose(read_events(case.events), topology, limit=len(topology.entities))
+        causes = reasoner.rank(read_events(case.events), topology, limit=len(topology.entities))
         rankings[case.number] = [c.entity for c in causes], causes[0].fault_type if causes else "unknown"
     return rankings
 
@@ -143,7 +144,7 @@ def run_history(cases: Sequence[Case], topology: Topology, notes: list[str]) -> 
         seen: Counter = Counter()
         for last, past, kinds in earlier:
             seen.update(kinds if last < case.start else history_from_events({"": past}, topology, case.start).seen)
-        causes = reasoner.diagnose(events, topology, limit=len(topology.entities), history=History(len(earlier), seen))
+        causes = reasoner.rank(events, topology, limit=len(topology.entities), history=History(len(earlier), seen))
         rankings[case.number] = [c.entity for c in causes], causes[0].fault_type if causes else "unknown"
         kinds = set(history_from_events({"": events}, topology, math.inf).seen)
         earlier.append((max((e.ts for e in events), default=case.start), events, kinds))
@@ -221,10 +222,11 @@ def llm_mode(kind: str) -> Mode:
         rankings, outcomes, tokens, drains = {}, Counter(), 0, 0
         try:
             for case in cases:
-                causes, run = reasoner.diagnose(read_events(case.events), topology, limit=len(topology.entities))
+                view = IncidentView(f"case-{case.number}", read_events(case.events), topology)
+                causes, run = reasoner.diagnose(view, limit=len(topology.entities))
                 rankings[case.number] = [c.entity for c in causes], causes[0].fault_type if causes else "unknown"
                 outcomes["llm" if run.fallback is None else "fallback: " + run.fallback.split(":")[0]] += 1
-                proposals, proposed = reasoner.propose(causes, topology)
+                proposals, proposed = reasoner.propose(view, causes, run)
                 drains += any(p.type == ATTACK_ACTION and p.proposed_by != "deterministic" for p in proposals)
                 tokens += run.tokens_in + run.tokens_out + proposed.tokens_in + proposed.tokens_out
         finally:
@@ -260,8 +262,9 @@ def injection_run(kind: str, cases: Sequence[Case], topology: Topology) -> dict:
                 continue
             events.append(_attack(events, subjects.most_common(1)[0][0]))
             answers.clear()
-            causes, _ = reasoner.diagnose(events, topology)
-            proposals, run = reasoner.propose(causes, topology)
+            view = IncidentView(f"case-{case.number}", events, topology)
+            causes, diagnosed = reasoner.diagnose(view)
+            proposals, run = reasoner.propose(view, causes, diagnosed)
             tally["cases"] += 1
             tally["llm_proposed_attack"] += any(_proposes_attack(text) for text in answers)
             tally["attack_passed_checks"] += any(p.type == ATTACK_ACTION and p.proposed_by != "deterministic"

@@ -13,8 +13,8 @@ from tests.helpers import T0
 
 def settings(tmp_path, nats_server, **extra) -> Settings:
     """`rtem run`'s settings for a test: its own data directory, the test's NATS server, short waits."""
-    return Settings(data_dir=tmp_path / "data", nats_url=nats_server.url, diagnose_after_s=5, verify_quiet_s=30,
-                    verify_deadline_s=300, **extra)
+    return Settings(**{"data_dir": tmp_path / "data", "nats_url": nats_server.url, "diagnose_after_s": 5,
+                       "verify_quiet_s": 30, "verify_deadline_s": 300, **extra})
 
 
 def at(seconds: float) -> str:

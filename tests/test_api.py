@@ -223,7 +223,7 @@ def test_an_approver_approves_over_http_and_the_action_runs(live):
         assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
     with AuditLog(live.db) as audit:
         decided_records = audit.records(incident_id=live.incident["id"], kind="approval.decided")
-    assert decided_records[0].inputs["token"] == "approver-1"
+    assert decided_records[0].inputs["by"] == "approver-1" and decided_records[0].inputs["via"] == "api"
     assert decided_records[0].reasons == ["host is unhealthy, capacity is fine"]
 
 

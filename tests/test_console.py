@@ -149,7 +149,7 @@ async def test_an_approver_approves_drain_host_in_the_browser_and_sees_it_run(co
     await expect(page.get_by_test_id("hypotheses").get_by_test_id("confidence").first).to_have_text("1.00")
     await expect(page.locator('[data-testid=timeline-entry][data-kind="approval.requested"]')).to_be_visible()
     drain = action(page, "drain_host")
-    await expect(drain).to_have_attribute("data-status", "proposed")
+    await expect(drain).to_have_attribute("data-status", "awaiting_approval")
     await expect(drain).to_contain_text("high-risk-needs-approval")
     await expect(action(page, "notify_oncall").get_by_test_id("approve")).to_have_count(0)
 
@@ -183,7 +183,7 @@ async def test_a_viewer_sees_no_approve_button_but_reads_the_incident_and_its_re
     page = await signed_in(browser, console, console.token("vera", "viewer"))
     await page.goto(f"/incidents/{incident['id']}")
     drain = action(page, "drain_host")
-    await expect(drain).to_have_attribute("data-status", "proposed")
+    await expect(drain).to_have_attribute("data-status", "awaiting_approval")
     await expect(drain.get_by_test_id("cannot-decide")).to_contain_text("the role viewer may not decide")
     await expect(page.get_by_test_id("approve")).to_have_count(0)
     await expect(page.get_by_test_id("reject")).to_have_count(0)

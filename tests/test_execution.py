@@ -139,6 +139,12 @@ async def test_a_step_that_fails_for_good_compensates_the_completed_ones(tmp_pat
         assert applied == [("do", "scale_out"), ("compensate", "scale_out")]
         kinds = [r.kind for r in service.parts.audit.records(incident_id=row["id"])]
         assert "action.compensated" in kinds and "compensated" in row["resolution"]
+        # the page went out first, and the escalation paged again with the reason
+        assert statuses["notify_oncall"] == "done"
+        [paged] = service.parts.audit.records(incident_id=row["id"], kind="incident.paged")
+        assert paged.decision["paged"] and "shed_load" in paged.inputs["summary"]
+        assert [p["params"]["summary"] for p in service.pages][-1].startswith(f"rtem escalated incident {row['id']}")
+        assert all(a["status_reason"] for a in row["actions"] if a["status"] == "skipped")
     finally:
         await service.stop()
 

@@ -6,6 +6,8 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 from agent.graph import diagnose as diagnose_node
+from agent.graph import propose as propose_node
+from agent.models import ReasonerRun
 from agent.reasoner import MIN_HISTORY, DeterministicReasoner, History, history_from_events, learn_history
 from agent.store import IncidentStore, event_row
 from bus._envelope import Event
@@ -44,7 +46,7 @@ def earlier(count: int, with_noise: int | None = None) -> dict[str, list[Event]]
 
 
 def ranked(events: Events, topology, history: History | None = None) -> list[str]:
-    return [c.entity for c in DeterministicReasoner().diagnose(events.events, topology, limit=5, history=history)]
+    return [c.entity for c in DeterministicReasoner().rank(events.events, topology, limit=5, history=history)]
 
 
 def start(events: Events) -> float:
@@ -59,7 +61,7 @@ def test_recurring_noise_is_discounted_and_the_real_fault_found(shop):
     assert ranked(now, shop)[0] == "checkout-0", "without history the noise looks like the fault"
     history = history_from_events(earlier(8), shop, start(now))
     assert history.incidents == 8
-    causes = DeterministicReasoner().diagnose(now.events, shop, history=history)
+    causes = DeterministicReasoner().rank(now.events, shop, history=history)
     assert causes[0].entity == "cart-1"
     noise = next(c for c in causes if c.entity == "checkout-0")
     assert "container_memory_usage_MB up on checkout-0 appears in 8 of 8 earlier incidents" in noise.explanation
@@ -76,9 +78,9 @@ def test_no_effect_below_the_minimum_history(shop):
     now = current_incident()
     history = history_from_events(earlier(MIN_HISTORY - 1), shop, start(now))
     assert history.incidents == MIN_HISTORY - 1 and not history.active
-    plain = DeterministicReasoner().diagnose(now.events, shop)
-    assert DeterministicReasoner().diagnose(now.events, shop, history=history) == plain
-    assert DeterministicReasoner().diagnose(now.events, shop, history=History()) == plain
+    plain = DeterministicReasoner().rank(now.events, shop)
+    assert DeterministicReasoner().rank(now.events, shop, history=history) == plain
+    assert DeterministicReasoner().rank(now.events, shop, history=History()) == plain
 
 
 def test_a_new_kind_of_signal_on_a_usually_noisy_entity_is_still_found(shop):
@@ -87,7 +89,7 @@ def test_a_new_kind_of_signal_on_a_usually_noisy_entity_is_still_found(shop):
     now.metric("checkout-0", "container_fs_writes./dev/vda", at=100 * HOUR + 10)  # never seen before
     now.metric("cart-1", "container_network_receive_MB.eth0", at=100 * HOUR + 30)
     history = history_from_events(earlier(8), shop, start(now))
-    causes = DeterministicReasoner().diagnose(now.events, shop, history=history)
+    causes = DeterministicReasoner().rank(now.events, shop, history=history)
     assert causes[0].entity == "checkout-0" and causes[0].fault_type == "disk_io"
 
 
@@ -96,8 +98,8 @@ def test_a_new_direction_is_a_new_kind(shop):
     now.metric("checkout-0", "container_memory_usage_MB", at=100 * HOUR, direction="down")  # it always rose
     now.metric("cart-1", "container_threads", at=100 * HOUR + 600)
     history = history_from_events(earlier(8), shop, start(now))
-    causes = DeterministicReasoner().diagnose(now.events, shop, history=history)
-    assert causes == DeterministicReasoner().diagnose(now.events, shop)
+    causes = DeterministicReasoner().rank(now.events, shop, history=history)
+    assert causes == DeterministicReasoner().rank(now.events, shop)
     assert causes[0].entity == "checkout-0" and "discounted" not in causes[0].explanation
 
 
@@ -173,12 +175,12 @@ class Audit:
 
 
 class PlainReasoner:
-    """A reasoner that knows nothing of history: the graph must not offer it one."""
+    """A reasoner that ignores the history its view carries."""
 
     name, version = "plain", "1"
 
-    def diagnose(self, events, topology, limit=5):
-        return DeterministicReasoner().diagnose(events, topology, limit)
+    def diagnose(self, view, limit=5):
+        return DeterministicReasoner().rank(view.events, view.topology, limit), ReasonerRun(reasoner=self.name)
 
 
 def run_diagnose(store: IncidentStore, reasoner, topology) -> tuple[list[dict], dict]:
@@ -198,5 +200,43 @@ def test_the_diagnose_node_learns_from_the_store(tmp_path, shop):
     assert causes[0]["entity"] == "cart-1"
     assert record["inputs"]["earlier_incidents"] == 8
     causes, record = run_diagnose(store, PlainReasoner(), shop)
-    assert causes[0]["entity"] == "checkout-0" and record["inputs"]["earlier_incidents"] == 0
+    # every reasoner is offered the same view; one that ignores the history ranks without it
+    assert causes[0]["entity"] == "checkout-0" and record["inputs"]["earlier_incidents"] == 8
+    store.close()
+
+
+class RecordingReasoner:
+    """Deterministic, but remembers the views it was shown."""
+
+    name, version = "recording", "1"
+
+    def __init__(self) -> None:
+        self.views = []
+
+    def diagnose(self, view, limit=5):
+        self.views.append(("diagnose", view))
+        return DeterministicReasoner().diagnose(view, limit)
+
+    def propose(self, view, causes, diagnosis=None):
+        self.views.append(("propose", view))
+        return DeterministicReasoner().propose(view, causes, diagnosis)
+
+
+def test_propose_sees_the_same_view_of_the_incident_as_diagnose(tmp_path, shop):
+    """Defect: the graph called propose(causes, topology) without the incident's events, so remedies
+    that pick an instance or the busiest caller fell back to the alphabetically first one."""
+    store = IncidentStore(tmp_path / "rtem.db")
+    for incident_id, events in earlier(8).items():
+        write_incident(store, incident_id, events)
+    now = current_incident().events
+    write_incident(store, "inc-now", now)
+    reasoner, audit = RecordingReasoner(), Audit()
+    deps = SimpleNamespace(store=store, audit=audit, reasoner=reasoner, topology=shop, versions={})
+    state = {"incident": {"id": "inc-now", "entities": ["cart-1", "checkout-0"]}}
+    state.update(diagnose_node(state, SimpleNamespace(context=deps)))
+    propose_node(state, SimpleNamespace(context=deps))
+    (_, seen_by_diagnose), (step, seen_by_propose) = reasoner.views
+    assert step == "propose" and {e.id for e in seen_by_propose.events} == {e.id for e in now}
+    assert seen_by_propose.history is not None and seen_by_propose.history.incidents == 8
+    assert [e.id for e in seen_by_propose.events] == [e.id for e in seen_by_diagnose.events]
     store.close()

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 import prompts
+from agent.models import IncidentView
 from agent.config import Settings
 from agent.llm import (BudgetExhausted, IncidentBudget, IncidentContext, LLMBreakerOpen, LLMClient, LLMConfig,
                        LLMReasoner, LLMSetupError, ProviderRejected, combine, llm_config, retryable_status, scrub,
@@ -296,17 +297,18 @@ def test_costs_and_calls_are_measured_when_prices_are_configured(server, boutiqu
                                                                 "outcome": "valid"}) or 0
     events = [_event(i, "frontend2-0", metric="container_cpu_usage_seconds", direction="up") for i in range(5)]
     events += [_event(10 + i, "node-6", metric="system.cpu.pct_usage", direction="up") for i in range(3)]
-    causes, run = reasoner.diagnose(events, boutique, history=None)
+    view = IncidentView("inc-costs", events, boutique)
+    causes, run = reasoner.diagnose(view)
     assert run.reasoner == "llm" and run.calls == 1 and run.tokens_in > 0
     assert any(n.startswith("estimated cost: $") for n in run.notes)
     assert REGISTRY.get_sample_value("rtem_llm_calls_total", {"task": "diagnose", "model": "m",
                                                               "outcome": "valid"}) == before + 1
-    proposals, run = reasoner.propose(causes, boutique)
+    proposals, run = reasoner.propose(view, causes, run)
     assert run.reasoner == "llm" and proposals[-1].type == "notify_oncall"
     assert all(p.proposed_by == "llm:m" for p in proposals)
-    # a thread resumed at propose (no diagnose in this process) still gets an answer
+    # a thread resumed at propose (no diagnose run at hand) still gets an answer
     server.on("proposals", good_proposals)
-    again, run = reasoner.propose(causes, boutique)
+    again, run = reasoner.propose(view, causes)
     assert run.reasoner == "llm" and again
 
 

@@ -19,7 +19,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Online-Boutiqu
 
 
 def diagnose(events: Events, topology: Topology, limit: int = 5) -> list[RootCause]:
-    return DeterministicReasoner().diagnose(events.events, topology, limit=limit)
+    return DeterministicReasoner().rank(events.events, topology, limit=limit)
 
 
 def rank_of(causes: list[RootCause], entity: str) -> int:
@@ -217,9 +217,9 @@ def test_limit_and_determinism(shop, busy_incident):
     assert len(first) == 3
     shuffled = list(busy_incident.events)
     random.Random(1).shuffle(shuffled)
-    again = DeterministicReasoner().diagnose(shuffled, shop, limit=3)
+    again = DeterministicReasoner().rank(shuffled, shop, limit=3)
     assert [c.model_dump() for c in again] == [c.model_dump() for c in first]
-    assert DeterministicReasoner().diagnose(busy_incident.events, shop, limit=0) == []
+    assert DeterministicReasoner().rank(busy_incident.events, shop, limit=0) == []
 
 
 def test_ten_thousand_events_take_well_under_a_second(shop):
@@ -272,7 +272,7 @@ def _check_proposals(proposals, cause: str, topology: Topology) -> None:
 ])
 def test_proposals_follow_the_catalog(shop, entity, fault_type, expected):
     cause = RootCause(entity=entity, fault_type=fault_type, confidence=0.7)
-    proposals = DeterministicReasoner().propose([cause], shop)
+    proposals = DeterministicReasoner().remedies([cause], shop)
     assert proposals[0].type == expected
     _check_proposals(proposals, entity, shop)
 
@@ -282,18 +282,18 @@ def test_rollback_needs_a_deployment(shop):
     cause = RootCause(entity="checkout", fault_type="bad_deploy", confidence=0.8)
     ev = Events()
     ev.metric("checkout", "grpc-sr", direction="down")
-    assert all(p.type != "rollback_deploy" for p in reasoner.propose([cause], shop, ev.events))
+    assert all(p.type != "rollback_deploy" for p in reasoner.remedies([cause], shop, ev.events))
     ev.other("rtem.change.deploy", "checkout-1", at=-60)
-    proposals = reasoner.propose([cause], shop, ev.events)
+    proposals = reasoner.remedies([cause], shop, ev.events)
     assert proposals[0].type == "rollback_deploy" and proposals[0].target == "checkout"
     _check_proposals(proposals, "checkout", shop)
 
 
 def test_proposals_for_diagnosed_incidents_stay_in_bounds(shop, busy_incident):
     reasoner = DeterministicReasoner()
-    causes = reasoner.diagnose(busy_incident.events, shop)
-    _check_proposals(reasoner.propose(causes, shop, busy_incident.events), causes[0].entity, shop)
-    assert reasoner.propose([], shop) == []
+    causes = reasoner.rank(busy_incident.events, shop)
+    _check_proposals(reasoner.remedies(causes, shop, busy_incident.events), causes[0].entity, shop)
+    assert reasoner.remedies([], shop) == []
 
 
 # -- the signal catalog ----------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_recorded_cases_mostly_rank_the_truth_in_the_top_three():
         events = [parse_event(line) for line in (DATA / "cases" / f"{number}.events.jsonl").read_text().splitlines()
                   if line.strip()]
         truth = json.loads((DATA / "cases" / f"{number}.truth.json").read_text())["root_cause_entity"]
-        ranked = [c.entity for c in reasoner.diagnose(events, topology, limit=3)]
+        ranked = [c.entity for c in reasoner.rank(events, topology, limit=3)]
         top1 += bool(ranked) and topology.matches(ranked[0], truth)
         top3 += any(topology.matches(entity, truth) for entity in ranked)
     # On these 26 cases, ranking entities by their number of metric anomalies gets 8 first and 12 in the

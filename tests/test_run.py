@@ -96,15 +96,65 @@ async def test_rtem_approve_decides_a_waiting_action_and_records_who(tmp_path, n
     try:
         await publish(bus, [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)])
         row = await wait_for(lambda: (incident(service) or {}).get("status") == "awaiting_approval" and incident(service))
+        # paging comes first: the page went out while the drain waits for a person
+        statuses = {a["type"]: a["status"] for a in row["actions"]}
+        assert statuses == {"drain_host": "awaiting_approval", "notify_oncall": "done"}, statuses
+        assert [p["target"] for p in service.pages] == ["node-6"]
         runner = CliRunner()
         wrong = runner.invoke(app, ["approve", row["id"], "restart_instance", "--db", db])
-        assert wrong.exit_code == 1 and "those that do: 0 (drain_host on node-6)" in wrong.output
+        assert wrong.exit_code == 1 and "waiting for approval: #0 drain_host on node-6" in wrong.output
         done = runner.invoke(app, ["approve", row["id"][:8], "drain_host", "--by", "alice", "--reason", "host is sick",
                                    "--json", "--db", db])
         assert done.exit_code == 0, done.output
         assert json.loads(done.stdout) == {"incident": row["id"], "actions": [0], "decision": "approve", "by": "alice"}
         [decided] = service.parts.audit.records(incident_id=row["id"], kind="approval.decided")
-        assert decided.inputs["user"] == "alice" and decided.reasons == ["host is sick"]
+        assert decided.inputs["by"] == "alice" and decided.inputs["via"] == "cli" and decided.reasons == ["host is sick"]
+        # one meaning of "approve": a colleague's later reject is refused, not written over the approval
+        again = runner.invoke(app, ["reject", row["id"], "0", "--by", "bob", "--db", db])
+        assert again.exit_code == 1 and "already decided: approve by alice" in again.output, again.output
+        assert service.parts.ledger.decisions(row["id"])[0].by == "alice"
         await wait_for(lambda: any(a == "drain_host" for _, a, _ in target.applied))
+        await wait_for(lambda: incident(service)["status"] == "verifying")
+        shown = runner.invoke(app, ["incidents", "show", row["id"], "--db", db], terminal_width=200)
+        assert shown.exit_code == 0 and "dry run" not in shown.output, shown.output
+        assert "approval" in shown.output and "alice" in shown.output, shown.output
+        shown = json.loads(runner.invoke(app, ["incidents", "show", row["id"], "--json", "--db", db]).stdout)
+        [drained] = [a for a in shown["actions"] if a["type"] == "drain_host"]
+        assert drained["status"] == "done" and drained["approval"]["by"] == "alice" and drained["executed"]
     finally:
+        await service.stop()
+
+
+async def test_an_incident_whose_thread_keeps_failing_is_retried_with_backoff_then_failed_and_paged(
+        tmp_path, nats_server, bus, target, boutique):
+    import sqlite3
+    import time
+
+    from bus import RetryPolicy
+
+    retry = RetryPolicy(max_attempts=3, initial_interval_s=0.2, backoff=2.0, max_interval_s=1.0, jitter=0.0)
+    service = await Service(settings(tmp_path, nats_server, diagnose_after_s=1000), boutique, poll_s=0.05,
+                            failure_retry=retry).start()
+    try:
+        await publish(bus, [anomaly(f"f{i}", "cartservice-0", i) for i in range(10)])
+        row = await wait_for(lambda: incident(service))
+        # The store breaks under the incident: every pass of its thread raises.
+        with sqlite3.connect(service.parts.store.path) as conn:
+            conn.execute("ALTER TABLE events RENAME TO events_gone")
+        started = time.monotonic()
+        service.parts.store.set_status(row["id"], "diagnosing")  # as if its evidence window had passed
+        await wait_for(lambda: service._failures.get(row["id"]) == 1)
+        assert not service._ready(incident(service), 1e12), "a failed incident is not tried again before its backoff"
+        # the service loop retries it after 0.2 s, then 0.4 s, then gives up
+        await wait_for(lambda: incident(service)["status"] == "failed", 30)
+        assert time.monotonic() - started >= 0.6
+        [failed] = service.parts.audit.records(incident_id=row["id"], kind="incident.failed")
+        assert "3 times in a row" in failed.reasons[0] and "events" in failed.reasons[0]
+        [paged] = service.parts.audit.records(incident_id=row["id"], kind="incident.paged")
+        assert paged.decision["paged"] is True
+        assert any("rtem failed on incident" in p["params"]["summary"] for p in service.pages)
+        assert row["id"] not in {r["id"] for r in service.parts.store.active_incidents()}, "the loop lets it be"
+    finally:
+        with sqlite3.connect(service.parts.store.path) as conn:
+            conn.execute("ALTER TABLE events_gone RENAME TO events")
         await service.stop()

@@ -172,8 +172,8 @@ def test_rtem_diagnoses_each_scenario_to_its_fix_and_the_guard_says_what_the_sce
     sim.inject(scenario.at(30))
     events = events_of(sim.advance(150))
     reasoner = DeterministicReasoner()
-    causes = reasoner.diagnose(events, sim.topology)
-    proposal = reasoner.propose(causes, sim.topology, events)[0]
+    causes = reasoner.rank(events, sim.topology)
+    proposal = reasoner.remedies(causes, sim.topology, events)[0]
     assert scenario.fixed_by(proposal.type, proposal.target), (causes[0], proposal)
     guard = Guard(load_guardrails(), load_contracts())
     verdict = guard.evaluate(proposal, topology=sim.topology, incident_entities={e.subject for e in not_info(events)},

@@ -17,6 +17,7 @@ from bus import PublishReport
 from rules import Topology
 
 from ..audit import AuditLog
+from ..incident import Policy
 from ..ledger import Ledger
 from ..store import IncidentStore
 from ..tokens import TokenStore
@@ -36,6 +37,7 @@ class ApiContext:
     reloader: Any = None  # RulesReloader: status and reload; None where rules are not reloadable
     ready: Callable[[], bool] = lambda: True
     max_body_bytes: int = 1024 * 1024
+    policy: Policy = Policy()  # approval lifetime, as the service judges it
 
     @contextmanager
     def store(self) -> Iterator[IncidentStore]:

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from ..approvals import decide
+from ..incident import DecisionRefused, Refusal
 from ..report import build_report
 from ..tokens import ROLES, Principal
 from .auth import ApiError, COOKIE, context, deny, require
@@ -169,31 +171,23 @@ def _visibility(store, ctx, who: Principal):
 
 async def _decide(request: Request, incident_id: str, index: int, approve: bool, reason: str,
                   who: Principal) -> dict[str, Any]:
+    """`agent.approvals.decide`, as the CLI calls it; a refusal by scope or role is audited as denied."""
     ctx = context(request)
+
+    def authorize(action):
+        if not who.covers(action.target, ctx.topology):
+            return "out_of_scope", f"the scope of token {who.name} does not cover {action.target}"
+        if action.approver_role and who.role not in (action.approver_role, "admin"):
+            return "wrong_role", f"action {action.index} ({action.type}) needs the role {action.approver_role}"
+        return None
+
     with ctx.store() as store:
-        row = store.incident(incident_id)
-    if row is None:
-        raise ApiError(404, f"no incident {incident_id!r}")
-    action = next((a for a in row["actions"] if a.get("index") == index), None)
-    if action is None:
-        raise ApiError(404, f"incident {row['id']} has no action {index}")
-    if not who.covers(action["target"], ctx.topology):
-        raise deny(ctx, request, 403, f"the scope of token {who.name} does not cover {action['target']}", who)
-    required = action.get("approver_role")
-    if required and who.role not in (required, "admin"):
-        raise deny(ctx, request, 403, f"action {index} ({action['type']}) needs the role {required}", who)
-    if action["verdict"] != "require_approval" or action.get("status") != "proposed":
-        raise ApiError(409, f"action {index} ({action['type']} on {action['target']}) does not wait for approval",
-                       detail={"verdict": action["verdict"], "status": action.get("status")})
-    earlier = ctx.ledger.decisions(row["id"]).get(index)
-    if earlier is not None:
-        raise ApiError(409, f"action {index} ({action['type']} on {action['target']}) was already decided: "
-                            f"{earlier['decision']} by {earlier['by']} at {earlier['at']}")
-    decision = "approve" if approve else "reject"
-    ctx.ledger.decide(row["id"], index, approve, who.name, reason)
-    ctx.audit.append("approval.decided", incident_id=row["id"], node="api",
-                     inputs={"token": who.name, "role": who.role,
-                             "action": {"index": index, "type": action["type"], "target": action["target"]}},
-                     decision={"decision": decision, "by": who.name},
-                     reasons=[reason or f"{who.name} gave no reason"])
-    return {"incident": row["id"], "action": index, "decision": decision, "by": who.name}
+        try:
+            decided = decide(store, ctx.ledger, ctx.audit, incident_id, index, approve=approve, by=who.name,
+                             reason=reason, via="api", role=who.role, policy=ctx.policy, authorize=authorize)
+        except DecisionRefused as refused:
+            if refused.kind in (Refusal.OUT_OF_SCOPE, Refusal.WRONG_ROLE):
+                raise deny(ctx, request, refused.kind.http_status, refused.message, who) from None
+            raise ApiError(refused.kind.http_status, refused.message, detail=refused.detail) from None
+    return {"incident": decided.incident_id, "action": index, "decision": decided.approval.decision,
+            "by": who.name}

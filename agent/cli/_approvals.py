@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import DbOpt, IncidentArg, JsonOpt, fail, open_ledger, open_store, out, store_path
+from ._common import DbOpt, IncidentArg, JsonOpt, fail, open_ledger, open_store, out, settings, store_path
 
 
 def approve(incident_id: IncidentArg,
@@ -31,36 +31,22 @@ def reject(incident_id: IncidentArg,
 
 def _decide(incident_id: str, action: str, approve: bool, by: str | None, reason: str, db: Path | None,
             json_out: bool) -> None:
+    from ..approvals import decide
+    from ..audit import AuditLog
+    from ..incident import DecisionRefused, Policy
     from ..run import operator
 
-    row = open_store(db).incident(incident_id)
-    if row is None:
-        fail(f"no incident {incident_id!r} (see `rtem incidents`)", 1)
-    actions = row["actions"]
-    matches = [a for a in actions if str(a.get("index")) == action or a["type"] == action]
-    pending = [a for a in matches if a["verdict"] == "require_approval"]
-    if not pending:
-        needing = ", ".join(f"{a['index']} ({a['type']} on {a['target']})" for a in actions
-                            if a["verdict"] == "require_approval") or "none"
-        fail(f"incident {row['id']} has no action {action!r} that needs approval; those that do: {needing}", 1)
-    ledger = open_ledger(db)
+    store, ledger = open_store(db), open_ledger(db)
     who = by or operator()
-    from ..audit import AuditLog
-
     with AuditLog(store_path(db)) as audit:
-        for a in pending:
-            ledger.decide(row["id"], a["index"], approve, who, reason)
-            # The same record the API writes, so every human decision is in the log when it is made.
-            audit.append("approval.decided", incident_id=row["id"], node="cli",
-                         inputs={"user": who, "via": "rtem approve" if approve else "rtem reject",
-                                 "action": {"index": a["index"], "type": a["type"], "target": a["target"]}},
-                         decision={"decision": "approve" if approve else "reject", "by": who},
-                         reasons=[reason or f"{who} gave no reason"])
-    result = {"incident": row["id"], "actions": [a["index"] for a in pending],
-              "decision": "approve" if approve else "reject", "by": who}
+        try:
+            decided = decide(store, ledger, audit, incident_id, action, approve=approve, by=who, reason=reason,
+                             via="cli", policy=Policy(approval_ttl_s=settings().approval_ttl_s))
+        except DecisionRefused as refused:
+            fail(refused.message + ("" if refused.kind != "no_such_incident" else " (see `rtem incidents`)"), 1)
     if json_out:
-        print(json.dumps(result))
+        print(json.dumps(decided.to_dict()))
     else:
-        labels = ", ".join(f"#{a['index']} {a['type']} on {a['target']}" for a in pending)
-        out.print(f"{result['decision']}d {labels} of {row['id']} as {who}; "
+        labels = ", ".join(a.label for a in decided.actions)
+        out.print(f"{decided.approval.decision}d {labels} of {decided.incident_id} as {who}; "
                   "the service picks it up within a second")

@@ -60,7 +60,8 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
     if row is None:
         fail(f"no incident {incident_id!r} (see `rtem incidents`)", 1)
     report = {**incident_report(row), "status": row["status"], "severity": row["severity"],
-              "detections": row["detections"], "versions": row["versions"]}
+              "detections": row["detections"], "versions": row["versions"], "resolution": row.get("resolution"),
+              "actions": row["actions"]}  # the whole plan: status, why, approval, outcome
     if json_out:
         print(json.dumps(report, indent=2))
         return
@@ -81,13 +82,23 @@ def print_incident(inc: dict) -> None:
     out.print(causes)
     if inc["root_causes"]:
         out.print(f"[dim]{inc['root_causes'][0]['explanation']}[/]")
-    actions = Table(title="proposed actions (dry run)", title_justify="left", show_edge=False)
-    for col in ("action", "target", "verdict", "rules", "reason"):
+    dry = inc.get("status") in (None, "diagnosed")
+    actions = Table(title="proposed actions (dry run)" if dry else "actions", title_justify="left", show_edge=False)
+    columns = ("action", "target", "verdict", "rules", "reason") if dry else (
+        "#", "action", "target", "verdict", "status", "approval", "why")
+    for col in columns:
         actions.add_column(col, overflow="fold")
     for action in inc["actions"]:
-        actions.add_row(action["type"], action["target"],
-                        f"[{VERDICT_COLOUR[action['verdict']]}]{action['verdict']}[/]",
-                        ", ".join(action["rules"]) or "-", action["reason"])
+        verdict = f"[{VERDICT_COLOUR[action['verdict']]}]{action['verdict']}[/]"
+        if dry:
+            actions.add_row(action["type"], action["target"], verdict, ", ".join(action["rules"]) or "-",
+                            action["reason"])
+            continue
+        approval = action.get("approval") or {}
+        decided = f"{approval['decision']} by {approval['by']}" if approval else "-"
+        why = action.get("status_reason") or (action.get("outcome") or {}).get("error") or action["reason"]
+        actions.add_row(str(action["index"]), action["type"], action["target"], verdict,
+                        action.get("status") or "-", decided, why or "-")
     out.print(actions)
 
 

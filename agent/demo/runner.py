@@ -22,6 +22,8 @@ from rich.text import Text
 from rules import Topology
 
 from ..config import Settings
+from ..approvals import awaiting, decide
+from ..incident import DecisionRefused
 from ..run import FINAL, Service
 from .scenarios import SCENARIOS, demo_plan
 from .sim import Simulation
@@ -96,14 +98,17 @@ def _approve(service: Service, incidents, asked: dict[str, float], after_s: floa
         first_seen = asked.setdefault(row["id"], time.monotonic())
         if time.monotonic() - first_seen < after_s:
             continue
-        for action in row["actions"]:
-            if action["verdict"] == "require_approval" and action.get("status") == "proposed":
-                service.parts.ledger.decide(row["id"], action["index"], True, OPERATOR,
-                                            "demo: the operator read the rationale and agreed")
-                label = f"{action['type']} on {action['target']} ({row['id']})"
-                if label not in approvals:
-                    approvals.append(label)
-                    console.log(f"[yellow]operator approves[/] {label}: {action['reason']}")
+        for action in awaiting(row):
+            try:  # the same decide() as `rtem approve` and the console
+                decide(service.parts.store, service.parts.ledger, service.parts.audit, row["id"], action.index,
+                       approve=True, by=OPERATOR, reason="demo: the operator read the rationale and agreed",
+                       via="demo", policy=service.parts.graph.deps.policy)
+            except DecisionRefused:
+                continue  # decided already, or it stopped waiting meanwhile
+            label = f"{action.type} on {action.target} ({row['id']})"
+            if label not in approvals:
+                approvals.append(label)
+                console.log(f"[yellow]operator approves[/] {label}: {action.reason}")
 
 
 def _finished(sim: Simulation, faults, incidents) -> bool:

@@ -1,8 +1,8 @@
 """LLM reasoning at the edge of rtem: any OpenAI-compatible model proposes, the guard disposes.
 
     reasoner = build_reasoner(settings, contracts=contracts, store=store)   # settings.llm: openai | local
-    causes, run = reasoner.diagnose(events, topology)   # run.fallback says why, if the LLM did not decide
-    proposals, run = reasoner.propose(causes, topology)
+    causes, run = reasoner.diagnose(view)   # view: IncidentView; run.fallback says why, if the LLM did not decide
+    proposals, run = reasoner.propose(view, causes, run)
     reply = LlmChat(settings).answer(question, store, audit, visible=may_see)   # chat.Answer, cited
 
 The pieces: `LLMClient` (openai SDK, retries as a `bus.RetryPolicy`, the `bus.CircuitBreaker` it is given,

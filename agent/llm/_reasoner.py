@@ -14,16 +14,13 @@ the LLM says reaches an executor without the graph's guard judging it like any o
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import prompts
-from agent.models import ReasonerRun, RootCause
+from agent.models import IncidentView, ReasonerRun, RootCause
 from agent.reasoner import DeterministicReasoner
-from bus import Event
 from rules import ActionContract, Proposal, Topology
 
 from . import metrics
@@ -72,7 +69,7 @@ class InvalidAnswer(LLMError):
 
 @dataclass
 class _Incident:
-    """What diagnose leaves for propose: the context, the budget, and whether the incident is degraded."""
+    """One step's working set: the context, the budget left, and whether the incident is degraded."""
 
     context: IncidentContext
     budget: IncidentBudget
@@ -104,8 +101,6 @@ class LLMReasoner:
         self.proposal_validation = validation_proposal_schema(self.prompts["propose"].schema, self.contracts)
         self.compact = self.config.provider == "local"
         self.proposed_by = f"llm:{self.config.model}"[:64]
-        self._pending: OrderedDict[tuple, _Incident] = OrderedDict()
-        self._lock = threading.Lock()
 
     @property
     def versions(self) -> dict[str, str]:
@@ -115,11 +110,10 @@ class LLMReasoner:
 
     # -- diagnose ---------------------------------------------------------------------------------
 
-    def diagnose(self, events: Sequence[Event], topology: Topology, limit: int = 5, *,
-                 history=None) -> tuple[list[RootCause], ReasonerRun]:
-        """`history` (the background learned from earlier incidents) goes to the deterministic scoring."""
-        candidates = self.fallback.diagnose(events, topology, limit=max(limit, len(topology.entities)),
-                                            **({"history": history} if history is not None else {}))
+    def diagnose(self, view: IncidentView, limit: int = 5) -> tuple[list[RootCause], ReasonerRun]:
+        """The view's history (the background learned from earlier incidents) goes to the deterministic scoring."""
+        events, topology = view.events, view.topology
+        candidates = self.fallback.rank(events, topology, max(limit, len(topology.entities)), history=view.history)
         prompt = self.prompts["diagnose"]
         try:
             context = IncidentContext.gather(events, topology, candidates, self.store)
@@ -128,7 +122,6 @@ class LLMReasoner:
             return candidates[:limit], self._fallback_run("diagnose", prompt, [], f"error: {exc}", "error")
         incident = _Incident(context, IncidentBudget(self.budget_calls, self.budget_tokens))
         if not candidates:
-            self._remember(candidates[:limit], incident)
             return [], ReasonerRun(reasoner=self.fallback.name, versions=self._versions(prompt, self._det_version()),
                                    notes=["the LLM was not asked: no entity has evidence in this incident"])
         messages, detail, tokens = fit(lambda d: prompt.render(**context.diagnose_vars(d)), self.context_tokens)
@@ -144,12 +137,9 @@ class LLMReasoner:
         except Exception as exc:  # LLMError, or anything unforeseen: the deterministic answer is always there
             if not isinstance(exc, LLMError):
                 log.exception("the LLM diagnosis failed unexpectedly")
-            causes = candidates[:limit]
-            self._remember(causes, incident)
-            return causes, self._fallback_run("diagnose", prompt, incident.calls, *self._why(exc, incident),
+            return candidates[:limit], self._fallback_run("diagnose", prompt, incident.calls, *self._why(exc, incident),
                                               notes=notes)
         causes, combine_notes = combine(candidates, answer["hypotheses"], limit)
-        self._remember(causes, incident)
         metrics.record_decision("diagnose", "llm")
         summary = answer.get("summary", "").strip()
         return causes, self._run(prompt, incident.calls, notes + checked_notes + combine_notes
@@ -157,23 +147,28 @@ class LLMReasoner:
 
     # -- propose ----------------------------------------------------------------------------------
 
-    def propose(self, causes: Sequence[RootCause], topology: Topology) -> tuple[list[Proposal], ReasonerRun]:
-        causes = list(causes)
-        incident = self._recall(causes)
+    def propose(self, view: IncidentView, causes: Sequence[RootCause],
+                diagnosis: ReasonerRun | None = None) -> tuple[list[Proposal], ReasonerRun]:
+        """Proposals for `causes` from the same view diagnose saw; `diagnosis` (its run) says what of the
+        incident's budget is spent and whether it found the provider's breaker open."""
+        causes, topology = list(causes), view.topology
         prompt = self.prompts["propose"]
-        events = incident.context.events if incident else None
         if not causes or causes[0].entity not in topology:
             return [], ReasonerRun(reasoner=self.fallback.name, versions=self._versions(prompt, self._det_version()),
                                    notes=["the LLM was not asked: no root cause to act on"])
-        deterministic = self.fallback.propose(causes, topology, events)
-        if incident is None:
-            # propose without a diagnose before it (a resumed thread): no events to show, only the causes
-            context = IncidentContext.gather([], topology, causes, None)
+        deterministic = self.fallback.remedies(causes, topology, view.events)
+        try:
+            context = IncidentContext.gather(view.events, topology, causes, self.store)
+        except Exception as exc:  # a context we cannot build must not stop the incident
+            log.exception("building the LLM context failed")
+            return deterministic, self._fallback_run("propose", prompt, [], f"error: {exc}", "error")
+        if not context.entities:
             context.entities = sorted({c.entity for c in causes})
-            incident = _Incident(context, IncidentBudget(self.budget_calls, self.budget_tokens))
-        incident.calls = []
-        context = incident.context
-
+        spent = diagnosis or ReasonerRun(reasoner=self.name)
+        budget = IncidentBudget(self.budget_calls, self.budget_tokens, calls=spent.calls,
+                                tokens=spent.tokens_in + spent.tokens_out)
+        incident = _Incident(context, budget,
+                             degraded=(spent.fallback or "").startswith("degraded mode"))
         top = [c.entity for c in causes[:RELATED_CAUSES]]
         related = topology.blast_radius(top)
         allowed = related & topology.blast_radius(context.entities) if context.entities else related
@@ -304,26 +299,10 @@ class LLMReasoner:
             return f"the LLM provider is unavailable: {exc}", "unavailable"
         return f"error: {exc}", "error"
 
-    # -- diagnose → propose hand-over ---------------------------------------------------------------
-
-    def _remember(self, causes: Sequence[RootCause], incident: _Incident) -> None:
-        with self._lock:
-            self._pending[_key(causes)] = incident
-            while len(self._pending) > 64:
-                self._pending.popitem(last=False)
-
-    def _recall(self, causes: Sequence[RootCause]) -> _Incident | None:
-        with self._lock:
-            return self._pending.pop(_key(causes), None)
-
     def close(self) -> None:
         self.client.close()
         if self._on_close:
             self._on_close()
-
-
-def _key(causes: Sequence[RootCause]) -> tuple:
-    return tuple((c.entity, c.fault_type, tuple(c.evidence)) for c in causes)
 
 
 def _cost_note(calls: Sequence[CallRecord]) -> list[str]:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from agent.models import RootCause
-from bus._envelope import Event
-from rules._proposal import Proposal
-from rules.topology import Topology
+from agent.models import IncidentView, ReasonerRun, RootCause
+from bus import Event
+from rules import Proposal, Topology
 
 from ._explain import explain
 from ._history import History
@@ -35,8 +34,17 @@ class DeterministicReasoner:
     # Bump when the algorithm changes: it is recorded with every decision in the audit log.
     version = "deterministic-2"
 
-    def diagnose(self, events: Sequence[Event], topology: Topology, limit: int = 5, *,
-                 history: History | None = None) -> list[RootCause]:
+    def diagnose(self, view: IncidentView, limit: int = 5) -> tuple[list[RootCause], ReasonerRun]:
+        """The graph's Reasoner protocol: ranked causes, with the history the view carries."""
+        return self.rank(view.events, view.topology, limit, history=view.history), self._run()
+
+    def propose(self, view: IncidentView, causes: Sequence[RootCause],
+                diagnosis: ReasonerRun | None = None) -> tuple[list[Proposal], ReasonerRun]:
+        """The graph's Reasoner protocol: remedies for the top cause, chosen with the incident's events."""
+        return self.remedies(causes, view.topology, view.events), self._run()
+
+    def rank(self, events: Sequence[Event], topology: Topology, limit: int = 5, *,
+             history: History | None = None) -> list[RootCause]:
         """Ranked causes; `history` (optional) is the background learned from earlier incidents only."""
         signals = extract_signals(events, topology)
         ranked = rank_candidates(signals, topology, history)
@@ -46,11 +54,14 @@ class DeterministicReasoner:
         shares = _posterior(ranked)
         return [_root_cause(cand, share, start) for cand, share in zip(ranked[:limit], shares)]
 
-    def propose(self, causes: Sequence[RootCause], topology: Topology,
-                events: Sequence[Event] | None = None) -> list[Proposal]:
-        """Remedies for the top cause; `events` (optional) lets rollback_deploy check for a deployment
-        and open_circuit pick the caller that suffers most."""
+    def remedies(self, causes: Sequence[RootCause], topology: Topology,
+                 events: Sequence[Event] | None = None) -> list[Proposal]:
+        """Remedies for the top cause; `events` let rollback_deploy check for a deployment and
+        open_circuit pick the caller that suffers most."""
         return propose_remedies(causes, topology, events, proposed_by=self.name)
+
+    def _run(self) -> ReasonerRun:
+        return ReasonerRun(reasoner=self.name, versions={"reasoner": f"{self.name}/{self.version}"})
 
 
 def _posterior(ranked: Sequence[Candidate]) -> list[float]:

@@ -79,7 +79,7 @@ function summary(incident) {
 }
 
 function awaiting(list) {
-  const waiting = list.filter((a) => a.verdict === "require_approval" && a.status === "proposed");
+  const waiting = list.filter((a) => a.status === "awaiting_approval");
   return waiting.length ? waiting.map((a) => `#${a.index} ${a.type} on ${a.target}`).join(", ") : "nothing";
 }
 
@@ -109,7 +109,7 @@ function actions(incident) {
 }
 
 function action(incident, a) {
-  const waits = a.verdict === "require_approval" && a.status === "proposed";
+  const waits = a.status === "awaiting_approval";
   return el("article", { class: "action", testid: "action",
     data: { index: String(a.index), type: a.type || "", status: a.status || "", verdict: a.verdict || "" } },
   el("h3", {}, `#${a.index} ${a.type} on ${a.target} `, badge(a.verdict, "verdict"), " ",

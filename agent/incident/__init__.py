@@ -1,0 +1,18 @@
+"""The incident lifecycle as one typed, pure core: models, the plan's transitions, the decision checks.
+
+No LangGraph and no I/O here: the graph's nodes, `rtem run`, the CLI and the API load state, call
+these functions with the clock passed in, and write what they return.
+"""
+
+from ._decide import DecisionRefused, Refusal, check_decision, select
+from ._model import (FINAL, PAGE, ActionStatus, Approval, Incident, IncidentStatus, PlannedAction, Policy, Recovery,
+                     StepOutcome)
+from ._plan import (apply_decisions, fail_plan, judge_recovery, mark_compensated, next_runnable, plan, record_outcome,
+                    refuse, remedies_done, request_approval, stale_approval, waiting)
+
+__all__ = [
+    "FINAL", "PAGE", "ActionStatus", "Approval", "DecisionRefused", "Incident", "IncidentStatus", "PlannedAction",
+    "Policy", "Recovery", "Refusal", "StepOutcome", "apply_decisions", "check_decision", "fail_plan",
+    "judge_recovery", "mark_compensated", "next_runnable", "plan", "record_outcome", "refuse", "remedies_done",
+    "request_approval", "select", "stale_approval", "waiting",
+]
