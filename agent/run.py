@@ -210,9 +210,9 @@ class Service:
 
     async def _fail(self, incident_id: str, error: str, attempts: int) -> None:
         reason = f"rtem failed on this incident {attempts} times in a row; last error: {error}"
-        self.parts.store.set_status(incident_id, "failed")
         self.parts.audit.append("incident.failed", incident_id=incident_id, node="run",
                                 inputs={"attempts": attempts}, decision={"status": "failed"}, reasons=[reason])
+        self.parts.store.set_status(incident_id, "failed")
         self._changed(incident_id, "failed")
         self._failures.pop(incident_id, None)
         self._retry_at.pop(incident_id, None)

@@ -234,7 +234,8 @@ async def test_the_incident_page_shows_the_apis_refusal_text(drain_needs_admin, 
     await wait_for(lambda: console.incident()["actions"][0]["status"] == "rejected", 30)
     await drain.get_by_test_id("approve").click()
     await expect(page.get_by_test_id("decision-error")).to_contain_text(
-        "Could not approve #0 drain_host: 409: action 0 (drain_host on node-6)")
+        "Could not approve #0 drain_host: 409: #0 drain_host on node-6 of inc-")
+    await expect(page.get_by_test_id("decision-error")).to_contain_text("was already decided: reject by root")
     await page.unroute("**/api/v1/incidents/*")
     await expect(drain).to_have_attribute("data-status", "rejected", timeout=WAIT_MS)
     await expect(drain.get_by_test_id("approval")).to_contain_text("rejected by root")
