@@ -77,7 +77,7 @@ class Scope:
     those of an incident the store does not hold are not, since nobody can say who may see them."""
 
     def __init__(self, store: IncidentStore, audit: AuditLog, visible: Visible | None = None):
-        self.store, self.audit, self.db = store, audit, store.db
+        self.store, self.audit = store, audit
         self.scoped = visible is not None
         self._ids = None if visible is None else \
             {r["id"] for r in store.incidents(include_merged=True) if visible(r)}
@@ -213,20 +213,16 @@ def _changed(ctx: _Context) -> Answer:
         ctx.searched.append("store: incidents (none)")
         return ctx.unknown("there is no incident to look before")
     row = incidents[-1]
-    first = ctx.store.db.execute(
-        "SELECT id, ts, time FROM events WHERE incident_id=? AND (signals IS NOT NULL OR severity IN ('error','critical'))"
-        " ORDER BY ts, id LIMIT 1", [row["id"]]).fetchone() or \
-        ctx.store.db.execute("SELECT id, ts, time FROM events WHERE incident_id=? ORDER BY ts, id LIMIT 1",
-                             [row["id"]]).fetchone()
+    first = ctx.store.store.first_error(row["id"])
     if first is None:
         ctx.searched.append(f"store: events of {row['id']} (none)")
         return ctx.unknown(f"{row['id']} has no recorded events")
-    first_id, first_ts, first_time = first
+    first_id, first_ts, first_time = first["id"], first["ts"], first["time"]
     ctx.searched.append(f"store: rtem.change.* events in the {duration(CHANGE_WINDOW_S)} before {first_time} "
                         f"(first error of {row['id']}, event {first_id})")
-    changes = [c[:5] for c in ctx.store.db.execute(
-        "SELECT id, time, type, subject, message, incident_id FROM events WHERE type LIKE 'rtem.change.%' AND ts<=?"
-        " AND ts>=? ORDER BY ts, id", [first_ts, first_ts - CHANGE_WINDOW_S]).fetchall() if ctx.store.sees_event(c[5])]
+    changes = [(c["id"], c["time"], c["type"], c["subject"], c["message"])
+               for c in ctx.store.store.change_events(first_ts - CHANGE_WINDOW_S, first_ts)
+               if ctx.store.sees_event(c["incident_id"])]
     opened = ctx.audit.records(incident_id=row["id"], kind="incident.opened")
     if not changes:
         return ctx.done(f"Nothing: no change (deploy or config) was recorded in the {duration(CHANGE_WINDOW_S)} "

@@ -183,29 +183,25 @@ class Executors:
             trial = breaker.before_call()
         except BreakerOpen as exc:
             return Outcome(False, error=str(exc), breaker_open=True)
-        delays = self.policy.delays()
+        # A half-open trial is one call; and no retry once another step has opened the breaker.
+        retrying = self.policy.retrying_async((TransientError,), unless=lambda _: breaker.state != CLOSED)
         attempts = 0
         try:
-            while True:
-                attempts += 1
-                try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
                     reply = await transport.send(contract, step, contract.timeout_s)
-                except TransientError as exc:
-                    # A half-open trial is one call; and no retry once another step has opened the breaker.
-                    if delays and self.policy.retryable(exc) and breaker.state == CLOSED:
-                        await asyncio.sleep(delays.pop(0))
-                        continue
-                    return self._failed(breaker, step, str(exc), attempts, retryable=True)
-                except PermanentError as exc:
-                    return self._failed(breaker, step, str(exc), attempts, retryable=False)
-                if reply.get("ok"):
-                    breaker.success()
-                    return Outcome(True, result=reply.get("result") or {}, attempts=attempts)
-                return self._failed(breaker, step, str(reply.get("error") or "the target refused"), attempts,
-                                    retryable=False)
+        except TransientError as exc:
+            return self._failed(breaker, step, str(exc), attempts, retryable=True)
+        except PermanentError as exc:
+            return self._failed(breaker, step, str(exc), attempts, retryable=False)
         except BaseException:  # cancelled, or a transport's bug: no verdict on the target, but end the trial
             breaker.release(trial)
             raise
+        if reply.get("ok"):
+            breaker.success()
+            return Outcome(True, result=reply.get("result") or {}, attempts=attempts)
+        return self._failed(breaker, step, str(reply.get("error") or "the target refused"), attempts, retryable=False)
 
     def _failed(self, breaker: CircuitBreaker, step: Step, error: str, attempts: int, retryable: bool) -> Outcome:
         before = breaker.state

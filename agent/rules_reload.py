@@ -1,14 +1,15 @@
 """Hot reload of the rule set for `rtem run`: check a changed rules directory, swap it in atomically.
 
-    reloader = RulesReloader.for_components(parts)     # checks and loads the rules, audits `rules.loaded`
-    reloader.attach(parts)                             # the graph judges with reloader.guard from now on
-    task = asyncio.create_task(reloader.watch(1.0))    # polls the files; or call reloader.check_now()
+    reloader = RulesReloader(rules_dir, audit=audit, history=history, state=state, actor="rtem run")
+    parts = build(..., rules=reloader)               # the graph and triage read reloader.current()
+    task = asyncio.create_task(reloader.watch(1.0))  # polls the files; or call reloader.check_now()
 
 A change is picked up when a file under the rules directory (guardrails/, contracts/, detect/) is
 added, removed or rewritten. The whole set is then checked exactly as `rtem rules check` does
 (rules/_check.py); only a set without errors is swapped in, as one new `RuleSnapshot` (guard,
-detections, digest) replacing the old one in a single assignment, so a verdict is always judged by
-one complete rule set. An invalid change is refused: the errors go to the log and to the audit log
+detections, digest; agent/ruleset.py) replacing the old one in a single assignment, so a verdict is
+always judged by one complete rule set. Nothing else is rewired: the graph reads `current()` for
+each verdict, and triage replaces its own detector between two batches when the detections changed. An invalid change is refused: the errors go to the log and to the audit log
 (`rules.refused`), and the previous rules stay active until the files are fixed. Every load is
 audited (`rules.loaded`): who/what loaded which version, when, from which files, and what changed
 (rule ids added, removed, changed), also across restarts (the diff is against the last load on record).
@@ -23,11 +24,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
-from rules import CheckReport, DetectionSet, Detector, Finding, Guard, RulesError, Topology, packaged_rules_dir
+from rules import CheckReport, DetectionSet, Finding, RulesError, packaged_rules_dir
 
 from .audit import AuditLog
+from .ruleset import RuleSnapshot
 from .rules_files import (WATCHED, RulesDiff, changed_files as _changed, check_for_run as _check,
                           content_digest as _content_digest, default_actor, definitions, diff_definitions,
                           rule_files as _files)
@@ -38,14 +40,6 @@ log = logging.getLogger("rtem.rules")
 # before (on a worker thread) finishes with it first. durable-rules would otherwise keep it forever.
 RETIRE_GRACE_S = 60.0
 _MAX_AUDITED_ERRORS = 20
-
-
-class RuleSnapshot(NamedTuple):
-    """The rule set in force: what `current()` returns and `attach` wires in."""
-
-    guard: Guard
-    detections: DetectionSet
-    digest: str
 
 
 @dataclass(frozen=True)
@@ -81,32 +75,18 @@ class RulesInvalid(RulesError):
         self.findings = findings
 
 
-class LiveGuard:
-    """A guard that always judges with the reloader's current rule set (the graph holds this one)."""
-
-    def __init__(self, reloader: RulesReloader):
-        self._reloader = reloader
-
-    def evaluate(self, proposal, **context):
-        return self._reloader.current().guard.evaluate(proposal, **context)
-
-    def __getattr__(self, name: str):  # history, state, guardrails, contracts: the current guard's
-        return getattr(self._reloader.current().guard, name)
-
-
 class RulesReloader:
     """Owns the rule set in force; see the module docstring for the life of a change."""
 
-    def __init__(self, rules_dir: str | Path | None, *, topology: Topology | None = None,
-                 audit: AuditLog | None = None, history=None, state=None, actor: str | None = None,
-                 grace_s: float = RETIRE_GRACE_S):
+    def __init__(self, rules_dir: str | Path | None, *, audit: AuditLog | None = None, history=None, state=None,
+                 actor: str | None = None, grace_s: float = RETIRE_GRACE_S):
+        """`history` and `state` are what every loaded guard reads (the action history its limits
+        count, the system state its preconditions check)."""
         self.rules_dir = Path(rules_dir) if rules_dir else None
-        self.topology = topology or Topology()
         self.audit = audit
         self.history = history
         self.state = state
         self.actor = actor or default_actor()
-        self.guard = LiveGuard(self)
         self._listeners: list[Callable[[RuleSnapshot, ReloadResult], None]] = []
         self.grace_s = grace_s
         self._retired: list[tuple[float, Callable[[], None]]] = []
@@ -126,14 +106,6 @@ class RulesReloader:
         self.last_result = ReloadResult("loaded", report.digest, previous.get("digest") if previous else None,
                                         diff=diff, warnings=tuple(report.warnings))
 
-    @classmethod
-    def for_components(cls, components, actor: str | None = None) -> RulesReloader:
-        """A reloader for `build()`'s components: their rules directory, topology, audit log, and the
-        action history and state the guard they were built with reads."""
-        guard = components.graph.deps.guard
-        return cls(components.settings.rules_dir, topology=components.topology, audit=components.audit,
-                   history=getattr(guard, "history", None), state=getattr(guard, "state", None), actor=actor)
-
     # -- what run.py calls ----------------------------------------------------------------------------
 
     def current(self) -> RuleSnapshot:
@@ -142,20 +114,6 @@ class RulesReloader:
     def subscribe(self, listener: Callable[[RuleSnapshot, ReloadResult], None]) -> None:
         """Call `listener(snapshot, result)` after each swap (on the thread that swapped)."""
         self._listeners.append(listener)
-
-    def attach(self, components) -> None:
-        """Wire into `build()`'s components: the graph judges with `self.guard`, and each swap replaces
-        the triage detector (keeping its window state) and the versions recorded with decisions.
-        Call `check_now` on the thread that runs triage (the event loop), so a swap lands between batches."""
-        replaced = components.graph.deps.guard
-        components.graph.deps.guard = self.guard
-        if isinstance(replaced, Guard):
-            self._retire(replaced.close)  # build()'s own guard, judged with until now
-        self._sync(components, self._snapshot)
-
-        def swap(snapshot: RuleSnapshot, result: ReloadResult) -> None:
-            self._sync(components, snapshot)
-        self.subscribe(swap)
 
     async def reload(self, actor: str, via: str = "api") -> ReloadResult:
         """Check the files now on a worker thread and swap them in on the caller's (the event loop's)
@@ -174,6 +132,13 @@ class RulesReloader:
                 "ruleset": self._snapshot.guard.guardrails.digest, "detections": self._snapshot.detections.digest,
                 "last_result": self.last_result.to_dict() if self.last_result else None,
                 "last_refusal": self.last_refusal.to_dict() if self.last_refusal else None}
+
+    def close(self) -> None:
+        """Free the rule set in force and every replaced one (at shutdown, once nothing judges)."""
+        self._retired, retired = [], self._retired
+        for _, close in retired:
+            close()
+        self._snapshot.guard.close()
 
     def check_now(self, via: str = "check_now") -> ReloadResult:
         """Read the files now; when their content changed, check them and swap them in, or refuse them."""
@@ -288,16 +253,6 @@ class RulesReloader:
         guard = report.guard.bind(history=self.history, state=self.state)
         detections = report.detections or DetectionSet([], "", [])
         return RuleSnapshot(guard, detections, report.digest)
-
-    def _sync(self, components, snapshot: RuleSnapshot) -> None:
-        triage = components.triage
-        if triage.detector.detections.digest != snapshot.detections.digest:
-            detector = Detector(snapshot.detections, components.topology)
-            detector.restore(triage.detector.state())
-            self._retire(triage.detector.close)
-            triage.detector = detector
-        components.versions.update({"ruleset": snapshot.guard.guardrails.digest,
-                                    "detections": snapshot.detections.digest, "rules": snapshot.digest})
 
     def _audit_loaded(self, report: CheckReport, via: str, diff: RulesDiff | None, previous: str | None,
                       files: list[dict[str, Any]], actor: str | None = None) -> None:

@@ -87,16 +87,15 @@ class Service:
             (data_dir / "nats.url").write_text(self.server.url)
         self.bus = await Bus.connect(self.url, self.settings.bus_settings(), name="rtem-run")
         await self.bus.ensure_streams()
-        self.parts = await build(self.settings, self.topology, data_dir, dry_run=self.dry_run).open()
-        self.parts.graph.deps.executors = Executors(
-            {"nats": NatsTransport(self.bus.nc), "http": HttpTransport(),
-             "command": CommandTransport(self.settings.command_allowlist)},
-            on_breaker=self._breaker_opened)
-        await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", cb=self._page)
+        executors = Executors({"nats": NatsTransport(self.bus.nc), "http": HttpTransport(),
+                               "command": CommandTransport(self.settings.command_allowlist)},
+                              on_breaker=self._breaker_opened)
         # Hot reload: a changed rule file is checked and swapped in between two batches, or refused
         # (logged and audited) while the rules in force stay.
-        self.reloader = RulesReloader.for_components(self.parts, actor="rtem run")
-        self.reloader.attach(self.parts)
+        self.parts = await build(self.settings, self.topology, data_dir, dry_run=self.dry_run, executors=executors,
+                                 hot_reload=True).open()
+        self.reloader: RulesReloader = self.parts.rules
+        await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", cb=self._page)
         self._tasks = [asyncio.create_task(self._consume(), name="consume"),
                        asyncio.create_task(self._drive(), name="drive"),
                        asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules")]
@@ -239,7 +238,7 @@ class Service:
         if new_status not in FINAL:
             # Operators (rtem incidents, rtem approve) read the plan from the store while it waits.
             self.parts.store.save_diagnosis(incident_id, status=new_status, root_causes=values.get("root_causes", []),
-                                            actions=values.get("actions", []), versions=self.parts.versions)
+                                            actions=values.get("actions", []), versions=graph.deps.versions())
         if new_status != status:
             self._changed(incident_id, new_status)
         if new_status in FINAL:

@@ -6,15 +6,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bus import Bus
-from rules import Correlator, Detector, Topology, load_detections
-from rules import Guard, load_contracts, load_guardrails
+from rules import Correlator, Detector, Topology
 
+from .action_history import SqliteActionHistory
 from .audit import AuditLog
 from .config import Settings
-from .graph import Deps, IncidentGraph, Policy
+from .executors import Executors
+from .graph import Deps, IncidentGraph
+from .incident import Policy
 from .ledger import Ledger
 from .reasoner import DeterministicReasoner
+from .rules_reload import RulesReloader
+from .ruleset import FixedRules, RuleSource
 from .store import IncidentStore
+from .system_state import StoreState
 from .triage import BatchResult, Triage
 
 
@@ -26,7 +31,7 @@ class Components:
     audit: AuditLog
     triage: Triage
     graph: IncidentGraph
-    versions: dict[str, str]
+    rules: RuleSource  # a RulesReloader when built with hot_reload
     ledger: Ledger | None = None
 
     async def open(self) -> Components:
@@ -38,52 +43,65 @@ class Components:
         stop_reasoner = getattr(self.graph.deps.reasoner, "close", None)  # the LLM client, a local server
         if stop_reasoner:
             stop_reasoner()
+        self.rules.close()
+        self.triage.detector.close()
         self.store.close()
         self.audit.close()
         if self.ledger is not None:
             self.ledger.close()
 
 
-def build(settings: Settings, topology: Topology, data_dir: Path | None = None, *, dry_run: bool = True) -> Components:
-    """Load rules and contracts, open the store and audit log, and assemble triage and the graph.
+def build(settings: Settings, topology: Topology, data_dir: Path | None = None, *, dry_run: bool = True,
+          executors: Executors | None = None, hot_reload: bool = False) -> Components:
+    """Load rules and contracts, open the store and audit log, and assemble triage and the graph,
+    once: nothing is rewired afterwards.
 
-    Rule files are checked here, so a bad file stops start-up with its file:line:column.
+    Rule files are checked here, so a bad file stops start-up with its file:line:column. With
+    `hot_reload` (rtem run) the rules are a `RulesReloader`, whose `watch()` or `reload()` swaps a
+    changed set in; the graph and triage read the set in force from it. `executors` carry out the
+    steps (none: `analyze`, whose plans stay proposals).
     """
     data_dir = Path(data_dir or settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    rules_dir = settings.rules_dir
-    detections = load_detections(rules_dir / "detect" if rules_dir else None)
-    guardrails = load_guardrails(rules_dir / "guardrails" if rules_dir else None)
-    contracts = load_contracts(rules_dir / "contracts" if rules_dir else None)
-    reasoner = DeterministicReasoner()
-    versions = {"ruleset": guardrails.digest, "detections": detections.digest, "topology": topology.digest,
-                "prompt": "none", "model": "none"}
     store = IncidentStore(data_dir / "rtem.db", synchronous=settings.sqlite_synchronous)
     audit = AuditLog(data_dir / "rtem.db")
-    if settings.llm != "none":  # the LLM reasoner, with the deterministic one as its evidence and fallback
-        from .llm import build_reasoner
-
-        try:
-            reasoner = build_reasoner(settings, contracts=contracts, store=store)
-        except BaseException:
-            store.close()
-            audit.close()
-            raise
-        versions.update(reasoner.versions)
-    triage = Triage(store, Detector(detections, topology), Correlator(topology, settings.correlation_gap_s),
-                    after_commit=lambda result: record_correlation(audit, store, result, versions))
     ledger = Ledger(data_dir / "rtem.db")
-    from .action_history import SqliteActionHistory  # what guardrail limits count; survives restarts
-    from .system_state import StoreState  # what guardrail state preconditions read
+    opened = [store, audit, ledger]
+    try:
+        # What guardrail limits count (survives restarts) and what state preconditions read.
+        history, state = SqliteActionHistory(store), StoreState(store)
+        rules: RuleSource = (
+            RulesReloader(settings.rules_dir, audit=audit, history=history, state=state, actor="rtem run")
+            if hot_reload else FixedRules.load(settings.rules_dir, history=history, state=state))
+        opened.append(rules)
+        reasoner = DeterministicReasoner()
+        base_versions = {"topology": topology.digest, "prompt": "none", "model": "none"}
+        if settings.llm != "none":  # the LLM reasoner, with the deterministic one as its evidence and fallback
+            from .llm import build_reasoner
 
-    guard = Guard(guardrails, contracts, history=SqliteActionHistory(store), state=StoreState(store))
-    deps = Deps(store=store, audit=audit, reasoner=reasoner, guard=guard,
-                topology=topology, versions=versions, contracts=contracts, ledger=ledger, dry_run=dry_run,
+            reasoner = build_reasoner(settings, contracts=rules.current().guard.contracts, store=store)
+            base_versions.update(reasoner.versions)
+    except BaseException:
+        for part in reversed(opened):
+            part.close()
+        raise
+
+    def detections():
+        return rules.current().detections
+
+    def correlation_versions() -> dict[str, str]:
+        return {"detections": detections().digest, "topology": topology.digest}
+
+    triage = Triage(store, Detector(detections(), topology), Correlator(topology, settings.correlation_gap_s),
+                    after_commit=lambda result: record_correlation(audit, store, result, correlation_versions()),
+                    detections=detections)
+    deps = Deps(store=store, audit=audit, reasoner=reasoner, rules=rules, topology=topology,
+                base_versions=base_versions, ledger=ledger, executors=executors, dry_run=dry_run,
                 policy=Policy(approval_ttl_s=settings.approval_ttl_s, verify_quiet_s=settings.verify_quiet_s,
                               verify_deadline_s=settings.verify_deadline_s),
                 watermark=lambda: triage.detector.watermark)
     graph = IncidentGraph(data_dir / "checkpoints.db", deps)
-    return Components(settings, topology, store, audit, triage, graph, versions, ledger)
+    return Components(settings, topology, store, audit, triage, graph, rules, ledger)
 
 
 def record_correlation(audit: AuditLog, store: IncidentStore, result: BatchResult, versions: dict[str, str]) -> None:
@@ -96,12 +114,12 @@ def record_correlation(audit: AuditLog, store: IncidentStore, result: BatchResul
                      inputs={"detections": row["detections"]},
                      decision={"entities": row["entities"], "severity": row["severity"]},
                      reasons=[f"detection {', '.join(row['detections'])} fired on {', '.join(row['entities'][:5])}"],
-                     versions={"detections": versions["detections"], "topology": versions["topology"]})
+                     versions=versions)
     for absorbed, keeper in result.merged:
         audit.append("incident.merged", incident_id=keeper, node="correlate",
                      inputs={"absorbed": absorbed}, decision={"into": keeper},
                      reasons=[f"a signal linked {absorbed} and {keeper} in time and topology"],
-                     versions={"detections": versions["detections"], "topology": versions["topology"]})
+                     versions=versions)
 
 
 async def publish_audit(bus: Bus, audit: AuditLog) -> int:

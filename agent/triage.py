@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from bus import Event
-from rules import Correlator, Detector
+from rules import Correlator, DetectionSet, Detector
 
 from .store import EVENT_COLUMNS, IncidentStore, event_row
 
@@ -45,11 +45,15 @@ class BatchResult:
 
 class Triage:
     def __init__(self, store: IncidentStore, detector: Detector, correlator: Correlator,
-                 after_commit: Callable[[BatchResult], None] | None = None):
+                 after_commit: Callable[[BatchResult], None] | None = None, *,
+                 detections: Callable[[], DetectionSet] | None = None):
+        """`detections`: the detections in force (a hot-reloaded rule set's); when their digest
+        changes, triage replaces its own detector before the next batch, keeping the window state."""
         self.store = store
         self.detector = detector
         self.correlator = correlator
         self.after_commit = after_commit
+        self.detections = detections
         self.stats = TriageStats()
         self.restore()
 
@@ -62,6 +66,7 @@ class Triage:
         self.handle(events)
 
     def handle(self, events: Sequence[Event]) -> BatchResult:
+        self._follow_rules()
         received = datetime.now(timezone.utc).isoformat()
         known = self.store.known_ids([e.id for e in events])
         result = BatchResult()
@@ -122,6 +127,16 @@ class Triage:
         if incident_id is None:
             incident_id = self.correlator.find(event.subject, event.ts)
         return incident_id, [s.rule for s in signals]
+
+    def _follow_rules(self) -> None:
+        current = self.detections() if self.detections is not None else self.detector.detections
+        if current.digest == self.detector.detections.digest:
+            return
+        detector = Detector(current, self.detector.topology)
+        detector.restore(self.detector.state())
+        replaced, self.detector = self.detector, detector
+        replaced.close()  # only triage judges with it, on this thread
+        log.info("detections %s in force (were %s)", current.digest, replaced.detections.digest)
 
     @staticmethod
     def _current(incident_id: str, result: BatchResult) -> str:

@@ -12,6 +12,10 @@
 
 Half-open lets exactly one trial call through; every other caller is refused until the trial ends.
 It lives in `bus` because every layer may import `bus` and none may import `agent`.
+
+The retry loops themselves are tenacity's (`RetryPolicy.retrying` / `retrying_async`); the policy
+only says how many attempts and how long each wait is, so it can also be read as data (`delays()`,
+`interval()`) by a scheduler that does not loop, like `rtem run`'s retry of a failing incident.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import tenacity
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -65,19 +71,40 @@ class RetryPolicy:
     def retryable(self, exc: BaseException) -> bool:
         return not isinstance(exc, self.non_retryable)
 
+    def retrying(self, retry_on: tuple[type[BaseException], ...], *, unless: Callable[[BaseException], bool] | None = None,
+                 sleep: Callable[[float], Any] = time.sleep) -> tenacity.Retrying:
+        """A tenacity loop for this policy: `for attempt in policy.retrying(...): with attempt: call()`.
+        Retries the `retry_on` errors that are `retryable` and not `unless(error)`; the last error is
+        raised as itself. An error's `retry_after` (seconds, from a server) lengthens its wait."""
+        return tenacity.Retrying(sleep=sleep, **self._tenacity(retry_on, unless))
+
+    def retrying_async(self, retry_on: tuple[type[BaseException], ...], *,
+                       unless: Callable[[BaseException], bool] | None = None,
+                       sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> tenacity.AsyncRetrying:
+        """`retrying` for coroutines: `async for attempt in policy.retrying_async(...): with attempt: ...`."""
+        return tenacity.AsyncRetrying(sleep=sleep, **self._tenacity(retry_on, unless))
+
+    def _tenacity(self, retry_on: tuple[type[BaseException], ...],
+                  unless: Callable[[BaseException], bool] | None) -> dict[str, Any]:
+        def retry(exc: BaseException) -> bool:
+            return isinstance(exc, retry_on) and self.retryable(exc) and not (unless and unless(exc))
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            return self.interval(state.attempt_number, getattr(error, "retry_after", None))
+
+        return {"stop": tenacity.stop_after_attempt(self.max_attempts), "wait": wait,
+                "retry": tenacity.retry_if_exception(retry), "reraise": True}
+
 
 async def retry_async(call: Callable[[], Awaitable[T]], policy: RetryPolicy,
                       retry_on: tuple[type[BaseException], ...], *,
                       sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> T:
     """`await call()`, retried as `policy` says on the `retry_on` errors; the last error is raised."""
-    delays = policy.delays()
-    while True:
-        try:
+    async for attempt in policy.retrying_async(retry_on, sleep=sleep):
+        with attempt:
             return await call()
-        except retry_on as exc:
-            if not delays or not policy.retryable(exc):
-                raise
-            await sleep(delays.pop(0))
+    raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
 
 
 class BreakerOpen(Exception):

@@ -1,6 +1,6 @@
 """rtem's rules: detection, correlation, action contracts and the guard, over one durable-rules adapter."""
 
-from ._check import CheckReport, Finding, check_rules, find_layout, packaged_rules_dir
+from ._check import CheckReport, Finding, check_rules, find_layout, packaged_rules_dir, rules_digest
 from ._contracts import ActionContract, ContractError, ContractViolation, check_contracts, load_contracts
 from ._correlation import Assignment, Correlator, OpenIncident, incident_id
 from ._detection import Detection, DetectionSet, Detector, Signal, load_detections, parse_duration
@@ -24,5 +24,5 @@ __all__ = [
     # rule authoring: gates' inputs, `rules check`, `rules test`
     "ActionHistory", "CheckReport", "Finding", "MemoryHistory", "RecordedAction", "RuleProblem", "RuleTestReport",
     "StaticState", "SystemState", "check_contracts", "check_rules", "collect_guardrails", "find_layout",
-    "find_test_files", "packaged_rules_dir", "run_tests",
+    "find_test_files", "packaged_rules_dir", "rules_digest", "run_tests",
 ]

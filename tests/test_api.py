@@ -190,11 +190,10 @@ def test_alertmanager_alerts_become_rtem_alert_events_deduplicated_by_fingerprin
     def stored():
         store = IncidentStore(live.db, readonly=True)
         try:
-            return store.db.execute("SELECT type, subject, severity, message FROM events WHERE id=?",
-                                    [event_id]).fetchone()
+            return [(e["type"], e["subject"], e["severity"], e["message"]) for e in store.events_by_id([event_id])]
         finally:
             store.close()
-    assert live.wait(stored) == ("rtem.alert", "checkoutservice-0", "critical", "p99 latency over 2s")
+    assert live.wait(stored) == [("rtem.alert", "checkoutservice-0", "critical", "p99 latency over 2s")]
 
 
 def test_the_console_session_cookie_stands_for_the_token(live):

@@ -56,7 +56,7 @@ def belonging_to(db, incident_id: str) -> tuple[set[int], set[str]]:
     with AuditLog(db) as audit:
         seqs = {r.seq for r in audit.records(incident_id=incident_id)}
     store = IncidentStore(db, readonly=True)
-    return seqs, {r[0] for r in store.db.execute("SELECT id FROM events WHERE incident_id=?", [incident_id])}
+    return seqs, {e.id for e in store.events(incident_id)}
 
 
 async def test_a_good_answer_cites_only_retrieved_records(live_db, llm, monkeypatch):

@@ -5,10 +5,19 @@ from __future__ import annotations
 from datetime import timedelta
 from types import SimpleNamespace
 
+from agent.audit import AuditLog
+from agent.graph import Deps
 from agent.graph import diagnose as diagnose_node
 from agent.graph import propose as propose_node
 from agent.models import ReasonerRun
-from agent.reasoner import MIN_HISTORY, DeterministicReasoner, History, history_from_events, learn_history
+from agent.reasoner import (
+    MIN_HISTORY,
+    DeterministicReasoner,
+    History,
+    history_from_events,
+    learn_history,
+)
+from agent.ruleset import FixedRules
 from agent.store import IncidentStore, event_row
 from bus._envelope import Event
 from tests.helpers import T0, Events
@@ -166,14 +175,6 @@ def test_the_store_gives_only_earlier_incidents_and_their_earlier_events(tmp_pat
 # -- the graph -------------------------------------------------------------------------------------
 
 
-class Audit:
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def append(self, kind: str, **record) -> None:
-        self.records.append({"kind": kind, **record})
-
-
 class PlainReasoner:
     """A reasoner that ignores the history its view carries."""
 
@@ -183,12 +184,20 @@ class PlainReasoner:
         return DeterministicReasoner().rank(view.events, view.topology, limit), ReasonerRun(reasoner=self.name)
 
 
+def node_deps(store: IncidentStore, reasoner, topology) -> Deps:
+    """What the graph gives its nodes, over the store's own database: the nodes run as plain functions."""
+    return Deps(store=store, audit=AuditLog(store.path), reasoner=reasoner, rules=FixedRules.load(None),
+                topology=topology)
+
+
 def run_diagnose(store: IncidentStore, reasoner, topology) -> tuple[list[dict], dict]:
-    audit = Audit()
-    deps = SimpleNamespace(store=store, audit=audit, reasoner=reasoner, topology=topology, versions={})
+    deps = node_deps(store, reasoner, topology)
     state = {"incident": {"id": "inc-now", "entities": ["cart-1", "checkout-0"]}}
     out = diagnose_node(state, SimpleNamespace(context=deps))
-    return out["root_causes"], audit.records[-1]
+    record = deps.audit.records(kind="causes.ranked")[-1]
+    deps.audit.close()
+    deps.rules.close()
+    return out["root_causes"], record
 
 
 def test_the_diagnose_node_learns_from_the_store(tmp_path, shop):
@@ -198,10 +207,10 @@ def test_the_diagnose_node_learns_from_the_store(tmp_path, shop):
     write_incident(store, "inc-now", current_incident().events)
     causes, record = run_diagnose(store, DeterministicReasoner(), shop)
     assert causes[0]["entity"] == "cart-1"
-    assert record["inputs"]["earlier_incidents"] == 8
+    assert record.inputs["earlier_incidents"] == 8
     causes, record = run_diagnose(store, PlainReasoner(), shop)
     # every reasoner is offered the same view; one that ignores the history ranks without it
-    assert causes[0]["entity"] == "checkout-0" and record["inputs"]["earlier_incidents"] == 8
+    assert causes[0]["entity"] == "checkout-0" and record.inputs["earlier_incidents"] == 8
     store.close()
 
 
@@ -230,8 +239,8 @@ def test_propose_sees_the_same_view_of_the_incident_as_diagnose(tmp_path, shop):
         write_incident(store, incident_id, events)
     now = current_incident().events
     write_incident(store, "inc-now", now)
-    reasoner, audit = RecordingReasoner(), Audit()
-    deps = SimpleNamespace(store=store, audit=audit, reasoner=reasoner, topology=shop, versions={})
+    reasoner = RecordingReasoner()
+    deps = node_deps(store, reasoner, shop)
     state = {"incident": {"id": "inc-now", "entities": ["cart-1", "checkout-0"]}}
     state.update(diagnose_node(state, SimpleNamespace(context=deps)))
     propose_node(state, SimpleNamespace(context=deps))
@@ -239,4 +248,6 @@ def test_propose_sees_the_same_view_of_the_incident_as_diagnose(tmp_path, shop):
     assert step == "propose" and {e.id for e in seen_by_propose.events} == {e.id for e in now}
     assert seen_by_propose.history is not None and seen_by_propose.history.incidents == 8
     assert [e.id for e in seen_by_propose.events] == [e.id for e in seen_by_diagnose.events]
+    deps.audit.close()
+    deps.rules.close()
     store.close()

@@ -143,7 +143,7 @@ def test_limits_survive_a_service_restart(tmp_path):
     async def session(steps):
         parts = build(settings, TOPOLOGY)
         try:
-            guard = parts.graph.deps.guard
+            guard = parts.rules.current().guard
             assert isinstance(guard.history, SqliteActionHistory)
             return run(guard, guard.history, steps)
         finally:

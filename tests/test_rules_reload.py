@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from datetime import datetime, timezone
@@ -12,10 +13,12 @@ import pytest
 
 from agent.audit import AuditLog
 from agent.config import Settings
-from agent.rules_reload import LiveGuard, RulesInvalid, RulesReloader
+from agent.rules_reload import RulesInvalid, RulesReloader
 from agent.service import build
+from bus import parse_event
 from rules import Proposal, Topology
 from rules._check import packaged_rules_dir
+from tests.live import anomaly
 
 PACKAGED = packaged_rules_dir()
 NOON = datetime(2024, 3, 20, 12, tzinfo=timezone.utc)
@@ -53,9 +56,9 @@ def scale_out(guard, replicas: int):
 
 
 def test_a_good_change_is_swapped_in_and_audited(rules_dir, audit):
-    reloader = RulesReloader(rules_dir, topology=TOPOLOGY, audit=audit, actor="tester")
+    reloader = RulesReloader(rules_dir, audit=audit, actor="tester")
     before = reloader.current()
-    assert scale_out(reloader.guard, 18).outcome == "require_approval"
+    assert scale_out(reloader.current().guard, 18).outcome == "require_approval"
     assert reloader.check_now().status == "unchanged"
 
     default = rules_dir / "guardrails" / "default.yaml"
@@ -64,7 +67,7 @@ def test_a_good_change_is_swapped_in_and_audited(rules_dir, audit):
     assert result.status == "loaded" and result.ok
     assert result.previous == before.digest and result.digest == reloader.current().digest != before.digest
     assert result.diff.added["guardrails"] == ["deny-big-scale-out"] and result.diff.removed["guardrails"] == []
-    verdict = scale_out(reloader.guard, 18)
+    verdict = scale_out(reloader.current().guard, 18)
     assert verdict.outcome == "deny" and "deny-big-scale-out" in verdict.rules
     assert verdict.ruleset == reloader.current().guard.guardrails.digest
     assert scale_out(before.guard, 18).outcome == "require_approval"  # the old snapshot is untouched
@@ -80,7 +83,7 @@ def test_a_good_change_is_swapped_in_and_audited(rules_dir, audit):
 
 
 def test_a_bad_change_is_refused_and_the_previous_rules_stay(rules_dir, audit, caplog):
-    reloader = RulesReloader(rules_dir, topology=TOPOLOGY, audit=audit)
+    reloader = RulesReloader(rules_dir, audit=audit)
     active = reloader.current()
     default = rules_dir / "guardrails" / "default.yaml"
     good = default.read_text()
@@ -99,51 +102,56 @@ def test_a_bad_change_is_refused_and_the_previous_rules_stay(rules_dir, audit, c
 
     edit(default, good + DENY_BIG)
     assert reloader.check_now().status == "loaded"
-    assert scale_out(reloader.guard, 18).outcome == "deny"
+    assert scale_out(reloader.current().guard, 18).outcome == "deny"
 
 
 def test_invalid_rules_at_start_refuse_to_start(rules_dir):
     (rules_dir / "guardrails" / "default.yaml").write_text(
         (rules_dir / "guardrails" / "default.yaml").read_text() + BROKEN)
     with pytest.raises(RulesInvalid) as caught:
-        RulesReloader(rules_dir, topology=TOPOLOGY)
+        RulesReloader(rules_dir)
     assert "scale_uot" in str(caught.value) and caught.value.findings
 
 
 def test_the_diff_at_start_is_against_the_last_load_on_record(rules_dir, audit):
-    RulesReloader(rules_dir, topology=TOPOLOGY, audit=audit)
+    RulesReloader(rules_dir, audit=audit)
     default = rules_dir / "guardrails" / "default.yaml"
     edit(default, default.read_text().replace("params.replicas: {gt: 10}", "params.replicas: {gt: 12}") + DENY_BIG)
-    RulesReloader(rules_dir, topology=TOPOLOGY, audit=audit)  # a restart after an offline edit
+    RulesReloader(rules_dir, audit=audit)  # a restart after an offline edit
     first, second = audit.records(kind="rules.loaded")
     assert first.decision["diff"] is None and "first load on record" in first.reasons[0]
     assert second.decision["diff"]["added"]["guardrails"] == ["deny-big-scale-out"]
     assert second.decision["diff"]["changed"]["guardrails"] == ["large-scale-out-needs-approval"]
 
 
-async def test_attached_to_the_service_a_reload_swaps_guard_detector_and_versions(rules_dir, tmp_path):
+async def test_built_with_hot_reload_the_graph_and_triage_read_the_rules_in_force(rules_dir, tmp_path):
     settings = Settings(data_dir=tmp_path / "data", rules_dir=rules_dir)
-    parts = build(settings, TOPOLOGY)
+    parts = build(settings, TOPOLOGY, hot_reload=True)
     try:
-        reloader = RulesReloader.for_components(parts)
-        reloader.attach(parts)
-        assert isinstance(parts.graph.deps.guard, LiveGuard)
-        assert parts.graph.deps.guard.history is not None  # the SQLite history build() gave the guard
+        reloader = parts.rules
+        assert isinstance(reloader, RulesReloader)
+        assert reloader.current().guard.history is not None  # the SQLite history build() gave the guard
+        parts.triage.handle([parse_event(json.dumps(anomaly("e1", "cart", 30)))])
         detector = parts.triage.detector
+        assert detector.watermark > 0
         detect = rules_dir / "detect" / "default.yaml"
         extra = "\n  - id: any-critical-log\n    match: {type: rtem.log, severity: critical}\n"
         edit(detect, detect.read_text() + extra)
         result = reloader.check_now()
         assert result.status == "loaded" and result.diff.added["detections"] == ["any-critical-log"]
+        versions = parts.graph.deps.versions()
+        assert versions["detections"] == reloader.current().detections.digest
+        assert versions["rules"] == reloader.current().digest
+        assert parts.triage.detector is detector, "triage changes its detector itself, between two batches"
+        parts.triage.handle([])
         assert parts.triage.detector is not detector and "any-critical-log" in parts.triage.detector.by_id
-        assert parts.versions["detections"] == reloader.current().detections.digest
-        assert parts.versions["rules"] == reloader.current().digest
+        assert parts.triage.detector.watermark == detector.watermark, "the window state carries over"
     finally:
         await parts.close()
 
 
 async def test_watch_picks_up_a_change_once_the_files_stand_still(rules_dir, audit):
-    reloader = RulesReloader(rules_dir, topology=TOPOLOGY, audit=audit)
+    reloader = RulesReloader(rules_dir, audit=audit)
     seen = []
     reloader.subscribe(lambda snapshot, result: seen.append(result))
     stop = asyncio.Event()
@@ -163,7 +171,7 @@ async def test_watch_picks_up_a_change_once_the_files_stand_still(rules_dir, aud
 def test_replaced_rule_sets_are_freed_after_their_grace_period(rules_dir, audit):
     from rules._engine import live_rulesets
 
-    reloader = RulesReloader(rules_dir, topology=TOPOLOGY, audit=audit, actor="tester", grace_s=0)
+    reloader = RulesReloader(rules_dir, audit=audit, actor="tester", grace_s=0)
     guardrails = rules_dir / "guardrails" / "default.yaml"
     original = guardrails.read_text("utf-8")
     edit(guardrails, original + DENY_BIG)
@@ -174,13 +182,13 @@ def test_replaced_rule_sets_are_freed_after_their_grace_period(rules_dir, audit)
         edit(guardrails, original + (DENY_BIG if i % 2 else BROKEN) + f"# edit {i}\n")
         assert reloader.check_now().status == ("loaded" if i % 2 else "refused")
         assert live_rulesets() <= held, f"edit {i}: {live_rulesets()} rule sets held, {held} before"
-    assert scale_out(reloader.guard, 18).outcome == "deny", "the rules in force still judge"
+    assert scale_out(reloader.current().guard, 18).outcome == "deny", "the rules in force still judge"
     with pytest.raises(RuntimeError, match="replaced by a reload"):
         scale_out(replaced.guard, 18)
 
 
 def test_a_replaced_rule_set_stays_usable_during_its_grace_period(rules_dir, audit):
-    reloader = RulesReloader(rules_dir, topology=TOPOLOGY, audit=audit, actor="tester")  # 60 s grace
+    reloader = RulesReloader(rules_dir, audit=audit, actor="tester")  # 60 s grace
     before = reloader.current()
     edit(rules_dir / "guardrails" / "default.yaml",
          (rules_dir / "guardrails" / "default.yaml").read_text("utf-8") + DENY_BIG)

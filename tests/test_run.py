@@ -76,7 +76,7 @@ async def test_the_kill_switch_stops_execution_but_not_diagnosis(tmp_path, nats_
     try:
         service.parts.ledger.set_paused(True, "test")
         await publish(bus, [anomaly(f"a{i}", "cartservice-0", i) for i in range(10)])
-        row = await wait_for(lambda: (incident(service) or {}).get("status") == "paused" and incident(service))
+        await wait_for(lambda: (incident(service) or {}).get("status") == "paused" and incident(service))
         assert target.applied == []
         service.parts.ledger.set_paused(False, "test")
         await wait_for(lambda: target.applied)

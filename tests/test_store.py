@@ -212,3 +212,28 @@ def test_the_action_history_has_its_own_connections_and_closes_with_the_store(tm
     store.close()
     with pytest.raises(sqlite3.ProgrammingError):
         history.watermark()
+
+
+def test_evidence_reads_without_sql_in_the_caller(store):
+    """What chat and the LLM's retrieval read through the repository: events by id, the first errors
+    or signals of an incident (else its first event), and the changes in a window."""
+    write_batch(store, "inc-a", [event(1, 0), event(2, 5)])  # both raised a signal
+    assert [r["id"] for r in store.error_events("inc-a", 1)] == ["e1"]
+    deploy = event(3, 10, subject="cart", type_="rtem.change.deploy")
+    failing = Event(id="e4", source="/t", type="rtem.log", time=T0 + timedelta(seconds=20), subject="cart-0",
+                    severity="error", message="boom")
+    with store.transaction():
+        store.insert_events([event_row(deploy, None, [], "now"), event_row(failing, "inc-b", [], "now"),
+                             event_row(event(5, 30), "inc-c", [], "now"), event_row(failing.model_copy(
+                                 update={"id": "e6", "time": T0 + timedelta(seconds=40)}), "inc-c", [], "now"),
+                             event_row(event(7, 50), "inc-d", [], "now")])
+        store.upsert_incident(incident("inc-b", failing.ts))
+    assert [r["id"] for r in store.events_by_id(["e4", "e1", "nope"])] == ["e1", "e4"]
+    assert store.events_by_id([]) == []
+    assert [r["id"] for r in store.error_events("inc-b", 5)] == ["e4"]
+    assert store.first_error("inc-b")["id"] == "e4"
+    assert store.first_error("inc-c")["id"] == "e6", "an error before the first event of any kind"
+    assert store.first_error("inc-d")["id"] == "e7", "no error: its first event"
+    assert store.first_error("nothing") is None
+    assert [r["id"] for r in store.change_events(T0.timestamp(), T0.timestamp() + 15)] == ["e3"]
+    assert store.change_events(T0.timestamp() + 11, T0.timestamp() + 30) == []

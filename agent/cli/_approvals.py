@@ -11,19 +11,18 @@ import typer
 from ._common import DbOpt, IncidentArg, JsonOpt, fail, open_ledger, open_store, out, settings, store_path
 
 
-def approve(incident_id: IncidentArg,
-            action: Annotated[str, typer.Argument(help="The action's index or type, as `rtem incidents show` lists.")],
-            by: Annotated[Optional[str], typer.Option(help="Who approves (default: your user name).")] = None,
-            reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+ActionArg = Annotated[str, typer.Argument(help="The action's index or type, as `rtem incidents show` lists.")]
+ByOpt = Annotated[Optional[str], typer.Option(help="Who decides (default: your user name).")]
+ReasonOpt = Annotated[str, typer.Option(help="Why, for the audit log.")]
+
+
+def approve(incident_id: IncidentArg, action: ActionArg, by: ByOpt = None, reason: ReasonOpt = "",
             json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Approve an action that waits for a person. Kept in the store: it survives a service restart."""
     _decide(incident_id, action, True, by, reason, db, json_out)
 
 
-def reject(incident_id: IncidentArg,
-           action: Annotated[str, typer.Argument(help="The action's index or type.")],
-           by: Annotated[Optional[str], typer.Option(help="Who rejects (default: your user name).")] = None,
-           reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+def reject(incident_id: IncidentArg, action: ActionArg, by: ByOpt = None, reason: ReasonOpt = "",
            json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Reject an action that waits for a person; it will not run."""
     _decide(incident_id, action, False, by, reason, db, json_out)

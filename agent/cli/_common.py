@@ -54,6 +54,16 @@ def settings(llm: LlmChoice | None = None) -> Settings:
     return cfg if llm is None else cfg.model_copy(update={"llm": llm.value})
 
 
+def topology_of(cfg: Settings, path: Path | None):
+    """The topology file `path` (else the configured one, else none); exits with its error when invalid."""
+    from rules import TopologyError
+
+    try:
+        return cfg.load_topology(path)
+    except TopologyError as exc:
+        fail(str(exc))
+
+
 def db_file(db: Path | None, missing: str) -> Path:
     """`--db`, else RTEM_DATA_DIR/rtem.db; exits with `<path>: <missing>` when there is no such file."""
     path = store_path(db)

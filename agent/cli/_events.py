@@ -12,10 +12,10 @@ from typing import Annotated, Optional
 import typer
 
 from bus import Bus, NatsServerError
-from rules import RulesError, TopologyError
+from rules import RulesError
 
 from ..config import Settings
-from ._common import JsonOpt, LlmOpt, TopologyOpt, err, fail, out, settings
+from ._common import JsonOpt, LlmOpt, TopologyOpt, err, fail, out, settings, topology_of
 from ._incidents import print_incident
 
 
@@ -36,10 +36,7 @@ def analyze(
     for path in files:
         if not path.is_file():
             fail(f"{path}: no such file")
-    try:
-        topo = cfg.load_topology(topology)
-    except TopologyError as exc:
-        fail(str(exc))
+    topo = topology_of(cfg, topology)
     workdir = out_dir or cfg.data_dir / "analyze"
     if workdir.exists():
         shutil.rmtree(workdir)

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ._common import VERDICT_COLOUR, JsonOpt, TopologyOpt, err, fail, out, settings
+from ._common import VERDICT_COLOUR, JsonOpt, TopologyOpt, err, fail, out, settings, topology_of
 
 rules_app = typer.Typer(
     help="Check, test and replay rules (guardrails, action contracts, detections) before they ship.\n\n"
@@ -174,7 +174,7 @@ def replay(
     Each proposal is judged in the context it was judged in live: the incident's entities and severity,
     the event time, the action history as it was then, and the observed state as of that time.
     """
-    from rules import TopologyError, check_rules
+    from rules import check_rules
 
     from ..rules_replay import parse_since, replay as run_replay
 
@@ -186,10 +186,7 @@ def replay(
     path = db or cfg.db_path
     if not path.is_file():
         fail(f"{path}: no store here (pass --db, or set RTEM_DATA_DIR)")
-    try:
-        topo = cfg.load_topology(topology)
-    except TopologyError as exc:
-        fail(str(exc))
+    topo = topology_of(cfg, topology)
     if rules is not None and not rules.exists():
         fail(f"{rules}: no such file or directory")
     checked = check_rules(rules if rules is not None else cfg.rules_dir)

@@ -11,9 +11,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from rules import RulesError, TopologyError
+from rules import RulesError
 
-from ._common import DbOpt, JsonOpt, LlmOpt, TopologyOpt, err, fail, open_ledger, out, settings
+from ._common import DbOpt, JsonOpt, LlmOpt, TopologyOpt, err, fail, open_ledger, out, settings, topology_of
 
 
 def run(
@@ -35,10 +35,7 @@ def run(
     cfg = settings(llm)
     cfg = cfg.model_copy(update={k: v for k, v in (("http_host", http_host), ("http_port", http_port)) if v is not None})
     setup_logging(log_format)
-    try:
-        topo = cfg.load_topology(topology)
-    except TopologyError as exc:
-        fail(str(exc))
+    topo = topology_of(cfg, topology)
 
     async def serve():
         service = Service(cfg, topo, dry_run=dry_run, http=not no_http)

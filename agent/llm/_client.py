@@ -129,15 +129,10 @@ class LLMClient:
 
     def _send_retrying(self, request: dict[str, Any]):
         """The response and the attempts it took; an open breaker is never retried (nothing was sent)."""
-        policy, attempt = self.config.retry, 0
-        while True:
-            attempt += 1
-            try:
-                return self._send(request), attempt
-            except LLMUnavailable as exc:
-                if attempt >= policy.max_attempts or isinstance(exc, BreakerOpen) or not policy.retryable(exc):
-                    raise
-                time.sleep(policy.interval(attempt, getattr(exc, "retry_after", None)))
+        for attempt in self.config.retry.retrying((LLMUnavailable,), unless=lambda exc: isinstance(exc, BreakerOpen)):
+            with attempt:
+                return self._send(request), attempt.retry_state.attempt_number
+        raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
 
     def _send(self, request: dict[str, Any]):
         import openai

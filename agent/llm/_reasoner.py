@@ -21,7 +21,7 @@ from typing import Any
 import prompts
 from agent.models import IncidentView, ReasonerRun, RootCause
 from agent.reasoner import DeterministicReasoner
-from rules import ActionContract, Proposal, Topology
+from rules import ActionContract, Proposal
 
 from . import metrics
 from ._budget import IncidentBudget

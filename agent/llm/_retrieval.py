@@ -42,7 +42,6 @@ HINTS = ((r"block|den(y|ied)|refus|rule|held|approv|guard", ("action.verdict", "
          (r"chang|deploy|config", ("rtem.change",)))
 STOPWORDS = {"the", "did", "does", "you", "what", "was", "were", "which", "how", "why", "and", "for", "with",
              "that", "this", "has", "have", "are", "its", "from", "before", "after", "still"}
-EVENT_COLUMNS = "id, ts, time, type, subject, severity, message, attributes, incident_id"
 
 
 @dataclass
@@ -171,15 +170,10 @@ def _incidents(q: str, scope: Scope, incident_id: str | None,
 
 
 def _events(scope: Scope, row: dict[str, Any], cited: list[str]) -> list[dict[str, Any]]:
-    db = scope.db
-    marks = ",".join("?" * len(cited[:EVIDENCE_EVENTS]))
-    rows = list(db.query(f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks})", cited[:EVIDENCE_EVENTS])) \
-        if cited else []
-    rows += db.query(f"SELECT {EVENT_COLUMNS} FROM events WHERE incident_id=? AND (signals IS NOT NULL OR "
-                     "severity IN ('error','critical')) ORDER BY ts, id LIMIT ?", [row["id"], FIRST_EVENTS])
-    rows += db.query(f"SELECT {EVENT_COLUMNS} FROM events WHERE type LIKE 'rtem.change.%' AND ts>=? AND ts<=?"
-                     " ORDER BY ts DESC, id LIMIT ?",
-                     [(row["first_ts"] or 0) - CHANGE_WINDOW_S, row["last_ts"] or 0, CHANGE_EVENTS])
+    store = scope.store
+    rows = store.events_by_id(cited[:EVIDENCE_EVENTS])
+    rows += store.error_events(row["id"], FIRST_EVENTS)
+    rows += store.change_events((row["first_ts"] or 0) - CHANGE_WINDOW_S, row["last_ts"] or 0)[::-1][:CHANGE_EVENTS]
     seen = {e["id"]: e for e in rows if scope.sees_event(e["incident_id"])}
     return list(seen.values())
 

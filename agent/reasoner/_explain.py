@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from ._catalog import FAULT_TYPES
-from ._scoring import Candidate
+from ._candidate import Candidate
 from ._signals import CHANGE, TRACE
 
 # How the population an entity is compared with is named (see `_scoring`, idea 1).

@@ -42,12 +42,14 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 from rules.topology import Topology
 
-from ._catalog import RESOURCE_DOMAINS, SPECIFICITY, SYMPTOM_DOMAINS, fault_type_of, flow_of
+from ._candidate import Candidate, fault_type, symptom
+from ._catalog import RESOURCE_DOMAINS, SYMPTOM_DOMAINS
 from ._history import History
+from ._populations import (HOST, INSTANCE, callers_first, first_by_source, population, population_sizes,
+                           same_flow, spread_of)
 from ._signals import CHANGE, TRACE, Signal, first_by_kind
 
 # Anomalies first seen this many seconds after the first anomaly of their source count half. Five
@@ -64,26 +66,6 @@ TRACE_WEIGHT = 1.0
 # as much as a distinctive anomaly (ln 13 for one unit in twelve): changes are the most common cause of
 # incidents, but they are also routine, so one must be backed by anomalies to count at all.
 CHANGE_WEIGHT = 2.5
-
-_INSTANCE, _HOST, _COMPONENT = "instance", "host", "component"
-
-
-@dataclass
-class Candidate:
-    """One entity's case for being the root cause, with what the explanation needs."""
-
-    entity: str
-    entity_type: str
-    score: float = 0.0
-    prior: float = 0.0
-    fault_type: str = "unknown"
-    domains: dict[str, float] = field(default_factory=dict)
-    evidence: list[tuple[float, Signal]] = field(default_factory=list)
-    onset: float | None = None
-    rank: float = 0.0
-    kinds: list[tuple[str, int, int]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
 
 def rank_candidates(signals: Sequence[Signal], topology: Topology, history: History | None = None) -> list[Candidate]:
     """Every topology entity with evidence, best first (ties broken by onset, then id)."""
@@ -103,9 +85,9 @@ class _Scorer:
                        key=lambda s: (s.ts, s.event_id))
         self.traces = [s for s in signals if s.source == TRACE]
         self.changes = [s for s in signals if s.source == CHANGE]
-        self.first_ts = _first_by_source(signals)
-        self.spread = _spread(state, topology)
-        self.sizes = _population_sizes(topology, by_unit=True)
+        self.first_ts = first_by_source(signals)
+        self.spread = spread_of(state, topology)
+        self.sizes = population_sizes(topology, by_unit=True)
         self.common_mode = {key: len(units) / (max(self.sizes.get(key[0], 0), len(units)) + 1)
                             for key, units in self.spread.items()}
         self.state = state
@@ -113,11 +95,11 @@ class _Scorer:
         for s in state:
             self.own[s.entity].append(s)
         self.host_notes: dict[str, list[str]] = {}
-        self.all_instances = [e.id for e in topology.entities if e.type == _INSTANCE]
+        self.all_instances = [e.id for e in topology.entities if e.type == INSTANCE]
 
     def strength(self, s: Signal) -> float:
         """Idea 1: how much one anomaly says, regardless of when it came."""
-        common = self.common_mode[(_population(self.topology, s.entity), s.kind)]
+        common = self.common_mode[(population(self.topology, s.entity), s.kind)]
         background = 1.0 - (1.0 - common) * self.history.weight(s)
         return -math.log(background) * s.weight
 
@@ -130,29 +112,29 @@ class _Scorer:
         topo = self.topology
         entities = set(self.own) | {s.entity for s in self.traces} | {s.entity for s in self.changes}
         for entity in list(entities):
-            if topo.entity_type(entity) == _INSTANCE:
+            if topo.entity_type(entity) == INSTANCE:
                 entities.update(p for p in (topo.service_of(entity), topo.host_of(entity)) if p and p != entity)
         cands = {e: self._own_candidate(e) for e in entities}
         self._propagate_symptoms(cands)
         self._add_trace_outliers(cands)
         self._add_changes(cands)
-        instance_scores = {e: c.score for e, c in cands.items() if c.entity_type == _INSTANCE}
-        sizes = _population_sizes(topo, by_unit=False)
+        instance_scores = {e: c.score for e, c in cands.items() if c.entity_type == INSTANCE}
+        sizes = population_sizes(topo, by_unit=False)
         for cand in cands.values():
-            if cand.entity_type == _HOST:
+            if cand.entity_type == HOST:
                 self._aggregate_host(cand, instance_scores)
-            elif cand.entity_type != _INSTANCE:
+            elif cand.entity_type != INSTANCE:
                 self._aggregate_service(cand, instance_scores, cands)
         for cand in cands.values():
-            cand.fault_type = _fault_type(cand)
-            cand.prior = -math.log(sizes.get(_population(topo, cand.entity), 1))
+            cand.fault_type = fault_type(cand)
+            cand.prior = -math.log(sizes.get(population(topo, cand.entity), 1))
         return [c for c in cands.values() if c.score > 0]
 
     # -- an entity's own signals, with hosts explained by their instances ------------------------
 
     def _own_candidate(self, entity: str) -> Candidate:
         cand = Candidate(entity, self.topology.entity_type(entity) or "unknown")
-        kept = self._host_shares(entity) if cand.entity_type == _HOST else {}
+        kept = self._host_shares(entity) if cand.entity_type == HOST else {}
         for s in self.own.get(entity, ()):
             value = self.value(s) * kept.get(s.kind, 1.0)
             cand.domains[s.domain] = max(cand.domains.get(s.domain, 0.0), value)
@@ -160,8 +142,8 @@ class _Scorer:
         cand.evidence.sort(key=lambda item: (-item[0], item[1].ts, item[1].event_id))
         cand.score = sum(cand.domains.values())
         cand.onset = min((s.ts for s in self.own.get(entity, ())), default=None)
-        population = _population(self.topology, entity)
-        cand.kinds = [(s.kind, len(self.spread[(population, s.kind)]), self.sizes[population])
+        group = population(self.topology, entity)
+        cand.kinds = [(s.kind, len(self.spread[(group, s.kind)]), self.sizes[group])
                       for _, s in cand.evidence]
         self._note_background(cand, self.own.get(entity, ()))
         return cand
@@ -185,7 +167,7 @@ class _Scorer:
             if s.domain not in RESOURCE_DOMAINS:
                 continue
             matches = {i: self.strength(r) for i in residents for r in self.own.get(i, ())
-                       if r.domain == s.domain and _same_flow(r.kind, s.kind)}
+                       if r.domain == s.domain and same_flow(r.kind, s.kind)}
             if matches:
                 top = max(matches, key=lambda i: (matches[i], i))
                 shares[s.kind] = self.strength(s) / (self.strength(s) + matches[top])
@@ -203,15 +185,15 @@ class _Scorer:
         """
         topo = self.topology
         own = {e: self._strength_in(e, SYMPTOM_DOMAINS) for e, c in cands.items()
-               if c.entity_type not in (_INSTANCE, _HOST)}
+               if c.entity_type not in (INSTANCE, HOST)}
         received: dict[str, float] = defaultdict(float)
-        for entity in _callers_first(topo, [e for e, v in own.items() if v > 0]):
+        for entity in callers_first(topo, [e for e, v in own.items() if v > 0]):
             cand = cands[entity]
             deps = {d: own.get(d, 0.0) for d in topo.targets(entity, "calls") + topo.targets(entity, "uses")}
             deps = {d: v for d, v in deps.items() if v > 0}
             itself = self._median_instance_strength(entity)
             forwarded = sum(deps.values()) / max(own[entity], itself + sum(deps.values())) if deps else 0.0
-            mass = _symptom(cand) + received[entity]
+            mass = symptom(cand) + received[entity]
             for dep, value in deps.items():
                 received[dep] += mass * forwarded * value / sum(deps.values())
             kept_received = received[entity] * (1 - forwarded)
@@ -256,7 +238,7 @@ class _Scorer:
                 by_callee[s.entity].append(s)
         count = {entity: sum(seen_by.values()) for entity, seen_by in callers.items()}
         for entity, seen_by in callers.items():
-            if topo.entity_type(entity) != _INSTANCE:
+            if topo.entity_type(entity) != INSTANCE:
                 continue
             peers = [count.get(p, 0.0) for p in topo.instances(topo.service_of(entity)) if p != entity]
             typical = statistics.median(peers) if peers else 0.0
@@ -304,9 +286,9 @@ class _Scorer:
         typical = statistics.median(scores)
         evenness = typical / max(scores)
         leader = max(anomalous, key=lambda i: (instance_scores[i], i))
-        symptom = _symptom(cand)
-        if symptom > 0 and evenness < 1:
-            moved = symptom * (1 - evenness)
+        symptoms = symptom(cand)
+        if symptoms > 0 and evenness < 1:
+            moved = symptoms * (1 - evenness)
             for domain in SYMPTOM_DOMAINS:
                 if domain in cand.domains:
                     cand.domains[domain] *= evenness
@@ -345,70 +327,3 @@ class _Scorer:
         cand.score += enrichment * sum(instance_scores.get(i, 0.0) for i in residents) / len(residents)
         cand.notes.append(f"{share_here:.0%} of its instances are anomalous, against {share_all:.0%} of all "
                           "instances")
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-
-
-def _fault_type(cand: Candidate) -> str:
-    for _, s in cand.evidence:
-        if s.source == CHANGE:
-            return s.domain
-    resources = {d: v for d, v in cand.domains.items() if d in RESOURCE_DOMAINS}
-    pool = resources or cand.domains
-    if not pool:
-        return "unknown"
-    rank = {d: -i for i, d in enumerate(SPECIFICITY)}
-    return fault_type_of(max(pool, key=lambda d: (round(pool[d], 6), rank.get(d, -len(SPECIFICITY)))))
-
-
-def _symptom(cand: Candidate) -> float:
-    return sum(v for d, v in cand.domains.items() if d in SYMPTOM_DOMAINS)
-
-
-def _same_flow(a: str, b: str) -> bool:
-    """Reads explain reads and writes explain writes; a metric that says neither matches both."""
-    fa, fb = flow_of(a), flow_of(b)
-    return fa is None or fb is None or fa == fb
-
-
-def _callers_first(topology: Topology, entities: Sequence[str]) -> list[str]:
-    """`entities` ordered so that a caller comes before what it calls or uses (cycles broken by id)."""
-    pending = set(entities)
-    order: list[str] = []
-    while pending:
-        roots = sorted(e for e in pending
-                       if not any(c in pending for c in topology.sources(e, "calls") + topology.sources(e, "uses")))
-        batch = roots or [min(pending)]
-        order.extend(batch)
-        pending.difference_update(batch)
-    return order
-
-
-def _first_by_source(signals: Iterable[Signal]) -> dict[str, float]:
-    first: dict[str, float] = {}
-    for s in signals:
-        if s.source not in first or s.ts < first[s.source]:
-            first[s.source] = s.ts
-    return first
-
-
-def _population(topology: Topology, entity: str) -> str:
-    kind = topology.entity_type(entity)
-    return kind if kind in (_INSTANCE, _HOST) else _COMPONENT
-
-
-def _spread(state: Iterable[Signal], topology: Topology) -> dict[tuple[str, str], set[str]]:
-    """Idea 1: the units (instances grouped by service) showing each (population, kind)."""
-    spread: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for s in state:
-        spread[(_population(topology, s.entity), s.kind)].add(topology.service_of(s.entity))
-    return spread
-
-
-def _population_sizes(topology: Topology, by_unit: bool) -> dict[str, int]:
-    """How many units (instances grouped by service) or entities each population has."""
-    members: dict[str, set[str]] = defaultdict(set)
-    for entity in topology.by_id:
-        members[_population(topology, entity)].add(topology.service_of(entity) if by_unit else entity)
-    return {population: len(group) for population, group in members.items()}

@@ -21,7 +21,8 @@ from rules import Proposal, Topology
 from ._explain import explain
 from ._history import History
 from ._remedies import propose_remedies
-from ._scoring import Candidate, rank_candidates
+from ._candidate import Candidate
+from ._scoring import rank_candidates
 from ._signals import extract_signals
 
 MAX_EVIDENCE = 20

@@ -86,6 +86,18 @@ class IncidentRepository(Protocol):
         """Rows of `rtem.change.*` events (deploys, config changes) with since_ts <= ts <= until_ts."""
         ...
 
+    def events_by_id(self, event_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Rows of these events (those the store has), by event time."""
+        ...
+
+    def error_events(self, incident_id: str, limit: int) -> list[dict[str, Any]]:
+        """Rows of the incident's first `limit` events that raised a signal or are errors."""
+        ...
+
+    def first_error(self, incident_id: str) -> dict[str, Any] | None:
+        """The row of the incident's first signal or error event (else its first event; None if none)."""
+        ...
+
     def last_signal(self, incident_id: str, after_ts: float) -> float | None: ...
 
     def latest_state(self, entity: str, at_ts: float, max_age_s: float = 900.0,

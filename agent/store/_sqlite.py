@@ -13,7 +13,6 @@ every index are made when a writable store opens, so no query pays for one later
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from ._rows import EVENT_COLUMNS, decode_incident, event_from_row, iso
 # Written out, not bound as parameters: SQLite uses a partial index only for the same literal terms.
 _ACTIVE = "status NOT IN (" + ", ".join(f"'{s}'" for s in CLOSED_STATUSES) + ")"
 _CHANGE = "type GLOB 'rtem.change.*'"
+_ERROR = "(signals IS NOT NULL OR severity IN ('error','critical'))"
 
 # Index names are those sqlite-utils gave earlier stores, so reopening one adds no duplicate.
 SCHEMA = (
@@ -62,7 +62,6 @@ class SqliteIncidentStore:
         self.connections = SqliteConnections(self.path, synchronous=synchronous, readonly=readonly,
                                              busy_timeout_s=busy_timeout_s)
         self._on_close: list[Callable[[], None]] = []
-        self._databases = threading.local()  # for `db`
         if not readonly:
             with self.connections.write() as conn:
                 for statement in SCHEMA:
@@ -74,17 +73,6 @@ class SqliteIncidentStore:
         methods called inside it (on this thread) join it."""
         with self.connections.write():
             yield self
-
-    @property
-    def db(self):
-        """The calling thread's connection as a sqlite-utils `Database`, for callers that still run
-        their own SQL. Not part of `IncidentRepository`: use its methods instead."""
-        conn = self.connections.connection()
-        if getattr(self._databases, "conn", None) is not conn:
-            import sqlite_utils
-
-            self._databases.db, self._databases.conn = sqlite_utils.Database(conn), conn
-        return self._databases.db
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Call `callback` when the store closes (the action history's connections close with it)."""
@@ -210,6 +198,24 @@ class SqliteIncidentStore:
         """Rows of `rtem.change.*` events (deploys, config changes) with since_ts <= ts <= until_ts."""
         return self._query(f"SELECT * FROM events WHERE {_CHANGE} AND ts BETWEEN ? AND ? ORDER BY ts, id",
                            [since_ts, until_ts])
+
+    def events_by_id(self, event_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Rows of these events (those the store has), by event time."""
+        ids = list(event_ids)
+        if not ids:
+            return []
+        return self._query(f"SELECT * FROM events WHERE id IN ({','.join('?' * len(ids))}) ORDER BY ts, id", ids)
+
+    def error_events(self, incident_id: str, limit: int) -> list[dict[str, Any]]:
+        """Rows of the incident's first `limit` events that raised a signal or are errors."""
+        return self._query(f"SELECT * FROM events WHERE incident_id=? AND {_ERROR} ORDER BY ts, id LIMIT ?",
+                           [incident_id, limit])
+
+    def first_error(self, incident_id: str) -> dict[str, Any] | None:
+        """The row of the incident's first signal or error event (else its first event; None if none)."""
+        rows = self.error_events(incident_id, 1) or self._query(
+            "SELECT * FROM events WHERE incident_id=? ORDER BY ts, id LIMIT 1", [incident_id])
+        return rows[0] if rows else None
 
     def last_signal(self, incident_id: str, after_ts: float) -> float | None:
         """Event time of the incident's latest signal after `after_ts` (recovery means: none lately)."""

@@ -1,0 +1,62 @@
+"""Who an anomaly is compared with: the populations of the topology (instances grouped by service,
+hosts, other components), the order of callers and callees, and when each source first spoke."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from rules.topology import Topology
+
+from ._catalog import flow_of
+from ._signals import Signal
+
+INSTANCE, HOST, COMPONENT = "instance", "host", "component"
+
+
+def same_flow(a: str, b: str) -> bool:
+    """Reads explain reads and writes explain writes; a metric that says neither matches both."""
+    fa, fb = flow_of(a), flow_of(b)
+    return fa is None or fb is None or fa == fb
+
+
+def callers_first(topology: Topology, entities: Sequence[str]) -> list[str]:
+    """`entities` ordered so that a caller comes before what it calls or uses (cycles broken by id)."""
+    pending = set(entities)
+    order: list[str] = []
+    while pending:
+        roots = sorted(e for e in pending
+                       if not any(c in pending for c in topology.sources(e, "calls") + topology.sources(e, "uses")))
+        batch = roots or [min(pending)]
+        order.extend(batch)
+        pending.difference_update(batch)
+    return order
+
+
+def first_by_source(signals: Iterable[Signal]) -> dict[str, float]:
+    first: dict[str, float] = {}
+    for s in signals:
+        if s.source not in first or s.ts < first[s.source]:
+            first[s.source] = s.ts
+    return first
+
+
+def population(topology: Topology, entity: str) -> str:
+    kind = topology.entity_type(entity)
+    return kind if kind in (INSTANCE, HOST) else COMPONENT
+
+
+def spread_of(state: Iterable[Signal], topology: Topology) -> dict[tuple[str, str], set[str]]:
+    """Idea 1: the units (instances grouped by service) showing each (population, kind)."""
+    spread: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for s in state:
+        spread[(population(topology, s.entity), s.kind)].add(topology.service_of(s.entity))
+    return spread
+
+
+def population_sizes(topology: Topology, by_unit: bool) -> dict[str, int]:
+    """How many units (instances grouped by service) or entities each population has."""
+    members: dict[str, set[str]] = defaultdict(set)
+    for entity in topology.by_id:
+        members[population(topology, entity)].add(topology.service_of(entity) if by_unit else entity)
+    return {population: len(group) for population, group in members.items()}
