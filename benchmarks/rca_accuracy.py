@@ -165,9 +165,10 @@ def run_pipeline(cases: Sequence[Case], topology: Topology, notes: list[str]) ->
         store = IncidentStore(analysis.db_path)
         try:
             held: dict[str, Counter[int]] = defaultdict(Counter)
-            for row in store.db.execute("SELECT id, incident_id FROM events WHERE incident_id IS NOT NULL"):
-                if row[0] in case_of:
-                    held[row[1]][case_of[row[0]]] += 1
+            for incident in store.incidents(include_merged=True):
+                for event in store.events(incident["id"]):
+                    if event.id in case_of:
+                        held[incident["id"]][case_of[event.id]] += 1
         finally:
             store.close()
     incidents = {i["id"]: i for i in analysis.report["incidents"]}
