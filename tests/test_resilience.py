@@ -260,18 +260,20 @@ async def test_a_target_that_keeps_failing_is_spared_until_the_cooldown_is_over(
     assert transport.sent == ["inc-1/1/do"] + ["inc-1/2/do"] * 3, "nothing sent while open"
 
 
-async def open_then_cool_down(runner, contract, clock) -> None:
-    """Two failing steps open the breaker (threshold 2); the cooldown then passes on the clock."""
+async def half_open(contract, *script):
+    """Executors whose breaker on cart-0 two failing steps opened (threshold 2) and whose cooldown then
+    passed on the clock; the transport answers `script` from the third step on."""
+    clock, transport = Clock(), Scripted("permanent", "permanent", *script)
+    runner = executors(transport, clock)
     for n in (1, 2):
         await runner.run(contract, step(n))
     clock.now += 30
+    return runner, transport
 
 
 async def test_a_half_open_target_gets_one_trial_step_among_concurrent_ones(contract):
-    clock, release = Clock(), asyncio.Event()
-    transport = Scripted("permanent", "permanent", release)
-    runner = executors(transport, clock)
-    await open_then_cool_down(runner, contract, clock)
+    release = asyncio.Event()
+    runner, transport = await half_open(contract, release)
     trial = asyncio.ensure_future(runner.run(contract, step(3)))
     await asyncio.sleep(0)  # the trial is now waiting on its target
     others = await asyncio.gather(*(runner.run(contract, step(n)) for n in range(4, 9)))
@@ -282,19 +284,13 @@ async def test_a_half_open_target_gets_one_trial_step_among_concurrent_ones(cont
 
 
 async def test_a_half_open_trial_is_not_retried_and_a_failure_reopens(contract):
-    clock = Clock()
-    transport = Scripted("permanent", "permanent", "transient", "ok")
-    runner = executors(transport, clock)
-    await open_then_cool_down(runner, contract, clock)
+    runner, _ = await half_open(contract, "transient", "ok")
     trial = await runner.run(contract, step(3))
     assert trial.attempts == 1 and trial.breaker_open and runner.breaker("cart-0").state == OPEN
 
 
 async def test_a_cancelled_trial_lets_the_next_one_through(contract):
-    clock, never = Clock(), asyncio.Event()
-    transport = Scripted("permanent", "permanent", never)
-    runner = executors(transport, clock)
-    await open_then_cool_down(runner, contract, clock)
+    runner, _ = await half_open(contract, asyncio.Event())  # a target that never answers
     trial = asyncio.ensure_future(runner.run(contract, step(3)))
     await asyncio.sleep(0)
     trial.cancel()
