@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bus import BusSettings, RetryPolicy
+from bus import BusSettings, NatsAuth, RetryPolicy
 from rules import Topology, TopologyError
 
 
@@ -24,6 +24,15 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path(".rtem"), description="where the store, audit log and checkpoints live")
     nats_url: str | None = Field(None, description="an existing NATS server; unset: start an embedded one")
+    # Credentials and TLS for an external NATS server (docs/nats.md); the embedded one makes its own.
+    nats_creds: Path | None = Field(None, description="NATS credentials file (JWT and nkey seed)")
+    nats_nkey_seed: Path | None = Field(None, description="NATS nkey seed file")
+    nats_token: SecretStr | None = Field(None, description="NATS token")
+    nats_user: str | None = Field(None, description="NATS user (with nats_password)")
+    nats_password: SecretStr | None = Field(None, description="NATS password")
+    nats_tls_ca: Path | None = Field(None, description="CA bundle that signed the NATS server's certificate")
+    nats_tls_cert: Path | None = Field(None, description="client certificate for mutual TLS (with nats_tls_key)")
+    nats_tls_key: Path | None = Field(None, description="client certificate's private key")
     rules_dir: Path | None = Field(None, description="guardrails, contracts and detections; unset: packaged")
     topology: Path | None = Field(None, description="topology file (JSON or YAML)")
     llm: Literal["none", "openai", "local"] = Field(
@@ -69,6 +78,17 @@ class Settings(BaseSettings):
     duplicate_window_s: float = Field(120.0, gt=0, description="JetStream Nats-Msg-Id dedupe window")
     max_event_bytes: int = Field(1024 * 1024, ge=1024)
     correlation_gap_s: float = Field(300.0, gt=0, description="event-time gap that ends an incident")
+    max_clock_skew_s: float = Field(300.0, gt=0, description="an event dated further than this after it is "
+                                    "received goes to the DLQ: event time never jumps ahead on a bad clock")
+    idle_close_s: float = Field(3600.0, gt=0, description="event time without a new signal after which an "
+                                "incident on which nothing was done ages out (closed as stale)")
+    # Retention (docs/retention.md): what `rtem purge` (and rtem run, daily) deletes, by age.
+    retain_events_days: float = Field(30.0, gt=0, description="stored events of closed incidents, and events "
+                                      "of none, are kept this long")
+    retain_dlq_days: float = Field(14.0, gt=0, description="the DLQ stream keeps messages this long")
+    retain_checkpoints_days: float = Field(7.0, gt=0, description="graph checkpoints of closed incidents")
+    retain_audit_days: float = Field(400.0, gt=0, description="audit records (and the AUDIT stream): kept "
+                                     "longest; a purge never breaks the hash chain's verification")
     approval_ttl_s: float = Field(900.0, gt=0, description="an approval request, and an approval, expire after this")
     verify_quiet_s: float = Field(60.0, gt=0, description="event-time quiet after acting that counts as recovery")
     verify_deadline_s: float = Field(600.0, gt=0, description="event time after acting before rtem escalates")
@@ -104,7 +124,16 @@ class Settings(BaseSettings):
                            publish_retry=RetryPolicy(max_attempts=self.publish_retry_attempts,
                                                      initial_interval_s=self.publish_retry_initial_s,
                                                      max_interval_s=self.publish_retry_max_s),
-                           reconnect_wait_s=self.nats_reconnect_wait_s)
+                           reconnect_wait_s=self.nats_reconnect_wait_s,
+                           dlq_max_age_s=self.retain_dlq_days * 86400, audit_max_age_s=self.retain_audit_days * 86400,
+                           max_future_skew_s=self.max_clock_skew_s,
+                           auth=NatsAuth(creds=self.nats_creds, nkey_seed=self.nats_nkey_seed,
+                                         token=self.nats_token.get_secret_value() if self.nats_token else None,
+                                         user=self.nats_user,
+                                         password=self.nats_password.get_secret_value() if self.nats_password
+                                         else None,
+                                         tls_ca=self.nats_tls_ca, tls_cert=self.nats_tls_cert,
+                                         tls_key=self.nats_tls_key))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from nats.js import api
 
@@ -18,6 +19,21 @@ TRIAGE = "triage"
 
 
 @dataclass(frozen=True)
+class NatsAuth:
+    """How rtem authenticates to NATS: at most one of a credentials file (JWT + nkey), an nkey seed
+    file, a token or a user and password; TLS with a CA and, for mutual TLS, a client certificate."""
+
+    creds: Path | None = None
+    nkey_seed: Path | None = None
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+@dataclass(frozen=True)
 class BusSettings:
     """What the streams and the consumer are made with; `agent.config.Settings` fills it."""
 
@@ -26,6 +42,12 @@ class BusSettings:
     max_deliver: int = 5
     ack_wait_s: float = 30.0
     events_max_age_s: float = 7 * 24 * 3600.0
+    dlq_max_age_s: float = 14 * 24 * 3600.0
+    audit_max_age_s: float = 400 * 24 * 3600.0
+    # An event dated more than this after the moment it is consumed is dead-lettered: one clock far in
+    # the future must not move event time (the watermark) there.
+    max_future_skew_s: float = 300.0
+    auth: NatsAuth = field(default_factory=NatsAuth)
     # An event whose publish ack was lost to a reconnect is published again, one by one, as this says.
     publish_retry: RetryPolicy = RetryPolicy(max_attempts=10, initial_interval_s=0.2, backoff=2.0, max_interval_s=3.0)
     # The delay before redelivering an event the handler failed on: interval(n) after delivery n.
