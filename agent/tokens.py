@@ -26,7 +26,9 @@ __all__ = ["ROLES", "Principal", "TokenError", "TokenStore", "allows"]
 
 # What each role may do. `read`: incidents, decisions, audit, reports, rules status, metrics;
 # `ask`: chat; `ingest`: events and Alertmanager payloads; `decide`: approve or reject actions;
-# `rules`: reload rules. docs/api.md has the table.
+# `rules`: reload rules; `admin`: also read access denials. docs/api.md has the table (a test keeps them
+# equal). An approver does not ingest: it is a person deciding on actions, and events come from producers
+# with operator tokens, so one stolen person's token cannot both feed incidents and approve their actions.
 ROLES: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
     "operator": frozenset({"read", "ask", "ingest"}),

@@ -2,8 +2,8 @@
 the one retry policy and circuit breaker every layer uses (`_resilience`)."""
 
 from ._client import Bus, ConsumeStats, DeadLetter, Handler, PublishReport
-from ._envelope import (MAX_EVENT_BYTES, SEVERITIES, SEVERITY_RANK, Event, InvalidEvent, event_from_dict, event_schema,
-                        format_time, parse_event, parse_time)
+from ._envelope import (MAX_EVENT_BYTES, SEVERITIES, SEVERITY_RANK, Event, InvalidEvent, InvalidJSON, event_from_dict,
+                        event_schema, format_time, loads_json, parse_event, parse_time)
 from ._resilience import CLOSED, HALF_OPEN, OPEN, BreakerOpen, CircuitBreaker, RetryPolicy, retry_async
 from ._server import EmbeddedNats, NatsServerError
 from ._streams import AUDIT, DLQ, EVENTS, TRIAGE, BusSettings, NatsAuth
@@ -11,6 +11,6 @@ from ._streams import AUDIT, DLQ, EVENTS, TRIAGE, BusSettings, NatsAuth
 __all__ = [
     "AUDIT", "CLOSED", "DLQ", "EVENTS", "HALF_OPEN", "MAX_EVENT_BYTES", "OPEN", "SEVERITIES", "SEVERITY_RANK",
     "TRIAGE", "BreakerOpen", "Bus", "BusSettings", "CircuitBreaker", "ConsumeStats", "DeadLetter", "EmbeddedNats",
-    "Event", "Handler", "InvalidEvent", "NatsAuth", "NatsServerError", "PublishReport", "RetryPolicy", "event_from_dict",
-    "event_schema", "format_time", "parse_event", "parse_time", "retry_async",
+    "Event", "Handler", "InvalidEvent", "InvalidJSON", "NatsAuth", "NatsServerError", "PublishReport", "RetryPolicy", "event_from_dict",
+    "event_schema", "format_time", "loads_json", "parse_event", "parse_time", "retry_async",
 ]

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from functools import cached_property, lru_cache
 from importlib import resources
@@ -20,6 +21,8 @@ SCHEMA_VERSION = "v1"
 MAX_EVENT_BYTES = 1024 * 1024
 SEVERITIES = ("info", "warning", "error", "critical")
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
+MAX_JSON_DEPTH = 64  # objects and arrays within each other; real events nest a handful deep
+MAX_INT_DIGITS = 4300  # Python's own limit for int(); named here so the refusal can say so
 
 
 class InvalidEvent(ValueError):
@@ -29,6 +32,11 @@ class InvalidEvent(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.event_id = event_id
+
+
+class InvalidJSON(ValueError):
+    """Text that `loads_json` will not read: not JSON, or JSON that rtem could not republish as standard
+    JSON or store (NaN and infinities, lone surrogates, numbers past the limits, nesting too deep)."""
 
 
 class Event(BaseModel):
@@ -53,7 +61,7 @@ class Event(BaseModel):
 
 def parse_event(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     """Decode, upcast and validate one structured CloudEvent."""
-    size = len(raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw)
+    size = _size(raw)
     if size > max_bytes:
         raise InvalidEvent(f"event is {size} bytes, over the {max_bytes}-byte limit")
     if isinstance(raw, bytes):
@@ -62,12 +70,32 @@ def parse_event(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
         except UnicodeDecodeError as exc:
             raise InvalidEvent(f"not valid UTF-8 at byte {exc.start}") from None
     try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        doc = loads_json(raw)
+    except InvalidJSON as exc:
+        raise InvalidEvent(str(exc)) from None
     if not isinstance(doc, dict):
         raise InvalidEvent(f"not a JSON object but a {type(doc).__name__}")
     return event_from_dict(doc)
+
+
+def loads_json(text: bytes | str) -> Any:
+    """`json.loads`, refusing what the standard allows Python to read but what would not survive being
+    republished or stored: `NaN`, `Infinity` (also `1e999`), lone UTF-16 surrogates (`"\\ud800"`),
+    integers over MAX_INT_DIGITS digits, and nesting deeper than MAX_JSON_DEPTH. Raises InvalidJSON."""
+    try:
+        doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except json.JSONDecodeError as exc:
+        raise InvalidJSON(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON(f"not valid UTF-8 at byte {exc.start}") from None
+    except RecursionError:
+        raise InvalidJSON(f"not JSON rtem reads: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except _Refused as exc:
+        raise InvalidJSON(f"not JSON rtem reads: {exc}") from None
+    problem = _unstorable(doc)
+    if problem:
+        raise InvalidJSON(f"not JSON rtem reads: {problem}")
+    return doc
 
 
 def event_from_dict(doc: dict[str, Any]) -> Event:
@@ -87,6 +115,8 @@ def event_from_dict(doc: dict[str, Any]) -> Event:
         time = parse_time(doc["time"])
     except ValueError:
         raise InvalidEvent(f"time {doc['time']!r} is not an RFC 3339 timestamp", event_id) from None
+    except OverflowError:  # the calendar's edge with an offset: 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise InvalidEvent(f"time {doc['time']!r} is out of range in UTC", event_id) from None
     data = doc["data"]
     attributes = data.get("attributes") or {}
     # The schema has checked every field already; model_construct skips checking them twice.
@@ -100,6 +130,64 @@ def event_from_dict(doc: dict[str, Any]) -> Event:
         message=data.get("message", ""),
         attributes=attributes,
     )
+
+
+def _size(raw: bytes | str) -> int:
+    if isinstance(raw, bytes):
+        return len(raw)
+    try:
+        return len(raw.encode("utf-8", "surrogateescape"))  # text read with surrogateescape: its bytes
+    except UnicodeEncodeError:
+        return len(raw.encode("utf-8", "surrogatepass"))  # other lone surrogates: refused once parsed
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not a JSON number (send a finite number, or null)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"{text} is out of range for a JSON number (it reads as {value})")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise _Refused(f"an integer of {digits} digits is over the {MAX_INT_DIGITS}-digit limit")
+    return int(text)
+
+
+def _unstorable(doc: Any) -> str | None:
+    """Why a parsed document cannot be kept (a lone surrogate, or nesting too deep), with its path; or None."""
+    stack: list[tuple[Any, str, int]] = [(doc, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            if _has_surrogate(value):
+                return f"a lone UTF-16 surrogate in the string at {path or '/'} (not valid Unicode)"
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels at {path or '/'}"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and _has_surrogate(key):
+                    return f"a lone UTF-16 surrogate in a key of the object at {path or '/'} (not valid Unicode)"
+                stack.append((item, f"{path}/{key}", depth + 1))
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 _V0_LEVELS = {"debug": "info", "info": "info", "warn": "warning", "warning": "warning",

@@ -1,4 +1,4 @@
-"""rtem's HTTP API and web console (FastAPI), served by `rtem run`; docs/api.md."""
+"""rtem's HTTP API and web console (FastAPI), served by `rtem run`; docs/api.md, docs/security.md."""
 
 from .app import create_app
 from .context import ApiContext

@@ -9,11 +9,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from . import ingest, routes
 from .auth import ApiError, require
+from .browser import CrossSiteCheck, SecurityHeaders, security_headers
 from .context import ApiContext
 
 log = logging.getLogger("rtem.api")
@@ -26,6 +28,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
                               "Send `Authorization: Bearer rtem_…` (rtem tokens create). See docs/api.md.")
     app.state.ctx = ctx
     app.add_middleware(BodyLimit, max_bytes=ctx.max_body_bytes)
+    app.add_middleware(CrossSiteCheck)
+    app.add_middleware(SecurityHeaders)  # the last added is the outermost: its headers go on every answer
     app.include_router(routes.router)
     app.include_router(ingest.router)
     _add_probes(app)
@@ -65,6 +69,11 @@ def _add_error_handlers(app: FastAPI) -> None:
             body["detail"] = exc.detail
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's own errors (unknown path, wrong method, a body that is not JSON) in our shape
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
@@ -75,8 +84,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         request_id = uuid.uuid4().hex[:12]
         log.error("request %s %s %s failed", request_id, request.method, request.url.path, exc_info=exc)
+        # This handler answers outside the middleware, so it adds the security headers itself.
         return JSONResponse({"error": "internal error; the service log has the details",
-                             "request_id": request_id}, status_code=500)
+                             "request_id": request_id}, status_code=500, headers=security_headers(request.url.path))
 
 
 class BodyLimit:

@@ -26,21 +26,28 @@ def context(request: Request) -> ApiContext:
 
 
 def token_of(request: Request) -> str | None:
+    """The request's token: the bearer token, else the console's cookie."""
+    return bearer_of(request) or request.cookies.get(COOKIE)
+
+
+def bearer_of(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.cookies.get(COOKIE)
+    return None
 
 
-def deny(ctx: ApiContext, request: Request, status: int, reason: str, who: Principal | None) -> ApiError:
-    """Record a refused attempt, then return the error to raise."""
+def deny(ctx: ApiContext, request: Request, status: int, reason: str, who: Principal | None,
+         answer: str | None = None) -> ApiError:
+    """Record a refused attempt, then return the error to raise. `answer` is what the caller is told when
+    it must not learn the reason (an incident outside its scope answers as one that does not exist)."""
     ctx.audit.append("access.denied", node="api",
                      inputs={"token": who.name if who else "anonymous", "role": who.role if who else None,
                              "method": request.method, "path": request.url.path},
                      decision={"status": status}, reasons=[reason])
     headers = {"WWW-Authenticate": 'Bearer realm="rtem"'} if status == 401 else None
-    return ApiError(status, reason, headers=headers)
+    return ApiError(status, answer or reason, headers=headers)
 
 
 def require(permission: str) -> Callable[[Request], Awaitable[Principal]]:

@@ -15,12 +15,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from bus import InvalidEvent, event_from_dict
+from bus import InvalidEvent, InvalidJSON, event_from_dict, loads_json
 
 from ..tokens import Principal
 from .auth import ApiError, context, require
+from .body import StrictJsonRoute
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=StrictJsonRoute)
 Ingester = Depends(require("ingest"))
 
 SINGLE = ("application/cloudevents+json", "application/json")
@@ -63,8 +64,8 @@ async def alertmanager(request: Request, who: Principal = Ingester) -> dict[str,
 def alert_event(alert: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
     """One Alertmanager alert as an `rtem.alert` CloudEvent. Its id is the alert's fingerprint with its
     start and status: Alertmanager's repeated notifications of one firing alert dedupe to one event."""
-    labels = {**payload.get("commonLabels", {}), **alert.get("labels", {})}
-    annotations = {**payload.get("commonAnnotations", {}), **alert.get("annotations", {})}
+    labels = {**(payload.get("commonLabels") or {}), **(alert.get("labels") or {})}
+    annotations = {**(payload.get("commonAnnotations") or {}), **(alert.get("annotations") or {})}
     status = alert.get("status") or payload.get("status") or "firing"
     fingerprint = alert.get("fingerprint") or _fingerprint(labels)
     when = alert.get("endsAt") if status == "resolved" else alert.get("startsAt")
@@ -72,7 +73,7 @@ def alert_event(alert: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any
         when = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     severity = "info" if status == "resolved" else ALERT_SEVERITY.get(str(labels.get("severity", "")).lower(), "warning")
     return {
-        "specversion": "1.0", "id": f"am-{fingerprint}-{alert.get('startsAt', '')}-{status}", "type": "rtem.alert",
+        "specversion": "1.0", "id": f"am-{fingerprint}-{alert.get('startsAt') or ''}-{status}", "type": "rtem.alert",
         "source": payload.get("externalURL") or "alertmanager", "time": when, "subject": _subject(labels),
         "data": {"severity": severity,
                  "message": annotations.get("summary") or annotations.get("description") or labels.get("alertname", ""),
@@ -111,12 +112,12 @@ def _content_type(request: Request) -> str:
 
 
 async def _json(request: Request) -> Any:
-    body = await request.body()
+    """The body as JSON the bus will take as it is: NaN, infinities, lone surrogates, huge integers and
+    deep nesting are refused here (400 naming the problem), not republished."""
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise ApiError(400, f"the body is not JSON{where}") from None
+        return loads_json(await request.body())
+    except InvalidJSON as exc:
+        raise ApiError(400, f"the body is {exc}") from None
 
 
 def _alertmanager_problems(payload: Any) -> list[str]:
@@ -128,16 +129,50 @@ def _alertmanager_problems(payload: Any) -> list[str]:
     alerts = payload.get("alerts")
     if not isinstance(alerts, list):
         return problems + ["alerts: missing or not a list"]
+    problems += _typed(payload, "", PAYLOAD_STRINGS, PAYLOAD_MAPS)
+    if payload.get("status", "firing") not in ("firing", "resolved", None):
+        problems.append(f"status {payload.get('status')!r}: firing or resolved")
     for i, alert in enumerate(alerts):
         if not isinstance(alert, dict):
             problems.append(f"alerts[{i}]: not an object")
-        elif not isinstance(alert.get("labels"), dict) or not alert["labels"]:
+            continue
+        if not isinstance(alert.get("labels"), dict) or not alert["labels"]:
             problems.append(f"alerts[{i}].labels: missing or empty")
         elif alert.get("status", "firing") not in ("firing", "resolved"):
             problems.append(f"alerts[{i}].status {alert.get('status')!r}: firing or resolved")
-        elif not isinstance(alert.get("startsAt", ""), str):
-            problems.append(f"alerts[{i}].startsAt: not a string")
+        problems += _typed(alert, f"alerts[{i}].", ALERT_STRINGS, ALERT_MAPS)
     return problems
+
+
+# Alertmanager's webhook fields by type (https://prometheus.io/docs/alerting/latest/configuration/#webhook_config);
+# null is taken as absent. Label and annotation values are strings there too.
+PAYLOAD_STRINGS = ("status", "receiver", "groupKey", "externalURL")
+PAYLOAD_MAPS = ("groupLabels", "commonLabels", "commonAnnotations")
+ALERT_STRINGS = ("status", "startsAt", "endsAt", "generatorURL", "fingerprint")
+ALERT_MAPS = ("labels", "annotations")
+
+
+def _typed(doc: dict[str, Any], prefix: str, strings: tuple[str, ...], maps: tuple[str, ...]) -> list[str]:
+    problems = []
+    for key in strings:
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            problems.append(f"{prefix}{key}: {_json_type(doc[key])}, not a string")
+    for key in maps:
+        value = doc.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{prefix}{key}: {_json_type(value)}, not an object of strings")
+            continue
+        problems += [f"{prefix}{key}.{name}: {_json_type(v)}, not a string"
+                     for name, v in value.items() if not isinstance(v, str)]
+    return problems
+
+
+def _json_type(value: Any) -> str:
+    """'an array', 'a number': what a JSON value is, for a problem's text."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _subject(labels: dict[str, Any]) -> str:

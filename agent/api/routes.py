@@ -13,9 +13,12 @@ from ..incident import DecisionRefused, Refusal
 from ..report import build_report
 from ..tokens import ROLES, Principal
 from .auth import ApiError, COOKIE, context, deny, require
+from .body import StrictJsonRoute
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=StrictJsonRoute)
 Reader = Depends(require("read"))
+MAX_SEQ = 2**63 - 1  # audit seqs are SQLite integers
+ADMIN_ONLY_KINDS = frozenset({"access.denied"})  # who was refused what: other tokens' names, other incidents' ids
 
 
 class Session(BaseModel):
@@ -79,17 +82,26 @@ def decisions(incident_id: str, request: Request, who: Principal = Reader):
 
 @router.get("/audit")
 def audit(request: Request, incident: str | None = Query(None, max_length=128),
-          kind: str | None = Query(None, max_length=64), since_seq: int = Query(0, ge=0),
+          kind: str | None = Query(None, max_length=64), since_seq: int = Query(0, ge=0, le=MAX_SEQ),
           limit: int = Query(200, ge=1, le=1000), who: Principal = Reader):
+    """Audit records the caller may see: of incidents in its scope, and records of no incident except
+    access denials (admins only) and breakers on targets outside its scope."""
     ctx = context(request)
     if incident is not None:
         incident = _visible_incident(request, incident, who)["id"]
+    if kind in ADMIN_ONLY_KINDS and not who.may("admin"):
+        return {"records": []}
     with ctx.store() as store:
         visible = _visibility(store, ctx, who)
-        records = ctx.audit.records(incident_id=incident, kind=kind, since_seq=since_seq,
-                                    limit=None if who.scoped else limit)
-        shown = [r for r in records if r.incident_id is None or visible(r.incident_id)][:limit]
-    return {"records": [r.model_dump(mode="json") for r in shown]}
+        shown: list = []
+        after = since_seq
+        while len(shown) < limit:  # page through, so a filtered caller never loads the whole log at once
+            page = ctx.audit.records(incident_id=incident, kind=kind, since_seq=after, limit=limit)
+            shown += [r for r in page if _shows(r, who, ctx, visible)]
+            if len(page) < limit:
+                break
+            after = page[-1].seq
+    return {"records": [r.model_dump(mode="json") for r in shown[:limit]]}
 
 
 @router.get("/incidents/{incident_id}/report")
@@ -162,6 +174,15 @@ def _visible_incident(request: Request, incident_id: str, who: Principal) -> dic
     return row
 
 
+def _shows(record, who: Principal, ctx, visible) -> bool:
+    if record.incident_id is not None:
+        return visible(record.incident_id)
+    if record.kind in ADMIN_ONLY_KINDS:
+        return who.may("admin")
+    target = (record.inputs or {}).get("target")
+    return not isinstance(target, str) or who.covers(target, ctx.topology)
+
+
 def _visibility(store, ctx, who: Principal):
     if not who.scoped:
         return lambda _incident_id: True
@@ -171,8 +192,16 @@ def _visibility(store, ctx, who: Principal):
 
 async def _decide(request: Request, incident_id: str, index: int, approve: bool, reason: str,
                   who: Principal) -> dict[str, Any]:
-    """`agent.approvals.decide`, as the CLI calls it; a refusal by scope or role is audited as denied."""
+    """`agent.approvals.decide`, as the CLI calls it; a refusal by scope or role is audited as denied.
+    An incident outside the caller's scope is answered exactly as one that does not exist."""
     ctx = context(request)
+    hidden: list[str] = []
+
+    def visible(row) -> bool:
+        if who.sees(row, ctx.topology):
+            return True
+        hidden.append(row["id"])
+        return False
 
     def authorize(action):
         if not who.covers(action.target, ctx.topology):
@@ -184,8 +213,12 @@ async def _decide(request: Request, incident_id: str, index: int, approve: bool,
     with ctx.store() as store:
         try:
             decided = decide(store, ctx.ledger, ctx.audit, incident_id, index, approve=approve, by=who.name,
-                             reason=reason, via="api", role=who.role, policy=ctx.policy, authorize=authorize)
+                             reason=reason, via="api", role=who.role, policy=ctx.policy, visible=visible,
+                             authorize=authorize)
         except DecisionRefused as refused:
+            if hidden:
+                raise deny(ctx, request, refused.kind.http_status, f"incident {hidden[0]} is outside the scope of "
+                           f"token {who.name}", who, answer=refused.message) from None
             if refused.kind in (Refusal.OUT_OF_SCOPE, Refusal.WRONG_ROLE):
                 raise deny(ctx, request, refused.kind.http_status, refused.message, who) from None
             raise ApiError(refused.kind.http_status, refused.message, detail=refused.detail) from None

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from bus._envelope import Event
+from bus import Event
 from rules.topology import Topology
 
 from ._signals import CHANGE, Signal, extract_signals

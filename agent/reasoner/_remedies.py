@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from agent.models import RootCause
-from bus._envelope import Event
+from bus import Event
 from rules._proposal import Proposal
 from rules.topology import Topology
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bus._envelope import SEVERITY_RANK, Event
+from bus import SEVERITY_RANK, Event
 from rules.topology import Topology
 
 from ._catalog import CHANGE_FAULTS, is_bad_direction, metric_domain, metric_kind, text_domain

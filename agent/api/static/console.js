@@ -20,8 +20,11 @@ export class ApiFailure extends Error {
 }
 
 // Call the JSON API with the session cookie. A 401 means the session is gone: go and sign in again.
+// X-Rtem-Console tells the API the request comes from the console itself: it refuses cookie-authenticated
+// POSTs and DELETEs without it (a form on another site cannot send it; see docs/security.md).
 export async function api(method, path, body, { redirectOn401 = true, accept = "application/json" } = {}) {
-  const init = { method, headers: { Accept: accept }, credentials: "same-origin", cache: "no-cache" };
+  const init = { method, headers: { Accept: accept, "X-Rtem-Console": "1" }, credentials: "same-origin",
+    cache: "no-cache" };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
