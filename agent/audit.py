@@ -5,9 +5,15 @@ UPDATE and DELETE; the one-row ``audit_head`` table, moved by a trigger on each 
 
 ``verify`` reports: a record edited in place as ``changed``; edited and re-hashed as ``chain_broken`` at the
 next seq (or at the head); removed records, the tail included, as ``deleted``; records moved up to
-``_MOVE_WINDOW`` places as ``reordered``. It cannot catch someone who drops the triggers and rewrites a whole
-suffix, re-hashing it and the head: only a copy kept elsewhere (the JetStream ``AUDIT`` stream, a published
-head hash) exposes that, by comparison with ``last().hash``.
+``_MOVE_WINDOW`` places as ``reordered``. It cannot catch someone who drops the triggers and deletes or rewrites
+a whole suffix, re-hashing it and moving the head: only a copy kept elsewhere exposes that. Given the JetStream
+``AUDIT`` stream's copy (an ``AuditCopy``), ``verify_file`` also names records ``not_in_log`` (on the stream,
+gone here), ``not_in_copy`` (here, missing from the stream) and ``differs`` (another record under that seq).
+
+Retention (``purge``) deletes the oldest records only behind an anchor: the one-row ``audit_anchor`` holds the
+seq and hash of the last purged record, the chain is verified from it, and the purge's own ``retention.purged``
+record, appended in the same transaction, names it. Deletes at or below the anchor are allowed; above it they
+are refused. An anchor no ``retention.purged`` record names is reported: records were deleted by hand.
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ from uuid import UUID
 from pydantic import BaseModel
 from sqlite_utils import Database
 
+from agent.files import private_file
 from agent.models import DecisionRecord
 
-__all__ = ["AuditLog", "Problem", "VerifyReport", "record_hash", "verify_file", "GENESIS"]
+__all__ = ["AuditCopy", "AuditLog", "CopyCheck", "Problem", "VerifyReport", "record_hash", "verify_file", "GENESIS",
+           "PURGED_KIND"]
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +51,24 @@ _JSON_FIELDS = ("inputs", "decision", "reasons", "evidence", "versions")
 _COLUMNS = ("seq", "at", "incident_id", "kind", "node", *_JSON_FIELDS, "prev_hash", "hash")
 _MOVE_WINDOW = 16
 _BUSY_TIMEOUT_S = 30.0  # other rtem processes may hold the write lock while they append
+PURGED_KIND = "retention.purged"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL,
                                        hash TEXT NOT NULL);
 INSERT INTO audit_head (id, seq, hash) SELECT 1, 0, '{genesis}' WHERE NOT EXISTS (SELECT 1 FROM audit_head);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit {refuse}
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit {refuse}
+CREATE TABLE IF NOT EXISTS audit_anchor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL,
+                                         hash TEXT NOT NULL);
+INSERT INTO audit_anchor (id, seq, hash) SELECT 1, 0, '{genesis}' WHERE NOT EXISTS (SELECT 1 FROM audit_anchor);
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+  WHEN OLD.seq > COALESCE((SELECT seq FROM audit_anchor WHERE id = 1), 0) {refuse}
+CREATE TRIGGER IF NOT EXISTS audit_anchor_forward_only BEFORE UPDATE ON audit_anchor
+  WHEN NEW.id IS NOT OLD.id OR NEW.seq <= OLD.seq OR NEW.seq >= (SELECT seq FROM audit_head)
+       OR NEW.hash IS NOT (SELECT hash FROM audit WHERE seq = NEW.seq) {refuse}
+CREATE TRIGGER IF NOT EXISTS audit_anchor_no_delete BEFORE DELETE ON audit_anchor {refuse}
+CREATE TRIGGER IF NOT EXISTS audit_anchor_single BEFORE INSERT ON audit_anchor
+  WHEN EXISTS (SELECT 1 FROM audit_anchor) {refuse}
 CREATE TRIGGER IF NOT EXISTS audit_extends_head BEFORE INSERT ON audit
   WHEN NEW.seq IS NOT (SELECT seq + 1 FROM audit_head) OR NEW.prev_hash IS NOT (SELECT hash FROM audit_head)
   BEGIN SELECT RAISE(ABORT, 'audit log is append-only: a record must extend the chain head'); END;
@@ -66,8 +85,20 @@ CREATE TRIGGER IF NOT EXISTS audit_head_single BEFORE INSERT ON audit_head
 
 class Problem(BaseModel):
     seq: int
-    kind: Literal["changed", "deleted", "reordered", "chain_broken"]
+    kind: Literal["changed", "deleted", "reordered", "chain_broken", "not_in_log", "not_in_copy", "differs"]
     detail: str
+
+
+class CopyCheck(BaseModel):
+    """What the comparison with the AUDIT stream's copy saw (the problems are in the report's list)."""
+
+    source: str = ""      # where the copy came from (the NATS URL)
+    records: int          # messages read from the copy
+    first_seq: int | None
+    last_seq: int | None
+    pending: int = 0      # records here newer than the copy's last: not published yet, not a problem
+    aged_out: int = 0     # records here older than the copy's first: past the stream's max_age
+    purged: int = 0       # records on the copy this log purged (retention), at or below its anchor
 
 
 class VerifyReport(BaseModel):
@@ -75,14 +106,48 @@ class VerifyReport(BaseModel):
     records: int
     problems: list[Problem]
     omitted: int = 0  # problems found beyond the ones kept, so a rewritten log cannot exhaust memory
+    anchor_seq: int = 0  # records up to this seq were purged by retention (`retention.purged`)
+    copy_check: CopyCheck | None = None
 
     def summary(self) -> str:
+        purged = f", seq 1–{self.anchor_seq} purged by retention" if self.anchor_seq else ""
+        copied = ""
+        if self.copy_check is not None:
+            c = self.copy_check
+            copied = (f"; AUDIT stream copy ({c.source or 'given'}): {c.records} records"
+                      + (f", seq {c.first_seq}–{c.last_seq}" if c.records else "")
+                      + (f", {c.pending} not yet published" if c.pending else ""))
         if self.ok:
-            return f"audit log OK: {self.records} records, hash chain intact"
+            return f"audit log OK: {self.records} records, hash chain intact{purged}{copied}"
         total = len(self.problems) + self.omitted
         shown = "; ".join(f"seq {p.seq} {p.kind}" for p in self.problems[:5])
         more = f"; {total - 5} more" if total > 5 else ""
-        return f"audit log TAMPERED: {total} problem(s) in {self.records} records: {shown}{more}"
+        return f"audit log TAMPERED: {total} problem(s) in {self.records} records: {shown}{more}{copied}"
+
+
+class AuditCopy:
+    """A copy of the log kept elsewhere (the AUDIT stream's messages), reduced to seq → hashes so that a
+    long log costs little memory. Feed it each message's bytes with `add`, then pass it to `verify_file`."""
+
+    def __init__(self, source: str = "") -> None:
+        self.source = source
+        self.hashes: dict[int, set[str]] = {}
+        self.messages = 0
+        self.unreadable: list[str] = []  # one line per message that is not a record sealed by its hash
+
+    def add(self, data: bytes | str | dict[str, Any], where: str = "") -> None:
+        """One message; `where` names it in problems (e.g. its stream sequence)."""
+        self.messages += 1
+        try:
+            doc = data if isinstance(data, dict) else json.loads(data)
+            record = DecisionRecord.model_validate(doc)
+        except (ValueError, TypeError) as exc:
+            self.unreadable.append(f"message {where or self.messages} is not an audit record: {str(exc)[:120]}")
+            return
+        if record_hash(record) != record.hash:
+            self.unreadable.append(f"message {where or self.messages} (seq {record.seq}) does not match its own "
+                                   "hash: the copy was edited")
+        self.hashes.setdefault(record.seq, set()).add(record.hash)
 
 
 class AuditLog:
@@ -92,9 +157,14 @@ class AuditLog:
         self.path = Path(path)
         self.sinks: list[Sink] = []
         self._lock = threading.Lock()
-        self._db = Database(sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, check_same_thread=False))
+        self._db = Database(sqlite3.connect(private_file(self.path), timeout=_BUSY_TIMEOUT_S,
+                                            check_same_thread=False))
         self._db.enable_wal()
         with self._transaction():
+            old_delete = self._db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND "
+                                          "name = 'audit_no_delete'").fetchone()
+            if old_delete and "audit_anchor" not in old_delete[0]:  # before retention: no delete at all
+                self._db.execute("DROP TRIGGER audit_no_delete")
             self._db["audit"].create({name: int if name == "seq" else str for name in _COLUMNS}, pk="seq",
                                      not_null={"at", "kind", "prev_hash", "hash"}, if_not_exists=True)
             self._db["audit"].create_index(["incident_id"], "audit_incident_id", if_not_exists=True)
@@ -115,20 +185,82 @@ class AuditLog:
         # Refuse a bad record before it takes a seq, so nothing half-valid is ever chained.
         DecisionRecord.model_validate({**content, "seq": 0, "prev_hash": "", "hash": ""})
         with self._lock, self._transaction():
-            head = self._db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-            if head is None:
-                raise RuntimeError(f"{self.path}: audit_head is missing; run `rtem audit verify`")
-            fields = {**content, "seq": head[0] + 1, "prev_hash": head[1]}
-            row = {**fields, "hash": _seal(fields)}
-            self._db["audit"].insert({k: _canonical(v) if k in _JSON_FIELDS else v for k, v in row.items()})
-        record = DecisionRecord.model_validate(row)
+            record = self._insert(content)
+        self._notify(record)
+        return record
+
+    def purgeable(self, before: datetime) -> tuple[int, int]:
+        """(how many records, through which seq) `purge(before)` would delete now."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                return self._purgeable(_iso(before))
+            finally:
+                self._db.execute("ROLLBACK")
+
+    def purge(self, before: datetime, *, inputs: Any = None, decision: dict[str, Any] | None = None,
+              reasons: Iterable[str] | None = None, node: str = "retention",
+              at: datetime | None = None) -> tuple[int, DecisionRecord]:
+        """Delete the oldest records, those written before `before` (never past a younger one), and append
+        the `retention.purged` record, in one transaction. Its decision gets `audit: {purged, anchor}`: the
+        seq and hash of the last record deleted, from which `verify` walks the chain on. Returns (deleted,
+        the record)."""
+        with self._lock, self._transaction():
+            count, through = self._purgeable(_iso(before))
+            anchor = self._anchor()
+            if count:
+                hashed = self._db.execute("SELECT hash FROM audit WHERE seq = ?", [through]).fetchone()
+                anchor = (through, hashed[0])
+            content = _plain({
+                "at": _iso(at or datetime.now(timezone.utc)), "incident_id": None, "kind": PURGED_KIND,
+                "node": node, "inputs": inputs or {},
+                "decision": {**(decision or {}), "audit": {"purged": count, "anchor": {"seq": anchor[0],
+                                                                                        "hash": anchor[1]}}},
+                "reasons": list(reasons or []), "evidence": [], "versions": {},
+            })
+            record = self._insert(content)  # first: the anchor may not reach the head
+            if count:
+                self._db.execute("UPDATE audit_anchor SET seq = ?, hash = ? WHERE id = 1", list(anchor))
+                self._db.execute("DELETE FROM audit WHERE seq <= ?", [through])
+        self._notify(record)
+        return count, record
+
+    def anchor(self) -> tuple[int, str]:
+        """(seq, hash) of the last record purged; (0, GENESIS) when none was."""
+        with self._lock:
+            return self._anchor()
+
+    def _anchor(self) -> tuple[int, str]:
+        row = self._db.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone()
+        return (row[0], row[1]) if row else (0, GENESIS)
+
+    def _purgeable(self, before: str) -> tuple[int, int]:
+        anchor_seq, _ = self._anchor()
+        young = self._db.execute("SELECT MIN(seq) FROM audit WHERE seq > ? AND at >= ?",
+                                 [anchor_seq, before]).fetchone()[0]
+        head = self._db.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0]
+        through = head if young is None else young - 1
+        count = self._db.execute("SELECT COUNT(*) FROM audit WHERE seq > ? AND seq <= ?",
+                                 [anchor_seq, through]).fetchone()[0]
+        return count, (through if count else anchor_seq)
+
+    def _insert(self, content: dict[str, Any]) -> DecisionRecord:
+        """Chain `content` onto the head; inside a transaction holding `_lock`."""
+        head = self._db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        if head is None:
+            raise RuntimeError(f"{self.path}: audit_head is missing; run `rtem audit verify`")
+        fields = {**content, "seq": head[0] + 1, "prev_hash": head[1]}
+        row = {**fields, "hash": _seal(fields)}
+        self._db["audit"].insert({k: _canonical(v) if k in _JSON_FIELDS else v for k, v in row.items()})
+        return DecisionRecord.model_validate(row)
+
+    def _notify(self, record: DecisionRecord) -> None:
         # Sinks run outside the lock so one may append in turn; their order across threads is not seq order.
         for sink in list(self.sinks):
             try:
                 sink(record)
             except Exception:
                 log.exception("audit sink %r failed on seq %d; the record is stored", sink, record.seq)
-        return record
 
     def records(self, incident_id: str | None = None, kind: str | None = None, since_seq: int = 0,
                 limit: int | None = None) -> list[DecisionRecord]:
@@ -173,8 +305,9 @@ class AuditLog:
             raise
 
 
-def verify_file(path: str | Path, *, max_problems: int = 1000) -> VerifyReport:
-    """Walk the log at ``path`` by seq, streaming, and report every problem found (up to ``max_problems``)."""
+def verify_file(path: str | Path, *, max_problems: int = 1000, copy: AuditCopy | None = None) -> VerifyReport:
+    """Walk the log at ``path`` by seq, streaming, and report every problem found (up to ``max_problems``);
+    with ``copy`` (the AUDIT stream's), also what is missing from either side and what differs."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such audit database")
@@ -185,6 +318,9 @@ def verify_file(path: str | Path, *, max_problems: int = 1000) -> VerifyReport:
         db.execute("BEGIN")  # one snapshot for the head anchor and the walk
         head = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone() \
             if db["audit_head"].exists() else None
+        anchor = db.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone() \
+            if db["audit_anchor"].exists() else None
+        anchor_seq, anchor_hash = anchor or (0, GENESIS)
         problems: list[Problem] = []
         omitted = 0
 
@@ -195,9 +331,14 @@ def verify_file(path: str | Path, *, max_problems: int = 1000) -> VerifyReport:
             else:
                 omitted += 1
 
-        count, prev_seq, prev_hash, prev_moved = 0, 0, GENESIS, False
-        for row in db.query(f"SELECT {', '.join(_COLUMNS)} FROM audit ORDER BY seq"):
+        if anchor_seq:
+            report_anchor(db, anchor_seq, anchor_hash, report)
+        compare = _CopyComparison(copy, anchor_seq, anchor_hash) if copy is not None else None
+        count, prev_seq, prev_hash, prev_moved = 0, anchor_seq, anchor_hash, False
+        for row in db.query(f"SELECT {', '.join(_COLUMNS)} FROM audit WHERE seq > ? ORDER BY seq", [anchor_seq]):
             count += 1
+            if compare:
+                compare.local(row["seq"], row["hash"])
             seq, sealed = row["seq"], _sealed_seq(row)
             if seq > prev_seq + 1:
                 report(prev_seq + 1, "deleted", f"seq {_span(prev_seq + 1, seq - 1)} missing")
@@ -218,9 +359,84 @@ def verify_file(path: str | Path, *, max_problems: int = 1000) -> VerifyReport:
             report(head[0] + 1, "chain_broken", f"seq {_span(head[0] + 1, prev_seq)} written past the head anchor")
         elif head[1] != prev_hash:
             report(prev_seq, "chain_broken", "last record differs from the head anchor: rewritten and re-hashed")
-        return VerifyReport(ok=not problems, records=count, problems=problems, omitted=omitted)
+        check = compare.finish(report) if compare else None
+        return VerifyReport(ok=not problems and not omitted, records=count, problems=problems, omitted=omitted,
+                            anchor_seq=anchor_seq, copy_check=check)
     finally:
         db.close()
+
+
+def report_anchor(db: Database, anchor_seq: int, anchor_hash: str, report: Callable[[int, str, str], None]) -> None:
+    """A purge anchor must be the one the latest `retention.purged` record names; else records were deleted
+    by hand and the anchor moved to hide it."""
+    row = db.execute("SELECT seq, decision FROM audit WHERE kind = ? ORDER BY seq DESC LIMIT 1",
+                     [PURGED_KIND]).fetchone()
+    try:
+        named = json.loads(row[1]).get("audit", {}).get("anchor", {}) if row else {}
+    except (ValueError, AttributeError):
+        named = {}
+    if named != {"seq": anchor_seq, "hash": anchor_hash}:
+        where = f"the latest {PURGED_KIND} record (seq {row[0]}) names another" if row else f"no {PURGED_KIND} record"
+        report(anchor_seq, "deleted", f"seq {_span(1, anchor_seq)} gone behind a purge anchor that {where}: "
+                                      "deleted by hand, not by `rtem purge`")
+
+
+class _CopyComparison:
+    """The log's records, as `verify_file` walks them, against a copy's seq → hashes."""
+
+    def __init__(self, copy: AuditCopy, anchor_seq: int, anchor_hash: str) -> None:
+        self.copy, self.anchor_seq, self.anchor_hash = copy, anchor_seq, anchor_hash
+        self.remaining = {seq: set(hashes) for seq, hashes in copy.hashes.items()}
+        self.first = min(copy.hashes, default=None)
+        self.last = max(copy.hashes, default=None)
+        self.not_in_copy: list[int] = []
+        self.differs: list[int] = []
+        self.pending = self.aged_out = 0
+
+    def local(self, seq: int, hash_: str) -> None:
+        hashes = self.remaining.pop(seq, None)
+        if hashes is None:
+            if self.last is None or seq > self.last:
+                self.pending += 1
+            elif seq < self.first:
+                self.aged_out += 1
+            else:
+                self.not_in_copy.append(seq)
+        elif hashes != {hash_}:
+            self.differs.append(seq)
+
+    def finish(self, report: Callable[[int, str, str], None]) -> CopyCheck:
+        purged = [seq for seq in self.remaining if seq <= self.anchor_seq]
+        if self.anchor_seq in self.remaining and self.remaining[self.anchor_seq] != {self.anchor_hash}:
+            self.differs.insert(0, self.anchor_seq)  # the last purged record was not the one the stream has
+        not_in_log = sorted(seq for seq in self.remaining if seq > self.anchor_seq)
+        for first, last in _runs(not_in_log):
+            report(first, "not_in_log", f"seq {_span(first, last)} on the AUDIT stream but not in this log: "
+                                        "deleted here (a truncated tail, with audit_head rewritten?)")
+        for first, last in _runs(self.not_in_copy):
+            report(first, "not_in_copy", f"seq {_span(first, last)} in this log but missing from the AUDIT stream "
+                                         "(between records it has): deleted there, or never published")
+        for first, last in _runs(self.differs):
+            report(first, "differs", f"seq {_span(first, last)}: the AUDIT stream holds another record under "
+                                     "this seq: rewritten here (or there)")
+        for line in self.copy.unreadable:
+            report(0, "differs", line)
+        return CopyCheck(source=self.copy.source, records=self.copy.messages, first_seq=self.first,
+                         last_seq=self.last, pending=self.pending, aged_out=self.aged_out, purged=len(purged))
+
+
+def _runs(seqs: Iterable[int]) -> Iterator[tuple[int, int]]:
+    """Consecutive runs of sorted seqs, as (first, last)."""
+    first = last = None
+    for seq in seqs:
+        if last is not None and seq == last + 1:
+            last = seq
+            continue
+        if first is not None:
+            yield first, last
+        first = last = seq
+    if first is not None:
+        yield first, last
 
 
 def record_hash(record: DecisionRecord) -> str:

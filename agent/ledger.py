@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .files import private_file
 from .incident import Approval
 
 _SCHEMA = """
@@ -39,7 +40,7 @@ def _now() -> str:
 
 class Ledger:
     def __init__(self, path: str | Path):
-        self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self.conn = sqlite3.connect(str(private_file(path)), check_same_thread=False, isolation_level=None, timeout=30)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.executescript(_SCHEMA)
         self._lock = threading.Lock()

@@ -2,6 +2,11 @@
 
 A report reads only what was recorded (the incident row, its events, its decision records), never the
 clock or the running configuration, so the same store always gives byte-identical Markdown and HTML.
+
+Everything in a report may come from an event's producer (messages, attributes, subjects), so none of it
+may turn into markup: the HTML template is autoescaped, and in Markdown every value is written as text
+(`<`, `>` and `&` as entities, which Markdown renders as the characters) or inside a code span fenced
+longer than any run of backticks in it (`code`), where Markdown reads nothing as HTML.
 """
 
 from __future__ import annotations
@@ -9,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 from .audit import AuditLog
 from .models import DecisionRecord
@@ -101,11 +108,31 @@ def render(report: Report, fmt: str = "md") -> str:
         raise ValueError(f"unknown report format {fmt!r}: use md or html")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=fmt == "html",
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
-                             undefined=jinja2.StrictUndefined)
+                             undefined=jinja2.StrictUndefined, finalize=_markdown_text if fmt == "md" else None)
     env.filters["pct"] = lambda v: f"{float(v) * 100:.0f}%"
     env.filters["dur"] = duration
     env.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
-    return env.get_template(f"report.{fmt}.j2").render(r=report, svg=jinja2.utils.markupsafe.Markup(report.chart_svg))
+    env.filters["code"] = markdown_code
+    return env.get_template(f"report.{fmt}.j2").render(r=report, svg=Markup(report.chart_svg))
+
+
+def markdown_code(value: Any, cell: bool = False) -> Markup:
+    """`value` as one inline code span, whatever it holds: fenced with more backticks than its longest
+    run, padded when it starts or ends with one, on one line; in a table `cell`, with its pipes escaped."""
+    text = str(value).replace("\n", " ")
+    if cell:
+        text = text.replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return Markup(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def _markdown_text(value: Any) -> Any:
+    """Every `{{ … }}` of the Markdown template: plain text, so raw HTML from an event is shown, not run."""
+    if isinstance(value, Markup):  # a code span made by `code`
+        return value
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def duration(seconds: float | None) -> str:

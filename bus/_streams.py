@@ -56,14 +56,27 @@ class BusSettings:
     reconnect_wait_s: float = 0.25  # between attempts to reconnect to NATS (which never stop)
 
 
+# Byte ceilings, so a flood cannot fill the disk before max_age would have freed it; the oldest messages go
+# first (DiscardPolicy.OLD). JetStream reserves max_bytes against the server's storage when a stream is made,
+# so they stay modest: a laptop's embedded server must still start. A dead letter is usually a few KiB (at
+# most one event, 1 MiB); a decision record 1–3 KiB, and a busy year writes some 10^5, so 1 GiB holds
+# several years. EVENTS has none: dropping events triage has not read yet would lose them silently.
+DLQ_MAX_BYTES = 256 << 20
+AUDIT_MAX_BYTES = 1 << 30
+
+
 def stream_configs(settings: BusSettings) -> list[api.StreamConfig]:
+    """The streams as rtem wants them; `Bus.ensure_streams` creates them or brings existing ones to this."""
     return [
         api.StreamConfig(name=EVENTS, subjects=[EVENTS_SUBJECTS], storage=api.StorageType.FILE,
                          duplicate_window=settings.duplicate_window_s, max_age=settings.events_max_age_s,
                          description="rtem input events (CloudEvents JSON)"),
         api.StreamConfig(name=DLQ, subjects=[DLQ_SUBJECTS], storage=api.StorageType.FILE,
+                         max_age=settings.dlq_max_age_s, max_bytes=DLQ_MAX_BYTES, discard=api.DiscardPolicy.OLD,
                          description="events rtem could not use, with the reason in headers"),
         api.StreamConfig(name=AUDIT, subjects=[AUDIT_SUBJECTS], storage=api.StorageType.FILE,
+                         max_age=settings.audit_max_age_s, max_bytes=AUDIT_MAX_BYTES,
+                         discard=api.DiscardPolicy.OLD,
                          description="rtem decision records, as written to the audit log"),
     ]
 

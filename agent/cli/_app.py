@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import _approvals, _events, _report, _service
+from . import _approvals, _events, _report, _retention, _service
 from ._incidents import audit_app, incidents_app
 from ._rules import rules_app
 from ._tokens import tokens_app
@@ -14,7 +14,8 @@ app = typer.Typer(help="rtem, the real-time exception manager: events in, incide
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 for command in (_events.analyze, _events.ingest, _service.run, _approvals.approve, _approvals.reject,
-                _service.pause, _service.resume, _service.demo, _report.report, _report.ask, _report.chat):
+                _service.pause, _service.resume, _service.demo, _report.report, _report.ask, _report.chat,
+                _retention.purge):
     app.command()(command)
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(audit_app, name="audit")

@@ -33,7 +33,7 @@ def _decide(incident_id: str, action: str, approve: bool, by: str | None, reason
     from ..approvals import decide
     from ..audit import AuditLog
     from ..incident import DecisionRefused, Policy
-    from ..run import operator
+    from ..identity import operator
 
     store, ledger = open_store(db), open_ledger(db)
     who = by or operator()

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ._common import VERDICT_COLOUR, DbOpt, IncidentArg, JsonOpt, db_file, err, fail, open_store, out
+from ._common import VERDICT_COLOUR, DbOpt, IncidentArg, JsonOpt, db_file, err, fail, open_store, out, settings
 
 if TYPE_CHECKING:
+    from ..audit import AuditCopy
     from ..deciders import Decider
 
 incidents_app = typer.Typer(help="List incidents, or show one with `rtem incidents show ID`.",
@@ -113,18 +119,70 @@ def _decider_label(decided: Decider | None) -> str:
 
 
 @audit_app.command("verify")
-def audit_verify(json_out: JsonOpt = False, db: DbOpt = None) -> None:
-    """Check the hash chain: exits 1 and names each changed or deleted record if the log was tampered with."""
+def audit_verify(
+    json_out: JsonOpt = False, db: DbOpt = None,
+    nats: Annotated[Optional[str], typer.Option(
+        "--nats", help="Also compare with the AUDIT stream on this NATS server (default: RTEM_NATS_URL, else "
+                       "the running service's DATA_DIR/nats.url when present).")] = None,
+    local_only: Annotated[bool, typer.Option(
+        "--local-only", help="Check the hash chain only; do not compare with the AUDIT stream.")] = False,
+) -> None:
+    """Check the hash chain, and compare the log with its copy on the JetStream AUDIT stream: exits 1 and
+    names each changed, deleted or reordered record, and each one missing from either side or different."""
     from ..audit import verify_file
 
-    report = verify_file(db_file(db, NO_AUDIT_LOG))
+    path = db_file(db, NO_AUDIT_LOG)
+    url = None if local_only else nats or _service_nats_url(db, path)
+    copy = None
+    if url:
+        try:
+            copy = asyncio.run(_read_audit_stream(url, quiet=json_out))
+        except Exception as exc:  # noqa: BLE001 - any failure to read the copy is reported the same way
+            reason = (f"cannot read the AUDIT stream at {url}: {type(exc).__name__}: "
+                      f"{str(exc) or 'no answer within 5 s'}")
+            if nats:
+                fail(reason)
+            err.print(f"[yellow]warning:[/] {escape(reason)}; only the hash chain was checked "
+                      "(is `rtem run` running? pass --nats URL, or --local-only)")
+    report = verify_file(path, copy=copy)
     if json_out:
-        print(report.model_dump_json(indent=2) if hasattr(report, "model_dump_json") else json.dumps(report.__dict__))
+        print(report.model_dump_json(indent=2))
     else:
-        (out if report.ok else err).print(report.summary())
+        (out if report.ok else err).print(escape(report.summary()))
         for problem in report.problems:
-            err.print(f"  seq {problem.seq}: {problem.kind}: {problem.detail}")
+            err.print(f"  seq {problem.seq}: {problem.kind}: {escape(problem.detail)}")
+        if report.omitted:
+            err.print(f"  … and {report.omitted} more")
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _service_nats_url(db: Path | None, path: Path) -> str | None:
+    """RTEM_NATS_URL, else the URL of the embedded server the service on this data directory wrote."""
+    cfg = settings()
+    if cfg.nats_url:
+        return cfg.nats_url
+    written = (path.parent if db else Path(cfg.data_dir)) / "nats.url"
+    if not written.is_file():
+        return None
+    return written.read_text().strip() or None
+
+
+async def _read_audit_stream(url: str, *, quiet: bool = False) -> AuditCopy:
+    from bus import Bus
+
+    from ..audit import AuditCopy
+
+    # The client logs every failed connection attempt with a traceback; one line below says it instead.
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+    bus = await asyncio.wait_for(Bus.connect(url, settings().bus_settings(), name="rtem-audit-verify"), 5)
+    try:
+        copy = AuditCopy(source=url)
+        with err.status(f"reading the AUDIT stream at {url}…") if not quiet else contextlib.nullcontext():
+            async for stream_seq, data in bus.audit_messages():
+                copy.add(data, where=f"#{stream_seq}")
+        return copy
+    finally:
+        await bus.close()
 
 
 @audit_app.command("list")

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..files import DIR_MODE, private_dir, private_file
 from ..tokens import ROLES, TokenError, TokenStore
 from ._common import DbOpt, JsonOpt, err, fail, out, store_path
 
@@ -17,7 +18,22 @@ tokens_app = typer.Typer(help="API tokens for the HTTP API and the web console: 
 
 
 def _tokens(db: Path | None) -> TokenStore:
-    return TokenStore(store_path(db))
+    """The token store in rtem.db, which this may create: 0600 in a 0700 data directory (token hashes)."""
+    path = store_path(db)
+    if db is None:
+        private_dir(path.parent)
+    else:  # someone else's directory is not ours to chmod; one made here is private
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    return TokenStore(private_file(path))
+
+
+def _record(db: Path | None, kind: str, name: str, who: str, reason: str, **inputs) -> None:
+    """The audit record of a token's creation or revocation (never the token or its hash)."""
+    from ..audit import AuditLog
+
+    with AuditLog(store_path(db)) as audit:
+        audit.append(kind, node="cli", inputs={"name": name, **inputs, "operator": who},
+                     decision={"token": name, "by": who}, reasons=[reason])
 
 
 @tokens_app.command("create")
@@ -29,8 +45,9 @@ def create(name: Annotated[str, typer.Argument(help="Who or what uses the token;
                "--label", "-l", help="Limit to entities with this topology label, KEY=VALUE (repeatable).")] = None,
            json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Create a token and print it once; only its hash is kept."""
-    from ..run import operator
+    from ..identity import operator
 
+    who = operator()
     labels = {}
     for item in label or []:
         key, sep, value = item.partition("=")
@@ -38,9 +55,11 @@ def create(name: Annotated[str, typer.Argument(help="Who or what uses the token;
             fail(f"--label {item!r}: write KEY=VALUE")
         labels[key] = value
     try:
-        token, info = _tokens(db).create(name, role, services=service or [], labels=labels, by=operator())
+        token, info = _tokens(db).create(name, role, services=service or [], labels=labels, by=who)
     except TokenError as exc:
         fail(str(exc))
+    _record(db, "token.created", name, who, f"token {name!r} ({role}) created by {who}", role=role,
+            services=info["services"], labels=info["labels"])
     if json_out:
         print(json.dumps({"token": token, **info}))
         return
@@ -69,7 +88,11 @@ def list_tokens(all_: Annotated[bool, typer.Option("--all", help="Include revoke
 
 @tokens_app.command("revoke")
 def revoke(name: Annotated[str, typer.Argument(help="The token's name.")], db: DbOpt = None) -> None:
-    """Revoke a token: its next request gets 401."""
+    """Revoke a token: its next request gets 401. Recorded in the audit log with the OS user and host."""
+    from ..identity import operator
+
     if not _tokens(db).revoke(name):
         fail(f"no live token named {name!r} (rtem tokens list)", 1)
+    who = operator()
+    _record(db, "token.revoked", name, who, f"token {name!r} revoked by {who}")
     out.print(f"token {name!r} revoked")

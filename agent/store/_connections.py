@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..files import DIR_MODE, private_file
 from ._repository import ReadOnlyStoreError
 
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -36,8 +37,9 @@ class SqliteConnections:
         self._guard = threading.Lock()  # guards the list of connections, never held while one is used
         self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._closed = False
-        if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not readonly:  # token hashes and the audit log live here: 0600 (SQLite gives -wal and -shm the same)
+            self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            private_file(self.path)
 
     def connection(self) -> sqlite3.Connection:
         """The calling thread's connection, opened on first use."""

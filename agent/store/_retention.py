@@ -1,0 +1,200 @@
+"""Retention: what `rtem purge` (and `rtem run`, daily) deletes, by age, and the record it leaves.
+
+Three things grow without end, and each is purged on its own terms (docs/retention.md):
+
+- stored events: those of closed incidents, once the incident has been quiet for `retain_events_days`
+  (all of its events together, so a report is never half rebuilt), and events of no incident received
+  more than `retain_events_days` ago. Incident rows stay: they are small and say what happened.
+- graph checkpoints (checkpoints.db) of incidents closed more than `retain_checkpoints_days` ago: a
+  closed incident's thread is never resumed.
+- audit records written more than `retain_audit_days` ago, through `AuditLog.purge`, which keeps the hash
+  of the last one deleted as the anchor `rtem audit verify` walks on from, and appends the purge's own
+  `retention.purged` record (with every count below) in the same transaction.
+
+Store rows are deleted in batches of `BATCH` rows, each its own short write transaction on the store's
+connections, so the running service's batches wait at most one batch for the write lock. The DLQ and AUDIT
+streams expire on their own (their `max_age`, see bus/_streams.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..files import private_file
+from ._repository import CLOSED_STATUSES
+
+if TYPE_CHECKING:
+    from ..audit import AuditLog
+    from ._sqlite import SqliteIncidentStore
+
+__all__ = ["BATCH", "PurgeReport", "RetentionPolicy", "purge"]
+
+BATCH = 5000
+Progress = Callable[[str, int], None]
+"""Called with (what, rows so far) as a purge goes: "events", "unattached events", "checkpoints"."""
+
+_CLOSED = "(" + ", ".join(f"'{s}'" for s in CLOSED_STATUSES) + ")"
+# When a closed incident last changed, wall time: its last diagnosis save (the close), else its newest
+# event's arrival. Both are ISO 8601 in UTC, so they compare as text with the cutoff.
+_QUIET_SINCE = ("COALESCE(i.diagnosed_at, (SELECT MAX(e.received_at) FROM events e WHERE e.incident_id = i.id), "
+                "i.updated_at)")
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long each kind of data is kept, in days."""
+
+    events_days: float = 30.0
+    checkpoints_days: float = 7.0
+    audit_days: float = 400.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RetentionPolicy:
+        """From `agent.config.Settings` (its `retain_*_days`)."""
+        return cls(events_days=settings.retain_events_days, checkpoints_days=settings.retain_checkpoints_days,
+                   audit_days=settings.retain_audit_days)
+
+
+@dataclass
+class PurgeReport:
+    """What a purge deleted (or, with `dry_run`, would delete)."""
+
+    dry_run: bool
+    now: str
+    cutoffs: dict[str, str]                    # kind → ISO time before which it goes
+    incidents: int = 0                         # closed incidents whose events went
+    events: int = 0                            # their events
+    unattached_events: int = 0                 # events of no incident
+    checkpoint_threads: int = 0                # closed incidents whose checkpoints went
+    checkpoints: int = 0                       # checkpoint and pending-write rows
+    audit_records: int = 0
+    audit_anchor: dict[str, Any] = field(default_factory=dict)  # {seq, hash} verify walks on from
+    audit_seq: int | None = None               # the retention.purged record
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def counts(self) -> dict[str, int]:
+        return {"incidents": self.incidents, "events": self.events, "unattached_events": self.unattached_events,
+                "checkpoint_threads": self.checkpoint_threads, "checkpoints": self.checkpoints,
+                "audit_records": self.audit_records}
+
+
+def purge(store: SqliteIncidentStore, audit: AuditLog, policy: RetentionPolicy, *,
+          checkpoints: Path | None = None, now: datetime | None = None, dry_run: bool = False,
+          actor: str = "rtem", progress: Progress | None = None) -> PurgeReport:
+    """Delete what `policy` no longer keeps from the store, `checkpoints` (checkpoints.db; None: the file
+    beside the store) and the audit log, then record it as `retention.purged` (also when nothing went: the
+    record says a purge ran). With `dry_run`, count only and record nothing. `actor` names who purged
+    (`rtem run`, or the user@host of `rtem purge`). Blocking: the service runs it in a thread."""
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    cutoff = {"events": now - timedelta(days=policy.events_days),
+              "checkpoints": now - timedelta(days=policy.checkpoints_days),
+              "audit": now - timedelta(days=policy.audit_days)}
+    report = PurgeReport(dry_run=dry_run, now=now.isoformat(), cutoffs={k: v.isoformat() for k, v in cutoff.items()})
+    tick = progress or (lambda _what, _n: None)
+
+    incidents = _quiet_incidents(store, cutoff["events"])
+    report.incidents = len(incidents)
+    report.events = _delete_events(store, incidents, dry_run, lambda n: tick("events", n))
+    report.unattached_events = _delete_batches(
+        store, "events", "incident_id IS NULL AND received_at < ?", [cutoff["events"].isoformat()], dry_run,
+        lambda n: tick("unattached events", n))
+
+    checkpoints = checkpoints or store.path.with_name("checkpoints.db")
+    threads = _quiet_incidents(store, cutoff["checkpoints"])
+    report.checkpoint_threads, report.checkpoints = _delete_checkpoints(checkpoints, threads, dry_run,
+                                                                         lambda n: tick("checkpoints", n))
+
+    if dry_run:
+        report.audit_records, through = audit.purgeable(cutoff["audit"])
+        report.audit_anchor = {"seq": through}  # where the anchor would move
+        return report
+    counts = report.counts()
+    del counts["audit_records"]
+    purged, record = audit.purge(
+        cutoff["audit"], at=now, inputs={"policy": asdict(policy), "cutoffs": report.cutoffs, "by": actor},
+        decision=counts,
+        reasons=[f"retention: {report.events} events of {report.incidents} closed incidents and "
+                 f"{report.unattached_events} events of none, checkpoints of {report.checkpoint_threads} closed "
+                 f"incidents, and the audit records written before {cutoff['audit'].date()} purged by {actor}"])
+    report.audit_records = purged
+    report.audit_anchor = record.decision["audit"]["anchor"]
+    report.audit_seq = record.seq
+    return report
+
+
+def _quiet_incidents(store: SqliteIncidentStore, before: datetime) -> list[str]:
+    """Closed incidents whose last change was before `before` (merged ones too: their events moved on)."""
+    rows = store.connections.connection().execute(
+        f"SELECT i.id FROM incidents i WHERE i.status IN {_CLOSED} AND {_QUIET_SINCE} < ? ORDER BY i.id",
+        [before.isoformat()]).fetchall()
+    return [row[0] for row in rows]
+
+
+def _delete_events(store: SqliteIncidentStore, incidents: list[str], dry_run: bool,
+                   progress: Callable[[int], None]) -> int:
+    total = 0
+    for incident_id in incidents:
+        total += _delete_batches(store, "events", "incident_id = ?", [incident_id], dry_run,
+                                 lambda n, done=total: progress(done + n))
+    return total
+
+
+def _delete_batches(store: SqliteIncidentStore, table: str, where: str, params: list[Any], dry_run: bool,
+                    progress: Callable[[int], None]) -> int:
+    """Delete the rows of `table` matching `where`, BATCH at a time, each batch one write transaction."""
+    conn = store.connections.connection()
+    if dry_run:
+        return conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params).fetchone()[0]
+    total = 0
+    while True:
+        with store.connections.write() as conn:
+            deleted = conn.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} "
+                                   f"LIMIT {BATCH})", params).rowcount
+        total += deleted
+        if deleted:
+            progress(total)
+        if deleted < BATCH:
+            return total
+
+
+def _delete_checkpoints(path: Path, threads: list[str], dry_run: bool,
+                        progress: Callable[[int], None]) -> tuple[int, int]:
+    """(threads that had checkpoints, rows deleted) in LangGraph's `checkpoints` and `writes` tables."""
+    if not threads or not path.is_file():
+        return 0, 0
+    conn = sqlite3.connect(private_file(path), timeout=30.0, isolation_level=None)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables &= {"checkpoints", "writes"}
+        if not tables:
+            return 0, 0
+        had, rows = 0, 0
+        for start in range(0, len(threads), 500):
+            chunk = threads[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            if "checkpoints" in tables:
+                had += conn.execute(f"SELECT COUNT(DISTINCT thread_id) FROM checkpoints WHERE thread_id IN ({marks})",
+                                    chunk).fetchone()[0]
+            for table in sorted(tables):
+                if dry_run:
+                    rows += conn.execute(f"SELECT COUNT(*) FROM {table} WHERE thread_id IN ({marks})",
+                                         chunk).fetchone()[0]
+                    continue
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    rows += conn.execute(f"DELETE FROM {table} WHERE thread_id IN ({marks})", chunk).rowcount
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            progress(rows)
+        return had, rows
+    finally:
+        conn.close()
