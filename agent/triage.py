@@ -2,6 +2,10 @@
 
 `Triage.handle` is the bus handler. It is plain synchronous work over a batch; the one transaction
 at its end is what makes an ack safe.
+
+A resolved alert (`rtem.alert` with `attributes.status: resolved`) is recovery evidence, never a signal:
+it is recorded with the incident that the firing alert of the same fingerprint opened or joined, however
+long ago that was, and the graph and the service loop read it from there (docs/lifecycle.md).
 """
 
 from __future__ import annotations
@@ -72,12 +76,13 @@ class Triage:
         result = BatchResult()
         rows = []
         late: dict[str, list[str]] = {}
+        firing: dict[tuple[str, str], str] = {}  # (subject, fingerprint) -> incident, for alerts of this batch
         for event in events:
             if event.id in known:
                 self.stats.duplicates += 1
                 continue
             known.add(event.id)
-            incident_id, rules = self._place(event, result, late)
+            incident_id, rules = self._place(event, result, late, firing)
             rows.append(event_row(event, incident_id, rules, received))
         # An incident no signal touched for two gaps of event time cannot take new signals (one gap
         # is the correlation limit, the other allows late events): stop scanning it on every event.
@@ -106,8 +111,15 @@ class Triage:
             self.after_commit(result)
         return result
 
-    def _place(self, event: Event, result: BatchResult, late: dict[str, list[str]]) -> tuple[str | None, list[str]]:
-        signals = self.detector.observe(event)
+    def _place(self, event: Event, result: BatchResult, late: dict[str, list[str]],
+               firing: dict[tuple[str, str], str]) -> tuple[str | None, list[str]]:
+        signals = self.detector.observe(event)  # always observed: its time is event time all the same
+        fingerprint = alert_fingerprint(event)
+        resolution = resolves_alert(event)
+        if resolution:
+            # Whatever rule matched it, a resolution is not a sign of a disruption. Absences that its
+            # time revealed (about other events) still stand.
+            signals = [s for s in signals if event.id not in s.event_ids]
         incident_id = None
         for signal in signals:
             assignment = self.correlator.assign(signal)
@@ -124,6 +136,12 @@ class Triage:
             if earlier:
                 late.setdefault(incident_id, []).extend(earlier)
         self.stats.signals += len(signals)
+        key = (event.subject, fingerprint or "")
+        if resolution and fingerprint is not None:
+            incident_id = (firing.get(key) or self.store.alert_incident(event.subject, fingerprint, event.ts)
+                           or incident_id)
+        elif fingerprint is not None and incident_id is not None and any(event.id in s.event_ids for s in signals):
+            firing[key] = incident_id
         if incident_id is None:
             incident_id = self.correlator.find(event.subject, event.ts)
         return incident_id, [s.rule for s in signals]
@@ -145,3 +163,14 @@ class Triage:
             if absorbed == incident_id:
                 incident_id = keeper
         return incident_id
+
+
+def alert_fingerprint(event: Event) -> str | None:
+    """The fingerprint of an `rtem.alert` (Alertmanager's, or any producer's), None for other events."""
+    fingerprint = event.attributes.get("fingerprint") if event.type == "rtem.alert" else None
+    return str(fingerprint) if fingerprint not in (None, "") else None
+
+
+def resolves_alert(event: Event) -> bool:
+    """Whether the event says an alert stopped firing (Alertmanager's `status: resolved`)."""
+    return event.type == "rtem.alert" and event.attributes.get("status") == "resolved"

@@ -14,7 +14,7 @@ from rules import Proposal
 
 from .. import incident as core
 from .. import metrics
-from ..incident import PAGE, ActionStatus
+from ..incident import PAGE, ActionStatus, PlannedAction
 from ..ledger import step_key
 from ..models import ReasonerRun, RootCause
 from ._deps import Deps, IncidentState, plan_of, records
@@ -71,6 +71,9 @@ def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     # (agent/action_history.py); the record keeps what `rtem rules replay` needs to judge it again.
     ruleset = deps.rules.current()  # one rule set judges the whole plan
     history = ruleset.guard.history
+    # An incident whose alerts resolved already is judged for the record, and nothing of it will run:
+    # its actions are not counted against the guardrails' limits.
+    recovered = None if deps.dry_run else _alert_recovery(deps, incident["id"])
     judged = []
     for raw in state.get("proposals", []):
         proposal = Proposal.model_validate(raw)
@@ -78,7 +81,7 @@ def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
         verdict = ruleset.guard.evaluate(
             proposal, topology=deps.topology, incident_entities=incident["entities"],
             incident_id=incident["id"], incident_severity=incident["severity"], at=at)
-        if verdict.outcome == "allow" and history is not None:
+        if verdict.outcome == "allow" and history is not None and recovered is None:
             history.record(proposal.type, proposal.target, at, incident_id=incident["id"],
                            key=f"{incident['id']}#{len(judged)}@{incident['updated_at']}")
         metrics.VERDICTS.labels(outcome=verdict.outcome).inc()
@@ -92,7 +95,10 @@ def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
                                               "contract": verdict.contract or ""})
         judged.append((proposal, verdict))
     compensations = {name: contract.compensation.model_dump() for name, contract in ruleset.guard.contracts.items()}
-    return {"actions": records(core.plan(judged, compensations, dry_run=deps.dry_run))}
+    actions = core.plan(judged, compensations, dry_run=deps.dry_run)
+    if recovered is not None:
+        actions = _stand_down(deps, incident["id"], actions, recovered, "guard")
+    return {"actions": records(actions)}
 
 
 def approve(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
@@ -105,6 +111,9 @@ def approve(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     deps = runtime.context
     incident_id = state["incident"]["id"]
     actions = plan_of(state)
+    recovered = _alert_recovery(deps, incident_id)
+    if recovered is not None:  # nobody needs to decide any more
+        return {"actions": records(_stand_down(deps, incident_id, actions, recovered, "approve"))}
     now = deps.clock()
     pending = core.waiting(actions)
     if any(a.requested_at is None for a in pending):
@@ -141,6 +150,9 @@ async def execute(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState
     action = core.next_runnable(actions)
     if action is None:
         return {}
+    recovered = _alert_recovery(deps, incident["id"])
+    if recovered is not None:  # checked before every step: a resolution may arrive between two of them
+        return {"actions": records(_stand_down(deps, incident["id"], actions, recovered, "execute"))}
     if deps.ledger.paused():
         interrupt({"waiting": "resume", "incident_id": incident["id"], "reason": "execution is paused (rtem pause)"})
     if action.status == ActionStatus.APPROVED:
@@ -189,7 +201,7 @@ def verify(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     recovery = core.judge_recovery(
         plan_of(state), acted_at=acted_at, watermark=deps.watermark(), opened_ts=parse_time(incident["opened_at"]).timestamp(),
         last_signal=deps.store.last_signal(incident["id"], after_ts=acted_at) if acted_at is not None else None,
-        policy=deps.policy)
+        policy=deps.policy, alerts=_alert_recovery(deps, incident["id"]))
     update: IncidentState = {"status": recovery.status.value}
     if recovery.resolution:
         update["resolution"] = recovery.resolution
@@ -227,3 +239,27 @@ def close(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
                   "actions": [[a["type"], a["target"], a["verdict"], a.get("status")] for a in actions]},
         reasons=reasons, versions=versions)
     return {"status": status}
+
+
+def _alert_recovery(deps: Deps, incident_id: str) -> core.AlertRecovery | None:
+    """What the incident's alerts say: every one resolved and no signal came after, or None
+    (docs/lifecycle.md). The resolutions were recorded with the incident by triage."""
+    alerts = core.alert_states(deps.store.alert_events(incident_id))
+    if not alerts:
+        return None
+    row = deps.store.incident(incident_id)
+    return core.alerts_recovered(alerts, row["last_ts"] if row else None)
+
+
+def _stand_down(deps: Deps, incident_id: str, actions: list[PlannedAction], recovered: core.AlertRecovery,
+                node: str) -> list[PlannedAction]:
+    """Skip what has not run, with the reason, and record it once: the alerts say it is over."""
+    when = "after acting" if core.remedies_done(actions) else "before rtem acted"
+    reason = f"the alert resolved {when} ({', '.join(recovered.alerts)}): nothing more is needed"
+    actions, skipped = core.stand_down(actions, reason)
+    if skipped:
+        deps.audit.append("actions.stood_down", incident_id=incident_id, node=node,
+                          inputs={"alerts": list(recovered.alerts), "resolved_at": recovered.at},
+                          decision={"skipped": [a.label for a in skipped]}, reasons=[reason],
+                          evidence=list(recovered.evidence), versions=deps.versions())
+    return actions

@@ -5,14 +5,16 @@ these functions with the clock passed in, and write what they return.
 """
 
 from ._decide import DecisionRefused, Refusal, check_decision, select
-from ._model import (FINAL, PAGE, ActionStatus, Approval, Incident, IncidentStatus, PlannedAction, Policy, Recovery,
-                     StepOutcome)
-from ._plan import (apply_decisions, fail_plan, judge_recovery, mark_compensated, next_runnable, plan, record_outcome,
-                    refuse, remedies_done, request_approval, stale_approval, waiting)
+from ._model import (FINAL, PAGE, ActionStatus, AlertRecovery, AlertState, Approval, Incident, IncidentStatus,
+                     PlannedAction, Policy, Recovery, StepOutcome)
+from ._plan import (age_out, alert_states, alerts_recovered, apply_decisions, fail_plan, judge_recovery,
+                    mark_compensated, next_runnable, plan, record_outcome, refuse, remedies_done, request_approval,
+                    stale_approval, stand_down, waiting)
 
 __all__ = [
-    "FINAL", "PAGE", "ActionStatus", "Approval", "DecisionRefused", "Incident", "IncidentStatus", "PlannedAction",
-    "Policy", "Recovery", "Refusal", "StepOutcome", "apply_decisions", "check_decision", "fail_plan",
-    "judge_recovery", "mark_compensated", "next_runnable", "plan", "record_outcome", "refuse", "remedies_done",
-    "request_approval", "select", "stale_approval", "waiting",
+    "FINAL", "PAGE", "ActionStatus", "AlertRecovery", "AlertState", "Approval", "DecisionRefused", "Incident",
+    "IncidentStatus", "PlannedAction", "Policy", "Recovery", "Refusal", "StepOutcome", "age_out", "alert_states",
+    "alerts_recovered", "apply_decisions", "check_decision", "fail_plan", "judge_recovery", "mark_compensated",
+    "next_runnable", "plan", "record_outcome", "refuse", "remedies_done", "request_approval", "select",
+    "stale_approval", "stand_down", "waiting",
 ]

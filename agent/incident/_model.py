@@ -160,3 +160,29 @@ class Recovery:
     resolution: str | None = None
     recovered_at: float | None = None
     mttr_s: float | None = None
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """One alert (by fingerprint) in an incident, from its `rtem.alert` events: when it last fired (an
+    event that raised a signal) and when it last resolved, in event time."""
+
+    fingerprint: str
+    name: str = ""
+    fired_ts: float | None = None
+    resolved_ts: float | None = None
+    resolved_by: str | None = None  # the id of the event that said it resolved
+
+    @property
+    def resolved(self) -> bool:
+        """Resolved since it last fired (an alert that fires again after resolving is firing)."""
+        return self.resolved_ts is not None and (self.fired_ts is None or self.resolved_ts >= self.fired_ts)
+
+
+@dataclass(frozen=True)
+class AlertRecovery:
+    """What an incident's alerts say: all of them resolved, the last at `at`, and no signal came after."""
+
+    at: float
+    alerts: tuple[str, ...]  # their names (or fingerprints)
+    evidence: tuple[str, ...]  # the ids of the events that said they resolved

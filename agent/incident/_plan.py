@@ -9,17 +9,24 @@ Paging comes first and never waits: `next_runnable` returns a page before anythi
 action that needs no approval runs at once unless it depends on one that waits (an earlier action on
 the same target that needs approval: the reasoner lists remedies in the order they make sense).
 Nothing is "skipped" without a reason in `status_reason`.
+
+An incident's alerts can settle it: when every alert that fired in it has resolved and no signal came
+after (`alerts_recovered`), what has not run yet stands down (`stand_down`) and verification counts it
+as recovery (`judge_recovery`). An incident nothing was done on ages out when idle (`age_out`).
+The lifecycle as a whole is described in docs/lifecycle.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
+from bus import format_time
 from rules import Proposal, Verdict
 
-from ._model import PAGE, ActionStatus, Approval, IncidentStatus, PlannedAction, Policy, Recovery, StepOutcome
+from ._model import (PAGE, ActionStatus, AlertRecovery, AlertState, Approval, IncidentStatus, PlannedAction, Policy,
+                     Recovery, StepOutcome)
 
 S = ActionStatus
 _OPEN = (S.PROPOSED, S.APPROVED, S.AWAITING_APPROVAL)  # not run, not refused: still part of the plan
@@ -147,9 +154,13 @@ def remedies_done(actions: Sequence[PlannedAction]) -> list[PlannedAction]:
 
 
 def judge_recovery(actions: Sequence[PlannedAction], *, acted_at: float | None, last_signal: float | None,
-                   watermark: float, opened_ts: float, policy: Policy) -> Recovery:
-    """Verification in event time: resolved after `verify_quiet_s` without a new signal since acting,
-    escalated when nothing remedial ran or the deadline passed, otherwise still verifying."""
+                   watermark: float, opened_ts: float, policy: Policy,
+                   alerts: AlertRecovery | None = None) -> Recovery:
+    """Verification in event time: resolved when the incident's alerts all resolved (`alerts`, from
+    `alerts_recovered`) whether or not anything ran, or after `verify_quiet_s` without a new signal since
+    acting; escalated when nothing remedial ran or the deadline passed; otherwise still verifying."""
+    if alerts is not None:
+        return _recovered_by_alerts(alerts, acted_at if remedies_done(actions) else None, opened_ts)
     if not remedies_done(actions) or acted_at is None:
         why = sorted({a.status.value for a in actions if a.type != PAGE})
         return Recovery(IncidentStatus.ESCALATED,
@@ -162,6 +173,87 @@ def judge_recovery(actions: Sequence[PlannedAction], *, acted_at: float | None, 
         return Recovery(IncidentStatus.ESCALATED, f"still showing signals {policy.verify_deadline_s:.0f}s of event "
                         "time after acting; a person must look")
     return Recovery(IncidentStatus.VERIFYING)
+
+
+def alert_states(events: Iterable[Mapping[str, Any]]) -> list[AlertState]:
+    """An incident's alerts from its `rtem.alert` events (rows with id, ts, fingerprint, alertname,
+    status and signal, as `IncidentRepository.alert_events` gives them). Only alerts that fired in the
+    incident count: a firing event that raised a signal; a resolution of an alert that never fired here
+    is context, not evidence."""
+    fired: dict[str, float] = {}
+    resolved: dict[str, tuple[float, str]] = {}
+    names: dict[str, str] = {}
+    for event in events:
+        fingerprint = str(event["fingerprint"])
+        names.setdefault(fingerprint, str(event.get("alertname") or fingerprint))
+        if event["status"] == "resolved":
+            if fingerprint not in resolved or event["ts"] >= resolved[fingerprint][0]:
+                resolved[fingerprint] = (event["ts"], event["id"])
+        elif event["signal"]:
+            fired[fingerprint] = max(event["ts"], fired.get(fingerprint, event["ts"]))
+    return [AlertState(fingerprint=f, name=names[f], fired_ts=ts, resolved_ts=resolved.get(f, (None, None))[0],
+                       resolved_by=resolved.get(f, (None, None))[1]) for f, ts in sorted(fired.items())]
+
+
+def alerts_recovered(alerts: Sequence[AlertState], last_signal: float | None) -> AlertRecovery | None:
+    """Whether an incident's alerts say it is over: it has alerts, every one resolved since it last
+    fired, and its latest signal (`last_signal`, event time) is not after the last resolution. None when
+    not: an incident with no alert, or with one still firing, is judged by time as before."""
+    if not alerts or not all(a.resolved for a in alerts):
+        return None
+    at = max(a.resolved_ts for a in alerts)
+    if last_signal is not None and last_signal > at:
+        return None
+    return AlertRecovery(at=at, alerts=tuple(a.name for a in alerts),
+                         evidence=tuple(a.resolved_by for a in alerts if a.resolved_by))
+
+
+def stand_down(actions: Sequence[PlannedAction], reason: str) -> tuple[list[PlannedAction], list[PlannedAction]]:
+    """Nothing more is needed (the incident's alerts resolved): every action not run yet is skipped with
+    the reason. The new plan, and the actions that changed."""
+    out = [a.model_copy(update={"status": S.SKIPPED, "status_reason": reason}) if a.status in _OPEN else a
+           for a in actions]
+    return out, [a for a, before in zip(out, actions) if a.status != before.status]
+
+
+def age_out(status: IncidentStatus, *, last_signal: float, watermark: float, still_s: float, idle_close_s: float,
+            alerts: Sequence[AlertState] = ()) -> Recovery | None:
+    """The idle policy: an incident nothing was done on (still `open`: never diagnosed, nothing ran) that
+    no signal touched for `idle_close_s` is closed. None while it is not idle that long, or not open.
+
+    Idle time is the event time since its last signal (`watermark - last_signal`) plus `still_s`, the
+    wall-clock seconds event time has stood still (no event moved the watermark): while events flow,
+    `still_s` stays near 0 and this is event time; when the bus falls silent, the wall clock is the only
+    clock left, and a lone alert must not stay open forever. It closes `resolved` when its signals just
+    stopped, `escalated` (a person must look) when an alert in it never resolved."""
+    if status != IncidentStatus.OPEN:
+        return None
+    idle = max(0.0, watermark - last_signal) + max(0.0, still_s)
+    if idle < idle_close_s:
+        return None
+    firing = [a.name for a in alerts if not a.resolved]
+    if firing:
+        return Recovery(IncidentStatus.ESCALATED,
+                        f"aged out: no new signal for {idle:.0f}s and nothing was done, but {', '.join(firing)} "
+                        "never resolved; a person must look")
+    return Recovery(IncidentStatus.RESOLVED,
+                    f"aged out: no new signal for {idle:.0f}s (RTEM_IDLE_CLOSE_S={idle_close_s:g}) and nothing "
+                    "was done; it ended on its own", recovered_at=last_signal)
+
+
+def _recovered_by_alerts(alerts: AlertRecovery, acted_at: float | None, opened_ts: float) -> Recovery:
+    what = f"{', '.join(alerts.alerts)} resolved at {_iso(alerts.at)} and no signal came after"
+    if acted_at is None:
+        why = f"the alert resolved before rtem acted: {what}"
+    elif alerts.at >= acted_at:
+        why = f"the alert resolved after acting: {what}"
+    else:
+        why = f"the alert resolved before rtem acted ({what}); the action ran before rtem learned of it"
+    return Recovery(IncidentStatus.RESOLVED, why, recovered_at=alerts.at, mttr_s=round(alerts.at - opened_ts, 3))
+
+
+def _iso(ts: float) -> str:
+    return format_time(datetime.fromtimestamp(ts, timezone.utc))
 
 
 def _skip_dependents(actions: list[PlannedAction], gone: PlannedAction) -> tuple[list[PlannedAction], list[PlannedAction]]:

@@ -100,6 +100,16 @@ class IncidentRepository(Protocol):
 
     def last_signal(self, incident_id: str, after_ts: float) -> float | None: ...
 
+    def alert_incident(self, subject: str, fingerprint: str, at_ts: float) -> str | None:
+        """The incident of the latest firing `rtem.alert` with this fingerprint about `subject` (one that
+        raised a signal) dated at or before `at_ts`: where a resolution of that alert belongs."""
+        ...
+
+    def alert_events(self, incident_id: str) -> list[dict[str, Any]]:
+        """The incident's `rtem.alert` events that carry a fingerprint, by event time: id, ts, fingerprint,
+        alertname, status ('firing' or 'resolved') and signal (whether it raised one)."""
+        ...
+
     def latest_state(self, entity: str, at_ts: float, max_age_s: float = 900.0,
                      limit: int = 500) -> dict[str, Any]: ...
 

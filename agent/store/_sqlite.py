@@ -224,6 +224,31 @@ class SqliteIncidentStore:
             [incident_id, after_ts]).fetchone()
         return row[0] if row else None
 
+    def alert_incident(self, subject: str, fingerprint: str, at_ts: float) -> str | None:
+        """The incident of the latest firing `rtem.alert` with this fingerprint about `subject` (one that
+        raised a signal) dated at or before `at_ts`: where a resolution of that alert belongs. Through the
+        (subject, ts) index: an alert's fingerprint stands for its labels, its subject among them."""
+        row = self.connections.connection().execute(
+            """SELECT incident_id FROM events
+               WHERE subject=? AND ts<=? AND type='rtem.alert' AND signals IS NOT NULL AND incident_id IS NOT NULL
+                 AND json_extract(attributes, '$.fingerprint')=?
+                 AND COALESCE(json_extract(attributes, '$.status'), 'firing') != 'resolved'
+               ORDER BY ts DESC, id DESC LIMIT 1""", [subject, at_ts, fingerprint]).fetchone()
+        return row[0] if row else None
+
+    def alert_events(self, incident_id: str) -> list[dict[str, Any]]:
+        """The incident's `rtem.alert` events that carry a fingerprint, by event time: id, ts, fingerprint,
+        alertname, status ('firing' unless it says 'resolved') and signal (whether it raised one)."""
+        return self._query(
+            """SELECT id, ts, fingerprint, alertname, status, signal FROM (
+                 SELECT id, ts, json_extract(attributes, '$.fingerprint') AS fingerprint,
+                        json_extract(attributes, '$.alertname') AS alertname,
+                        CASE json_extract(attributes, '$.status') WHEN 'resolved' THEN 'resolved' ELSE 'firing' END
+                          AS status,
+                        signals IS NOT NULL AS signal
+                 FROM events WHERE incident_id=? AND type='rtem.alert')
+               WHERE fingerprint IS NOT NULL ORDER BY ts, id""", [incident_id])
+
     def latest_state(self, entity: str, at_ts: float, max_age_s: float = 900.0, limit: int = 500) -> dict[str, Any]:
         """What rtem last observed about `entity` as of event time `at_ts`: the latest value of each
         attribute reported in events about it (subject = entity) within `max_age_s` before `at_ts`.
