@@ -10,38 +10,44 @@ resume every open incident where it stood.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from bus import Bus, EmbeddedNats, RetryPolicy
+from bus import RTEM_USER
 from rules import Topology
 
 from . import metrics, telemetry
 from .config import Settings
 from .executors import CommandTransport, Executors, HttpTransport, NatsTransport
 from .graph import page_oncall
-from .incident import IncidentStatus
+from .incident import IncidentStatus, alert_states, alerts_recovered
 from .rules_reload import RulesReloader
 from .service import Components, build, publish_audit
+from .idle import IdleCloser, StillClock
+from .serve import purge_regularly, serve_http, start_embedded_server
+from .tokens import TokenStore
 
 log = logging.getLogger("rtem.run")
 
 FINAL = tuple(status.value for status in IncidentStatus if status.final)
 WAITING_STATUS = {"approval": "awaiting_approval", "resume": "paused"}
 FAILURE_RETRY = RetryPolicy(max_attempts=5, initial_interval_s=1.0, backoff=2.0, max_interval_s=30.0)
+STOP_GRACE_S = 10.0  # how long a stop waits for incident threads in a step (an executor call) to finish
+RETENTION_EVERY_S = 24 * 3600.0  # how often `rtem run` purges by the retention settings (docs/retention.md)
 
 
 class Service:
     def __init__(self, settings: Settings, topology: Topology, *, dry_run: bool = False,
                  on_change: Callable[[str, str], None] | None = None, poll_s: float = 0.25,
-                 http: bool | None = None, failure_retry: RetryPolicy = FAILURE_RETRY):
+                 http: bool | None = None, failure_retry: RetryPolicy = FAILURE_RETRY,
+                 retention_every_s: float = RETENTION_EVERY_S):
         """`http`: serve the API and console on settings.http_host/http_port; None: only when
         http_port was set explicitly (RTEM_HTTP_PORT, the settings file, or a keyword)."""
         self.settings = settings
@@ -50,6 +56,7 @@ class Service:
         self.on_change = on_change
         self.poll_s = poll_s
         self.failure_retry = failure_retry  # how often a failing incident thread is tried before `failed`
+        self.retention_every_s = retention_every_s  # a purge a minute after start (or sooner), then this often
         self.server: EmbeddedNats | None = None
         self.bus: Bus | None = None
         self.parts: Components | None = None
@@ -58,6 +65,7 @@ class Service:
         self._advancing: dict[str, asyncio.Task] = {}
         self._waiting: dict[str, dict[str, Any]] = {}
         self._checked: dict[str, float] = {}
+        self._looked: dict[str, int] = {}  # event_count at which an incident's alerts were last found firing
         self._failures: dict[str, int] = {}  # consecutive failures of an incident's thread
         self._retry_at: dict[str, float] = {}  # monotonic time before which it is not tried again
         self.pages: list[dict[str, Any]] = []
@@ -74,18 +82,11 @@ class Service:
         telemetry.setup(self.settings.otel_exporter)
         data_dir = Path(self.settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
+        bus_settings = self.settings.bus_settings()
         if not self.settings.nats_url:
-            port_file = data_dir / "nats.port"
-            port = int(port_file.read_text()) if port_file.is_file() else None
-            self.server = EmbeddedNats(data_dir / "nats", port=port)
-            try:
-                self.server.start()
-            except Exception:
-                self.server = EmbeddedNats(data_dir / "nats")  # the old port is taken: take a new one
-                self.server.start()
-            port_file.write_text(str(self.server.port))
-            (data_dir / "nats.url").write_text(self.server.url)
-        self.bus = await Bus.connect(self.url, self.settings.bus_settings(), name="rtem-run")
+            self.server = start_embedded_server(data_dir)
+            bus_settings = replace(bus_settings, auth=self.server.credentials(RTEM_USER))
+        self.bus = await Bus.connect(self.url, bus_settings, name="rtem-run")
         await self.bus.ensure_streams()
         executors = Executors({"nats": NatsTransport(self.bus.nc), "http": HttpTransport(),
                                "command": CommandTransport(self.settings.command_allowlist)},
@@ -98,22 +99,32 @@ class Service:
         await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", cb=self._page)
         self._tasks = [asyncio.create_task(self._consume(), name="consume"),
                        asyncio.create_task(self._drive(), name="drive"),
-                       asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules")]
+                       asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules"),
+                       asyncio.create_task(purge_regularly(self.parts, self.settings, self.stop_event,
+                                                           self.retention_every_s), name="retention")]
         if self.http:
             await self._serve_http()
         log.info("rtem run: consuming %s, store %s", self.url, self.parts.store.path)
         return self
 
     async def stop(self) -> None:
+        """Stop in order, so nothing is lost and nothing fails on the way out: consuming (after the
+        batch in hand) and HTTP; the incidents' threads (given `STOP_GRACE_S`, then cancelled: they
+        resume from their checkpoints); the audit copy on the bus; the components; the bus; and the
+        embedded NATS server last."""
         self.stop_event.set()
         if self._http_server is not None:
             self._http_server.should_exit = True
         try:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            await asyncio.gather(*self._advancing.values(), return_exceptions=True)
+            await self._finish_threads()
             if self.parts is not None:
                 try:
-                    await publish_audit(self.bus, self.parts.audit)
+                    if self.bus is not None:
+                        await publish_audit(self.bus, self.parts.audit)
+                except Exception as exc:  # SQLite keeps every record; the next start copies what is missing
+                    log.error("copying the audit log to the AUDIT stream failed on the way out: %s: %s",
+                              type(exc).__name__, exc)
                 finally:
                     await self.parts.close()
             if self.bus is not None:
@@ -123,6 +134,18 @@ class Service:
         finally:
             if self.server is not None:
                 self.server.stop()
+
+    async def _finish_threads(self) -> None:
+        running = list(self._advancing.values())
+        if not running:
+            return
+        _, unfinished = await asyncio.wait(running, timeout=STOP_GRACE_S)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        if unfinished:
+            log.warning("stopped %d incident thread(s) mid-step; they resume from their checkpoints on the "
+                        "next start", len(unfinished))
 
     async def run_forever(self) -> None:
         await self.stop_event.wait()
@@ -143,12 +166,19 @@ class Service:
         metrics.INCIDENTS.inc(len(result.opened))
 
     async def _drive(self) -> None:
+        still = StillClock()
+        idle = IdleCloser(self.parts, self.settings.idle_close_s, self._closed_idle)
         while not self.stop_event.is_set():
             try:
                 await self.tick()
+                silent = False  # the bus is up and nothing waits on it: no event means no event
                 if self.bus and not self.bus.nc.is_closed:
                     await publish_audit(self.bus, self.parts.audit)
-                    metrics.CONSUMER_LAG.set(await self._lag())
+                    lag = await self._lag()
+                    metrics.CONSUMER_LAG.set(lag)
+                    silent = self.bus.nc.is_connected and lag == 0
+                await idle.sweep(still.seconds(self.parts.triage.detector.watermark, silent=silent),
+                                 busy=set(self._advancing))
                 for target, breaker in self.parts.graph.deps.executors.breakers.items():
                     metrics.BREAKER.labels(target=target).set(1 if breaker.state == "open" else 0)
             except Exception:
@@ -175,11 +205,11 @@ class Service:
         if time.monotonic() < self._retry_at.get(incident_id, 0.0):
             return False
         if status == "open":
-            return watermark - row["first_ts"] >= self.settings.diagnose_after_s
+            return watermark - row["first_ts"] >= self.settings.diagnose_after_s or self._alerts_resolved(row)
         if status == "paused":
-            return not self.parts.ledger.paused()
+            return not self.parts.ledger.paused() or self._alerts_resolved(row)
         if status == "verifying":
-            return watermark > self._checked.get(incident_id, float("-inf"))
+            return watermark > self._checked.get(incident_id, float("-inf")) or self._alerts_resolved(row)
         if status == "awaiting_approval":
             waiting = self._waiting.get(incident_id)
             if waiting is None:
@@ -187,8 +217,26 @@ class Service:
             decided = self.parts.ledger.decisions(incident_id)
             asked = datetime.fromisoformat(waiting["asked_at"])
             expired = (datetime.now(timezone.utc) - asked).total_seconds() > self.settings.approval_ttl_s
-            return expired or any(index in decided for index in waiting["actions"])
+            return expired or any(index in decided for index in waiting["actions"]) or self._alerts_resolved(row)
         return True
+
+    def _alerts_resolved(self, row: dict[str, Any]) -> bool:
+        """Whether every alert of the incident resolved and no signal came after (docs/lifecycle.md): its
+        thread then closes it. Looked at again only once events arrived for it, so an incident that waits
+        costs no query per poll."""
+        incident_id = row["id"]
+        if self._looked.get(incident_id) == row["event_count"]:
+            return False
+        alerts = alert_states(self.parts.store.alert_events(incident_id))
+        if alerts and alerts_recovered(alerts, row["last_ts"]) is not None:
+            return True  # not noted: until its thread closes it, it stays ready
+        self._looked[incident_id] = row["event_count"]
+        return False
+
+    async def _closed_idle(self, incident_id: str, status: str) -> None:
+        self._looked.pop(incident_id, None)
+        self._changed(incident_id, status)
+        await self._write_reports(incident_id)
 
     async def _advance(self, incident_id: str, status: str) -> None:
         """Move one incident's thread on; a failure is retried with backoff, then the incident is
@@ -242,6 +290,7 @@ class Service:
         if new_status != status:
             self._changed(incident_id, new_status)
         if new_status in FINAL:
+            self._looked.pop(incident_id, None)
             self.parts.triage.correlator.release(incident_id)
             if values.get("mttr_s") is not None:
                 metrics.MTTR.observe(values["mttr_s"])
@@ -251,18 +300,11 @@ class Service:
     async def _write_reports(self, incident_id: str) -> None:
         """The rationale report of a closed incident, written beside the store (agent/report.py)."""
         from .report import write_reports
-        from .store import IncidentStore
 
         directory = Path(self.settings.reports_dir or Path(self.settings.data_dir) / "reports")
-
-        def write() -> dict[str, str]:
-            store = IncidentStore(self.parts.store.path, readonly=True)
-            try:
-                return write_reports(store, self.parts.audit, incident_id, directory)
-            finally:
-                store.close()
-        try:
-            written = await asyncio.to_thread(write)
+        try:  # on a worker thread, with its own connections to the store
+            written = await asyncio.to_thread(write_reports, self.parts.store, self.parts.audit, incident_id,
+                                              directory)
             log.info("incident %s: report %s", incident_id, written["html"])
         except Exception:  # a report is an explanation, not a control: its failure must not stop the service
             log.exception("incident %s: writing its report failed (rtem report %s rebuilds it)", incident_id,
@@ -270,48 +312,12 @@ class Service:
 
     async def _serve_http(self) -> None:
         """The HTTP API and console (agent/api), on this event loop beside the consumer."""
-        import uvicorn
-
-        from .api import ApiContext, create_app
-        from .chat import answer
-        from .tokens import TokenStore
-
         consumer = self._tasks[0]
-        chat = answer
-        client = getattr(self.parts.graph.deps.reasoner, "client", None)
-        if self.settings.llm != "none" and client is not None:  # chat through the reasoner's LLM client
-            from .llm import LlmChat
-
-            chat = LlmChat(self.settings, client=client).answer
         self._tokens = TokenStore(self.parts.store.path)
-        ctx = ApiContext(
-            db_path=self.parts.store.path, topology=self.topology, audit=self.parts.audit, ledger=self.parts.ledger,
-            tokens=self._tokens, publish=self.bus.publish_lines, chat=chat,
-            reloader=self.reloader, max_body_bytes=self.settings.http_max_body_bytes,
-            policy=self.parts.graph.deps.policy,
+        self._http_server, task, self.http_url = await serve_http(
+            self.settings, self.topology, self.parts, self.bus, self.reloader, self._tokens,
             ready=lambda: bool(self.bus and self.bus.nc.is_connected and not consumer.done()))
-        config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")
-        self._http_server = uvicorn.Server(config)
-        self._http_server.install_signal_handlers = lambda: None  # rtem run owns Ctrl-C
-        # Bind here, so a taken port is an OSError that names it, not uvicorn's exit.
-        family = socket.AF_INET6 if ":" in self.settings.http_host else socket.AF_INET
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
-        # without it every response waits ~40 ms for a delayed ACK.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.settings.http_host, self.settings.http_port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(f"cannot serve HTTP on {self.settings.http_host}:{self.settings.http_port}: "
-                          f"{exc.strerror} (set --http-port or RTEM_HTTP_PORT)") from None
-        task = asyncio.create_task(self._http_server.serve(sockets=[sock]), name="http")
-        while not self._http_server.started and not task.done():
-            await asyncio.sleep(0.02)
-        if task.done():
-            task.result()
         self._tasks.append(task)
-        self.http_url = f"http://{self.settings.http_host}:{sock.getsockname()[1]}"
         log.info("rtem run: HTTP API and console at %s", self.http_url)
 
     async def _lag(self) -> int:
@@ -336,10 +342,3 @@ class Service:
         self.pages.append(request)
         log.warning("page for %s: %s", request.get("target"), request.get("params", {}).get("summary", ""))
         await msg.respond(json.dumps({"ok": True, "result": {"paged": "log"}}).encode())
-
-
-def operator() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user database entry (a container): still name the decision
-        return "operator"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .action_history import SqliteActionHistory
 from .audit import AuditLog
 from .config import Settings
 from .executors import Executors
+from .files import private_data_dir
 from .graph import Deps, IncidentGraph
 from .incident import Policy
 from .ledger import Ledger
@@ -62,7 +64,7 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
     steps (none: `analyze`, whose plans stay proposals).
     """
     data_dir = Path(data_dir or settings.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(data_dir)  # 0700, and rtem.db and checkpoints.db 0600 before SQLite creates them
     store = IncidentStore(data_dir / "rtem.db", synchronous=settings.sqlite_synchronous)
     audit = AuditLog(data_dir / "rtem.db")
     ledger = Ledger(data_dir / "rtem.db")
@@ -122,10 +124,24 @@ def record_correlation(audit: AuditLog, store: IncidentStore, result: BatchResul
                      versions=versions)
 
 
-async def publish_audit(bus: Bus, audit: AuditLog) -> int:
-    """Copy audit records the AUDIT stream does not have yet; SQLite stays the source of truth."""
+async def publish_audit(bus: Bus, audit: AuditLog, page: int = 500) -> int:
+    """Copy audit records the AUDIT stream does not have yet, a page at a time; SQLite stays the source of
+    truth. A stream ahead of the log means records were deleted here: said once, for `rtem audit verify`."""
     last = await bus.last_audit_seq()
-    records = audit.records(since_seq=last)
-    for record in records:
-        await bus.publish_audit(record.model_dump(mode="json"))
-    return len(records)
+    published = 0
+    while records := audit.records(since_seq=last, limit=page):
+        for record in records:
+            await bus.publish_audit(record.model_dump(mode="json"))
+        published += len(records)
+        last = records[-1].seq
+    if not published:
+        head = audit.last()
+        if head is not None and head.seq < last and (str(audit.path), last) not in _AHEAD_WARNED:
+            _AHEAD_WARNED.add((str(audit.path), last))
+            logging.getLogger("rtem.audit").error(
+                "the AUDIT stream has records up to seq %d but %s ends at seq %d: records were deleted from the "
+                "audit log; run `rtem audit verify` to name them", last, audit.path, head.seq)
+    return published
+
+
+_AHEAD_WARNED: set[tuple[str, int]] = set()

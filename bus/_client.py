@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import nats
@@ -21,10 +24,10 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 
-from ._envelope import Event, InvalidEvent, parse_event
+from ._envelope import Event, InvalidEvent, format_time, parse_event
 from ._resilience import retry_async
-from ._streams import (AUDIT, DLQ, EVENTS, TRIAGE, BusSettings, event_subject, stream_configs,
-                       triage_consumer)
+from ._streams import (AUDIT, AUDIT_SUBJECTS, DLQ, EVENTS, TRIAGE, BusSettings, NatsAuth, event_subject,
+                       stream_configs, triage_consumer)
 
 log = logging.getLogger("rtem.bus")
 
@@ -81,9 +84,29 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "rtem") -> Bus:
+        """Connect as `settings.auth` says (credentials file, nkey seed, token or user and password;
+        TLS); a server that refuses them raises here, naming the server."""
         settings = settings or BusSettings()
-        nc = await nats.connect(url, name=name, max_reconnect_attempts=-1,
-                                reconnect_time_wait=settings.reconnect_wait_s, connect_timeout=5)
+        nc = nats.NATS()
+        connected = False
+
+        async def on_error(exc: Exception) -> None:
+            # nats-py retries the first connection as long as later ones (forever): a refusal of the
+            # credentials or of the server's certificate will not change, so it ends the attempt here.
+            if not connected and _refused(exc):
+                raise NatsAuthError(f"{url} refused the connection ({_auth_kind(settings.auth)}): {exc}. Check "
+                                    "RTEM_NATS_CREDS, RTEM_NATS_NKEY_SEED, RTEM_NATS_TOKEN or RTEM_NATS_USER and "
+                                    "RTEM_NATS_PASSWORD, and RTEM_NATS_TLS_* (docs/nats.md)") from None
+            log.warning("NATS %s: %s: %s", url, type(exc).__name__, exc)
+
+        try:
+            await nc.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=settings.reconnect_wait_s,
+                             connect_timeout=5, error_cb=on_error, **connect_options(settings.auth))
+        except NatsAuthError:
+            with contextlib.suppress(Exception):  # closing a refused TLS connection can hang in nats-py
+                await asyncio.wait_for(nc.close(), 2)
+            raise
+        connected = True
         return cls(nc, settings)
 
     async def close(self) -> None:
@@ -91,14 +114,28 @@ class Bus:
             await self.nc.drain()
 
     async def ensure_streams(self) -> None:
-        """Create the streams, or bring their settings up to date; data already in them stays."""
+        """Create the streams, or bring an existing one's settings up to date, its retention limits
+        (max_age, max_bytes) included, logging what changed. Messages stay unless a new limit expires
+        them; a server that cannot hold a limit raises OSError naming the stream."""
         for config in stream_configs(self.settings):
             try:
-                await self.js.stream_info(config.name)
+                current = (await self.js.stream_info(config.name)).config
             except NotFoundError:
-                await self.js.add_stream(config)
-            else:
+                current = None
+            try:
+                if current is None:
+                    await self.js.add_stream(config)
+                    continue
                 await self.js.update_stream(config)
+            except nats.js.errors.APIError as exc:
+                raise OSError(f"JetStream refused stream {config.name} (max_age {config.max_age or 0:.0f}s, "
+                              f"max_bytes {config.max_bytes or -1}): {exc.description}; lower the retention "
+                              "(RTEM_RETAIN_*) or give the server more JetStream storage") from None
+            changed = [f"{name} {getattr(current, name)} → {getattr(config, name)}"
+                       for name in ("max_age", "max_bytes", "discard")
+                       if getattr(config, name) is not None and getattr(current, name) != getattr(config, name)]
+            if changed:
+                log.info("stream %s updated: %s", config.name, ", ".join(changed))
 
     async def reset_streams(self) -> None:
         """Delete and recreate every stream: a fresh start for one replay (`rtem analyze --each`)."""
@@ -183,6 +220,22 @@ class Bus:
     async def publish_audit(self, record: Mapping[str, Any]) -> None:
         await self.js.publish(f"rtem.audit.{record['kind']}", json.dumps(record, default=str).encode(),
                               headers={"Nats-Msg-Id": f"audit-{record['seq']}-{record['hash'][:16]}"})
+
+    async def audit_messages(self, timeout: float = 5.0) -> AsyncIterator[tuple[int, bytes]]:
+        """(stream sequence, data) of every message on the AUDIT stream when called, oldest first, through
+        an ordered consumer: what `rtem audit verify` compares the audit log with."""
+        info = await self.js.stream_info(AUDIT)
+        if not info.state.messages:
+            return
+        sub = await self.js.subscribe(AUDIT_SUBJECTS, stream=AUDIT, ordered_consumer=True)
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                yield msg.metadata.sequence.stream, msg.data
+                if msg.metadata.sequence.stream >= info.state.last_seq:
+                    return
+        finally:
+            await sub.unsubscribe()
 
     async def last_audit_seq(self) -> int:
         """The highest audit record seq already on the AUDIT stream (0 when empty)."""
@@ -274,16 +327,26 @@ class Bus:
         stats.batches += 1
         stats.delivered += len(msgs)
         valid: list[tuple[Msg, Event]] = []
+        received = datetime.now(timezone.utc)  # the moment this batch is consumed
         for msg in msgs:
             if msg.metadata.num_delivered > 1:
                 stats.redelivered += 1
             try:
-                valid.append((msg, parse_event(msg.data, **limit_kw)))
+                event = parse_event(msg.data, **limit_kw)
             except InvalidEvent as bad:
                 await self.dead_letter(msg.data, bad.reason, event_id=bad.event_id, subject=msg.subject,
                                        deliveries=msg.metadata.num_delivered)
                 await msg.ack()
                 stats.invalid += 1
+                continue
+            ahead = dated_ahead(event, received, self.settings.max_future_skew_s)
+            if ahead:  # never reaches the handler, so event time (the watermark) does not jump there
+                await self.dead_letter(msg.data, ahead, event_id=event.id, subject=msg.subject,
+                                       deliveries=msg.metadata.num_delivered, kind="future")
+                await msg.ack()
+                stats.invalid += 1
+                continue
+            valid.append((msg, event))
         if not valid:
             return
         try:
@@ -310,6 +373,68 @@ class Bus:
                 stats.failed += 1
             else:
                 await msg.nak(delay=self.settings.redelivery.interval(msg.metadata.num_delivered))
+
+
+class NatsAuthError(ConnectionError):
+    """The server refused the credentials, or they cannot be used as given."""
+
+
+def connect_options(auth: NatsAuth) -> dict[str, Any]:
+    """nats-py's `connect` keywords for `auth`: one way to authenticate, and TLS if a CA or a client
+    certificate is given."""
+    ways = [kind for kind, given in (("a credentials file", auth.creds), ("an nkey seed", auth.nkey_seed),
+                                     ("a token", auth.token), ("a user", auth.user or auth.password)) if given]
+    if len(ways) > 1:
+        raise NatsAuthError(f"NATS credentials: set one of a credentials file, an nkey seed, a token or a user "
+                            f"and password, not {' and '.join(ways)}")
+    if bool(auth.user) != bool(auth.password):
+        raise NatsAuthError("NATS credentials: a user needs a password, and a password a user")
+    if bool(auth.tls_cert) != bool(auth.tls_key):
+        raise NatsAuthError("NATS TLS: a client certificate needs its key, and a key its certificate")
+    if (auth.creds or auth.nkey_seed) and importlib.util.find_spec("nkeys") is None:
+        raise NatsAuthError("NATS credentials files and nkey seeds need the nkeys package: pip install nkeys")
+    options: dict[str, Any] = {}
+    if auth.creds:
+        options["user_credentials"] = str(auth.creds)
+    elif auth.nkey_seed:
+        options["nkeys_seed"] = str(auth.nkey_seed)
+    elif auth.token:
+        options["token"] = auth.token
+    elif auth.user:
+        options.update(user=auth.user, password=auth.password)
+    if auth.tls_ca or auth.tls_cert:
+        context = ssl.create_default_context(cafile=str(auth.tls_ca) if auth.tls_ca else None)
+        if auth.tls_cert:
+            context.load_cert_chain(str(auth.tls_cert), str(auth.tls_key))
+        options["tls"] = context
+    return options
+
+
+def _refused(exc: Exception) -> bool:
+    return "authorization violation" in str(exc).lower() or isinstance(exc, ssl.SSLCertVerificationError)
+
+
+def _auth_kind(auth: NatsAuth) -> str:
+    if auth.creds:
+        return f"credentials file {auth.creds}"
+    if auth.nkey_seed:
+        return f"nkey seed {auth.nkey_seed}"
+    if auth.token:
+        return "a token"
+    return f"user {auth.user}" if auth.user else "no credentials"
+
+
+def dated_ahead(event: Event, received: datetime, max_skew_s: float) -> str | None:
+    """Why an event dated too far after the moment it was received is refused, or None when it is not.
+
+    Event time is what windows, correlation and verification measure; one producer with a clock in the
+    future (or a typo, 9999-12-31) would move it there for everyone, so such an event is dead-lettered."""
+    ahead = (event.time - received).total_seconds()
+    if ahead <= max_skew_s:
+        return None
+    return (f"dated {format_time(event.time)}, {ahead:.0f} s ahead of the receive time {format_time(received)}; "
+            f"RTEM_MAX_CLOCK_SKEW_S={max_skew_s:g}: fix the producer's clock, or raise the limit if its events "
+            "are meant to run ahead")
 
 
 def _batch_span(headers, size: int):

@@ -3,25 +3,68 @@
 rtem starts its own server when `RTEM_NATS_URL` is not set, so `rtem demo` and `rtem analyze` need
 nothing installed by hand. The server picks free ports itself and writes them to a ports file, which
 avoids the race of probing for a free port and binding it later.
+
+One server per data directory, ever: two servers writing the same JetStream files lose messages. So
+`start` holds an exclusive lock on the directory for as long as the server runs (the OS drops it when
+its holder dies), stops a server that a dead holder left behind, and starts the new one in a session
+of its own, set (on Linux) to get SIGTERM when its parent dies. A signal to the parent's process group
+(Ctrl-C, systemd's stop) then reaches the parent alone, which can stop the server last.
+
+With `authenticate=True` the server admits only the users of `credentials.json` in its data
+directory (generated once, mode 0600): `rtem` may do everything, `producer` may only publish events,
+`target` may only receive commands and answer them. docs/nats.md says who uses which.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
+import logging
+import os
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
+from ._streams import EVENTS_SUBJECTS, NatsAuth
+
+log = logging.getLogger("rtem.bus")
+
 DEFAULT_MAX_PAYLOAD = 8 * 1024 * 1024
+
+RTEM_USER = "rtem"
+PRODUCER = "producer"
+TARGET = "target"
+CREDENTIALS_FILE = "credentials.json"
+
+# What each user of an authenticating server may do; rtem's own user is not limited.
+PERMISSIONS: dict[str, dict] = {
+    RTEM_USER: {},
+    # Publish events, and a line too large for the bus to the DLQ (as `Bus.publish_lines` does); the
+    # JetStream ack comes back on an inbox.
+    PRODUCER: {"publish": {"allow": [EVENTS_SUBJECTS, "rtem.dlq.invalid"]}, "subscribe": {"allow": ["_INBOX.>"]}},
+    # Receive commands and answer each one once, on the reply subject rtem gave: nothing else.
+    TARGET: {"publish": {"deny": [">"]}, "subscribe": {"allow": ["rtem.cmd.>"]},
+             "allow_responses": {"max": 1}},
+}
 
 
 class NatsServerError(RuntimeError):
     pass
+
+
+class DataDirInUse(NatsServerError):
+    """Another process runs a server on this data directory."""
 
 
 def nats_server_binary() -> str:
@@ -36,22 +79,36 @@ def nats_server_binary() -> str:
     return found
 
 
+def embedded_credentials(data_dir: str | Path, user: str) -> NatsAuth | None:
+    """The user's credentials for the authenticating server of `data_dir`; None if it has none."""
+    path = Path(data_dir) / CREDENTIALS_FILE
+    if not path.is_file():
+        return None
+    passwords = json.loads(path.read_text())
+    if user not in passwords:
+        raise NatsServerError(f"{path} has no user {user!r} (it has {', '.join(sorted(passwords))})")
+    return NatsAuth(user=user, password=passwords[user])
+
+
 class EmbeddedNats:
     """One nats-server process with JetStream and its own data directory.
 
     `port=None` lets the server choose a free port; pass the previous `port` to restart a server on
-    the same address (clients reconnect to it).
+    the same address (clients reconnect to it). `authenticate=True` admits only the users in
+    `credentials.json` (see `credentials`); without it, any local process may connect.
     """
 
     def __init__(self, data_dir: str | Path | None = None, *, port: int | None = None,
-                 host: str = "127.0.0.1", max_payload: int = DEFAULT_MAX_PAYLOAD):
+                 host: str = "127.0.0.1", max_payload: int = DEFAULT_MAX_PAYLOAD, authenticate: bool = False):
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="rtem-nats-"))
         self.host = host
         self.port = port
         self.monitor_port: int | None = None
         self.max_payload = max_payload
+        self.authenticate = authenticate
         self._proc: subprocess.Popen | None = None
+        self._lock: int | None = None
 
     @property
     def url(self) -> str:
@@ -59,20 +116,32 @@ class EmbeddedNats:
             raise NatsServerError("the embedded NATS server is not started")
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "nats-server.pid"
+
+    def credentials(self, user: str = RTEM_USER) -> NatsAuth | None:
+        """How `user` connects to this server; None when it does not authenticate."""
+        return embedded_credentials(self.data_dir, user) if self.authenticate else None
+
     def start(self, timeout: float = 15.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        try:
+            stop_orphans(self.data_dir, timeout)
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> str:
         ports_dir = self.data_dir / "ports"
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        config = self.data_dir / "nats.conf"
-        config.write_text(f"max_payload: {self.max_payload}\n")
-        args = [
-            nats_server_binary(), "-c", str(config), "-js", "-sd", str(self.data_dir / "jetstream"),
-            "-a", self.host, "-p", str(self.port if self.port else -1), "-m", "-1",
-            "--ports_file_dir", str(ports_dir), "-l", str(self.data_dir / "nats-server.log"),
-        ]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _write_private(self.data_dir / "nats.conf", self._config())
+        self._proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      start_new_session=True, preexec_fn=_exit_with_parent())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -82,9 +151,48 @@ class EmbeddedNats:
             if self._read_ports(ports_dir) and self._healthy():
                 return self.url
             time.sleep(0.05)
-        self.stop()
         raise NatsServerError(f"nats-server did not become healthy within {timeout:.0f}s "
                               f"(log: {self.data_dir / 'nats-server.log'})")
+
+    def command(self) -> list[str]:
+        """The server's command line; its `-sd` names the data directory it owns."""
+        return [
+            nats_server_binary(), "-c", str(self.data_dir / "nats.conf"), "-js", "-sd", str(_store_dir(self.data_dir)),
+            "-a", self.host, "-p", str(self.port if self.port else -1), "-m", "-1",
+            "--ports_file_dir", str(self.data_dir / "ports"), "-l", str(self.data_dir / "nats-server.log"),
+            "-P", str(self.pid_file),
+        ]
+
+    def _config(self) -> str:
+        lines = [f"max_payload: {self.max_payload}"]
+        if self.authenticate:
+            users = [{"user": user, "password": password, **({"permissions": PERMISSIONS[user]}
+                                                            if PERMISSIONS[user] else {})}
+                     for user, password in _passwords(self.data_dir).items()]
+            lines.append(f"authorization: {json.dumps({'users': users})}")  # JSON is a valid NATS config value
+        return "\n".join(lines) + "\n"
+
+    def _take_lock(self) -> None:
+        """Hold `lock` in the data directory until `stop`; refuse if another process holds it."""
+        if self._lock is not None:
+            return
+        path = self.data_dir / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirInUse(f"{self.data_dir} is in use by another rtem (pid {holder}): stop it first, or give "
+                               "this one its own data directory (RTEM_DATA_DIR)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock = self._lock, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the lock
 
     def _read_ports(self, ports_dir: Path) -> bool:
         files = list(ports_dir.glob("*.ports"))
@@ -110,20 +218,23 @@ class EmbeddedNats:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server cleanly (SIGTERM lets JetStream flush), killing it only if it hangs."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        try:
+            if proc is None:
+                return
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+        finally:
+            self._release_lock()
 
     def kill(self) -> None:
-        """Stop without a clean shutdown, as a crash would."""
+        """Stop without a clean shutdown, as a crash would (the directory stays locked until `stop`)."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
@@ -144,3 +255,105 @@ class EmbeddedNats:
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
+
+
+def servers_for(data_dir: str | Path) -> list[psutil.Process]:
+    """The nats-server processes running on `data_dir`: the one its pid file names, and any other whose
+    command line (`-sd`) says it stores there; a pid file alone proves nothing, the pid may be reused."""
+    store = _store_dir(Path(data_dir))
+    candidates = {proc.pid: proc for proc in psutil.process_iter(["name"])
+                  if (proc.info["name"] or "").startswith("nats-server")}
+    try:
+        named = int((Path(data_dir) / "nats-server.pid").read_text().strip())
+        candidates.setdefault(named, psutil.Process(named))
+    except (OSError, ValueError, psutil.Error):
+        pass
+    found = []
+    for proc in candidates.values():
+        try:
+            cmdline, cwd = proc.cmdline(), proc.cwd()
+        except psutil.Error:  # gone meanwhile, or another user's: not ours to stop
+            continue
+        sd = _flag(cmdline, "-sd")
+        if cmdline and Path(cmdline[0]).name.startswith("nats-server") and sd and (Path(cwd) / sd).resolve() == store:
+            found.append(proc)
+    return found
+
+
+def stop_orphans(data_dir: str | Path, timeout: float = 10.0) -> None:
+    """Stop the servers left running on `data_dir` by a process that died: SIGTERM, then SIGKILL."""
+    orphans = servers_for(data_dir)
+    for proc in orphans:
+        log.warning("stopping nats-server pid %d, left running on %s by an earlier rtem", proc.pid, data_dir)
+        _signal(proc, signal.SIGTERM)
+    for sig in (signal.SIGKILL, None):
+        deadline = time.monotonic() + timeout
+        while orphans and time.monotonic() < deadline:
+            orphans = [proc for proc in orphans if not _gone(proc)]
+            time.sleep(0.05)
+        if not orphans:
+            return
+        if sig is None:
+            raise NatsServerError(f"nats-server pid {orphans[0].pid} on {data_dir} does not stop; stop it by hand")
+        for proc in orphans:
+            log.warning("nats-server pid %d did not stop within %.0fs; killing it", proc.pid, timeout)
+            _signal(proc, sig)
+
+
+def _store_dir(data_dir: Path) -> Path:
+    return data_dir.resolve() / "jetstream"
+
+
+def _flag(cmdline: list[str], name: str) -> str | None:
+    return next((cmdline[i + 1] for i, word in enumerate(cmdline[:-1]) if word == name), None)
+
+
+def _signal(proc: psutil.Process, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _passwords(data_dir: Path) -> dict[str, str]:
+    """Each user's password, made once and kept, so producers and targets configured with one go on working."""
+    path = data_dir / CREDENTIALS_FILE
+    passwords = json.loads(path.read_text()) if path.is_file() else {}
+    if set(passwords) != set(PERMISSIONS):
+        passwords = {user: passwords.get(user) or secrets.token_urlsafe(32) for user in PERMISSIONS}
+        _write_private(path, json.dumps(passwords, indent=2) + "\n")
+    return passwords
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it may hold passwords)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
+
+
+def _exit_with_parent():
+    """A `preexec_fn` that asks Linux to send the server SIGTERM when the thread starting it exits.
+
+    Only from the main thread: Linux signals when the starting *thread* ends, and a worker thread may
+    end long before the process. Elsewhere the lock and `stop_orphans` clean up after a crash.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child should only call it
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def set_death_signal() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return set_death_signal

@@ -154,6 +154,30 @@ def test_rtem_audit_verify_compares_with_the_audit_stream(tmp_path, nats_server,
 
 
 @pytest.mark.integration
+def test_audit_verify_reads_the_copy_of_a_running_service_with_its_credentials(tmp_path, boutique):
+    """`rtem run`'s embedded server admits only its users (docs/nats.md): verify finds rtem's own
+    credentials in the data directory instead of warning that the stream cannot be read."""
+    from agent.config import Settings
+    from tests.live import ThreadedService
+
+    settings = Settings(data_dir=tmp_path / "data", http_port=0)
+    service = ThreadedService(settings, boutique).start()
+    try:
+        service.call(service.service.stop())  # publishes the audit copy, then stops the server
+    finally:
+        service.loop.call_soon_threadsafe(service.loop.stop)
+        service.thread.join(10)
+    again = ThreadedService(settings, boutique).start()  # the same server directory and credentials
+    try:
+        result = runner.invoke(app, ["audit", "verify", "--db", str(tmp_path / "data" / "rtem.db"), "--json"])
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert doc["copy_check"]["records"] >= 1 and "only the hash chain" not in result.output
+    finally:
+        again.stop()
+
+
+@pytest.mark.integration
 def test_an_unreachable_stream_fails_when_asked_for_and_warns_when_defaulted(tmp_path):
     path = tmp_path / "rtem.db"
     fill(path, 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.incident import AlertState, IncidentStatus, age_out
-from agent.run import StillClock
+from agent.idle import StillClock
 from tests.live import anomaly, publish, settings, wait_for
 
 HOUR = 3600.0

@@ -275,3 +275,18 @@ async def test_ensure_streams_applies_the_limits_to_streams_made_before_them(bus
         assert info.config.max_age == pytest.approx({DLQ: 14, AUDIT: 400}[name] * 86400)
         assert info.config.max_bytes and info.config.max_bytes > 0
     assert (await bus.js.stream_info(DLQ)).state.messages == 1
+
+
+@pytest.mark.integration
+async def test_rtem_run_purges_by_the_retention_settings_on_its_own(tmp_path, nats_server, boutique):
+    from agent.run import Service
+    from tests.live import wait_for
+
+    settings = Settings(data_dir=tmp_path / "data", nats_url=nats_server.url)
+    service = await Service(settings, boutique, poll_s=0.05, retention_every_s=0.2).start()
+    try:
+        await wait_for(lambda: len(service.parts.audit.records(kind="retention.purged")) >= 2, 20)
+        first = service.parts.audit.records(kind="retention.purged")[0]
+        assert first.inputs["by"] == "rtem run" and first.inputs["policy"]["events_days"] == settings.retain_events_days
+    finally:
+        await service.stop()

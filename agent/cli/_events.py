@@ -6,12 +6,14 @@ import asyncio
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from bus import Bus, NatsServerError
+from bus import Bus, NatsAuth, NatsServerError
+from bus import PRODUCER, embedded_credentials
 from rules import RulesError
 
 from ..config import Settings
@@ -84,11 +86,14 @@ def ingest(
     url = nats_url or cfg.nats_url or _running_server_url(cfg)
     if not url:
         fail("no NATS server: set RTEM_NATS_URL, pass --nats-url, or start `rtem run` first")
+    producer = _producer_credentials(cfg, url)
+    bus_settings = cfg.bus_settings() if producer is None else replace(cfg.bus_settings(), auth=producer)
 
     async def publish():
-        bus = await Bus.connect(url, cfg.bus_settings(), name="rtem-ingest")
+        bus = await Bus.connect(url, bus_settings, name="rtem-ingest")
         try:
-            await bus.ensure_streams()
+            if producer is None:  # rtem run made the streams of its own server; a producer may not
+                await bus.ensure_streams()
             totals = {"lines": 0, "published": 0, "duplicates": 0, "rejected": 0}
             for path in files:
                 handle = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
@@ -117,3 +122,13 @@ def ingest(
 def _running_server_url(cfg: Settings) -> str | None:
     marker = cfg.data_dir / "nats.url"
     return marker.read_text().strip() if marker.is_file() else None
+
+
+def _producer_credentials(cfg: Settings, url: str) -> NatsAuth | None:
+    """The `producer` credentials of `rtem run`'s own server when `url` is that server (docs/nats.md)."""
+    if url != _running_server_url(cfg):
+        return None
+    try:
+        return embedded_credentials(cfg.data_dir / "nats", PRODUCER)
+    except (OSError, ValueError, NatsServerError) as exc:
+        fail(f"cannot read the NATS credentials in {cfg.data_dir / 'nats'}: {exc}", 1)

@@ -132,11 +132,11 @@ def audit_verify(
     from ..audit import verify_file
 
     path = db_file(db, NO_AUDIT_LOG)
-    url = None if local_only else nats or _service_nats_url(db, path)
+    url, auth = (None, None) if local_only else (nats, None) if nats else _service_nats(db, path)
     copy = None
     if url:
         try:
-            copy = asyncio.run(_read_audit_stream(url, quiet=json_out))
+            copy = asyncio.run(_read_audit_stream(url, auth, quiet=json_out))
         except Exception as exc:  # noqa: BLE001 - any failure to read the copy is reported the same way
             reason = (f"cannot read the AUDIT stream at {url}: {type(exc).__name__}: "
                       f"{str(exc) or 'no answer within 5 s'}")
@@ -156,25 +156,34 @@ def audit_verify(
     raise typer.Exit(0 if report.ok else 1)
 
 
-def _service_nats_url(db: Path | None, path: Path) -> str | None:
-    """RTEM_NATS_URL, else the URL of the embedded server the service on this data directory wrote."""
+def _service_nats(db: Path | None, path: Path):
+    """RTEM_NATS_URL (with the configured credentials), else the URL of the embedded server the service
+    on this data directory wrote, with rtem's own credentials for it (docs/nats.md)."""
+    from bus import RTEM_USER, embedded_credentials
+
     cfg = settings()
     if cfg.nats_url:
-        return cfg.nats_url
-    written = (path.parent if db else Path(cfg.data_dir)) / "nats.url"
+        return cfg.nats_url, None
+    data_dir = path.parent if db else Path(cfg.data_dir)
+    written = data_dir / "nats.url"
     if not written.is_file():
-        return None
-    return written.read_text().strip() or None
+        return None, None
+    return written.read_text().strip() or None, embedded_credentials(data_dir / "nats", RTEM_USER)
 
 
-async def _read_audit_stream(url: str, *, quiet: bool = False) -> AuditCopy:
+async def _read_audit_stream(url: str, auth=None, *, quiet: bool = False) -> AuditCopy:
+    from dataclasses import replace
+
     from bus import Bus
 
     from ..audit import AuditCopy
 
     # The client logs every failed connection attempt with a traceback; one line below says it instead.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
-    bus = await asyncio.wait_for(Bus.connect(url, settings().bus_settings(), name="rtem-audit-verify"), 5)
+    bus_settings = settings().bus_settings()
+    if auth is not None:
+        bus_settings = replace(bus_settings, auth=auth)
+    bus = await asyncio.wait_for(Bus.connect(url, bus_settings, name="rtem-audit-verify"), 5)
     try:
         copy = AuditCopy(source=url)
         with err.status(f"reading the AUDIT stream at {url}…") if not quiet else contextlib.nullcontext():

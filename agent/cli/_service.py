@@ -11,9 +11,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from bus import NatsServerError
 from rules import RulesError
 
-from ._common import DbOpt, JsonOpt, LlmOpt, TopologyOpt, err, fail, open_ledger, out, settings, topology_of
+from ._common import (DbOpt, JsonOpt, LlmOpt, TopologyOpt, err, fail, open_ledger, out, settings, store_path,
+                      topology_of)
 
 
 def run(
@@ -60,24 +62,42 @@ def run(
         asyncio.run(serve())
     except (RulesError, LLMSetupError, OSError) as exc:
         fail(str(exc))
+    except NatsServerError as exc:  # another rtem on this data directory, or no nats-server to run
+        fail(str(exc), 1)
     except KeyboardInterrupt:
         err.print("stopped")
 
 
-def pause(by: Annotated[Optional[str], typer.Option(help="Who pulls the switch.")] = None, db: DbOpt = None) -> None:
-    """Kill switch: stop all execution. Detection and diagnosis go on; actions wait."""
-    from ..run import operator
+def pause(by: Annotated[Optional[str], typer.Option(help="Who pulls the switch (default: user@host).")] = None,
+          db: DbOpt = None) -> None:
+    """Kill switch: stop all execution. Detection and diagnosis go on; actions wait. Recorded in the audit
+    log as `execution.paused`, with the OS user and host."""
+    from ..audit import AuditLog
+    from ..identity import operator
 
-    open_ledger(db).set_paused(True, by or operator())
-    out.print("execution paused: no action will run until `rtem resume`")
+    who = operator()
+    open_ledger(db).set_paused(True, by or who)  # first: the switch holds even if the record below fails
+    with AuditLog(store_path(db)) as audit:
+        record = audit.append("execution.paused", node="cli", inputs={"operator": who, "command": "rtem pause"},
+                              decision={"paused": True, "by": by or who},
+                              reasons=[f"kill switch pulled by {by or who}" + (f" (as {who})" if by else "")])
+    out.print(f"execution paused by {by or who}: no action will run until `rtem resume` (audit seq {record.seq})")
 
 
-def resume(by: Annotated[Optional[str], typer.Option(help="Who releases the switch.")] = None, db: DbOpt = None) -> None:
-    """Release the kill switch: waiting actions run again (their approvals are checked again)."""
-    from ..run import operator
+def resume(by: Annotated[Optional[str], typer.Option(help="Who releases the switch (default: user@host).")] = None,
+           db: DbOpt = None) -> None:
+    """Release the kill switch: waiting actions run again (their approvals are checked again). Recorded in
+    the audit log as `execution.resumed`, with the OS user and host."""
+    from ..audit import AuditLog
+    from ..identity import operator
 
-    open_ledger(db).set_paused(False, by or operator())
-    out.print("execution resumed")
+    who = operator()
+    open_ledger(db).set_paused(False, by or who)
+    with AuditLog(store_path(db)) as audit:
+        record = audit.append("execution.resumed", node="cli", inputs={"operator": who, "command": "rtem resume"},
+                              decision={"paused": False, "by": by or who},
+                              reasons=[f"kill switch released by {by or who}" + (f" (as {who})" if by else "")])
+    out.print(f"execution resumed by {by or who} (audit seq {record.seq})")
 
 
 def demo(

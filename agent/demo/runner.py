@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from bus import RTEM_USER
 from rules import Topology
 
 from ..config import Settings
@@ -57,14 +58,17 @@ async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, d
     base = settings or Settings()
     settings = base.model_copy(update={
         "data_dir": data_dir, "nats_url": None, "topology": topology_file,
-        "diagnose_after_s": 20.0, "verify_quiet_s": 60.0, "verify_deadline_s": 900.0})
+        "diagnose_after_s": 20.0, "verify_quiet_s": 60.0, "verify_deadline_s": 900.0,
+        # The simulation's event time runs `speed` times faster than the wall clock, so its events are
+        # dated ahead of the moment they are consumed by design; only a clock beyond that is refused.
+        "max_clock_skew_s": max(base.max_clock_skew_s, timeout_s * speed)})
     service = Service(settings, Topology.load(topology_file), poll_s=0.2)
     started = time.monotonic()
     approvals: list[str] = []
     asked: dict[str, float] = {}
     await service.start()
     try:
-        await sim.start(service.url)
+        await sim.start(_shop_url(service))
         if plan is None:
             plan = demo_plan() if not scenarios else [SCENARIOS[name].at(30 + 20 * i) for i, name in enumerate(scenarios)]
         faults = [sim.inject(scenario) for scenario in plan]
@@ -87,6 +91,17 @@ async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, d
     finally:
         await sim.stop()
         await service.stop()
+
+
+def _shop_url(service: Service) -> str:
+    """Where the simulated shop connects, with its credentials in the URL (the simulation takes a URL).
+
+    It connects as rtem's own user: it stands in for every producer and target at once and reads the
+    DLQ, which no single restricted user may (docs/nats.md)."""
+    auth = service.server.credentials(RTEM_USER) if service.server else None
+    if auth is None:
+        return service.url
+    return service.url.replace("://", f"://{auth.user}:{auth.password}@", 1)
 
 
 def _approve(service: Service, incidents, asked: dict[str, float], after_s: float, approvals: list[str],

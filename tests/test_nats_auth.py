@@ -1,0 +1,262 @@
+"""Who may use the bus: the embedded server's users (rtem, producer, target) and the credentials rtem
+takes to an external server (user and password, token, TLS), against real nats-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+import pytest
+
+from agent.store import IncidentStore
+from bus import EVENTS, Bus, BusSettings, EmbeddedNats, NatsAuth
+from bus._client import NatsAuthError, connect_options
+from bus._server import PRODUCER, RTEM_USER, TARGET, embedded_credentials, nats_server_binary
+from tests.conftest import EXAMPLES
+from tests.live import sample, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server(tmp_path):
+    with EmbeddedNats(tmp_path / "nats", authenticate=True) as running:
+        yield running
+
+
+async def connect(server: EmbeddedNats, user: str, errors: list | None = None) -> nats.NATS:
+    auth = server.credentials(user)
+
+    async def noted(exc):
+        errors.append(str(exc))
+    return await nats.connect(server.url, user=auth.user, password=auth.password, allow_reconnect=False,
+                              **({"error_cb": noted} if errors is not None else {}))
+
+
+async def as_rtem(server: EmbeddedNats) -> Bus:
+    bus = await Bus.connect(server.url, BusSettings(auth=server.credentials(RTEM_USER)))
+    await bus.ensure_streams()
+    return bus
+
+
+async def test_a_connection_without_credentials_is_refused(server):
+    with pytest.raises(NatsAuthError, match="refused the connection"):
+        await Bus.connect(server.url)
+    with pytest.raises(NatsAuthError):
+        await Bus.connect(server.url, BusSettings(auth=NatsAuth(user=PRODUCER, password="guessed")))
+
+
+async def test_a_producer_publishes_events_and_nothing_else(server):
+    rtem = await as_rtem(server)
+    producer = await Bus.connect(server.url, BusSettings(auth=server.credentials(PRODUCER)))
+    errors: list[str] = []
+    raw = await connect(server, PRODUCER, errors)
+    commands: list[bytes] = []
+
+    async def note(msg):
+        commands.append(msg.data)
+    await rtem.nc.subscribe("rtem.cmd.>", cb=note)
+    await rtem.nc.flush()
+    try:
+        report = await producer.publish_lines([json.dumps(sample(f"e{i}", "cart-0", i)).encode() for i in range(5)])
+        assert report.published == 5
+        assert (await rtem.js.stream_info(EVENTS)).state.messages == 5
+
+        await raw.publish("rtem.cmd.restart_instance.cart-0", b'{"action": "restart_instance"}')
+        await raw.publish("rtem.audit.forged", b"{}")
+        await raw.flush()
+        with pytest.raises(nats.errors.TimeoutError):  # no stream acks what never reached it
+            await raw.jetstream().publish("rtem.audit.forged", b"{}", timeout=1)
+        await asyncio.sleep(0.3)
+        assert commands == [], "a producer cannot send commands"
+        assert sum("permissions violation for publish" in e for e in errors) >= 2, errors
+    finally:
+        for bus in (producer, rtem):
+            await bus.close()
+        await raw.close()
+
+
+async def test_only_a_target_can_answer_a_command(server):
+    rtem = await as_rtem(server)
+    errors: list[str] = []
+    producer = await connect(server, PRODUCER, errors)
+    target = await connect(server, TARGET, errors)
+
+    async def obey(msg):
+        await msg.respond(b'{"ok": true}')
+    try:
+        await producer.subscribe("rtem.cmd.>", cb=obey)  # refused: a producer may not listen for commands
+        await producer.flush()
+        await asyncio.sleep(0.2)
+        assert any('permissions violation for subscription to "rtem.cmd.>"' in e for e in errors), errors
+        with pytest.raises(nats.errors.NoRespondersError):
+            await rtem.nc.request("rtem.cmd.restart_instance.cart-0", b"{}", timeout=2)
+
+        await target.subscribe("rtem.cmd.>", cb=obey)
+        await target.flush()
+        answer = await rtem.nc.request("rtem.cmd.restart_instance.cart-0", b"{}", timeout=2)
+        assert json.loads(answer.data) == {"ok": True}
+
+        before = len(errors)
+        await target.publish("rtem.events.forged", b"{}")  # a target answers; it does not publish
+        await target.publish(rtem.nc.new_inbox(), b'{"ok": true}')
+        await target.flush()
+        await asyncio.sleep(0.3)
+        assert len(errors) - before == 2, errors
+        assert (await rtem.js.stream_info(EVENTS)).state.messages == 0
+    finally:
+        await rtem.close()
+        await producer.close()
+        await target.close()
+
+
+def test_credentials_are_private_kept_across_restarts_and_never_logged(tmp_path):
+    server = EmbeddedNats(tmp_path / "nats", authenticate=True)
+    server.start()
+    try:
+        first = {user: server.credentials(user).password for user in (RTEM_USER, PRODUCER, TARGET)}
+        server.stop()
+        server.start()
+        assert {user: server.credentials(user).password for user in first} == first
+    finally:
+        server.stop()
+    assert len(set(first.values())) == 3
+    for name in ("credentials.json", "nats.conf"):
+        assert stat.S_IMODE(os.stat(tmp_path / "nats" / name).st_mode) == 0o600, name
+    log = (tmp_path / "nats" / "nats-server.log").read_text()
+    assert not any(password in log for password in first.values())
+    assert embedded_credentials(tmp_path / "nats", PRODUCER) == NatsAuth(user=PRODUCER, password=first[PRODUCER])
+    assert EmbeddedNats(tmp_path / "other").credentials(PRODUCER) is None, "a server without authentication"
+
+
+async def test_rtem_ingest_publishes_to_a_running_rtem_run(tmp_path):
+    data = tmp_path / "data"
+    env = {**os.environ, "RTEM_DATA_DIR": str(data)}
+    env.pop("RTEM_NATS_URL", None)
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(sample(f"i{i}", "cartservice-0", i)) + "\n" for i in range(20)))
+    with open(tmp_path / "rtem.err", "wb") as stderr:
+        rtem = subprocess.Popen([sys.executable, "-m", "agent", "run", "--topology",
+                                 str(EXAMPLES / "boutique-topology.json"), "--metrics-port", "0", "--no-http"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        await wait_for(lambda: "rtem run: bus" in (tmp_path / "rtem.err").read_text() or rtem.poll() is not None, 60)
+        assert rtem.poll() is None, (tmp_path / "rtem.err").read_text()
+        ingest = subprocess.run([sys.executable, "-m", "agent", "ingest", str(events), "--json"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert ingest.returncode == 0, ingest.stderr
+        assert json.loads(ingest.stdout) == {"lines": 20, "published": 20, "duplicates": 0, "rejected": 0}
+
+        def stored():
+            store = IncidentStore(data / "rtem.db", readonly=True)
+            try:
+                return store.event_count()
+            finally:
+                store.close()
+        await wait_for(lambda: stored() == 20, 30)
+    finally:
+        rtem.terminate()
+        rtem.wait(30)
+
+
+# -- an external server, configured for rtem's settings ----------------------------------------------------
+
+
+class ExternalNats:
+    """A nats-server with a configuration of the test's own, as an operator would run it."""
+
+    def __init__(self, directory: Path, config: str):
+        directory.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        (directory / "server.conf").write_text(config)
+        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(directory / "server.conf"), "-a", "127.0.0.1",
+                                      "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+    async def listening(self) -> None:
+        async def accepts():
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+        await wait_for(accepts, 15, 0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+async def connects(url: str, auth: NatsAuth) -> bool:
+    bus = await Bus.connect(url, BusSettings(auth=auth))
+    try:
+        await bus.nc.flush()
+        return bus.nc.is_connected
+    finally:
+        await bus.close()
+
+
+@pytest.mark.parametrize("config, good, bad", [
+    ('authorization { user: "ops", password: "s3cret" }',
+     NatsAuth(user="ops", password="s3cret"), NatsAuth(user="ops", password="wrong")),
+    ('authorization { token: "t0ken" }', NatsAuth(token="t0ken"), NatsAuth(token="other")),
+])
+async def test_bus_connect_uses_the_configured_credentials(tmp_path, config, good, bad):
+    server = ExternalNats(tmp_path / "external", config)
+    try:
+        await server.listening()
+        assert await connects(server.url, good)
+        with pytest.raises(NatsAuthError, match=server.url):
+            await connects(server.url, bad)
+        with pytest.raises(NatsAuthError):
+            await connects(server.url, NatsAuth())
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="makes its certificates with the openssl command")
+async def test_bus_connect_verifies_the_server_with_the_configured_ca(tmp_path):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=certs, check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=rtem test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj",
+            "/CN=127.0.0.1")
+    (certs / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+            "server.pem", "-days", "2", "-extfile", "san.cnf")
+    server = ExternalNats(tmp_path / "external", f'tls {{ cert_file: "{certs / "server.pem"}", key_file: '
+                                                 f'"{certs / "server.key"}" }}\n'
+                                                 'authorization { user: "ops", password: "s3cret" }\n')
+    try:
+        await server.listening()
+        assert await connects(server.url, NatsAuth(user="ops", password="s3cret", tls_ca=certs / "ca.pem"))
+        with pytest.raises(NatsAuthError, match="certificate verify failed"):  # the system's CAs do not know ours
+            await connects(server.url, NatsAuth(user="ops", password="s3cret"))
+    finally:
+        server.stop()
+
+
+def test_credentials_that_cannot_be_used_together_are_refused_before_connecting(tmp_path):
+    with pytest.raises(NatsAuthError, match="not a token and a user"):
+        connect_options(NatsAuth(token="t", user="u", password="p"))
+    with pytest.raises(NatsAuthError, match="needs a password"):
+        connect_options(NatsAuth(user="u"))
+    with pytest.raises(NatsAuthError, match="needs its key"):
+        connect_options(NatsAuth(tls_cert=tmp_path / "client.pem"))
+    assert connect_options(NatsAuth(user="u", password="p")) == {"user": "u", "password": "p"}
+    assert connect_options(NatsAuth(token="t")) == {"token": "t"}
