@@ -66,7 +66,10 @@ class DetectionSet:
 def parse_duration(value: float | int | str) -> float:
     if isinstance(value, int | float):
         return float(value)
-    number, unit = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", value).groups()
+    found = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", value) if isinstance(value, str) else None
+    if found is None:  # the schema's pattern lets "5m\n" through: its `$` matches before a final newline
+        raise ValueError(f"{value!r} is not a duration: seconds, or a string like 90s, 5m, 1h")
+    number, unit = found.groups()
     return float(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 
@@ -109,19 +112,26 @@ def _detection(doc: dict[str, Any], rule_file: RuleFile, index: int) -> Detectio
             seq = doc["sequence"]
             _check(seq["first"]), _check(seq["then"])
             return Detection(kind="sequence", first=seq["first"], then=seq["then"],
-                             window_s=parse_duration(seq["within"]), **common)
+                             window_s=_duration(doc, ("sequence", "within"), rule_file, index), **common)
         if "absence" in doc:
             _check(doc["absence"]["match"])
             return Detection(kind="absence", match=doc["absence"]["match"],
-                             window_s=parse_duration(doc["absence"]["for"]), **common)
+                             window_s=_duration(doc, ("absence", "for"), rule_file, index), **common)
         _check(doc["match"])
         if "threshold" in doc:
             return Detection(kind="threshold", match=doc["match"], count=doc["threshold"]["count"],
-                             window_s=parse_duration(doc["threshold"]["window"]), **common)
+                             window_s=_duration(doc, ("threshold", "window"), rule_file, index), **common)
         return Detection(kind="match", match=doc["match"], **common)
     except ConditionError as exc:
         path = ("detections", index, *[p for p in re.split(r"[.\[\]]+", exc.path) if p])
         raise rule_file.error(path, exc.reason) from None
+
+
+def _duration(doc: dict[str, Any], at: tuple[str, str], rule_file: RuleFile, index: int) -> float:
+    try:
+        return parse_duration(doc[at[0]][at[1]])
+    except ValueError as exc:
+        raise rule_file.error(("detections", index, *at), str(exc)) from None
 
 
 def _check(condition: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from rules._engine import MAX_BRANCHES, ConditionError, compile_condition, condition_branches
-from rules._files import RuleFile, RulesError, _walk, content_digest, read_rule_file
+from rules._files import RuleFile, RulesError, content_digest, node_marks, read_rule_file
 from rules._gates import GateError, Gates, parse_gates
 from rules._proposal import Outcome
 
@@ -223,8 +223,8 @@ def _check_rule(rule: Mapping[str, Any], rule_file: RuleFile, at: list) -> Rules
                        f"{_dotted(at)}: approver_role goes only with outcome: require_approval", rule=rule_id)
     match = rule.get("match") or {}
     for path in _fields(match, ["match"]):
-        field = path[-1]
-        if field not in CONTEXT_FIELDS and not field.startswith(CONTEXT_PREFIXES):
+        field = path[-1]  # YAML keys may be numbers or null
+        if not isinstance(field, str) or field not in CONTEXT_FIELDS and not field.startswith(CONTEXT_PREFIXES):
             known = ", ".join(sorted(CONTEXT_FIELDS))
             return problem(rule_file, at + path, "unknown_field", f"{_dotted(at + path)}: unknown field {field!r}",
                            f"a guardrail can match {known}, params.<name>, target_labels.<name>", rule=rule_id)
@@ -365,15 +365,18 @@ def read_fast(path: str | Path) -> RuleFile:
         node = yaml.compose(text, Loader=loader)
         if node is None:
             return read_rule_file(path)
+        marks = node_marks(node, path)
         constructor = loader(text)
         try:
             doc = constructor.construct_document(node)
         finally:
             constructor.dispose()
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        if "<<" in text:  # as in read_rule_file: merged keys are in the nodes now
+            marks = node_marks(node, path)
+    except RulesError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError):
         return read_rule_file(path)
-    marks: dict = {}
-    _walk(node, (), marks)
     return RuleFile(path, text, doc, marks)
 
 

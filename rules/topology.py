@@ -58,10 +58,15 @@ class Topology(BaseModel):
             text = path.read_text("utf-8")
         except OSError as exc:
             raise TopologyError(f"{path}: cannot read the topology: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise TopologyError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        kind = "JSON" if path.suffix == ".json" else "YAML"
         try:
             doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise TopologyError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        except (ValueError, yaml.YAMLError) as exc:  # ValueError: also a YAML date like 2024-02-30
+            raise TopologyError(f"{path}: not valid {kind}: {exc}") from None
+        except RecursionError:
+            raise TopologyError(f"{path}: not valid {kind}: nested too deeply") from None
         return cls.from_dict(doc or {}, origin=str(path))
 
     @classmethod

@@ -177,9 +177,11 @@ def _json_type(value: Any) -> str:
 
 def _subject(labels: dict[str, Any]) -> str:
     for key in SUBJECT_LABELS:
-        value = labels.get(key)
+        value = str(labels.get(key) or "")
+        if key == "instance":  # host:port names the host; a bare ":9100" names nothing
+            value = value.rsplit(":", 1)[0]
         if value:
-            return str(value).rsplit(":", 1)[0] if key == "instance" else str(value)
+            return value
     return str(labels.get("alertname") or "unknown")
 
 
