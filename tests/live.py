@@ -133,3 +133,16 @@ class ThreadedService:
                 return value
             time.sleep(interval)
         raise AssertionError(f"condition not met within {timeout}s")
+
+
+def api_client(live, who: str | None = None, **kwargs):
+    """An httpx client of a live service's API, as the token `live.tokens[who]` (or none)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {live.tokens[who]}"} if who else {}
+    return httpx.Client(base_url=live.url, headers=headers, timeout=30, **kwargs)
+
+
+def drain_action(live) -> dict:
+    """The drain_host action of the live service's incident (the CPU fault on node-6)."""
+    return next(a for a in live.incident["actions"] if a["type"] == "drain_host")

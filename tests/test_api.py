@@ -11,7 +11,7 @@ import pytest
 from agent.audit import AuditLog
 from agent.config import Settings
 from agent.tokens import ROLES, TokenStore
-from tests.live import ThreadedService, anomaly
+from tests.live import ThreadedService, anomaly, api_client, drain_action
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +32,7 @@ def live(tmp_path_factory, boutique):
     service.db = data / "rtem.db"
     # A CPU fault on a host: drain_host is high risk and waits for a person.
     events = [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)]
-    with client(service, "operator") as http:
+    with api_client(service, "operator") as http:
         assert http.post("/api/v1/events", json=events[0]).status_code == 202
         batch = http.post("/api/v1/events", content=json.dumps(events[1:]),
                           headers={"content-type": "application/cloudevents-batch+json"})
@@ -42,15 +42,6 @@ def live(tmp_path_factory, boutique):
             (i for i in http.get("/api/v1/incidents").json()["incidents"] if i["status"] == "awaiting_approval"), None))
     yield service
     service.stop()
-
-
-def client(live, who: str | None = None, **kwargs) -> httpx.Client:
-    headers = {"authorization": f"Bearer {live.tokens[who]}"} if who else {}
-    return httpx.Client(base_url=live.url, headers=headers, timeout=30, **kwargs)
-
-
-def drain(live) -> dict:
-    return next(a for a in live.incident["actions"] if a["type"] == "drain_host")
 
 
 def endpoints(live) -> list[tuple[str, str, dict, str]]:
@@ -78,7 +69,7 @@ def endpoints(live) -> list[tuple[str, str, dict, str]]:
 
 
 def test_every_endpoint_checks_its_role(live):
-    clients = {who: client(live, who) for who in [None, "revoked", *ALL_ROLES]}
+    clients = {who: api_client(live, who) for who in [None, "revoked", *ALL_ROLES]}
     try:
         for method, path, kwargs, permission in endpoints(live):
             response = clients[None].request(method, path, **kwargs)
@@ -99,7 +90,7 @@ def test_every_endpoint_checks_its_role(live):
 
 
 def test_probes_and_the_openapi_document_need_no_token(live):
-    with client(live) as http:
+    with api_client(live) as http:
         assert http.get("/healthz").json() == {"ok": True}
         assert http.get("/readyz").json() == {"ready": True}
         paths = http.get("/openapi.json").json()["paths"]
@@ -109,7 +100,7 @@ def test_probes_and_the_openapi_document_need_no_token(live):
 
 
 def test_a_denied_attempt_is_in_the_audit_log_with_the_tokens_name(live):
-    with client(live, "viewer") as http:
+    with api_client(live, "viewer") as http:
         assert http.post("/api/v1/rules/reload").status_code == 403
     with AuditLog(live.db) as audit:
         denied = audit.records(kind="access.denied")[-1]
@@ -118,8 +109,8 @@ def test_a_denied_attempt_is_in_the_audit_log_with_the_tokens_name(live):
 
 
 def test_a_scoped_approver_cannot_approve_outside_its_scope_nor_see_it(live):
-    with client(live, "scoped") as http:
-        response = http.post(f"/api/v1/incidents/{live.incident['id']}/actions/{drain(live)['index']}/approve")
+    with api_client(live, "scoped") as http:
+        response = http.post(f"/api/v1/incidents/{live.incident['id']}/actions/{drain_action(live)['index']}/approve")
         # as if it did not exist (tests/test_api_hardening.py compares the two answers)
         assert response.status_code == 404 and response.json()["error"] == f"no incident {live.incident['id']!r}"
         assert http.get(f"/api/v1/incidents/{live.incident['id']}").status_code == 404
@@ -128,7 +119,7 @@ def test_a_scoped_approver_cannot_approve_outside_its_scope_nor_see_it(live):
         assert live.incident["id"] not in json.dumps(hidden) and "node-6" not in json.dumps(hidden)
         named = http.post("/api/v1/chat", json={"question": f"how long did {live.incident['id']} take?"}).json()
         assert named["text"].startswith("I don't know") and "not found or not visible" in named["text"]
-    with client(live, "approver") as http:  # an unscoped token does see it
+    with api_client(live, "approver") as http:  # an unscoped token does see it
         assert live.incident["id"] in json.dumps(http.post("/api/v1/chat", json={"question": "what is still open?"}).json())
     with AuditLog(live.db) as audit:
         denied = audit.records(kind="access.denied")[-1]
@@ -137,7 +128,7 @@ def test_a_scoped_approver_cannot_approve_outside_its_scope_nor_see_it(live):
 
 def test_bad_payloads_get_clear_4xx_errors(live):
     good = anomaly("bad-1", "frontend-0", 1)
-    with client(live, "operator") as http:
+    with api_client(live, "operator") as http:
         wrong_type = http.post("/api/v1/events", content=json.dumps(good), headers={"content-type": "text/plain"})
         assert wrong_type.status_code == 415 and "text/plain" in wrong_type.json()["error"]
         not_json = http.post("/api/v1/events", content=b"{nope", headers={"content-type": "application/json"})
@@ -160,7 +151,7 @@ def test_bad_payloads_get_clear_4xx_errors(live):
         assert chat.status_code == 422 and chat.json()["detail"][0]["where"] == "body.question"
         assert "Traceback" not in chat.text
     # nothing of the rejected batch was published
-    with client(live, "viewer") as http:
+    with api_client(live, "viewer") as http:
         assert http.get("/api/v1/audit").status_code == 200
     from agent.store import IncidentStore
     store = IncidentStore(live.db, readonly=True)
@@ -182,7 +173,7 @@ def alertmanager_payload(fingerprint: str, status: str = "firing") -> dict:
 def test_alertmanager_alerts_become_rtem_alert_events_deduplicated_by_fingerprint(live):
     from agent.store import IncidentStore
 
-    with client(live, "operator") as http:
+    with api_client(live, "operator") as http:
         first = http.post("/api/v1/alertmanager", json=alertmanager_payload("abc123"))
         again = http.post("/api/v1/alertmanager", json=alertmanager_payload("abc123"))  # Alertmanager repeats
     assert first.status_code == 202 and first.json()["accepted"] == 1
@@ -200,7 +191,7 @@ def test_alertmanager_alerts_become_rtem_alert_events_deduplicated_by_fingerprin
 
 def test_the_console_session_cookie_stands_for_the_token(live):
     # signing in and out is for the console only: its origin and header (tests/test_csrf.py)
-    with client(live) as http:
+    with api_client(live) as http:
         http.headers.update({"origin": live.url, "x-rtem-console": "1"})
         assert http.post("/api/v1/session", json={"token": "rtem_wrong"}).status_code == 401
         login = http.post("/api/v1/session", json={"token": live.tokens["viewer"]})
@@ -212,9 +203,9 @@ def test_the_console_session_cookie_stands_for_the_token(live):
 
 
 def test_an_approver_approves_over_http_and_the_action_runs(live):
-    action = drain(live)
+    action = drain_action(live)
     path = f"/api/v1/incidents/{live.incident['id']}/actions/{action['index']}"
-    with client(live, "approver") as http:
+    with api_client(live, "approver") as http:
         decided = http.post(f"{path}/approve", json={"reason": "host is unhealthy, capacity is fine"})
         assert decided.status_code == 200, decided.text
         assert decided.json() == {"incident": live.incident["id"], "action": action["index"], "decision": "approve",
@@ -274,7 +265,7 @@ def test_chat_over_http_answers_through_the_llm_within_the_callers_scope(tmp_pat
         tokens = TokenStore(tmp_path / "data" / "rtem.db")
         service.tokens = {"ops": tokens.create("ops", "operator")[0],
                           "cart": tokens.create("cart-ops", "operator", services=["cartservice"])[0]}
-        with client(service, "ops") as http:
+        with api_client(service, "ops") as http:
             events = [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(5)]
             assert http.post("/api/v1/events", content=json.dumps(events),
                              headers={"content-type": "application/cloudevents-batch+json"}).status_code == 202
@@ -285,7 +276,7 @@ def test_chat_over_http_answers_through_the_llm_within_the_callers_scope(tmp_pat
         assert incident_id in llm.user_prompt("chat_answer") and reply["citations"]["seqs"]
         asked = len(llm.requests)
         llm.on("chat_answer", cited_answer)
-        with client(service, "cart") as http:
+        with api_client(service, "cart") as http:
             scoped = http.post("/api/v1/chat", json={"question": "what is still open?"}).json()
         assert all(incident_id not in json.dumps(request) for request in llm.requests[asked:]), \
             "the LLM never sees an incident outside the caller's scope"
@@ -301,7 +292,7 @@ def test_ingest_answers_503_while_the_bus_is_down_and_accepts_again_after(tmp_pa
     try:
         service.tokens = {"ops": TokenStore(tmp_path / "data" / "rtem.db").create("ops", "operator")[0]}
         event = anomaly("down-1", "frontend-0", 1)
-        with client(service, "ops") as http:
+        with api_client(service, "ops") as http:
             service.service.server.stop()  # the embedded NATS server goes away
             service.wait(lambda: http.get("/readyz").status_code == 503)
             refused = http.post("/api/v1/events", json=event)

@@ -10,7 +10,6 @@ import json
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent.audit import AuditLog
@@ -18,7 +17,7 @@ from agent.config import Settings
 from agent.tokens import ROLES, TokenStore
 from bus import InvalidEvent, parse_event
 from tests.helpers import cloud_event
-from tests.live import ThreadedService, anomaly
+from tests.live import ThreadedService, anomaly, api_client, drain_action
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -37,7 +36,7 @@ def live(tmp_path_factory, boutique):
     service.tokens["carla"] = tokens.create("carla", "viewer", services=["cartservice"])[0]
     service.db = data / "rtem.db"
     events = [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)]
-    with client(service, "operator") as http:
+    with api_client(service, "operator") as http:
         batch = http.post("/api/v1/events", content=json.dumps(events),
                           headers={"content-type": "application/cloudevents-batch+json"})
         assert batch.status_code == 202, batch.text
@@ -45,15 +44,6 @@ def live(tmp_path_factory, boutique):
             (i for i in http.get("/api/v1/incidents").json()["incidents"] if i["status"] == "awaiting_approval"), None))
     yield service
     service.stop()
-
-
-def client(live, who: str | None = None, **kwargs) -> httpx.Client:
-    headers = {"authorization": f"Bearer {live.tokens[who]}"} if who else {}
-    return httpx.Client(base_url=live.url, headers=headers, timeout=30, **kwargs)
-
-
-def drain(live) -> dict:
-    return next(a for a in live.incident["actions"] if a["type"] == "drain_host")
 
 
 def stored_ids(live, ids: list[str]) -> set[str]:
@@ -92,7 +82,7 @@ def test_json_rtem_cannot_keep_is_a_400_naming_it_on_every_endpoint_that_takes_a
     json_type = {"content-type": "application/json"}
     alert = body if name == "nested" else json.dumps(
         {"version": "4", "alerts": [{"labels": {"alertname": "A"}}]}).replace('"A"', VALUES[name])
-    with client(live, "admin") as http:
+    with api_client(live, "admin") as http:
         answers = {
             "events": http.post("/api/v1/events", content=body, headers=json_type),
             "alertmanager": http.post("/api/v1/alertmanager", content=alert, headers=json_type),
@@ -127,7 +117,7 @@ ALERT_TYPES = [
 def test_alertmanager_payloads_with_wrong_types_are_a_400_naming_each_field(live):
     from tests.test_api import alertmanager_payload
 
-    with client(live, "operator") as http:
+    with api_client(live, "operator") as http:
         for name, spoil, problem in ALERT_TYPES:
             payload = alertmanager_payload(f"fp-{name}")
             spoil(payload)
@@ -145,7 +135,7 @@ def test_alertmanager_payloads_with_wrong_types_are_a_400_naming_each_field(live
 
 @pytest.mark.integration
 def test_audit_since_seq_beyond_64_bits_is_a_422_naming_the_parameter(live):
-    with client(live, "viewer") as http:
+    with api_client(live, "viewer") as http:
         answer = http.get(f"/api/v1/audit?since_seq={2**64}")
         assert answer.status_code == 422, answer.text
         assert answer.json()["detail"][0]["where"] == "query.since_seq"
@@ -156,9 +146,9 @@ def test_audit_since_seq_beyond_64_bits_is_a_422_naming_the_parameter(live):
 
 @pytest.mark.integration
 def test_approving_outside_the_scope_answers_exactly_as_an_unknown_incident(live):
-    incident_id, index = live.incident["id"], drain(live)["index"]
+    incident_id, index = live.incident["id"], drain_action(live)["index"]
     prefix = incident_id[:len("inc-") + 4]
-    with client(live, "carol") as http:
+    with api_client(live, "carol") as http:
         for decision in ("approve", "reject"):
             for hidden, unknown in ((incident_id, "inc-00000000nothing"), (prefix, "inc-zzzz")):
                 seen = http.post(f"/api/v1/incidents/{hidden}/actions/{index}/{decision}", json={})
@@ -168,7 +158,7 @@ def test_approving_outside_the_scope_answers_exactly_as_an_unknown_incident(live
                 assert seen.json()["error"].replace(hidden, unknown) == absent.json()["error"]
                 assert incident_id not in seen.text or hidden == incident_id
                 assert "node-6" not in seen.text
-    with client(live, "admin") as http:
+    with api_client(live, "admin") as http:
         assert http.get(f"/api/v1/incidents/{incident_id}").json()["actions"][index]["status"] == "awaiting_approval"
     with AuditLog(live.db) as audit:
         denied = audit.records(kind="access.denied")[-1]
@@ -178,18 +168,18 @@ def test_approving_outside_the_scope_answers_exactly_as_an_unknown_incident(live
 
 @pytest.mark.integration
 def test_access_denials_are_listed_to_admins_only(live):
-    with client(live, "carla") as http:  # a scoped viewer is refused something: a denial is recorded
+    with api_client(live, "carla") as http:  # a scoped viewer is refused something: a denial is recorded
         assert http.post("/api/v1/rules/reload").status_code == 403
-    with client(live, "carol") as http:
+    with api_client(live, "carol") as http:
         http.post(f"/api/v1/incidents/{live.incident['id']}/actions/0/approve", json={})
     for who in ("viewer", "operator", "approver", "rule_author", "carol", "carla"):
-        with client(live, who) as http:
+        with api_client(live, who) as http:
             listed = http.get("/api/v1/audit?limit=1000").json()["records"]
             assert not [r for r in listed if r["kind"] == "access.denied"], who
             assert http.get("/api/v1/audit?kind=access.denied").json() == {"records": []}, who
             if who in ("carol", "carla"):
                 assert live.incident["id"] not in json.dumps(listed)
-    with client(live, "admin") as http:
+    with api_client(live, "admin") as http:
         denied = http.get("/api/v1/audit?kind=access.denied&limit=1000").json()["records"]
     assert {"carla", "carol"} <= {r["inputs"]["token"] for r in denied}
 
@@ -198,11 +188,11 @@ def test_access_denials_are_listed_to_admins_only(live):
 
 @pytest.mark.integration
 def test_every_response_carries_the_security_headers(live):
-    with client(live) as http:
+    with api_client(live) as http:
         answers = {"page": http.get("/"), "login": http.get("/login"), "static": http.get("/static/console.js"),
                    "probe": http.get("/healthz"), "401": http.get("/api/v1/incidents"),
                    "404": http.get("/nowhere"), "report page": http.get("/reports/inc-x")}
-    with client(live, "viewer") as http:
+    with api_client(live, "viewer") as http:
         answers["json"] = http.get("/api/v1/whoami")
         answers["report"] = http.get(f"/api/v1/incidents/{live.incident['id']}/report?format=html")
     for what, answer in answers.items():
@@ -226,7 +216,7 @@ def test_every_response_carries_the_security_headers(live):
 def test_the_cookie_acts_only_with_the_consoles_origin_and_header_and_bearer_tokens_are_unaffected(live):
     own = live.url
     console = {"origin": own, "x-rtem-console": "1"}
-    with client(live) as http:
+    with api_client(live) as http:
         refused = http.post("/api/v1/session", json={"token": live.tokens["rule_author"]})
         assert refused.status_code == 403 and "cross-site request refused" in refused.json()["error"]
         assert http.post("/api/v1/session", json={"token": live.tokens["rule_author"]},
@@ -253,7 +243,7 @@ def test_the_cookie_acts_only_with_the_consoles_origin_and_header_and_bearer_tok
         denied = audit.records(kind="access.denied")[-1]
     assert denied.inputs["token"] == "rule_author-1" and denied.decision == {"status": 403}
     assert denied.reasons[0].startswith("cross-site request refused")
-    with client(live, "rule_author", cookies={"rtem_token": live.tokens["viewer"]}) as http:
+    with api_client(live, "rule_author", cookies={"rtem_token": live.tokens["viewer"]}) as http:
         answer = http.post("/api/v1/rules/reload", headers={"origin": "http://127.0.0.1:1"})
         assert answer.status_code == 200, "a bearer token is not the cookie: no browser adds it by itself"
 
