@@ -35,10 +35,11 @@ class Decided:
 def decide(store, ledger: Ledger, audit: AuditLog, incident_id: str, selector: int | str, *, approve: bool,
            by: str, reason: str = "", via: str, role: str | None = None, policy: Policy = Policy(),
            visible: Callable[[dict], bool] | None = None, authorize: Authorize | None = None,
-           now: datetime | None = None) -> Decided:
+           now: datetime | None = None, operator: str | None = None) -> Decided:
     """Keep `by`'s decision on the incident's action(s) named by `selector` (an index, or a type), or
     raise DecisionRefused. `visible(row)` hides incidents the caller may not see (answered as if they
-    did not exist); `authorize(action)` refuses by scope or role."""
+    did not exist); `authorize(action)` refuses by scope or role; `operator` (the CLI's `user@host`) is
+    recorded beside `by`, which a person may have named otherwise (`rtem approve --by`)."""
     now = now or datetime.now(timezone.utc)
     row = store.incident(incident_id)
     if row is None or (visible is not None and not visible(row)):
@@ -57,7 +58,7 @@ def decide(store, ledger: Ledger, audit: AuditLog, incident_id: str, selector: i
             raise DecisionRefused(Refusal.ALREADY_DECIDED, f"{action.label} of {incident.id} was already decided: "
                                   f"{theirs.decision} by {theirs.by} at {theirs.at.isoformat()}")
         audit.append("approval.decided", incident_id=incident.id, node=via,
-                     inputs={"by": by, "via": via, "role": role,
+                     inputs={"by": by, "via": via, "role": role, **({"operator": operator} if operator else {}),
                              "action": {"index": action.index, "type": action.type, "target": action.target}},
                      decision={"decision": approval.decision, "by": by},
                      reasons=[reason or f"{by} gave no reason"])

@@ -4,6 +4,7 @@ import hashlib
 
 import pytest
 
+from agent.identity import operator
 from agent.report import build_report
 from agent.run import Service
 from tests.live import Target, anomaly, publish, sample, settings, wait_for
@@ -109,6 +110,7 @@ async def test_rtem_approve_decides_a_waiting_action_and_records_who(tmp_path, n
         assert json.loads(done.stdout) == {"incident": row["id"], "actions": [0], "decision": "approve", "by": "alice"}
         [decided] = service.parts.audit.records(incident_id=row["id"], kind="approval.decided")
         assert decided.inputs["by"] == "alice" and decided.inputs["via"] == "cli" and decided.reasons == ["host is sick"]
+        assert decided.inputs["operator"] == operator(), "who ran the command, beside the name given with --by"
         # one meaning of "approve": a colleague's later reject is refused, not written over the approval
         again = runner.invoke(app, ["reject", row["id"], "0", "--by", "bob", "--db", db])
         assert again.exit_code == 1 and "already decided: approve by alice" in again.output, again.output

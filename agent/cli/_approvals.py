@@ -40,7 +40,7 @@ def _decide(incident_id: str, action: str, approve: bool, by: str | None, reason
     with AuditLog(store_path(db)) as audit:
         try:
             decided = decide(store, ledger, audit, incident_id, action, approve=approve, by=who, reason=reason,
-                             via="cli", policy=Policy(approval_ttl_s=settings().approval_ttl_s))
+                             via="cli", policy=Policy(approval_ttl_s=settings().approval_ttl_s), operator=operator())
         except DecisionRefused as refused:
             fail(refused.message + ("" if refused.kind != "no_such_incident" else " (see `rtem incidents`)"), 1)
     if json_out:
