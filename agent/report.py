@@ -129,10 +129,12 @@ def markdown_code(value: Any, cell: bool = False) -> Markup:
 
 
 def _markdown_text(value: Any) -> Any:
-    """Every `{{ … }}` of the Markdown template: plain text, so raw HTML from an event is shown, not run."""
+    """Every `{{ … }}` of the Markdown template: plain text, so raw HTML from an event is shown, not run,
+    and a link written in an event (`[x](javascript:…)`) is not a link. (Table cells escape `|` themselves.)"""
     if isinstance(value, Markup):  # a code span made by `code`
         return value
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("[", "\\[").replace("]", "\\]")
 
 
 def duration(seconds: float | None) -> str:

@@ -25,7 +25,7 @@ from tests.helpers import T0
 runner = CliRunner()
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 
-EVIL = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+EVIL = '<img src=x onerror="alert(1)"><script>alert(2)</script>[click](javascript:alert(3))'
 
 
 def mode(path: Path) -> int:
@@ -153,6 +153,8 @@ def test_the_markdown_report_shows_raw_html_as_text(tmp_path):
     assert "<" not in text, [line for line in text.splitlines() if "<" in line][:3]
     assert "&lt;script&gt;alert(2)&lt;/script&gt;" in md  # shown, as the characters, once rendered
     assert "``ev-0`<b>``" in md  # a backtick in a value cannot close its code span early
+    assert not re.search(r"(?<!\\)\]\(javascript:", text) and "\\[click\\](javascript:alert(3))" in md, \
+        "a link in an event is shown as text, not made a link"
 
 
 def test_a_code_span_holds_any_value():
