@@ -47,6 +47,7 @@ class SqliteActionHistory:
     def __init__(self, where: SqliteIncidentStore | str | Path):
         self._until_seq: int | None = None  # a view made by as_of() reads only rows up to this seq
         self._before_ts: float | None = None
+        self._not_of: str | None = None  # a view made by excluding() leaves out this incident's rows
         if isinstance(where, SqliteIncidentStore):
             self._conns = SqliteConnections(where.path, synchronous=where.synchronous, readonly=where.readonly,
                                             busy_timeout_s=where.connections.busy_timeout_s)
@@ -93,6 +94,14 @@ class SqliteActionHistory:
         view._before_ts = before.timestamp() if before is not None and seq is None else None
         return view
 
+    def excluding(self, incident_id: str) -> SqliteActionHistory:
+        """A read-only view without the actions of `incident_id`: an incident judged again (its thread
+        re-run after a crash) is not held back by the actions it was itself allowed the first time."""
+        view = object.__new__(SqliteActionHistory)
+        view.__dict__.update(self.__dict__)
+        view._not_of, view._own = incident_id, False
+        return view
+
     def __len__(self) -> int:
         if self._until_seq is not None:
             return self._read("SELECT COUNT(*) FROM action_history WHERE seq<=?", [self._until_seq])[0][0]
@@ -111,6 +120,9 @@ class SqliteActionHistory:
         if self._before_ts is not None:
             sql += " AND ts<?"
             params.append(self._before_ts)
+        if self._not_of is not None:
+            sql += " AND incident_id IS NOT ?"
+            params.append(self._not_of)
         if targets is not None:
             names = list(targets)
             if not names:

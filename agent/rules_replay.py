@@ -126,6 +126,8 @@ def replay(db_path: str | Path, rules: CheckReport, topology: Topology, since: d
             at = parse_time(context["at"])
             seq = context.get("history_seq")
             past = history.as_of(seq) if seq is not None else history.as_of(before=at)
+            if record.incident_id:  # judged as live: by the other incidents' actions (graph/_steps.py)
+                past = past.excluding(record.incident_id)
             verdict = guard.evaluate(proposal, topology=topology, incident_entities=context["incident_entities"],
                                      incident_id=record.incident_id or "", at=at,
                                      incident_severity=context["incident_severity"], history=past)

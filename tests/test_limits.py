@@ -177,6 +177,40 @@ def test_a_recorded_key_is_counted_once(tmp_path):
         store.close()
 
 
+def test_a_rerun_of_the_guard_node_is_judged_as_the_first_run(tmp_path):
+    """Defect (chaos suite): after a kill the incident's thread re-ran `guard` with a later updated_at; its
+    own first allowance was counted against it under a second key, and a restart it had been allowed now
+    waited for a person. Its own actions do not count; other incidents' do."""
+    from types import SimpleNamespace
+
+    from agent.graph import guard as guard_node
+
+    rules_dir = tmp_path / "rules"
+    (rules_dir / "guardrails").mkdir(parents=True)
+    (rules_dir / "guardrails" / "limits.yaml").write_text(
+        "version: 1\nrules:\n" + LIMIT.replace("max: 2", "max: 1"), "utf-8")
+    (rules_dir / "contracts").symlink_to(Path(load_contracts()["scale_out"].source).parent)
+    (rules_dir / "detect").symlink_to(Path(load_contracts()["scale_out"].source).parent.parent / "detect")
+    parts = build(Settings(data_dir=tmp_path / "data", rules_dir=rules_dir), TOPOLOGY, dry_run=False)
+    try:
+        proposal = Proposal(type="restart_instance", target="cart-0").model_dump()
+
+        def judged(incident_id: str, minute: int) -> list[str]:
+            incident = {"id": incident_id, "entities": ["cart-0"], "severity": "error",
+                        "updated_at": (T0 + timedelta(minutes=minute)).isoformat()}
+            out = guard_node({"incident": incident, "proposals": [proposal]},
+                             SimpleNamespace(context=parts.graph.deps))
+            return [a["verdict"] for a in out["actions"]]
+
+        assert judged("inc-1", 0) == ["allow"]
+        assert judged("inc-1", 5) == ["allow"], "the re-run is not held back by its own allowance"
+        history = parts.rules.current().guard.history
+        assert history.count("restart_instance", since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=1)) == 1
+        assert judged("inc-2", 10) == ["deny"], "another incident still counts it"
+    finally:
+        asyncio.run(parts.close())
+
+
 # -- time windows ------------------------------------------------------------------------------------
 
 WINDOWS = """\

@@ -18,7 +18,7 @@ from ..incident import PAGE, ActionStatus, PlannedAction
 from ..ledger import step_key
 from ..models import ReasonerRun, RootCause
 from ._deps import Deps, IncidentState, plan_of, records
-from ._steps import page_oncall, run_step, stale
+from ._steps import others_of, page_oncall, run_step, stale
 
 
 def gather_context(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
@@ -80,10 +80,12 @@ def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
         seen = history.watermark() if hasattr(history, "watermark") else None
         verdict = ruleset.guard.evaluate(
             proposal, topology=deps.topology, incident_entities=incident["entities"],
-            incident_id=incident["id"], incident_severity=incident["severity"], at=at)
+            incident_id=incident["id"], incident_severity=incident["severity"], at=at,
+            history=others_of(history, incident["id"]))
         if verdict.outcome == "allow" and history is not None and recovered is None:
+            # Keyed by what it is, so a re-run of this node (after a crash) records nothing new.
             history.record(proposal.type, proposal.target, at, incident_id=incident["id"],
-                           key=f"{incident['id']}#{len(judged)}@{incident['updated_at']}")
+                           key=f"{incident['id']}#{proposal.type}@{proposal.target}")
         metrics.VERDICTS.labels(outcome=verdict.outcome).inc()
         deps.audit.append(
             "action.verdict", incident_id=incident["id"], node="guard",

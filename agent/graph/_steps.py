@@ -9,6 +9,7 @@ from typing import Any
 from rules import Proposal
 
 from .. import incident as core
+from ..action_history import SqliteActionHistory
 from ..executors import Step
 from ..incident import PAGE, ActionStatus, PlannedAction, StepOutcome
 from ..ledger import step_key
@@ -65,10 +66,18 @@ def stale(deps: Deps, incident: dict[str, Any], action: PlannedAction):
     reason = core.stale_approval(action, deps.clock(), deps.policy)
     if reason:
         return ActionStatus.EXPIRED, reason, []
-    verdict = deps.rules.current().guard.evaluate(
+    guard = deps.rules.current().guard
+    verdict = guard.evaluate(
         Proposal(type=action.type, target=action.target, params=action.params, proposed_by=action.proposed_by),
         topology=deps.topology, incident_entities=incident["entities"], incident_id=incident["id"],
-        incident_severity=incident["severity"], at=datetime.fromtimestamp(deps.watermark(), timezone.utc))
+        incident_severity=incident["severity"], at=datetime.fromtimestamp(deps.watermark(), timezone.utc),
+        history=others_of(guard.history, incident["id"]))
     if verdict.outcome == "deny":
         return ActionStatus.BLOCKED, "the guard now denies it: " + verdict.reason, verdict.rules
     return None
+
+
+def others_of(history, incident_id: str):
+    """The action history an incident is judged by: the actions of every other incident (its own were
+    allowed by the same judgement, and a re-run must not count them against it)."""
+    return history.excluding(incident_id) if isinstance(history, SqliteActionHistory) else history
