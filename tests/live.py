@@ -146,3 +146,17 @@ def api_client(live, who: str | None = None, **kwargs):
 def drain_action(live) -> dict:
     """The drain_host action of the live service's incident (the CPU fault on node-6)."""
     return next(a for a in live.incident["actions"] if a["type"] == "drain_host")
+
+
+def stop_process(proc, timeout: float = 20.0) -> None:
+    """SIGTERM a test's `rtem run` process and wait for it; SIGKILL when it does not stop in time."""
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -18,7 +18,7 @@ from agent.ledger import Ledger
 from agent.store import IncidentStore
 from bus import Bus, EmbeddedNats
 from tests.conftest import EXAMPLES
-from tests.live import Target, anomaly, publish, sample, wait_for
+from tests.live import Target, anomaly, publish, sample, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,12 +50,7 @@ class ServiceProcess:
         self._last_err = self.proc.stderr.read().decode(errors="replace")[-3000:]
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 10)
 
     def incident(self):
         if not self.db.exists():

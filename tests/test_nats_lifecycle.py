@@ -23,7 +23,7 @@ from agent.audit import AuditLog
 from agent.store import IncidentStore
 from bus import AUDIT, Bus, BusSettings, EmbeddedNats
 from tests.conftest import EXAMPLES
-from tests.live import anomaly, sample, wait_for
+from tests.live import anomaly, sample, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +67,7 @@ class RtemRun:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def nats_servers_on(data_dir: Path) -> list[int]:
