@@ -221,13 +221,7 @@ class EmbeddedNats:
         try:
             if proc is None:
                 return
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc, timeout)
             if proc.stderr:
                 proc.stderr.close()
         finally:
@@ -357,3 +351,15 @@ def _exit_with_parent():
         if os.getppid() != parent:  # the parent died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
     return set_death_signal
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM a child process and wait for it; SIGKILL it when it does not stop within `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

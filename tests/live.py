@@ -150,13 +150,7 @@ def drain_action(live) -> dict:
 
 def stop_process(proc, timeout: float = 20.0) -> None:
     """SIGTERM a test's `rtem run` process and wait for it; SIGKILL when it does not stop in time."""
-    import subprocess
+    from bus._server import terminate
 
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc is not None:
+        terminate(proc, timeout)
