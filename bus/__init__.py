@@ -1,11 +1,13 @@
 """rtem's bus: the embedded NATS server, JetStream streams, the event envelope and dead letters; and
 the one retry policy and circuit breaker every layer uses (`_resilience`)."""
 
-from ._client import Bus, ConsumeStats, DeadLetter, Handler, NatsAuthError, PublishReport, connect_options
+from ._auth import PRODUCER, RTEM_USER, TARGET, NatsAuthError, connect_options, embedded_credentials
+from ._client import Bus, ConsumeStats, DeadLetter, Handler, PublishReport
 from ._envelope import (MAX_EVENT_BYTES, SEVERITIES, SEVERITY_RANK, Event, InvalidEvent, InvalidJSON, event_from_dict,
                         event_schema, format_time, loads_json, parse_event, parse_time)
 from ._resilience import CLOSED, HALF_OPEN, OPEN, BreakerOpen, CircuitBreaker, RetryPolicy, retry_async
-from ._server import PRODUCER, RTEM_USER, TARGET, DataDirInUse, EmbeddedNats, NatsServerError, embedded_credentials
+from ._processes import NatsServerError, terminate
+from ._server import DataDirInUse, EmbeddedNats, nats_server_binary
 from ._streams import AUDIT, DLQ, EVENTS, TRIAGE, BusSettings, NatsAuth
 
 __all__ = [
@@ -13,6 +15,6 @@ __all__ = [
     "SEVERITIES", "SEVERITY_RANK", "TARGET", "TRIAGE", "BreakerOpen", "Bus", "BusSettings", "CircuitBreaker",
     "ConsumeStats", "DataDirInUse", "DeadLetter", "EmbeddedNats", "Event", "Handler", "InvalidEvent", "InvalidJSON",
     "NatsAuth", "NatsAuthError", "NatsServerError", "PublishReport", "RetryPolicy", "connect_options",
-    "embedded_credentials", "event_from_dict", "event_schema", "format_time", "loads_json", "parse_event",
-    "parse_time", "retry_async",
+    "embedded_credentials", "event_from_dict", "event_schema", "format_time", "loads_json", "nats_server_binary",
+    "parse_event", "parse_time", "retry_async", "terminate",
 ]

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import logging
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,9 +22,10 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 
-from ._envelope import Event, InvalidEvent, format_time, parse_event
+from ._auth import NatsAuthError, _auth_kind, _refused, connect_options
+from ._envelope import Event, InvalidEvent, dated_ahead, parse_event
 from ._resilience import retry_async
-from ._streams import (AUDIT, AUDIT_SUBJECTS, DLQ, EVENTS, TRIAGE, BusSettings, NatsAuth, event_subject,
+from ._streams import (AUDIT, AUDIT_SUBJECTS, DLQ, EVENTS, TRIAGE, BusSettings, event_subject,
                        stream_configs, triage_consumer)
 
 log = logging.getLogger("rtem.bus")
@@ -373,68 +372,6 @@ class Bus:
                 stats.failed += 1
             else:
                 await msg.nak(delay=self.settings.redelivery.interval(msg.metadata.num_delivered))
-
-
-class NatsAuthError(ConnectionError):
-    """The server refused the credentials, or they cannot be used as given."""
-
-
-def connect_options(auth: NatsAuth) -> dict[str, Any]:
-    """nats-py's `connect` keywords for `auth`: one way to authenticate, and TLS if a CA or a client
-    certificate is given."""
-    ways = [kind for kind, given in (("a credentials file", auth.creds), ("an nkey seed", auth.nkey_seed),
-                                     ("a token", auth.token), ("a user", auth.user or auth.password)) if given]
-    if len(ways) > 1:
-        raise NatsAuthError(f"NATS credentials: set one of a credentials file, an nkey seed, a token or a user "
-                            f"and password, not {' and '.join(ways)}")
-    if bool(auth.user) != bool(auth.password):
-        raise NatsAuthError("NATS credentials: a user needs a password, and a password a user")
-    if bool(auth.tls_cert) != bool(auth.tls_key):
-        raise NatsAuthError("NATS TLS: a client certificate needs its key, and a key its certificate")
-    if (auth.creds or auth.nkey_seed) and importlib.util.find_spec("nkeys") is None:
-        raise NatsAuthError("NATS credentials files and nkey seeds need the nkeys package: pip install nkeys")
-    options: dict[str, Any] = {}
-    if auth.creds:
-        options["user_credentials"] = str(auth.creds)
-    elif auth.nkey_seed:
-        options["nkeys_seed"] = str(auth.nkey_seed)
-    elif auth.token:
-        options["token"] = auth.token
-    elif auth.user:
-        options.update(user=auth.user, password=auth.password)
-    if auth.tls_ca or auth.tls_cert:
-        context = ssl.create_default_context(cafile=str(auth.tls_ca) if auth.tls_ca else None)
-        if auth.tls_cert:
-            context.load_cert_chain(str(auth.tls_cert), str(auth.tls_key))
-        options["tls"] = context
-    return options
-
-
-def _refused(exc: Exception) -> bool:
-    return "authorization violation" in str(exc).lower() or isinstance(exc, ssl.SSLCertVerificationError)
-
-
-def _auth_kind(auth: NatsAuth) -> str:
-    if auth.creds:
-        return f"credentials file {auth.creds}"
-    if auth.nkey_seed:
-        return f"nkey seed {auth.nkey_seed}"
-    if auth.token:
-        return "a token"
-    return f"user {auth.user}" if auth.user else "no credentials"
-
-
-def dated_ahead(event: Event, received: datetime, max_skew_s: float) -> str | None:
-    """Why an event dated too far after the moment it was received is refused, or None when it is not.
-
-    Event time is what windows, correlation and verification measure; one producer with a clock in the
-    future (or a typo, 9999-12-31) would move it there for everyone, so such an event is dead-lettered."""
-    ahead = (event.time - received).total_seconds()
-    if ahead <= max_skew_s:
-        return None
-    return (f"dated {format_time(event.time)}, {ahead:.0f} s ahead of the receive time {format_time(received)}; "
-            f"RTEM_MAX_CLOCK_SKEW_S={max_skew_s:g}: fix the producer's clock, or raise the limit if its events "
-            "are meant to run ahead")
 
 
 def _batch_span(headers, size: int):

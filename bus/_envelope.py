@@ -234,3 +234,16 @@ def _fast_validator():
 @lru_cache(maxsize=1)
 def _validator() -> Draft202012Validator:
     return Draft202012Validator(event_schema())
+
+
+def dated_ahead(event: Event, received: datetime, max_skew_s: float) -> str | None:
+    """Why an event dated too far after the moment it was received is refused, or None when it is not.
+
+    Event time is what windows, correlation and verification measure; one producer with a clock in the
+    future (or a typo, 9999-12-31) would move it there for everyone, so such an event is dead-lettered."""
+    ahead = (event.time - received).total_seconds()
+    if ahead <= max_skew_s:
+        return None
+    return (f"dated {format_time(event.time)}, {ahead:.0f} s ahead of the receive time {format_time(received)}; "
+            f"RTEM_MAX_CLOCK_SKEW_S={max_skew_s:g}: fix the producer's clock, or raise the limit if its events "
+            "are meant to run ahead")

@@ -150,7 +150,7 @@ def drain_action(live) -> dict:
 
 def stop_process(proc, timeout: float = 20.0) -> None:
     """SIGTERM a test's `rtem run` process and wait for it; SIGKILL when it does not stop in time."""
-    from bus._server import terminate
+    from bus import terminate
 
     if proc is not None:
         terminate(proc, timeout)

@@ -18,8 +18,7 @@ import pytest
 
 from agent.store import IncidentStore
 from bus import EVENTS, Bus, BusSettings, EmbeddedNats, NatsAuth
-from bus._client import NatsAuthError, connect_options
-from bus._server import PRODUCER, RTEM_USER, TARGET, embedded_credentials, nats_server_binary
+from bus import PRODUCER, RTEM_USER, TARGET, NatsAuthError, connect_options, embedded_credentials, nats_server_binary
 from tests.conftest import EXAMPLES
 from tests.live import sample, wait_for
 

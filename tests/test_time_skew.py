@@ -12,7 +12,7 @@ import pytest
 from agent.config import Settings
 from agent.service import build
 from bus import Bus, BusSettings, format_time, parse_event
-from bus._client import dated_ahead
+from bus._envelope import dated_ahead
 from tests.helpers import cloud_event
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
