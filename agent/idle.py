@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .graph import page_oncall
 from .incident import IncidentStatus, Recovery, age_out, alert_states
@@ -25,10 +26,11 @@ class IdleCloser:
         self.idle_close_s = idle_close_s
         self.on_closed = on_closed
 
-    async def sweep(self, still_s: float, busy: set[str]) -> None:
-        """`still_s`: how long event time has stood still (wall clock); `busy`: incidents whose thread runs."""
+    async def sweep(self, rows: list[dict[str, Any]], still_s: float, busy: set[str]) -> None:
+        """Over `rows` (the active incidents); `still_s`: how long event time has stood still (wall
+        clock); `busy`: incidents whose thread runs."""
         watermark = self.parts.triage.detector.watermark
-        for row in self.parts.store.active_incidents():
+        for row in rows:
             if row["status"] != IncidentStatus.OPEN or row["id"] in busy:
                 continue
             idle = {"last_signal": row["last_ts"], "watermark": watermark, "still_s": still_s,

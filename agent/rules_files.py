@@ -8,15 +8,15 @@ one's definition (`definitions`), which the audit log keeps, so a diff also span
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import os
-import socket
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .identity import operator
 
 from rules import CheckReport, Finding, check_rules
 
@@ -80,11 +80,7 @@ def diff_definitions(before: dict[str, dict[str, str]], after: dict[str, dict[st
 def default_actor() -> str:
     """Who loads: the OS user, host and process (rtem cannot know who edited a file; the audited file
     list names each file's owner and modification time)."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no user name in some containers
-        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+    return f"{operator()} pid {os.getpid()}"
 
 
 def rule_files(root: Path) -> list[dict[str, Any]]:

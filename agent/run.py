@@ -29,7 +29,7 @@ from .executors import CommandTransport, Executors, HttpTransport, NatsTransport
 from .graph import page_oncall
 from .incident import IncidentStatus, alert_states, alerts_recovered
 from .rules_reload import RulesReloader
-from .service import Components, build, publish_audit
+from .service import Components, build, check_audit_copy, publish_audit
 from .idle import IdleCloser, StillClock
 from .serve import purge_regularly, serve_http, start_embedded_server
 from .tokens import TokenStore
@@ -96,6 +96,7 @@ class Service:
         self.parts = await build(self.settings, self.topology, data_dir, dry_run=self.dry_run, executors=executors,
                                  hot_reload=True).open()
         self.reloader: RulesReloader = self.parts.rules
+        await check_audit_copy(self.bus, self.parts.audit)  # once: a log cut short is said at start
         await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", cb=self._page)
         self._tasks = [asyncio.create_task(self._consume(), name="consume"),
                        asyncio.create_task(self._drive(), name="drive"),
@@ -170,14 +171,15 @@ class Service:
         idle = IdleCloser(self.parts, self.settings.idle_close_s, self._closed_idle)
         while not self.stop_event.is_set():
             try:
-                await self.tick()
+                rows = self.parts.store.active_incidents()  # read once a pass, for both
+                await self.tick(rows)
                 silent = False  # the bus is up and nothing waits on it: no event means no event
                 if self.bus and not self.bus.nc.is_closed:
                     await publish_audit(self.bus, self.parts.audit)
                     lag = await self._lag()
                     metrics.CONSUMER_LAG.set(lag)
                     silent = self.bus.nc.is_connected and lag == 0
-                await idle.sweep(still.seconds(self.parts.triage.detector.watermark, silent=silent),
+                await idle.sweep(rows, still.seconds(self.parts.triage.detector.watermark, silent=silent),
                                  busy=set(self._advancing))
                 for target, breaker in self.parts.graph.deps.executors.breakers.items():
                     metrics.BREAKER.labels(target=target).set(1 if breaker.state == "open" else 0)
@@ -188,11 +190,10 @@ class Service:
             except asyncio.TimeoutError:
                 pass
 
-    async def tick(self) -> None:
-        """Start threads for incidents that are ready and move waiting ones along (active ones only)."""
-        store = self.parts.store
+    async def tick(self, rows: list[dict[str, Any]]) -> None:
+        """Start threads for the active incidents that are ready and move waiting ones along."""
         watermark = self.parts.triage.detector.watermark
-        for row in store.active_incidents():
+        for row in rows:
             if row["id"] in self._advancing or not self._ready(row, watermark):
                 continue
             task = asyncio.create_task(self._advance(row["id"], row["status"]))

@@ -95,8 +95,7 @@ async def purge_regularly(parts: Components, settings: Settings, stop: asyncio.E
         except asyncio.TimeoutError:
             wait = every_s
         try:
-            report = await asyncio.to_thread(purge, parts.store, parts.audit, policy,
-                                             checkpoints=Path(settings.data_dir) / "checkpoints.db", actor="rtem run")
+            report = await asyncio.to_thread(purge, parts.store, parts.audit, policy, actor="rtem run")
             log.info("retention purge: %s", report.counts())
         except Exception:
             log.exception("retention purge failed; trying again in %.0f s", every_s)

@@ -126,7 +126,7 @@ def record_correlation(audit: AuditLog, store: IncidentStore, result: BatchResul
 
 async def publish_audit(bus: Bus, audit: AuditLog, page: int = 500) -> int:
     """Copy audit records the AUDIT stream does not have yet, a page at a time; SQLite stays the source of
-    truth. A stream ahead of the log means records were deleted here: said once, for `rtem audit verify`."""
+    truth."""
     last = await bus.last_audit_seq()
     published = 0
     while records := audit.records(since_seq=last, limit=page):
@@ -134,14 +134,16 @@ async def publish_audit(bus: Bus, audit: AuditLog, page: int = 500) -> int:
             await bus.publish_audit(record.model_dump(mode="json"))
         published += len(records)
         last = records[-1].seq
-    if not published:
-        head = audit.last()
-        if head is not None and head.seq < last and (str(audit.path), last) not in _AHEAD_WARNED:
-            _AHEAD_WARNED.add((str(audit.path), last))
-            logging.getLogger("rtem.audit").error(
-                "the AUDIT stream has records up to seq %d but %s ends at seq %d: records were deleted from the "
-                "audit log; run `rtem audit verify` to name them", last, audit.path, head.seq)
     return published
 
 
-_AHEAD_WARNED: set[tuple[str, int]] = set()
+async def check_audit_copy(bus: Bus, audit: AuditLog) -> bool:
+    """At start: False, and an error logged, when the AUDIT stream holds records past the log's end
+    (they were deleted from the log; `rtem audit verify` names them)."""
+    last, head = await bus.last_audit_seq(), audit.last()
+    if head is not None and head.seq < last:
+        logging.getLogger("rtem.audit").error(
+            "the AUDIT stream has records up to seq %d but %s ends at seq %d: records were deleted from the "
+            "audit log; run `rtem audit verify` to name them", last, audit.path, head.seq)
+        return False
+    return True

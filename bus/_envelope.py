@@ -92,10 +92,20 @@ def loads_json(text: bytes | str) -> Any:
         raise InvalidJSON(f"not JSON rtem reads: nested deeper than {MAX_JSON_DEPTH} levels") from None
     except _Refused as exc:
         raise InvalidJSON(f"not JSON rtem reads: {exc}") from None
-    problem = _unstorable(doc)
-    if problem:
-        raise InvalidJSON(f"not JSON rtem reads: {problem}")
+    if _may_be_unstorable(text):  # the walk costs a pass over every value: only when it can find something
+        problem = _unstorable(doc)
+        if problem:
+            raise InvalidJSON(f"not JSON rtem reads: {problem}")
     return doc
+
+
+def _may_be_unstorable(text: bytes | str) -> bool:
+    """Whether `text` can hold a lone surrogate (through a `\\u` escape, or raw: json.loads decodes bytes
+    with surrogatepass) or more than MAX_JSON_DEPTH opening brackets; a few C-speed scans instead of a
+    walk over the document."""
+    escape = "\\u" if isinstance(text, str) else b"\\u"
+    opening = text.count("{" if isinstance(text, str) else b"{") + text.count("[" if isinstance(text, str) else b"[")
+    return escape in text or not text.isascii() or opening > MAX_JSON_DEPTH
 
 
 def event_from_dict(doc: dict[str, Any]) -> Event:

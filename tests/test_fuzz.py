@@ -241,7 +241,7 @@ def test_well_typed_alertmanager_payloads_become_valid_events(payload):
     for doc, alert in zip(docs, payload["alerts"]):
         event = event_from_dict(json.loads(json.dumps(doc)))
         assert event.type == "rtem.alert"
-        assert event.attributes["status"] == alert.get("status") or payload.get("status") or "firing"
+        assert event.attributes["status"] == (alert.get("status") or payload.get("status") or "firing")
 
 
 @FUZZ

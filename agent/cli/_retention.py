@@ -41,8 +41,7 @@ def purge(
             def progress(what: str, rows: int) -> None:
                 bar.update(task, description=f"{'counting' if dry_run else 'purging'} {what}: {rows} rows")
 
-            report = purge_store(store, audit, policy, checkpoints=path.with_name("checkpoints.db"),
-                                 dry_run=dry_run, actor=operator(), progress=progress)
+            report = purge_store(store, audit, policy, dry_run=dry_run, actor=operator(), progress=progress)
     except Exception as exc:  # noqa: BLE001 - a person reads this: what failed, where, what to do
         fail(f"{path}: purge failed ({type(exc).__name__}: {exc}); nothing after the failing step was deleted; "
              "run it again", 1)
