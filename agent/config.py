@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RTEM_", extra="forbid")
 
     data_dir: Path = Field(Path(".rtem"), description="where the store, audit log and checkpoints live")
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://… to keep rtem's records in PostgreSQL (several workers on one "
+                          "database); unset: SQLite files in data_dir (docs/storage.md)")
+    database_pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections one rtem may hold")
     nats_url: str | None = Field(None, description="an existing NATS server; unset: start an embedded one")
     # Credentials and TLS for an external NATS server (docs/nats.md); the embedded one makes its own.
     nats_creds: Path | None = Field(None, description="NATS credentials file (JWT and nkey seed)")
@@ -33,6 +37,9 @@ class Settings(BaseSettings):
     nats_tls_ca: Path | None = Field(None, description="CA bundle that signed the NATS server's certificate")
     nats_tls_cert: Path | None = Field(None, description="client certificate for mutual TLS (with nats_tls_key)")
     nats_tls_key: Path | None = Field(None, description="client certificate's private key")
+    nats_targets: dict[str, list[str]] = Field(
+        {}, description="the embedded server's target users, each with the command subjects it may receive, "
+                        'e.g. {"db-agent": ["rtem.cmd.*.orders-db"]}; unset: one user `target` receives all')
     rules_dir: Path | None = Field(None, description="guardrails, contracts and detections; unset: packaged")
     topology: Path | None = Field(None, description="topology file (JSON or YAML)")
     llm: Literal["none", "openai", "local"] = Field(
@@ -115,6 +122,11 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "rtem.db"
+
+    @property
+    def database(self) -> str | Path:
+        """Where rtem's records live: the PostgreSQL URL of `database_url`, else the SQLite file `db_path`."""
+        return self.database_url.get_secret_value() if self.database_url else self.db_path
 
     def bus_settings(self) -> BusSettings:
         return BusSettings(duplicate_window_s=self.duplicate_window_s, max_ack_pending=self.max_ack_pending,

@@ -84,11 +84,11 @@ class Service:
         data_dir.mkdir(parents=True, exist_ok=True)
         bus_settings = self.settings.bus_settings()
         if not self.settings.nats_url:
-            self.server = start_embedded_server(data_dir)
+            self.server = start_embedded_server(data_dir, self.settings.nats_targets)
             bus_settings = replace(bus_settings, auth=self.server.credentials(RTEM_USER))
         self.bus = await Bus.connect(self.url, bus_settings, name="rtem-run")
         await self.bus.ensure_streams()
-        executors = Executors({"nats": NatsTransport(self.bus.nc), "http": HttpTransport(),
+        executors = Executors({"nats": NatsTransport(self.bus), "http": HttpTransport(),
                                "command": CommandTransport(self.settings.command_allowlist)},
                               on_breaker=self._breaker_opened)
         # Hot reload: a changed rule file is checked and swapped in between two batches, or refused

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from bus import Bus, DataDirInUse, EmbeddedNats, NatsServerError
@@ -21,12 +21,13 @@ from .tokens import TokenStore
 log = logging.getLogger("rtem.run")
 
 
-def start_embedded_server(data_dir: Path) -> EmbeddedNats:
-    """rtem's own NATS server on data_dir/nats, with credentials (docs/nats.md), on the port it had
-    before so that producers and targets reconnect; a second rtem on the directory is refused."""
+def start_embedded_server(data_dir: Path, targets: Mapping[str, Sequence[str]] | None = None) -> EmbeddedNats:
+    """rtem's own NATS server on data_dir/nats, with credentials (docs/nats.md) and the target users
+    `targets`, on the port it had before so that producers and targets reconnect; a second rtem on the
+    directory is refused."""
     port_file = data_dir / "nats.port"
     port = int(port_file.read_text()) if port_file.is_file() else None
-    server = EmbeddedNats(data_dir / "nats", port=port, authenticate=True)
+    server = EmbeddedNats(data_dir / "nats", port=port, authenticate=True, targets=targets)
     try:
         server.start()
     except DataDirInUse:
@@ -35,7 +36,7 @@ def start_embedded_server(data_dir: Path) -> EmbeddedNats:
         if port is None:
             raise
         log.warning("the NATS port %d of %s is taken; starting on another one", port, data_dir)
-        server = EmbeddedNats(data_dir / "nats", authenticate=True)
+        server = EmbeddedNats(data_dir / "nats", authenticate=True, targets=targets)
         server.start()
     port_file.write_text(str(server.port))
     (data_dir / "nats.url").write_text(server.url)

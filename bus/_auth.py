@@ -1,5 +1,5 @@
 """Who may use NATS and how a client proves it: the users of rtem's embedded server (rtem, producer,
-target) with their permissions and generated passwords, and the nats-py connect options for a
+and one `target` or named target users) with their permissions, inboxes and generated passwords, and the nats-py connect options for a
 `NatsAuth` (credentials file, nkey seed, token, user and password, TLS). docs/nats.md."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import ssl
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,47 @@ TARGET = "target"
 CREDENTIALS_FILE = "credentials.json"
 
 
-# What each user of an authenticating server may do; rtem's own user is not limited.
-PERMISSIONS: dict[str, dict] = {
-    RTEM_USER: {},
-    # Publish events, and a line too large for the bus to the DLQ (as `Bus.publish_lines` does); the
-    # JetStream ack comes back on an inbox.
-    PRODUCER: {"publish": {"allow": [EVENTS_SUBJECTS, "rtem.dlq.invalid"]}, "subscribe": {"allow": ["_INBOX.>"]}},
-    # Receive commands and answer each one once, on the reply subject rtem gave: nothing else.
-    TARGET: {"publish": {"deny": [">"]}, "subscribe": {"allow": ["rtem.cmd.>"]},
-             "allow_responses": {"max": 1}},
-}
+# Every user's replies come to inboxes of its own: `_INBOX.<user>.…` (`inbox_prefix`), so a producer, which
+# may read its own inbox for JetStream's acks, cannot read the replies meant for rtem.
+INBOX = "_INBOX"
+
+
+def inbox_prefix(user: str | None) -> str:
+    """Where `user`'s replies arrive: `_INBOX.<user>` (nats-py's `inbox_prefix`); `_INBOX` for no user."""
+    return f"{INBOX}.{user}" if user else INBOX
+
+
+COMMANDS = "rtem.cmd."
+
+
+def _target(subjects: Sequence[str]) -> dict:
+    # Receive the commands of `subjects` and answer each one once, on the reply subject rtem gave: nothing else.
+    return {"publish": {"deny": [">"]}, "subscribe": {"allow": list(subjects)}, "allow_responses": {"max": 1}}
+
+
+def permissions(targets: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict]:
+    """What each user of an authenticating server may do; rtem's own user is not limited.
+
+    Without `targets`, one user `target` receives every command (`rtem.cmd.>`). With them, each named
+    target user receives only the command subjects given (`rtem.cmd.<action>.<target>`, wildcards
+    allowed), so only the agent a command is meant for can answer it, and there is no shared `target`."""
+    users: dict[str, dict] = {
+        RTEM_USER: {},
+        # Publish events, and a line too large for the bus to the DLQ (as `Bus.publish_lines` does); the
+        # JetStream ack comes back on the producer's own inbox.
+        PRODUCER: {"publish": {"allow": [EVENTS_SUBJECTS, "rtem.dlq.invalid"]},
+                   "subscribe": {"allow": [f"{inbox_prefix(PRODUCER)}.>"]}},
+    }
+    for name, subjects in (targets or {TARGET: [f"{COMMANDS}>"]}).items():
+        if name in users or not name or any(c in name for c in " .*>\t\n\"'"):
+            raise NatsServerError(f"NATS target user {name!r}: a target needs a name of its own "
+                                  f"(not {RTEM_USER} or {PRODUCER}, no spaces, dots or wildcards)")
+        outside = [s for s in subjects if not s.startswith(COMMANDS) or " " in s]
+        if not subjects or outside:
+            raise NatsServerError(f"NATS target user {name!r}: give it command subjects under {COMMANDS}> "
+                                  f"(not {', '.join(outside) or 'none'})")
+        users[name] = _target(subjects)
+    return users
 
 
 def embedded_credentials(data_dir: str | Path, user: str) -> NatsAuth | None:
@@ -51,12 +83,13 @@ def embedded_credentials(data_dir: str | Path, user: str) -> NatsAuth | None:
     return NatsAuth(user=user, password=passwords[user])
 
 
-def _passwords(data_dir: Path) -> dict[str, str]:
-    """Each user's password, made once and kept, so producers and targets configured with one go on working."""
+def _passwords(data_dir: Path, users: Collection[str]) -> dict[str, str]:
+    """Each user's password, made once and kept, so producers and targets configured with one go on working;
+    a user no longer configured loses its password."""
     path = data_dir / CREDENTIALS_FILE
     passwords = json.loads(path.read_text()) if path.is_file() else {}
-    if set(passwords) != set(PERMISSIONS):
-        passwords = {user: passwords.get(user) or secrets.token_urlsafe(32) for user in PERMISSIONS}
+    if set(passwords) != set(users):
+        passwords = {user: passwords.get(user) or secrets.token_urlsafe(32) for user in users}
         _write_private(path, json.dumps(passwords, indent=2) + "\n")
     return passwords
 
@@ -87,7 +120,7 @@ def connect_options(auth: NatsAuth) -> dict[str, Any]:
         raise NatsAuthError("NATS TLS: a client certificate needs its key, and a key its certificate")
     if (auth.creds or auth.nkey_seed) and importlib.util.find_spec("nkeys") is None:
         raise NatsAuthError("NATS credentials files and nkey seeds need the nkeys package: pip install nkeys")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"inbox_prefix": inbox_prefix(auth.user)} if auth.user else {}
     if auth.creds:
         options["user_credentials"] = str(auth.creds)
     elif auth.nkey_seed:

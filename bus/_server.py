@@ -12,7 +12,8 @@ of its own, set (on Linux) to get SIGTERM when its parent dies. A signal to the 
 
 With `authenticate=True` the server admits only the users of `credentials.json` in its data
 directory (generated once, mode 0600): `rtem` may do everything, `producer` may only publish events,
-`target` may only receive commands and answer them. docs/nats.md says who uses which.
+`target` (or each named target user) may only receive its commands and answer them. docs/nats.md says
+who uses which.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
-from ._auth import PERMISSIONS, RTEM_USER, _passwords, _write_private, embedded_credentials
+from ._auth import RTEM_USER, _passwords, _write_private, embedded_credentials, permissions
 from ._processes import NatsServerError, _exit_with_parent, _store_dir, stop_orphans, terminate
 from ._streams import NatsAuth
 
@@ -61,11 +63,14 @@ class EmbeddedNats:
 
     `port=None` lets the server choose a free port; pass the previous `port` to restart a server on
     the same address (clients reconnect to it). `authenticate=True` admits only the users in
-    `credentials.json` (see `credentials`); without it, any local process may connect.
+    `credentials.json` (see `credentials`); without it, any local process may connect. `targets` names
+    target users and the command subjects each may receive (`bus._auth.permissions`); without it one
+    user `target` receives them all.
     """
 
     def __init__(self, data_dir: str | Path | None = None, *, port: int | None = None,
-                 host: str = "127.0.0.1", max_payload: int = DEFAULT_MAX_PAYLOAD, authenticate: bool = False):
+                 host: str = "127.0.0.1", max_payload: int = DEFAULT_MAX_PAYLOAD, authenticate: bool = False,
+                 targets: Mapping[str, Sequence[str]] | None = None):
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="rtem-nats-"))
         self.host = host
@@ -73,6 +78,7 @@ class EmbeddedNats:
         self.monitor_port: int | None = None
         self.max_payload = max_payload
         self.authenticate = authenticate
+        self.permissions = permissions(targets)  # checked here, before anything starts
         self._proc: subprocess.Popen | None = None
         self._lock: int | None = None
 
@@ -132,9 +138,9 @@ class EmbeddedNats:
     def _config(self) -> str:
         lines = [f"max_payload: {self.max_payload}"]
         if self.authenticate:
-            users = [{"user": user, "password": password, **({"permissions": PERMISSIONS[user]}
-                                                            if PERMISSIONS[user] else {})}
-                     for user, password in _passwords(self.data_dir).items()]
+            users = [{"user": user, "password": password,
+                      **({"permissions": self.permissions[user]} if self.permissions[user] else {})}
+                     for user, password in _passwords(self.data_dir, self.permissions).items()]
             lines.append(f"authorization: {json.dumps({'users': users})}")  # JSON is a valid NATS config value
         return "\n".join(lines) + "\n"
 

@@ -18,7 +18,8 @@ import pytest
 
 from agent.store import IncidentStore
 from bus import EVENTS, Bus, BusSettings, EmbeddedNats, NatsAuth
-from bus import PRODUCER, RTEM_USER, TARGET, NatsAuthError, connect_options, embedded_credentials, nats_server_binary
+from bus import PRODUCER, RTEM_USER, TARGET, NatsAuthError, NatsServerError, connect_options, embedded_credentials
+from bus import nats_server_binary
 from tests.conftest import EXAMPLES
 from tests.live import sample, wait_for
 
@@ -115,6 +116,90 @@ async def test_only_a_target_can_answer_a_command(server):
         await rtem.close()
         await producer.close()
         await target.close()
+
+
+async def test_a_producer_cannot_read_the_replies_meant_for_rtem(server):
+    rtem = await as_rtem(server)
+    errors: list[str] = []
+    producer = await connect(server, PRODUCER, errors)
+    target = await connect(server, TARGET, errors)
+    overheard: list[bytes] = []
+
+    async def obey(msg):
+        await msg.respond(b'{"ok": true}')
+
+    async def note(msg):
+        overheard.append(msg.data)
+    try:
+        await target.subscribe("rtem.cmd.>", cb=obey)
+        for inbox in ("_INBOX.>", "_INBOX.rtem.>", ">"):
+            await producer.subscribe(inbox, cb=note)
+        await producer.flush()
+        await asyncio.sleep(0.2)
+        assert sum("permissions violation for subscription" in e for e in errors) == 3, errors
+        answer = await rtem.nc.request("rtem.cmd.restart_instance.cart-0", b"{}", timeout=2)
+        assert json.loads(answer.data) == {"ok": True}
+        await asyncio.sleep(0.2)
+        assert overheard == [], "replies to rtem come to rtem's own inbox, which a producer may not read"
+        # The producer's own inbox still works: a producer gets JetStream's acks.
+        bus = await Bus.connect(server.url, BusSettings(auth=server.credentials(PRODUCER)))
+        assert (await bus.publish_lines([json.dumps(sample("p1", "cart-0", 1)).encode()])).published == 1
+        await bus.close()
+    finally:
+        await rtem.close()
+        await producer.close()
+        await target.close()
+
+
+async def test_named_target_users_each_receive_only_their_own_commands(tmp_path):
+    targets = {"db-agent": ["rtem.cmd.*.orders-db"], "k8s": ["rtem.cmd.restart_instance.*"]}
+    with EmbeddedNats(tmp_path / "nats", authenticate=True, targets=targets) as server:
+        passwords = json.loads((tmp_path / "nats" / "credentials.json").read_text())
+        assert set(passwords) == {RTEM_USER, PRODUCER, "db-agent", "k8s"}, "no shared target user"
+        rtem = await as_rtem(server)
+        errors: list[str] = []
+        db, k8s = await connect(server, "db-agent", errors), await connect(server, "k8s", errors)
+        answered: list[tuple[str, str]] = []
+
+        def obey(name):
+            async def answer(msg):
+                answered.append((name, msg.subject))
+                await msg.respond(json.dumps({"ok": True, "by": name}).encode())
+            return answer
+        try:
+            await db.subscribe("rtem.cmd.>", cb=obey("db-agent"))  # wider than it may: refused
+            await db.subscribe("rtem.cmd.*.orders-db", cb=obey("db-agent"))
+            await k8s.subscribe("rtem.cmd.restart_instance.*", cb=obey("k8s"))
+            await k8s.subscribe("rtem.cmd.failover_database.orders-db", cb=obey("k8s"))  # not its own: refused
+            for connection in (db, k8s):
+                await connection.flush()
+            await asyncio.sleep(0.2)
+            assert sum("permissions violation for subscription" in e for e in errors) == 2, errors
+            failover = await rtem.nc.request("rtem.cmd.failover_database.orders-db", b"{}", timeout=2)
+            restart = await rtem.nc.request("rtem.cmd.restart_instance.cart-0", b"{}", timeout=2)
+            assert json.loads(failover.data)["by"] == "db-agent" and json.loads(restart.data)["by"] == "k8s"
+            assert sorted(answered) == [("db-agent", "rtem.cmd.failover_database.orders-db"),
+                                        ("k8s", "rtem.cmd.restart_instance.cart-0")]
+            with pytest.raises(nats.errors.NoRespondersError):
+                await rtem.nc.request("rtem.cmd.drain_host.node-1", b"{}", timeout=2)
+        finally:
+            await rtem.close()
+            await db.close()
+            await k8s.close()
+    # Dropping a target user takes its password away.
+    with EmbeddedNats(tmp_path / "nats", authenticate=True, targets={"k8s": ["rtem.cmd.>"]}):
+        assert set(json.loads((tmp_path / "nats" / "credentials.json").read_text())) == {RTEM_USER, PRODUCER, "k8s"}
+
+
+@pytest.mark.parametrize("targets, message", [
+    ({"producer": ["rtem.cmd.>"]}, "a name of its own"),
+    ({"a.b": ["rtem.cmd.>"]}, "a name of its own"),
+    ({"agent": ["rtem.events.>"]}, "not rtem.events.>"),
+    ({"agent": []}, "command subjects"),
+])
+def test_target_users_that_would_widen_access_are_refused(tmp_path, targets, message):
+    with pytest.raises(NatsServerError, match=message):
+        EmbeddedNats(tmp_path / "nats", authenticate=True, targets=targets)
 
 
 def test_credentials_are_private_kept_across_restarts_and_never_logged(tmp_path):
@@ -257,5 +342,6 @@ def test_credentials_that_cannot_be_used_together_are_refused_before_connecting(
         connect_options(NatsAuth(user="u"))
     with pytest.raises(NatsAuthError, match="needs its key"):
         connect_options(NatsAuth(tls_cert=tmp_path / "client.pem"))
-    assert connect_options(NatsAuth(user="u", password="p")) == {"user": "u", "password": "p"}
+    assert connect_options(NatsAuth(user="u", password="p")) == {"user": "u", "password": "p",
+                                                                 "inbox_prefix": "_INBOX.u"}
     assert connect_options(NatsAuth(token="t")) == {"token": "t"}
