@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import httpx
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
-from bus import CLOSED, OPEN, BreakerOpen, CircuitBreaker, RetryPolicy
+from bus import CLOSED, OPEN, BreakerOpen, Bus, CircuitBreaker, RetryPolicy
 from rules import ActionContract
 
 from . import metrics
@@ -71,23 +71,42 @@ class PermanentError(Exception):
 
 
 class NatsTransport(Transport):
-    """Request/reply on the contract's subject; the reply is `{"ok", "error", "result"}`."""
+    """Request/reply on the contract's subject; the reply is `{"ok", "error", "result"}`.
 
-    def __init__(self, nc):
-        self.nc = nc
+    A reply lost with a connection (the server restarted while the target worked) would otherwise
+    be waited for until the contract's timeout: when the bus reconnects during a request, the request
+    is sent again at once with the same idempotency key, and the target answers it once."""
+
+    def __init__(self, bus: Bus):
+        self.nc, self.reconnects = bus.nc, bus.reconnects
 
     async def send(self, contract, step, timeout):
         subject = contract.executor.subject.format(action=step.action, target=step.target)
         body = json.dumps({"action": step.action, "target": step.target, "params": step.params,
                            "idempotency_key": step.key, "incident_id": step.incident_id}).encode()
-        try:
-            msg = await self.nc.request(subject, body, timeout=timeout,
-                                        headers=inject({"Rtem-Idempotency-Key": step.key}))
-        except (NatsTimeout, asyncio.TimeoutError):
-            raise TransientError(f"no reply on {subject} within {timeout:.0f}s") from None
-        except NoRespondersError:
-            raise TransientError(f"nothing answers on {subject}") from None
-        return _reply(msg.data, subject)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            seen = self.reconnects.count
+            request = asyncio.ensure_future(self.nc.request(
+                subject, body, timeout=max(deadline - loop.time(), 0.01),
+                headers=inject({"Rtem-Idempotency-Key": step.key})))
+            reconnected = asyncio.ensure_future(self.reconnects.wait(seen))
+            try:
+                await asyncio.wait({request, reconnected}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pending in (request, reconnected):
+                    pending.cancel()
+            if not request.done() or request.cancelled():
+                log.info("NATS reconnected while %s waited for its reply: sending it again", subject)
+                continue
+            try:
+                msg = request.result()
+            except (NatsTimeout, asyncio.TimeoutError):
+                raise TransientError(f"no reply on {subject} within {timeout:.0f}s") from None
+            except NoRespondersError:
+                raise TransientError(f"nothing answers on {subject}") from None
+            return _reply(msg.data, subject)
 
 
 class HttpTransport(Transport):

@@ -73,13 +73,32 @@ class DeadLetter:
     data: bytes
 
 
+class Reconnects:
+    """How many times a connection has reconnected; `wait(after)` returns once it has more than `after`.
+    A request in flight across a reconnect may have lost its reply with the old connection."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def note(self) -> None:
+        self.count += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, after: int) -> None:
+        while self.count <= after:
+            await self._changed.wait()
+
+
 class Bus:
     """A connection to NATS with rtem's streams; `await Bus.connect(url)` to get one."""
 
-    def __init__(self, nc: nats.NATS, settings: BusSettings):
+    def __init__(self, nc: nats.NATS, settings: BusSettings, reconnects: Reconnects | None = None):
         self.nc = nc
         self.js = nc.jetstream()
         self.settings = settings
+        self.reconnects = reconnects or Reconnects()
 
     @classmethod
     async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "rtem") -> Bus:
@@ -88,6 +107,10 @@ class Bus:
         settings = settings or BusSettings()
         nc = nats.NATS()
         connected = False
+        reconnects = Reconnects()
+
+        async def on_reconnect() -> None:
+            reconnects.note()
 
         async def on_error(exc: Exception) -> None:
             # nats-py retries the first connection as long as later ones (forever): a refusal of the
@@ -100,13 +123,14 @@ class Bus:
 
         try:
             await nc.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=settings.reconnect_wait_s,
-                             connect_timeout=5, error_cb=on_error, **connect_options(settings.auth))
+                             connect_timeout=5, error_cb=on_error, reconnected_cb=on_reconnect,
+                             **connect_options(settings.auth))
         except NatsAuthError:
             with contextlib.suppress(Exception):  # closing a refused TLS connection can hang in nats-py
                 await asyncio.wait_for(nc.close(), 2)
             raise
         connected = True
-        return cls(nc, settings)
+        return cls(nc, settings, reconnects)
 
     async def close(self) -> None:
         if not self.nc.is_closed:

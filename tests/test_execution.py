@@ -1,14 +1,17 @@
 """Executors and sagas: real HTTP and process targets, retries, breakers, compensation, dry runs."""
 
+import asyncio
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import nats
 import pytest
 
 from agent.config import Settings
-from agent.executors import CommandTransport, Executors, HttpTransport, RetryPolicy, Step
+from agent.executors import CommandTransport, Executors, HttpTransport, NatsTransport, RetryPolicy, Step
 from agent.run import Service
+from bus import Bus, EmbeddedNats
 from rules import load_contracts
 from rules._contracts import CommandExecutor, HttpExecutor
 from tests.live import Target, anomaly, publish, wait_for
@@ -46,6 +49,23 @@ class Webhook:
 
     def close(self):
         self.server.shutdown()
+
+
+class LosesFirstReply(Target):
+    """Applies the first command, whose reply is then lost with the server; answers the rest as Target does."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = asyncio.Event()
+
+    async def _on_command(self, msg) -> None:
+        if self.lost.is_set():
+            return await super()._on_command(msg)
+        request = json.loads(msg.data)
+        self.requests.append(request)
+        self.applied.append((request["idempotency_key"], request["action"], request["target"]))
+        self.answers[request["idempotency_key"]] = {"ok": True, "result": {"applied": True}}
+        self.lost.set()
 
 
 @pytest.fixture
@@ -102,6 +122,36 @@ async def test_a_half_open_breaker_closes_after_a_success(restart_contract):
         assert executors.breaker("cart-0").state == "closed"
     finally:
         hook.close()
+
+
+async def test_a_reply_lost_to_a_nats_restart_is_asked_for_again_at_once(tmp_path, restart_contract):
+    """The server restarts while the target works: rtem resends on reconnect (same idempotency key)
+    instead of waiting out the contract's 120 s, and the target applies the step once."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    rtem = agent = None
+    try:
+        rtem = await Bus.connect(server.url)
+        agent = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+        target = LosesFirstReply()
+        await target.attach(agent)
+        await agent.flush()
+        executors = Executors({"nats": NatsTransport(rtem)},
+                              policy=RetryPolicy(max_attempts=20, initial_interval_s=0.1, max_interval_s=0.5))
+        running = asyncio.ensure_future(executors.run(restart_contract, step()))
+        await asyncio.wait_for(target.lost.wait(), 10)
+        server.kill()
+        server.start()  # on the same port: both clients reconnect
+        outcome = await asyncio.wait_for(running, 20)  # the contract's timeout is 120 s
+        assert restart_contract.timeout_s >= 60
+        assert outcome.ok, outcome
+        assert [request["idempotency_key"] for request in target.requests] == ["inc-1/0/do"] * len(target.requests)
+        assert len(target.requests) >= 2 and len(target.applied) == 1
+    finally:
+        for connection in (agent, rtem and rtem.nc):
+            if connection is not None:
+                await connection.close()
+        server.cleanup()
 
 
 async def test_commands_run_only_from_the_allowlist_and_never_through_a_shell(restart_contract, tmp_path):
