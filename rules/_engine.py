@@ -34,6 +34,40 @@ _ruleset_counter = itertools.count(1)
 _lock = threading.Lock()
 
 
+class _Rulesets(list):
+    """durable-rules' host keeps its rulesets in a list that two timer threads walk by index, each
+    computing the next index from the length it saw: freeing a ruleset (a reload, a close) shrinks the
+    list under them, and `list[index]` then raises IndexError in the timer thread, which ends that thread
+    for good (and once the last is freed, `index % len(list)` divides by zero). This list starts with a
+    ruleset that has nothing to dispatch, so it is never empty, and answers an index past its end with that
+    one, so the walk goes on from the start; it is installed once, under `_lock`, before rtem's first
+    ruleset."""
+
+    def __getitem__(self, index):
+        if isinstance(index, int) and index >= len(self):
+            return _NOTHING_TO_DISPATCH
+        return super().__getitem__(index)
+
+
+class _NothingToDispatch:
+    def dispatch(self) -> None:
+        pass
+
+    def dispatch_timers(self) -> None:
+        pass
+
+
+_NOTHING_TO_DISPATCH = _NothingToDispatch()
+
+
+def _host():
+    """durable-rules' host, with its ruleset list made safe to shrink (`_Rulesets`); call under `_lock`."""
+    host = get_host()
+    if not isinstance(host._ruleset_list, _Rulesets):
+        host._ruleset_list = _Rulesets([_NOTHING_TO_DISPATCH, *host._ruleset_list])
+    return host
+
+
 class ConditionError(ValueError):
     """A condition that cannot be compiled; `path` says where inside the condition."""
 
@@ -173,6 +207,8 @@ class CompiledRuleset:
 
     def _define(self, base: str, compiled: dict[str, Any]) -> None:
         name = f"{base}_{next(_ruleset_counter)}"
+        with _lock:
+            _host()
         with _lock, ruleset(name):
             for rule_id, expr in compiled.items():
                 when_all(expr)(self._recorder(rule_id))
@@ -198,13 +234,13 @@ class CompiledRuleset:
         """Free the native rulesets: durable-rules keeps every ruleset ever defined until told. Close
         only what nothing evaluates any more; `match` on a closed ruleset raises."""
         with _lock:
-            host = get_host()
+            host = _host()
             for name in self.names:
                 rules = host._ruleset_directory.pop(name, None)
                 if rules is None:
                     continue
-                # The host's dispatch timers walk this list on their own threads; a ruleset they pick
-                # up in the moment before it is deleted gets a handled error (not found), no crash.
+                # The host's dispatch timers walk this list on their own threads (see _Rulesets); a
+                # ruleset they pick up in the moment before it is deleted gets a handled error (not found).
                 if rules in host._ruleset_list:
                     host._ruleset_list.remove(rules)
                 _native.delete_ruleset(rules._handle)
