@@ -16,7 +16,8 @@ from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .store import SqliteConnections, SqliteIncidentStore
+from .db import SqliteDatabase
+from .store import IncidentStore
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS action_history (
@@ -44,16 +45,16 @@ class SqliteActionHistory:
     that transaction's write lock, which its own thread holds.
     """
 
-    def __init__(self, where: SqliteIncidentStore | str | Path):
+    def __init__(self, where: IncidentStore | str | Path):
         self._until_seq: int | None = None  # a view made by as_of() reads only rows up to this seq
         self._before_ts: float | None = None
         self._not_of: str | None = None  # a view made by excluding() leaves out this incident's rows
-        if isinstance(where, SqliteIncidentStore):
-            self._conns = SqliteConnections(where.path, synchronous=where.synchronous, readonly=where.readonly,
-                                            busy_timeout_s=where.connections.busy_timeout_s)
+        if isinstance(where, IncidentStore):
+            self._conns = SqliteDatabase(where.path, synchronous=where.db.synchronous, readonly=where.readonly,
+                                         busy_timeout_s=where.db.busy_timeout_s)
             where.on_close(self.close)
         else:
-            self._conns = SqliteConnections(where)
+            self._conns = SqliteDatabase(where)
         self._own = True
         if not self._conns.readonly:
             with self._conns.write() as conn:

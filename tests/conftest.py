@@ -21,10 +21,11 @@ import pytest
 
 from bus import Bus, EmbeddedNats
 from rules import Topology
+from tests.postgres import fresh_schema, postgres_server
 from tests.helpers import (EXAMPLES, ROOT, SHARED_DATA, Golden, cloud_event,  # noqa: F401  (re-exported)
                            write_events)
 
-SERVER_FIXTURES = {"nats_server", "bus"}  # and every fixture that uses one of them, such as live_db
+SERVER_FIXTURES = {"nats_server", "bus", "postgres_url"}  # and every fixture that uses one, such as live_db
 
 
 # -- tiers -----------------------------------------------------------------------------------------------
@@ -33,7 +34,8 @@ SERVER_FIXTURES = {"nats_server", "bus"}  # and every fixture that uses one of t
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SERVER_FIXTURES & set(item.fixturenames) or item.get_closest_marker("local_llm"):
+        on_postgres = "postgres" in getattr(getattr(item, "callspec", None), "params", {}).values()
+        if SERVER_FIXTURES & set(item.fixturenames) or item.get_closest_marker("local_llm") or on_postgres:
             item.add_marker(pytest.mark.integration)
 
 
@@ -131,6 +133,28 @@ async def bus(nats_server):
     await connection.reset_streams()
     yield connection
     await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    """A real PostgreSQL server for the whole run (tests/postgres.py says which)."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url):
+    """A URL on that server whose tables go to an empty schema of this test's own."""
+    with fresh_schema(postgres_server_url) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path) -> str:
+    """Where a storage test keeps its records, once per backend: a SQLite file, or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "rtem.db")
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture(scope="session")

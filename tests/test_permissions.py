@@ -134,9 +134,10 @@ def evil_incident(path: Path) -> str:
 
 
 def rendered(path: Path, fmt: str) -> str:
+    incident_id = evil_incident(path)
     store = IncidentStore(path, readonly=True)
     with AuditLog(path) as audit:
-        text = build_report(store, audit, evil_incident(path)).render(fmt)
+        text = build_report(store, audit, incident_id).render(fmt)
     store.close()
     return text
 

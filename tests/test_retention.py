@@ -38,7 +38,7 @@ def add_incident(store: IncidentStore, incident_id: str, status: str, *, closed_
     store.insert_events([event_row(e, incident_id, [], ago(closed_days_ago).isoformat()) for e in rows])
     store.save_diagnosis(incident_id, status=status, root_causes=[], actions=[], versions={})
     # The close, in wall time (save_diagnosis stamps the real clock).
-    with store.connections.write() as conn:
+    with store.db.write() as conn:
         conn.execute("UPDATE incidents SET diagnosed_at = ? WHERE id = ?", [ago(closed_days_ago).isoformat(),
                                                                           incident_id])
 

@@ -1,4 +1,5 @@
-"""The incident store on real SQLite files: per-thread connections, transactions, schema, read-only mode."""
+"""The incident store on real SQLite files and a real PostgreSQL server, one suite for both (the `backend`
+fixture): per-thread connections, transactions, schema, read-only mode, the repository's reads."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from agent.action_history import SqliteActionHistory
-from agent.store import (CLOSED_STATUSES, IncidentRepository, IncidentStore, ReadOnlyStoreError, event_row)
+from agent.db import StoreClosedError, versions
+from agent.store import (CLOSED_STATUSES, STORE_SCHEMA, IncidentRepository, IncidentStore, ReadOnlyStoreError,
+                         event_row)
 from bus import Event
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -39,18 +42,23 @@ def write_batch(store: IncidentStore, incident_id: str, events: list[Event]) -> 
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = IncidentStore(tmp_path / "rtem.db")
+def store(backend):
+    store = IncidentStore(backend)
     yield store
     store.close()
 
 
 def test_schema_and_every_index_exist_right_after_open(store):
-    names = {r[0] for r in store.connections.connection().execute("SELECT name FROM sqlite_master")}
-    assert {"events", "incidents", "pipeline_state"} | INDEXES <= names
+    conn = store.db.connection()
+    if store.dialect.name == "sqlite":
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    else:
+        names = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                                            "UNION SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+    assert {"events", "incidents", "pipeline_state", "schema_versions"} | INDEXES <= names
     assert isinstance(store, IncidentRepository)
-    mode = store.connections.connection().execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
+    assert versions(store.db) == {"store": STORE_SCHEMA.version}
 
 
 def test_concurrent_writers_and_readers_do_not_fail(store):
@@ -120,19 +128,19 @@ def test_a_batch_that_raises_rolls_back_everything(store):
     assert [r["id"] for r in store.incidents()] == ["inc-2"]
 
 
-def test_writes_outside_a_transaction_commit_on_their_own(store):
+def test_writes_outside_a_transaction_commit_on_their_own(store, backend):
     store.insert_events([event_row(event(1), None, [], "now")])
     store.save_state("k", [1, 2])
-    other = IncidentStore(store.path, readonly=True)
+    other = IncidentStore(backend, readonly=True)
     try:
         assert other.event_count() == 1 and other.load_state("k") == [1, 2]
     finally:
         other.close()
 
 
-def test_a_readonly_store_reads_and_refuses_writes(store, tmp_path):
+def test_a_readonly_store_reads_and_refuses_writes(store, backend):
     write_batch(store, "inc-1", [event(1), event(2, 5)])
-    reader = IncidentStore(store.path, readonly=True)
+    reader = IncidentStore(backend, readonly=True)
     try:
         assert reader.incident("inc-1")["event_count"] == 2
         assert [e.id for e in reader.events("inc-1")] == ["e1", "e2"]
@@ -146,7 +154,10 @@ def test_a_readonly_store_reads_and_refuses_writes(store, tmp_path):
     finally:
         reader.close()
     assert store.incident("inc-1")["status"] == "open" and store.event_count() == 2
-    with pytest.raises(sqlite3.OperationalError):  # read-only never creates a database
+
+
+def test_a_readonly_sqlite_store_never_creates_its_file(tmp_path):
+    with pytest.raises(sqlite3.OperationalError):
         IncidentStore(tmp_path / "missing.db", readonly=True).event_count()
     assert not (tmp_path / "missing.db").exists()
 
@@ -159,7 +170,9 @@ def test_active_incidents_skip_closed_ones_through_their_index(store):
     active = store.active_incidents()
     assert [r["status"] for r in active] == ["paused", "verifying", "awaiting_approval", "diagnosing", "open"]
     assert active[0]["entities"] == ["cart-0"]  # decoded like incidents()
-    plan = store.connections.connection().execute(
+    if store.dialect.name != "sqlite":
+        return
+    plan = store.db.connection().execute(
         "EXPLAIN QUERY PLAN SELECT * FROM incidents WHERE status NOT IN "
         "('resolved', 'escalated', 'diagnosed', 'merged', 'failed') ORDER BY first_ts, id").fetchall()
     assert "incidents_active" in str(plan)
@@ -179,20 +192,20 @@ def test_change_events_and_the_incident_of_an_event(store):
 def test_close_closes_every_threads_connection(tmp_path):
     store = IncidentStore(tmp_path / "rtem.db")
     with ThreadPoolExecutor(2) as pool:
-        opened = list(pool.map(lambda _: store.connections.connection(), range(8)))
-        opened.append(store.connections.connection())
+        opened = list(pool.map(lambda _: store.db.connection(), range(8)))
+        opened.append(store.db.connection())
         store.close()
         for conn in opened:
             with pytest.raises(sqlite3.ProgrammingError):
                 conn.execute("SELECT 1")
-        with pytest.raises(sqlite3.ProgrammingError):
+        with pytest.raises(StoreClosedError):
             pool.submit(store.event_count).result()
 
 
 def test_the_action_history_has_its_own_connections_and_closes_with_the_store(tmp_path):
     store = IncidentStore(tmp_path / "rtem.db")
     history = SqliteActionHistory(store)
-    assert history._conns is not store.connections
+    assert history._conns is not store.db
     entered, release = threading.Event(), threading.Event()
 
     def hold_a_batch() -> None:
@@ -210,7 +223,7 @@ def test_the_action_history_has_its_own_connections_and_closes_with_the_store(tm
         assert recorded.result(10) and batch.result(10) is None
     assert history.count("restart_instance", since=T0 - timedelta(minutes=1), until=T0) == 1
     store.close()
-    with pytest.raises(sqlite3.ProgrammingError):
+    with pytest.raises(StoreClosedError):
         history.watermark()
 
 

@@ -1,18 +1,15 @@
 """The incident store: events, incidents and the pipeline's state.
 
-Callers use the `IncidentRepository` protocol; `IncidentStore` is the SQLite implementation
-(`SqliteIncidentStore`), one connection per thread. A PostgreSQL implementation can stand behind the
-same protocol. `purge` deletes what the retention policy no longer keeps (docs/retention.md).
+Callers use the `IncidentRepository` protocol; `IncidentStore` implements it on a `Database`
+(agent/db: a SQLite file, the embedded default, or PostgreSQL). `purge` deletes what the retention
+policy no longer keeps (docs/retention.md).
 """
 
-from ._connections import SqliteConnections
-from ._repository import CLOSED_STATUSES, IncidentRepository, ReadOnlyStoreError
+from ..db import ReadOnlyStoreError
+from ._repository import CLOSED_STATUSES, IncidentRepository
 from ._retention import PurgeReport, RetentionPolicy, purge
 from ._rows import EVENT_COLUMNS, event_from_row, event_row
-from ._sqlite import SqliteIncidentStore
+from ._store import STORE_SCHEMA, IncidentStore
 
-IncidentStore = SqliteIncidentStore  # the name every caller imports
-
-__all__ = ["CLOSED_STATUSES", "EVENT_COLUMNS", "IncidentRepository", "IncidentStore", "PurgeReport",
-           "ReadOnlyStoreError", "RetentionPolicy", "SqliteConnections", "SqliteIncidentStore", "event_from_row",
-           "event_row", "purge"]
+__all__ = ["CLOSED_STATUSES", "EVENT_COLUMNS", "STORE_SCHEMA", "IncidentRepository", "IncidentStore", "PurgeReport",
+           "ReadOnlyStoreError", "RetentionPolicy", "event_from_row", "event_row", "purge"]

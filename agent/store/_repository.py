@@ -1,7 +1,6 @@
 """`IncidentRepository`: what the graph, the service loop, the API and the CLI ask of the store.
 
-The SQLite implementation is `SqliteIncidentStore` (agent/store/_sqlite.py); a PostgreSQL one can stand
-behind the same methods. Rows are plain dicts with the incident's JSON columns (entities, detections,
+`IncidentStore` (agent/store/_store.py) implements it on SQLite and on PostgreSQL alike. Rows are plain dicts with the incident's JSON columns (entities, detections,
 root_causes, actions, versions) already decoded; events come back as `bus.Event`s or as dict rows of
 `EVENT_COLUMNS`. Times named `*_ts` are event time in epoch seconds.
 """
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from bus import Event
@@ -19,15 +17,11 @@ from bus import Event
 CLOSED_STATUSES = ("resolved", "escalated", "diagnosed", "merged", "failed")
 
 
-class ReadOnlyStoreError(PermissionError):
-    """A write to a store opened read-only (the CLI and the API read beside the running service)."""
-
-
 @runtime_checkable
 class IncidentRepository(Protocol):
     @property
-    def path(self) -> Path:
-        """Where the data lives; the audit log, ledger and tokens sit in the same database."""
+    def where(self) -> str:
+        """Where the data lives, for messages: a file, or a URL without its password."""
         ...
 
     # -- the hot path (agent/triage.py): a batch is written in one transaction, then acked ----------

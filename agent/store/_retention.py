@@ -30,7 +30,7 @@ from ._repository import CLOSED_STATUSES
 
 if TYPE_CHECKING:
     from ..audit import AuditLog
-    from ._sqlite import SqliteIncidentStore
+    from ._store import IncidentStore
 
 __all__ = ["BATCH", "PurgeReport", "RetentionPolicy", "purge"]
 
@@ -85,7 +85,7 @@ class PurgeReport:
                 "audit_records": self.audit_records}
 
 
-def purge(store: SqliteIncidentStore, audit: AuditLog, policy: RetentionPolicy, *,
+def purge(store: IncidentStore, audit: AuditLog, policy: RetentionPolicy, *,
           checkpoints: Path | None = None, now: datetime | None = None, dry_run: bool = False,
           actor: str = "rtem", progress: Progress | None = None) -> PurgeReport:
     """Delete what `policy` no longer keeps from the store, `checkpoints` (checkpoints.db; None: the file
@@ -129,15 +129,15 @@ def purge(store: SqliteIncidentStore, audit: AuditLog, policy: RetentionPolicy, 
     return report
 
 
-def _quiet_incidents(store: SqliteIncidentStore, before: datetime) -> list[str]:
+def _quiet_incidents(store: IncidentStore, before: datetime) -> list[str]:
     """Closed incidents whose last change was before `before` (merged ones too: their events moved on)."""
-    rows = store.connections.connection().execute(
+    rows = store.db.connection().execute(
         f"SELECT i.id FROM incidents i WHERE i.status IN {_CLOSED} AND {_QUIET_SINCE} < ? ORDER BY i.id",
         [before.isoformat()]).fetchall()
     return [row[0] for row in rows]
 
 
-def _delete_events(store: SqliteIncidentStore, incidents: list[str], dry_run: bool,
+def _delete_events(store: IncidentStore, incidents: list[str], dry_run: bool,
                    progress: Callable[[int], None]) -> int:
     total = 0
     for incident_id in incidents:
@@ -146,15 +146,15 @@ def _delete_events(store: SqliteIncidentStore, incidents: list[str], dry_run: bo
     return total
 
 
-def _delete_batches(store: SqliteIncidentStore, table: str, where: str, params: list[Any], dry_run: bool,
+def _delete_batches(store: IncidentStore, table: str, where: str, params: list[Any], dry_run: bool,
                     progress: Callable[[int], None]) -> int:
     """Delete the rows of `table` matching `where`, BATCH at a time, each batch one write transaction."""
-    conn = store.connections.connection()
+    conn = store.db.connection()
     if dry_run:
         return conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params).fetchone()[0]
     total = 0
     while True:
-        with store.connections.write() as conn:
+        with store.db.write() as conn:
             deleted = conn.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} "
                                    f"LIMIT {BATCH})", params).rowcount
         total += deleted

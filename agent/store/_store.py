@@ -1,13 +1,15 @@
-"""The incident store on SQLite: events, incidents and the pipeline's state, in one file.
+"""The incident store: events, incidents and the pipeline's state, on SQLite or PostgreSQL.
 
 Every batch is written in ONE transaction (events, incident updates, detector and correlator
 state), and the bus acks only after it commits. A crash before the commit redelivers the batch;
 a crash after it redelivers events the store already has, which `known_ids` filters out. So an
 event is recorded exactly once however often it arrives.
 
-Each thread has its own connection (agent/store/_connections.py): the event loop writes batches
-while graph nodes read on worker threads, and nothing in Python serialises them. The schema and
-every index are made when a writable store opens, so no query pays for one later.
+Each thread has its own connection (agent/db): the event loop writes batches while graph nodes read
+on worker threads, and nothing in Python serialises them. The SQL is written once, with the few
+fragments where the backends differ taken from the database's `Dialect`. The schema is versioned
+(`STORE_SCHEMA`); a writable store migrates its database when it opens, so no query pays for an
+index later.
 """
 
 from __future__ import annotations
@@ -21,57 +23,85 @@ from typing import Any
 
 from bus import Event, parse_time
 
-from ._connections import SqliteConnections, dict_rows
+from ..db import Database, Dialect, Migration, Schema, dict_rows, ensure, open_database
 from ._repository import CLOSED_STATUSES
 from ._rows import EVENT_COLUMNS, decode_incident, event_from_row, iso
 
-# Written out, not bound as parameters: SQLite uses a partial index only for the same literal terms.
+# Written out, not bound as parameters: a partial index serves only queries with the same literal terms.
 _ACTIVE = "status NOT IN (" + ", ".join(f"'{s}'" for s in CLOSED_STATUSES) + ")"
-_CHANGE = "type GLOB 'rtem.change.*'"
 _ERROR = "(signals IS NOT NULL OR severity IN ('error','critical'))"
-
-# Index names are those sqlite-utils gave earlier stores, so reopening one adds no duplicate.
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS events (
-         id TEXT PRIMARY KEY, ts FLOAT, time TEXT, type TEXT, subject TEXT, severity TEXT, source TEXT,
-         message TEXT, attributes TEXT, incident_id TEXT, signals TEXT, received_at TEXT)""",
-    """CREATE TABLE IF NOT EXISTS incidents (
-         id TEXT PRIMARY KEY, opened_at TEXT, updated_at TEXT, first_ts FLOAT, last_ts FLOAT, status TEXT,
-         severity TEXT, entities TEXT, detections TEXT, signal_count INTEGER, event_count INTEGER,
-         merged_into TEXT, root_causes TEXT, actions TEXT, versions TEXT, diagnosed_at TEXT, mttr_s FLOAT,
-         resolution TEXT)""",
-    "CREATE TABLE IF NOT EXISTS pipeline_state (key TEXT PRIMARY KEY, value TEXT)",
-    "CREATE INDEX IF NOT EXISTS idx_events_incident_id_ts ON events (incident_id, ts)",
-    "CREATE INDEX IF NOT EXISTS events_subject_ts ON events (subject, ts)",  # latest_state
-    f"CREATE INDEX IF NOT EXISTS events_changes_ts ON events (ts) WHERE {_CHANGE}",  # change_events
-    "CREATE INDEX IF NOT EXISTS idx_incidents_status ON incidents (status)",
-    f"CREATE INDEX IF NOT EXISTS incidents_active ON incidents (first_ts, id) WHERE {_ACTIVE}",
-)
+_CHANGE = {"sqlite": "type GLOB 'rtem.change.*'", "postgres": "type LIKE 'rtem.change.%'"}
 
 
-class SqliteIncidentStore:
-    """An `IncidentRepository` in one SQLite file."""
+def _tables(real: str) -> tuple[str, ...]:
+    return (
+        f"""CREATE TABLE IF NOT EXISTS events (
+             id TEXT PRIMARY KEY, ts {real}, time TEXT, type TEXT, subject TEXT, severity TEXT, source TEXT,
+             message TEXT, attributes TEXT, incident_id TEXT, signals TEXT, received_at TEXT)""",
+        f"""CREATE TABLE IF NOT EXISTS incidents (
+             id TEXT PRIMARY KEY, opened_at TEXT, updated_at TEXT, first_ts {real}, last_ts {real}, status TEXT,
+             severity TEXT, entities TEXT, detections TEXT, signal_count INTEGER, event_count INTEGER,
+             merged_into TEXT, root_causes TEXT, actions TEXT, versions TEXT, diagnosed_at TEXT, mttr_s {real},
+             resolution TEXT)""",
+        "CREATE TABLE IF NOT EXISTS pipeline_state (key TEXT PRIMARY KEY, value TEXT)",
+    )
 
-    def __init__(self, path: str | Path, synchronous: str = "NORMAL", *, readonly: bool = False,
-                 busy_timeout_s: float = 30.0):
-        """`readonly` is for readers beside a running service (the CLI, the API): it never takes a
-        write lock, and a write raises `ReadOnlyStoreError`."""
-        self.path = Path(path)
-        self.synchronous = synchronous
-        self.readonly = readonly
-        self.connections = SqliteConnections(self.path, synchronous=synchronous, readonly=readonly,
-                                             busy_timeout_s=busy_timeout_s)
+
+def _indexes(change: str) -> tuple[str, ...]:
+    # Index names are those sqlite-utils gave earlier stores, so reopening one adds no duplicate.
+    return (
+        "CREATE INDEX IF NOT EXISTS idx_events_incident_id_ts ON events (incident_id, ts)",
+        "CREATE INDEX IF NOT EXISTS events_subject_ts ON events (subject, ts)",  # latest_state
+        f"CREATE INDEX IF NOT EXISTS events_changes_ts ON events (ts) WHERE {change}",  # change_events
+        "CREATE INDEX IF NOT EXISTS idx_incidents_status ON incidents (status)",
+        f"CREATE INDEX IF NOT EXISTS incidents_active ON incidents (first_ts, id) WHERE {_ACTIVE}",
+    )
+
+
+STORE_SCHEMA = Schema("store", (
+    Migration(1, "events, incidents and the pipeline's state, with their indexes",
+              sqlite=_tables("FLOAT") + _indexes(_CHANGE["sqlite"]),
+              postgres=_tables("DOUBLE PRECISION") + _indexes(_CHANGE["postgres"])),
+))
+
+
+class IncidentStore:
+    """An `IncidentRepository` on a `Database` (agent/db): a SQLite file or PostgreSQL."""
+
+    def __init__(self, where: Database | str | Path, synchronous: str = "NORMAL", *, readonly: bool = False):
+        """`where` is a database already open (the store then shares it and does not close it), a
+        `postgresql://` URL or a SQLite file. `readonly` is for readers beside a running service (the
+        CLI, the API): it never takes a write lock, and a write raises `ReadOnlyStoreError`."""
+        self._owns_db = not isinstance(where, Database)
+        self.db: Database = open_database(where, readonly=readonly, synchronous=synchronous) if self._owns_db \
+            else where
+        self.readonly = self.db.readonly
+        self.dialect: Dialect = self.db.dialect
         self._on_close: list[Callable[[], None]] = []
-        if not readonly:
-            with self.connections.write() as conn:
-                for statement in SCHEMA:
-                    conn.execute(statement)
+        self._change = _CHANGE[self.dialect.name]
+        try:
+            ensure(self.db, STORE_SCHEMA)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file (the audit log, ledger and tokens sit beside the store in it)."""
+        path = getattr(self.db, "path", None)
+        if path is None:
+            raise AttributeError(f"the store on {self.db.where} has no file path")
+        return path
+
+    @property
+    def where(self) -> str:
+        return self.db.where
 
     @contextmanager
     def transaction(self):
         """One BEGIN IMMEDIATE transaction on the calling thread's connection; the store's write
         methods called inside it (on this thread) join it."""
-        with self.connections.write():
+        with self.db.write():
             yield self
 
     def on_close(self, callback: Callable[[], None]) -> None:
@@ -81,29 +111,30 @@ class SqliteIncidentStore:
     # -- the hot path -----------------------------------------------------------------------------
 
     def known_ids(self, ids: Sequence[str]) -> set[str]:
-        conn = self.connections.connection()
+        conn = self.db.connection()
         known: set[str] = set()
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            known.update(r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
+            known.update(r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk).fetchall())
         return known
 
     def insert_events(self, rows: Iterable[tuple]) -> None:
         marks = ",".join("?" * len(EVENT_COLUMNS))
-        with self.connections.write() as conn:
-            conn.executemany(f"INSERT OR IGNORE INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({marks})", rows)
+        with self.db.write() as conn:
+            conn.executemany(f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({marks}) "
+                             "ON CONFLICT DO NOTHING", rows)
 
     def attach(self, incident_id: str, event_ids: Iterable[str]) -> int:
         """Give events recorded before their incident existed (a threshold's early events) to it;
         returns how many it took."""
-        with self.connections.write() as conn:
+        with self.db.write() as conn:
             cursor = conn.executemany("UPDATE events SET incident_id=? WHERE id=? AND incident_id IS NULL",
                                       [(incident_id, e) for e in event_ids])
         return cursor.rowcount
 
     def merge(self, absorbed: str, keeper: str) -> None:
-        with self.connections.write() as conn:
+        with self.db.write() as conn:
             conn.execute("UPDATE events SET incident_id=? WHERE incident_id=?", [keeper, absorbed])
             conn.execute("""UPDATE incidents SET event_count = event_count +
                               COALESCE((SELECT event_count FROM incidents WHERE id=?), 0) WHERE id=?""",
@@ -112,11 +143,11 @@ class SqliteIncidentStore:
 
     def add_events(self, incident_id: str, count: int) -> None:
         """Counted as events arrive, not recounted: a storm's incident would make every batch slower."""
-        with self.connections.write() as conn:
+        with self.db.write() as conn:
             conn.execute("UPDATE incidents SET event_count = event_count + ? WHERE id=?", [count, incident_id])
 
     def upsert_incident(self, state: dict[str, Any]) -> None:
-        with self.connections.write() as conn:
+        with self.db.write() as conn:
             conn.execute(
                 """INSERT INTO incidents (id, opened_at, updated_at, first_ts, last_ts, status, severity, entities,
                                           detections, signal_count, event_count)
@@ -130,11 +161,12 @@ class SqliteIncidentStore:
                  state["signals"], 0])
 
     def save_state(self, key: str, value: Any) -> None:
-        with self.connections.write() as conn:
-            conn.execute("INSERT OR REPLACE INTO pipeline_state (key, value) VALUES (?, ?)", [key, json.dumps(value)])
+        with self.db.write() as conn:
+            conn.execute("""INSERT INTO pipeline_state (key, value) VALUES (?, ?)
+                            ON CONFLICT (key) DO UPDATE SET value = excluded.value""", [key, json.dumps(value)])
 
     def load_state(self, key: str, default: Any = None) -> Any:
-        row = self.connections.connection().execute("SELECT value FROM pipeline_state WHERE key=?", [key]).fetchone()
+        row = self.db.connection().execute("SELECT value FROM pipeline_state WHERE key=?", [key]).fetchone()
         return json.loads(row[0]) if row else default
 
     # -- incidents ----------------------------------------------------------------------------------
@@ -166,17 +198,17 @@ class SqliteIncidentStore:
     def save_diagnosis(self, incident_id: str, *, status: str, root_causes: list[dict[str, Any]],
                        actions: list[dict[str, Any]], versions: dict[str, str], mttr_s: float | None = None,
                        resolution: str | None = None) -> None:
-        with self.connections.write() as conn:
+        with self.db.write() as conn:
             cursor = conn.execute(
                 """UPDATE incidents SET status=?, root_causes=?, actions=?, versions=?, diagnosed_at=?, mttr_s=?,
                                         resolution=? WHERE id=?""",
                 [status, json.dumps(root_causes), json.dumps(actions), json.dumps(versions),
                  datetime.now(timezone.utc).isoformat(), mttr_s, resolution, incident_id])
             if cursor.rowcount != 1:
-                raise LookupError(f"save_diagnosis: no incident {incident_id!r} in {self.path}")
+                raise LookupError(f"save_diagnosis: no incident {incident_id!r} in {self.db.where}")
 
     def set_status(self, incident_id: str, status: str) -> None:
-        with self.connections.write() as conn:
+        with self.db.write() as conn:
             conn.execute("UPDATE incidents SET status=? WHERE id=?", [status, incident_id])
 
     # -- events -------------------------------------------------------------------------------------
@@ -187,16 +219,16 @@ class SqliteIncidentStore:
 
     def event_count(self) -> int:
         """How many events are stored (tests and benchmarks; not part of `IncidentRepository`)."""
-        return self.connections.connection().execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        return self.db.connection().execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def event_incident_id(self, event_id: str) -> str | None:
-        row = self.connections.connection().execute("SELECT incident_id FROM events WHERE id=?",
+        row = self.db.connection().execute("SELECT incident_id FROM events WHERE id=?",
                                                     [event_id]).fetchone()
         return row[0] if row else None
 
     def change_events(self, since_ts: float, until_ts: float) -> list[dict[str, Any]]:
         """Rows of `rtem.change.*` events (deploys, config changes) with since_ts <= ts <= until_ts."""
-        return self._query(f"SELECT * FROM events WHERE {_CHANGE} AND ts BETWEEN ? AND ? ORDER BY ts, id",
+        return self._query(f"SELECT * FROM events WHERE {self._change} AND ts BETWEEN ? AND ? ORDER BY ts, id",
                            [since_ts, until_ts])
 
     def events_by_id(self, event_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -219,7 +251,7 @@ class SqliteIncidentStore:
 
     def last_signal(self, incident_id: str, after_ts: float) -> float | None:
         """Event time of the incident's latest signal after `after_ts` (recovery means: none lately)."""
-        row = self.connections.connection().execute(
+        row = self.db.connection().execute(
             "SELECT MAX(ts) FROM events WHERE incident_id=? AND ts>? AND signals IS NOT NULL",
             [incident_id, after_ts]).fetchone()
         return row[0] if row else None
@@ -228,25 +260,27 @@ class SqliteIncidentStore:
         """The incident of the latest firing `rtem.alert` with this fingerprint about `subject` (one that
         raised a signal) dated at or before `at_ts`: where a resolution of that alert belongs. Through the
         (subject, ts) index: an alert's fingerprint stands for its labels, its subject among them."""
-        row = self.connections.connection().execute(
-            """SELECT incident_id FROM events
+        field = self.dialect.json_text
+        row = self.db.connection().execute(
+            f"""SELECT incident_id FROM events
                WHERE subject=? AND ts<=? AND type='rtem.alert' AND signals IS NOT NULL AND incident_id IS NOT NULL
-                 AND json_extract(attributes, '$.fingerprint')=?
-                 AND COALESCE(json_extract(attributes, '$.status'), 'firing') != 'resolved'
+                 AND {field('attributes', 'fingerprint')}=?
+                 AND COALESCE({field('attributes', 'status')}, 'firing') != 'resolved'
                ORDER BY ts DESC, id DESC LIMIT 1""", [subject, at_ts, fingerprint]).fetchone()
         return row[0] if row else None
 
     def alert_events(self, incident_id: str) -> list[dict[str, Any]]:
         """The incident's `rtem.alert` events that carry a fingerprint, by event time: id, ts, fingerprint,
         alertname, status ('firing' unless it says 'resolved') and signal (whether it raised one)."""
+        field = self.dialect.json_text
         return self._query(
-            """SELECT id, ts, fingerprint, alertname, status, signal FROM (
-                 SELECT id, ts, json_extract(attributes, '$.fingerprint') AS fingerprint,
-                        json_extract(attributes, '$.alertname') AS alertname,
-                        CASE json_extract(attributes, '$.status') WHEN 'resolved' THEN 'resolved' ELSE 'firing' END
+            f"""SELECT id, ts, fingerprint, alertname, status, signal FROM (
+                 SELECT id, ts, {field('attributes', 'fingerprint')} AS fingerprint,
+                        {field('attributes', 'alertname')} AS alertname,
+                        CASE {field('attributes', 'status')} WHEN 'resolved' THEN 'resolved' ELSE 'firing' END
                           AS status,
-                        signals IS NOT NULL AS signal
-                 FROM events WHERE incident_id=? AND type='rtem.alert')
+                        CASE WHEN signals IS NOT NULL THEN 1 ELSE 0 END AS signal
+                 FROM events WHERE incident_id=? AND type='rtem.alert') AS alerts
                WHERE fingerprint IS NOT NULL ORDER BY ts, id""", [incident_id])
 
     def latest_state(self, entity: str, at_ts: float, max_age_s: float = 900.0, limit: int = 500) -> dict[str, Any]:
@@ -254,7 +288,7 @@ class SqliteIncidentStore:
         attribute reported in events about it (subject = entity) within `max_age_s` before `at_ts`.
         Guardrail state preconditions read it (`state: {replica_lag_s: {gt: 30}}`, see docs/rules.md),
         through the (subject, ts) index."""
-        rows = self.connections.connection().execute(
+        rows = self.db.connection().execute(
             "SELECT attributes FROM events WHERE subject=? AND ts<=? AND ts>=? ORDER BY ts DESC, id DESC LIMIT ?",
             [entity, at_ts, at_ts - max_age_s, limit]).fetchall()
         state: dict[str, Any] = {}
@@ -274,26 +308,27 @@ class SqliteIncidentStore:
         hundred shapes rather than every event. Trace and metric messages are dropped from the shape (the
         attributes say it all); other messages are kept, since their text is what they say.
         """
-        with self.connections.snapshot() as conn:
+        with self.db.snapshot() as conn:
             past = [r[0] for r in conn.execute(
                 """SELECT id FROM incidents WHERE status != 'merged' AND first_ts < ? AND id != ?
                    ORDER BY first_ts DESC, id DESC LIMIT ?""", [before_ts, exclude or "", limit])]
             if not past:
                 return [], []
             marks = ",".join("?" * len(past))
+            field = self.dialect.json_text
             rows = conn.execute(f"""
                 SELECT type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message,
-                       MIN(time), group_concat(DISTINCT incident_id)
+                       MIN(time), {self.dialect.distinct_list('incident_id')}
                 FROM (SELECT incident_id, type, subject, severity, time,
-                             json_extract(attributes, '$.metric') AS metric,
-                             json_extract(attributes, '$.direction') AS direction,
-                             json_extract(attributes, '$.callee') AS callee,
-                             json_extract(attributes, '$.caller') AS caller,
-                             json_extract(attributes, '$.anomaly') AS anomaly,
-                             json_extract(attributes, '$.alertname') AS alertname,
-                             CASE WHEN type = 'rtem.trace.anomaly' OR json_extract(attributes, '$.metric') IS NOT NULL
+                             {field('attributes', 'metric')} AS metric,
+                             {field('attributes', 'direction')} AS direction,
+                             {field('attributes', 'callee')} AS callee,
+                             {field('attributes', 'caller')} AS caller,
+                             {field('attributes', 'anomaly')} AS anomaly,
+                             {field('attributes', 'alertname')} AS alertname,
+                             CASE WHEN type = 'rtem.trace.anomaly' OR {field('attributes', 'metric')} IS NOT NULL
                                   THEN '' ELSE message END AS message
-                      FROM events WHERE incident_id IN ({marks}) AND ts < ?)
+                      FROM events WHERE incident_id IN ({marks}) AND ts < ?) AS shaped
                 GROUP BY type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message""",
                 [*past, before_ts]).fetchall()
         keys = ("metric", "direction", "callee", "caller", "anomaly", "alertname")
@@ -306,13 +341,15 @@ class SqliteIncidentStore:
         return past, shapes
 
     def close(self) -> None:
-        """Close every thread's connection (and what registered with `on_close`)."""
+        """Close every thread's connection, if the store opened its database (and what registered
+        with `on_close`)."""
         callbacks, self._on_close = self._on_close, []
         try:
             for callback in callbacks:
                 callback()
         finally:
-            self.connections.close()
+            if self._owns_db:
+                self.db.close()
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        return dict_rows(self.connections.connection().execute(sql, params))
+        return dict_rows(self.db.connection().execute(sql, params))

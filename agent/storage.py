@@ -1,0 +1,19 @@
+"""Every component's schema, in the order `rtem db migrate` applies them, and the database a
+configuration names (docs/storage.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Settings
+from .db import Database, Schema, open_database
+from .store import STORE_SCHEMA
+
+SCHEMAS: tuple[Schema, ...] = (STORE_SCHEMA,)
+
+
+def database_of(settings: Settings, target: str | Path | None = None, *, readonly: bool = False) -> Database:
+    """The database `target` names (a `postgresql://` URL or a SQLite file), else the configured one
+    (RTEM_DATABASE_URL, else RTEM_DATA_DIR/rtem.db)."""
+    return open_database(target or settings.database, readonly=readonly, synchronous=settings.sqlite_synchronous,
+                         pool_size=settings.database_pool_size)
