@@ -27,7 +27,10 @@ class Settings(BaseSettings):
         None, description="postgresql://… to keep rtem's records in PostgreSQL (several workers on one "
                           "database); unset: SQLite files in data_dir (docs/storage.md)")
     database_pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections one rtem may hold")
-    nats_url: str | None = Field(None, description="an existing NATS server; unset: start an embedded one")
+    nats_url: str | None = Field(None, description="an existing NATS server, or several of a cluster separated "
+                                 "by commas; unset: start an embedded one")
+    nats_replicas: int = Field(1, ge=1, le=5, description="copies JetStream keeps of each stream: 3 on a cluster "
+                               "of three servers (docs/deployment.md)")
     # Credentials and TLS for an external NATS server (docs/nats.md); the embedded one makes its own.
     nats_creds: Path | None = Field(None, description="NATS credentials file (JWT and nkey seed)")
     nats_nkey_seed: Path | None = Field(None, description="NATS nkey seed file")
@@ -138,7 +141,7 @@ class Settings(BaseSettings):
                                                      max_interval_s=self.publish_retry_max_s),
                            reconnect_wait_s=self.nats_reconnect_wait_s,
                            dlq_max_age_s=self.retain_dlq_days * 86400, audit_max_age_s=self.retain_audit_days * 86400,
-                           max_future_skew_s=self.max_clock_skew_s,
+                           max_future_skew_s=self.max_clock_skew_s, replicas=self.nats_replicas,
                            auth=NatsAuth(creds=self.nats_creds, nkey_seed=self.nats_nkey_seed,
                                          token=self.nats_token.get_secret_value() if self.nats_token else None,
                                          user=self.nats_user,

@@ -20,6 +20,7 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
 from nats.js.errors import NotFoundError
 
 from ._auth import NatsAuthError, _auth_kind, _refused, connect_options
@@ -39,9 +40,10 @@ HEADER_SUBJECT = "Rtem-Original-Subject"
 HEADER_DELIVERIES = "Rtem-Deliveries"
 HEADER_SIZE = "Rtem-Original-Size"
 
-# Worth publishing again: the server did not answer in time, or the connection is being re-established.
+# Worth publishing again: the server did not answer in time, the connection is being re-established, or
+# (on a cluster) the stream has no leader for a moment: just made, or electing one after a server died.
 _PUBLISH_TRANSIENT = (NatsTimeout, asyncio.TimeoutError, nats.errors.ConnectionReconnectingError,
-                      nats.errors.NoRespondersError)
+                      nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
 
 
 @dataclass
@@ -71,6 +73,32 @@ class DeadLetter:
     event_id: str | None
     deliveries: int
     data: bytes
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers of `url`: one, or several of a cluster separated by commas."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("no NATS server in the URL")
+    return servers
+
+
+def _refuse_foreign(current: api.StreamConfig, wanted: api.StreamConfig) -> None:
+    """An existing stream rtem would have to re-create to use: say so, rather than write where it should not."""
+    differs = [f"{name} is {_shown(getattr(current, name))}, rtem needs {_shown(getattr(wanted, name))}"
+               for name in ("subjects", "storage", "retention")
+               if getattr(wanted, name) is not None and _shown(getattr(current, name)) != _shown(getattr(wanted, name))]
+    if differs:
+        raise OSError(f"JetStream stream {wanted.name} exists but is not rtem's as configured: {'; '.join(differs)}. "
+                      f"If it is rtem's (made by hand or an older setup), move its messages and delete it (`nats "
+                      f"stream rm {wanted.name}`), and rtem makes it anew; if another application owns it, give "
+                      "rtem a server or account of its own")
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(value)
+    return str(getattr(value, "value", value))
 
 
 class Reconnects:
@@ -103,7 +131,8 @@ class Bus:
     @classmethod
     async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "rtem") -> Bus:
         """Connect as `settings.auth` says (credentials file, nkey seed, token or user and password;
-        TLS); a server that refuses them raises here, naming the server."""
+        TLS); a server that refuses them raises here, naming the server. `url` may name several servers
+        of a cluster, comma-separated: the client connects to one and fails over to the others."""
         settings = settings or BusSettings()
         nc = nats.NATS()
         connected = False
@@ -122,7 +151,7 @@ class Bus:
             log.warning("NATS %s: %s: %s", url, type(exc).__name__, exc)
 
         try:
-            await nc.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=settings.reconnect_wait_s,
+            await nc.connect(servers=server_urls(url), name=name, max_reconnect_attempts=-1, reconnect_time_wait=settings.reconnect_wait_s,
                              connect_timeout=5, error_cb=on_error, reconnected_cb=on_reconnect,
                              **connect_options(settings.auth))
         except NatsAuthError:
@@ -137,14 +166,18 @@ class Bus:
             await self.nc.drain()
 
     async def ensure_streams(self) -> None:
-        """Create the streams, or bring an existing one's settings up to date, its retention limits
-        (max_age, max_bytes) included, logging what changed. Messages stay unless a new limit expires
-        them; a server that cannot hold a limit raises OSError naming the stream."""
+        """Create the streams, or bring an existing one's settings up to date — its retention limits
+        (max_age, max_bytes) and replica count — logging what changed. Messages stay unless a new limit
+        expires them. A stream rtem cannot use as it is (other subjects, another storage or retention
+        kind: someone else's, or made by hand) raises OSError saying what differs and what to do; so
+        does one the server will not give the limits or replicas asked for."""
         for config in stream_configs(self.settings):
             try:
                 current = (await self.js.stream_info(config.name)).config
             except NotFoundError:
                 current = None
+            if current is not None:
+                _refuse_foreign(current, config)
             try:
                 if current is None:
                     await self.js.add_stream(config)
@@ -152,10 +185,12 @@ class Bus:
                 await self.js.update_stream(config)
             except nats.js.errors.APIError as exc:
                 raise OSError(f"JetStream refused stream {config.name} (max_age {config.max_age or 0:.0f}s, "
-                              f"max_bytes {config.max_bytes or -1}): {exc.description}; lower the retention "
-                              "(RTEM_RETAIN_*) or give the server more JetStream storage") from None
+                              f"max_bytes {config.max_bytes or -1}, replicas {config.num_replicas}): "
+                              f"{exc.description}; lower the retention (RTEM_RETAIN_*) or the replicas "
+                              "(RTEM_NATS_REPLICAS: at most the cluster's size), or give the server more "
+                              "JetStream storage") from None
             changed = [f"{name} {getattr(current, name)} → {getattr(config, name)}"
-                       for name in ("max_age", "max_bytes", "discard")
+                       for name in ("max_age", "max_bytes", "discard", "num_replicas")
                        if getattr(config, name) is not None and getattr(current, name) != getattr(config, name)]
             if changed:
                 log.info("stream %s updated: %s", config.name, ", ".join(changed))

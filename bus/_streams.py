@@ -47,6 +47,8 @@ class BusSettings:
     # An event dated more than this after the moment it is consumed is dead-lettered: one clock far in
     # the future must not move event time (the watermark) there.
     max_future_skew_s: float = 300.0
+    # Copies JetStream keeps of each stream: 1 on one server, 3 on a cluster of three (at most its size).
+    replicas: int = 1
     auth: NatsAuth = field(default_factory=NatsAuth)
     # An event whose publish ack was lost to a reconnect is published again, one by one, as this says.
     publish_retry: RetryPolicy = RetryPolicy(max_attempts=10, initial_interval_s=0.2, backoff=2.0, max_interval_s=3.0)
@@ -69,12 +71,15 @@ def stream_configs(settings: BusSettings) -> list[api.StreamConfig]:
     """The streams as rtem wants them; `Bus.ensure_streams` creates them or brings existing ones to this."""
     return [
         api.StreamConfig(name=EVENTS, subjects=[EVENTS_SUBJECTS], storage=api.StorageType.FILE,
+                         num_replicas=settings.replicas, retention=api.RetentionPolicy.LIMITS,
                          duplicate_window=settings.duplicate_window_s, max_age=settings.events_max_age_s,
                          description="rtem input events (CloudEvents JSON)"),
         api.StreamConfig(name=DLQ, subjects=[DLQ_SUBJECTS], storage=api.StorageType.FILE,
+                         num_replicas=settings.replicas, retention=api.RetentionPolicy.LIMITS,
                          max_age=settings.dlq_max_age_s, max_bytes=DLQ_MAX_BYTES, discard=api.DiscardPolicy.OLD,
                          description="events rtem could not use, with the reason in headers"),
         api.StreamConfig(name=AUDIT, subjects=[AUDIT_SUBJECTS], storage=api.StorageType.FILE,
+                         num_replicas=settings.replicas, retention=api.RetentionPolicy.LIMITS,
                          max_age=settings.audit_max_age_s, max_bytes=AUDIT_MAX_BYTES,
                          discard=api.DiscardPolicy.OLD,
                          description="rtem decision records, as written to the audit log"),
