@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cluster import LEASE_SCHEMA
 from .config import Settings
 from .db import Database, Schema, open_database
 from .store import STORE_SCHEMA
 
-SCHEMAS: tuple[Schema, ...] = (STORE_SCHEMA,)
+SCHEMAS: tuple[Schema, ...] = (STORE_SCHEMA, LEASE_SCHEMA)
 
 
 def database_of(settings: Settings, target: str | Path | None = None, *, readonly: bool = False) -> Database:
