@@ -2,7 +2,8 @@
 
 A token is `rtem_` + 43 URL-safe characters (256 random bits). Only its SHA-256 is stored (a secret
 that long needs no slow hash: nothing can be guessed from the digest). Tokens live in the service's
-SQLite file, so `rtem tokens create` on the service's machine takes effect at the next request.
+database (its SQLite file, or PostgreSQL), so `rtem tokens create` on that database takes effect at the
+next request.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import json
 import hmac
 import re
 import secrets
-import sqlite3
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,7 +21,9 @@ from typing import Any
 
 from rules import Topology
 
-__all__ = ["ROLES", "Principal", "TokenError", "TokenStore", "allows"]
+from .db import Database, Migration, Schema, ensure, open_database
+
+__all__ = ["ROLES", "TOKENS_SCHEMA", "Principal", "TokenError", "TokenStore", "allows"]
 
 # What each role may do. `read`: incidents, decisions, audit, reports, rules status, metrics;
 # `ask`: chat; `ingest`: events and Alertmanager payloads; `decide`: approve or reject actions;
@@ -38,11 +39,11 @@ ROLES: dict[str, frozenset[str]] = {
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_tokens (
+_TABLE = """CREATE TABLE IF NOT EXISTS api_tokens (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, digest TEXT NOT NULL UNIQUE, services TEXT NOT NULL,
-    labels TEXT NOT NULL, created_at TEXT NOT NULL, created_by TEXT, revoked_at TEXT);
-"""
+    labels TEXT NOT NULL, created_at TEXT NOT NULL, created_by TEXT, revoked_at TEXT)"""
+
+TOKENS_SCHEMA = Schema("tokens", (Migration(1, "API tokens", sqlite=(_TABLE,), postgres=(_TABLE,)),))
 
 
 class TokenError(ValueError):
@@ -96,13 +97,16 @@ def _now() -> str:
 
 
 class TokenStore:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, where: Database | str | Path):
+        """`where` is a database already open (the store then shares it and does not close it), a
+        `postgresql://` URL or a SQLite file."""
+        self._owns_db = not isinstance(where, Database)
+        self.db: Database = open_database(where) if self._owns_db else where
+        try:
+            ensure(self.db, TOKENS_SCHEMA)
+        except BaseException:
+            self.close()
+            raise
 
     def create(self, name: str, role: str, *, services: Iterable[str] = (), labels: dict[str, str] | None = None,
                by: str = "") -> tuple[str, dict[str, Any]]:
@@ -113,29 +117,28 @@ class TokenStore:
             raise TokenError(f"role {role!r} is not one of {', '.join(ROLES)}")
 
         token = "rtem_" + secrets.token_urlsafe(32)
-        try:
-            with self._lock:
-                self.conn.execute("INSERT INTO api_tokens (name, role, digest, services, labels, created_at, created_by)"
-                                  " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        with self.db.write() as conn:
+            cursor = conn.execute("INSERT INTO api_tokens (name, role, digest, services, labels, created_at,"
+                                  " created_by) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
                                   [name, role, _digest(token), json.dumps(sorted(set(services))),
                                    json.dumps(labels or {}), _now(), by])
-        except sqlite3.IntegrityError:
-            raise TokenError(f"a token named {name!r} exists; revoke it first or pick another name") from None
+        if cursor.rowcount != 1:
+            raise TokenError(f"a token named {name!r} exists; revoke it first or pick another name")
         return token, self.describe(name)
 
     def revoke(self, name: str) -> bool:
-        with self._lock:
-            cur = self.conn.execute("UPDATE api_tokens SET revoked_at=? WHERE name=? AND revoked_at IS NULL",
-                                    [_now(), name])
-        return cur.rowcount > 0
+        with self.db.write() as conn:
+            cursor = conn.execute("UPDATE api_tokens SET revoked_at=? WHERE name=? AND revoked_at IS NULL",
+                                  [_now(), name])
+        return cursor.rowcount > 0
 
     def authenticate(self, token: str | None) -> Principal | None:
         """The principal of a live token, or None (unknown, malformed or revoked)."""
         if not token or not token.startswith("rtem_") or len(token) > 128:
             return None
         digest = _digest(token)
-        row = self.conn.execute("SELECT name, role, digest, services, labels FROM api_tokens"
-                                " WHERE digest=? AND revoked_at IS NULL", [digest]).fetchone()
+        row = self.db.connection().execute("SELECT name, role, digest, services, labels FROM api_tokens"
+                                           " WHERE digest=? AND revoked_at IS NULL", [digest]).fetchone()
         if row is None or not hmac.compare_digest(row[2], digest):
             return None
 
@@ -145,12 +148,13 @@ class TokenStore:
         return next((t for t in self.list(include_revoked=True) if t["name"] == name), {})
 
     def list(self, include_revoked: bool = False) -> list[dict[str, Any]]:
-
-        rows = self.conn.execute("SELECT name, role, services, labels, created_at, created_by, revoked_at"
-                                 " FROM api_tokens ORDER BY created_at, name").fetchall()
+        rows = self.db.connection().execute("SELECT name, role, services, labels, created_at, created_by, revoked_at"
+                                            " FROM api_tokens ORDER BY created_at, name").fetchall()
         return [{"name": r[0], "role": r[1], "services": json.loads(r[2]), "labels": json.loads(r[3]),
                  "created_at": r[4], "created_by": r[5], "revoked_at": r[6]}
                 for r in rows if include_revoked or r[6] is None]
 
     def close(self) -> None:
-        self.conn.close()
+        """Close every thread's connection, if the store opened its database."""
+        if self._owns_db:
+            self.db.close()

@@ -1,14 +1,17 @@
-"""`rtem tokens` and the token store: secrets shown once and kept hashed, roles, scopes, revocation."""
+"""`rtem tokens` and the token store: secrets shown once and kept hashed, roles, scopes, revocation. The
+store's own tests run on SQLite and PostgreSQL (the `backend` fixture); the CLI's on SQLite."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 
+import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.tokens import Principal, TokenStore
+from agent.db import open_database, versions
+from agent.tokens import TOKENS_SCHEMA, Principal, TokenError, TokenStore
 from rules import Topology
 
 runner = CliRunner()
@@ -62,3 +65,50 @@ def test_a_scope_covers_named_services_their_instances_and_matching_labels():
     assert Principal("c", "viewer").covers("anything", topology), "no scope: everything"
     assert by_service.sees({"entities": ["db", "cart-0"]}, topology)
     assert not by_service.sees({"entities": ["db"]}, topology)
+
+
+@pytest.fixture
+def tokens(backend):
+    store = TokenStore(backend)
+    yield store
+    store.close()
+
+
+def test_the_store_keeps_a_token_hashed_until_it_is_revoked(tokens):
+    token, described = tokens.create("alice", "approver", services=["cart", "cart"], labels={"team": "shop"}, by="ops")
+    assert described["name"] == "alice" and described["services"] == ["cart"] and described["created_by"] == "ops"
+    stored = tokens.db.connection().execute("SELECT * FROM api_tokens").fetchall()
+    assert token not in json.dumps(stored), "only the hash is kept"
+    assert tokens.authenticate(token) == Principal("alice", "approver", ("cart",), {"team": "shop"})
+    assert tokens.revoke("alice") and not tokens.revoke("alice"), "a token is revoked once"
+    assert tokens.authenticate(token) is None
+    assert tokens.list() == [] and tokens.list(include_revoked=True)[0]["revoked_at"]
+
+
+def test_the_store_refuses_a_taken_name_a_bad_name_and_an_unknown_role(tokens):
+    token, _ = tokens.create("bob", "viewer")
+    with pytest.raises(TokenError, match="a token named 'bob' exists"):
+        tokens.create("bob", "admin")
+    assert tokens.authenticate(token).role == "viewer", "the refused one changed nothing"
+    with pytest.raises(TokenError, match="token name"):
+        tokens.create("bob smith", "viewer")
+    with pytest.raises(TokenError, match="role 'root'"):
+        tokens.create("carol", "root")
+    assert [t["name"] for t in tokens.list()] == ["bob"]
+    for forged in ("rtem_" + "x" * 43, "not-a-token", "", None, "rtem_" + "x" * 200):
+        assert tokens.authenticate(forged) is None
+
+
+def test_a_token_created_by_one_store_authenticates_in_another_on_a_shared_database(backend):
+    """What `rtem tokens create` beside a running service relies on: no cache between the two."""
+    db = open_database(backend)
+    try:
+        served, cli = TokenStore(db), TokenStore(backend)
+        token, _ = cli.create("ci-bot", "operator")
+        cli.close()
+        assert served.authenticate(token) == Principal("ci-bot", "operator")
+        served.close()
+        assert versions(db)["tokens"] == TOKENS_SCHEMA.version == 1
+        assert TokenStore(db).authenticate(token), "closing a store did not close the database it shares"
+    finally:
+        db.close()
