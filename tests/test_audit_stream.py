@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,18 @@ from typer.testing import CliRunner
 
 from agent.audit import AuditCopy, AuditLog, verify_file
 from agent.cli import app
+from agent.db import is_postgres_url
 from agent.identity import operator
 from agent.ledger import Ledger
 from agent.store import IncidentStore
 from bus import Bus
+from tests.test_audit import tamper
 
 runner = CliRunner()
 
 
-def fill(path: Path, n: int) -> list:
-    with AuditLog(path) as audit:
+def fill(where: str | Path, n: int) -> list:
+    with AuditLog(where) as audit:
         return [audit.append("decision", incident_id=f"inc-{i}", inputs={"i": i}, reasons=[f"r{i}"])
                 for i in range(1, n + 1)]
 
@@ -35,15 +36,12 @@ def copy_of(records) -> AuditCopy:
     return copy
 
 
-def truncate(path: Path, from_seq: int) -> None:
-    """What someone with the file can do: drop the triggers, delete the newest records, move the head back."""
-    conn = sqlite3.connect(path)
-    conn.executescript("DROP TRIGGER audit_no_delete; DROP TRIGGER audit_head_forward_only;")
-    conn.execute("DELETE FROM audit WHERE seq >= ?", [from_seq])
-    conn.execute("UPDATE audit_head SET seq = (SELECT MAX(seq) FROM audit), "
-                 "hash = (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1)")
-    conn.commit()
-    conn.close()
+def truncate(where: str | Path, from_seq: int) -> None:
+    """What someone allowed to change the schema can do: triggers out of the way, delete the newest records,
+    move the head back."""
+    tamper(str(where), f"DELETE FROM audit WHERE seq >= {from_seq}",
+           "UPDATE audit_head SET seq = (SELECT MAX(seq) FROM audit), "
+           "hash = (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1)")
 
 
 def kinds(report) -> list[tuple[int, str]]:
@@ -53,8 +51,8 @@ def kinds(report) -> list[tuple[int, str]]:
 # -- the comparison ---------------------------------------------------------------------------------------
 
 
-def test_a_truncated_tail_passes_the_chain_but_not_the_copy(tmp_path):
-    path = tmp_path / "rtem.db"
+def test_a_truncated_tail_passes_the_chain_but_not_the_copy(backend):
+    path = backend
     records = fill(path, 6)
     truncate(path, 4)
 
@@ -64,8 +62,8 @@ def test_a_truncated_tail_passes_the_chain_but_not_the_copy(tmp_path):
     assert "seq 4–6 on the AUDIT stream but not in this log" in report.problems[0].detail
 
 
-def test_a_rewritten_suffix_differs_from_the_copy(tmp_path):
-    path = tmp_path / "rtem.db"
+def test_a_rewritten_suffix_differs_from_the_copy(backend):
+    path = backend
     records = fill(path, 5)
     truncate(path, 4)
     with AuditLog(path) as audit:  # the log goes on under the old seqs, with other content
@@ -74,16 +72,16 @@ def test_a_rewritten_suffix_differs_from_the_copy(tmp_path):
     assert kinds(report) == [(5, "not_in_log"), (4, "differs")]
 
 
-def test_records_missing_from_the_copy_are_named_and_unpublished_ones_are_not_problems(tmp_path):
-    path = tmp_path / "rtem.db"
+def test_records_missing_from_the_copy_are_named_and_unpublished_ones_are_not_problems(backend):
+    path = backend
     records = fill(path, 8)
     report = verify_file(path, copy=copy_of(records[:2] + records[4:6]))  # 3–4 lost there; 7–8 not sent yet
     assert kinds(report) == [(3, "not_in_copy")]
     assert report.copy_check.pending == 2 and report.copy_check.records == 4
 
 
-def test_an_edited_copy_is_reported(tmp_path):
-    path = tmp_path / "rtem.db"
+def test_an_edited_copy_is_reported(backend):
+    path = backend
     records = fill(path, 2)
     copy = copy_of(records)
     edited = records[1].model_dump(mode="json") | {"reasons": ["edited"]}
@@ -94,10 +92,10 @@ def test_an_edited_copy_is_reported(tmp_path):
     assert "#3" in report.problems[0].detail and "#4" in report.problems[1].detail
 
 
-def test_records_purged_here_and_aged_out_there_are_not_problems(tmp_path):
+def test_records_purged_here_and_aged_out_there_are_not_problems(backend):
     from datetime import datetime, timedelta, timezone
 
-    path = tmp_path / "rtem.db"
+    path = backend
     old = datetime.now(timezone.utc) - timedelta(days=500)
     with AuditLog(path) as audit:
         records = [audit.append("x", at=old) for _ in range(3)] + [audit.append("y")]
@@ -108,10 +106,46 @@ def test_records_purged_here_and_aged_out_there_are_not_problems(tmp_path):
     assert report.copy_check.purged == 2  # seq 2 and 3: purged here, still there
 
 
-def test_a_clean_log_and_its_copy_agree(tmp_path):
-    path = tmp_path / "rtem.db"
+def test_a_clean_log_and_its_copy_agree(backend):
+    path = backend
     report = verify_file(path, copy=copy_of(fill(path, 3)))
     assert report.ok and report.copy_check.records == 3 and "AUDIT stream copy" in report.summary()
+
+
+# -- the commands, on either backend -----------------------------------------------------------------------
+
+
+def test_rtem_audit_verify_and_list_take_a_file_or_a_postgresql_url(backend):
+    records = fill(backend, 4)
+    ok = runner.invoke(app, ["audit", "verify", "--db", backend, "--local-only", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["records"] == 4
+    listed = runner.invoke(app, ["audit", "list", "--db", backend, "--incident", "inc-2", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [r["seq"] for r in json.loads(listed.stdout)] == [records[1].seq]
+
+    tamper(backend, "UPDATE audit SET node = 'evil' WHERE seq = 2", "DELETE FROM audit WHERE seq >= 4")
+    caught = runner.invoke(app, ["audit", "verify", "--db", backend, "--local-only", "--json"])
+    assert caught.exit_code == 1
+    assert [(p["seq"], p["kind"]) for p in json.loads(caught.stdout)["problems"]] == [(2, "changed"), (4, "deleted")]
+
+
+def test_rtem_audit_verify_reads_the_configured_database_by_default(backend, monkeypatch):
+    fill(backend, 2)
+    if is_postgres_url(backend):
+        monkeypatch.setenv("RTEM_DATABASE_URL", backend)
+    else:
+        monkeypatch.setenv("RTEM_DATA_DIR", str(Path(backend).parent))
+    result = runner.invoke(app, ["audit", "verify", "--local-only"])
+    assert result.exit_code == 0, result.output
+    assert "2 records" in result.stdout
+
+
+def test_rtem_audit_verify_says_which_database_it_cannot_read(tmp_path):
+    (tmp_path / "other.db").touch()
+    result = runner.invoke(app, ["audit", "verify", "--db", str(tmp_path / "other.db"), "--local-only"])
+    assert result.exit_code == 1 and "cannot read the audit log in" in result.output
+    assert "no audit table" in result.output
 
 
 # -- against a real AUDIT stream --------------------------------------------------------------------------

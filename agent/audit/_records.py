@@ -22,7 +22,6 @@ PURGED_KIND = "retention.purged"
 JSON_FIELDS = ("inputs", "decision", "reasons", "evidence", "versions")
 COLUMNS = ("seq", "at", "incident_id", "kind", "node", *JSON_FIELDS, "prev_hash", "hash")
 MOVE_WINDOW = 16  # a record moved up to this many places is reported as reordered
-BUSY_TIMEOUT_S = 30.0  # other rtem processes may hold the write lock while they append
 
 
 def record_hash(record: DecisionRecord) -> str:

@@ -4,17 +4,17 @@ AUDIT stream's copy, what is missing from either side or differs."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlite_utils import Database
 
+from ..db import Connection, Database, check, dict_rows, is_postgres_url, open_database
 from ..models import DecisionRecord
 
-from ._records import BUSY_TIMEOUT_S, COLUMNS, GENESIS, PURGED_KIND, _sealed_seq, _span, record_hash
+from ._records import COLUMNS, GENESIS, PURGED_KIND, _sealed_seq, _span, record_hash
+from ._schema import AUDIT_SCHEMA
 
 
 class Problem(BaseModel):
@@ -84,21 +84,54 @@ class AuditCopy:
         self.hashes.setdefault(record.seq, set()).add(record.hash)
 
 
-def verify_file(path: str | Path, *, max_problems: int = 1000, copy: AuditCopy | None = None) -> VerifyReport:
-    """Walk the log at ``path`` by seq, streaming, and report every problem found (up to ``max_problems``);
-    with ``copy`` (the AUDIT stream's), also what is missing from either side and what differs."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such audit database")
-    db = Database(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S))
+def verify_file(where: Database | str | Path, *, max_problems: int = 1000,
+                copy: AuditCopy | None = None) -> VerifyReport:
+    """Walk the log in `where` (a database open already, a `postgresql://` URL or a SQLite file) by seq, a
+    page at a time in one snapshot, and report every problem found (up to ``max_problems``); with ``copy``
+    (the AUDIT stream's), also what is missing from either side and what differs."""
+    if isinstance(where, Database):
+        return _verify(where, max_problems, copy)
+    db = _open(where)
     try:
-        if not db["audit"].exists():
-            raise ValueError(f"{path}: no audit table; is this the rtem database?")
-        db.execute("BEGIN")  # one snapshot for the head anchor and the walk
-        head = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone() \
-            if db["audit_head"].exists() else None
-        anchor = db.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone() \
-            if db["audit_anchor"].exists() else None
+        return _verify(db, max_problems, copy)
+    finally:
+        db.close()
+
+
+def report_anchor(conn: Connection, anchor_seq: int, anchor_hash: str,
+                  report: Callable[[int, str, str], None]) -> None:
+    """A purge anchor must be the one the latest `retention.purged` record names; else records were deleted
+    by hand and the anchor moved to hide it."""
+    row = conn.execute("SELECT seq, decision FROM audit WHERE kind = ? ORDER BY seq DESC LIMIT 1",
+                       [PURGED_KIND]).fetchone()
+    try:
+        named = json.loads(row[1]).get("audit", {}).get("anchor", {}) if row else {}
+    except (ValueError, AttributeError):
+        named = {}
+    if named != {"seq": anchor_seq, "hash": anchor_hash}:
+        where = f"the latest {PURGED_KIND} record (seq {row[0]}) names another" if row else f"no {PURGED_KIND} record"
+        report(anchor_seq, "deleted", f"seq {_span(1, anchor_seq)} gone behind a purge anchor that {where}: "
+                                      "deleted by hand, not by `rtem purge`")
+
+
+def _open(where: str | Path) -> Database:
+    """The database at `where`, read-only: verifying writes nothing."""
+    if not is_postgres_url(where):
+        where = Path(where)
+        if not where.is_file():
+            raise FileNotFoundError(f"{where}: no such audit database")
+    return open_database(where, readonly=True)
+
+
+def _verify(db: Database, max_problems: int, copy: AuditCopy | None) -> VerifyReport:
+    check(db, [AUDIT_SCHEMA])  # a log laid out by a newer rtem would be misread
+    with db.snapshot() as conn:  # the head, the anchor and the walk all see one commit
+        if not _exists(conn, db, "audit"):
+            raise ValueError(f"{db.where}: no audit table; is this the rtem database?")
+        head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone() \
+            if _exists(conn, db, "audit_head") else None
+        anchor = conn.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone() \
+            if _exists(conn, db, "audit_anchor") else None
         anchor_seq, anchor_hash = anchor or (0, GENESIS)
         problems: list[Problem] = []
         omitted = 0
@@ -111,10 +144,10 @@ def verify_file(path: str | Path, *, max_problems: int = 1000, copy: AuditCopy |
                 omitted += 1
 
         if anchor_seq:
-            report_anchor(db, anchor_seq, anchor_hash, report)
+            report_anchor(conn, anchor_seq, anchor_hash, report)
         compare = _CopyComparison(copy, anchor_seq, anchor_hash) if copy is not None else None
         count, prev_seq, prev_hash, prev_moved = 0, anchor_seq, anchor_hash, False
-        for row in db.query(f"SELECT {', '.join(COLUMNS)} FROM audit WHERE seq > ? ORDER BY seq", [anchor_seq]):
+        for row in _records_after(conn, anchor_seq):
             count += 1
             if compare:
                 compare.local(row["seq"], row["hash"])
@@ -130,34 +163,36 @@ def verify_file(path: str | Path, *, max_problems: int = 1000, copy: AuditCopy |
                 report(seq, "reordered", f"record sealed as seq {sealed} found at seq {seq}")
             prev_seq, prev_hash, prev_moved = seq, row["hash"], sealed not in (seq, None)
 
-        if head is None:
-            report(0, "chain_broken", "audit_head is missing, so a truncated tail would go unnoticed")
-        elif head[0] > prev_seq:
-            report(prev_seq + 1, "deleted", f"seq {_span(prev_seq + 1, head[0])} missing from the end (head anchor)")
-        elif head[0] < prev_seq:
-            report(head[0] + 1, "chain_broken", f"seq {_span(head[0] + 1, prev_seq)} written past the head anchor")
-        elif head[1] != prev_hash:
-            report(prev_seq, "chain_broken", "last record differs from the head anchor: rewritten and re-hashed")
-        check = compare.finish(report) if compare else None
-        return VerifyReport(ok=not problems and not omitted, records=count, problems=problems, omitted=omitted,
-                            anchor_seq=anchor_seq, copy_check=check)
-    finally:
-        db.close()
+    if head is None:
+        report(0, "chain_broken", "audit_head is missing, so a truncated tail would go unnoticed")
+    elif head[0] > prev_seq:
+        report(prev_seq + 1, "deleted", f"seq {_span(prev_seq + 1, head[0])} missing from the end (head anchor)")
+    elif head[0] < prev_seq:
+        report(head[0] + 1, "chain_broken", f"seq {_span(head[0] + 1, prev_seq)} written past the head anchor")
+    elif head[1] != prev_hash:
+        report(prev_seq, "chain_broken", "last record differs from the head anchor: rewritten and re-hashed")
+    check_copy = compare.finish(report) if compare else None
+    return VerifyReport(ok=not problems and not omitted, records=count, problems=problems, omitted=omitted,
+                        anchor_seq=anchor_seq, copy_check=check_copy)
 
 
-def report_anchor(db: Database, anchor_seq: int, anchor_hash: str, report: Callable[[int, str, str], None]) -> None:
-    """A purge anchor must be the one the latest `retention.purged` record names; else records were deleted
-    by hand and the anchor moved to hide it."""
-    row = db.execute("SELECT seq, decision FROM audit WHERE kind = ? ORDER BY seq DESC LIMIT 1",
-                     [PURGED_KIND]).fetchone()
-    try:
-        named = json.loads(row[1]).get("audit", {}).get("anchor", {}) if row else {}
-    except (ValueError, AttributeError):
-        named = {}
-    if named != {"seq": anchor_seq, "hash": anchor_hash}:
-        where = f"the latest {PURGED_KIND} record (seq {row[0]}) names another" if row else f"no {PURGED_KIND} record"
-        report(anchor_seq, "deleted", f"seq {_span(1, anchor_seq)} gone behind a purge anchor that {where}: "
-                                      "deleted by hand, not by `rtem purge`")
+_EXISTS = {"sqlite": "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?)",
+           "postgres": "SELECT to_regclass(?) IS NOT NULL"}
+
+
+def _exists(conn: Connection, db: Database, table: str) -> bool:
+    return bool(conn.execute(_EXISTS[db.dialect.name], [table]).fetchone()[0])
+
+
+def _records_after(conn: Connection, seq: int, page: int = 1000) -> Iterator[dict[str, Any]]:
+    """The rows after `seq`, in seq order, a page at a time: a long log never sits in memory whole."""
+    while True:
+        rows = dict_rows(conn.execute(f"SELECT {', '.join(COLUMNS)} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      [seq, page]))
+        yield from rows
+        if len(rows) < page:
+            return
+        seq = rows[-1]["seq"]
 
 
 class _CopyComparison:
