@@ -63,7 +63,7 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
                    progress: Callable[[Progress], None] | None) -> Analysis:
     name = ", ".join(str(f) for f in files)
     await bus.reset_streams()
-    parts = await build(settings, topology, run_dir).open()
+    parts = await build(settings, topology, run_dir, database=run_dir / "rtem.db").open()
     try:
         state = Progress(file=name, stage="publishing")
         published = rejected = duplicates = 0

@@ -21,13 +21,11 @@ log = logging.getLogger(__name__)
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 SQLITE_SIBLINGS = ("-wal", "-shm", "-journal")
-DATA_FILES = ("rtem.db", "checkpoints.db")  # what `agent.service.build` opens in the data directory
-
-
-def private_data_dir(path: str | Path) -> Path:
-    """The data directory, 0700, with rtem's SQLite files in it created (when missing) or tightened to 0600."""
+def private_data_dir(path: str | Path, files: tuple[str, ...] = ("rtem.db", "checkpoints.db")) -> Path:
+    """The data directory, 0700, with `files` (the SQLite files `agent.service.build` opens in it)
+    created (when missing) or tightened to 0600."""
     directory = private_dir(path)
-    for name in DATA_FILES:
+    for name in files:
         private_file(directory / name)
     return directory
 

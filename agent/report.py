@@ -59,7 +59,7 @@ def build_report(store: IncidentStore, audit: AuditLog, incident_id: str) -> Rep
     """The report of `incident_id` (a unique prefix is enough); LookupError if the store has no such incident."""
     row = store.incident(incident_id)
     if row is None:
-        raise LookupError(f"no incident {incident_id!r} in {store.path} (see `rtem incidents`)")
+        raise LookupError(f"no incident {incident_id!r} in {store.where} (see `rtem incidents`)")
     events = store.events(row["id"])
     # The record of a written report is about the report, not the incident: leaving it out keeps a
     # rebuilt report identical to the one written at close.

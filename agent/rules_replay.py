@@ -20,7 +20,7 @@ from typing import Any
 from bus import parse_time
 from rules import CheckReport, Proposal, Topology
 
-from .action_history import SqliteActionHistory
+from .action_history import DbActionHistory
 from .audit import AuditLog
 from .store import IncidentStore
 from .system_state import StoreState
@@ -109,7 +109,7 @@ def replay(db_path: str | Path, rules: CheckReport, topology: Topology, since: d
     report = ReplayReport(since, str(rules.layout.root), rules.digest)
     audit = AuditLog(db_path)
     store = IncidentStore(db_path)
-    history = SqliteActionHistory(store)
+    history = DbActionHistory(store)
     try:
         guard = rules.guard.bind(state=StoreState(store))
         topologies = set()

@@ -31,6 +31,7 @@ from .incident import IncidentStatus, alert_states, alerts_recovered
 from .rules_reload import RulesReloader
 from .service import Components, build, check_audit_copy, publish_audit
 from .idle import IdleCloser, StillClock
+from .db import reopen
 from .serve import purge_regularly, serve_http, start_embedded_server
 from .tokens import TokenStore
 
@@ -73,6 +74,7 @@ class Service:
         self.http_url: str | None = None
         self._http_server = None
         self._tokens = None
+        self._reader = None  # the API's read-only database
 
     @property
     def url(self) -> str:
@@ -105,7 +107,7 @@ class Service:
                                                            self.retention_every_s), name="retention")]
         if self.http:
             await self._serve_http()
-        log.info("rtem run: consuming %s, store %s", self.url, self.parts.store.path)
+        log.info("rtem run: consuming %s, store %s", self.url, self.parts.store.where)
         return self
 
     async def stop(self) -> None:
@@ -132,6 +134,8 @@ class Service:
                 await self.bus.close()
             if self._tokens is not None:
                 self._tokens.close()
+            if self._reader is not None:
+                self._reader.close()
         finally:
             if self.server is not None:
                 self.server.stop()
@@ -314,9 +318,10 @@ class Service:
     async def _serve_http(self) -> None:
         """The HTTP API and console (agent/api), on this event loop beside the consumer."""
         consumer = self._tasks[0]
-        self._tokens = TokenStore(self.parts.store.path)
+        self._tokens = TokenStore(self.parts.store.db)
+        self._reader = reopen(self.parts.store.db, readonly=True)
         self._http_server, task, self.http_url = await serve_http(
-            self.settings, self.topology, self.parts, self.bus, self.reloader, self._tokens,
+            self.settings, self.topology, self.parts, self.bus, self.reloader, self._tokens, self._reader,
             ready=lambda: bool(self.bus and self.bus.nc.is_connected and not consumer.done()))
         self._tasks.append(task)
         log.info("rtem run: HTTP API and console at %s", self.http_url)

@@ -13,6 +13,7 @@ from bus import Bus, DataDirInUse, EmbeddedNats, NatsServerError
 from rules import Topology
 
 from .config import Settings
+from .db import Database
 from .rules_reload import RulesReloader
 from .service import Components
 from .store import RetentionPolicy, purge
@@ -44,9 +45,10 @@ def start_embedded_server(data_dir: Path, targets: Mapping[str, Sequence[str]] |
 
 
 async def serve_http(settings: Settings, topology: Topology, parts: Components, bus: Bus, reloader: RulesReloader,
-                     tokens: TokenStore, ready: Callable[[], bool]):
+                     tokens: TokenStore, reader: Database, ready: Callable[[], bool]):
     """Serve the HTTP API and console (agent/api) on this event loop; (uvicorn server, its task, URL).
-    The port is bound here, so a taken one is an OSError that names it, not uvicorn's exit."""
+    `reader` is the read-only database its requests read the store through. The port is bound here, so
+    a taken one is an OSError that names it, not uvicorn's exit."""
     import uvicorn
 
     from .api import ApiContext, create_app
@@ -59,7 +61,7 @@ async def serve_http(settings: Settings, topology: Topology, parts: Components, 
 
         chat = LlmChat(settings, client=client).answer
     ctx = ApiContext(
-        db_path=parts.store.path, topology=topology, audit=parts.audit, ledger=parts.ledger, tokens=tokens,
+        reader=reader, topology=topology, audit=parts.audit, ledger=parts.ledger, tokens=tokens,
         publish=bus.publish_lines, chat=chat, reloader=reloader, max_body_bytes=settings.http_max_body_bytes,
         policy=parts.graph.deps.policy, ready=ready)
     config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")

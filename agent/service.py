@@ -9,9 +9,10 @@ from pathlib import Path
 from bus import Bus
 from rules import Correlator, Detector, Topology
 
-from .action_history import SqliteActionHistory
+from .action_history import DbActionHistory
 from .audit import AuditLog
 from .config import Settings
+from .db import Database, migrate
 from .executors import Executors
 from .files import private_data_dir
 from .graph import Deps, IncidentGraph
@@ -20,6 +21,7 @@ from .ledger import Ledger
 from .reasoner import DeterministicReasoner
 from .rules_reload import RulesReloader
 from .ruleset import FixedRules, RuleSource
+from .storage import SCHEMAS, database_of
 from .store import IncidentStore
 from .system_state import StoreState
 from .triage import BatchResult, Triage
@@ -34,7 +36,8 @@ class Components:
     triage: Triage
     graph: IncidentGraph
     rules: RuleSource  # a RulesReloader when built with hot_reload
-    ledger: Ledger | None = None
+    ledger: Ledger
+    db: Database  # the one every component above writes to; closed last
 
     async def open(self) -> Components:
         await self.graph.open()
@@ -49,29 +52,38 @@ class Components:
         self.triage.detector.close()
         self.store.close()
         self.audit.close()
-        if self.ledger is not None:
-            self.ledger.close()
+        self.ledger.close()
+        self.db.close()
 
 
 def build(settings: Settings, topology: Topology, data_dir: Path | None = None, *, dry_run: bool = True,
-          executors: Executors | None = None, hot_reload: bool = False) -> Components:
+          executors: Executors | None = None, hot_reload: bool = False,
+          database: str | Path | None = None) -> Components:
     """Load rules and contracts, open the store and audit log, and assemble triage and the graph,
     once: nothing is rewired afterwards.
 
     Rule files are checked here, so a bad file stops start-up with its file:line:column. With
     `hot_reload` (rtem run) the rules are a `RulesReloader`, whose `watch()` or `reload()` swaps a
     changed set in; the graph and triage read the set in force from it. `executors` carry out the
-    steps (none: `analyze`, whose plans stay proposals).
+    steps (none: `analyze`, whose plans stay proposals). The records go to `database` (a SQLite file
+    or a `postgresql://` URL), else the configured one (RTEM_DATABASE_URL, else DATA_DIR/rtem.db).
     """
     data_dir = Path(data_dir or settings.data_dir)
-    private_data_dir(data_dir)  # 0700, and rtem.db and checkpoints.db 0600 before SQLite creates them
-    store = IncidentStore(data_dir / "rtem.db", synchronous=settings.sqlite_synchronous)
-    audit = AuditLog(data_dir / "rtem.db")
-    ledger = Ledger(data_dir / "rtem.db")
-    opened = [store, audit, ledger]
+    db = database_of(settings, database)
+    on_postgres = db.dialect.name == "postgres"
+    # 0700, and the SQLite files it will hold 0600 before SQLite creates them (none for PostgreSQL).
+    private_data_dir(data_dir, () if on_postgres else ("rtem.db", "checkpoints.db"))
+    opened: list = [db]
     try:
+        migrate(db, SCHEMAS)  # every component's tables at once; a database a newer rtem made is refused here
+        store = IncidentStore(db)
+        opened.append(store)
+        audit = AuditLog(db)
+        opened.append(audit)
+        ledger = Ledger(db)
+        opened.append(ledger)
         # What guardrail limits count (survives restarts) and what state preconditions read.
-        history, state = SqliteActionHistory(store), StoreState(store)
+        history, state = DbActionHistory(store), StoreState(store)
         rules: RuleSource = (
             RulesReloader(settings.rules_dir, audit=audit, history=history, state=state, actor="rtem run")
             if hot_reload else FixedRules.load(settings.rules_dir, history=history, state=state))
@@ -102,8 +114,9 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
                 policy=Policy(approval_ttl_s=settings.approval_ttl_s, verify_quiet_s=settings.verify_quiet_s,
                               verify_deadline_s=settings.verify_deadline_s),
                 watermark=lambda: triage.detector.watermark)
-    graph = IncidentGraph(data_dir / "checkpoints.db", deps)
-    return Components(settings, topology, store, audit, triage, graph, rules, ledger)
+    # Checkpoints beside the records: in PostgreSQL with them, else in a SQLite file of their own.
+    graph = IncidentGraph(db.target if on_postgres else data_dir / "checkpoints.db", deps)
+    return Components(settings, topology, store, audit, triage, graph, rules, ledger, db)
 
 
 def record_correlation(audit: AuditLog, store: IncidentStore, result: BatchResult, versions: dict[str, str]) -> None:
@@ -144,6 +157,6 @@ async def check_audit_copy(bus: Bus, audit: AuditLog) -> bool:
     if head is not None and head.seq < last:
         logging.getLogger("rtem.audit").error(
             "the AUDIT stream has records up to seq %d but %s ends at seq %d: records were deleted from the "
-            "audit log; run `rtem audit verify` to name them", last, audit.path, head.seq)
+            "audit log; run `rtem audit verify` to name them", last, audit.where, head.seq)
         return False
     return True

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .action_history import HISTORY_SCHEMA
+from .audit import AUDIT_SCHEMA
 from .cluster import LEASE_SCHEMA
 from .config import Settings
 from .db import Database, Schema, open_database
+from .ledger import LEDGER_SCHEMA
 from .store import STORE_SCHEMA
+from .tokens import TOKENS_SCHEMA
 
-SCHEMAS: tuple[Schema, ...] = (STORE_SCHEMA, LEASE_SCHEMA)
+SCHEMAS: tuple[Schema, ...] = (STORE_SCHEMA, LEDGER_SCHEMA, HISTORY_SCHEMA, TOKENS_SCHEMA, AUDIT_SCHEMA, LEASE_SCHEMA)
 
 
 def database_of(settings: Settings, target: str | Path | None = None, *, readonly: bool = False) -> Database:

@@ -105,10 +105,10 @@ def main() -> None:
     results = {"rules": len(guard.guardrails.rules), "compile_s": round(compile_s, 3)}
     for kind in ("repeated", "cold", "gated"):
         results[kind] = run(guard, topo, kind, args.evaluations, history, state)
-    from agent.action_history import SqliteActionHistory
+    from agent.action_history import DbActionHistory
 
     with tempfile.TemporaryDirectory(prefix="rtem-bench-history-") as workdir:
-        stored = SqliteActionHistory(Path(workdir) / "rtem.db")
+        stored = DbActionHistory(Path(workdir) / "rtem.db")
         for action in history._actions:
             stored.record(action.action, action.target, action.at)
         results["gated-sqlite"] = run(guard, topo, "gated", args.evaluations, stored, state)

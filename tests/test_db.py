@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.db import Migration, Schema, SchemaTooNew, check, migrate, open_database, status, versions
+from agent.storage import SCHEMAS
 from agent.store import STORE_SCHEMA, IncidentStore
 
 V1 = Migration(1, "a table", sqlite=("CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)",),
@@ -123,15 +124,16 @@ def test_rtem_db_status_and_migrate(backend, tmp_path, monkeypatch):
     before = runner.invoke(app, ["db", "status", "--db", backend, "--json"]) if "://" in backend else None
     if before is not None:  # a PostgreSQL database exists before rtem touches it; a SQLite file does not
         assert before.exit_code == 0, before.output
-        assert json.loads(before.stdout)["components"][0] == {"component": "store", "version": 0,
-                                                              "known": STORE_SCHEMA.version, "state": "behind"}
+        assert json.loads(before.stdout)["components"] == [
+            {"component": s.component, "version": 0, "known": s.version, "state": "behind"} for s in SCHEMAS]
     done = runner.invoke(app, ["db", "migrate", "--db", backend, "--json"])
     assert done.exit_code == 0, done.output
-    assert json.loads(done.stdout)["migrated"] == [{"component": "store", "from": 0, "to": STORE_SCHEMA.version}]
+    assert json.loads(done.stdout)["migrated"] == [{"component": s.component, "from": 0, "to": s.version}
+                                                   for s in SCHEMAS]
     again = runner.invoke(app, ["db", "migrate", "--db", backend])
     assert again.exit_code == 0 and "already current" in again.stdout
     now = runner.invoke(app, ["db", "status", "--db", backend, "--json"])
-    assert json.loads(now.stdout)["components"][0]["state"] == "current"
+    assert {c["state"] for c in json.loads(now.stdout)["components"]} == {"current"}
     assert "password" not in now.stdout
     database = open_database(backend)
     with database.write() as conn:

@@ -146,8 +146,8 @@ def write_incident(store: IncidentStore, incident_id: str, events: list[Event]) 
                                "signals": len(events)})
 
 
-def test_the_store_gives_only_earlier_incidents_and_their_earlier_events(tmp_path, shop):
-    store = IncidentStore(tmp_path / "rtem.db")
+def test_the_store_gives_only_earlier_incidents_and_their_earlier_events(backend, shop):
+    store = IncidentStore(backend)
     past = earlier(8)
     for incident_id, events in past.items():
         write_incident(store, incident_id, events)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.action_history import SqliteActionHistory
+from agent.action_history import HISTORY_SCHEMA, DbActionHistory
 from agent.config import Settings
+from agent.db import ReadOnlyStoreError, StoreClosedError, versions
 from agent.service import build
 from agent.store import IncidentStore, event_row
 from agent.system_state import StoreState
@@ -130,7 +131,7 @@ def test_only_recorded_actions_count_and_without_a_history_none_do(tmp_path):
     assert judge(guard.bind(history=earlier), "restart_instance", "cart-0", T0).outcome == "deny"
 
 
-# -- across a restart: the history lives in SQLite ---------------------------------------------------
+# -- across a restart: the history lives in the database ---------------------------------------------------
 
 def test_limits_survive_a_service_restart(tmp_path):
     rules_dir = tmp_path / "rules"
@@ -144,7 +145,7 @@ def test_limits_survive_a_service_restart(tmp_path):
         parts = build(settings, TOPOLOGY)
         try:
             guard = parts.rules.current().guard
-            assert isinstance(guard.history, SqliteActionHistory)
+            assert isinstance(guard.history, DbActionHistory)
             return run(guard, guard.history, steps)
         finally:
             await parts.close()
@@ -154,7 +155,7 @@ def test_limits_survive_a_service_restart(tmp_path):
     # a new process: the two restarts are still counted, until they leave the window
     assert asyncio.run(session([(20, "restart_instance", "cart-0"), (61, "restart_instance", "cart-0")])) == [
         "deny", "allow"]
-    history = SqliteActionHistory(tmp_path / "data" / "rtem.db")
+    history = DbActionHistory(tmp_path / "data" / "rtem.db")
     try:
         assert len(history) == 3 and history.watermark() >= 3
         window = dict(since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=2))
@@ -165,14 +166,49 @@ def test_limits_survive_a_service_restart(tmp_path):
         history.close()
 
 
-def test_a_recorded_key_is_counted_once(tmp_path):
-    store = IncidentStore(tmp_path / "rtem.db")
+def test_a_recorded_key_is_counted_once(backend):
+    store = IncidentStore(backend)
     try:
-        history = SqliteActionHistory(store)
+        history = DbActionHistory(store)
         assert history.record("restart_instance", "cart-0", T0, key="inc-1#0@t")
         assert not history.record("restart_instance", "cart-0", T0, key="inc-1#0@t")
         assert history.count("restart_instance", since=T0 - timedelta(minutes=1), until=T0) == 1
         assert history.targets("restart_instance", since=T0 - timedelta(minutes=1), until=T0, among=set()) == set()
+    finally:
+        store.close()
+
+
+def test_the_history_and_its_views_on_either_backend(backend):
+    history = DbActionHistory(backend)
+    try:
+        assert versions(history.db)["action_history"] == HISTORY_SCHEMA.version
+        for minute, target, incident_id in ((0, "cart-0", "inc-1"), (10, "cart-1", "inc-2"), (20, "cart-0", None)):
+            history.record("restart_instance", target, T0 + timedelta(minutes=minute), incident_id=incident_id)
+        window = dict(since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=1))
+        assert len(history) == 3 and history.watermark() == 3
+        assert history.count("restart_instance", **window) == 3 and history.count("scale_out", **window) == 0
+        assert history.targets("restart_instance", **window, among={"cart-0", "web-0"}) == {"cart-0"}
+        assert history.excluding("inc-1").count("restart_instance", **window) == 2  # rows of no incident count
+        assert len(history.as_of(2)) == 2 and history.as_of(2).count("restart_instance", **window) == 2
+        assert history.as_of(before=T0 + timedelta(minutes=10)).count("restart_instance", **window) == 1
+        history.as_of(1).close()  # a view does not close the history
+        assert history.watermark() == 3
+    finally:
+        history.close()
+    with pytest.raises(StoreClosedError):
+        history.watermark()
+
+
+def test_on_a_read_only_store_the_history_reads_and_refuses_to_record(backend):
+    with_history = IncidentStore(backend)
+    DbActionHistory(with_history).record("restart_instance", "cart-0", T0)
+    with_history.close()
+    store = IncidentStore(backend, readonly=True)
+    try:
+        history = DbActionHistory(store)
+        assert history.db.readonly and history.watermark() == 1
+        with pytest.raises(ReadOnlyStoreError):
+            history.record("restart_instance", "cart-0", T0)
     finally:
         store.close()
 

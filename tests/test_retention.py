@@ -16,6 +16,7 @@ from agent.audit import AuditLog, verify_file
 from agent.cli import app
 from agent.config import Settings
 from agent.store import IncidentStore, RetentionPolicy, event_row, purge
+from agent.store import _retention as retention
 from bus import AUDIT, DLQ, EVENTS, Event
 from bus._streams import stream_configs
 
@@ -75,20 +76,40 @@ def audit_history(path: Path) -> None:
         audit.append("incident.opened", incident_id="inc-now", at=NOW)
 
 
-@pytest.fixture
-def db(tmp_path) -> Path:
-    path = tmp_path / "rtem.db"
-    store = IncidentStore(path)
+def fill(store: IncidentStore) -> None:
+    """Two incidents closed over 30 days ago (5 events), one closed 10 days ago, one open for 60 days, and an
+    old and a new event of no incident."""
     add_incident(store, "old-closed", "resolved", closed_days_ago=40)
     add_incident(store, "old-escalated", "escalated", closed_days_ago=31, events=2)
     add_incident(store, "new-closed", "resolved", closed_days_ago=10)
     add_incident(store, "old-open", "awaiting_approval", closed_days_ago=60)
     add_unattached(store, "u-old", 45)
     add_unattached(store, "u-new", 1)
+
+
+KEPT = {"new-closed-e0", "new-closed-e1", "new-closed-e2", "old-open-e0", "old-open-e1", "old-open-e2", "u-new"}
+THREADS = ["old-closed", "old-escalated", "new-closed", "old-open"]
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    """The store, its checkpoints and its audit log, in SQLite files."""
+    path = tmp_path / "rtem.db"
+    store = IncidentStore(path)
+    fill(store)
     store.close()
-    add_checkpoints(tmp_path / "checkpoints.db", ["old-closed", "old-escalated", "new-closed", "old-open"])
+    add_checkpoints(tmp_path / "checkpoints.db", THREADS)
     audit_history(path)
     return path
+
+
+@pytest.fixture
+def store(backend):
+    """The store alone, on either backend."""
+    store = IncidentStore(backend)
+    fill(store)
+    yield store
+    store.close()
 
 
 def run_purge(path: Path, **kwargs):
@@ -100,11 +121,23 @@ def run_purge(path: Path, **kwargs):
         store.close()
 
 
+def purge_store(store: IncidentStore, tmp_path: Path, **kwargs):
+    """A purge of `store` on either backend, with an audit log in a SQLite file of its own (the AuditLog
+    is on SQLite only)."""
+    with AuditLog(tmp_path / "audit.db") as audit:
+        return purge(store, audit, POLICY, now=NOW, **kwargs)
+
+
 def event_ids(path: Path) -> set[str]:
     return {row[0] for row in sqlite3.connect(path).execute("SELECT id FROM events")}
 
 
+def stored_ids(store: IncidentStore) -> set[str]:
+    return {row[0] for row in store.db.connection().execute("SELECT id FROM events")}
+
+
 def threads(path: Path) -> dict[str, int]:
+    """Checkpoint rows per thread in checkpoints.db beside `path`."""
     conn = sqlite3.connect(path.with_name("checkpoints.db"))
     return dict(conn.execute("SELECT thread_id, COUNT(*) FROM checkpoints GROUP BY thread_id"))
 
@@ -115,14 +148,48 @@ def threads(path: Path) -> dict[str, int]:
 def test_purge_deletes_only_what_the_policy_no_longer_keeps(db):
     report = run_purge(db)
 
-    assert event_ids(db) == {"new-closed-e0", "new-closed-e1", "new-closed-e2", "old-open-e0", "old-open-e1",
-                             "old-open-e2", "u-new"}
+    assert event_ids(db) == KEPT
     assert (report.incidents, report.events, report.unattached_events) == (2, 5, 1)
     # Checkpoints: closed more than 7 days ago (new-closed was closed 10 days ago), never an open incident's.
     assert threads(db) == {"old-open": 2}
     assert (report.checkpoint_threads, report.checkpoints) == (3, 9)
     # Incident rows stay: they say what happened.
     assert len(sqlite3.connect(db).execute("SELECT id FROM incidents").fetchall()) == 4
+
+
+def test_the_store_is_purged_on_either_backend(store, tmp_path):
+    report = purge_store(store, tmp_path)
+    assert stored_ids(store) == KEPT
+    assert (report.incidents, report.events, report.unattached_events) == (2, 5, 1)
+    # No checkpoints.db beside the SQLite file, and none beside a PostgreSQL store: nothing purged there.
+    assert (report.checkpoint_threads, report.checkpoints) == (0, 0)
+    assert store.db.connection().execute("SELECT COUNT(*) FROM incidents").fetchone()[0] == 4
+
+
+def test_a_checkpoints_file_passed_in_is_purged_whatever_the_store(store, tmp_path):
+    checkpoints = tmp_path / "graph" / "checkpoints.db"
+    checkpoints.parent.mkdir()
+    add_checkpoints(checkpoints, THREADS)
+    report = purge_store(store, tmp_path, checkpoints=checkpoints)
+    assert threads(checkpoints) == {"old-open": 2}
+    assert (report.checkpoint_threads, report.checkpoints) == (3, 9)
+
+
+def test_a_dry_run_of_the_store_counts_and_changes_nothing(store, tmp_path):
+    before = stored_ids(store)
+    report = purge_store(store, tmp_path, dry_run=True)
+    assert (report.incidents, report.events, report.unattached_events) == (2, 5, 1)
+    assert stored_ids(store) == before
+
+
+def test_a_batch_of_events_spans_closed_incidents(store, tmp_path, monkeypatch):
+    """Review note: one transaction per incident made a purge of many small incidents many transactions."""
+    monkeypatch.setattr(retention, "BATCH", 2)
+    seen: list[tuple[str, int]] = []
+    report = purge_store(store, tmp_path, progress=lambda what, rows: seen.append((what, rows)))
+    # 3 + 2 events in batches of 2, 2 and 1 (one incident at a time would take 2, 1 and 2)
+    assert seen == [("events", 2), ("events", 4), ("events", 5), ("unattached events", 1)]
+    assert report.events == 5 and stored_ids(store) == KEPT
 
 
 def test_purge_deletes_old_audit_records_and_the_log_still_verifies(db):
@@ -212,11 +279,13 @@ def test_moving_the_anchor_by_hand_to_delete_records_is_reported(tmp_path):
 def test_a_log_made_before_retention_is_migrated_and_can_be_purged(tmp_path):
     path = tmp_path / "rtem.db"
     audit_history(path)
-    conn = sqlite3.connect(path)  # the triggers and tables of a log from before retention
+    # The triggers and tables of a log from before retention, which was before versioned schemas too.
+    conn = sqlite3.connect(path)
     conn.executescript("DROP TRIGGER audit_no_delete; DROP TRIGGER audit_anchor_forward_only; "
                        "DROP TRIGGER audit_anchor_no_delete; DROP TRIGGER audit_anchor_single; DROP TABLE audit_anchor;"
                        "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
-                       "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;")
+                       "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;"
+                       "DELETE FROM schema_versions WHERE component = 'audit';")
     conn.close()
     assert verify_file(path).ok
     report = run_purge(path)

@@ -1,8 +1,8 @@
 """What the HTTP API needs from the running service, and nothing more.
 
-`rtem run` builds one `ApiContext` over its own components; the API reads the SQLite store through
-its own read-only connections (per request, in worker threads) and writes only through the
-service's audit log, ledger, rules reloader and bus.
+`rtem run` builds one `ApiContext` over its own components; the API reads the store through a
+read-only database of its own (`reader`: per-thread connections in the request threads, never the
+service's) and writes only through the service's audit log, ledger, rules reloader and bus.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 from bus import PublishReport
 from rules import Topology
 
 from ..audit import AuditLog
+from ..db import Database
 from ..incident import Policy
 from ..ledger import Ledger
 from ..store import IncidentStore
@@ -27,7 +27,7 @@ Chat = Callable[..., Any]  # (question, store, audit, incident_id, *, visible) -
 
 @dataclass
 class ApiContext:
-    db_path: Path
+    reader: Database  # read-only, on the service's database
     topology: Topology
     audit: AuditLog
     ledger: Ledger
@@ -41,8 +41,8 @@ class ApiContext:
 
     @contextmanager
     def store(self) -> Iterator[IncidentStore]:
-        """A read-only view of the store on its own connection, for one request."""
-        store = IncidentStore(self.db_path, readonly=True)
+        """A read-only view of the store, for one request (its connections are the reader's)."""
+        store = IncidentStore(self.reader)
         try:
             yield store
         finally:

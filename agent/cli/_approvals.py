@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import DbOpt, IncidentArg, JsonOpt, fail, open_ledger, open_store, out, settings, store_path
+from ._common import DbOpt, IncidentArg, JsonOpt, fail, open_ledger, open_store, out, settings, database_target
 
 
 ActionArg = Annotated[str, typer.Argument(help="The action's index or type, as `rtem incidents show` lists.")]
@@ -37,7 +37,7 @@ def _decide(incident_id: str, action: str, approve: bool, by: str | None, reason
 
     store, ledger = open_store(db), open_ledger(db)
     who = by or operator()
-    with AuditLog(store_path(db)) as audit:
+    with AuditLog(database_target(db)) as audit:
         try:
             decided = decide(store, ledger, audit, incident_id, action, approve=approve, by=who, reason=reason,
                              via="cli", policy=Policy(approval_ttl_s=settings().approval_ttl_s), operator=operator())

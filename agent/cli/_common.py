@@ -29,7 +29,9 @@ class LlmChoice(str, Enum):
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
-DbOpt = Annotated[Optional[Path], typer.Option("--db", help="The store (default: RTEM_DATA_DIR/rtem.db).")]
+DbOpt = Annotated[Optional[str], typer.Option(
+    "--db", help="rtem's database: a SQLite file or a postgresql:// URL (default: RTEM_DATABASE_URL, else "
+                 "RTEM_DATA_DIR/rtem.db).")]
 IncidentArg = Annotated[str, typer.Argument(help="Incident id (a unique prefix is enough).")]
 TopologyOpt = Annotated[Optional[Path], typer.Option("--topology", "-t", help="Topology file (JSON or YAML; "
                         "default: RTEM_TOPOLOGY).")]
@@ -64,19 +66,23 @@ def topology_of(cfg: Settings, path: Path | None):
         fail(str(exc))
 
 
-def db_file(db: Path | None, missing: str) -> Path:
-    """`--db`, else RTEM_DATA_DIR/rtem.db; exits with `<path>: <missing>` when there is no such file."""
-    path = store_path(db)
-    if not path.is_file():
-        fail(f"{path}: {missing}")
-    return path
+def db_file(db: str | None, missing: str) -> str | Path:
+    """`database_target(db)`; exits with `<path>: <missing>` when it is a SQLite file that does not exist."""
+    target = database_target(db)
+    if isinstance(target, Path) and not target.is_file():
+        fail(f"{target}: {missing}")
+    return target
 
 
-def store_path(db: Path | None) -> Path:
-    return db or settings().db_path
+def database_target(db: str | None) -> str | Path:
+    """`--db`, else RTEM_DATABASE_URL, else RTEM_DATA_DIR/rtem.db: a `postgresql://` URL as it is, else a path."""
+    from ..db import is_postgres_url
+
+    target = db if db is not None else settings().database
+    return target if is_postgres_url(target) else Path(target)
 
 
-def open_store(db: Path | None):
+def open_store(db: str | None):
     """The incident store, read-only."""
     from ..store import IncidentStore
 
@@ -84,7 +90,7 @@ def open_store(db: Path | None):
                          readonly=True)
 
 
-def open_ledger(db: Path | None):
+def open_ledger(db: str | None):
     """The execution ledger `rtem run` reads approvals and the kill switch from."""
     from ..ledger import Ledger
 

@@ -38,7 +38,7 @@ def incidents(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None,
 
     store = open_store(db)
     rows = store.incidents(status=status)
-    with AuditLog(store.path) as audit:
+    with AuditLog(store.db) as audit:
         decided = deciders(audit)
     if json_out:
         reasoner = {incident: d.to_dict() for incident, d in decided.items()}
@@ -131,8 +131,8 @@ def audit_verify(
     names each changed, deleted or reordered record, and each one missing from either side or different."""
     from ..audit import verify_file
 
-    path = db_file(db, NO_AUDIT_LOG)
-    url, auth = (None, None) if local_only else (nats, None) if nats else _service_nats(db, path)
+    target = db_file(db, NO_AUDIT_LOG)
+    url, auth = (None, None) if local_only else (nats, None) if nats else _service_nats(target)
     copy = None
     if url:
         try:
@@ -144,7 +144,8 @@ def audit_verify(
                 fail(reason)
             err.print(f"[yellow]warning:[/] {escape(reason)}; only the hash chain was checked "
                       "(is `rtem run` running? pass --nats URL, or --local-only)")
-    report = verify_file(path, copy=copy)
+    with _reading_audit(target):
+        report = verify_file(target, copy=copy)
     if json_out:
         print(report.model_dump_json(indent=2))
     else:
@@ -156,15 +157,28 @@ def audit_verify(
     raise typer.Exit(0 if report.ok else 1)
 
 
-def _service_nats(db: Path | None, path: Path):
+@contextlib.contextmanager
+def _reading_audit(target: str | Path):
+    """Exits with what failed, naming the database (a URL without its password), when the log cannot be read."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - a person reads this: which database, and why not
+        from ..db import redacted
+
+        where = redacted(target)
+        fail(f"cannot read the audit log in {where}: {type(exc).__name__}: {exc}", 1)
+
+
+def _service_nats(target: str | Path):
     """RTEM_NATS_URL (with the configured credentials), else the URL of the embedded server the service
-    on this data directory wrote, with rtem's own credentials for it (docs/nats.md)."""
+    on this data directory wrote, with rtem's own credentials for it (docs/nats.md). The data directory is
+    the SQLite file's; a PostgreSQL log's is RTEM_DATA_DIR."""
     from bus import RTEM_USER, embedded_credentials
 
     cfg = settings()
     if cfg.nats_url:
         return cfg.nats_url, None
-    data_dir = path.parent if db else Path(cfg.data_dir)
+    data_dir = target.parent if isinstance(target, Path) else Path(cfg.data_dir)
     written = data_dir / "nats.url"
     if not written.is_file():
         return None, None
@@ -200,7 +214,9 @@ def audit_list(incident: Annotated[Optional[str], typer.Option(help="Only this i
     """Decision records, oldest first: what was decided, on what inputs, by which rule and model versions."""
     from ..audit import AuditLog
 
-    records = AuditLog(db_file(db, NO_AUDIT_LOG)).records(incident_id=incident)
+    target = db_file(db, NO_AUDIT_LOG)
+    with _reading_audit(target), AuditLog(target) as audit:
+        records = audit.records(incident_id=incident)
     if json_out:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return

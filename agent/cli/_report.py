@@ -29,7 +29,7 @@ def report(incident_id: IncidentArg,
     from ..report import build_report
 
     store = open_store(db)
-    with AuditLog(store.path) as audit:
+    with AuditLog(store.db) as audit:
         try:
             text = build_report(store, audit, incident_id).render(format.value)
         except LookupError as exc:
@@ -49,7 +49,7 @@ def ask(question: Annotated[str, typer.Argument(help="A question about incidents
     store = open_store(db)
     reply_to, close = _answerer(llm)
     try:
-        with AuditLog(store.path) as audit:
+        with AuditLog(store.db) as audit:
             reply = reply_to(question, store, audit, incident)
     finally:
         close()
@@ -66,7 +66,7 @@ def chat(incident: IncidentOpt = None, db: DbOpt = None, llm: LlmOpt = None) -> 
     store = open_store(db)
     reply_to, close = _answerer(llm)
     try:
-        with AuditLog(store.path) as audit:
+        with AuditLog(store.db) as audit:
             for line in sys.stdin:
                 question = line.strip()
                 if question.lower() in ("quit", "exit"):

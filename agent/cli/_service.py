@@ -14,7 +14,7 @@ from rich.table import Table
 from bus import NatsServerError
 from rules import RulesError
 
-from ._common import (DbOpt, JsonOpt, LlmOpt, TopologyOpt, err, fail, open_ledger, out, settings, store_path,
+from ._common import (DbOpt, JsonOpt, LlmOpt, TopologyOpt, err, fail, open_ledger, out, settings, database_target,
                       topology_of)
 
 
@@ -30,6 +30,7 @@ def run(
 ) -> None:
     """Run the service: consume the bus, detect, diagnose, guard, execute, verify; serve the HTTP API and
     web console (docs/api.md; create a token with `rtem tokens create`). Stops on Ctrl-C."""
+    from ..db import SchemaTooNew
     from ..llm import LLMSetupError
     from ..logs import setup_logging
     from ..run import Service
@@ -49,7 +50,7 @@ def run(
             if metrics_port:
                 from prometheus_client import start_http_server
                 start_http_server(metrics_port, addr="127.0.0.1")
-            err.print(f"rtem run: bus {service.url} · store {service.parts.store.path}"
+            err.print(f"rtem run: bus {service.url} · store {service.parts.store.where}"
                       + (f" · metrics http://127.0.0.1:{metrics_port}/metrics" if metrics_port else "")
                       + (f" · console {service.http_url}" if service.http_url else "")
                       + (" · DRY RUN" if dry_run else ""))
@@ -62,8 +63,8 @@ def run(
         asyncio.run(serve())
     except (RulesError, LLMSetupError, OSError) as exc:
         fail(str(exc))
-    except NatsServerError as exc:  # another rtem on this data directory, or no nats-server to run
-        fail(str(exc), 1)
+    except (NatsServerError, SchemaTooNew) as exc:  # another rtem on this data directory, no nats-server to
+        fail(str(exc), 1)                            # run, or a database a newer rtem migrated
     except KeyboardInterrupt:
         err.print("stopped")
 
@@ -77,7 +78,7 @@ def pause(by: Annotated[Optional[str], typer.Option(help="Who pulls the switch (
 
     who = operator()
     open_ledger(db).set_paused(True, by or who)  # first: the switch holds even if the record below fails
-    with AuditLog(store_path(db)) as audit:
+    with AuditLog(database_target(db)) as audit:
         record = audit.append("execution.paused", node="cli", inputs={"operator": who, "command": "rtem pause"},
                               decision={"paused": True, "by": by or who},
                               reasons=[f"kill switch pulled by {by or who}" + (f" (as {who})" if by else "")])
@@ -93,7 +94,7 @@ def resume(by: Annotated[Optional[str], typer.Option(help="Who releases the swit
 
     who = operator()
     open_ledger(db).set_paused(False, by or who)
-    with AuditLog(store_path(db)) as audit:
+    with AuditLog(database_target(db)) as audit:
         record = audit.append("execution.resumed", node="cli", inputs={"operator": who, "command": "rtem resume"},
                               decision={"paused": False, "by": by or who},
                               reasons=[f"kill switch released by {by or who}" + (f" (as {who})" if by else "")])

@@ -11,27 +11,30 @@ from rich.table import Table
 
 from ..files import DIR_MODE, private_dir, private_file
 from ..tokens import ROLES, TokenError, TokenStore
-from ._common import DbOpt, JsonOpt, err, fail, out, store_path
+from ._common import DbOpt, JsonOpt, err, fail, out, database_target
 
 tokens_app = typer.Typer(help="API tokens for the HTTP API and the web console: create, list, revoke.",
                          no_args_is_help=True)
 
 
-def _tokens(db: Path | None) -> TokenStore:
-    """The token store in rtem.db, which this may create: 0600 in a 0700 data directory (token hashes)."""
-    path = store_path(db)
-    if db is None:
-        private_dir(path.parent)
-    else:  # someone else's directory is not ours to chmod; one made here is private
-        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    return TokenStore(private_file(path))
+def _tokens(db: str | None) -> TokenStore:
+    """The token store in rtem's database, which this may create: a SQLite file is 0600 in a 0700 data
+    directory (token hashes)."""
+    target = database_target(db)
+    if isinstance(target, Path):
+        if db is None:
+            private_dir(target.parent)
+        else:  # someone else's directory is not ours to chmod; one made here is private
+            target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        private_file(target)
+    return TokenStore(target)
 
 
-def _record(db: Path | None, kind: str, name: str, who: str, reason: str, **inputs) -> None:
+def _record(db: str | None, kind: str, name: str, who: str, reason: str, **inputs) -> None:
     """The audit record of a token's creation or revocation (never the token or its hash)."""
     from ..audit import AuditLog
 
-    with AuditLog(store_path(db)) as audit:
+    with AuditLog(database_target(db)) as audit:
         audit.append(kind, node="cli", inputs={"name": name, **inputs, "operator": who},
                      decision={"token": name, "by": who}, reasons=[reason])
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._base import POSTGRES, SQLITE, Connection, Cursor, Database, Dialect, ReadOnlyStoreError, StoreClosedError
+from ._base import (POSTGRES, SQLITE, Connection, Cursor, Database, DatabaseUnreachable, Dialect, ReadOnlyStoreError,
+                    StoreClosedError)
 from ._base import dict_rows
 from ._migrations import Migration, Schema, SchemaStatus, SchemaTooNew, check, ensure, migrate, status, versions
 from ._sqlite import SqliteDatabase
@@ -28,6 +29,25 @@ def open_database(target: str | Path, *, readonly: bool = False, synchronous: st
     return SqliteDatabase(target, synchronous=synchronous, readonly=readonly)
 
 
-__all__ = ["POSTGRES", "SQLITE", "Connection", "Cursor", "Database", "Dialect", "Migration", "ReadOnlyStoreError",
+def redacted(target: str | Path) -> str:
+    """A database for messages: a file as it is, a URL without its password."""
+    if not is_postgres_url(target):
+        return str(target)
+    from ._postgres import redacted as without_password
+
+    return without_password(str(target))
+
+
+def reopen(db: Database, *, readonly: bool = True) -> Database:
+    """Another `Database` on the same file or server as `db` (by default read-only): the API's readers
+    beside the service's writers, or a component that must not share `db`'s connections."""
+    if is_postgres_url(db.target):
+        from ._postgres import PostgresDatabase
+
+        return PostgresDatabase(db.target, readonly=readonly, pool_size=db.pool.max_size)
+    return SqliteDatabase(db.target, synchronous=db.synchronous, readonly=readonly, busy_timeout_s=db.busy_timeout_s)
+
+
+__all__ = ["POSTGRES", "SQLITE", "Connection", "Cursor", "Database", "DatabaseUnreachable", "Dialect", "Migration", "ReadOnlyStoreError",
            "Schema", "SchemaStatus", "SchemaTooNew", "SqliteDatabase", "StoreClosedError", "check", "dict_rows",
-           "ensure", "is_postgres_url", "migrate", "open_database", "status", "versions"]
+           "ensure", "is_postgres_url", "migrate", "open_database", "redacted", "reopen", "status", "versions"]

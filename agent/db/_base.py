@@ -7,11 +7,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 
 class ReadOnlyStoreError(PermissionError):
     """A write to a store opened read-only (the CLI and the API read beside the running service)."""
+
+
+class DatabaseUnreachable(OSError):
+    """The database server did not accept a connection in time."""
 
 
 class StoreClosedError(RuntimeError):
@@ -80,6 +85,11 @@ class Database(Protocol):
     @property
     def where(self) -> str:
         """What to call it in messages: a file path, or a URL without its password."""
+        ...
+
+    @property
+    def target(self) -> str | Path:
+        """What `open_database` opened: the SQLite file, or the PostgreSQL URL (with its password)."""
         ...
 
     def connection(self) -> Connection:

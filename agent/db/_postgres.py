@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ._base import POSTGRES
+from ._base import POSTGRES, DatabaseUnreachable
 from ._threads import ThreadConnections
 
 
@@ -91,11 +91,20 @@ class PostgresDatabase(ThreadConnections):
         configure = _read_only if readonly else None
         self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs={"autocommit": True},
                                    configure=configure, open=False, timeout=connect_timeout_s, name="rtem")
-        self.pool.open(wait=True, timeout=connect_timeout_s)
+        try:
+            self.pool.open(wait=True, timeout=connect_timeout_s)
+        except PoolTimeout:
+            self.pool.close()
+            raise DatabaseUnreachable(f"cannot connect to PostgreSQL at {self.where} within {connect_timeout_s:.0f}s: "
+                                      "is it running, and are the URL's host, user and password right?") from None
 
     @property
     def where(self) -> str:
         return redacted(self.url)
+
+    @property
+    def target(self) -> str:
+        return self.url
 
     def connection(self) -> PgConnection:
         conn = super().connection()

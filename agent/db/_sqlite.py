@@ -38,6 +38,10 @@ class SqliteDatabase(ThreadConnections):
     def where(self) -> str:
         return str(self.path)
 
+    @property
+    def target(self) -> Path:
+        return self.path
+
     def _connect(self) -> sqlite3.Connection:
         # check_same_thread=False only so that close() may close another thread's connection; each
         # connection is otherwise used by its own thread alone.

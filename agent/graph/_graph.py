@@ -1,4 +1,5 @@
-"""The compiled graph and its SQLite checkpointer: one LangGraph thread per incident."""
+"""The compiled graph and its checkpointer (SQLite, or PostgreSQL for several workers): one LangGraph
+thread per incident."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 
 from .. import incident as core
+from ..db import is_postgres_url
 from ..telemetry import tracer
 from ._deps import Deps, IncidentState, plan_of
 from ._nodes import approve, close, diagnose, escalate, execute, gather_context, guard, propose, verify
+
+
+# Any fixed number: the advisory lock around making the checkpoint tables.
+_SETUP_LOCK = 0x72746563  # "rtec"
 
 
 def _after_guard(state: IncidentState) -> str:
@@ -59,23 +65,50 @@ def build_graph():
 
 
 class IncidentGraph:
-    """The compiled graph with its SQLite checkpointer; one thread per incident.
+    """The compiled graph with its checkpointer; one thread per incident.
+
+    `checkpoints` is a SQLite file (LangGraph's AsyncSqliteSaver) or a `postgresql://` URL (its
+    AsyncPostgresSaver on a small pool, so a worker survives the server restarting; its tables are
+    made under an advisory lock, so workers starting together make them once).
 
     `run(incident_id)` starts a thread, or re-enters verification of one that is verifying;
     `resume(incident_id)` continues one that waits in an interrupt (for an approval or the kill
     switch). Both return the state and what the thread waits for, if anything.
     """
 
-    def __init__(self, checkpoint_path: str | Path, deps: Deps):
-        self.checkpoint_path = str(checkpoint_path)
+    def __init__(self, checkpoints: str | Path, deps: Deps):
+        self.checkpoints = checkpoints
         self.deps = deps
         self._conn: aiosqlite.Connection | None = None
+        self._pool = None
         self.app = None
 
     async def open(self) -> IncidentGraph:
-        self._conn = await aiosqlite.connect(self.checkpoint_path)
-        self.app = build_graph().compile(checkpointer=AsyncSqliteSaver(self._conn))
+        if is_postgres_url(self.checkpoints):
+            saver = await self._postgres_saver(str(self.checkpoints))
+        else:
+            self._conn = await aiosqlite.connect(str(self.checkpoints))
+            saver = AsyncSqliteSaver(self._conn)
+        self.app = build_graph().compile(checkpointer=saver)
         return self
+
+    async def _postgres_saver(self, url: str):
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg import AsyncConnection
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
+
+        options = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}  # what the saver needs
+        self._pool = AsyncConnectionPool(url, min_size=1, max_size=4, kwargs=options, open=False, name="checkpoints")
+        await self._pool.open(wait=True, timeout=10)
+        saver = AsyncPostgresSaver(self._pool)
+        async with await AsyncConnection.connect(url, autocommit=True) as lock:
+            await lock.execute("SELECT pg_advisory_lock(%s)", [_SETUP_LOCK])
+            try:
+                await saver.setup()
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock(%s)", [_SETUP_LOCK])
+        return saver
 
     async def run(self, incident_id: str) -> tuple[IncidentState, dict[str, Any] | None]:
         with tracer().start_as_current_span("incident.graph", attributes={"rtem.incident": incident_id}):
@@ -108,6 +141,9 @@ class IncidentGraph:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
 
 def _config(incident_id: str) -> dict[str, Any]:

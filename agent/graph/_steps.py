@@ -9,7 +9,7 @@ from typing import Any
 from rules import Proposal
 
 from .. import incident as core
-from ..action_history import SqliteActionHistory
+from ..action_history import DbActionHistory
 from ..executors import Step
 from ..incident import PAGE, ActionStatus, PlannedAction, StepOutcome
 from ..ledger import step_key
@@ -80,4 +80,4 @@ def stale(deps: Deps, incident: dict[str, Any], action: PlannedAction):
 def others_of(history, incident_id: str):
     """The action history an incident is judged by: the actions of every other incident (its own were
     allowed by the same judgement, and a re-run must not count them against it)."""
-    return history.excluding(incident_id) if isinstance(history, SqliteActionHistory) else history
+    return history.excluding(incident_id) if isinstance(history, DbActionHistory) else history

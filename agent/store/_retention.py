@@ -5,14 +5,17 @@ Three things grow without end, and each is purged on its own terms (docs/retenti
 - stored events: those of closed incidents, once the incident has been quiet for `retain_events_days`
   (all of its events together, so a report is never half rebuilt), and events of no incident received
   more than `retain_events_days` ago. Incident rows stay: they are small and say what happened.
-- graph checkpoints (checkpoints.db) of incidents closed more than `retain_checkpoints_days` ago: a
-  closed incident's thread is never resumed.
+- graph checkpoints (checkpoints.db, a SQLite file beside a SQLite store) of incidents closed more than
+  `retain_checkpoints_days` ago: a closed incident's thread is never resumed. A store on PostgreSQL has
+  no file beside it; there, only a `checkpoints` file passed in is purged.
 - audit records written more than `retain_audit_days` ago, through `AuditLog.purge`, which keeps the hash
   of the last one deleted as the anchor `rtem audit verify` walks on from, and appends the purge's own
   `retention.purged` record (with every count below) in the same transaction.
 
-Store rows are deleted in batches of `BATCH` rows, each its own short write transaction on the store's
-connections, so the running service's batches wait at most one batch for the write lock. The DLQ and AUDIT
+Store rows are deleted in batches of up to `BATCH` events (of many incidents at once), each batch its own
+short write transaction on the store's connections, so the running service's batches wait at most one
+batch for the write lock. Batches are picked by primary key, so the same SQL runs on SQLite and
+PostgreSQL. The DLQ and AUDIT
 streams expire on their own (their `max_age`, see bus/_streams.py).
 """
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["BATCH", "PurgeReport", "RetentionPolicy", "purge"]
 
 BATCH = 5000
+_IDS_PER_STATEMENT = 500  # incident ids bound in one statement (old SQLite allows 999 parameters)
 Progress = Callable[[str, int], None]
 """Called with (what, rows so far) as a purge goes: "events", "unattached events", "checkpoints"."""
 
@@ -89,9 +93,10 @@ def purge(store: IncidentStore, audit: AuditLog, policy: RetentionPolicy, *,
           checkpoints: Path | None = None, now: datetime | None = None, dry_run: bool = False,
           actor: str = "rtem", progress: Progress | None = None) -> PurgeReport:
     """Delete what `policy` no longer keeps from the store, `checkpoints` (checkpoints.db; None: the file
-    beside the store) and the audit log, then record it as `retention.purged` (also when nothing went: the
-    record says a purge ran). With `dry_run`, count only and record nothing. `actor` names who purged
-    (`rtem run`, or the user@host of `rtem purge`). Blocking: the service runs it in a thread."""
+    beside a SQLite store, and none for a store on PostgreSQL) and the audit log, then record it as
+    `retention.purged` (also when nothing went: the record says a purge ran). With `dry_run`, count only
+    and record nothing. `actor` names who purged (`rtem run`, or the user@host of `rtem purge`).
+    Blocking: the service runs it in a thread."""
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     cutoff = {"events": now - timedelta(days=policy.events_days),
               "checkpoints": now - timedelta(days=policy.checkpoints_days),
@@ -103,13 +108,14 @@ def purge(store: IncidentStore, audit: AuditLog, policy: RetentionPolicy, *,
     report.incidents = len(incidents)
     report.events = _delete_events(store, incidents, dry_run, lambda n: tick("events", n))
     report.unattached_events = _delete_batches(
-        store, "events", "incident_id IS NULL AND received_at < ?", [cutoff["events"].isoformat()], dry_run,
+        store, "incident_id IS NULL AND received_at < ?", [cutoff["events"].isoformat()], dry_run,
         lambda n: tick("unattached events", n))
 
-    checkpoints = checkpoints or store.path.with_name("checkpoints.db")
-    threads = _quiet_incidents(store, cutoff["checkpoints"])
-    report.checkpoint_threads, report.checkpoints = _delete_checkpoints(checkpoints, threads, dry_run,
-                                                                         lambda n: tick("checkpoints", n))
+    checkpoints = checkpoints or _checkpoints_beside(store)
+    if checkpoints is not None:
+        threads = _quiet_incidents(store, cutoff["checkpoints"])
+        report.checkpoint_threads, report.checkpoints = _delete_checkpoints(checkpoints, threads, dry_run,
+                                                                             lambda n: tick("checkpoints", n))
 
     if dry_run:
         report.audit_records, through = audit.purgeable(cutoff["audit"])
@@ -139,29 +145,38 @@ def _quiet_incidents(store: IncidentStore, before: datetime) -> list[str]:
 
 def _delete_events(store: IncidentStore, incidents: list[str], dry_run: bool,
                    progress: Callable[[int], None]) -> int:
+    """Delete the events of `incidents`, a batch spanning as many of them as it holds. The incidents
+    were chosen before the first batch: a batch must not change which incidents are quiet (with no
+    diagnosis, an incident's quiet time is its newest event's), or one could lose half its events."""
     total = 0
-    for incident_id in incidents:
-        total += _delete_batches(store, "events", "incident_id = ?", [incident_id], dry_run,
+    for start in range(0, len(incidents), _IDS_PER_STATEMENT):
+        chunk = incidents[start:start + _IDS_PER_STATEMENT]
+        total += _delete_batches(store, f"incident_id IN ({','.join('?' * len(chunk))})", chunk, dry_run,
                                  lambda n, done=total: progress(done + n))
     return total
 
 
-def _delete_batches(store: IncidentStore, table: str, where: str, params: list[Any], dry_run: bool,
+def _delete_batches(store: IncidentStore, where: str, params: list[Any], dry_run: bool,
                     progress: Callable[[int], None]) -> int:
-    """Delete the rows of `table` matching `where`, BATCH at a time, each batch one write transaction."""
-    conn = store.db.connection()
+    """Delete the events matching `where`, BATCH at a time, each batch one write transaction."""
     if dry_run:
-        return conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params).fetchone()[0]
+        return store.db.connection().execute(f"SELECT COUNT(*) FROM events WHERE {where}", params).fetchone()[0]
     total = 0
     while True:
         with store.db.write() as conn:
-            deleted = conn.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} "
+            deleted = conn.execute(f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {where} "
                                    f"LIMIT {BATCH})", params).rowcount
         total += deleted
         if deleted:
             progress(total)
         if deleted < BATCH:
             return total
+
+
+def _checkpoints_beside(store: IncidentStore) -> Path | None:
+    """checkpoints.db beside a SQLite store; None for a store on PostgreSQL, which has no file beside it."""
+    path = getattr(store.db, "path", None)
+    return path.with_name("checkpoints.db") if path is not None else None
 
 
 def _delete_checkpoints(path: Path, threads: list[str], dry_run: bool,
@@ -176,8 +191,8 @@ def _delete_checkpoints(path: Path, threads: list[str], dry_run: bool,
         if not tables:
             return 0, 0
         had, rows = 0, 0
-        for start in range(0, len(threads), 500):
-            chunk = threads[start:start + 500]
+        for start in range(0, len(threads), _IDS_PER_STATEMENT):
+            chunk = threads[start:start + _IDS_PER_STATEMENT]
             marks = ",".join("?" * len(chunk))
             if "checkpoints" in tables:
                 had += conn.execute(f"SELECT COUNT(DISTINCT thread_id) FROM checkpoints WHERE thread_id IN ({marks})",
