@@ -1,11 +1,13 @@
 """Ingest throughput: rtem's triage pipeline against a bare nats-py consume-and-ack loop.
 
-    python benchmarks/ingest.py [--events 100000] [--batch 256] [--json]
+    python benchmarks/ingest.py [--events 100000] [--batch 256] [--postgres URL|none] [--json]
 
-One run, one embedded nats-server, the same events for both consumers:
+One run, one embedded nats-server, the same events for every consumer:
   bare      pull-consume-and-ack with nats-py, doing nothing else;
   pipeline  rtem's consumer: validate the envelope, dedupe, detect (durable-rules), correlate, record
-            in SQLite (one transaction per batch, synchronous=FULL), then ack.
+            in SQLite (one transaction per batch, synchronous=NORMAL, the store's default), then ack;
+  postgres  the same pipeline recording in PostgreSQL (a schema of its own, dropped afterwards): the
+            server `--postgres` names, by default the machine's at 127.0.0.1:5432 when it answers.
 It also measures the latency from publish to incident update while events flow at a steady rate,
 the peak RSS of this process, and how a 10,000-event storm from one fault compresses into incidents.
 """
@@ -15,14 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
+import socket
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -83,15 +89,19 @@ async def bare_rate(bus: Bus, n: int, batch: int) -> float:
     return n / elapsed
 
 
-def make_triage(workdir: Path, topology: Topology, name: str, after_commit=None) -> Triage:
-    store = IncidentStore(workdir / f"{name}.db")
+def make_triage(workdir: Path, topology: Topology, name: str, after_commit=None, database: str | None = None) -> Triage:
+    store = IncidentStore(database or workdir / f"{name}.db")
     return Triage(store, Detector(load_detections(), topology), Correlator(topology), after_commit=after_commit)
 
 
-async def pipeline_rate(bus: Bus, topology: Topology, workdir: Path, n: int, batch: int) -> tuple[float, Triage]:
-    triage = make_triage(workdir, topology, "pipeline")
+async def pipeline_rate(bus: Bus, topology: Topology, workdir: Path, n: int, batch: int,
+                        database: str | None = None) -> tuple[float, Triage]:
+    """Events per second of rtem's pipeline, recording in `database` (default: a SQLite file), on a
+    consumer of its own so that each run reads every event."""
+    triage = make_triage(workdir, topology, "pipeline", database=database)
     start = time.perf_counter()
-    stats = await bus.consume(triage, batch=batch, until_drained=True, fetch_timeout=0.2)
+    stats = await bus.consume(triage, consumer="postgres" if database else "triage", batch=batch,
+                              until_drained=True, fetch_timeout=0.2)
     elapsed = time.perf_counter() - start - 0.2  # the final empty fetch that proves the stream drained
     assert stats.processed == n, (stats, n)
     return n / elapsed, triage
@@ -155,10 +165,42 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 10) - 1] if len(values) > 1 else values[0]
 
 
+@contextmanager
+def postgres_schema(url: str | None):
+    """A URL on `url`'s server whose tables go to a new schema, dropped afterwards; None without a server."""
+    if url is None:
+        yield None
+        return
+    import psycopg
+
+    schema = f"rtem_bench_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def postgres_server(choice: str) -> str | None:
+    """`--postgres`: a URL; `none`; or `auto`: the machine's server when 127.0.0.1:5432 answers."""
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return choice
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        return None
+    return "postgresql://postgres@127.0.0.1:5432/test"
+
+
 async def main(args) -> dict:
     topology = Topology.load(TOPOLOGY)
     lines = synthetic_events(args.events, topology)
-    with tempfile.TemporaryDirectory(prefix="rtem-bench-") as tmp, EmbeddedNats(Path(tmp) / "nats") as server:
+    with tempfile.TemporaryDirectory(prefix="rtem-bench-") as tmp, EmbeddedNats(Path(tmp) / "nats") as server, \
+            postgres_schema(postgres_server(args.postgres)) as postgres:
         workdir = Path(tmp)
         bus = await Bus.connect(server.url, BusSettings(max_ack_pending=max(2048, args.batch)))
         try:
@@ -166,6 +208,8 @@ async def main(args) -> dict:
             publish_s = await publish(bus, lines)
             bare = await bare_rate(bus, args.events, args.batch)
             pipeline, triage = await pipeline_rate(bus, topology, workdir, args.events, args.batch)
+            on_postgres = (await pipeline_rate(bus, topology, workdir, args.events, args.batch, postgres))[0] \
+                if postgres else None
             lat = await latency(bus, topology, workdir, args.rate, args.seconds, args.batch)
         finally:
             await bus.close()
@@ -175,6 +219,8 @@ async def main(args) -> dict:
         "publish_events_per_s": round(args.events / publish_s),
         "bare_events_per_s": round(bare), "pipeline_events_per_s": round(pipeline),
         "pipeline_over_bare": round(pipeline / bare, 3),
+        "postgres_events_per_s": round(on_postgres) if on_postgres else None,
+        "postgres_over_sqlite": round(on_postgres / pipeline, 3) if on_postgres else None,
         "incidents": len(triage.store.incidents()), "signals": triage.stats.signals,
         "latency_rate_per_s": args.rate, "latency_samples": len(lat),
         "latency_p50_ms": round(percentile(lat, 50) * 1000, 2), "latency_p99_ms": round(percentile(lat, 99) * 1000, 2),
@@ -189,6 +235,8 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rate", type=int, default=2000, help="events/s for the latency run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
+    parser.add_argument("--postgres", default="auto", help="a PostgreSQL URL for the postgres run; `none` skips "
+                        "it; default `auto`: the server at 127.0.0.1:5432 when it answers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = asyncio.run(main(args))
@@ -200,6 +248,9 @@ if __name__ == "__main__":
         print(f"bare nats-py consume+ack    {result['bare_events_per_s']:>10,} events/s")
         print(f"rtem pipeline               {result['pipeline_events_per_s']:>10,} events/s  "
               f"({result['pipeline_over_bare']:.0%} of bare)")
+        if result["postgres_events_per_s"]:
+            print(f"rtem pipeline on PostgreSQL {result['postgres_events_per_s']:>10,} events/s  "
+                  f"({result['postgres_over_sqlite']:.0%} of SQLite's)")
         print(f"incidents from the run      {result['incidents']:>10,}  ({result['signals']:,} signals)")
         print(f"publish → incident update   p50 {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms "
               f"at {result['latency_rate_per_s']:,} events/s ({result['latency_samples']:,} samples)")
