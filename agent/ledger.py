@@ -13,6 +13,7 @@ in the same transaction.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,12 @@ def _now() -> str:
 
 
 class Ledger:
-    def __init__(self, where: Database | str | Path):
+    def __init__(self, where: Database | str | Path, *, fence: Callable[[Connection], None] | None = None):
         """`where` is a database already open (the ledger then shares it and does not close it), a
-        `postgresql://` URL or a SQLite file."""
+        `postgresql://` URL or a SQLite file. `fence`, called inside the transaction that starts or
+        finishes a step, refuses it (raises) when this worker no longer leads: a worker paused past its
+        lease cannot start an action the new leader owns (agent/cluster)."""
+        self.fence = fence
         self._owns_db = not isinstance(where, Database)
         self.db: Database = open_database(where) if self._owns_db else where
         try:
@@ -68,6 +72,8 @@ class Ledger:
         One transaction: of workers starting the same step together, one inserts it, and each counts
         its attempt and reads the row with its own count."""
         with self.db.write() as conn:
+            if self.fence:
+                self.fence(conn)
             conn.execute(
                 "INSERT INTO executions (key, incident_id, action_index, kind, action, target, params, status,"
                 " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'started', ?) ON CONFLICT (key) DO NOTHING",
@@ -77,6 +83,8 @@ class Ledger:
 
     def finish(self, key: str, ok: bool, outcome: dict[str, Any]) -> None:
         with self.db.write() as conn:
+            if self.fence:
+                self.fence(conn)
             conn.execute("UPDATE executions SET status=?, outcome=?, finished_at=? WHERE key=?",
                          ["succeeded" if ok else "failed", json.dumps(outcome), _now(), key])
 

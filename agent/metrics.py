@@ -11,3 +11,4 @@ MTTR = Histogram("rtem_mttr_seconds", "First event to verified recovery, in even
                  buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
 BREAKER = Gauge("rtem_breaker_open", "1 while an executor's circuit breaker for a target is open", ["target"])
 CONSUMER_LAG = Gauge("rtem_consumer_lag", "Events on the EVENTS stream not yet delivered to triage")
+LEADER = Gauge("rtem_leader", "1 while this worker leads (consumes and drives incidents), 0 while it stands by")

@@ -31,6 +31,7 @@ from .incident import IncidentStatus, alert_states, alerts_recovered
 from .rules_reload import RulesReloader
 from .service import Components, build, check_audit_copy, publish_audit
 from .idle import IdleCloser, StillClock
+from .cluster import Fenced, Leadership
 from .db import reopen
 from .serve import purge_regularly, serve_http, start_embedded_server
 from .tokens import TokenStore
@@ -75,6 +76,8 @@ class Service:
         self._http_server = None
         self._tokens = None
         self._reader = None  # the API's read-only database
+        self._roles: list[asyncio.Task] = []  # the leader's work: consuming, driving, retention
+        self._roles_stop = asyncio.Event()  # set when this worker stops leading (or stops)
 
     @property
     def url(self) -> str:
@@ -96,19 +99,71 @@ class Service:
         # Hot reload: a changed rule file is checked and swapped in between two batches, or refused
         # (logged and audited) while the rules in force stay.
         self.parts = await build(self.settings, self.topology, data_dir, dry_run=self.dry_run, executors=executors,
-                                 hot_reload=True).open()
+                                 hot_reload=True, lead=True).open()
         self.reloader: RulesReloader = self.parts.rules
         await check_audit_copy(self.bus, self.parts.audit)  # once: a log cut short is said at start
-        await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", cb=self._page)
-        self._tasks = [asyncio.create_task(self._consume(), name="consume"),
-                       asyncio.create_task(self._drive(), name="drive"),
-                       asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules"),
-                       asyncio.create_task(purge_regularly(self.parts, self.settings, self.stop_event,
-                                                           self.retention_every_s), name="retention")]
+        # One worker of several answers each page (a queue group), not every one of them.
+        await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", queue="rtem-pager", cb=self._page)
+        self._tasks = [asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules")]
+        await self._keep_leading()  # a lone worker leads at once: consuming starts before start() returns
+        self._tasks.append(asyncio.create_task(self._lead(), name="lead"))
         if self.http:
             await self._serve_http()
-        log.info("rtem run: consuming %s, store %s", self.url, self.parts.store.where)
+        log.info("rtem run: worker %s (%s), bus %s, store %s", self.leadership.worker_id, self.role, self.url,
+                 self.parts.store.where)
         return self
+
+    @property
+    def leadership(self) -> Leadership:
+        return self.parts.leadership
+
+    @property
+    def role(self) -> str:
+        """leader: consumes and drives the incidents; standby: serves the API and waits to take over."""
+        return "leader" if self._roles else "standby"
+
+    async def _lead(self) -> None:
+        """Keep the leader lease (docs/deployment.md): renew it a few times per lease, take it when it
+        is free, and start or stop the leader's work as it is won or lost."""
+        every = self.settings.leader_lease_s / 3
+        while not self.stop_event.is_set():
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), every)
+                return
+            except asyncio.TimeoutError:
+                pass
+            await self._keep_leading()
+
+    async def _keep_leading(self) -> None:
+        try:
+            await asyncio.to_thread(self.leadership.heartbeat)
+            leading = await asyncio.to_thread(self.leadership.keep)
+        except Exception:  # the database is unreachable: the lease cannot be renewed, so stop acting as leader
+            log.exception("keeping the leader lease failed; acting as a standby until it can be kept")
+            leading = False
+        if leading and not self._roles:
+            self._start_roles()
+        elif not leading and self._roles:
+            await self._stop_roles()
+
+    def _start_roles(self) -> None:
+        """Lead: pick up triage's state where the last leader left it, then consume and drive."""
+        self.parts.triage.restore()
+        self._roles_stop = asyncio.Event()
+        self._roles = [asyncio.create_task(self._consume(), name="consume"),
+                       asyncio.create_task(self._drive(), name="drive"),
+                       asyncio.create_task(purge_regularly(self.parts, self.settings, self._roles_stop,
+                                                           self.retention_every_s), name="retention")]
+        metrics.LEADER.set(1)
+
+    async def _stop_roles(self) -> None:
+        """Stop leading: consuming after the batch in hand, driving, and the incidents' threads (they
+        resume from their checkpoints wherever the next leader runs)."""
+        self._roles_stop.set()
+        roles, self._roles = self._roles, []
+        await asyncio.gather(*roles, return_exceptions=True)
+        await self._finish_threads()
+        metrics.LEADER.set(0)
 
     async def stop(self) -> None:
         """Stop in order, so nothing is lost and nothing fails on the way out: consuming (after the
@@ -120,8 +175,13 @@ class Service:
             self._http_server.should_exit = True
         try:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._finish_threads()
+            if self._roles:
+                await self._stop_roles()
             if self.parts is not None:
+                try:  # hand over at once: a standby need not wait for the lease to expire
+                    await asyncio.to_thread(self.leadership.release)
+                except Exception:
+                    log.exception("releasing the leader lease failed; a standby takes over when it expires")
                 try:
                     if self.bus is not None:
                         await publish_audit(self.bus, self.parts.audit)
@@ -156,9 +216,9 @@ class Service:
         await self.stop_event.wait()
 
     async def _consume(self) -> None:
-        while not self.stop_event.is_set():
+        while not self._roles_stop.is_set():
             try:
-                await self.bus.consume(self._handle, batch=self.settings.batch_size, stop=self.stop_event,
+                await self.bus.consume(self._handle, batch=self.settings.batch_size, stop=self._roles_stop,
                                        max_event_bytes=self.settings.max_event_bytes)
             except Exception:  # a lost connection: the client reconnects; nothing was acked that was not stored
                 log.exception("consumer stopped; restarting it")
@@ -173,7 +233,7 @@ class Service:
     async def _drive(self) -> None:
         still = StillClock()
         idle = IdleCloser(self.parts, self.settings.idle_close_s, self._closed_idle)
-        while not self.stop_event.is_set():
+        while not self._roles_stop.is_set():
             try:
                 rows = self.parts.store.active_incidents()  # read once a pass, for both
                 await self.tick(rows)
@@ -190,7 +250,7 @@ class Service:
             except Exception:
                 log.exception("driving incidents failed; trying again")
             try:
-                await asyncio.wait_for(self.stop_event.wait(), self.poll_s)
+                await asyncio.wait_for(self._roles_stop.wait(), self.poll_s)
             except asyncio.TimeoutError:
                 pass
 
@@ -248,6 +308,8 @@ class Service:
         marked failed, recorded, and a person is paged."""
         try:
             await self._step(incident_id, status)
+        except Fenced as exc:  # another worker leads now: the thread goes on there, from its checkpoint
+            log.warning("incident %s: %s", incident_id, exc)
         except Exception as exc:
             failures = self._failures[incident_id] = self._failures.get(incident_id, 0) + 1
             log.exception("incident %s: its thread failed (%d of %d attempts)", incident_id, failures,
@@ -317,12 +379,12 @@ class Service:
 
     async def _serve_http(self) -> None:
         """The HTTP API and console (agent/api), on this event loop beside the consumer."""
-        consumer = self._tasks[0]
         self._tokens = TokenStore(self.parts.store.db)
         self._reader = reopen(self.parts.store.db, readonly=True)
         self._http_server, task, self.http_url = await serve_http(
             self.settings, self.topology, self.parts, self.bus, self.reloader, self._tokens, self._reader,
-            ready=lambda: bool(self.bus and self.bus.nc.is_connected and not consumer.done()))
+            ready=lambda: bool(self.bus and self.bus.nc.is_connected and not any(t.done() for t in self._roles)),
+            role=lambda: self.role)
         self._tasks.append(task)
         log.info("rtem run: HTTP API and console at %s", self.http_url)
 

@@ -45,7 +45,7 @@ def start_embedded_server(data_dir: Path, targets: Mapping[str, Sequence[str]] |
 
 
 async def serve_http(settings: Settings, topology: Topology, parts: Components, bus: Bus, reloader: RulesReloader,
-                     tokens: TokenStore, reader: Database, ready: Callable[[], bool]):
+                     tokens: TokenStore, reader: Database, ready: Callable[[], bool], role: Callable[[], str]):
     """Serve the HTTP API and console (agent/api) on this event loop; (uvicorn server, its task, URL).
     `reader` is the read-only database its requests read the store through. The port is bound here, so
     a taken one is an OSError that names it, not uvicorn's exit."""
@@ -63,7 +63,7 @@ async def serve_http(settings: Settings, topology: Topology, parts: Components, 
     ctx = ApiContext(
         reader=reader, topology=topology, audit=parts.audit, ledger=parts.ledger, tokens=tokens,
         publish=bus.publish_lines, chat=chat, reloader=reloader, max_body_bytes=settings.http_max_body_bytes,
-        policy=parts.graph.deps.policy, ready=ready)
+        policy=parts.graph.deps.policy, ready=ready, role=role)
     config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # rtem run owns Ctrl-C

@@ -11,6 +11,7 @@ from rules import Correlator, Detector, Topology
 
 from .action_history import DbActionHistory
 from .audit import AuditLog
+from .cluster import Leadership, Leases, default_worker_id
 from .config import Settings
 from .db import Database, migrate
 from .executors import Executors
@@ -38,6 +39,7 @@ class Components:
     rules: RuleSource  # a RulesReloader when built with hot_reload
     ledger: Ledger
     db: Database  # the one every component above writes to; closed last
+    leadership: Leadership | None = None  # rtem run's: whether this worker leads (agent/cluster)
 
     async def open(self) -> Components:
         await self.graph.open()
@@ -58,7 +60,7 @@ class Components:
 
 def build(settings: Settings, topology: Topology, data_dir: Path | None = None, *, dry_run: bool = True,
           executors: Executors | None = None, hot_reload: bool = False,
-          database: str | Path | None = None) -> Components:
+          database: str | Path | None = None, lead: bool = False) -> Components:
     """Load rules and contracts, open the store and audit log, and assemble triage and the graph,
     once: nothing is rewired afterwards.
 
@@ -67,6 +69,8 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
     changed set in; the graph and triage read the set in force from it. `executors` carry out the
     steps (none: `analyze`, whose plans stay proposals). The records go to `database` (a SQLite file
     or a `postgresql://` URL), else the configured one (RTEM_DATABASE_URL, else DATA_DIR/rtem.db).
+    With `lead` (rtem run), the components act for this worker only while it leads: triage's batches
+    and the ledger's steps are fenced by the leader lease (agent/cluster; docs/deployment.md).
     """
     data_dir = Path(data_dir or settings.data_dir)
     db = database_of(settings, database)
@@ -76,11 +80,14 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
     opened: list = [db]
     try:
         migrate(db, SCHEMAS)  # every component's tables at once; a database a newer rtem made is refused here
+        leadership = Leadership(Leases(db), settings.worker_id or default_worker_id(),
+                                settings.leader_lease_s) if lead else None
+        fence = leadership.fence if leadership else None
         store = IncidentStore(db)
         opened.append(store)
         audit = AuditLog(db)
         opened.append(audit)
-        ledger = Ledger(db)
+        ledger = Ledger(db, fence=fence)
         opened.append(ledger)
         # What guardrail limits count (survives restarts) and what state preconditions read.
         history, state = DbActionHistory(store), StoreState(store)
@@ -116,7 +123,7 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
                 watermark=lambda: triage.detector.watermark)
     # Checkpoints beside the records: in PostgreSQL with them, else in a SQLite file of their own.
     graph = IncidentGraph(db.target if on_postgres else data_dir / "checkpoints.db", deps)
-    return Components(settings, topology, store, audit, triage, graph, rules, ledger, db)
+    return Components(settings, topology, store, audit, triage, graph, rules, ledger, db, leadership)
 
 
 def record_correlation(audit: AuditLog, store: IncidentStore, result: BatchResult, versions: dict[str, str]) -> None:

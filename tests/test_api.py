@@ -92,7 +92,7 @@ def test_every_endpoint_checks_its_role(live):
 def test_probes_and_the_openapi_document_need_no_token(live):
     with api_client(live) as http:
         assert http.get("/healthz").json() == {"ok": True}
-        assert http.get("/readyz").json() == {"ready": True}
+        assert http.get("/readyz").json() == {"ready": True, "role": "leader"}
         paths = http.get("/openapi.json").json()["paths"]
     for path in ("/api/v1/incidents", "/api/v1/events", "/api/v1/alertmanager", "/api/v1/chat",
                  "/api/v1/incidents/{incident_id}/actions/{index}/approve", "/api/v1/rules/reload"):

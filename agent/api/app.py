@@ -51,9 +51,11 @@ def _add_probes(app: FastAPI) -> None:
 
     @app.get("/readyz", tags=["probes"])
     def readyz(request: Request) -> JSONResponse:
-        """The bus is connected and the consumer runs (no token needed)."""
-        ready = request.app.state.ctx.ready()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        """The bus is connected and, on the leader, the consumer runs; says whether this worker leads or
+        stands by (no token needed)."""
+        ctx = request.app.state.ctx
+        ready = ctx.ready()
+        return JSONResponse({"ready": ready, "role": ctx.role()}, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["probes"], dependencies=[Depends(require("read"))])
     def metrics() -> Response:

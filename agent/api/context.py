@@ -36,6 +36,7 @@ class ApiContext:
     chat: Chat
     reloader: Any = None  # RulesReloader: status and reload; None where rules are not reloadable
     ready: Callable[[], bool] = lambda: True
+    role: Callable[[], str] = lambda: "leader"  # or "standby": another worker consumes (docs/deployment.md)
     max_body_bytes: int = 1024 * 1024
     policy: Policy = Policy()  # approval lifetime, as the service judges it
 

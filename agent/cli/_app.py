@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import _approvals, _events, _report, _retention, _service
+from ._cluster import cluster_app
 from ._db import db_app
 from ._incidents import audit_app, incidents_app
 from ._rules import rules_app
@@ -23,6 +24,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(rules_app, name="rules")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(db_app, name="db")
+app.add_typer(cluster_app, name="cluster")
 
 
 def main() -> None:
