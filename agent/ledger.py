@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .db import Connection, Database, Migration, Schema, ensure, open_database
+from .db import Connection, Database, Migration, Schema, adopt
 from .incident import Approval
 
 _TABLES = (
@@ -52,13 +52,7 @@ class Ledger:
         finishes a step, refuses it (raises) when this worker no longer leads: a worker paused past its
         lease cannot start an action the new leader owns (agent/cluster)."""
         self.fence = fence
-        self._owns_db = not isinstance(where, Database)
-        self.db: Database = open_database(where) if self._owns_db else where
-        try:
-            ensure(self.db, LEDGER_SCHEMA)
-        except BaseException:
-            self.close()
-            raise
+        self.db, self._owns_db = adopt(where, LEDGER_SCHEMA)
 
     # -- executions -------------------------------------------------------------------------------
 

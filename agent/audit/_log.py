@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..db import Connection, Database, dict_rows, ensure, open_database
+from ..db import Connection, Database, adopt, dict_rows
 from ..models import DecisionRecord
 
 from ._records import COLUMNS, GENESIS, JSON_FIELDS, PURGED_KIND, _canonical, _iso, _plain, _record, _seal
@@ -54,17 +54,11 @@ class AuditLog:
         """`where` is a database already open (the log then shares it and does not close it), a
         `postgresql://` URL or a SQLite file. An append inside a write transaction the calling thread has
         open on a shared database joins it: the record commits with it, and holds the head until then."""
-        self._owns_db = not isinstance(where, Database)
         # FULL on a file of its own, as before the shared layer: an appended record survives a power loss.
-        self.db: Database = open_database(where, synchronous="FULL") if self._owns_db else where
+        self.db, self._owns_db = adopt(where, AUDIT_SCHEMA, synchronous="FULL")
         self.sinks: list[Sink] = []
         # SQLite's BEGIN IMMEDIATE already holds the write lock; PostgreSQL locks the head row.
         self._take_head = _HEAD + (" FOR UPDATE" if self.db.dialect.name == "postgres" else "")
-        try:
-            ensure(self.db, AUDIT_SCHEMA)
-        except BaseException:
-            self.close()
-            raise
 
     @property
     def where(self) -> str:

@@ -29,6 +29,22 @@ def open_database(target: str | Path, *, readonly: bool = False, synchronous: st
     return SqliteDatabase(target, synchronous=synchronous, readonly=readonly)
 
 
+def adopt(where: Database | str | Path, schema: Schema, **opening) -> tuple[Database, bool]:
+    """A component's database and whether the component owns it: `where` itself when it is an open
+    `Database` (shared: the component must not close it), else one opened on the path or URL with
+    `opening` (owned). Its schema is ensured either way; a database opened here is closed again when that
+    fails."""
+    owned = not isinstance(where, Database)
+    db = open_database(where, **opening) if owned else where
+    try:
+        ensure(db, schema)
+    except BaseException:
+        if owned:
+            db.close()
+        raise
+    return db, owned
+
+
 def redacted(target: str | Path) -> str:
     """A database for messages: a file as it is, a URL without its password."""
     if not is_postgres_url(target):
@@ -48,6 +64,6 @@ def reopen(db: Database, *, readonly: bool = True) -> Database:
     return SqliteDatabase(db.target, synchronous=db.synchronous, readonly=readonly, busy_timeout_s=db.busy_timeout_s)
 
 
-__all__ = ["POSTGRES", "SQLITE", "Connection", "Cursor", "Database", "DatabaseUnreachable", "Dialect", "Migration", "ReadOnlyStoreError",
+__all__ = ["POSTGRES", "SQLITE", "adopt", "Connection", "Cursor", "Database", "DatabaseUnreachable", "Dialect", "Migration", "ReadOnlyStoreError",
            "Schema", "SchemaStatus", "SchemaTooNew", "SqliteDatabase", "StoreClosedError", "check", "dict_rows",
            "ensure", "is_postgres_url", "migrate", "open_database", "redacted", "reopen", "status", "versions"]

@@ -23,7 +23,7 @@ from typing import Any
 
 from bus import Event, parse_time
 
-from ..db import Database, Dialect, Migration, Schema, dict_rows, ensure, open_database
+from ..db import Database, Dialect, Migration, Schema, adopt, dict_rows
 from ._repository import CLOSED_STATUSES
 from ._rows import EVENT_COLUMNS, decode_incident, event_from_row, iso
 
@@ -72,18 +72,11 @@ class IncidentStore:
         """`where` is a database already open (the store then shares it and does not close it), a
         `postgresql://` URL or a SQLite file. `readonly` is for readers beside a running service (the
         CLI, the API): it never takes a write lock, and a write raises `ReadOnlyStoreError`."""
-        self._owns_db = not isinstance(where, Database)
-        self.db: Database = open_database(where, readonly=readonly, synchronous=synchronous) if self._owns_db \
-            else where
+        self.db, self._owns_db = adopt(where, STORE_SCHEMA, readonly=readonly, synchronous=synchronous)
         self.readonly = self.db.readonly
         self.dialect: Dialect = self.db.dialect
         self._on_close: list[Callable[[], None]] = []
         self._change = _CHANGE[self.dialect.name]
-        try:
-            ensure(self.db, STORE_SCHEMA)
-        except BaseException:
-            self.close()
-            raise
 
     @property
     def path(self) -> Path:
