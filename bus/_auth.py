@@ -4,7 +4,6 @@ and one `target` or named target users) with their permissions, inboxes and gene
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import secrets
@@ -118,8 +117,6 @@ def connect_options(auth: NatsAuth) -> dict[str, Any]:
         raise NatsAuthError("NATS credentials: a user needs a password, and a password a user")
     if bool(auth.tls_cert) != bool(auth.tls_key):
         raise NatsAuthError("NATS TLS: a client certificate needs its key, and a key its certificate")
-    if (auth.creds or auth.nkey_seed) and importlib.util.find_spec("nkeys") is None:
-        raise NatsAuthError("NATS credentials files and nkey seeds need the nkeys package: pip install nkeys")
     options: dict[str, Any] = {"inbox_prefix": inbox_prefix(auth.user)} if auth.user else {}
     if auth.creds:
         options["user_credentials"] = str(auth.creds)

@@ -335,6 +335,25 @@ async def test_bus_connect_verifies_the_server_with_the_configured_ca(tmp_path):
         server.stop()
 
 
+async def test_bus_connect_signs_in_with_an_nkey_seed(tmp_path):
+    import nkeys
+
+    def user_seed() -> bytes:
+        return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    seed, other = user_seed(), user_seed()
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    (tmp_path / "user.nk").write_bytes(seed)
+    (tmp_path / "other.nk").write_bytes(other)
+    server = ExternalNats(tmp_path / "external", f'authorization {{ users: [ {{ nkey: "{public}" }} ] }}')
+    try:
+        await server.listening()
+        assert await connects(server.url, NatsAuth(nkey_seed=tmp_path / "user.nk"))
+        with pytest.raises(NatsAuthError, match="nkey seed"):  # a seed the server does not know
+            await connects(server.url, NatsAuth(nkey_seed=tmp_path / "other.nk"))
+    finally:
+        server.stop()
+
+
 def test_credentials_that_cannot_be_used_together_are_refused_before_connecting(tmp_path):
     with pytest.raises(NatsAuthError, match="not a token and a user"):
         connect_options(NatsAuth(token="t", user="u", password="p"))
