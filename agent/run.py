@@ -78,6 +78,7 @@ class Service:
         self._reader = None  # the API's read-only database
         self._roles: list[asyncio.Task] = []  # the leader's work: consuming, driving, retention
         self._roles_stop = asyncio.Event()  # set when this worker stops leading (or stops)
+        self._keeping: asyncio.Future | None = None  # the lease renewal in flight
 
     @property
     def url(self) -> str:
@@ -135,16 +136,27 @@ class Service:
             await self._keep_leading()
 
     async def _keep_leading(self) -> None:
+        """Renew (or take) the lease; one that cannot be renewed within a third of it is as good as lost
+        (the database is down or unreachable): stop acting as leader until it can be."""
+        if self._keeping is None or self._keeping.done():  # never more than one renewal in flight
+            self._keeping = asyncio.ensure_future(asyncio.to_thread(self._renew))
         try:
-            await asyncio.to_thread(self.leadership.heartbeat)
-            leading = await asyncio.to_thread(self.leadership.keep)
-        except Exception:  # the database is unreachable: the lease cannot be renewed, so stop acting as leader
+            leading = await asyncio.wait_for(asyncio.shield(self._keeping), self.settings.leader_lease_s / 3)
+        except asyncio.TimeoutError:
+            log.error("the leader lease was not renewed within %.1fs (is the database reachable?); acting as a "
+                      "standby until it is", self.settings.leader_lease_s / 3)
+            leading = False
+        except Exception:
             log.exception("keeping the leader lease failed; acting as a standby until it can be kept")
             leading = False
         if leading and not self._roles:
             self._start_roles()
         elif not leading and self._roles:
             await self._stop_roles()
+
+    def _renew(self) -> bool:
+        self.leadership.heartbeat()
+        return self.leadership.keep()
 
     def _start_roles(self) -> None:
         """Lead: pick up triage's state where the last leader left it, then consume and drive."""

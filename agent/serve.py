@@ -9,6 +9,8 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import anyio
+
 from bus import Bus, DataDirInUse, EmbeddedNats, NatsServerError
 from rules import Topology
 
@@ -44,6 +46,11 @@ def start_embedded_server(data_dir: Path, targets: Mapping[str, Sequence[str]] |
     return server
 
 
+def reader_threads(settings: Settings) -> int:
+    """How many requests the API serves at once: its reader's connections, less one for its own use."""
+    return max(1, settings.database_pool_size - 1)
+
+
 async def serve_http(settings: Settings, topology: Topology, parts: Components, bus: Bus, reloader: RulesReloader,
                      tokens: TokenStore, reader: Database, ready: Callable[[], bool], role: Callable[[], str]):
     """Serve the HTTP API and console (agent/api) on this event loop; (uvicorn server, its task, URL).
@@ -64,6 +71,10 @@ async def serve_http(settings: Settings, topology: Topology, parts: Components, 
         reader=reader, topology=topology, audit=parts.audit, ledger=parts.ledger, tokens=tokens,
         publish=bus.publish_lines, chat=chat, reloader=reloader, max_body_bytes=settings.http_max_body_bytes,
         policy=parts.graph.deps.policy, ready=ready, role=role)
+    # Each request thread keeps a connection of the reader's while it lives: no more request threads at
+    # once than the reader has connections, so a burst of requests waits for a thread instead of failing
+    # for want of a connection (docs/storage.md).
+    anyio.to_thread.current_default_thread_limiter().total_tokens = reader_threads(settings)
     config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # rtem run owns Ctrl-C

