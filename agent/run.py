@@ -32,6 +32,7 @@ from .rules_reload import RulesReloader
 from .service import Components, build, check_audit_copy, publish_audit
 from .idle import IdleCloser, StillClock
 from .cluster import Fenced, Leadership
+from .leading import LeaderLoop
 from .db import reopen
 from .serve import purge_regularly, serve_http, start_embedded_server
 from .tokens import TokenStore
@@ -76,9 +77,8 @@ class Service:
         self._http_server = None
         self._tokens = None
         self._reader = None  # the API's read-only database
-        self._roles: list[asyncio.Task] = []  # the leader's work: consuming, driving, retention
+        self.leader: LeaderLoop | None = None  # keeps the leader lease; the leader's work runs while it is held
         self._roles_stop = asyncio.Event()  # set when this worker stops leading (or stops)
-        self._keeping: asyncio.Future | None = None  # the lease renewal in flight
 
     @property
     def url(self) -> str:
@@ -105,9 +105,10 @@ class Service:
         await check_audit_copy(self.bus, self.parts.audit)  # once: a log cut short is said at start
         # One worker of several answers each page (a queue group), not every one of them.
         await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", queue="rtem-pager", cb=self._page)
-        self._tasks = [asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules")]
-        await self._keep_leading()  # a lone worker leads at once: consuming starts before start() returns
-        self._tasks.append(asyncio.create_task(self._lead(), name="lead"))
+        self.leader = LeaderLoop(self.leadership, self.settings.leader_lease_s, self._lead, self._finish_threads)
+        await self.leader.keep()  # a lone worker leads at once: consuming starts before start() returns
+        self._tasks = [asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules"),
+                       asyncio.create_task(self.leader.run(self.stop_event), name="lead")]
         if self.http:
             await self._serve_http()
         log.info("rtem run: worker %s (%s), bus %s, store %s", self.leadership.worker_id, self.role, self.url,
@@ -121,79 +122,31 @@ class Service:
     @property
     def role(self) -> str:
         """leader: consumes and drives the incidents; standby: serves the API and waits to take over."""
-        return "leader" if self._roles else "standby"
+        return "leader" if self.leader is not None and self.leader.leading else "standby"
 
-    async def _lead(self) -> None:
-        """Keep the leader lease (docs/deployment.md): renew it a few times per lease, take it when it
-        is free, and start or stop the leader's work as it is won or lost."""
-        every = self.settings.leader_lease_s / 3
-        while not self.stop_event.is_set():
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), every)
-                return
-            except asyncio.TimeoutError:
-                pass
-            await self._keep_leading()
-
-    async def _keep_leading(self) -> None:
-        """Renew (or take) the lease; one that cannot be renewed within a third of it is as good as lost
-        (the database is down or unreachable): stop acting as leader until it can be."""
-        if self._keeping is None or self._keeping.done():  # never more than one renewal in flight
-            self._keeping = asyncio.ensure_future(asyncio.to_thread(self._renew))
-        try:
-            leading = await asyncio.wait_for(asyncio.shield(self._keeping), self.settings.leader_lease_s / 3)
-        except asyncio.TimeoutError:
-            log.error("the leader lease was not renewed within %.1fs (is the database reachable?); acting as a "
-                      "standby until it is", self.settings.leader_lease_s / 3)
-            leading = False
-        except Exception:
-            log.exception("keeping the leader lease failed; acting as a standby until it can be kept")
-            leading = False
-        if leading and not self._roles:
-            self._start_roles()
-        elif not leading and self._roles:
-            await self._stop_roles()
-
-    def _renew(self) -> bool:
-        self.leadership.heartbeat()
-        return self.leadership.keep()
-
-    def _start_roles(self) -> None:
-        """Lead: pick up triage's state where the last leader left it, then consume and drive."""
+    def _lead(self, stop: asyncio.Event) -> list[asyncio.Task]:
+        """The leader's work, until `stop`: pick up triage's state where the last leader left it, then
+        consume, drive the incidents, and purge by the retention settings."""
         self.parts.triage.restore()
-        self._roles_stop = asyncio.Event()
-        self._roles = [asyncio.create_task(self._consume(), name="consume"),
-                       asyncio.create_task(self._drive(), name="drive"),
-                       asyncio.create_task(purge_regularly(self.parts, self.settings, self._roles_stop,
-                                                           self.retention_every_s), name="retention")]
-        metrics.LEADER.set(1)
-
-    async def _stop_roles(self) -> None:
-        """Stop leading: consuming after the batch in hand, driving, and the incidents' threads (they
-        resume from their checkpoints wherever the next leader runs)."""
-        self._roles_stop.set()
-        roles, self._roles = self._roles, []
-        await asyncio.gather(*roles, return_exceptions=True)
-        await self._finish_threads()
-        metrics.LEADER.set(0)
+        self._roles_stop = stop
+        return [asyncio.create_task(self._consume(), name="consume"),
+                asyncio.create_task(self._drive(), name="drive"),
+                asyncio.create_task(purge_regularly(self.parts, self.settings, stop, self.retention_every_s),
+                                    name="retention")]
 
     async def stop(self) -> None:
         """Stop in order, so nothing is lost and nothing fails on the way out: consuming (after the
         batch in hand) and HTTP; the incidents' threads (given `STOP_GRACE_S`, then cancelled: they
-        resume from their checkpoints); the audit copy on the bus; the components; the bus; and the
-        embedded NATS server last."""
+        resume from their checkpoints); the leader lease (released: a standby takes over at once); the
+        audit copy on the bus; the components; the bus; and the embedded NATS server last."""
         self.stop_event.set()
         if self._http_server is not None:
             self._http_server.should_exit = True
         try:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self._roles:
-                await self._stop_roles()
+            if self.leader is not None:
+                await self.leader.leave()
             if self.parts is not None:
-                try:  # hand over at once: a standby need not wait for the lease to expire
-                    await asyncio.to_thread(self.leadership.release)
-                except Exception:
-                    log.exception("releasing the leader lease failed; a standby takes over when it expires")
                 try:
                     if self.bus is not None:
                         await publish_audit(self.bus, self.parts.audit)
@@ -395,7 +348,7 @@ class Service:
         self._reader = reopen(self.parts.store.db, readonly=True)
         self._http_server, task, self.http_url = await serve_http(
             self.settings, self.topology, self.parts, self.bus, self.reloader, self._tokens, self._reader,
-            ready=lambda: bool(self.bus and self.bus.nc.is_connected and not any(t.done() for t in self._roles)),
+            ready=lambda: bool(self.bus and self.bus.nc.is_connected and not any(t.done() for t in self.leader.tasks)),
             role=lambda: self.role)
         self._tasks.append(task)
         log.info("rtem run: HTTP API and console at %s", self.http_url)
