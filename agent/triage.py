@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from bus import Event
 from rules import Correlator, DetectionSet, Detector
 
-from .store import EVENT_COLUMNS, IncidentStore, event_row
+from .store import CLOSED_STATUSES, EVENT_COLUMNS, IncidentStore, event_row
 
 log = logging.getLogger("rtem.triage")
 
@@ -45,6 +45,7 @@ class BatchResult:
     merged: list[tuple[str, str]] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     quiet: list[str] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)  # closed incidents that took signals observed before they closed
 
 
 class Triage:
@@ -62,9 +63,18 @@ class Triage:
         self.restore()
 
     def restore(self) -> None:
-        """Pick up window and incident state where the last process left it."""
+        """Pick up window and incident state where the last process left it.
+
+        The service loop closes incidents between batches (`Correlator.release`); the state saved by
+        the last batch does not know of a close made after it, so the store's status decides. Event time
+        has not moved since that batch, so its watermark is when such an incident closed."""
         self.detector.restore(self.store.load_state(DETECTOR_STATE, {}))
         self.correlator.restore(self.store.load_state(CORRELATOR_STATE, []))
+        self.correlator.watermark = self.detector.watermark
+        for incident_id in list(self.correlator.open):
+            row = self.store.incident(incident_id)
+            if row is not None and row["status"] in CLOSED_STATUSES:
+                self.correlator.release(incident_id)
 
     async def __call__(self, events: list[Event]) -> None:
         self.handle(events)
@@ -84,17 +94,20 @@ class Triage:
             known.add(event.id)
             incident_id, rules = self._place(event, result, late, firing)
             rows.append(event_row(event, incident_id, rules, received))
+        self.correlator.watermark = self.detector.watermark
         # An incident no signal touched for two gaps of event time cannot take new signals (one gap
         # is the correlation limit, the other allows late events): stop scanning it on every event.
         result.quiet = self.correlator.quiet(self.detector.watermark, lateness=self.correlator.gap_s)
         # Released incidents this batch touched are still written below: one that opened and went quiet
         # within a batch would otherwise never reach the store.
         released = {i: inc for i in result.quiet if (inc := self.correlator.release(i)) is not None}
+        self.correlator.expire(self.detector.watermark, lateness=self.correlator.gap_s)
         added = Counter(self._current(row[INCIDENT], result) for row in rows if row[INCIDENT])
         with self.store.transaction():
             self.store.insert_events(rows)
             for incident_id in result.touched:
-                incident = self.correlator.open.get(incident_id) or released.get(incident_id)
+                incident = (self.correlator.open.get(incident_id) or released.get(incident_id)
+                            or self.correlator.closed.get(incident_id))
                 if incident is not None:
                     self.store.upsert_incident(incident.to_state())
             for absorbed, keeper in result.merged:
@@ -105,8 +118,11 @@ class Triage:
             for incident_id, count in added.items():
                 self.store.add_events(incident_id, count)
             self.store.save_state(DETECTOR_STATE, self.detector.state())
-            self.store.save_state(CORRELATOR_STATE, [i.to_state() for i in self.correlator.open.values()])
+            self.store.save_state(CORRELATOR_STATE, self.correlator.state())
         self.stats.events += len(rows)
+        for incident_id in result.late:
+            log.info("incident %s: took signals observed before it closed (redelivered late, after a "
+                     "restart?); it stays closed", incident_id)
         if self.after_commit:
             self.after_commit(result)
         return result
@@ -128,6 +144,8 @@ class Triage:
             if assignment.opened:
                 result.opened.append(incident_id)
                 self.stats.incidents_opened += 1
+            if assignment.closed and incident_id not in result.late:
+                result.late.append(incident_id)
             for absorbed in assignment.merged:
                 result.merged.append((absorbed, incident_id))
                 result.touched.discard(absorbed)

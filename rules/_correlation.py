@@ -11,6 +11,14 @@ Topologies are never complete: an entity the topology does not know, or knows wi
 all (a host with no recorded workload), cannot be placed, so for it time is the only evidence. Such
 a signal joins the largest incident open at that time, and never merges incidents.
 
+A closed incident (released: remediated, escalated, aged out) takes no new signal, with one exception:
+a signal observed before it closed, in event time, that arrives after it. After a crash the bus
+redelivers what the dead process held unacked only once the ack wait ran out, behind newer events; by
+then event time may have moved on far enough for the incident to be remediated and closed. Those
+signals are the same fault, not a new one, and a second incident would remediate it again. A signal
+observed after the close is a recurrence and opens a new incident. Closed incidents are forgotten
+when an open one would have gone quiet (`expire`).
+
 Incident ids derive from the first signal's event id, so a replay gives the same ids.
 """
 
@@ -40,11 +48,15 @@ class OpenIncident:
     placements: set[str] = field(default_factory=set)
     detections: set[str] = field(default_factory=set)
     signals: int = 0
+    closed_at: float | None = None  # the event time it was released at; None while it is open
 
     def to_state(self) -> dict[str, Any]:
-        return {"id": self.id, "first_ts": self.first_ts, "last_ts": self.last_ts, "severity": self.severity,
-                "entities": sorted(self.entities), "detections": sorted(self.detections),
-                "signals": self.signals}
+        state = {"id": self.id, "first_ts": self.first_ts, "last_ts": self.last_ts, "severity": self.severity,
+                 "entities": sorted(self.entities), "detections": sorted(self.detections),
+                 "signals": self.signals}
+        if self.closed_at is not None:
+            state["closed_at"] = self.closed_at
+        return state
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class Assignment:
     incident_id: str
     opened: bool = False
     merged: tuple[str, ...] = ()
+    closed: bool = False  # a late signal that joined an incident already closed
 
 
 class Correlator:
@@ -59,6 +72,9 @@ class Correlator:
         self.topology = topology
         self.gap_s = gap_s
         self.open: dict[str, OpenIncident] = {}
+        self.closed: dict[str, OpenIncident] = {}
+        # Event time as triage last saw it (its watermark): what a release between batches is dated.
+        self.watermark = 0.0
 
     def assign(self, signal: Signal) -> Assignment:
         """Put a signal into the incident it belongs to, opening or merging incidents as needed."""
@@ -68,6 +84,9 @@ class Correlator:
             self._add(largest, signal)
             return Assignment(largest.id)
         related = [inc for inc in near if self._linked(inc, signal.entity)]
+        if not related and (closed := self._closed_before(signal)) is not None:
+            self._add(closed, signal)
+            return Assignment(closed.id, closed=True)
         if not related:
             incident = OpenIncident(id=incident_id(signal.event_ids[0]), first_ts=signal.ts, last_ts=signal.ts,
                                     severity=signal.severity)
@@ -82,9 +101,13 @@ class Correlator:
         return Assignment(keeper.id, merged=tuple(o.id for o in absorbed))
 
     def find(self, entity: str, ts: float) -> str | None:
-        """The open incident that already covers this entity at this time, for context events."""
+        """The incident that already covers this entity at this time, for context events: an open one,
+        or a closed one the event predates."""
         for inc in self.open.values():
             if self._near(inc, ts) and entity in inc.entities:
+                return inc.id
+        for inc in self.closed.values():
+            if ts <= inc.closed_at and self._near(inc, ts) and entity in inc.entities:
                 return inc.id
         return None
 
@@ -93,17 +116,39 @@ class Correlator:
         return [inc.id for inc in self.open.values() if watermark - inc.last_ts > self.gap_s + lateness]
 
     def release(self, incident_id: str) -> OpenIncident | None:
-        """Stop correlating into an incident (it is being closed)."""
-        return self.open.pop(incident_id, None)
+        """Stop correlating new signals into an incident (it is being closed), as of `watermark`; it
+        still takes the late ones observed before then."""
+        incident = self.open.pop(incident_id, None)
+        if incident is not None:
+            incident.closed_at = self.watermark
+            self.closed[incident_id] = incident
+        return incident
+
+    def expire(self, watermark: float, lateness: float = 0.0) -> None:
+        """Forget closed incidents that no late signal can join any more: the rule of `quiet`."""
+        for incident_id in [i for i, inc in self.closed.items() if watermark - inc.last_ts > self.gap_s + lateness]:
+            del self.closed[incident_id]
+
+    def state(self) -> list[dict[str, Any]]:
+        """Open and closed incidents as JSON-able data, to persist across restarts."""
+        return [inc.to_state() for inc in (*self.open.values(), *self.closed.values())]
 
     def restore(self, states: list[dict[str, Any]]) -> None:
+        """Replace what is held with saved `state()`: a leader taking over drops what it held before."""
+        self.open, self.closed = {}, {}
         for state in states:
             inc = OpenIncident(id=state["id"], first_ts=state["first_ts"], last_ts=state["last_ts"],
                                severity=state.get("severity", "warning"), signals=state.get("signals", 0),
-                               detections=set(state.get("detections", [])))
+                               detections=set(state.get("detections", [])), closed_at=state.get("closed_at"))
             for entity in state.get("entities", []):
                 self._cover(inc, entity)
-            self.open[inc.id] = inc
+            (self.open if inc.closed_at is None else self.closed)[inc.id] = inc
+
+    def _closed_before(self, signal: Signal) -> OpenIncident | None:
+        """The closed incident a late signal belongs to: observed before the close, near and linked."""
+        late = [inc for inc in self.closed.values()
+                if signal.ts <= inc.closed_at and self._near(inc, signal.ts) and self._linked(inc, signal.entity)]
+        return min(late, key=lambda inc: (inc.first_ts, inc.id), default=None)
 
     def _placed(self, entity: str) -> bool:
         return entity in self.topology and bool(self.topology.neighbours(entity))

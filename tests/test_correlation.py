@@ -134,3 +134,85 @@ def test_event_counts_follow_context_events_and_merges_across_batches(tmp_path, 
     tri.handle([ev("d", "checkoutservice", 20)])  # links both: one incident of five events
     [merged] = incidents(store).values()
     assert merged["event_count"] == 5 == len(store.events(merged["id"]))
+
+
+def test_signals_redelivered_after_their_incident_closed_join_it_across_a_restart(tmp_path, boutique):
+    """The chaos benchmark's duplicated incident. A SIGKILL loses the batch rtem held unacked (the
+    fault's later anomalies); the restarted rtem consumes the newer backlog first, and event time moves
+    on far enough that the incident is remediated, verified and closed before the ack wait brings the
+    lost batch back. Those anomalies are the same fault, observed before it closed: they must join its
+    incident, not open a second one that is remediated again."""
+    tri, store = triage(tmp_path, boutique)
+    tri.handle([ev(f"a{i}", "cartservice-0", i) for i in range(4)])
+    lost = [ev(f"a{i}", "cartservice-0", i) for i in range(4, 8)]  # in flight when rtem was killed
+    store.close()
+    tri, store = triage(tmp_path, boutique)  # the restarted process
+    tri.handle([ev(f"s{i}", "emailservice-0", 8 + i, severity="info") for i in range(60)])
+    [incident] = incidents(store)
+    store.set_status(incident, "resolved")  # what the service loop does when the thread resolves it
+    tri.correlator.release(incident)
+    result = tri.handle(lost)  # redelivered after the ack wait
+    assert result.opened == []
+    assert list(incidents(store)) == [incident], "one fault, one incident"
+    row = store.incident(incident)
+    assert row["status"] == "resolved" and row["event_count"] == 8
+    assert {e.id for e in store.events(incident)} == {f"a{i}" for i in range(8)}
+
+
+def test_late_signals_join_a_closed_incident_after_a_restart_too(tmp_path, boutique):
+    """The same, when the lost batch comes back only after a second restart: which incidents were
+    closed, and at what event time, is part of the state that survives a restart."""
+    tri, store = triage(tmp_path, boutique)
+    tri.handle([ev(f"a{i}", "cartservice-0", i) for i in range(4)])
+    tri.handle([ev(f"s{i}", "emailservice-0", 8 + i, severity="info") for i in range(60)])
+    [incident] = incidents(store)
+    store.set_status(incident, "resolved")
+    tri.correlator.release(incident)
+    tri.handle([ev("s-next", "emailservice-0", 70, severity="info")])
+    store.close()
+    tri, store = triage(tmp_path, boutique)
+    assert tri.handle([ev(f"a{i}", "cartservice-0", i) for i in range(4, 8)]).opened == []
+    assert list(incidents(store)) == [incident] and store.incident(incident)["event_count"] == 8
+
+
+def test_a_closed_incident_takes_no_signal_observed_after_it_closed(tmp_path, boutique):
+    """The fault coming back after its remediation is a new incident, even inside the time gap."""
+    tri, store = triage(tmp_path, boutique)
+    tri.handle([ev(f"a{i}", "cartservice-0", i) for i in range(4)] +
+               [ev("s", "emailservice-0", 30, severity="info")])
+    [incident] = incidents(store)
+    store.set_status(incident, "resolved")
+    tri.correlator.release(incident)
+    result = tri.handle([ev("again", "cartservice-0", 40)])
+    assert len(result.opened) == 1 and result.opened[0] != incident
+    assert store.incident(incident)["event_count"] == 4
+
+
+def test_an_incident_closed_just_before_a_kill_stays_closed_after_the_restart(tmp_path, boutique):
+    """The service loop closes an incident between batches; the correlator state that the next batch
+    would have saved without it is lost with the process. Restored from the older state, the closed
+    incident must not swallow the fault's recurrence: that would be recorded in a resolved incident,
+    which nothing handles."""
+    tri, store = triage(tmp_path, boutique)
+    tri.handle([ev(f"a{i}", "cartservice-0", i) for i in range(4)] +
+               [ev("s", "emailservice-0", 30, severity="info")])
+    [incident] = incidents(store)
+    store.set_status(incident, "resolved")
+    tri.correlator.release(incident)
+    store.close()  # SIGKILL before the next batch commits
+    tri, store = triage(tmp_path, boutique)
+    result = tri.handle([ev("again", "cartservice-0", 40)])
+    assert len(result.opened) == 1 and result.opened[0] != incident
+    assert store.incident(incident)["event_count"] == 4
+
+
+def test_a_leader_taking_over_restores_the_saved_state_not_what_it_held(tmp_path, boutique):
+    """`rtem run` restores triage each time a worker becomes the leader; what another leader changed in
+    between (here: the incident went quiet and was released) wins over what this worker still held."""
+    tri, store = triage(tmp_path, boutique)
+    tri.handle([ev("a", "cartservice-0", 0)])
+    other, _ = triage(tmp_path, boutique)  # the other worker, leading meanwhile
+    other.handle([ev("s", "emailservice-0", 700, severity="info")])  # two gaps later: quiet, released
+    assert not other.correlator.open
+    tri.restore()
+    assert not tri.correlator.open, "the incident the other leader released is held open again"

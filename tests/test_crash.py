@@ -16,7 +16,9 @@ import pytest
 
 from agent.ledger import Ledger
 from agent.store import IncidentStore
-from bus import Bus, EmbeddedNats
+from agent.triage import Triage
+from bus import EVENTS, TRIAGE, Bus, BusSettings, EmbeddedNats
+from rules import Correlator, Detector, load_detections
 from tests.conftest import EXAMPLES
 from tests.live import Target, anomaly, publish, sample, stop_process, wait_for
 
@@ -173,3 +175,47 @@ async def test_restarting_the_nats_server_mid_stream_loses_nothing(tmp_path, bou
         if service:
             await service.stop()
         server.cleanup()
+
+
+async def test_a_batch_redelivered_after_its_incident_closed_joins_that_incident(tmp_path, nats_server, boutique):
+    """The chaos benchmark's duplicated incident, on a real JetStream consumer. A killed process held
+    the fault's later anomalies unacked; the restarted one gets the newer events first, the redelivery
+    only after the ack wait, and by then the incident was remediated and closed (the service loop does
+    that between batches). The late anomalies must join the closed incident, not open a second one."""
+    bus = await Bus.connect(nats_server.url, BusSettings(ack_wait_s=2.0))
+    await bus.reset_streams()
+
+    def start():  # a process: triage restored from the store on disk
+        store = IncidentStore(tmp_path / "rtem.db")
+        return Triage(store, Detector(load_detections(), boutique), Correlator(boutique, gap_s=300)), store
+
+    try:
+        triage, store = start()
+        await publish(bus, [anomaly(f"a{i}", "cartservice-0", i) for i in range(4)])
+        await bus.consume(triage, until_drained=True)
+        [incident] = [row["id"] for row in store.incidents()]
+        await publish(bus, [anomaly(f"a{i}", "cartservice-0", i) for i in range(4, 8)])
+        held = await bus.js.pull_subscribe_bind(TRIAGE, stream=EVENTS)
+        assert len(await held.fetch(4, timeout=5)) == 4  # delivered to the process that is then killed
+        await held.unsubscribe()
+        store.close()
+
+        triage, store = start()
+        batches = []
+
+        async def handle(events):  # the new process: triage, then the service loop between batches
+            batches.append([e.id for e in events])
+            triage.handle(events)
+            if triage.detector.watermark >= 60 and store.incident(incident)["status"] != "resolved":
+                store.set_status(incident, "resolved")
+                triage.correlator.release(incident)
+
+        await publish(bus, [sample(f"s{i}", "emailservice-0", 8 + i) for i in range(60)])
+        await bus.consume(handle, until_drained=True)
+        late = [i for i, ids in enumerate(batches) if "a4" in ids]
+        assert late and any(f"s{59}" in ids for ids in batches[:late[0]]), f"not redelivered late: {batches}"
+        assert [row["id"] for row in store.incidents()] == [incident], "one fault, one incident"
+        assert store.incident(incident)["event_count"] == 8
+        store.close()
+    finally:
+        await bus.close()
