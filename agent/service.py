@@ -115,7 +115,7 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
 
     triage = Triage(store, Detector(detections(), topology), Correlator(topology, settings.correlation_gap_s),
                     after_commit=lambda result: record_correlation(audit, store, result, correlation_versions()),
-                    detections=detections)
+                    detections=detections, fence=fence)
     deps = Deps(store=store, audit=audit, reasoner=reasoner, rules=rules, topology=topology,
                 base_versions=base_versions, ledger=ledger, executors=executors, dry_run=dry_run,
                 policy=Policy(approval_ttl_s=settings.approval_ttl_s, verify_quiet_s=settings.verify_quiet_s,

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from bus import Event
 from rules import Correlator, DetectionSet, Detector
 
+from .db import Connection
 from .store import CLOSED_STATUSES, EVENT_COLUMNS, IncidentStore, event_row
 
 log = logging.getLogger("rtem.triage")
@@ -51,9 +52,14 @@ class BatchResult:
 class Triage:
     def __init__(self, store: IncidentStore, detector: Detector, correlator: Correlator,
                  after_commit: Callable[[BatchResult], None] | None = None, *,
-                 detections: Callable[[], DetectionSet] | None = None):
+                 detections: Callable[[], DetectionSet] | None = None,
+                 fence: Callable[[Connection], None] | None = None):
         """`detections`: the detections in force (a hot-reloaded rule set's); when their digest
-        changes, triage replaces its own detector before the next batch, keeping the window state."""
+        changes, triage replaces its own detector before the next batch, keeping the window state.
+        `fence`, called first in each batch's transaction, refuses the batch (raises) when this worker
+        no longer leads, so a worker paused past its lease commits nothing — the batch is not acked, and
+        the leader gets it (agent/cluster)."""
+        self.fence = fence
         self.store = store
         self.detector = detector
         self.correlator = correlator
@@ -104,6 +110,8 @@ class Triage:
         self.correlator.expire(self.detector.watermark, lateness=self.correlator.gap_s)
         added = Counter(self._current(row[INCIDENT], result) for row in rows if row[INCIDENT])
         with self.store.transaction():
+            if self.fence:
+                self.fence(self.store.db.connection())
             self.store.insert_events(rows)
             for incident_id in result.touched:
                 incident = (self.correlator.open.get(incident_id) or released.get(incident_id)

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from agent.run import Service
+from bus import parse_event
 from tests.conftest import EXAMPLES
 from tests.live import Target, anomaly, publish, settings, wait_for
 
@@ -83,6 +84,9 @@ async def test_a_worker_that_lost_its_lease_can_no_longer_write_as_leader(tmp_pa
         with pytest.raises(Fenced, match=f"leader of a at epoch {lease.epoch} is gone"):
             a.parts.ledger.start("inc-x/0/do", "inc-x", 0, "do", "restart_instance", "cartservice-0", {})
         assert a.parts.ledger.get("inc-x/0/do") is None, "nothing was started"
+        with pytest.raises(Fenced):  # nor can it commit a triage batch
+            a.parts.triage.handle([parse_event(json.dumps(event)) for event in CART[:3]])
+        assert a.parts.store.event_count() == 0 and a.parts.store.incidents() == []
         await wait_for(lambda: a.role == "standby", 10)  # its next renewal finds the lease gone
     finally:
         await a.stop()
