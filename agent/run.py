@@ -148,8 +148,8 @@ class Service:
                 await self.leader.leave()
             if self.parts is not None:
                 try:
-                    if self.bus is not None:
-                        await publish_audit(self.bus, self.parts.audit)
+                    if self.bus is not None:  # bounded: with NATS gone, the next start copies the rest
+                        await asyncio.wait_for(publish_audit(self.bus, self.parts.audit), STOP_GRACE_S)
                 except Exception as exc:  # SQLite keeps every record; the next start copies what is missing
                     log.error("copying the audit log to the AUDIT stream failed on the way out: %s: %s",
                               type(exc).__name__, exc)

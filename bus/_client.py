@@ -161,9 +161,15 @@ class Bus:
         connected = True
         return cls(nc, settings, reconnects)
 
-    async def close(self) -> None:
-        if not self.nc.is_closed:
-            await self.nc.drain()
+    async def close(self, timeout: float = 10.0) -> None:
+        """Drain (deliver what is pending, then close); with the server gone — the client reconnecting,
+        or the drain not done within `timeout` — close at once: nothing pending can be delivered anyway."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout)
+        except (asyncio.TimeoutError, nats.errors.Error):
+            await self.nc.close()
 
     async def ensure_streams(self) -> None:
         """Create the streams, or bring an existing one's settings up to date — its retention limits

@@ -248,3 +248,19 @@ async def test_the_server_dies_with_its_parent(tmp_path):
         if parent.poll() is None:
             parent.kill()
         stop_servers_on(tmp_path / "data")
+
+
+async def test_a_bus_whose_server_is_gone_closes_at_once(tmp_path):
+    """rtem stopping after its NATS server died must not hang on draining a connection that cannot drain."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        bus = await Bus.connect(server.url)
+        await bus.ensure_streams()
+        server.kill()
+        await asyncio.sleep(0.5)  # the client notices and starts reconnecting
+        started = time.monotonic()
+        await asyncio.wait_for(bus.close(), 15)
+        assert bus.nc.is_closed and time.monotonic() - started < 12
+    finally:
+        server.cleanup()
