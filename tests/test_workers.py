@@ -101,19 +101,15 @@ def test_the_standby_takes_over_within_seconds_of_the_leader_being_killed(tmp_pa
 
     env = {**os.environ, "RTEM_NATS_URL": nats_server.url, "RTEM_DATABASE_URL": postgres_url,
            "RTEM_LEADER_LEASE_S": "3", "RTEM_DIAGNOSE_AFTER_S": "5", "RTEM_VERIFY_QUIET_S": "30"}
-    procs = {}
-    logs = {}
-    for name in ("w1", "w2"):
-        logs[name] = open(tmp_path / f"{name}.log", "wb")
+    procs: dict[str, subprocess.Popen] = {}
+    logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("w1", "w2")}
+
+    def start(name: str) -> None:
         procs[name] = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--topology", str(EXAMPLES / "boutique-topology.json"),
              "--no-http", "--metrics-port", "0"],
             env={**env, "RTEM_DATA_DIR": str(tmp_path / name), "RTEM_WORKER_ID": name},
             stdout=subprocess.DEVNULL, stderr=logs[name], start_new_session=True)
-        if name == "w1":  # w1 leads: started first, and leading before w2 starts
-            deadline = time.monotonic() + 60
-            while leader(postgres_url)[0] != "w1" and time.monotonic() < deadline:
-                time.sleep(0.2)
 
     async def scenario():
         target = Target(fail={"shed_load"})
@@ -137,7 +133,12 @@ def test_the_standby_takes_over_within_seconds_of_the_leader_being_killed(tmp_pa
             await bus.close()
 
     try:
+        start("w1")
+        deadline = time.monotonic() + 60
+        while leader(postgres_url)[0] != "w1" and time.monotonic() < deadline:  # w1 leads before w2 starts
+            time.sleep(0.2)
         assert leader(postgres_url)[0] == "w1", (tmp_path / "w1.log").read_text()[-2000:]
+        start("w2")
         takeover, applied = asyncio.run(scenario())
         assert takeover <= 10, f"the standby took {takeover:.1f}s to take over"
         assert len(applied) == 4 and len(set(applied)) == 4, applied
