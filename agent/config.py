@@ -27,7 +27,8 @@ class Settings(BaseSettings):
         None, description="postgresql://… to keep rtem's records in PostgreSQL (several workers on one "
                           "database); unset: SQLite files in data_dir (docs/storage.md)")
     database_pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections one rtem may hold")
-    worker_id: str | None = Field(None, description="this `rtem run` among several on one database; unset: host-pid")
+    worker_id: str | None = Field(None, description="this `rtem run` among several on one database (unique, and the "
+                                  "same across its restarts); unset: host:hash-of-data_dir")
     leader_lease_s: float = Field(6.0, ge=1, le=120, description="the leader's lease: a standby takes over at most "
                                   "this long after the leader stopped renewing it (docs/deployment.md)")
     nats_url: str | None = Field(None, description="an existing NATS server, or several of a cluster separated "

@@ -80,7 +80,7 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
     opened: list = [db]
     try:
         migrate(db, SCHEMAS)  # every component's tables at once; a database a newer rtem made is refused here
-        leadership = Leadership(Leases(db), settings.worker_id or default_worker_id(),
+        leadership = Leadership(Leases(db), settings.worker_id or default_worker_id(data_dir),
                                 settings.leader_lease_s) if lead else None
         fence = leadership.fence if leadership else None
         store = IncidentStore(db)

@@ -59,6 +59,16 @@ def test_an_unrenewed_lease_fences_its_own_holder(leases):
     assert again.epoch == 2, "taking it again after it lapsed is a new epoch"
 
 
+def test_a_restarted_holder_takes_its_lease_back_at_once_at_the_next_epoch(leases):
+    before = leases.acquire("leader", "w1", ttl_s=60)  # then w1 is killed and started again
+    after = leases.acquire("leader", "w1", ttl_s=60, anew=True)
+    assert (after.holder, after.epoch) == ("w1", before.epoch + 1), "no wait for the old lease to expire"
+    with pytest.raises(Fenced):  # what the previous life had in flight cannot commit
+        with leases.db.write() as conn:
+            leases.fence(conn, before)
+    assert leases.acquire("leader", "w2", ttl_s=60, anew=True) is None, "anew never takes another's lease"
+
+
 def test_a_released_lease_is_taken_at_once(leases):
     lease = leases.acquire("triage", "w1", ttl_s=60)
     leases.release(lease)

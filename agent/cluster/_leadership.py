@@ -10,8 +10,9 @@ checks inside the write's own transaction that the lease is still this worker's,
 from __future__ import annotations
 
 import logging
-import os
+import hashlib
 import socket
+from pathlib import Path
 
 from ..db import Connection
 from ._lease import Fenced, Lease, Leases
@@ -22,9 +23,12 @@ LEADER = "leader"
 WORKER = "worker:"  # + worker id: each worker's heartbeat, for `rtem cluster status`
 
 
-def default_worker_id() -> str:
-    """host-pid: unique among the workers of a cluster, and says where to look."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+def default_worker_id(data_dir: str | Path) -> str:
+    """host:data-directory: unique among the workers of a cluster (two on one host have two data
+    directories), says where to look, and stays the same across restarts, so a worker restarted after a
+    crash takes its own lease back at once instead of waiting for it to expire."""
+    where = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}:{where}"
 
 
 class Leadership:
@@ -48,7 +52,7 @@ class Leadership:
             if self.lease is None:
                 log.error("worker %s lost the leader lease (not renewed in time): it stops leading", self.worker_id)
             return self.lease is not None
-        self.lease = self.leases.acquire(LEADER, self.worker_id, self.ttl_s)
+        self.lease = self.leases.acquire(LEADER, self.worker_id, self.ttl_s, anew=True)
         if self.lease is not None:
             log.info("worker %s leads (epoch %d)", self.worker_id, self.lease.epoch)
         return self.lease is not None

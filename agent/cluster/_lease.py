@@ -55,21 +55,21 @@ class Leases:
         self._now = _NOW[db.dialect.name]
         ensure(db, LEASE_SCHEMA)
 
-    def acquire(self, name: str, holder: str, ttl_s: float) -> Lease | None:
+    def acquire(self, name: str, holder: str, ttl_s: float, *, anew: bool = False) -> Lease | None:
         """The lease, if it was free, expired, or already `holder`'s (then renewed at the same epoch);
-        None while another worker holds it."""
+        None while another worker holds it. `anew`: a process taking the lease for the first time under
+        a holder name that may still hold it (the same worker, restarted after a crash) takes it at once
+        but at the next epoch, so whatever its previous life still had in flight is fenced."""
+        same = f"leases.holder = excluded.holder AND leases.expires_at > {self._now} AND NOT ?"
         with self.db.write() as conn:
             conn.execute(f"""INSERT INTO leases (name, holder, epoch, expires_at, taken_at)
                              VALUES (?, ?, 1, {self._now} + ?, {self._now})
                              ON CONFLICT (name) DO UPDATE SET
-                               epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > {self._now}
-                                            THEN leases.epoch ELSE leases.epoch + 1 END,
-                               taken_at = CASE WHEN leases.holder = excluded.holder
-                                                    AND leases.expires_at > {self._now}
-                                               THEN leases.taken_at ELSE excluded.taken_at END,
+                               epoch = CASE WHEN {same} THEN leases.epoch ELSE leases.epoch + 1 END,
+                               taken_at = CASE WHEN {same} THEN leases.taken_at ELSE excluded.taken_at END,
                                holder = excluded.holder, expires_at = excluded.expires_at
                              WHERE leases.holder = excluded.holder OR leases.expires_at <= {self._now}""",
-                         [name, holder, ttl_s])
+                         [name, holder, ttl_s, anew, anew])
             return self._read(conn, name, holder)
 
     def renew(self, lease: Lease, ttl_s: float) -> Lease | None:
