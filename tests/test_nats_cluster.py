@@ -4,8 +4,11 @@ use as they are, refused with what differs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
+import nats
 import pytest
 
 from bus import DLQ, EVENTS, Bus, BusSettings, EmbeddedNats
@@ -26,6 +29,19 @@ def cluster(tmp_path):
         running.stop()
 
 
+async def consume_all(bus: Bus, handler):
+    """Consume until drained, starting again a second after a failure, as rtem run's consumer loop does
+    (agent/run.py): while the cluster elects the stream's new leader, the consumer's requests time out."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return await bus.consume(handler, until_drained=True)
+        except nats.errors.Error:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+
+
 def lines(start: int, count: int) -> list[bytes]:
     return [json.dumps(sample(f"c{i}", "cart-0", i)).encode() for i in range(start, start + count)]
 
@@ -41,12 +57,11 @@ async def test_streams_keep_three_copies_and_lose_nothing_when_a_server_dies(clu
         cluster.kill(info.cluster.leader)  # the stream's leader, the harshest one to lose
         report = await bus.publish_lines(lines(300, 300))  # a new leader is elected; lost acks are retried
         assert report.published + report.duplicates == 300
-
         seen: list[str] = []
 
         async def handler(events):
             seen.extend(e.id for e in events)
-        stats = await bus.consume(handler, until_drained=True)
+        stats = await consume_all(bus, handler)
         assert stats.invalid == 0
         assert sorted(set(seen)) == sorted(f"c{i}" for i in range(600)), "every accepted event, once each"
         assert (await bus.js.stream_info(EVENTS)).state.messages == 600
