@@ -8,6 +8,7 @@ in it; SQLite gives its -wal and -shm the same mode).
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from ..files import DIR_MODE, private_file
@@ -54,12 +55,25 @@ class SqliteDatabase(ThreadConnections):
         try:
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
             if not self.readonly:
-                conn.execute("PRAGMA journal_mode=WAL")
+                self._wal(conn)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL. On a new file opened by several connections at once the switch can meet
+        "database is locked" at once (it ignores busy_timeout): try again until busy_timeout is up."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _release(self, conn: sqlite3.Connection) -> None:
         conn.close()
