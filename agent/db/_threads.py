@@ -10,6 +10,7 @@ share this; they differ in how a connection is opened and given back.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,8 +18,9 @@ from typing import Any
 from ._base import Connection, Dialect, ReadOnlyStoreError, StoreClosedError
 
 
-class ThreadConnections:
-    """The connections of every thread to one database; `close()` closes them all."""
+class ThreadConnections(ABC):
+    """The connections of every thread to one database; `close()` closes them all. A backend says how
+    a connection is opened and given back, and what to call the database in messages."""
 
     dialect: Dialect
 
@@ -30,16 +32,17 @@ class ThreadConnections:
         self._closed = False
 
     @property
+    @abstractmethod
     def where(self) -> str:
-        raise NotImplementedError
+        """The database, for messages (a URL without its password)."""
 
+    @abstractmethod
     def _connect(self) -> Any:
         """A new connection for the calling thread."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _release(self, conn: Any) -> None:
         """Close `conn` or give it back (from any thread)."""
-        raise NotImplementedError
 
     def connection(self) -> Connection:
         """The calling thread's connection, opened on first use."""
