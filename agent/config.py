@@ -29,8 +29,12 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(20, ge=2, le=500, description="PostgreSQL connections one rtem may hold")
     worker_id: str | None = Field(None, description="this `rtem run` among several on one database (unique, and the "
                                   "same across its restarts); unset: host:hash-of-data_dir")
-    leader_lease_s: float = Field(6.0, ge=1, le=120, description="the leader's lease: a standby takes over at most "
-                                  "this long after the leader stopped renewing it (docs/deployment.md)")
+    leader_lease_s: float = Field(6.0, ge=1, le=120, description="the leader's lease, and each incident's: a "
+                                  "standby takes over at most this long after the leader stopped renewing it, "
+                                  "and another worker a dead worker's incidents (docs/deployment.md)")
+    worker_concurrency: int = Field(8, ge=1, le=1024, description="incident threads one `rtem run` worker moves "
+                                    "on at once; more ready incidents wait for a free slot here or on another "
+                                    "worker (docs/deployment.md)")
     nats_url: str | None = Field(None, description="an existing NATS server, or several of a cluster separated "
                                  "by commas; unset: start an embedded one")
     nats_replicas: int = Field(1, ge=1, le=5, description="copies JetStream keeps of each stream: 3 on a cluster "

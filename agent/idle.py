@@ -26,17 +26,18 @@ class IdleCloser:
         self.idle_close_s = idle_close_s
         self.on_closed = on_closed
 
-    async def sweep(self, rows: list[dict[str, Any]], still_s: float, busy: set[str]) -> None:
+    async def sweep(self, rows: list[dict[str, Any]], still_s: float, claim: Callable[[str], bool]) -> None:
         """Over `rows` (the active incidents); `still_s`: how long event time has stood still (wall
-        clock); `busy`: incidents whose thread runs."""
+        clock); `claim(incident_id)`: whether this worker may close it (no thread of its own or of another
+        worker's drives it; it is then this worker's until `on_closed`)."""
         watermark = self.parts.triage.detector.watermark
         for row in rows:
-            if row["status"] != IncidentStatus.OPEN or row["id"] in busy:
+            if row["status"] != IncidentStatus.OPEN:
                 continue
             idle = {"last_signal": row["last_ts"], "watermark": watermark, "still_s": still_s,
                     "idle_close_s": self.idle_close_s}
-            if age_out(IncidentStatus.OPEN, **idle) is None:
-                continue  # not idle: its alerts need not be read
+            if age_out(IncidentStatus.OPEN, **idle) is None or not claim(row["id"]):
+                continue  # not idle (its alerts need not be read), or driven
             alerts = alert_states(self.parts.store.alert_events(row["id"]))
             recovery = age_out(IncidentStatus.OPEN, **idle, alerts=alerts)
             await self._close(row["id"], recovery, idle)

@@ -1,16 +1,18 @@
-"""The leader's duty cycle in `rtem run`: keep the leader lease, and do the leader's work only while it
-is held (docs/deployment.md).
+"""The worker's duty cycle in `rtem run`: its heartbeat, and the leader lease, with the leader's work
+done only while the lease is held (docs/deployment.md).
 
-Every third of the lease the worker renews it (or takes it, when it is free). A renewal that has not
-finished within that third — the database is down or unreachable — counts as lost: the work stops,
-and starts again once the lease is held again (at the same epoch if it never lapsed, else at the next).
+Every third of the lease the worker beats (its own lease, and its incidents') and renews the leader
+lease (or takes it, when it is free). A renewal that has not finished within that third — the
+database is down or unreachable — counts as lost: the work stops, and starts again once the lease is
+held again (at the same epoch if it never lapsed, else at the next).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from . import metrics
 from .cluster import Leadership
@@ -19,14 +21,19 @@ log = logging.getLogger("rtem.run")
 
 
 class LeaderLoop:
-    """`work(stop)` starts the leader's tasks, which end once `stop` is set; `wind_down()` finishes what
-    they left running (the incidents' threads)."""
+    """`work(stop)` starts the leader's tasks, which end once `stop` is set; `heartbeat()` (on a worker
+    thread, before each renewal) keeps what the worker holds besides: by default its worker lease."""
 
     def __init__(self, leadership: Leadership, lease_s: float,
-                 work: Callable[[asyncio.Event], list[asyncio.Task]], wind_down: Callable[[], Awaitable[None]]):
+                 work: Callable[[asyncio.Event], list[asyncio.Task]], *,
+                 heartbeat: Callable[[], None] | None = None):
         self.leadership = leadership
         self.every_s = lease_s / 3
-        self._work, self._wind_down = work, wind_down
+        self._work = work
+        self._heartbeat = heartbeat or leadership.heartbeat
+        # Its own thread: renewals never queue behind incident threads that fill the default pool
+        # (a slow LLM call each), which would let the leases lapse under load.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="rtem-heartbeat")
         self.tasks: list[asyncio.Task] = []
         self.stop_work = asyncio.Event()
         self._keeping: asyncio.Future | None = None  # the renewal in flight
@@ -46,7 +53,7 @@ class LeaderLoop:
     async def keep(self) -> None:
         """Renew or take the lease, and start or stop the work as it was won or lost."""
         if self._keeping is None or self._keeping.done():  # never more than one renewal in flight
-            self._keeping = asyncio.ensure_future(asyncio.to_thread(self._renew))
+            self._keeping = asyncio.get_running_loop().run_in_executor(self._thread, self._renew)
         try:
             leading = await asyncio.wait_for(asyncio.shield(self._keeping), self.every_s)
         except asyncio.TimeoutError:
@@ -64,11 +71,10 @@ class LeaderLoop:
             await self.stop_leading()
 
     async def stop_leading(self) -> None:
-        """Stop the work (after what it has in hand) and what it left running."""
+        """Stop the work (after what it has in hand)."""
         self.stop_work.set()
         tasks, self.tasks = self.tasks, []
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._wind_down()
         metrics.LEADER.set(0)
 
     async def leave(self) -> None:
@@ -76,10 +82,12 @@ class LeaderLoop:
         if self.tasks:
             await self.stop_leading()
         try:
-            await asyncio.to_thread(self.leadership.release)
+            await asyncio.get_running_loop().run_in_executor(self._thread, self.leadership.release)
         except Exception:
             log.exception("releasing the leader lease failed; a standby takes over when it expires")
+        finally:
+            self._thread.shutdown(wait=False)
 
     def _renew(self) -> bool:
-        self.leadership.heartbeat()
+        self._heartbeat()
         return self.leadership.keep()

@@ -46,11 +46,12 @@ def _now() -> str:
 
 
 class Ledger:
-    def __init__(self, where: Database | str | Path, *, fence: Callable[[Connection], None] | None = None):
+    def __init__(self, where: Database | str | Path, *, fence: Callable[[Connection, str], None] | None = None):
         """`where` is a database already open (the ledger then shares it and does not close it), a
-        `postgresql://` URL or a SQLite file. `fence`, called inside the transaction that starts or
-        finishes a step, refuses it (raises) when this worker no longer leads: a worker paused past its
-        lease cannot start an action the new leader owns (agent/cluster)."""
+        `postgresql://` URL or a SQLite file. `fence(conn, incident_id)`, called inside the transaction
+        that starts or finishes a step, refuses it (raises) when this worker no longer owns the incident:
+        a worker paused past its lease cannot start an action the incident's new owner drives
+        (agent/cluster)."""
         self.fence = fence
         self.db, self._owns_db = adopt(where, LEDGER_SCHEMA)
 
@@ -67,7 +68,7 @@ class Ledger:
         its attempt and reads the row with its own count."""
         with self.db.write() as conn:
             if self.fence:
-                self.fence(conn)
+                self.fence(conn, incident_id)
             conn.execute(
                 "INSERT INTO executions (key, incident_id, action_index, kind, action, target, params, status,"
                 " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'started', ?) ON CONFLICT (key) DO NOTHING",
@@ -78,7 +79,7 @@ class Ledger:
     def finish(self, key: str, ok: bool, outcome: dict[str, Any]) -> None:
         with self.db.write() as conn:
             if self.fence:
-                self.fence(conn)
+                self.fence(conn, key.rsplit("/", 2)[0])  # step_key's incident
             conn.execute("UPDATE executions SET status=?, outcome=?, finished_at=? WHERE key=?",
                          ["succeeded" if ok else "failed", json.dumps(outcome), _now(), key])
 

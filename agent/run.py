@@ -3,8 +3,13 @@
 It consumes the live EVENTS stream through triage, starts one LangGraph thread per incident once the
 incident has gathered `diagnose_after_s` of event-time evidence, and keeps every unfinished thread
 moving: waiting for approvals, for the kill switch, or for recovery. Everything it needs to go on is
-in SQLite (store, ledger, checkpoints) and JetStream (unacked events), so a `kill -9` and a restart
-resume every open incident where it stood.
+in the database (store, ledger, checkpoints) and JetStream (unacked events), so a `kill -9` and a
+restart resume every open incident where it stood.
+
+Several workers share the work (docs/deployment.md): the one that holds the leader lease consumes
+(triage) and does the chores that must run once (the audit copy, idle closes, retention); every worker
+drives incidents, each incident owned by one worker at a time through its own lease (agent/cluster),
+at most `worker_concurrency` threads at once.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from .incident import IncidentStatus, alert_states, alerts_recovered
 from .rules_reload import RulesReloader
 from .service import Components, build, check_audit_copy, publish_audit
 from .idle import IdleCloser, StillClock
-from .cluster import Fenced, Leadership
+from .cluster import CONSUMER_STATE, Fenced, Leadership, Ownership
 from .leading import LeaderLoop
 from .db import reopen
 from .serve import purge_regularly, serve_http, start_embedded_server
@@ -43,6 +48,7 @@ FINAL = tuple(status.value for status in IncidentStatus if status.final)
 WAITING_STATUS = {"approval": "awaiting_approval", "resume": "paused"}
 FAILURE_RETRY = RetryPolicy(max_attempts=5, initial_interval_s=1.0, backoff=2.0, max_interval_s=30.0)
 STOP_GRACE_S = 10.0  # how long a stop waits for incident threads in a step (an executor call) to finish
+CONSUMER_EVERY_S = 5.0  # how often the leader saves its consumer's lag (CONSUMER_STATE)
 RETENTION_EVERY_S = 24 * 3600.0  # how often `rtem run` purges by the retention settings (docs/retention.md)
 
 
@@ -79,6 +85,9 @@ class Service:
         self._reader = None  # the API's read-only database
         self.leader: LeaderLoop | None = None  # keeps the leader lease; the leader's work runs while it is held
         self._roles_stop = asyncio.Event()  # set when this worker stops leading (or stops)
+        self._drive_stop = asyncio.Event()  # set when this worker stops driving incidents (it stops)
+        self._driving: asyncio.Task | None = None
+        self._beat_stop = asyncio.Event()  # set when the heartbeat stops: after the incidents' threads
 
     @property
     def url(self) -> str:
@@ -105,10 +114,12 @@ class Service:
         await check_audit_copy(self.bus, self.parts.audit)  # once: a log cut short is said at start
         # One worker of several answers each page (a queue group), not every one of them.
         await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", queue="rtem-pager", cb=self._page)
-        self.leader = LeaderLoop(self.leadership, self.settings.leader_lease_s, self._lead, self._finish_threads)
+        self.leader = LeaderLoop(self.leadership, self.settings.leader_lease_s, self._lead,
+                                 heartbeat=self._heartbeat)
         await self.leader.keep()  # a lone worker leads at once: consuming starts before start() returns
         self._tasks = [asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules"),
-                       asyncio.create_task(self.leader.run(self.stop_event), name="lead")]
+                       asyncio.create_task(self.leader.run(self._beat_stop), name="lead")]
+        self._driving = asyncio.create_task(self._drive(), name="drive")
         if self.http:
             await self._serve_http()
         log.info("rtem run: worker %s (%s), bus %s, store %s", self.leadership.worker_id, self.role, self.url,
@@ -120,29 +131,50 @@ class Service:
         return self.parts.leadership
 
     @property
+    def ownership(self) -> Ownership:
+        return self.parts.ownership
+
+    @property
     def role(self) -> str:
-        """leader: consumes and drives the incidents; standby: serves the API and waits to take over."""
+        """leader: consumes, and does the chores that run once; standby: waits to take over. Both drive
+        incidents and serve the API."""
         return "leader" if self.leader is not None and self.leader.leading else "standby"
+
+    def _heartbeat(self) -> None:
+        """On a worker thread, every third of the lease: say this worker is alive and keep its incidents."""
+        self.leadership.heartbeat()
+        self.ownership.renew()
 
     def _lead(self, stop: asyncio.Event) -> list[asyncio.Task]:
         """The leader's work, until `stop`: pick up triage's state where the last leader left it, then
-        consume, drive the incidents, and purge by the retention settings."""
+        consume, do the chores, and purge by the retention settings."""
         self.parts.triage.restore()
         self._roles_stop = stop
         return [asyncio.create_task(self._consume(), name="consume"),
-                asyncio.create_task(self._drive(), name="drive"),
+                asyncio.create_task(self._chores(stop), name="chores"),
                 asyncio.create_task(purge_regularly(self.parts, self.settings, stop, self.retention_every_s),
                                     name="retention")]
 
     async def stop(self) -> None:
-        """Stop in order, so nothing is lost and nothing fails on the way out: consuming (after the
-        batch in hand) and HTTP; the incidents' threads (given `STOP_GRACE_S`, then cancelled: they
-        resume from their checkpoints); the leader lease (released: a standby takes over at once); the
-        audit copy on the bus; the components; the bus; and the embedded NATS server last."""
+        """Stop in order, so nothing is lost and nothing fails on the way out: HTTP and taking new
+        incidents; the incidents' threads (given `STOP_GRACE_S`, then cancelled: they resume from their
+        checkpoints) while the heartbeat still keeps their leases, then the leases (released: another
+        worker takes the incidents at once); consuming (after the batch in hand) and the leader lease
+        (released: a standby takes over at once); the audit copy on the bus; the components; the bus;
+        and the embedded NATS server last."""
         self.stop_event.set()
         if self._http_server is not None:
             self._http_server.should_exit = True
         try:
+            if self._driving is not None:
+                self._drive_stop.set()
+                await asyncio.gather(self._driving, return_exceptions=True)
+                await self._finish_threads()
+                try:
+                    await asyncio.to_thread(self.ownership.leave)
+                except Exception:
+                    log.exception("giving the incidents up failed; other workers take them when the leases expire")
+            self._beat_stop.set()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self.leader is not None:
                 await self.leader.leave()
@@ -196,38 +228,68 @@ class Service:
         metrics.INCIDENTS.inc(len(result.opened))
 
     async def _drive(self) -> None:
+        """Every worker's loop: move on the incidents it owns, and take those no worker owns."""
+        while not self._drive_stop.is_set():
+            try:
+                await self.tick(self.parts.store.active_incidents())
+                for target, breaker in self.parts.graph.deps.executors.breakers.items():
+                    metrics.BREAKER.labels(target=target).set(1 if breaker.state == "open" else 0)
+            except Exception:
+                log.exception("driving incidents failed; trying again")
+            try:
+                await asyncio.wait_for(self._drive_stop.wait(), self.poll_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _chores(self, stop: asyncio.Event) -> None:
+        """The leader's chores, until `stop`: copy the audit log to the AUDIT stream, say how far the
+        consumer lags, stop correlating into incidents other workers closed, and close idle ones."""
         still = StillClock()
         idle = IdleCloser(self.parts, self.settings.idle_close_s, self._closed_idle)
-        while not self._roles_stop.is_set():
+        saved_at = 0.0
+        while not stop.is_set():
             try:
-                rows = self.parts.store.active_incidents()  # read once a pass, for both
-                await self.tick(rows)
+                rows = self.parts.store.active_incidents()
+                self.parts.triage.release_closed({row["id"] for row in rows})
                 silent = False  # the bus is up and nothing waits on it: no event means no event
                 if self.bus and not self.bus.nc.is_closed:
                     await publish_audit(self.bus, self.parts.audit)
                     lag = await self._lag()
                     metrics.CONSUMER_LAG.set(lag)
                     silent = self.bus.nc.is_connected and lag == 0
+                    if time.monotonic() - saved_at >= CONSUMER_EVERY_S:
+                        self.parts.store.save_state(CONSUMER_STATE, {
+                            "lag": lag, "worker": self.leadership.worker_id,
+                            "at": datetime.now(timezone.utc).isoformat()})
+                        saved_at = time.monotonic()
+                others = self.ownership.others()
                 await idle.sweep(rows, still.seconds(self.parts.triage.detector.watermark, silent=silent),
-                                 busy=set(self._advancing))
-                for target, breaker in self.parts.graph.deps.executors.breakers.items():
-                    metrics.BREAKER.labels(target=target).set(1 if breaker.state == "open" else 0)
+                                 claim=lambda incident_id: (incident_id not in self._advancing
+                                                            and incident_id not in others
+                                                            and self.ownership.take(incident_id)))
             except Exception:
-                log.exception("driving incidents failed; trying again")
+                log.exception("the leader's chores failed; trying again")
             try:
-                await asyncio.wait_for(self._roles_stop.wait(), self.poll_s)
+                await asyncio.wait_for(stop.wait(), self.poll_s)
             except asyncio.TimeoutError:
                 pass
 
     async def tick(self, rows: list[dict[str, Any]]) -> None:
-        """Start threads for the active incidents that are ready and move waiting ones along."""
-        watermark = self.parts.triage.detector.watermark
+        """Start threads for the active incidents that are ready, this worker's or no worker's, while it
+        has room (`worker_concurrency`), and move waiting ones along."""
+        watermark = self.parts.graph.deps.watermark()
+        others = self.ownership.others() if rows else set()
         for row in rows:
-            if row["id"] in self._advancing or not self._ready(row, watermark):
+            incident_id = row["id"]
+            if incident_id in self._advancing or incident_id in others or not self._ready(row, watermark):
                 continue
-            task = asyncio.create_task(self._advance(row["id"], row["status"]))
-            self._advancing[row["id"]] = task
-            task.add_done_callback(lambda _t, key=row["id"]: self._advancing.pop(key, None))
+            if len(self._advancing) >= self.settings.worker_concurrency:
+                break
+            if not await asyncio.to_thread(self.ownership.take, incident_id):
+                continue  # another worker took it first
+            task = asyncio.create_task(self._advance(incident_id, row["status"], watermark))
+            self._advancing[incident_id] = task
+            task.add_done_callback(lambda _t, key=incident_id: self._advancing.pop(key, None))
 
     def _ready(self, row: dict[str, Any], watermark: float) -> bool:
         """Whether a thread can make progress now, so waiting threads are not spun for nothing."""
@@ -265,15 +327,16 @@ class Service:
 
     async def _closed_idle(self, incident_id: str, status: str) -> None:
         self._looked.pop(incident_id, None)
+        self._finished(incident_id)
         self._changed(incident_id, status)
         await self._write_reports(incident_id)
 
-    async def _advance(self, incident_id: str, status: str) -> None:
+    async def _advance(self, incident_id: str, status: str, watermark: float) -> None:
         """Move one incident's thread on; a failure is retried with backoff, then the incident is
         marked failed, recorded, and a person is paged."""
         try:
-            await self._step(incident_id, status)
-        except Fenced as exc:  # another worker leads now: the thread goes on there, from its checkpoint
+            await self._step(incident_id, status, watermark)
+        except Fenced as exc:  # another worker owns it now: the thread goes on there, from its checkpoint
             log.warning("incident %s: %s", incident_id, exc)
         except Exception as exc:
             failures = self._failures[incident_id] = self._failures.get(incident_id, 0) + 1
@@ -293,16 +356,14 @@ class Service:
                                 inputs={"attempts": attempts}, decision={"status": "failed"}, reasons=[reason])
         self.parts.store.set_status(incident_id, "failed")
         self._changed(incident_id, "failed")
-        self._failures.pop(incident_id, None)
-        self._retry_at.pop(incident_id, None)
-        self.parts.triage.correlator.release(incident_id)
         try:
             await page_oncall(self.parts.graph.deps, incident_id, f"rtem failed on incident {incident_id}: {reason}",
                               "failure")
         except Exception:  # the record above stands; the page is best effort once rtem itself is failing
             log.exception("incident %s: paging about its failure failed", incident_id)
+        self._finished(incident_id)  # after the page: the page is a step of the incident's, fenced by its lease
 
-    async def _step(self, incident_id: str, status: str) -> None:
+    async def _step(self, incident_id: str, status: str, watermark: float) -> None:
         graph = self.parts.graph
         if status == "open":
             self.parts.store.set_status(incident_id, "diagnosing")
@@ -310,7 +371,7 @@ class Service:
             values, waiting = await graph.run(incident_id)
         else:
             if status == "verifying":
-                self._checked[incident_id] = self.parts.triage.detector.watermark
+                self._checked[incident_id] = watermark
             values, waiting = await graph.proceed(incident_id)
         if waiting:
             self._waiting[incident_id] = waiting
@@ -323,11 +384,19 @@ class Service:
             self._changed(incident_id, new_status)
         if new_status in FINAL:
             self._looked.pop(incident_id, None)
-            self.parts.triage.correlator.release(incident_id)
+            self._finished(incident_id)
             if values.get("mttr_s") is not None:
                 metrics.MTTR.observe(values["mttr_s"])
             if new_status != "merged":
                 await self._write_reports(incident_id)
+
+    def _finished(self, incident_id: str) -> None:
+        """The incident is final: forget it, stop correlating into it (the leader's triage; another
+        worker's leader learns it from the store), and give up its lease."""
+        for state in (self._failures, self._retry_at, self._waiting, self._checked):
+            state.pop(incident_id, None)
+        self.parts.triage.correlator.release(incident_id)
+        self.ownership.release(incident_id)
 
     async def _write_reports(self, incident_id: str) -> None:
         """The rationale report of a closed incident, written beside the store (agent/report.py)."""

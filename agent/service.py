@@ -11,7 +11,7 @@ from rules import Correlator, Detector, Topology
 
 from .action_history import DbActionHistory
 from .audit import AuditLog
-from .cluster import Leadership, Leases, default_worker_id
+from .cluster import Leadership, Leases, Ownership, default_worker_id
 from .config import Settings
 from .db import Database, migrate
 from .executors import Executors
@@ -25,7 +25,7 @@ from .ruleset import FixedRules, RuleSource
 from .storage import SCHEMAS, database_of
 from .store import IncidentStore
 from .system_state import StoreState
-from .triage import BatchResult, Triage
+from .triage import WATERMARK, BatchResult, Triage
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Components:
     ledger: Ledger
     db: Database  # the one every component above writes to; closed last
     leadership: Leadership | None = None  # rtem run's: whether this worker leads (agent/cluster)
+    ownership: Ownership | None = None  # rtem run's: the incidents this worker drives (agent/cluster)
 
     async def open(self) -> Components:
         await self.graph.open()
@@ -69,8 +70,9 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
     changed set in; the graph and triage read the set in force from it. `executors` carry out the
     steps (none: `analyze`, whose plans stay proposals). The records go to `database` (a SQLite file
     or a `postgresql://` URL), else the configured one (RTEM_DATABASE_URL, else DATA_DIR/rtem.db).
-    With `lead` (rtem run), the components act for this worker only while it leads: triage's batches
-    and the ledger's steps are fenced by the leader lease (agent/cluster; docs/deployment.md).
+    With `lead` (rtem run), the components act for this worker of a cluster: triage's batches are
+    fenced by the leader lease, and the ledger's steps by the lease of the incident they belong to
+    (agent/cluster; docs/deployment.md).
     """
     data_dir = Path(data_dir or settings.data_dir)
     db = database_of(settings, database)
@@ -80,14 +82,14 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
     opened: list = [db]
     try:
         migrate(db, SCHEMAS)  # every component's tables at once; a database a newer rtem made is refused here
-        leadership = Leadership(Leases(db), settings.worker_id or default_worker_id(data_dir),
-                                settings.leader_lease_s) if lead else None
-        fence = leadership.fence if leadership else None
+        worker_id = settings.worker_id or default_worker_id(data_dir)
+        leadership = Leadership(Leases(db), worker_id, settings.leader_lease_s) if lead else None
+        ownership = Ownership(Leases(db), worker_id, settings.leader_lease_s) if lead else None
         store = IncidentStore(db)
         opened.append(store)
         audit = AuditLog(db)
         opened.append(audit)
-        ledger = Ledger(db, fence=fence)
+        ledger = Ledger(db, fence=ownership.fence if ownership else None)
         opened.append(ledger)
         # What guardrail limits count (survives restarts) and what state preconditions read.
         history, state = DbActionHistory(store), StoreState(store)
@@ -110,20 +112,27 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
     def detections():
         return rules.current().detections
 
+    def watermark() -> float:
+        """Event time as triage has it: its own while this worker leads (or works alone), else as the
+        leader saved it with its last batch."""
+        if leadership is None or leadership.leading:
+            return triage.detector.watermark
+        return float(store.load_state(WATERMARK, 0.0))
+
     def correlation_versions() -> dict[str, str]:
         return {"detections": detections().digest, "topology": topology.digest}
 
     triage = Triage(store, Detector(detections(), topology), Correlator(topology, settings.correlation_gap_s),
                     after_commit=lambda result: record_correlation(audit, store, result, correlation_versions()),
-                    detections=detections, fence=fence)
+                    detections=detections, fence=leadership.fence if leadership else None)
     deps = Deps(store=store, audit=audit, reasoner=reasoner, rules=rules, topology=topology,
                 base_versions=base_versions, ledger=ledger, executors=executors, dry_run=dry_run,
                 policy=Policy(approval_ttl_s=settings.approval_ttl_s, verify_quiet_s=settings.verify_quiet_s,
                               verify_deadline_s=settings.verify_deadline_s),
-                watermark=lambda: triage.detector.watermark)
+                watermark=watermark, worker=worker_id if lead else None)
     # Checkpoints beside the records: in PostgreSQL with them, else in a SQLite file of their own.
     graph = IncidentGraph(db.target if on_postgres else data_dir / "checkpoints.db", deps)
-    return Components(settings, topology, store, audit, triage, graph, rules, ledger, db, leadership)
+    return Components(settings, topology, store, audit, triage, graph, rules, ledger, db, leadership, ownership)
 
 
 def record_correlation(audit: AuditLog, store: IncidentStore, result: BatchResult, versions: dict[str, str]) -> None:

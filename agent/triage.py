@@ -26,6 +26,7 @@ log = logging.getLogger("rtem.triage")
 
 INCIDENT = EVENT_COLUMNS.index("incident_id")
 DETECTOR_STATE = "detector"
+WATERMARK = "watermark"  # event time, saved with each batch for the workers that do not lead
 CORRELATOR_STATE = "correlator"
 
 
@@ -77,10 +78,19 @@ class Triage:
         self.detector.restore(self.store.load_state(DETECTOR_STATE, {}))
         self.correlator.restore(self.store.load_state(CORRELATOR_STATE, []))
         self.correlator.watermark = self.detector.watermark
-        for incident_id in list(self.correlator.open):
+        self.release_closed()
+
+    def release_closed(self, active: set[str] | None = None) -> list[str]:
+        """Stop correlating into incidents the store says are closed — closed by this process's service
+        loop after the last batch, or by another worker of a cluster, which drives incidents but does not
+        correlate. `active`: ids known to be still active (their rows need not be read)."""
+        released = []
+        for incident_id in [i for i in self.correlator.open if active is None or i not in active]:
             row = self.store.incident(incident_id)
             if row is not None and row["status"] in CLOSED_STATUSES:
                 self.correlator.release(incident_id)
+                released.append(incident_id)
+        return released
 
     async def __call__(self, events: list[Event]) -> None:
         self.handle(events)
@@ -126,6 +136,7 @@ class Triage:
             for incident_id, count in added.items():
                 self.store.add_events(incident_id, count)
             self.store.save_state(DETECTOR_STATE, self.detector.state())
+            self.store.save_state(WATERMARK, self.detector.watermark)
             self.store.save_state(CORRELATOR_STATE, self.correlator.state())
         self.stats.events += len(rows)
         for incident_id in result.late:

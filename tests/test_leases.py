@@ -95,3 +95,60 @@ def test_workers_racing_for_a_lease_get_it_once(backend):
     for db in databases:
         db.close()
     assert len(won) == 1, won
+
+
+def test_a_worker_owns_an_incident_until_it_is_final_and_another_takes_it_once_the_owner_stops(leases):
+    from agent.cluster import Ownership
+
+    a, b = Ownership(leases, "a", ttl_s=0.4), Ownership(leases, "b", ttl_s=30)
+    assert a.take("inc-1") and a.owns("inc-1")
+    assert not b.take("inc-1") and b.others() == {"inc-1"}, "owned by a"
+    assert a.renew() == [] and a.owned == ["inc-1"], "renewed while a beats"
+    time.sleep(0.6)  # a stops beating (died, or paused past its lease)
+    assert b.take("inc-1") and b.others() == set()
+    assert a.renew() == ["inc-1"] and a.owned == [], "a finds it lost"
+    with pytest.raises(Fenced, match="does not own incident inc-1"):
+        with leases.db.write() as conn:
+            a.fence(conn, "inc-1")
+    with leases.db.write() as conn:
+        b.fence(conn, "inc-1")
+    b.release("inc-1")  # final: no row stays behind
+    assert [h["name"] for h in leases.holders("incident:")] == []
+
+
+def test_the_ledger_refuses_a_step_of_an_incident_its_worker_no_longer_owns(backend):
+    from agent.cluster import Ownership
+    from agent.ledger import Ledger
+
+    db = open_database(backend)
+    try:
+        leases = Leases(db)
+        mine, theirs = Ownership(leases, "a", ttl_s=30), Ownership(leases, "b", ttl_s=30)
+        ledger = Ledger(db, fence=mine.fence)
+        assert mine.take("inc-1")
+        ledger.start("inc-1/0/do", "inc-1", 0, "do", "restart_instance", "cart-0", {})
+        with pytest.raises(Fenced):  # never taken by `a`
+            ledger.start("inc-2/0/do", "inc-2", 0, "do", "restart_instance", "cart-0", {})
+        with db.write() as conn:  # as if `a` was paused past its lease and `b` took the incident over
+            conn.execute("UPDATE leases SET expires_at = 0 WHERE name = 'incident:inc-1'")
+        assert theirs.take("inc-1")
+        with pytest.raises(Fenced, match="incident:inc-1 of a at epoch 1 is gone"):
+            ledger.finish("inc-1/0/do", True, {"ok": True})
+        assert ledger.get("inc-1/0/do")["status"] == "started", "the step stays for its new owner to reconcile"
+        assert ledger.get("inc-2/0/do") is None
+        ledger.close()
+    finally:
+        db.close()
+
+
+def test_a_restarted_worker_takes_its_own_incidents_back_at_the_next_epoch(leases):
+    from agent.cluster import Ownership
+
+    before = Ownership(leases, "a", ttl_s=60)
+    assert before.take("inc-1")
+    after = Ownership(leases, "a", ttl_s=60)  # the same worker id, after a kill -9
+    assert after.take("inc-1")
+    assert [(h["holder"], h["epoch"]) for h in leases.holders("incident:")] == [("a", 2)]
+    with pytest.raises(Fenced):
+        with leases.db.write() as conn:
+            before.fence(conn, "inc-1")

@@ -79,12 +79,13 @@ async def test_a_worker_that_lost_its_lease_can_no_longer_write_as_leader(tmp_pa
     a = await worker(tmp_path, nats_server, postgres_url, boutique, "a").start()
     try:
         lease = a.leadership.lease
-        with psycopg.connect(postgres_url, autocommit=True) as conn:  # as if `a` was paused past its lease
-            conn.execute("UPDATE leases SET holder = 'b', epoch = epoch + 1 WHERE name = 'leader'")
-        with pytest.raises(Fenced, match=f"leader of a at epoch {lease.epoch} is gone"):
+        assert a.ownership.take("inc-x")
+        with psycopg.connect(postgres_url, autocommit=True) as conn:  # as if `a` was paused past its leases
+            conn.execute("UPDATE leases SET holder = 'b', epoch = epoch + 1 WHERE name IN ('leader', 'incident:inc-x')")
+        with pytest.raises(Fenced, match="incident:inc-x of a at epoch 1 is gone"):
             a.parts.ledger.start("inc-x/0/do", "inc-x", 0, "do", "restart_instance", "cartservice-0", {})
         assert a.parts.ledger.get("inc-x/0/do") is None, "nothing was started"
-        with pytest.raises(Fenced):  # nor can it commit a triage batch
+        with pytest.raises(Fenced, match=f"leader of a at epoch {lease.epoch} is gone"):  # nor commit a triage batch
             a.parts.triage.handle([parse_event(json.dumps(event)) for event in CART[:3]])
         assert a.parts.store.event_count() == 0 and a.parts.store.incidents() == []
         await wait_for(lambda: a.role == "standby", 10)  # its next renewal finds the lease gone
@@ -187,31 +188,88 @@ async def test_rtem_cluster_status_names_the_leader_and_the_workers(tmp_path, na
     assert after.exit_code == 1 and not json.loads(after.stdout)["leader"]["live"]
 
 
-async def test_an_approval_sent_to_a_standby_runs_once_on_the_leader(tmp_path, nats_server, bus, boutique,
-                                                                     postgres_url):
+def owner(postgres_url: str, incident_id: str) -> str | None:
+    """The worker whose lease on the incident is live, if any."""
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute("SELECT holder FROM leases WHERE name = %s AND expires_at > EXTRACT(EPOCH FROM "
+                           "clock_timestamp())", [f"incident:{incident_id}"]).fetchone()
+    return row[0] if row else None
+
+
+async def approve_through(service: Service, token: str, incident_id: str, index: int):
+    async with httpx.AsyncClient(base_url=service.http_url, headers={"Authorization": f"Bearer {token}"}) as api:
+        return await api.post(f"/api/v1/incidents/{incident_id}/actions/{index}/approve",
+                              json={"reason": "node-6 is unhealthy"})
+
+
+def approver_token(postgres_url: str) -> str:
     from agent.tokens import TokenStore
 
-    target = Target()
-    await target.attach(bus.nc)
     tokens = TokenStore(postgres_url)
     token, _ = tokens.create("ana", "approver")
     tokens.close()
-    a = await worker(tmp_path, nats_server, postgres_url, boutique, "a").start()
+    return token
+
+
+async def test_an_approval_sent_through_one_worker_runs_once_on_the_worker_that_owns_the_incident(
+        tmp_path, nats_server, bus, boutique, postgres_url):
+    target = Target()
+    await target.attach(bus.nc)
+    token = approver_token(postgres_url)
+    a = await worker(tmp_path, nats_server, postgres_url, boutique, "a", http_port=0).start()
     b = await worker(tmp_path, nats_server, postgres_url, boutique, "b", http_port=0).start()
+    workers = {"a": a, "b": b}
     try:
         await publish(bus, [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)])
         row = await wait_for(lambda: (rows := a.parts.store.incidents()) and rows[0]["status"] == "awaiting_approval"
                              and rows[0], 40)
+        holder = owner(postgres_url, row["id"])
+        assert holder in workers and workers[holder].ownership.owns(row["id"]), "one worker owns it while it waits"
+        other = workers["b" if holder == "a" else "a"]
+        assert not other.ownership.owns(row["id"])
         [drain] = [x for x in row["actions"] if x["type"] == "drain_host"]
-        async with httpx.AsyncClient(base_url=b.http_url, headers={"Authorization": f"Bearer {token}"}) as api:
-            decided = await api.post(f"/api/v1/incidents/{row['id']}/actions/{drain['index']}/approve",
-                                     json={"reason": "node-6 is unhealthy"})
+        decided = await approve_through(other, token, row["id"], drain["index"])  # through the worker that does not own it
         assert decided.status_code == 200, decided.text
         await wait_for(lambda: any(action == "drain_host" for _, action, _ in target.applied), 30)
         assert [action for _, action, _ in target.applied].count("drain_host") == 1
-        assert b.role == "standby" and b.parts.triage.stats.events == 0, "the standby only recorded the decision"
+        assert b.parts.triage.stats.events == 0, "the standby consumed nothing"
         [record] = a.parts.audit.records(incident_id=row["id"], kind="approval.decided")
         assert record.decision["by"] == "ana"
+        [executed] = [r for r in a.parts.audit.records(incident_id=row["id"], kind="action.executed")
+                      if " drain_host on " in r.inputs["action"]]
+        assert executed.inputs["worker"] == holder, "it ran on the worker that owns the incident"
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_an_incident_whose_owner_stopped_renewing_is_taken_over_and_its_old_owner_is_fenced(
+        tmp_path, nats_server, bus, boutique, postgres_url):
+    from agent.cluster import Fenced
+
+    target = Target()
+    await target.attach(bus.nc)
+    token = approver_token(postgres_url)
+    a = await worker(tmp_path, nats_server, postgres_url, boutique, "a", http_port=0).start()
+    b = await worker(tmp_path, nats_server, postgres_url, boutique, "b", http_port=0).start()
+    workers = {"a": a, "b": b}
+    try:
+        await publish(bus, [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)])
+        row = await wait_for(lambda: (rows := a.parts.store.incidents()) and rows[0]["status"] == "awaiting_approval"
+                             and rows[0], 40)
+        first = owner(postgres_url, row["id"])
+        old, new = workers[first], workers["b" if first == "a" else "a"]
+        with psycopg.connect(postgres_url, autocommit=True) as conn:  # as if its owner was paused past its lease
+            conn.execute("UPDATE leases SET expires_at = 0 WHERE name = %s", [f"incident:{row['id']}"])
+        await wait_for(lambda: new.ownership.owns(row["id"]), 15)  # the other worker takes it over
+        await wait_for(lambda: not old.ownership.owns(row["id"]), 10)  # its old owner finds it lost
+        with pytest.raises(Fenced):
+            old.parts.ledger.start(f"{row['id']}/9/do", row["id"], 9, "do", "restart_instance", "node-6", {})
+        [drain] = [x for x in row["actions"] if x["type"] == "drain_host"]
+        assert (await approve_through(old, token, row["id"], drain["index"])).status_code == 200
+        await wait_for(lambda: any(action == "drain_host" for _, action, _ in target.applied), 30)
+        assert [action for _, action, _ in target.applied].count("drain_host") == 1
+        assert old.parts.ledger.get(f"{row['id']}/9/do") is None
     finally:
         await b.stop()
         await a.stop()

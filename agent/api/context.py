@@ -40,11 +40,12 @@ class ApiContext:
     max_body_bytes: int = 1024 * 1024
     policy: Policy = Policy()  # approval lifetime, as the service judges it
 
+    def __post_init__(self) -> None:
+        # One view for every request, so its schema is checked once, not per request; it keeps no
+        # state of its own (each request thread uses its own connection of the reader's).
+        self._store = IncidentStore(self.reader)
+
     @contextmanager
     def store(self) -> Iterator[IncidentStore]:
-        """A read-only view of the store, for one request (its connections are the reader's)."""
-        store = IncidentStore(self.reader)
-        try:
-            yield store
-        finally:
-            store.close()
+        """The read-only view of the store, for one request (its connections are the reader's)."""
+        yield self._store

@@ -1,4 +1,5 @@
-"""`rtem cluster status`: the workers on one database, which one leads, its lease and epoch."""
+"""`rtem cluster status`: the workers on one database, which one leads, its lease and epoch, who owns
+which incident, and how far the leader's consumer lags."""
 
 from __future__ import annotations
 
@@ -15,16 +16,21 @@ cluster_app = typer.Typer(help="Several `rtem run` workers on one database (docs
 
 
 def cluster_view(db) -> dict[str, Any]:
-    """The workers that renewed their heartbeat lately, the leader lease, and the schema's state."""
-    from ..cluster import LEADER, WORKER, Leases
+    """The workers that renewed their heartbeat lately, the leader lease, the incidents' owners, the
+    leader's consumer lag as it last saved it, and the schema's state."""
+    from ..cluster import INCIDENT, LEADER, WORKER, Leases
     from ..db import status as schema_status
     from ..db import versions
     from ..storage import SCHEMAS
 
-    held = Leases(db).holders() if versions(db).get("leases") else []  # no table: no worker ever ran here
+    known = versions(db)
+    held = Leases(db).holders() if known.get("leases") else []  # no table: no worker ever ran here
     lead = next((lease for lease in held if lease["name"] == LEADER), None)
+    incidents = [{"incident": lease["name"][len(INCIDENT):], "worker": lease["holder"], "epoch": lease["epoch"],
+                  "live": lease["live"]} for lease in held if lease["name"].startswith(INCIDENT)]
     workers = [{"worker": lease["holder"], "live": lease["live"], "expires_in_s": round(lease["remaining_s"], 1),
-                "role": "leader" if lead and lead["live"] and lead["holder"] == lease["holder"] else "standby"}
+                "role": "leader" if lead and lead["live"] and lead["holder"] == lease["holder"] else "standby",
+                "incidents": sum(1 for i in incidents if i["live"] and i["worker"] == lease["holder"])}
                for lease in held if lease["name"].startswith(WORKER)]
     return {
         "database": db.where,
@@ -32,8 +38,19 @@ def cluster_view(db) -> dict[str, Any]:
                    "expires_in_s": round(lead["remaining_s"], 1)} if lead else None,
         "workers": [w for w in workers if w["live"]],
         "gone": [w["worker"] for w in workers if not w["live"]],
+        "incidents": incidents,
+        "consumer": _consumer(db) if known.get("store") else None,
         "schema": [s.to_dict() for s in schema_status(db, SCHEMAS)],
     }
+
+
+def _consumer(db) -> dict[str, Any] | None:
+    """{"lag", "worker", "at"}: the EVENTS consumer's backlog as the leader last saved it (every few
+    seconds), None before any leader consumed."""
+    from ..cluster import CONSUMER_STATE
+
+    row = db.connection().execute("SELECT value FROM pipeline_state WHERE key = ?", [CONSUMER_STATE]).fetchone()
+    return json.loads(row[0]) if row else None
 
 
 @cluster_app.command("status")
@@ -62,12 +79,18 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         else:
             out.print("leader   [red]none[/]" + (f" (the last, {lead['worker']}, let its lease lapse)" if lead else ""))
         table = Table(show_edge=False)
-        for column in ("worker", "role", "heartbeat lease left"):
+        for column in ("worker", "role", "incidents owned", "heartbeat lease left"):
             table.add_column(column)
         for w in view["workers"]:
-            table.add_row(w["worker"], w["role"], f"{w['expires_in_s']}s")
+            table.add_row(w["worker"], w["role"], str(w["incidents"]), f"{w['expires_in_s']}s")
         out.print(table)
         if view["gone"]:
             out.print(f"gone (no heartbeat): {', '.join(view['gone'])}")
+        orphaned = [i["incident"] for i in view["incidents"] if not i["live"]]
+        if orphaned:
+            out.print(f"incidents whose owner stopped renewing (another worker takes them): {', '.join(orphaned)}")
+        if view["consumer"]:
+            c = view["consumer"]
+            out.print(f"consumer lag {c['lag']} events (saved by {c['worker']} at {c['at']})")
     if not (view["leader"] and view["leader"]["live"]):
         raise typer.Exit(1)

@@ -21,6 +21,7 @@ log = logging.getLogger("rtem.cluster")
 
 LEADER = "leader"
 WORKER = "worker:"  # + worker id: each worker's heartbeat, for `rtem cluster status`
+CONSUMER_STATE = "consumer"  # the store's pipeline state the leader saves its consumer's lag in, for the same
 
 
 def default_worker_id(data_dir: str | Path) -> str:

@@ -81,6 +81,25 @@ class Leases:
                 [ttl_s, lease.name, lease.holder, lease.epoch]).rowcount
             return self._read(conn, lease.name, lease.holder) if updated else None
 
+    def renew_all(self, leases: list[Lease], ttl_s: float) -> list[Lease]:
+        """Those of `leases` still held, each extended by `ttl_s` from now, in one transaction (a worker
+        renews every incident it owns at once)."""
+        kept = []
+        with self.db.write() as conn:
+            for lease in leases:
+                if conn.execute(f"""UPDATE leases SET expires_at = {self._now} + ?
+                                    WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > {self._now}""",
+                                [ttl_s, lease.name, lease.holder, lease.epoch]).rowcount:
+                    kept.append(self._read(conn, lease.name, lease.holder))
+        return kept
+
+    def drop(self, lease: Lease) -> None:
+        """Delete the lease (its subject is finished, as a closed incident is): no row is left behind for
+        it. Only the holder at its epoch can."""
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM leases WHERE name = ? AND holder = ? AND epoch = ?",
+                         [lease.name, lease.holder, lease.epoch])
+
     def release(self, lease: Lease) -> None:
         """Give the lease up at once (a clean stop): the next taker need not wait for it to expire."""
         with self.db.write() as conn:

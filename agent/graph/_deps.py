@@ -49,6 +49,7 @@ class Deps:
     dry_run: bool = True
     watermark: Callable[[], float] = lambda: 0.0
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    worker: str | None = None  # the `rtem run` worker that drives the incidents: named in execution records
 
     def versions(self, run: ReasonerRun | None = None) -> dict[str, str]:
         """The versions a decision record names: the rules in force now, the topology, the reasoner."""

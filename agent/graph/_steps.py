@@ -54,7 +54,8 @@ async def run_step(deps: Deps, incident_id: str, action: PlannedAction, kind: st
     deps.ledger.finish(key, outcome["ok"], outcome)
     deps.audit.append(
         "action.executed" if kind == "do" else "action.compensated", incident_id=incident_id, node="execute",
-        inputs={"action": action.label, "params": params, "idempotency_key": key, "attempts": outcome["attempts"]},
+        inputs={"action": action.label, "params": params, "idempotency_key": key, "attempts": outcome["attempts"],
+                **({"worker": deps.worker} if deps.worker else {})},
         decision={"ok": outcome["ok"], "result": outcome["result"], "breaker_open": outcome["breaker_open"]},
         reasons=[outcome["error"]] if outcome["error"] else [f"{step_type} on {action.target} succeeded"],
         versions=deps.versions())
