@@ -13,6 +13,10 @@ each verdict, and triage replaces its own detector between two batches when the 
 (`rules.refused`), and the previous rules stay active until the files are fixed. Every load is
 audited (`rules.loaded`): who/what loaded which version, when, from which files, and what changed
 (rule ids added, removed, changed), also across restarts (the diff is against the last load on record).
+
+With `shared` (several workers on one database) the rules are the cluster's: a set this worker loads
+from its own files is published, and the watcher also loads, checked the same way, each version another
+worker published (agent/rules_shared.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from rules import CheckReport, DetectionSet, Finding, RulesError, packaged_rules
 
 from .audit import AuditLog
 from .ruleset import RuleSnapshot
+from .rules_shared import ClusterRules, RulesVersion, SharedRules
 from .rules_files import (WATCHED, RulesDiff, changed_files as _changed, check_for_run as _check,
                           content_digest as _content_digest, default_actor, definitions, diff_definitions,
                           rule_files as _files)
@@ -79,9 +84,11 @@ class RulesReloader:
     """Owns the rule set in force; see the module docstring for the life of a change."""
 
     def __init__(self, rules_dir: str | Path | None, *, audit: AuditLog | None = None, history=None, state=None,
-                 actor: str | None = None, grace_s: float = RETIRE_GRACE_S):
+                 actor: str | None = None, grace_s: float = RETIRE_GRACE_S, shared: SharedRules | None = None,
+                 worker_id: str | None = None):
         """`history` and `state` are what every loaded guard reads (the action history its limits
-        count, the system state its preconditions check)."""
+        count, the system state its preconditions check). With `shared`, this worker (`worker_id`) joins
+        the cluster's rules: it adopts the latest published version, or publishes its own set."""
         self.rules_dir = Path(rules_dir) if rules_dir else None
         self.audit = audit
         self.history = history
@@ -100,11 +107,18 @@ class RulesReloader:
         self._snapshot = self._snapshot_of(report)
         self._definitions = definitions(report)
         self._files = _files(self._root)
+        self._local = _content_digest(self._files)  # what the directory held when last read
         previous = self._last_loaded()
         diff = diff_definitions(previous.get("definitions", {}), self._definitions) if previous else None
         self._audit_loaded(report, "start", diff, previous.get("digest") if previous else None, self._files)
         self.last_result = ReloadResult("loaded", report.digest, previous.get("digest") if previous else None,
                                         diff=diff, warnings=tuple(report.warnings))
+        self.cluster = ClusterRules(shared, worker_id or default_actor()) if shared is not None else None
+        self._cluster_failing = False  # following the cluster failed at the last look (logged once per outage)
+        if self.cluster is not None:
+            joined = self.cluster.join(self._root, report.digest, self._local, self.actor)
+            if joined is not None:
+                self._adopt(joined, *self._checked(joined))
 
     # -- what run.py calls ----------------------------------------------------------------------------
 
@@ -121,7 +135,8 @@ class RulesReloader:
         files = _files(self._root)
         content = _content_digest(files)
         report = await asyncio.to_thread(_check, self._root)
-        if report.ok and content == _content_digest(self._files):
+        news = self._news(content)
+        if report.ok and not news:
             return ReloadResult("unchanged", self._snapshot.digest, warnings=tuple(report.warnings))
         self._fingerprint = self._stat()
         return self._apply(report, files, content, via, actor)
@@ -129,6 +144,7 @@ class RulesReloader:
     def status(self) -> dict[str, Any]:
         """The rule set in force, its files, and what the last reload attempt did."""
         return {"digest": self._snapshot.digest, "dir": str(self._root), "files": self._files,
+                "cluster": self.cluster.status() if self.cluster is not None else None,
                 "ruleset": self._snapshot.guard.guardrails.digest, "detections": self._snapshot.detections.digest,
                 "last_result": self.last_result.to_dict() if self.last_result else None,
                 "last_refusal": self.last_refusal.to_dict() if self.last_refusal else None}
@@ -139,11 +155,19 @@ class RulesReloader:
         for _, close in retired:
             close()
         self._snapshot.guard.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
     def check_now(self, via: str = "check_now") -> ReloadResult:
         """Read the files now; when their content changed, check them and swap them in, or refuse them."""
         self._fingerprint = self._stat()
         return self._consider(_files(self._root), via)
+
+    def check_cluster(self) -> ReloadResult | None:
+        """Load the cluster's latest version now if another worker published one since (what each watch
+        tick does); None when there is nothing new, or no cluster."""
+        version = self.cluster.news(self._snapshot.digest, self._local) if self.cluster is not None else None
+        return self._adopt(version, *self._checked(version)) if version is not None else None
 
     async def watch(self, interval: float = 1.0, stop: asyncio.Event | None = None) -> None:
         """Poll the files every `interval` seconds until `stop` is set (or the task is cancelled).
@@ -162,6 +186,8 @@ class RulesReloader:
             except asyncio.TimeoutError:
                 pass
             self._free_retired()
+            if self.cluster is not None:
+                await self._follow_cluster()
             fingerprint = self._stat()
             if fingerprint == self._fingerprint:
                 pending = None
@@ -173,7 +199,7 @@ class RulesReloader:
             try:
                 files = _files(self._root)
                 content = _content_digest(files)
-                if content in (_content_digest(self._files), self._refused):
+                if not self._news(content):
                     continue
                 report = await asyncio.to_thread(_check, self._root)
                 self._apply(report, files, content, "watch")
@@ -188,20 +214,67 @@ class RulesReloader:
 
     def _consider(self, files: list[dict[str, Any]], via: str) -> ReloadResult:
         content = _content_digest(files)
-        if content in (_content_digest(self._files), self._refused):
+        if not self._news(content):
             return ReloadResult("unchanged", self._snapshot.digest)
         return self._apply(_check(self._root), files, content, via)
 
+    def _news(self, content: str) -> bool:
+        """Whether the directory's `content`, just read, is a change to judge: not what it held when last
+        read, nor the set in force, nor a set already refused. (A worker that adopted the cluster's
+        version keeps its own, older files: they are no news, and an API reload on it publishes nothing.)"""
+        news = content not in (self._local, _content_digest(self._files), self._refused)
+        self._local = content
+        return news
+
+    async def _follow_cluster(self) -> None:
+        """One watch tick's look at the cluster: a version another worker published is checked in a
+        worker thread and swapped in here, on the event loop, as a change to the files is."""
+        try:
+            version = await asyncio.to_thread(self.cluster.news, self._snapshot.digest, self._local)
+            if version is not None:
+                self._adopt(version, *await asyncio.to_thread(self._checked, version))
+        except Exception as exc:  # the database may be down for a while: the rules in force stay
+            if not self._cluster_failing:  # once per outage, not once a second
+                log.exception("following the cluster's rules failed; the rules in force stay")
+            else:
+                log.debug("following the cluster's rules still fails: %s", exc)
+            self._cluster_failing = True
+        else:
+            if self._cluster_failing:
+                log.info("following the cluster's rules works again")
+            self._cluster_failing = False
+
+    def _checked(self, version: RulesVersion) -> tuple[Path, CheckReport]:
+        root = self.cluster.materialise(version)
+        return root, _check(root)
+
+    def _adopt(self, version: RulesVersion, root: Path, report: CheckReport) -> ReloadResult | None:
+        """Load (or refuse) the version another worker published, written to `root` and checked there."""
+        if not self.cluster.wanted(version.id, version.digest, self._snapshot.digest):  # a newer one came meanwhile
+            if report.guard is not None:
+                report.guard.close()
+            return None
+        files = _files(root)
+        result = self._apply(report, files, _content_digest(files), "cluster", self.actor, version)
+        self.cluster.adopted(version, self._snapshot.digest, self._local)
+        return result
+
     def _apply(self, report: CheckReport, files: list[dict[str, Any]], content: str, via: str,
-               actor: str | None = None) -> ReloadResult:
-        result = self._judge(report, files, content, via, actor or self.actor)
+               actor: str | None = None, version: RulesVersion | None = None) -> ReloadResult:
+        """Judge a set; a set of this worker's own files that loads is published to the cluster."""
+        result = self._judge(report, files, content, via, actor or self.actor, version)
         self.last_result = result
         if result.status == "refused":
             self.last_refusal = result
+        elif result.status == "loaded" and version is None and self.cluster is not None:
+            try:
+                self.cluster.publish(self._root, result.digest, content, via=via, actor=actor or self.actor)
+            except Exception:  # loaded here all the same; the next change publishes again
+                log.exception("rules %s loaded but not published to the cluster", result.digest)
         return result
 
     def _judge(self, report: CheckReport, files: list[dict[str, Any]], content: str, via: str,
-               actor: str) -> ReloadResult:
+               actor: str, version: RulesVersion | None = None) -> ReloadResult:
         previous = self._snapshot.digest
         self._free_retired()
         if not report.ok:
@@ -212,7 +285,7 @@ class RulesReloader:
                 log.error("rules change refused: %s", error)
             if self.audit is not None:
                 self.audit.append(
-                    "rules.refused", node="rules", inputs={"actor": actor, "via": via, "dir": str(self._root),
+                    "rules.refused", node="rules", inputs={"actor": actor, "via": via, **self._source(version),
                                                            "files": _changed(self._files, files)},
                     decision={"active": previous, "refused_content": content},
                     reasons=[str(e) for e in report.errors[:_MAX_AUDITED_ERRORS]], versions={"ruleset": previous})
@@ -224,7 +297,7 @@ class RulesReloader:
         diff = diff_definitions(self._definitions, new_definitions)
         changed = _changed(self._files, files)
         self._snapshot, self._definitions, self._files, self._refused = snapshot, new_definitions, files, None
-        self._audit_loaded(report, via, diff, previous, changed, actor)
+        self._audit_loaded(report, via, diff, previous, changed, actor, version)
         log.info("rules %s loaded (was %s): %s", snapshot.digest, previous, diff.summary())
         result = ReloadResult("loaded", snapshot.digest, previous, content, diff, warnings=tuple(report.warnings))
         for listener in list(self._listeners):
@@ -255,20 +328,27 @@ class RulesReloader:
         return RuleSnapshot(guard, detections, report.digest)
 
     def _audit_loaded(self, report: CheckReport, via: str, diff: RulesDiff | None, previous: str | None,
-                      files: list[dict[str, Any]], actor: str | None = None) -> None:
+                      files: list[dict[str, Any]], actor: str | None = None, version: RulesVersion | None = None) -> None:
         actor = actor or self.actor
         if self.audit is None:
             return
         summary = diff.summary() if diff is not None else "first load on record"
         self.audit.append(
             "rules.loaded", node="rules",
-            inputs={"actor": actor, "via": via, "dir": str(self._root), "files": files},
+            inputs={"actor": actor, "via": via, **self._source(version), "files": files},
             decision={"digest": report.digest, "previous": previous,
                       "diff": asdict(diff) if diff is not None else None, "counts": report.counts(),
                       "definitions": self._definitions},
             reasons=[f"{actor} loaded rules {report.digest} via {via}: {summary}"],
             versions={"ruleset": report.guardrails.digest if report.guardrails else "",
                       "detections": report.detections.digest if report.detections else "", "rules": report.digest})
+
+    def _source(self, version: RulesVersion | None) -> dict[str, Any]:
+        """Where a judged set came from, for its audit record: this worker's directory, or the version
+        another worker published (`cluster`: its id, who published it, when)."""
+        if version is None:
+            return {"dir": str(self._root)}
+        return {"dir": str(self.cluster.directory_of(version)), "cluster": version.origin()}
 
     def _last_loaded(self) -> dict[str, Any]:
         if self.audit is None:

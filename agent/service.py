@@ -21,6 +21,7 @@ from .incident import Policy
 from .ledger import Ledger
 from .reasoner import DeterministicReasoner
 from .rules_reload import RulesReloader
+from .rules_shared import SharedRules
 from .ruleset import FixedRules, RuleSource
 from .storage import SCHEMAS, database_of
 from .store import IncidentStore
@@ -94,7 +95,8 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
         # What guardrail limits count (survives restarts) and what state preconditions read.
         history, state = DbActionHistory(store), StoreState(store)
         rules: RuleSource = (
-            RulesReloader(settings.rules_dir, audit=audit, history=history, state=state, actor="rtem run")
+            RulesReloader(settings.rules_dir, audit=audit, history=history, state=state, actor="rtem run",
+                          shared=SharedRules(db), worker_id=worker_id)
             if hot_reload else FixedRules.load(settings.rules_dir, history=history, state=state))
         opened.append(rules)
         reasoner = DeterministicReasoner()

@@ -11,10 +11,12 @@ from .cluster import LEASE_SCHEMA
 from .config import Settings
 from .db import Database, Schema, open_database
 from .ledger import LEDGER_SCHEMA
+from .rules_shared import RULES_SCHEMA
 from .store import STORE_SCHEMA
 from .tokens import TOKENS_SCHEMA
 
-SCHEMAS: tuple[Schema, ...] = (STORE_SCHEMA, LEDGER_SCHEMA, HISTORY_SCHEMA, TOKENS_SCHEMA, AUDIT_SCHEMA, LEASE_SCHEMA)
+SCHEMAS: tuple[Schema, ...] = (STORE_SCHEMA, LEDGER_SCHEMA, HISTORY_SCHEMA, TOKENS_SCHEMA, AUDIT_SCHEMA, LEASE_SCHEMA,
+                              RULES_SCHEMA)
 
 
 def database_of(settings: Settings, target: str | Path | None = None, *, readonly: bool = False) -> Database:

@@ -4,6 +4,7 @@ the incidents), the others stand by and serve the API; a standby takes over when
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -172,12 +173,19 @@ async def test_rtem_cluster_status_names_the_leader_and_the_workers(tmp_path, na
     a = await worker(tmp_path, nats_server, postgres_url, boutique, "a").start()
     b = await worker(tmp_path, nats_server, postgres_url, boutique, "b").start()
     try:
-        view = json.loads(runner.invoke(app, ["cluster", "status", "--json"]).stdout)
+        view = await wait_for(lambda: (v := json.loads(runner.invoke(app, ["cluster", "status", "--json"]).stdout))
+                              and v["consumer"] and v, 10)  # the leader saves its consumer's lag as it starts
         assert view["leader"]["worker"] == "a" and view["leader"]["live"]
         assert sorted((w["worker"], w["role"]) for w in view["workers"]) == [("a", "leader"), ("b", "standby")]
         assert {s["state"] for s in view["schema"]} == {"current"}
+        assert view["consumer"]["lag"] == 0 and view["consumer"]["worker"] == "a"
+        digests = {w["rules"]["digest"] for w in view["workers"]}
+        assert digests == {a.reloader.current().digest} and all(w["rules"]["current"] for w in view["workers"]), \
+            "every worker judges with the cluster's rules"
+        assert view["incidents"] == []
         human = runner.invoke(app, ["cluster", "status"])
         assert human.exit_code == 0 and "leader   a (epoch 1" in human.stdout
+        assert "consumer lag 0 events" in human.stdout
     finally:
         await a.stop()
         await wait_for(lambda: b.role == "leader", 10)
@@ -211,53 +219,57 @@ def approver_token(postgres_url: str) -> str:
     return token
 
 
-async def test_an_approval_sent_through_one_worker_runs_once_on_the_worker_that_owns_the_incident(
-        tmp_path, nats_server, bus, boutique, postgres_url):
+@contextlib.asynccontextmanager
+async def an_incident_awaiting_approval(tmp_path, nats_server, bus, boutique, postgres_url):
+    """Workers a (leader) and b, both serving HTTP, and an incident on node-6 waiting for the approval of
+    its drain_host: yields (workers by name, the incident's row, its owner's name, an approver's token,
+    the target)."""
     target = Target()
     await target.attach(bus.nc)
     token = approver_token(postgres_url)
     a = await worker(tmp_path, nats_server, postgres_url, boutique, "a", http_port=0).start()
     b = await worker(tmp_path, nats_server, postgres_url, boutique, "b", http_port=0).start()
-    workers = {"a": a, "b": b}
     try:
         await publish(bus, [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)])
         row = await wait_for(lambda: (rows := a.parts.store.incidents()) and rows[0]["status"] == "awaiting_approval"
                              and rows[0], 40)
-        holder = owner(postgres_url, row["id"])
-        assert holder in workers and workers[holder].ownership.owns(row["id"]), "one worker owns it while it waits"
-        other = workers["b" if holder == "a" else "a"]
-        assert not other.ownership.owns(row["id"])
-        [drain] = [x for x in row["actions"] if x["type"] == "drain_host"]
-        decided = await approve_through(other, token, row["id"], drain["index"])  # through the worker that does not own it
-        assert decided.status_code == 200, decided.text
-        await wait_for(lambda: any(action == "drain_host" for _, action, _ in target.applied), 30)
-        assert [action for _, action, _ in target.applied].count("drain_host") == 1
-        assert b.parts.triage.stats.events == 0, "the standby consumed nothing"
-        [record] = a.parts.audit.records(incident_id=row["id"], kind="approval.decided")
-        assert record.decision["by"] == "ana"
-        [executed] = [r for r in a.parts.audit.records(incident_id=row["id"], kind="action.executed")
-                      if " drain_host on " in r.inputs["action"]]
-        assert executed.inputs["worker"] == holder, "it ran on the worker that owns the incident"
+        yield {"a": a, "b": b}, row, owner(postgres_url, row["id"]), token, target
     finally:
         await b.stop()
         await a.stop()
+
+
+def drain_index(row) -> int:
+    [drain] = [x for x in row["actions"] if x["type"] == "drain_host"]
+    return drain["index"]
+
+
+async def test_an_approval_sent_through_one_worker_runs_once_on_the_worker_that_owns_the_incident(
+        tmp_path, nats_server, bus, boutique, postgres_url):
+    async with an_incident_awaiting_approval(tmp_path, nats_server, bus, boutique, postgres_url) as (
+            workers, row, holder, token, target):
+        assert holder in workers and workers[holder].ownership.owns(row["id"]), "one worker owns it while it waits"
+        other = workers["b" if holder == "a" else "a"]
+        assert not other.ownership.owns(row["id"])
+        decided = await approve_through(other, token, row["id"], drain_index(row))  # not through its owner
+        assert decided.status_code == 200, decided.text
+        await wait_for(lambda: any(action == "drain_host" for _, action, _ in target.applied), 30)
+        assert [action for _, action, _ in target.applied].count("drain_host") == 1
+        assert workers["b"].parts.triage.stats.events == 0, "the standby consumed nothing"
+        audit = workers["a"].parts.audit
+        [record] = audit.records(incident_id=row["id"], kind="approval.decided")
+        assert record.decision["by"] == "ana"
+        [executed] = [r for r in audit.records(incident_id=row["id"], kind="action.executed")
+                      if " drain_host on " in r.inputs["action"]]
+        assert executed.inputs["worker"] == holder, "it ran on the worker that owns the incident"
 
 
 async def test_an_incident_whose_owner_stopped_renewing_is_taken_over_and_its_old_owner_is_fenced(
         tmp_path, nats_server, bus, boutique, postgres_url):
     from agent.cluster import Fenced
 
-    target = Target()
-    await target.attach(bus.nc)
-    token = approver_token(postgres_url)
-    a = await worker(tmp_path, nats_server, postgres_url, boutique, "a", http_port=0).start()
-    b = await worker(tmp_path, nats_server, postgres_url, boutique, "b", http_port=0).start()
-    workers = {"a": a, "b": b}
-    try:
-        await publish(bus, [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)])
-        row = await wait_for(lambda: (rows := a.parts.store.incidents()) and rows[0]["status"] == "awaiting_approval"
-                             and rows[0], 40)
-        first = owner(postgres_url, row["id"])
+    async with an_incident_awaiting_approval(tmp_path, nats_server, bus, boutique, postgres_url) as (
+            workers, row, first, token, target):
         old, new = workers[first], workers["b" if first == "a" else "a"]
         with psycopg.connect(postgres_url, autocommit=True) as conn:  # as if its owner was paused past its lease
             conn.execute("UPDATE leases SET expires_at = 0 WHERE name = %s", [f"incident:{row['id']}"])
@@ -265,11 +277,7 @@ async def test_an_incident_whose_owner_stopped_renewing_is_taken_over_and_its_ol
         await wait_for(lambda: not old.ownership.owns(row["id"]), 10)  # its old owner finds it lost
         with pytest.raises(Fenced):
             old.parts.ledger.start(f"{row['id']}/9/do", row["id"], 9, "do", "restart_instance", "node-6", {})
-        [drain] = [x for x in row["actions"] if x["type"] == "drain_host"]
-        assert (await approve_through(old, token, row["id"], drain["index"])).status_code == 200
+        assert (await approve_through(old, token, row["id"], drain_index(row))).status_code == 200
         await wait_for(lambda: any(action == "drain_host" for _, action, _ in target.applied), 30)
         assert [action for _, action, _ in target.applied].count("drain_host") == 1
         assert old.parts.ledger.get(f"{row['id']}/9/do") is None
-    finally:
-        await b.stop()
-        await a.stop()

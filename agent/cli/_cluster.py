@@ -21,6 +21,7 @@ def cluster_view(db) -> dict[str, Any]:
     from ..cluster import INCIDENT, LEADER, WORKER, Leases
     from ..db import status as schema_status
     from ..db import versions
+    from ..rules_shared import rules_in_force
     from ..storage import SCHEMAS
 
     known = versions(db)
@@ -28,9 +29,11 @@ def cluster_view(db) -> dict[str, Any]:
     lead = next((lease for lease in held if lease["name"] == LEADER), None)
     incidents = [{"incident": lease["name"][len(INCIDENT):], "worker": lease["holder"], "epoch": lease["epoch"],
                   "live": lease["live"]} for lease in held if lease["name"].startswith(INCIDENT)]
+    rules = {row["worker"]: row for row in rules_in_force(db)}
     workers = [{"worker": lease["holder"], "live": lease["live"], "expires_in_s": round(lease["remaining_s"], 1),
                 "role": "leader" if lead and lead["live"] and lead["holder"] == lease["holder"] else "standby",
-                "incidents": sum(1 for i in incidents if i["live"] and i["worker"] == lease["holder"])}
+                "incidents": sum(1 for i in incidents if i["live"] and i["worker"] == lease["holder"]),
+                "rules": _rules_of(rules.get(lease["holder"]))}
                for lease in held if lease["name"].startswith(WORKER)]
     return {
         "database": db.where,
@@ -42,6 +45,11 @@ def cluster_view(db) -> dict[str, Any]:
         "consumer": _consumer(db) if known.get("store") else None,
         "schema": [s.to_dict() for s in schema_status(db, SCHEMAS)],
     }
+
+
+def _rules_of(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A worker's rules in force: {"digest", "current" (the cluster's latest version), "at"}."""
+    return {"digest": row["digest"], "current": row["current"], "at": row["at"]} if row else None
 
 
 def _consumer(db) -> dict[str, Any] | None:
@@ -79,10 +87,12 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         else:
             out.print("leader   [red]none[/]" + (f" (the last, {lead['worker']}, let its lease lapse)" if lead else ""))
         table = Table(show_edge=False)
-        for column in ("worker", "role", "incidents owned", "heartbeat lease left"):
+        for column in ("worker", "role", "incidents owned", "rules", "heartbeat lease left"):
             table.add_column(column)
         for w in view["workers"]:
-            table.add_row(w["worker"], w["role"], str(w["incidents"]), f"{w['expires_in_s']}s")
+            rules = w["rules"]
+            shown = "?" if rules is None else rules["digest"][:12] + ("" if rules["current"] else " [red](behind)[/]")
+            table.add_row(w["worker"], w["role"], str(w["incidents"]), shown, f"{w['expires_in_s']}s")
         out.print(table)
         if view["gone"]:
             out.print(f"gone (no heartbeat): {', '.join(view['gone'])}")

@@ -93,7 +93,9 @@ def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
                     "context": {"incident_entities": incident["entities"], "incident_severity": incident["severity"],
                                 "at": incident["updated_at"], "history_seq": seen}},
             decision={"outcome": verdict.outcome, "rules": verdict.rules, "approver_role": verdict.approver_role},
-            reasons=verdict.reasons, versions={**deps.versions(), "ruleset": verdict.ruleset,
+            # The versions of the rule set that judged it, even if another was swapped in meanwhile (a
+            # reload here, or another worker's version adopted).
+            reasons=verdict.reasons, versions={**deps.versions(), **ruleset.versions, "ruleset": verdict.ruleset,
                                               "contract": verdict.contract or ""})
         judged.append((proposal, verdict))
     compensations = {name: contract.compensation.model_dump() for name, contract in ruleset.guard.contracts.items()}
