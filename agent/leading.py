@@ -48,7 +48,10 @@ class LeaderLoop:
             try:
                 await asyncio.wait_for(stop.wait(), self.every_s)
             except asyncio.TimeoutError:
-                await self.keep()
+                try:
+                    await self.keep()
+                except Exception:  # never let the loop end: a worker that stops beating is a dead worker
+                    log.exception("the heartbeat failed; trying again at the next one")
 
     async def keep(self) -> None:
         """Renew or take the lease, and start or stop the work as it was won or lost."""
@@ -65,7 +68,11 @@ class LeaderLoop:
             leading = False
         if leading and not self.tasks:
             self.stop_work = asyncio.Event()
-            self.tasks = self._work(self.stop_work)
+            try:  # restoring triage's state reads the database, which may have just come back
+                self.tasks = self._work(self.stop_work)
+            except Exception:
+                log.exception("starting the leader's work failed; trying again at the next renewal")
+                return
             metrics.LEADER.set(1)
         elif not leading and self.tasks:
             await self.stop_leading()
