@@ -208,7 +208,15 @@ class Bus:
                 await self.js.delete_stream(config.name)
             except NotFoundError:
                 pass
-        await self.ensure_streams()
+        # The server may still be removing a deleted stream's files when it is created again ("error
+        # creating store for stream"): try again for a moment before calling it refused.
+        for attempt in range(10):
+            try:
+                return await self.ensure_streams()
+            except OSError:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.2)
 
     # -- publishing -------------------------------------------------------------------------------
 
@@ -341,7 +349,9 @@ class Bus:
 
         Acks only after the handler returned (the handler records events durably before it
         returns), so a crash at any point redelivers instead of losing. With `until_drained`, stops
-        once nothing is pending or unacked; otherwise runs until `stop` is set.
+        once nothing is pending or unacked; otherwise runs until `stop` is set, after the batch in hand.
+        Events delivered to it that it never handed to the handler are nak'd on the way out, so another
+        consumer gets them at once rather than after `ack_wait` (`_give_back`).
         """
         sub = await self.js.pull_subscribe_bind(consumer, stream=EVENTS) if await self._has_consumer(consumer) \
             else await self.js.pull_subscribe(
@@ -349,13 +359,15 @@ class Bus:
         stats = ConsumeStats()
         batch = min(batch, self.settings.max_ack_pending)
         limit_kw = {"max_bytes": max_event_bytes} if max_event_bytes else {}
+        pending: asyncio.Future | None = None  # a fetch whose messages the loop has not taken yet
         try:
             # One fetch is always in flight while the previous batch is processed, so the round trip
             # to the server overlaps with the work instead of adding to it.
             pending = asyncio.ensure_future(sub.fetch(batch, timeout=fetch_timeout))
             while True:
+                fetched, pending = pending, None
                 try:
-                    msgs = await pending
+                    msgs = await fetched
                 except (NatsTimeout, asyncio.TimeoutError):
                     msgs = []
                 stopping = bool(stop and stop.is_set())
@@ -371,7 +383,7 @@ class Bus:
                 if pending is None:
                     break
         finally:
-            await sub.unsubscribe()
+            await _give_back(sub, pending)
         return stats
 
     async def _has_consumer(self, name: str) -> bool:
@@ -437,6 +449,49 @@ class Bus:
                 stats.failed += 1
             else:
                 await msg.nak(delay=self.settings.redelivery.interval(msg.metadata.num_delivered))
+
+
+async def _give_back(sub, pending: asyncio.Future | None) -> None:
+    """Unsubscribe, then nak what the subscription was delivered but never handed to the handler, so the
+    server redelivers it at once to whoever consumes next (this worker when it leads again, or another)
+    instead of after `ack_wait`. What the handler got is not touched: it was acked once recorded, or
+    nak'd with a delay when it failed.
+
+    Such messages exist because a pull request outlives the fetch that made it: the rest of its batch
+    is delivered to the subscription as messages arrive, into its pending queue, for the next fetch to
+    take, and a consumer that stops makes no next fetch. (Once unsubscribed, nothing more comes: the
+    server drops a pull request whose inbox has no subscriber.) A fetch still in flight, when an error
+    ended the loop, is awaited for the same reason."""
+    unhandled: list[Msg] = []
+    try:
+        if pending is not None:
+            try:
+                unhandled += await pending
+            except Exception as exc:  # noqa: BLE001 - a timeout (nothing came), or the connection is gone
+                log.debug("the last fetch ended with %s: nothing of it to give back", type(exc).__name__)
+    finally:
+        await sub.unsubscribe()
+        unhandled += _queued(sub)
+        for msg in unhandled:
+            try:
+                await msg.nak()
+            except Exception:  # noqa: BLE001 - the connection is gone: the server redelivers after ack_wait
+                break
+        if unhandled:
+            log.info("gave back %d event(s) delivered but not handled, for redelivery at once", len(unhandled))
+
+
+def _queued(sub) -> list[Msg]:
+    """The messages delivered to a pull subscription that no fetch has taken (its pending queue; nats-py
+    has no public call that takes them without asking the server for more). Status messages (a pull
+    request's timeout, no messages) are not events: they are dropped."""
+    queue = sub._sub._pending_queue
+    msgs = []
+    while not queue.empty():
+        msg = queue.get_nowait()
+        if not (msg.headers and api.Header.STATUS in msg.headers):
+            msgs.append(msg)
+    return msgs
 
 
 def _batch_span(headers, size: int):
