@@ -161,7 +161,8 @@ def test_the_store_is_purged_on_either_backend(store, tmp_path):
     report = purge_store(store, tmp_path)
     assert stored_ids(store) == KEPT
     assert (report.incidents, report.events, report.unattached_events) == (2, 5, 1)
-    # No checkpoints.db beside the SQLite file, and none beside a PostgreSQL store: nothing purged there.
+    # No checkpoints.db beside the SQLite file, and no graph ever made its checkpoint tables in the PostgreSQL
+    # database (tests/test_retention_postgres.py purges them there): nothing purged.
     assert (report.checkpoint_threads, report.checkpoints) == (0, 0)
     assert store.db.connection().execute("SELECT COUNT(*) FROM incidents").fetchone()[0] == 4
 

@@ -21,10 +21,12 @@ def purge(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go; delete and record nothing.")] = False,
     json_out: JsonOpt = False, db: DbOpt = None,
 ) -> None:
-    """Delete stored events, graph checkpoints and audit records older than the retention settings
-    (RTEM_RETAIN_EVENTS_DAYS, RTEM_RETAIN_CHECKPOINTS_DAYS, RTEM_RETAIN_AUDIT_DAYS). Safe beside a running
-    `rtem run`; recorded as `retention.purged`, and `rtem audit verify` still accepts the log."""
+    """Delete stored events, graph checkpoints (checkpoints.db beside a SQLite store, or the checkpoint
+    tables of a PostgreSQL one) and audit records older than the retention settings (RTEM_RETAIN_EVENTS_DAYS,
+    RTEM_RETAIN_CHECKPOINTS_DAYS, RTEM_RETAIN_AUDIT_DAYS). Safe beside a running `rtem run`; recorded as
+    `retention.purged`, and `rtem audit verify` still accepts the log."""
     from ..audit import AuditLog
+    from ..db import redacted
     from ..identity import operator
     from ..store import IncidentStore, RetentionPolicy
     from ..store import purge as purge_store
@@ -43,8 +45,8 @@ def purge(
 
             report = purge_store(store, audit, policy, dry_run=dry_run, actor=operator(), progress=progress)
     except Exception as exc:  # noqa: BLE001 - a person reads this: what failed, where, what to do
-        fail(f"{path}: purge failed ({type(exc).__name__}: {exc}); nothing after the failing step was deleted; "
-             "run it again", 1)
+        fail(f"{redacted(path)}: purge failed ({type(exc).__name__}: {exc}); nothing after the failing step was "
+             "deleted; run it again", 1)
     finally:
         store.close()
     if json_out:

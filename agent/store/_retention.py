@@ -5,9 +5,11 @@ Three things grow without end, and each is purged on its own terms (docs/retenti
 - stored events: those of closed incidents, once the incident has been quiet for `retain_events_days`
   (all of its events together, so a report is never half rebuilt), and events of no incident received
   more than `retain_events_days` ago. Incident rows stay: they are small and say what happened.
-- graph checkpoints (checkpoints.db, a SQLite file beside a SQLite store) of incidents closed more than
-  `retain_checkpoints_days` ago: a closed incident's thread is never resumed. A store on PostgreSQL has
-  no file beside it; there, only a `checkpoints` file passed in is purged.
+- graph checkpoints of incidents closed more than `retain_checkpoints_days` ago: a closed incident's
+  thread is never resumed. Beside a SQLite store they are in checkpoints.db, a SQLite file; a store on
+  PostgreSQL keeps them in the same database, in the tables of langgraph-checkpoint-postgres's saver
+  (`checkpoints`, `checkpoint_blobs`, `checkpoint_writes`), and they are purged there. A `checkpoints`
+  file passed in is purged instead, whatever the store.
 - audit records written more than `retain_audit_days` ago, through `AuditLog.purge`, which keeps the hash
   of the last one deleted as the anchor `rtem audit verify` walks on from, and appends the purge's own
   `retention.purged` record (with every count below) in the same transaction.
@@ -21,10 +23,12 @@ streams expire on their own (their `max_age`, see bus/_streams.py).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +79,7 @@ class PurgeReport:
     events: int = 0                            # their events
     unattached_events: int = 0                 # events of no incident
     checkpoint_threads: int = 0                # closed incidents whose checkpoints went
-    checkpoints: int = 0                       # checkpoint and pending-write rows
+    checkpoints: int = 0                       # checkpoint and pending-write rows (not PostgreSQL's blobs)
     audit_records: int = 0
     audit_anchor: dict[str, Any] = field(default_factory=dict)  # {seq, hash} verify walks on from
     audit_seq: int | None = None               # the retention.purged record
@@ -92,10 +96,11 @@ class PurgeReport:
 def purge(store: IncidentStore, audit: AuditLog, policy: RetentionPolicy, *,
           checkpoints: Path | None = None, now: datetime | None = None, dry_run: bool = False,
           actor: str = "rtem", progress: Progress | None = None) -> PurgeReport:
-    """Delete what `policy` no longer keeps from the store, `checkpoints` (checkpoints.db; None: the file
-    beside a SQLite store, and none for a store on PostgreSQL) and the audit log, then record it as
-    `retention.purged` (also when nothing went: the record says a purge ran). With `dry_run`, count only
-    and record nothing. `actor` names who purged (`rtem run`, or the user@host of `rtem purge`).
+    """Delete what `policy` no longer keeps from the store, the graph's checkpoints (`checkpoints`, a
+    checkpoints.db; None: the file beside a SQLite store, or the saver's tables in a PostgreSQL store's
+    own database) and the audit log, then record it as `retention.purged` (also when nothing went: the
+    record says a purge ran). With `dry_run`, count only and record nothing. `actor` names who purged
+    (`rtem run`, or the user@host of `rtem purge`).
     Blocking: the service runs it in a thread."""
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     cutoff = {"events": now - timedelta(days=policy.events_days),
@@ -112,10 +117,11 @@ def purge(store: IncidentStore, audit: AuditLog, policy: RetentionPolicy, *,
         lambda n: tick("unattached events", n))
 
     checkpoints = checkpoints or _checkpoints_beside(store)
-    if checkpoints is not None:
+    if checkpoints is not None or store.db.dialect.name == "postgres":
         threads = _quiet_incidents(store, cutoff["checkpoints"])
-        report.checkpoint_threads, report.checkpoints = _delete_checkpoints(checkpoints, threads, dry_run,
-                                                                             lambda n: tick("checkpoints", n))
+        delete = (partial(_delete_checkpoints, checkpoints) if checkpoints is not None
+                  else partial(_delete_postgres_checkpoints, store))
+        report.checkpoint_threads, report.checkpoints = delete(threads, dry_run, lambda n: tick("checkpoints", n))
 
     if dry_run:
         report.audit_records, through = audit.purgeable(cutoff["audit"])
@@ -213,3 +219,42 @@ def _delete_checkpoints(path: Path, threads: list[str], dry_run: bool,
         return had, rows
     finally:
         conn.close()
+
+
+# The tables langgraph-checkpoint-postgres's saver makes (its `setup()`, run by IncidentGraph.open): a
+# checkpoint's row, the blobs of its channel values, and the pending writes of its tasks.
+_PG_CHECKPOINTS, _PG_COUNTED = "checkpoints", ("checkpoints", "checkpoint_writes")
+
+
+def _delete_postgres_checkpoints(store: IncidentStore, threads: list[str], dry_run: bool,
+                                 progress: Callable[[int], None]) -> tuple[int, int]:
+    """(threads that had checkpoints, checkpoint and pending-write rows deleted) in the saver's tables in
+    the store's PostgreSQL database (the graph of a store on PostgreSQL keeps its checkpoints there, under
+    the same search_path: agent/service.py). A thread is an incident: its id is the thread_id.
+
+    The rows are counted with SQL on the saver's tables (its API deletes but does not count; the blobs of
+    channel values, which SQLite's saver keeps inside the checkpoint row, are not counted), and deleted by
+    the saver itself, `prune(..., strategy="delete")`: every checkpoint, blob and pending write of a chunk
+    of threads, in one transaction. Threads of closed incidents are never written to again, so the
+    counts taken just before are what goes."""
+    conn = store.db.connection()
+    if not threads or conn.execute("SELECT to_regclass(?)", [_PG_CHECKPOINTS]).fetchone()[0] is None:
+        return 0, 0  # no graph has run on this database: its saver never made its tables
+    with contextlib.ExitStack() as stack:
+        saver = None
+        if not dry_run:
+            from langgraph.checkpoint.postgres import PostgresSaver
+
+            saver = stack.enter_context(PostgresSaver.from_conn_string(str(store.db.target)))
+        had, rows = 0, 0
+        for start in range(0, len(threads), _IDS_PER_STATEMENT):
+            chunk = threads[start:start + _IDS_PER_STATEMENT]
+            marks = ",".join("?" * len(chunk))
+            where = f"WHERE thread_id IN ({marks})"
+            had += conn.execute(f"SELECT COUNT(DISTINCT thread_id) FROM {_PG_CHECKPOINTS} {where}", chunk).fetchone()[0]
+            rows += sum(conn.execute(f"SELECT COUNT(*) FROM {table} {where}", chunk).fetchone()[0]
+                        for table in _PG_COUNTED)
+            if saver is not None:
+                saver.prune(chunk, strategy="delete")
+            progress(rows)
+        return had, rows
