@@ -90,3 +90,18 @@ def test_rtem_run_refuses_a_database_it_cannot_reach_or_a_newer_one(tmp_path, po
     monkeypatch.setenv("RTEM_DATABASE_URL", postgres_url)
     newer = CliRunner().invoke(app, ["run", "--topology", str(EXAMPLES / "boutique-topology.json"), "--no-http"])
     assert newer.exit_code == 1 and "migrated by a newer rtem (ledger version 2, this rtem knows 1)" in newer.output
+
+
+async def test_workers_starting_together_on_a_new_database_make_the_checkpoint_tables_once(postgres_url):
+    """The checkpointer's setup creates indexes CONCURRENTLY, which waits for every older transaction in the
+    database: workers that waited for the setup lock inside pg_advisory_lock were such transactions, and
+    three workers starting together on a new database waited for each other forever."""
+    from agent.graph import IncidentGraph
+
+    graphs = [IncidentGraph(postgres_url, deps=None) for _ in range(3)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(graph.open() for graph in graphs)), 60)
+        assert {"checkpoints", "checkpoint_writes", "checkpoint_blobs"} <= tables(postgres_url)
+    finally:
+        for graph in graphs:
+            await graph.close()

@@ -3,6 +3,7 @@ thread per incident."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,12 @@ class IncidentGraph:
         await self._pool.open(wait=True, timeout=10)
         saver = AsyncPostgresSaver(self._pool)
         async with await AsyncConnection.connect(url, autocommit=True) as lock:
-            await lock.execute("SELECT pg_advisory_lock(%s)", [_SETUP_LOCK])
+            # Try the lock again and again rather than wait in pg_advisory_lock: the saver's setup creates
+            # indexes CONCURRENTLY, which waits for every transaction older than it in the database — a
+            # worker blocked in pg_advisory_lock is one, so workers starting together on a new database
+            # would wait for each other forever.
+            while not (await (await lock.execute("SELECT pg_try_advisory_lock(%s)", [_SETUP_LOCK])).fetchone())[0]:
+                await asyncio.sleep(0.2)
             try:
                 await saver.setup()
             finally:
