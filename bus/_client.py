@@ -176,7 +176,13 @@ class Bus:
         (max_age, max_bytes) and replica count — logging what changed. Messages stay unless a new limit
         expires them. A stream rtem cannot use as it is (other subjects, another storage or retention
         kind: someone else's, or made by hand) raises OSError saying what differs and what to do; so
-        does one the server will not give the limits or replicas asked for."""
+        does one the server will not give the limits or replicas asked for.
+
+        A request that times out is made again (as publishes are): workers starting together on a new
+        cluster all create replicated streams at once, and the cluster answers some of them late."""
+        await retry_async(self._ensure_streams, self.settings.publish_retry, _PUBLISH_TRANSIENT)
+
+    async def _ensure_streams(self) -> None:
         for config in stream_configs(self.settings):
             try:
                 current = (await self.js.stream_info(config.name)).config
