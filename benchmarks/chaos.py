@@ -37,13 +37,11 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from itertools import groupby
@@ -53,6 +51,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._main import run_benchmark  # noqa: E402
 
 import nats  # noqa: E402
 from nats.js.errors import NotFoundError  # noqa: E402
@@ -687,21 +687,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = options(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="rtem-chaos-"))
-    try:
-        report = asyncio.run(run(args, workdir))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report["command"] = " ".join(["python benchmarks/chaos.py", *(argv if argv is not None else sys.argv[1:])])
-    if args.keep:
-        report["workdir"] = str(workdir)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    return 1 if failed(report) else 0
+    return run_benchmark(__file__, options(argv), argv, run, print_report, failed)
 
 
 def failed(report: dict) -> bool:

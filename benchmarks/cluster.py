@@ -33,16 +33,16 @@ import argparse
 import asyncio
 import json
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._main import run_benchmark  # noqa: E402
 
 from bus import Bus, BusSettings  # noqa: E402
 from tests.cluster_procs import (CountingTarget, WorkerCluster, faults,  # noqa: E402
@@ -306,21 +306,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = options(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="rtem-cluster-"))
-    try:
-        report = asyncio.run(run(args, workdir))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report["command"] = " ".join(["python benchmarks/cluster.py", *(argv if argv is not None else sys.argv[1:])])
-    if args.keep:
-        report["workdir"] = str(workdir)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    return 1 if failed(report) else 0
+    return run_benchmark(__file__, options(argv), argv, run, print_report, failed)
 
 
 def print_report(r: dict) -> None:

@@ -50,7 +50,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from tests.live import anomaly, sample
+from tests.live import anomaly, sample, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUTIQUE = ROOT / "agent" / "examples" / "boutique-topology.json"
@@ -400,15 +400,6 @@ def _has_table(database_url: str, table: str) -> bool:
         return conn.execute("SELECT to_regclass(%s)", [table]).fetchone()[0] is not None
 
 
-def wait_until(predicate, timeout: float, message=None, interval: float = 0.05):
-    """Poll `predicate` (synchronously) until it returns something true; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout:g}s" + (f": {message()}" if message else ""))
 
 
 async def wait_async(predicate, timeout: float, message=None, interval: float = 0.1):

@@ -126,13 +126,7 @@ class ThreadedService:
         return self.service.http_url
 
     def wait(self, predicate, timeout: float = 30.0, interval: float = 0.1):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        raise AssertionError(f"condition not met within {timeout}s")
+        return wait_until(predicate, timeout, interval=interval)
 
 
 def api_client(live, who: str | None = None, **kwargs):
@@ -154,3 +148,14 @@ def stop_process(proc, timeout: float = 20.0) -> None:
 
     if proc is not None:
         terminate(proc, timeout)
+
+
+def wait_until(predicate, timeout: float, message=None, interval: float = 0.05):
+    """Poll `predicate` (synchronously) until it returns something true; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout:g}s" + (f": {message()}" if message else ""))
