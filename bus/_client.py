@@ -389,8 +389,17 @@ class Bus:
                 if pending is None:
                     break
         finally:
-            await _give_back(sub, pending)
+            await _give_back(sub, pending, self.settings.max_deliver, self._never_handled)
         return stats
+
+    async def _never_handled(self, msg: Msg) -> None:
+        """An event delivered `max_deliver` times to consumers that stopped before handling it: to the
+        DLQ with that reason, not dropped."""
+        deliveries = msg.metadata.num_delivered
+        await self.dead_letter(msg.data, f"delivered {deliveries} times to consumers that stopped before "
+                               "handling it", event_id=_peek_id(msg.data), subject=msg.subject,
+                               deliveries=deliveries, kind="failed")
+        await msg.term()
 
     async def _has_consumer(self, name: str) -> bool:
         try:
@@ -457,7 +466,8 @@ class Bus:
                 await msg.nak(delay=self.settings.redelivery.interval(msg.metadata.num_delivered))
 
 
-async def _give_back(sub, pending: asyncio.Future | None) -> None:
+async def _give_back(sub, pending: asyncio.Future | None, max_deliver: int,
+                     last: Callable[[Msg], Awaitable[None]]) -> None:
     """Unsubscribe, then nak what the subscription was delivered but never handed to the handler, so the
     server redelivers it at once to whoever consumes next (this worker when it leads again, or another)
     instead of after `ack_wait`. What the handler got is not touched: it was acked once recorded, or
@@ -467,7 +477,10 @@ async def _give_back(sub, pending: asyncio.Future | None) -> None:
     is delivered to the subscription as messages arrive, into its pending queue, for the next fetch to
     take, and a consumer that stops makes no next fetch. (Once unsubscribed, nothing more comes: the
     server drops a pull request whose inbox has no subscriber.) A fetch still in flight, when an error
-    ended the loop, is awaited for the same reason."""
+    ended the loop, is awaited for the same reason.
+
+    A message on its last allowed delivery (`max_deliver`) is handed to `last` instead: nak'd, the server
+    would never deliver it again, and an accepted event would be dropped without a word."""
     unhandled: list[Msg] = []
     try:
         if pending is not None:
@@ -480,7 +493,7 @@ async def _give_back(sub, pending: asyncio.Future | None) -> None:
         unhandled += _queued(sub)
         for msg in unhandled:
             try:
-                await msg.nak()
+                await (last(msg) if msg.metadata.num_delivered >= max_deliver else msg.nak())
             except Exception:  # noqa: BLE001 - the connection is gone: the server redelivers after ack_wait
                 break
         if unhandled:

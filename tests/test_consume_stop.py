@@ -68,3 +68,35 @@ async def test_events_delivered_to_a_stopping_consumer_come_back_at_once(nats_se
     await asyncio.wait_for(bus.consume(record_again, until_drained=True, fetch_timeout=0.2), 10)
     assert sorted(second) == sorted(e["id"] for e in LATE)
     assert await bus.backlog() == (0, 0)
+
+
+async def test_an_event_on_its_last_delivery_that_a_stopping_consumer_never_handled_is_dead_lettered(nats_server,
+                                                                                                     bus):
+    """Nak'd on its last allowed delivery, the server would never deliver it again: it goes to the DLQ."""
+    from bus import BusSettings
+
+    once = await Bus.connect(nats_server.url, BusSettings(max_deliver=1))
+    try:
+        await once.publish_lines([json.dumps(e).encode() for e in HANDLED_FIRST])
+        first: list[str] = []
+
+        async def record(events):
+            first.extend(e.id for e in events)
+
+        stop = asyncio.Event()
+        consuming = asyncio.create_task(once.consume(record, consumer="once", stop=stop, fetch_timeout=0.5))
+        deadline = time.monotonic() + 10
+        while len(first) < len(HANDLED_FIRST) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        stop.set()
+        publisher = threading.Thread(target=publish_elsewhere, args=(nats_server.url, LATE))
+        publisher.start()
+        publisher.join()
+        time.sleep(0.6)  # noqa: ASYNC251 - as above: the late events reach the subscription, not the handler
+        await consuming
+        dead = await once.dead_letters()
+        assert sorted(d.event_id for d in dead) == sorted(e["id"] for e in LATE)
+        assert all("stopped before handling it" in d.reason for d in dead), dead
+    finally:
+        await once.close()
