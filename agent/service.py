@@ -118,7 +118,7 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
         """Event time as triage has it: its own while this worker leads (or works alone), else as the
         leader saved it with its last batch."""
         if leadership is None or leadership.leading:
-            return triage.detector.watermark
+            return triage.watermark
         return float(store.load_state(WATERMARK, 0.0))
 
     def correlation_versions() -> dict[str, str]:

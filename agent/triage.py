@@ -67,6 +67,7 @@ class Triage:
         self.after_commit = after_commit
         self.detections = detections
         self.stats = TriageStats()
+        self._stale = False  # a batch failed after it moved the in-memory state: restore before going on
         self.restore()
 
     def restore(self) -> None:
@@ -79,6 +80,14 @@ class Triage:
         self.correlator.restore(self.store.load_state(CORRELATOR_STATE, []))
         self.correlator.watermark = self.detector.watermark
         self.release_closed()
+        self._stale = False
+
+    @property
+    def watermark(self) -> float:
+        """Event time as the last committed batch left it. After a failed batch the detector has seen
+        events that were not recorded (they come back): until the next batch restores the state, its
+        watermark would judge incidents ready on evidence the store does not hold."""
+        return float(self.store.load_state(WATERMARK, 0.0)) if self._stale else self.detector.watermark
 
     def release_closed(self, active: set[str] | None = None) -> list[str]:
         """Stop correlating into incidents the store says are closed — closed by this process's service
@@ -96,6 +105,17 @@ class Triage:
         self.handle(events)
 
     def handle(self, events: Sequence[Event]) -> BatchResult:
+        """Detect, correlate and record one batch in one transaction. A batch that fails leaves nothing
+        recorded and the in-memory state stale: the next batch first restores it from the store."""
+        if self._stale:
+            self.restore()
+        try:
+            return self._handle(events)
+        except BaseException:
+            self._stale = True
+            raise
+
+    def _handle(self, events: Sequence[Event]) -> BatchResult:
         self._follow_rules()
         received = datetime.now(timezone.utc).isoformat()
         known = self.store.known_ids([e.id for e in events])

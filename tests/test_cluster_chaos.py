@@ -272,3 +272,34 @@ async def test_an_approval_sent_through_one_worker_runs_once_on_the_worker_that_
         await asyncio.sleep(1)
         assert [a for a, _, _ in target.applied.values()].count("drain_host") == 1
         assert all(n == 1 for n in target.per_key.values()), target.per_key
+
+
+async def test_workers_reconnect_after_postgresql_restarts_and_nothing_is_lost_or_run_twice(tmp_path, nats_cluster,
+                                                                                            cluster_bus):
+    """A PostgreSQL server of the test's own (the machine's is not ours to stop) goes down for longer than the
+    leases while three workers drive incidents and events keep coming; when it is back they reconnect, a
+    worker leads again, and every incident completes with each action once."""
+    from tests.postgres import own_server
+    from tests.test_postgres_restart import start as start_postgres
+    from tests.test_postgres_restart import stop as stop_postgres
+
+    target = CountingTarget(fail={"shed_load"})
+    await target.attach(cluster_bus.nc)
+    with own_server(tmp_path / "pgdata") as server, \
+            WorkerCluster(tmp_path / "workers", nats_cluster.url, server.get_uri(), replicas=3, lease_s=LEASE_S,
+                          env=ENV) as workers:
+        await start(workers)
+        planted = faults("p", 3)
+        stream = [e for f in planted for e in f.events]
+        await publish(cluster_bus, stream[:15])
+        await wait_async(lambda: workers.event_count()[0] >= 5, 30, workers.logs)
+        await asyncio.to_thread(stop_postgres, server)
+        await publish(cluster_bus, stream[15:])  # accepted by JetStream while the database is down
+        await asyncio.sleep(2 * LEASE_S)  # every lease lapses
+        await asyncio.to_thread(start_postgres, server)
+        await wait_async(lambda: workers.leader().live, 60, workers.logs)
+        await wait_async(lambda: workers.all_final(len(planted)), 120, workers.logs)
+        report = integrity(workers, [e["id"] for e in stream], planted, target)
+        assert_nothing_lost_or_doubled(report, workers)
+        assert workers.event_count() == (len(stream), len(stream)), "every event recorded exactly once"
+        assert sorted(workers.running()) == list(WORKERS), "no worker died of the outage"

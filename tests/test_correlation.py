@@ -216,3 +216,40 @@ def test_a_leader_taking_over_restores_the_saved_state_not_what_it_held(tmp_path
     assert not other.correlator.open
     tri.restore()
     assert not tri.correlator.open, "the incident the other leader released is held open again"
+
+
+def test_a_failed_batch_leaves_no_trace_in_event_time_or_incidents(tmp_path, boutique):
+    """A batch whose transaction fails (the database went away) was still seen by the detector and the
+    correlator in memory. Its events come back, but until then event time must stay where the store has it:
+    an incident judged ready on the failed batch's later events closed before its own late events were
+    recorded, and they opened a second incident (seen after a PostgreSQL restart under three workers)."""
+    from agent.cluster import Fenced
+
+    store = IncidentStore(tmp_path / "rtem.db")
+    failing = {"next": False}
+
+    def fence(_conn):
+        if failing["next"]:
+            failing["next"] = False
+            raise Fenced("the database went away")
+    tri = Triage(store, Detector(load_detections(), boutique), Correlator(boutique, gap_s=300), fence=fence)
+    first = [ev(f"a{i}", "cartservice-0", i, metric="container_cpu_usage_seconds") for i in range(5)]
+    later = [ev(f"a{i}", "cartservice-0", i, metric="container_cpu_usage_seconds") for i in range(5, 10)]
+    elsewhere = [ev(f"b{i}", "currencyservice-0", 400 + i, metric="container_cpu_usage_seconds") for i in range(5)]
+    tri.handle(first)
+    committed = tri.watermark
+    failing["next"] = True
+    try:
+        tri.handle(later + elsewhere)
+    except Fenced:
+        pass
+    else:
+        raise AssertionError("the batch should have failed")
+    assert tri.watermark == committed, "event time stays where the last committed batch left it"
+    tri.handle(elsewhere)  # redelivered out of order: the other fault's events first
+    tri.handle(later)
+    by_subject = {}
+    for row in store.incidents():
+        by_subject.setdefault(tuple(row["entities"]), []).append(row["event_count"])
+    assert sorted(sum(by_subject.values(), [])) == [5, 10], by_subject
+    assert store.event_count() == 15
