@@ -175,14 +175,20 @@ def test_late_signals_join_a_closed_incident_after_a_restart_too(tmp_path, bouti
     assert list(incidents(store)) == [incident] and store.incident(incident)["event_count"] == 8
 
 
-def test_a_closed_incident_takes_no_signal_observed_after_it_closed(tmp_path, boutique):
-    """The fault coming back after its remediation is a new incident, even inside the time gap."""
+def a_resolved_incident(tmp_path, boutique):
+    """Triage, its store, and an incident of four cart anomalies that the service loop resolved."""
     tri, store = triage(tmp_path, boutique)
     tri.handle([ev(f"a{i}", "cartservice-0", i) for i in range(4)] +
                [ev("s", "emailservice-0", 30, severity="info")])
     [incident] = incidents(store)
     store.set_status(incident, "resolved")
     tri.correlator.release(incident)
+    return tri, store, incident
+
+
+def test_a_closed_incident_takes_no_signal_observed_after_it_closed(tmp_path, boutique):
+    """The fault coming back after its remediation is a new incident, even inside the time gap."""
+    tri, store, incident = a_resolved_incident(tmp_path, boutique)
     result = tri.handle([ev("again", "cartservice-0", 40)])
     assert len(result.opened) == 1 and result.opened[0] != incident
     assert store.incident(incident)["event_count"] == 4
@@ -193,12 +199,7 @@ def test_an_incident_closed_just_before_a_kill_stays_closed_after_the_restart(tm
     would have saved without it is lost with the process. Restored from the older state, the closed
     incident must not swallow the fault's recurrence: that would be recorded in a resolved incident,
     which nothing handles."""
-    tri, store = triage(tmp_path, boutique)
-    tri.handle([ev(f"a{i}", "cartservice-0", i) for i in range(4)] +
-               [ev("s", "emailservice-0", 30, severity="info")])
-    [incident] = incidents(store)
-    store.set_status(incident, "resolved")
-    tri.correlator.release(incident)
+    tri, store, incident = a_resolved_incident(tmp_path, boutique)
     store.close()  # SIGKILL before the next batch commits
     tri, store = triage(tmp_path, boutique)
     result = tri.handle([ev("again", "cartservice-0", 40)])
