@@ -1,5 +1,6 @@
 """Who may use the bus: the embedded server's users (rtem, producer, target) and the credentials rtem
-takes to an external server (user and password, token, TLS), against real nats-servers."""
+takes to an external server (user and password, token, nkey seed, credentials file, TLS), against real
+nats-servers."""
 
 from __future__ import annotations
 
@@ -364,3 +365,64 @@ def test_credentials_that_cannot_be_used_together_are_refused_before_connecting(
     assert connect_options(NatsAuth(user="u", password="p")) == {"user": "u", "password": "p",
                                                                  "inbox_prefix": "_INBOX.u"}
     assert connect_options(NatsAuth(token="t")) == {"token": "t"}
+
+
+def _jwt(issuer_seed: bytes, subject: str, name: str, nats_claims: dict) -> str:
+    """A NATS JWT (v2) signed with an nkey seed, as `nsc` writes them: header.claims.signature, each
+    base64url without padding, the signature ed25519 over "header.claims"."""
+    import base64
+    import hashlib
+    import time
+
+    import nkeys
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+    issuer = nkeys.from_seed(bytearray(issuer_seed))
+    claims = {"iat": int(time.time()), "iss": issuer.public_key.decode(), "name": name, "sub": subject,
+              "nats": nats_claims}
+    claims["jti"] = base64.b32encode(hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()) \
+        .decode().rstrip("=")
+    signing_input = f"{b64(json.dumps({'typ': 'JWT', 'alg': 'ed25519-nkey'}).encode())}.{b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64(issuer.sign(signing_input.encode()))}"
+
+
+def _creds_file(path: Path, user_jwt: str, user_seed: bytes) -> Path:
+    path.write_text(f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+                    f"-----BEGIN USER NKEY SEED-----\n{user_seed.decode()}\n------END USER NKEY SEED------\n")
+    return path
+
+
+async def test_bus_connect_signs_in_with_a_credentials_file(tmp_path):
+    """Operator mode, as `nsc` sets it up: an operator signs an account, the account signs a user, and the
+    user's credentials file (JWT + seed) is what RTEM_NATS_CREDS names; a user of another account is refused."""
+    import nkeys
+
+    def seed(prefix: int) -> bytes:
+        return nkeys.encode_seed(os.urandom(32), prefix)
+
+    def public(of: bytes) -> str:
+        return nkeys.from_seed(bytearray(of)).public_key.decode()
+    operator, account, stranger = (seed(nkeys.PREFIX_BYTE_OPERATOR), seed(nkeys.PREFIX_BYTE_ACCOUNT),
+                                   seed(nkeys.PREFIX_BYTE_ACCOUNT))
+    unlimited = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True,
+                 "conn": -1, "leaf": -1}
+    account_jwt = _jwt(operator, public(account), "rtem", {"limits": unlimited, "default_permissions":
+                                                          {"pub": {}, "sub": {}}, "type": "account", "version": 2})
+    user_claims = {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}
+    user, other = seed(nkeys.PREFIX_BYTE_USER), seed(nkeys.PREFIX_BYTE_USER)
+    good = _creds_file(tmp_path / "rtem.creds", _jwt(account, public(user), "rtem", user_claims), user)
+    # Signed by an account the operator never signed: the server does not know it.
+    bad = _creds_file(tmp_path / "other.creds", _jwt(stranger, public(other), "other", user_claims), other)
+    server = ExternalNats(tmp_path / "external",
+                          f'operator: "{_jwt(operator, public(operator), "op", {"type": "operator", "version": 2})}"\n'
+                          f'resolver: MEMORY\nresolver_preload: {{ {public(account)}: "{account_jwt}" }}\n')
+    try:
+        await server.listening()
+        assert await connects(server.url, NatsAuth(creds=good))
+        with pytest.raises(NatsAuthError, match="credentials file"):
+            await connects(server.url, NatsAuth(creds=bad))
+        with pytest.raises(NatsAuthError):  # operator mode admits no one without a signed user
+            await connects(server.url, NatsAuth())
+    finally:
+        server.stop()
