@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from bus import CLOSED, OPEN, BreakerOpen, Bus, CircuitBreaker, RetryPolicy
 from rules import ActionContract
 
 from . import metrics
+from .http_executor import HttpRequest, RequestError, read_secrets, render_request, scrub, step_variables
 from .telemetry import inject, tracer
 
 log = logging.getLogger("rtem.executors")
@@ -110,16 +112,33 @@ class NatsTransport(Transport):
 
 
 class HttpTransport(Transport):
-    """A webhook: the contract's method and URL, the step as JSON, `Idempotency-Key` header."""
+    """A webhook: the contract's method, URL, headers and body (templates; the default body is the step
+    as JSON), its secrets read at send time, an optional HMAC signature, and `Idempotency-Key`.
+    No secret's value leaves here in an error or a result: a target that echoes one is scrubbed."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time):
+        self.environ = os.environ if environ is None else environ
+        self.clock = clock
 
     async def send(self, contract, step, timeout):
-        url = contract.executor.url.format(action=step.action, target=step.target)
+        spec = contract.executor
+        try:
+            secrets = read_secrets(spec.secrets, self.environ)
+            request = render_request(spec, step_variables(step.action, step.target, step.params, step.incident_id,
+                                                          step.key, step.kind), secrets, self.clock())
+        except RequestError as exc:
+            raise PermanentError(f"{contract.action} ({contract.source}): {exc}") from None
+        try:
+            return scrub(await self._exchange(request, step, timeout), secrets)
+        except (TransientError, PermanentError) as exc:
+            raise type(exc)(scrub(str(exc), secrets)) from None
+
+    async def _exchange(self, request: HttpRequest, step: Step, timeout: float) -> dict[str, Any]:
+        url = request.url
         try:
             async with httpx.AsyncClient(timeout=timeout) as client:
-                response = await client.request(contract.executor.method, url,
-                                                headers=inject({"Idempotency-Key": step.key}),
-                                                json={"action": step.action, "target": step.target,
-                                                      "params": step.params, "incident_id": step.incident_id})
+                response = await client.request(request.method, url, content=request.body,
+                                                headers=inject({**request.headers, "Idempotency-Key": step.key}))
         except httpx.TimeoutException:
             raise TransientError(f"{url} did not answer within {timeout:.0f}s") from None
         except httpx.TransportError as exc:

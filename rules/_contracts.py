@@ -27,6 +27,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from pydantic import BaseModel, ConfigDict, Field
 
+from rules._http_executor import HttpExecutor, is_template, template_problems
 from rules._proposal import Proposal
 from rules.topology import EntityType, Topology
 
@@ -77,14 +78,6 @@ class NatsExecutor(BaseModel):
 
     kind: Literal["nats"] = "nats"
     subject: str = Field(description="subject template; {action} and {target} are filled in")
-
-
-class HttpExecutor(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    kind: Literal["http"] = "http"
-    method: Literal["POST", "PUT", "PATCH", "DELETE"]
-    url: str
 
 
 class CommandExecutor(BaseModel):
@@ -239,6 +232,9 @@ def _load_one(source: str, stem: str, data: bytes) -> ActionContract:
         raise ContractError(source, f"params schema is not valid JSON Schema at {where}: {exc.message}") from None
     for where, problem in _unbounded(params_schema, "$"):
         raise ContractError(source, f"{where}: {problem}")
+    if terms["executor"]["kind"] == "http":
+        for where, problem in template_problems(terms["executor"]):
+            raise ContractError(source, f"$.x-rtem.executor.{where}: {problem}", path=f"$.x-rtem.executor.{where}")
     for where, template in _templates(terms["executor"]):
         unknown = _template_fields(template) - TEMPLATE_FIELDS
         if unknown:
@@ -293,7 +289,7 @@ def _unbounded(schema: Any, where: str) -> Iterator[tuple[str, str]]:
 
 def _templates(executor: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     for key in ("subject", "url"):
-        if key in executor:
+        if key in executor and not is_template(executor[key]):
             yield key, executor[key]
     for index, arg in enumerate(executor.get("argv", [])):
         yield f"argv[{index}]", arg
