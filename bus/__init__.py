@@ -2,9 +2,10 @@
 the one retry policy and circuit breaker every layer uses (`_resilience`)."""
 
 from ._auth import PRODUCER, RTEM_USER, TARGET, NatsAuthError, connect_options, embedded_credentials
-from ._client import Bus, ConsumeStats, DeadLetter, Handler, PublishReport
-from ._envelope import (MAX_EVENT_BYTES, SEVERITIES, SEVERITY_RANK, Event, InvalidEvent, InvalidJSON, event_from_dict,
-                        event_schema, format_time, loads_json, parse_event, parse_time)
+from ._client import Bus, ConsumeStats, Handler, PublishReport
+from ._dlq import DeadLetter
+from ._envelope import (MAX_EVENT_BYTES, SEVERITIES, SEVERITY_RANK, Event, InvalidEvent, InvalidJSON, dated_ahead,
+                        event_from_dict, event_schema, format_time, loads_json, parse_event, parse_time)
 from ._resilience import CLOSED, HALF_OPEN, OPEN, BreakerOpen, CircuitBreaker, RetryPolicy, retry_async
 from ._processes import NatsServerError, terminate
 from ._server import DataDirInUse, EmbeddedNats, nats_server_binary
@@ -15,6 +16,6 @@ __all__ = [
     "SEVERITIES", "SEVERITY_RANK", "TARGET", "TRIAGE", "BreakerOpen", "Bus", "BusSettings", "CircuitBreaker",
     "ConsumeStats", "DataDirInUse", "DeadLetter", "EmbeddedNats", "Event", "Handler", "InvalidEvent", "InvalidJSON",
     "NatsAuth", "NatsAuthError", "NatsServerError", "PublishReport", "RetryPolicy", "connect_options",
-    "embedded_credentials", "event_from_dict", "event_schema", "format_time", "loads_json", "nats_server_binary",
-    "parse_event", "parse_time", "retry_async", "terminate",
+    "dated_ahead", "embedded_credentials", "event_from_dict", "event_schema", "format_time", "loads_json",
+    "nats_server_binary", "parse_event", "parse_time", "retry_async", "terminate",
 ]

@@ -24,21 +24,16 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from ._auth import NatsAuthError, _auth_kind, _refused, connect_options
+from ._dlq import HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_REASON, HEADER_SIZE, HEADER_SUBJECT, DeadLetterStore
 from ._envelope import Event, InvalidEvent, dated_ahead, parse_event
 from ._resilience import retry_async
-from ._streams import (AUDIT, AUDIT_SUBJECTS, DLQ, EVENTS, TRIAGE, BusSettings, event_subject,
+from ._streams import (AUDIT, AUDIT_SUBJECTS, EVENTS, TRIAGE, BusSettings, event_subject,
                        stream_configs, triage_consumer)
 
 log = logging.getLogger("rtem.bus")
 
 Handler = Callable[[list[Event]], Awaitable[Mapping[str, str] | None]]
 """Gets a batch of valid events; returns {event id: reason} for those it could not process."""
-
-HEADER_REASON = "Rtem-Reason"
-HEADER_EVENT_ID = "Rtem-Event-Id"
-HEADER_SUBJECT = "Rtem-Original-Subject"
-HEADER_DELIVERIES = "Rtem-Deliveries"
-HEADER_SIZE = "Rtem-Original-Size"
 
 # Worth publishing again: the server did not answer in time, the connection is being re-established, or
 # (on a cluster) the stream has no leader for a moment: just made, or electing one after a server died.
@@ -63,16 +58,6 @@ class ConsumeStats:
     failed: int = 0
     redelivered: int = 0
     batches: int = 0
-
-
-@dataclass
-class DeadLetter:
-    seq: int
-    subject: str
-    reason: str
-    event_id: str | None
-    deliveries: int
-    data: bytes
 
 
 def server_urls(url: str) -> list[str]:
@@ -119,8 +104,9 @@ class Reconnects:
             await self._changed.wait()
 
 
-class Bus:
-    """A connection to NATS with rtem's streams; `await Bus.connect(url)` to get one."""
+class Bus(DeadLetterStore):
+    """A connection to NATS with rtem's streams; `await Bus.connect(url)` to get one. Reading and removing
+    dead letters is `DeadLetterStore`'s (`_dlq.py`)."""
 
     def __init__(self, nc: nats.NATS, settings: BusSettings, reconnects: Reconnects | None = None):
         self.nc = nc
@@ -324,23 +310,6 @@ class Bus:
         return int(json.loads(msg.data)["seq"])
 
     # -- consuming --------------------------------------------------------------------------------
-
-    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
-        info = await self.js.stream_info(DLQ)
-        letters = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            if len(letters) >= limit or not info.state.messages:
-                break
-            try:
-                msg = await self.js.get_msg(DLQ, seq)
-            except NotFoundError:
-                continue
-            headers = msg.headers or {}
-            letters.append(DeadLetter(seq=seq, subject=msg.subject, reason=headers.get(HEADER_REASON, ""),
-                                      event_id=headers.get(HEADER_EVENT_ID),
-                                      deliveries=int(headers.get(HEADER_DELIVERIES, 0) or 0),
-                                      data=msg.data or b""))
-        return letters
 
     async def backlog(self, consumer: str = TRIAGE) -> tuple[int, int]:
         """(messages not yet delivered, messages delivered but not acked) for the consumer."""

@@ -1,15 +1,21 @@
 // The incidents list: polled every 2 s; a row is rebuilt only when its incident changed, and flashes then.
 
-import { api, badge, el, fail, flash, formatTime, incidentHref, poll, start, topCause } from "/static/console.js";
+import { api, badge, el, fail, flash, formatTime, incidentHref, may, poll, start, topCause } from "/static/console.js";
 
 const rows = document.querySelector("[data-testid=incident-rows]");
 const empty = document.querySelector("[data-testid=no-incidents]");
 const filter = document.querySelector("[data-testid=status-filter]");
 const refreshed = document.querySelector("[data-testid=refreshed]");
+const dlqCount = document.querySelector("[data-testid=dlq-count]");
 const seen = new Map();  // incident id → the JSON it was last drawn from
 let first = true;
 
-start("incidents").then(() => {
+start("incidents").then((who) => {
+  // Dead letters hold raw producer data: only unscoped tokens that may ingest read them (docs/api.md).
+  const scope = who.scope || {};
+  if (may(who, "ingest") && !(scope.services || []).length && !Object.keys(scope.labels || {}).length) {
+    poll(countDeadLetters, 10000);
+  }
   filter.value = new URLSearchParams(location.search).get("status") || "";
   const loop = poll(refresh);
   filter.addEventListener("change", () => {
@@ -55,6 +61,19 @@ async function refresh() {
   empty.hidden = incidents.length > 0;
   refreshed.textContent = `updated ${new Date().toLocaleTimeString()}`;
   first = false;
+}
+
+async function countDeadLetters() {
+  try {
+    const data = await api("GET", "/api/v1/dlq?limit=0");
+    dlqCount.textContent = data.total === 1 ? "1 dead letter (rtem dlq list)"
+      : `${data.total} dead letters (rtem dlq list)`;
+    dlqCount.dataset.count = String(data.total);
+    dlqCount.hidden = false;
+  } catch (err) {
+    dlqCount.textContent = `dead letters: unknown (${err.message})`;
+    dlqCount.hidden = false;
+  }
 }
 
 function render(incident) {
