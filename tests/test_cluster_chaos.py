@@ -285,7 +285,7 @@ async def test_workers_reconnect_after_postgresql_restarts_and_nothing_is_lost_o
 
     target = CountingTarget(fail={"shed_load"})
     await target.attach(cluster_bus.nc)
-    with own_server(tmp_path / "pgdata") as server, \
+    with own_server() as server, \
             WorkerCluster(tmp_path / "workers", nats_cluster.url, server.get_uri(), replicas=3, lease_s=LEASE_S,
                           env=ENV) as workers:
         await start(workers)

@@ -20,8 +20,8 @@ CART = [anomaly(f"cart{i}", f"cartservice-{i % 3}", i) for i in range(12)]
 
 
 @pytest.fixture
-def own_postgres(tmp_path):
-    with own_server(tmp_path / "pgdata") as server:
+def own_postgres():
+    with own_server() as server:
         yield server
 
 
