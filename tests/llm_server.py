@@ -44,7 +44,15 @@ class Delay:
     then: Any = None
 
 
-Reply = Union[dict, str, Status, Delay, Callable[[dict], Any]]
+@dataclass
+class ToolCall:
+    """A call of one of the other tools the request offers (such as query_prometheus), not the answer."""
+
+    name: str
+    arguments: dict
+
+
+Reply = Union[dict, str, Status, Delay, ToolCall, Callable[[dict], Any]]
 
 
 class ScriptedLLM:
@@ -113,13 +121,15 @@ class ScriptedLLM:
                     if isinstance(reply, Delay):
                         time.sleep(reply.seconds)
                         reply = reply.then if reply.then is not None else Status(504, "scripted delay")
-                    elif callable(reply) and not isinstance(reply, (dict, str, Status)):
+                    elif callable(reply) and not isinstance(reply, (dict, str, Status, ToolCall)):
                         reply = reply(body)
                     else:
                         break
                 if isinstance(reply, Status):
                     return self._send(reply.code, {"error": {"message": reply.message, "type": "scripted"}},
                                       reply.headers)
+                if isinstance(reply, ToolCall):
+                    return self._send(200, tool_completion(body, reply))
                 text = reply if isinstance(reply, str) else json.dumps(reply)
                 self._send(200, completion(body, text))
 
@@ -144,12 +154,14 @@ def task_of(body: dict[str, Any]) -> str:
     forced = body.get("tool_choice")
     if isinstance(forced, dict):
         return forced.get("function", {}).get("name", "?")
+    if body.get("tools") and "response_format" not in body:  # the answer tool comes first, other tools after
+        return body["tools"][0]["function"]["name"]
     return body.get("response_format", {}).get("json_schema", {}).get("name", "?")
 
 
 def schema_of(body: dict[str, Any]) -> dict[str, Any]:
     """The answer schema the client sent, in either style."""
-    if body.get("tools"):
+    if body.get("tools") and "response_format" not in body:
         return body["tools"][0]["function"]["parameters"]
     return body["response_format"]["json_schema"]["schema"]
 
@@ -157,7 +169,7 @@ def schema_of(body: dict[str, Any]) -> dict[str, Any]:
 def completion(body: dict[str, Any], text: str) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text}
     finish = "stop"
-    if body.get("tools"):
+    if body.get("tools") and "response_format" not in body:
         name = body["tools"][0]["function"]["name"]
         message = {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": name, "arguments": text}}]}
@@ -168,6 +180,18 @@ def completion(body: dict[str, Any], text: str) -> dict[str, Any]:
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": len(text) // 4 + 1,
                       "total_tokens": prompt + len(text) // 4 + 1}}
+
+
+def tool_completion(body: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+    """A completion in which the model calls `call.name` (one of the request's tools) instead of answering."""
+    offered = [t["function"]["name"] for t in body.get("tools", [])]
+    assert call.name in offered, f"scripted a call of {call.name}, but the request offers {offered}"
+    done = completion(body, json.dumps(call.arguments))
+    done["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"call_{len(body.get('messages', []))}", "type": "function",
+         "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}]}
+    done["choices"][0]["finish_reason"] = "tool_calls"
+    return done
 
 
 # -- answers computed from the request ---------------------------------------------------------------

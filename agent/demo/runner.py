@@ -26,6 +26,7 @@ from ..config import Settings
 from ..approvals import awaiting, decide
 from ..incident import DecisionRefused
 from ..run import FINAL, Service
+from ._prometheus import ShopExporter
 from .scenarios import SCENARIOS, demo_plan
 from .sim import Simulation
 
@@ -50,7 +51,8 @@ class DemoResult:
 
 async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, data_dir: Path | None = None,
                    approve_after_s: float = 3.0, timeout_s: float = 170.0, settings: Settings | None = None,
-                   console: Console | None = None, live: bool = True, plan: list | None = None) -> DemoResult:
+                   console: Console | None = None, live: bool = True, plan: list | None = None,
+                   prometheus_port: int | None = None) -> DemoResult:
     console = console or Console(stderr=True)
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="rtem-demo-"))
     sim = Simulation(speed=speed)
@@ -66,9 +68,13 @@ async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, d
     started = time.monotonic()
     approvals: list[str] = []
     asked: dict[str, float] = {}
+    exporter = ShopExporter(sim.topology) if prometheus_port is not None else None
     await service.start()
     try:
         await sim.start(_shop_url(service))
+        if exporter is not None:  # the shop's telemetry for a Prometheus to scrape (docs/integrations.md)
+            await exporter.follow(_shop_url(service))
+            console.log(f"the shop's metrics: http://127.0.0.1:{exporter.serve(prometheus_port)}/metrics")
         if plan is None:
             plan = demo_plan() if not scenarios else [SCENARIOS[name].at(30 + 20 * i) for i, name in enumerate(scenarios)]
         faults = [sim.inject(scenario) for scenario in plan]
@@ -89,6 +95,8 @@ async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, d
                           sim_start=sim.clock.start.timestamp(), commands=len(sim.commands),
                           audit=[r.model_dump(mode="json") for r in service.parts.audit.records()])
     finally:
+        if exporter is not None:
+            await exporter.stop()
         await sim.stop()
         await service.stop()
 

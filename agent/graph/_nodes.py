@@ -13,6 +13,7 @@ from bus import parse_time
 from rules import Proposal
 
 from .. import incident as core
+from .. import investigate
 from .. import metrics
 from ..incident import PAGE, ActionStatus, PlannedAction
 from ..ledger import step_key
@@ -25,9 +26,22 @@ def gather_context(state: IncidentState, runtime: Runtime[Deps]) -> IncidentStat
     row = runtime.context.store.incident(state["incident_id"])
     if row is None:
         raise LookupError(f"incident {state['incident_id']} is not in the store")
+    if runtime.context.investigator is not None:
+        _investigate(runtime.context, row)
     keep = ("id", "opened_at", "updated_at", "status", "severity", "entities", "detections", "event_count",
             "signal_count")
     return {"incident": {k: row[k] for k in keep}, "dry_run": runtime.context.dry_run}
+
+
+def _investigate(deps: Deps, row: dict) -> None:
+    """Query Prometheus about the incident's entities and record what it shows as evidence, once per
+    incident (a re-run after a crash finds the record); Prometheus' failures are recorded, never raised."""
+    if deps.audit.records(incident_id=row["id"], kind=investigate.GATHERED):
+        return
+    found = deps.investigator.investigate(row["id"], row["entities"], row["first_ts"], row["last_ts"],
+                                          deps.topology, deps.clock())
+    investigate.record(found, deps.store, deps.audit, prometheus=deps.investigator.url,
+                       queries=deps.investigator.queries.digest, versions=deps.versions())
 
 
 def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
@@ -157,6 +171,8 @@ async def execute(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState
     recovered = _alert_recovery(deps, incident["id"])
     if recovered is not None:  # checked before every step: a resolution may arrive between two of them
         return {"actions": records(_stand_down(deps, incident["id"], actions, recovered, "execute"))}
+    if deps.store.closed_by_person(incident["id"]):  # a person resolved it meanwhile (agent/oncall.py)
+        return {"actions": records(core.stand_down(actions, "a person closed the incident")[0])}
     if deps.ledger.paused():
         interrupt({"waiting": "resume", "incident_id": incident["id"], "reason": "execution is paused (rtem pause)"})
     if action.status == ActionStatus.APPROVED:

@@ -28,12 +28,14 @@ from ._local import LocalServer, default_model, server_binary
 from ._reasoner import MAX_REASKS, CallRecord, LLMReasoner
 from ._schema import sent_diagnosis_schema, sent_proposal_schema, tighten, validation_proposal_schema
 from ._scrub import scrub, untrusted
+from ._tools import TOOL_CALLED, PrometheusTool, ToolCall
 
 __all__ = [
     "CLOSED", "DEFAULTS", "DEFAULT_OPENAI_MODEL", "HALF_OPEN", "LLM_RETRY", "LLM_WEIGHT", "MAX_REASKS", "OPEN",
     "BreakerOpen", "BudgetExhausted", "CallRecord", "CircuitBreaker", "Completion", "IncidentBudget",
     "IncidentContext", "LLMBreakerOpen", "LLMClient", "LLMConfig", "LLMError", "LLMReasoner", "LLMSetupError",
-    "LLMUnavailable", "LlmChat", "LocalServer", "ProviderRejected", "RetryPolicy", "build_reasoner", "combine",
+    "LLMUnavailable", "LlmChat", "LocalServer", "PrometheusTool", "ProviderRejected", "RetryPolicy", "TOOL_CALLED",
+    "ToolCall", "build_reasoner", "combine",
     "connect", "default_model", "estimate_tokens", "llm_config", "provider_breaker", "retryable_status", "scrub",
     "sent_diagnosis_schema", "sent_proposal_schema", "server_binary", "tighten", "untrusted",
     "validation_proposal_schema",

@@ -15,6 +15,7 @@ from ._client import LLM_RETRY, LLMClient, LLMConfig
 from ._errors import LLMSetupError
 from ._local import LocalServer
 from ._reasoner import LLMReasoner
+from ._tools import PrometheusTool
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 # Per-provider defaults where a laptop model and a hosted one differ (settings left unset take these).
@@ -22,15 +23,18 @@ DEFAULTS = {"openai": {"timeout_s": 30.0, "context_tokens": 6000},
             "local": {"timeout_s": 180.0, "context_tokens": 2500}}
 
 
-def build_reasoner(settings, *, contracts, store=None, breaker: CircuitBreaker | None = None) -> LLMReasoner:
+def build_reasoner(settings, *, contracts, store=None, breaker: CircuitBreaker | None = None,
+                   tools: PrometheusTool | None = None) -> LLMReasoner:
     """The LLM reasoner `settings.llm` asks for (`openai` or `local`); for `local` it starts llama.cpp's
-    server, which `reasoner.close()` stops. Raises LLMSetupError with what to install or set."""
+    server, which `reasoner.close()` stops. Raises LLMSetupError with what to install or set. `tools` are
+    offered while diagnosing (not to `local`: llama.cpp's tool calls are unreliable)."""
     client, server = connect(settings, breaker=breaker)
     try:
         context_tokens = settings.llm_context_tokens or DEFAULTS[client.config.provider]["context_tokens"]
         return LLMReasoner(client, contracts=contracts, store=store, context_tokens=context_tokens,
                            budget_calls=settings.llm_incident_calls, budget_tokens=settings.llm_incident_tokens,
-                           on_close=server.stop if server else None)
+                           on_close=server.stop if server else None,
+                           tools=tools if client.config.provider != "local" else None)
     except BaseException:
         if server is not None:
             server.stop()

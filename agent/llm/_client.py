@@ -17,6 +17,7 @@ from typing import Any, Literal
 from bus import BreakerOpen, CircuitBreaker, RetryPolicy
 
 from ._errors import LLMBreakerOpen, LLMUnavailable, ProviderRejected
+from ._tools import ToolCall
 
 OutputStyle = Literal["json_schema", "tools"]
 
@@ -69,6 +70,7 @@ class Completion:
     latency_s: float
     attempts: int
     finish_reason: str | None = None
+    tool_calls: list = field(default_factory=list)  # calls of offered tools other than the answer (_tools.ToolCall)
 
 
 class LLMClient:
@@ -81,10 +83,12 @@ class LLMClient:
         self._sdk = openai.OpenAI(api_key=config.api_key, base_url=config.base_url, timeout=config.timeout_s,
                                   max_retries=0)
 
-    def complete(self, messages: list[dict[str, Any]], schema: dict[str, Any], name: str) -> Completion:
+    def complete(self, messages: list[dict[str, Any]], schema: dict[str, Any], name: str,
+                 tools: list[dict[str, Any]] | None = None) -> Completion:
         """Ask for an answer matching `schema` (named `name`); raise LLMUnavailable, BreakerOpen or
-        ProviderRejected when there is none."""
-        request = self._request(messages, schema, name)
+        ProviderRejected when there is none. With `tools` (read-only function definitions) the model may
+        call those instead of answering: the Completion's `tool_calls` then says which."""
+        request = self._request(messages, schema, name, tools or [])
         started = time.perf_counter()
         if not self._slots.acquire(timeout=self.config.timeout_s):
             raise LLMUnavailable(f"{self.config.max_concurrency} LLM calls already in flight for "
@@ -93,7 +97,7 @@ class LLMClient:
             response, attempts = self._send_retrying(request)
         finally:
             self._slots.release()
-        text = _answer_text(response, self.config.output)
+        text = _answer_text(response, self.config.output, name)
         usage = getattr(response, "usage", None)
         tokens_in = getattr(usage, "prompt_tokens", None) or estimate_tokens(
             " ".join(str(m.get("content", "")) for m in messages))
@@ -102,14 +106,15 @@ class LLMClient:
         return Completion(text=text, model=getattr(response, "model", None) or self.config.model,
                           tokens_in=int(tokens_in), tokens_out=int(tokens_out),
                           latency_s=time.perf_counter() - started, attempts=attempts,
-                          finish_reason=getattr(choice, "finish_reason", None))
+                          finish_reason=getattr(choice, "finish_reason", None),
+                          tool_calls=_tool_calls(response, name))
 
     def close(self) -> None:
         self._sdk.close()
 
     # -- one HTTP request -------------------------------------------------------------------------
 
-    def _request(self, messages, schema, name) -> dict[str, Any]:
+    def _request(self, messages, schema, name, tools: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.config
         request: dict[str, Any] = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
                                    "max_tokens": cfg.max_tokens}
@@ -118,11 +123,14 @@ class LLMClient:
         if cfg.output == "tools":
             request["tools"] = [{"type": "function", "function": {
                 "name": name, "description": f"Submit the {name}: one JSON object matching the parameters.",
-                "parameters": schema, "strict": cfg.strict}}]
-            request["tool_choice"] = {"type": "function", "function": {"name": name}}
+                "parameters": schema, "strict": cfg.strict}}] + tools
+            # With other tools on offer the model must call one of them or the answer (listed first).
+            request["tool_choice"] = "required" if tools else {"type": "function", "function": {"name": name}}
         else:
             request["response_format"] = {"type": "json_schema",
                                           "json_schema": {"name": name, "schema": schema, "strict": cfg.strict}}
+            if tools:
+                request["tools"], request["tool_choice"] = tools, "auto"
         if cfg.extra_body:
             request["extra_body"] = dict(cfg.extra_body)
         return request
@@ -183,13 +191,20 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 3 + 1
 
 
-def _answer_text(response, output: OutputStyle) -> str:
+def _answer_text(response, output: OutputStyle, name: str) -> str:
     message = response.choices[0].message
     calls = getattr(message, "tool_calls", None) or []
     if output == "tools" and calls:
-        function = getattr(calls[0], "function", None)
-        return getattr(function, "arguments", "") or ""
+        answers = [c for c in calls if getattr(getattr(c, "function", None), "name", name) == name]
+        return (getattr(answers[0].function, "arguments", "") or "") if answers else ""
     return message.content or ""
+
+
+def _tool_calls(response, name: str) -> list:
+    """The calls of tools other than the answer `name`, in the order the model made them."""
+    calls = getattr(response.choices[0].message, "tool_calls", None) or []
+    return [ToolCall(str(c.id), str(c.function.name), str(c.function.arguments or ""))
+            for c in calls if getattr(getattr(c, "function", None), "name", name) != name]
 
 
 def _retry_after(exc) -> float | None:

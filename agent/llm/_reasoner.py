@@ -29,6 +29,7 @@ from ._client import LLMClient, estimate_tokens
 from ._combine import combine
 from ._context import IncidentContext, fit
 from ._errors import BreakerOpen, BudgetExhausted, LLMError, LLMUnavailable, ProviderRejected
+from ._tools import PrometheusTool, ToolCall
 from ._schema import sent_diagnosis_schema, sent_proposal_schema, validation_proposal_schema
 from ._validate import Checked, check_diagnosis, check_proposals, reask_message
 
@@ -75,6 +76,7 @@ class _Incident:
     budget: IncidentBudget
     degraded: bool = False
     calls: list[CallRecord] = field(default_factory=list)
+    view: IncidentView | None = None  # given when the model may call tools about the incident
 
 
 class LLMReasoner:
@@ -85,7 +87,8 @@ class LLMReasoner:
 
     def __init__(self, client: LLMClient, *, contracts: Mapping[str, ActionContract], store=None,
                  fallback: DeterministicReasoner | None = None, context_tokens: int = 6000,
-                 budget_calls: int = 6, budget_tokens: int = 60000, on_close: Callable[[], None] | None = None):
+                 budget_calls: int = 6, budget_tokens: int = 60000, on_close: Callable[[], None] | None = None,
+                 tools: PrometheusTool | None = None):
         self.client = client
         self.config = client.config
         self.contracts = dict(contracts)
@@ -95,6 +98,7 @@ class LLMReasoner:
         self.budget_calls = budget_calls
         self.budget_tokens = budget_tokens
         self._on_close = on_close
+        self.tools = tools  # read-only tools offered while diagnosing (query_prometheus)
         # The prompt version (template + packaged schema hash) is what the audit log records; the schemas
         # rtem validates with and sends are derived from it, the contracts and the incident (_schema.py).
         self.prompts = {"diagnose": prompts.load("diagnose"), "propose": prompts.load("propose")}
@@ -120,7 +124,7 @@ class LLMReasoner:
         except Exception as exc:  # a context we cannot build must not stop the incident
             log.exception("building the LLM context failed")
             return candidates[:limit], self._fallback_run("diagnose", prompt, [], f"error: {exc}", "error")
-        incident = _Incident(context, IncidentBudget(self.budget_calls, self.budget_tokens))
+        incident = _Incident(context, IncidentBudget(self.budget_calls, self.budget_tokens), view=view)
         if not candidates:
             return [], ReasonerRun(reasoner=self.fallback.name, versions=self._versions(prompt, self._det_version()),
                                    notes=["the LLM was not asked: no entity has evidence in this incident"])
@@ -216,17 +220,20 @@ class LLMReasoner:
         conversation = list(messages)
         name = "diagnosis" if task == "diagnose" else "proposals"
         errors: list[str] = []
-        for attempt in range(MAX_REASKS + 1):
+        tool_calls_left = self.tools.max_calls if self.tools is not None and incident.view is not None else 0
+        attempt = 0
+        while attempt <= MAX_REASKS:
             record = CallRecord(task, self.config.model, prompt.hash)
             incident.calls.append(record)
             try:
-                incident.budget.reserve(estimate_tokens("".join(m["content"] for m in conversation))
+                incident.budget.reserve(estimate_tokens("".join(m["content"] or "" for m in conversation))
                                         + self.config.max_tokens)
             except BudgetExhausted as exc:
                 incident.calls.pop()
                 raise exc
+            offered = [self.tools.spec(incident.view)] if tool_calls_left > 0 else None
             try:
-                completion = self.client.complete(conversation, schema, name)
+                completion = self.client.complete(conversation, schema, name, tools=offered)
             except LLMError as exc:
                 record.outcome, record.error = "error", str(exc)[:200]
                 self._observe(record)
@@ -236,18 +243,32 @@ class LLMReasoner:
             record.tokens_in, record.tokens_out = completion.tokens_in, completion.tokens_out
             record.latency_s, record.attempts = completion.latency_s, completion.attempts
             record.cost_usd = self.config.cost(completion.tokens_in, completion.tokens_out)
+            if offered and completion.tool_calls:  # the model asked for data first: answer, then ask again
+                calls = completion.tool_calls[:tool_calls_left]
+                tool_calls_left -= len(calls)
+                record.outcome = "tool_call"
+                self._observe(record)
+                conversation += self._tool_round(calls, incident.view)
+                continue
+            attempt += 1
             checked = check(completion.text)
             if checked.ok:
                 record.outcome = "valid"
                 self._observe(record)
                 return checked.value, checked.notes
             errors = checked.errors
-            record.outcome = "re-asked" if attempt < MAX_REASKS else "fallback"
+            record.outcome = "re-asked" if attempt <= MAX_REASKS else "fallback"
             record.error = "; ".join(errors)[:300]
             self._observe(record)
             conversation += [{"role": "assistant", "content": completion.text[:4000]},
                              {"role": "user", "content": reask_message(errors)}]
         raise InvalidAnswer(errors)
+
+    def _tool_round(self, calls: Sequence[ToolCall], view: IncidentView) -> list[dict[str, Any]]:
+        """The assistant's tool calls and each one's result, as the next messages of the conversation."""
+        asked = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]}
+        return [asked] + [{"role": "tool", "tool_call_id": c.id, "content": self.tools.call(c, view)} for c in calls]
 
     def _observe(self, record: CallRecord) -> None:
         metrics.record_call(record.task, record.model, record.outcome, record.tokens_in, record.tokens_out,
