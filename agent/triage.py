@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from bus import Event
-from rules import Correlator, DetectionSet, Detector
+from rules import Correlator, DetectionSet, Detector, Topology
 
 from .db import Connection
 from .store import CLOSED_STATUSES, EVENT_COLUMNS, IncidentStore, event_row
@@ -54,9 +54,12 @@ class Triage:
     def __init__(self, store: IncidentStore, detector: Detector, correlator: Correlator,
                  after_commit: Callable[[BatchResult], None] | None = None, *,
                  detections: Callable[[], DetectionSet] | None = None,
+                 topology: Callable[[], Topology] | None = None,
                  fence: Callable[[Connection], None] | None = None):
         """`detections`: the detections in force (a hot-reloaded rule set's); when their digest
         changes, triage replaces its own detector before the next batch, keeping the window state.
+        `topology`: the topology in force (a reloaded file's); when it changes, triage replaces its
+        detector and correlator the same way, keeping their state (open incidents, windows).
         `fence`, called first in each batch's transaction, refuses the batch (raises) when this worker
         no longer leads, so a worker paused past its lease commits nothing — the batch is not acked, and
         the leader gets it (agent/cluster)."""
@@ -66,6 +69,7 @@ class Triage:
         self.correlator = correlator
         self.after_commit = after_commit
         self.detections = detections
+        self.topology = topology
         self.stats = TriageStats()
         self._stale = False  # a batch failed after it moved the in-memory state: restore before going on
         self.restore()
@@ -117,6 +121,7 @@ class Triage:
 
     def _handle(self, events: Sequence[Event]) -> BatchResult:
         self._follow_rules()
+        self._follow_topology()
         received = datetime.now(timezone.utc).isoformat()
         known = self.store.known_ids([e.id for e in events])
         result = BatchResult()
@@ -212,6 +217,19 @@ class Triage:
         replaced, self.detector = self.detector, detector
         replaced.close()  # only triage judges with it, on this thread
         log.info("detections %s in force (were %s)", current.digest, replaced.detections.digest)
+
+    def _follow_topology(self) -> None:
+        current = self.topology() if self.topology is not None else self.correlator.topology
+        if current is self.correlator.topology:
+            return
+        correlator = Correlator(current, self.correlator.gap_s)
+        correlator.restore(self.correlator.state())  # open incidents' services and hosts, as the new topology says
+        correlator.watermark = self.correlator.watermark
+        detector = Detector(self.detector.detections, current)
+        detector.restore(self.detector.state())
+        replaced, self.detector, self.correlator = self.detector, detector, correlator
+        replaced.close()
+        log.info("topology %s in force for correlation", current.digest)
 
     @staticmethod
     def _current(incident_id: str, result: BatchResult) -> str:

@@ -1,8 +1,11 @@
 """The system's topology: a typed graph of entities and relations (DESIGN.md §3).
 
 Detection uses it to correlate events into incidents, the guard to compute blast radius, and the
-reasoners to follow dependencies. Loading is strict: a relation that names an unknown entity is an
-error with the file and the relation's index, not a silently dangling edge.
+reasoners to follow dependencies. Loading is strict, because a topology that silently loses part of
+itself misleads all three: a document of the wrong shape (`{"nodes": …}`, an entity without `type`,
+a relation naming an unknown entity, a duplicate) is a `TopologyError` at its file:line:column, with
+what to do. JSON files are read as JSON; their lines come from reading the same text as YAML, only
+when there is an error to place.
 """
 
 from __future__ import annotations
@@ -10,24 +13,43 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ._files import RulesError, node_marks, read_rule_file
+
 EntityType = Literal["service", "instance", "host", "database", "cache", "queue", "external"]
 RelationType = Literal["calls", "uses", "instance_of", "runs_on"]
+ENTITY_TYPES: tuple[str, ...] = get_args(EntityType)
+RELATION_TYPES: tuple[str, ...] = get_args(RelationType)
+SHAPE = "a topology is a mapping with `entities` (each with id and type) and `relations` (source, target, type)"
+# Names other graph formats use for ours: the hint says which of ours is meant.
+_SYNONYMS = {"nodes": "entities", "vertices": "entities", "services": "entities", "edges": "relations",
+             "links": "relations", "dependencies": "relations"}
+
+Locate = Callable[[Sequence[str | int]], "tuple[int, int] | None"]
 
 
 class TopologyError(ValueError):
-    pass
+    """A topology that cannot be used: where (file, and line:column when known), why, what to do."""
+
+    def __init__(self, file: str | Path, reason: str, hint: str = "", line: int | None = None,
+                 column: int | None = None):
+        self.file, self.reason, self.hint, self.line, self.column = str(file), reason, hint, line, column
+        where = f"{self.file}:{line}:{column or 1}" if line else self.file
+        super().__init__(f"{where}: {reason}" + (f" ({hint})" if hint else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "column": self.column, "reason": self.reason, "hint": self.hint}
 
 
 class Entity(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True)  # owner, replica_of, …: read by rules and the demo
 
     id: str
     type: EntityType
@@ -36,7 +58,7 @@ class Entity(BaseModel):
 
 
 class Relation(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str
     target: str
@@ -46,47 +68,56 @@ class Relation(BaseModel):
 class Topology(BaseModel):
     """Entities and relations, with the lookups the rest of rtem needs precomputed once."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     entities: tuple[Entity, ...] = ()
     relations: tuple[Relation, ...] = ()
 
     @classmethod
     def load(cls, path: str | Path) -> Topology:
+        """Read a JSON (`.json`) or YAML file; TopologyError at the file:line:column of the first problem."""
         path = Path(path)
-        try:
-            text = path.read_text("utf-8")
-        except OSError as exc:
-            raise TopologyError(f"{path}: cannot read the topology: {exc.strerror}") from None
-        except UnicodeDecodeError as exc:
-            raise TopologyError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        try:
-            doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:  # ValueError: also a YAML date like 2024-02-30
-            raise TopologyError(f"{path}: not valid {kind}: {exc}") from None
-        except RecursionError:
-            raise TopologyError(f"{path}: not valid {kind}: nested too deeply") from None
-        return cls.from_dict(doc or {}, origin=str(path))
+        doc, locate = read_topology_file(path)
+        return cls.from_dict(doc, origin=str(path), locate=locate)
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any], origin: str = "<topology>") -> Topology:
+    def from_dict(cls, doc: Any, origin: str = "<topology>", locate: Locate | None = None) -> Topology:
+        """Build a topology from a parsed document; `locate(path)` gives the (line, column) of a path in
+        it, when the document came from a file."""
+        def error(at: Sequence[str | int], reason: str, hint: str = "") -> TopologyError:
+            line, column = (locate(at) if locate else None) or (None, None)
+            return TopologyError(origin, reason, hint, line, column)
+
+        if not isinstance(doc, dict):
+            raise error((), f"the document is {_kind(doc)}, not a mapping", SHAPE)
+        for key in doc:
+            if key not in cls.model_fields:
+                ours = _SYNONYMS.get(str(key).lower())
+                raise error((key,), f"unknown key {key!r}", f"did you mean `{ours}`? {SHAPE}" if ours else SHAPE)
         try:
             topology = cls.model_validate(doc)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise TopologyError(f"{origin}: {where}: {first['msg']}") from None
-        ids = [e.id for e in topology.entities]
-        seen: set[str] = set()
-        for entity_id in ids:
-            if entity_id in seen:
-                raise TopologyError(f"{origin}: entity {entity_id!r} is defined twice")
-            seen.add(entity_id)
+            raise error(first["loc"], *_explain(first)) from None
+        seen: dict[str, int] = {}
+        for index, entity in enumerate(topology.entities):
+            if not entity.id.strip():
+                raise error(("entities", index, "id"), f"entities[{index}] has an empty id", "give it a unique name")
+            if entity.id in seen:
+                raise error(("entities", index, "id"), f"entity {entity.id!r} is defined twice (first at "
+                            f"entities[{seen[entity.id]}])", "keep one definition, or rename one of them")
+            seen[entity.id] = index
+        relations: dict[tuple[str, str, str], int] = {}
         for index, rel in enumerate(topology.relations):
-            for end in (rel.source, rel.target):
-                if end not in seen:
-                    raise TopologyError(f"{origin}: relations[{index}] names unknown entity {end!r}")
+            for end in ("source", "target"):
+                if getattr(rel, end) not in seen:
+                    raise error(("relations", index, end), f"relations[{index}] names unknown entity "
+                                f"{getattr(rel, end)!r}", "add it to `entities`, or correct the name")
+            key = (rel.source, rel.type, rel.target)
+            if key in relations:
+                raise error(("relations", index), f"relations[{index}] repeats relations[{relations[key]}] "
+                            f"({rel.source} {rel.type} {rel.target})", "remove one of them")
+            relations[key] = index
         return topology
 
     @cached_property
@@ -152,6 +183,78 @@ class Topology(BaseModel):
     def matches(self, candidate: str, truth: str) -> bool:
         """True when `candidate` names `truth` or, for a service-level truth, one of its instances."""
         return candidate == truth or self.service_of(candidate) == truth
+
+
+def read_topology_file(path: Path) -> tuple[Any, Locate]:
+    """The parsed document of a topology file and where each path inside it is (line, column)."""
+    if path.suffix.lower() != ".json":
+        try:
+            parsed = read_rule_file(path)
+        except RulesError as exc:
+            raise TopologyError(path, exc.reason.replace("cannot read the file", "cannot read the topology"),
+                                exc.hint, exc.line, exc.column) from None
+        if parsed.doc is None:
+            raise TopologyError(path, "the file is empty", SHAPE, 1, 1)
+        return parsed.doc, parsed.locate
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise TopologyError(path, f"cannot read the topology: {exc.strerror}", "check the path") from None
+    except UnicodeDecodeError as exc:
+        raise TopologyError(path, f"not UTF-8 text (byte {exc.start})", "save it as UTF-8") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TopologyError(path, f"not valid JSON: {exc.msg}", "", exc.lineno, exc.colno) from None
+    except (ValueError, RecursionError) as exc:  # an integer of 5000 digits; [[[[…
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise TopologyError(path, f"not valid JSON: {reason}") from None
+    return doc, _json_locator(text, path)
+
+
+def _json_locator(text: str, path: Path) -> Locate:
+    """Lines for a JSON document, found only when an error needs one: JSON is YAML, once its tabs (which
+    JSON allows only between tokens, where a space means the same) are spaces."""
+    def locate(at: Sequence[str | int]) -> tuple[int, int] | None:
+        try:
+            node = yaml.compose(text.replace("\t", " "), Loader=yaml.SafeLoader)
+            marks = node_marks(node, path) if node is not None else {}
+        except Exception:  # a place is a courtesy: the error is reported with or without it
+            return None
+        at = tuple(at)
+        while at and at not in marks:
+            at = at[:-1]
+        return marks.get(at)
+    return locate
+
+
+def _explain(error: dict[str, Any]) -> tuple[str, str]:
+    """A pydantic error in the words of the topology format, and what to do about it."""
+    loc, kind = error["loc"], error["type"]
+    where = _dotted(loc)
+    if kind == "missing":
+        return f"{_dotted(loc[:-1])}: `{loc[-1]}` is missing", f"{SHAPE}"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown field", "a relation has source, target and type"
+    if kind == "literal_error" and loc[-1] == "type":
+        allowed = RELATION_TYPES if loc[0] == "relations" else ENTITY_TYPES
+        return f"{where}: {error['input']!r} is not a known type", f"one of {', '.join(allowed)}"
+    if kind in ("tuple_type", "list_type"):
+        return f"{where}: should be a list", SHAPE
+    return f"{where}: {error['msg']}", ""
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    """('entities', 3, 'type') → entities[3].type"""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "the document"
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(value), type(value).__name__)
 
 
 def _index(relations: Iterable[Relation], ends) -> dict[str, dict[str, tuple[str, ...]]]:

@@ -475,4 +475,4 @@ def test_topology_files_load_or_refuse(content, name):
         try:
             Topology.load(path)
         except TopologyError as exc:
-            assert str(exc).startswith(f"{path}: "), exc
+            assert str(exc).startswith(f"{path}:"), exc  # file:line:column: when the place is known

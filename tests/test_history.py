@@ -18,6 +18,7 @@ from agent.reasoner import (
     learn_history,
 )
 from agent.ruleset import FixedRules
+from agent.topology_reload import FixedTopology
 from agent.store import IncidentStore, event_row
 from bus._envelope import Event
 from tests.helpers import T0, Events
@@ -187,7 +188,7 @@ class PlainReasoner:
 def node_deps(store: IncidentStore, reasoner, topology) -> Deps:
     """What the graph gives its nodes, over the store's own database: the nodes run as plain functions."""
     return Deps(store=store, audit=AuditLog(store.path), reasoner=reasoner, rules=FixedRules.load(None),
-                topology=topology)
+                topologies=FixedTopology(topology))
 
 
 def run_diagnose(store: IncidentStore, reasoner, topology) -> tuple[list[dict], dict]:
