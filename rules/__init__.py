@@ -3,6 +3,8 @@
 from ._check import CheckReport, Finding, check_rules, find_layout, packaged_rules_dir, rules_digest
 from ._contracts import ActionContract, ContractError, ContractViolation, check_contracts, load_contracts
 from ._correlation import Assignment, Correlator, OpenIncident, incident_id
+from ._escalation import (POLICY_FILE, EscalationLevel, EscalationPolicy, EscalationRoute, QuietHours,
+                          load_escalation, packaged_policy)
 from ._detection import Detection, DetectionSet, Detector, Signal, load_detections, parse_duration
 from ._engine import MAX_BRANCHES, CompiledRuleset, ConditionError
 from ._files import RulesError, content_digest
@@ -25,4 +27,7 @@ __all__ = [
     "ActionHistory", "CheckReport", "Finding", "MemoryHistory", "RecordedAction", "RuleProblem", "RuleTestReport",
     "StaticState", "SystemState", "check_contracts", "check_rules", "collect_guardrails", "find_layout",
     "find_test_files", "packaged_rules_dir", "rules_digest", "run_tests",
+    # escalation policy (agent/incident/_oncall.py decides with it)
+    "POLICY_FILE", "EscalationLevel", "EscalationPolicy", "EscalationRoute", "QuietHours", "load_escalation",
+    "packaged_policy",
 ]

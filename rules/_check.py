@@ -29,6 +29,7 @@ from rules._analysis import analyze
 from rules._contracts import ActionContract, ContractError, check_contracts
 from rules._detection import DetectionSet, load_detections
 from rules._engine import ConditionError
+from rules._escalation import POLICY_FILE, EscalationPolicy, load_escalation
 from rules._files import RuleFile, RulesError
 from rules._guard import Guard
 from rules._guardrails import TEST_SUFFIX, Ruleset, collect_guardrails, guardrail_paths, read_fast
@@ -72,11 +73,13 @@ class Layout:
     contracts: Path | None = None
     detect: Path | None = None
     tests: list[Path] = field(default_factory=list)
+    escalation: Path | None = None  # the escalation policy file (optional)
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": str(self.root), "guardrails": [str(p) for p in self.guardrails or []],
                 "contracts": str(self.contracts) if self.contracts else "packaged",
-                "detect": str(self.detect) if self.detect else None, "tests": [str(p) for p in self.tests]}
+                "detect": str(self.detect) if self.detect else None, "tests": [str(p) for p in self.tests],
+                "escalation": str(self.escalation) if self.escalation else None}
 
 
 @dataclass
@@ -87,6 +90,7 @@ class CheckReport:
     contracts: dict[str, ActionContract] = field(default_factory=dict)
     detections: DetectionSet | None = None
     guard: Guard | None = None
+    escalation: EscalationPolicy | None = None
     elapsed_s: float = 0.0
 
     @property
@@ -111,7 +115,9 @@ class CheckReport:
                 "guardrails": len(self.guardrails.rules) if self.guardrails else 0,
                 "contracts": len(self.contracts),
                 "detections": len(self.detections.detections) if self.detections else 0,
-                "test_files": len(self.layout.tests), "errors": len(self.errors), "warnings": len(self.warnings)}
+                "test_files": len(self.layout.tests),
+                "escalation_routes": len(self.escalation.routes) if self.escalation else 0,
+                "errors": len(self.errors), "warnings": len(self.warnings)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "digest": self.digest if self.ok else None, "layout": self.layout.to_dict(),
@@ -138,6 +144,8 @@ def find_layout(path: str | Path | None = None) -> Layout:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_file():
+        if path.name in (POLICY_FILE, "escalation.yml") or _is_escalation_file(path):
+            return Layout(path.parent, escalation=path)
         if path.suffix == ".json":
             return Layout(path.parent, contracts=path.parent)
         if path.name.endswith((TEST_SUFFIX, ".test.yml")):
@@ -150,7 +158,8 @@ def find_layout(path: str | Path | None = None) -> Layout:
         return Layout(path, guardrails=_guardrail_files(guardrails) if guardrails.is_dir() else None,
                       contracts=path / "contracts" if (path / "contracts").is_dir() else None,
                       detect=path / "detect" if (path / "detect").is_dir() else None,
-                      tests=_tests(guardrails) if guardrails.is_dir() else [])
+                      tests=_tests(guardrails) if guardrails.is_dir() else [],
+                      escalation=path / POLICY_FILE if (path / POLICY_FILE).is_file() else None)
     yamls = [f for f in path.iterdir() if f.suffix in (".yaml", ".yml")]
     if not yamls and any(f.suffix == ".json" for f in path.iterdir()):
         return Layout(path, contracts=path)
@@ -172,6 +181,12 @@ def check_rules(path: str | Path | None = None, *, now: datetime | None = None) 
     report.findings.extend(_contract_finding(p) for p in contract_problems)
     if layout.contracts is None and not contracts:
         report.contracts = contracts = check_contracts(None)[0]
+
+    if layout.escalation is not None:
+        try:
+            report.escalation = load_escalation(layout.escalation)
+        except RulesError as exc:
+            report.findings.append(Finding.from_error(exc, kind="escalation"))
 
     if layout.guardrails is not None:
         problems: list[RulesError] = []
@@ -267,6 +282,17 @@ def _tests(directory: Path) -> list[Path]:
 def _sibling(directory: Path, name: str) -> Path | None:
     candidate = directory.parent / name
     return candidate if directory.name == "guardrails" and candidate.is_dir() else None
+
+
+def _is_escalation_file(path: Path) -> bool:
+    """A YAML file whose top level has `routes`: an escalation policy under another name."""
+    if path.suffix not in (".yaml", ".yml"):
+        return False
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return bool(re.search(r"^routes:", handle.read(4096), re.M))
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _is_detection_file(path: Path) -> bool:

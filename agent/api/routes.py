@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from ..approvals import decide
 from ..incident import DecisionRefused, Refusal
+from ..oncall import state_of
 from ..report import build_report
 from ..tokens import ROLES, Principal
 from .auth import ApiError, COOKIE, context, deny, require
@@ -70,7 +71,8 @@ def incidents(request: Request, status: str | None = Query(None, max_length=32),
 
 @router.get("/incidents/{incident_id}")
 def incident(incident_id: str, request: Request, who: Principal = Reader):
-    return incident_view(_visible_incident(request, incident_id, who))
+    row = _visible_incident(request, incident_id, who)
+    return {**incident_view(row), "oncall": state_of(context(request).audit, row["id"]).to_dict()}
 
 
 @router.get("/incidents/{incident_id}/decisions")

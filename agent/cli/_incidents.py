@@ -62,17 +62,27 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
     """One incident: its entities, ranked root causes and the verdict on each proposed action."""
     from ..analyze import incident_report
 
-    row = open_store(db).incident(incident_id)
+    from ..audit import AuditLog
+    from ..oncall import state_of
+
+    store = open_store(db)
+    row = store.incident(incident_id)
     if row is None:
         fail(f"no incident {incident_id!r} (see `rtem incidents`)", 1)
+    with AuditLog(store.db) as audit:
+        oncall = state_of(audit, row["id"]).to_dict()  # who acknowledged, the assignee, comments, pages
     report = {**incident_report(row), "status": row["status"], "severity": row["severity"],
               "detections": row["detections"], "versions": row["versions"], "resolution": row.get("resolution"),
-              "actions": row["actions"]}  # the whole plan: status, why, approval, outcome
+              "actions": row["actions"], "oncall": oncall}  # the whole plan: status, why, approval, outcome
     if json_out:
         print(json.dumps(report, indent=2))
         return
     print_incident(report)
     out.print(f"status {row['status']} · severity {row['severity']} · detections {', '.join(row['detections'])}")
+    out.print(escape(f"on call: acknowledged by {oncall['acknowledged_by'] or 'nobody'} · assignee "
+                     f"{oncall['assignee'] or 'none'} · {len(oncall['pages'])} page(s)"))
+    for note in oncall["comments"]:
+        out.print(escape(f"  {note['at']} {note['by']}: {note['text']}"))
 
 
 def print_incident(inc: dict) -> None:

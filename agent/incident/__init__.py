@@ -7,6 +7,8 @@ these functions with the clock passed in, and write what they return.
 from ._decide import DecisionRefused, Refusal, check_decision, select
 from ._model import (FINAL, PAGE, ActionStatus, AlertRecovery, AlertState, Approval, Incident, IncidentStatus,
                      PlannedAction, Policy, Recovery, StepOutcome)
+from ._oncall import (AWAITS_PERSON, OnCallChange, OnCallRefusal, OnCallRefused, OnCallState, Page, PageSent, acknowledge, assign,
+                      comment, due_pages, oncall_state, reopen, resolve)
 from ._plan import (age_out, alert_states, alerts_recovered, apply_decisions, fail_plan, judge_recovery,
                     mark_compensated, next_runnable, plan, record_outcome, refuse, remedies_done, request_approval,
                     stale_approval, stand_down, waiting)
@@ -17,4 +19,7 @@ __all__ = [
     "alerts_recovered", "apply_decisions", "check_decision", "fail_plan", "judge_recovery", "mark_compensated",
     "next_runnable", "plan", "record_outcome", "refuse", "remedies_done", "request_approval", "select",
     "stale_approval", "stand_down", "waiting",
+    # on call (_oncall.py): a person's acknowledge/assign/comment/resolve/reopen, and due pages
+    "OnCallChange", "OnCallRefusal", "OnCallRefused", "OnCallState", "Page", "PageSent", "acknowledge", "assign",
+    "comment", "due_pages", "oncall_state", "reopen", "resolve", "AWAITS_PERSON",
 ]

@@ -68,6 +68,17 @@ class IncidentRepository(Protocol):
 
     def set_status(self, incident_id: str, status: str) -> None: ...
 
+    # -- a person's closing and reopening (agent/oncall.py): compare-and-set on the status ----------
+
+    def close_by_person(self, incident_id: str, *, expect_status: str, status: str, actions: list[dict[str, Any]],
+                        resolution: str, by: str) -> bool:
+        """Close it if it is still `expect_status`; afterwards its thread cannot change it."""
+        ...
+
+    def reopen_by_person(self, incident_id: str, *, expect_status: str) -> bool: ...
+
+    def closed_by_person(self, incident_id: str) -> dict[str, Any] | None: ...
+
     # -- events ---------------------------------------------------------------------------------------
 
     def events(self, incident_id: str) -> list[Event]: ...

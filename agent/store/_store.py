@@ -30,6 +30,9 @@ from ._rows import EVENT_COLUMNS, decode_incident, event_from_row, iso
 # Written out, not bound as parameters: a partial index serves only queries with the same literal terms.
 _ACTIVE = "status NOT IN (" + ", ".join(f"'{s}'" for s in CLOSED_STATUSES) + ")"
 _ERROR = "(signals IS NOT NULL OR severity IN ('error','critical'))"
+# A person's closing wins over the incident's thread, which may still be running: kept as a pipeline_state
+# key beside the row, so no schema change is needed (agent/oncall.py, docs/lifecycle.md).
+_NOT_CLOSED_BY_PERSON = "NOT EXISTS (SELECT 1 FROM pipeline_state WHERE key=?)"
 _CHANGE = {"sqlite": "type GLOB 'rtem.change.*'", "postgres": "type LIKE 'rtem.change.%'"}
 
 
@@ -63,6 +66,10 @@ STORE_SCHEMA = Schema("store", (
               sqlite=_tables("FLOAT") + _indexes(_CHANGE["sqlite"]),
               postgres=_tables("DOUBLE PRECISION") + _indexes(_CHANGE["postgres"])),
 ))
+
+
+def _closed_key(incident_id: str) -> str:
+    return f"closed_by_person:{incident_id}"
 
 
 class IncidentStore:
@@ -191,18 +198,55 @@ class IncidentStore:
     def save_diagnosis(self, incident_id: str, *, status: str, root_causes: list[dict[str, Any]],
                        actions: list[dict[str, Any]], versions: dict[str, str], mttr_s: float | None = None,
                        resolution: str | None = None) -> None:
+        """Also a thread's last word; an incident a person closed keeps the person's (see `close_by_person`)."""
         with self.db.write() as conn:
             cursor = conn.execute(
-                """UPDATE incidents SET status=?, root_causes=?, actions=?, versions=?, diagnosed_at=?, mttr_s=?,
-                                        resolution=? WHERE id=?""",
+                f"""UPDATE incidents SET status=?, root_causes=?, actions=?, versions=?, diagnosed_at=?, mttr_s=?,
+                                        resolution=? WHERE id=? AND {_NOT_CLOSED_BY_PERSON}""",
                 [status, json.dumps(root_causes), json.dumps(actions), json.dumps(versions),
-                 datetime.now(timezone.utc).isoformat(), mttr_s, resolution, incident_id])
-            if cursor.rowcount != 1:
+                 datetime.now(timezone.utc).isoformat(), mttr_s, resolution, incident_id, _closed_key(incident_id)])
+            if cursor.rowcount != 1 and not self._closed_by_person(conn, incident_id):
                 raise LookupError(f"save_diagnosis: no incident {incident_id!r} in {self.db.where}")
 
     def set_status(self, incident_id: str, status: str) -> None:
         with self.db.write() as conn:
-            conn.execute("UPDATE incidents SET status=? WHERE id=?", [status, incident_id])
+            conn.execute(f"UPDATE incidents SET status=? WHERE id=? AND {_NOT_CLOSED_BY_PERSON}",
+                         [status, incident_id, _closed_key(incident_id)])
+
+    # -- a person's closing and reopening (agent/oncall.py) ---------------------------------------
+
+    def close_by_person(self, incident_id: str, *, expect_status: str, status: str, actions: list[dict[str, Any]],
+                        resolution: str, by: str) -> bool:
+        """Close an incident as a person said, if it is still `expect_status` (else False: it moved on).
+        From then on the incident's thread cannot change its status, plan or resolution (`save_diagnosis`,
+        `set_status` leave it), until `reopen_by_person`."""
+        with self.db.write() as conn:
+            cursor = conn.execute("UPDATE incidents SET status=?, actions=?, resolution=? WHERE id=? AND status=?",
+                                  [status, json.dumps(actions), resolution, incident_id, expect_status])
+            if cursor.rowcount != 1:
+                return False
+            conn.execute("""INSERT INTO pipeline_state (key, value) VALUES (?, ?)
+                            ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
+                         [_closed_key(incident_id), json.dumps({"by": by, "status": status})])
+        return True
+
+    def reopen_by_person(self, incident_id: str, *, expect_status: str) -> bool:
+        """Make a closed incident `open` again, if it is still `expect_status` (else False)."""
+        with self.db.write() as conn:
+            cursor = conn.execute("UPDATE incidents SET status='open', resolution=NULL, mttr_s=NULL "
+                                  "WHERE id=? AND status=?", [incident_id, expect_status])
+            if cursor.rowcount != 1:
+                return False
+            conn.execute("DELETE FROM pipeline_state WHERE key=?", [_closed_key(incident_id)])
+        return True
+
+    def closed_by_person(self, incident_id: str) -> dict[str, Any] | None:
+        """Who closed the incident and to what status, if a person did (and nobody reopened it since)."""
+        return self.load_state(_closed_key(incident_id))
+
+    def _closed_by_person(self, conn, incident_id: str) -> bool:
+        return conn.execute("SELECT 1 FROM pipeline_state WHERE key=?", [_closed_key(incident_id)]).fetchone() \
+            is not None
 
     # -- events -------------------------------------------------------------------------------------
 

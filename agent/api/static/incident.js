@@ -32,6 +32,7 @@ async function refresh() {
   draw("summary", incident, () => summary(incident));
   draw("hypotheses", incident.root_causes, () => hypotheses(incident.root_causes || []));
   draw("actions", [incident.actions, who.role], () => actions(incident));
+  draw("oncall", [incident.oncall, incident.status, who.role], () => oncall(incident));
   $("incident-title").textContent = incident.id;
   $("incident-status").replaceChildren(badge(incident.status, "status"));
   $("report-link").href = `/reports/${encodeURIComponent(incident.id)}`;
@@ -167,6 +168,61 @@ function decide(incident, a) {
     el("button", { type: "button", class: "reject", testid: "reject", on: { click: send("reject") } }, "Reject"));
   return el("div", { class: "decide", testid: "decide" },
     el("label", { for: key }, "Reason"), reason, ...buttons);
+}
+
+// On call: who acknowledged, the assignee, comments, pages; and, for roles that may act (operator,
+// approver, admin), acknowledge / assign / comment / resolve / reopen. Everything shown is text.
+const ONCALL_ROLES = ["operator", "approver", "admin"];
+const CLOSED = ["resolved", "escalated", "diagnosed", "merged", "failed"];
+
+function oncall(incident) {
+  const state = incident.oncall || {};
+  const closed = CLOSED.includes(incident.status);
+  const facts = el("dl", { class: "facts" },
+    el("dt", {}, "Acknowledged"), el("dd", { testid: "acknowledged-by" },
+      state.acknowledged_by ? `by ${state.acknowledged_by} at ${formatTime(state.acknowledged_at)}` : "not yet"),
+    el("dt", {}, "Assignee"), el("dd", { testid: "assignee" }, state.assignee || "nobody"),
+    el("dt", {}, "Pages"), el("dd", {}, String((state.pages || []).length)));
+  const notes = (state.comments || []).length ? el("ul", { class: "comments", testid: "comments" },
+    state.comments.map((c) => el("li", { testid: "comment" }, el("strong", {}, c.by), ` ${formatTime(c.at)}: `, c.text)))
+    : el("p", { class: "muted small" }, "No comments.");
+  if (!ONCALL_ROLES.includes(who.role)) return el("div", {}, facts, notes);
+  const field = (key, placeholder, max) => el("input", { type: "text", id: key, testid: key, data: { key },
+    maxlength: max, placeholder });
+  const to = field("assign-to", "name of a person or rotation", 128);
+  const text = field("comment-text", "a comment, kept in the audit log", 4000);
+  const reason = field("oncall-reason", closed ? "why reopen (required)" : "why resolve (required)", 2000);
+  const button = (verb, label, body) => el("button", { type: "button", testid: `oncall-${verb}`,
+    on: { click: act(incident, verb, label, body) } }, label);
+  return el("div", {}, facts, notes, el("div", { class: "decide", testid: "oncall-actions" },
+    closed ? null : button("ack", "Acknowledge", () => ({})),
+    closed ? null : [el("label", { for: "assign-to" }, "Assign to"), to,
+      button("assign", "Assign", () => ({ to: to.value.trim() }))],
+    el("label", { for: "comment-text" }, "Comment"), text,
+    button("comment", "Comment", () => ({ text: text.value.trim() })),
+    el("label", { for: "oncall-reason" }, "Reason"), reason,
+    closed ? button("reopen", "Reopen", () => ({ reason: reason.value.trim() }))
+      : button("resolve", "Resolve", () => ({ reason: reason.value.trim() }))));
+}
+
+function act(incident, verb, label, body) {
+  return async (event) => {
+    const error = $("oncall-error");
+    const notice = $("oncall-notice");
+    error.hidden = notice.hidden = true;
+    event.target.disabled = true;
+    try {
+      const answer = await api("POST", `/api/v1/incidents/${encodeURIComponent(incident.id)}/${verb}`, body());
+      notice.textContent = `${label}: kept as ${answer.record} (#${answer.seq}); status ${answer.status}.`;
+      notice.hidden = false;
+      document.querySelectorAll("[data-testid=oncall] input[data-key]").forEach((i) => { i.value = ""; });
+      loop.now();
+    } catch (err) {
+      showError(error, err instanceof ApiFailure ? `Could not ${label.toLowerCase()}: ${err.message}` : err);
+    } finally {
+      event.target.disabled = false;
+    }
+  };
 }
 
 // The timeline: decision records in order, each an anchor (#seq-N) that chat citations link to.
