@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from .audit import AuditLog
 from .incident import (ActionStatus, Approval, DecisionRefused, Incident, PlannedAction, Policy, Refusal,
                        check_decision, select)
-from .ledger import Ledger
+from .ledger import Ledger, ledger_scope
 
 Authorize = Callable[[PlannedAction], "tuple[str, str] | None"]
 
@@ -46,15 +46,16 @@ def decide(store, ledger: Ledger, audit: AuditLog, incident_id: str, selector: i
         raise DecisionRefused(Refusal.NO_SUCH_INCIDENT, f"no incident {incident_id!r}")
     incident = Incident.from_row(row)
     chosen = select(incident, selector)
-    earlier = ledger.decisions(incident.id)
+    scope = ledger_scope(audit, incident.id)
+    earlier = ledger.decisions(scope)
     for action in chosen:
         check_decision(incident, action, earlier.get(action.index), now, policy, authorize)
     kept: list[PlannedAction] = []
     approval = None
     for action in chosen:
-        approval = ledger.decide(incident.id, action.index, approve, by, reason, at=now)
+        approval = ledger.decide(scope, action.index, approve, by, reason, at=now)
         if approval is None:  # someone else's decision landed between the check and this insert
-            theirs = ledger.decisions(incident.id)[action.index]
+            theirs = ledger.decisions(scope)[action.index]
             raise DecisionRefused(Refusal.ALREADY_DECIDED, f"{action.label} of {incident.id} was already decided: "
                                   f"{theirs.decision} by {theirs.by} at {theirs.at.isoformat()}")
         audit.append("approval.decided", incident_id=incident.id, node=via,

@@ -38,7 +38,17 @@ LEDGER_SCHEMA = Schema("ledger", (
 
 
 def step_key(incident_id: str, action_index: int, kind: str = "do") -> str:
+    """A step's idempotency key; `incident_id` is the incident's ledger scope (`ledger_scope`)."""
     return f"{incident_id}/{action_index}/{kind}"
+
+
+def ledger_scope(audit, incident_id: str) -> str:
+    """The name the ledger keeps an incident's steps and approvals under, per round: the incident's id,
+    and after each reopen by a person (`incident.reopened` records) `<id>#r<round>`. A reopened incident
+    starts afresh: its steps get new idempotency keys (a target runs them again: the fault is back) and
+    its actions new approvals (a decision on the last round's plan does not approve this one)."""
+    reopened = len(audit.records(incident_id=incident_id, kind="incident.reopened"))
+    return incident_id if reopened == 0 else f"{incident_id}#r{reopened}"
 
 
 def _now() -> str:
@@ -79,7 +89,7 @@ class Ledger:
     def finish(self, key: str, ok: bool, outcome: dict[str, Any]) -> None:
         with self.db.write() as conn:
             if self.fence:
-                self.fence(conn, key.rsplit("/", 2)[0])  # step_key's incident
+                self.fence(conn, key.rsplit("/", 2)[0].split("#", 1)[0])  # step_key's incident, without its round
             conn.execute("UPDATE executions SET status=?, outcome=?, finished_at=? WHERE key=?",
                          ["succeeded" if ok else "failed", json.dumps(outcome), _now(), key])
 

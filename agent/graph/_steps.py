@@ -12,7 +12,7 @@ from .. import incident as core
 from ..action_history import DbActionHistory
 from ..executors import Step
 from ..incident import PAGE, ActionStatus, PlannedAction, StepOutcome
-from ..ledger import step_key
+from ..ledger import ledger_scope, step_key
 from ._deps import Deps
 
 
@@ -26,7 +26,7 @@ async def page_oncall(deps: Deps, incident_id: str, summary: str, why: str) -> S
                           reasons=["nobody was paged: " + ("dry run" if deps.dry_run else "no notify_oncall contract "
                                                            "or executor is configured")])
         return None
-    key = step_key(incident_id, why, "page")
+    key = step_key(ledger_scope(deps.audit, incident_id), why, "page")
     row = deps.ledger.start(key, incident_id, -1, "page", PAGE, incident_id, {"summary": summary})
     if row["status"] != "started":
         return StepOutcome.model_validate(row["outcome"])
@@ -43,7 +43,7 @@ async def page_oncall(deps: Deps, incident_id: str, summary: str, why: str) -> S
 async def run_step(deps: Deps, incident_id: str, action: PlannedAction, kind: str,
                     params: dict[str, Any]) -> StepOutcome:
     """One step, exactly once: the ledger says whether it already ran; the key goes to the target."""
-    key = step_key(incident_id, action.index, kind)
+    key = step_key(ledger_scope(deps.audit, incident_id), action.index, kind)
     step_type = action.type if kind == "do" else (action.compensation or {})["action"]
     row = deps.ledger.start(key, incident_id, action.index, kind, step_type, action.target, params)
     if row["status"] != "started":
