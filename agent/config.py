@@ -120,14 +120,75 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL (WAL) survives a crash of rtem, like JetStream's default sync "
                               "policy; FULL also survives power loss, at one fsync per batch")
-    otel_exporter: Literal["none", "console"] = Field(
-        "none", description="where `rtem run` exports OpenTelemetry spans: none, or console (printed)")
+    # [issue13:notify] settings of the notifiers and Alertmanager (helper A edits only this line)
+    # Paging (docs/integrations.md): Alertmanager and the direct notifiers; none set: pages are only logged.
+    public_url: str | None = Field(None, description="the console's base URL as people reach it (e.g. "
+                                   "https://rtem.example.com), for links in notifications; unset: no links")
+    alertmanager_url: str | None = Field(None, description="Alertmanager to post incidents to as alerts "
+                                         "(/api/v2/alerts); several separated by commas for an HA pair")
+    alertmanager_refresh_s: float = Field(60.0, ge=1, description="how often an open incident's alert is "
+                                          "posted again; it ends by itself 3 refreshes after rtem stops posting")
+    webhook_url: str | None = Field(None, description="a receiver for every notice as signed JSON")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key that signs webhook notices")
+    webhook_secret_file: Path | None = Field(None, description="file holding webhook_secret (wins over it)")
+    pagerduty_routing_key: SecretStr | None = Field(None, description="PagerDuty Events API v2 integration key")
+    pagerduty_routing_key_file: Path | None = Field(None, description="file holding pagerduty_routing_key")
+    pagerduty_url: str = Field("https://events.pagerduty.com/v2/enqueue", description="PagerDuty Events API v2")
+    slack_webhook_url: SecretStr | None = Field(None, description="Slack (or compatible) incoming webhook URL")
+    notify_timeout_s: float = Field(5.0, gt=0, description="per request to a notification destination")
+    notify_retry_attempts: int = Field(3, ge=1, le=10, description="tries per notice and destination")
+    notify_retry_initial_s: float = Field(0.5, ge=0, description="first backoff; doubles per retry, at most 8 s")
+    notify_breaker_failures: int = Field(5, ge=1, description="consecutive failed notices that open a "
+                                         "destination's breaker")
+    notify_breaker_reset_s: float = Field(60.0, gt=0, description="open breaker's wait before one trial notice")
+    # [issue13:oncall] settings of the escalation policy (helper B edits only this line)
+    escalation_policy: Path | None = Field(None, description="escalation policy file (YAML, checked by `rtem rules "
+                                           "check`); unset: RULES_DIR/escalation.yaml if there is one, else none: "
+                                           "each incident pages once, as without a policy (docs/integrations.md)")
+    escalation_every_s: float = Field(15.0, gt=0, le=3600, description="how often `rtem run` looks for pages "
+                                      "the escalation policy says are due")
+    # [issue13:prometheus] settings of Prometheus investigation (helper C edits only this line)
+    prometheus_url: str | None = Field(None, description="Prometheus to investigate incidents with, e.g. "
+                                       "http://prometheus:9090; unset: no investigation (docs/integrations.md)")
+    prometheus_queries: Path | None = Field(None, description="the query file (allowlisted PromQL templates per "
+                                            "entity type); unset: the packaged one, for the demo shop's metrics")
+    prometheus_timeout_s: float = Field(5.0, gt=0, le=120, description="per Prometheus query")
+    prometheus_max_points: int = Field(120, ge=2, le=11000, description="points per series at most: the step "
+                                       "grows with the incident's window to stay under it")
+    prometheus_min_step_s: float = Field(1.0, gt=0, description="the smallest query step (a scrape interval)")
+    prometheus_max_series: int = Field(20, ge=1, le=1000, description="series kept per query; more are dropped")
+    prometheus_lookback_s: float = Field(120.0, ge=0, le=86400, description="queried before the incident's "
+                                         "first event, to see a cause that came before its symptoms")
+    prometheus_max_queries: int = Field(60, ge=1, le=1000, description="queries one incident's investigation runs")
+    prometheus_budget_s: float = Field(20.0, gt=0, le=600, description="wall time one investigation may take")
+    prometheus_llm_calls: int = Field(4, ge=0, le=50, description="query_prometheus tool calls the LLM may make "
+                                      "per incident; 0: no tool")
+    topology_reload: bool = Field(True, description="`rtem run` watches the topology file: a change is checked "
+                                  "and swapped in, or refused with its file:line (docs/integrations.md)")
+    topology_mapping: Path | None = Field(None, description="discovery: which Prometheus target and series labels "
+                                          "make which entities and relations (YAML); unset: no discovery")
+    topology_discovery_interval_s: float = Field(60.0, ge=1, le=86400, description="how often discovery asks "
+                                                 "Prometheus (RTEM_PROMETHEUS_URL) for targets and series")
+    # [issue13:topology] settings of topology reload/discovery and the DLQ (helper D edits only this line)
+    # [issue13:executors] settings of executors and OTLP (helper E edits only this line)
+    otel_exporter: Literal["none", "console", "otlp"] | None = Field(
+        None, description="where `rtem run` exports OpenTelemetry spans: none, console (printed), or otlp "
+                          "(OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT); unset: otlp when that variable is set, "
+                          "else none")
+
+    def escalation_policy_file(self) -> Path | None:
+        """The escalation policy in force: `escalation_policy`, else RULES_DIR/escalation.yaml when it exists
+        (the packaged example is documentation, never applied unasked)."""
+        if self.escalation_policy is not None:
+            return self.escalation_policy
+        candidate = self.rules_dir / "escalation.yaml" if self.rules_dir is not None else None
+        return candidate if candidate is not None and candidate.is_file() else None
 
     def load_topology(self, path: Path | None = None) -> Topology:
         """The topology named on the command line, else RTEM_TOPOLOGY; TopologyError says what is wrong."""
         path = path or self.topology
         if path is None:
-            raise TopologyError("no topology: pass --topology FILE or set RTEM_TOPOLOGY")
+            raise TopologyError("no topology", "pass --topology FILE or set RTEM_TOPOLOGY")
         return Topology.load(path)
 
     @property

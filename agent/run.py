@@ -33,14 +33,18 @@ from .config import Settings
 from .executors import CommandTransport, Executors, HttpTransport, NatsTransport
 from .graph import page_oncall
 from .incident import IncidentStatus, alert_states, alerts_recovered
+from .ledger import ledger_scope
 from .rules_reload import RulesReloader
 from .service import Components, build, check_audit_copy, publish_audit
 from .idle import IdleCloser, StillClock
 from .cluster import CONSUMER_STATE, Fenced, Leadership, Ownership
 from .leading import LeaderLoop
+from .notify import IncidentPager, Notifications, build_notifications
 from .db import reopen
 from .serve import purge_regularly, serve_http, start_embedded_server
 from .tokens import TokenStore
+from .discovery import topology_tasks
+from .escalation import Escalator, escalate_regularly, policy_source, send_through
 
 log = logging.getLogger("rtem.run")
 
@@ -78,6 +82,9 @@ class Service:
         self._failures: dict[str, int] = {}  # consecutive failures of an incident's thread
         self._retry_at: dict[str, float] = {}  # monotonic time before which it is not tried again
         self.pages: list[dict[str, Any]] = []
+        self.notifications: Notifications | None = None  # Alertmanager and the direct notifiers (agent/notify)
+        self.pager: IncidentPager | None = None  # what they are told as this worker's incidents move
+        self.escalator: Escalator | None = None  # pages by the escalation policy (agent/escalation.py)
         self.http = "http_port" in settings.model_fields_set if http is None else http
         self.http_url: str | None = None
         self._http_server = None
@@ -111,6 +118,10 @@ class Service:
         self.parts = await build(self.settings, self.topology, data_dir, dry_run=self.dry_run, executors=executors,
                                  hot_reload=True, lead=True).open()
         self.reloader: RulesReloader = self.parts.rules
+        self.notifications = build_notifications(self.settings, self.parts.audit)
+        self.pager = IncidentPager(self.notifications, self.parts.store, self.parts.audit,
+                                   topology=self.parts.topology.current, public_url=self.settings.public_url,
+                                   refresh_s=self.settings.alertmanager_refresh_s)
         await check_audit_copy(self.bus, self.parts.audit)  # once: a log cut short is said at start
         # One worker of several answers each page (a queue group), not every one of them.
         await self.bus.nc.subscribe("rtem.cmd.notify_oncall.*", queue="rtem-pager", cb=self._page)
@@ -119,6 +130,16 @@ class Service:
         await self.leader.keep()  # a lone worker leads at once: consuming starts before start() returns
         self._tasks = [asyncio.create_task(self.reloader.watch(1.0, self.stop_event), name="rules"),
                        asyncio.create_task(self.leader.run(self._beat_stop), name="lead")]
+        self._tasks += topology_tasks(self.settings, self.parts.topology, self.stop_event)
+        # Pages by the escalation policy (none without a policy file): re-paging and escalating until a
+        # person acknowledges; an acknowledgement is passed on to the destinations (PagerDuty's acknowledge).
+        self.escalator = Escalator(policy_source(self.settings.escalation_policy_file(), self.parts.audit),
+                                   self.parts.store, self.parts.audit, send_through(self.pager),
+                                   lambda: datetime.now(timezone.utc), topology=self.parts.topology,
+                                   drives=self.ownership.owns, leads=lambda: self.role == "leader",
+                                   acknowledged=self.pager.acknowledge)
+        self._tasks.append(asyncio.create_task(
+            escalate_regularly(self.escalator, self.stop_event, self.settings.escalation_every_s), name="escalate"))
         self._driving = asyncio.create_task(self._drive(), name="drive")
         if self.http:
             await self._serve_http()
@@ -178,6 +199,9 @@ class Service:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self.leader is not None:
                 await self.leader.leave()
+            if self.pager is not None:  # the notices in flight, before the audit log they are recorded in closes
+                await self.pager.drain(STOP_GRACE_S)
+                await self.notifications.close()
             if self.parts is not None:
                 try:
                     if self.bus is not None:  # bounded: with NATS gone, the next start copies the rest
@@ -196,6 +220,7 @@ class Service:
         finally:
             if self.server is not None:
                 self.server.stop()
+            telemetry.flush()  # the spans still batched for the OTLP collector, before the process ends
 
     async def _finish_threads(self) -> None:
         running = list(self._advancing.values())
@@ -231,7 +256,14 @@ class Service:
         """Every worker's loop: move on the incidents it owns, and take those no worker owns."""
         while not self._drive_stop.is_set():
             try:
-                await self.tick(self.parts.store.active_incidents())
+                rows = self.parts.store.active_incidents()
+                await self.tick(rows)
+                # Owned, idle here, and no longer active: closed elsewhere (a person resolved it while it
+                # waited for an approval): give up its lease and what this worker kept about it.
+                for incident_id in set(self.ownership.owned) - {row["id"] for row in rows} - set(self._advancing):
+                    self._finished(incident_id)
+                if self.pager is not None:  # Alertmanager's alerts of the incidents this worker drives
+                    self.pager.refresh(self.ownership.owned)
                 for target, breaker in self.parts.graph.deps.executors.breakers.items():
                     metrics.BREAKER.labels(target=target).set(1 if breaker.state == "open" else 0)
             except Exception:
@@ -306,7 +338,7 @@ class Service:
             waiting = self._waiting.get(incident_id)
             if waiting is None:
                 return True  # after a restart: look once, the graph says what it waits for
-            decided = self.parts.ledger.decisions(incident_id)
+            decided = self.parts.ledger.decisions(ledger_scope(self.parts.audit, incident_id))
             asked = datetime.fromisoformat(waiting["asked_at"])
             expired = (datetime.now(timezone.utc) - asked).total_seconds() > self.settings.approval_ttl_s
             return expired or any(index in decided for index in waiting["actions"]) or self._alerts_resolved(row)
@@ -376,6 +408,12 @@ class Service:
         if waiting:
             self._waiting[incident_id] = waiting
         new_status = WAITING_STATUS[waiting["waiting"]] if waiting else values.get("status", status)
+        closed = self.parts.store.closed_by_person(incident_id)
+        if closed is not None:  # a person closed it while its thread ran: what the thread says no longer counts
+            self._looked.pop(incident_id, None)
+            self._finished(incident_id)
+            self._changed(incident_id, closed.get("status", "resolved"))
+            return
         if new_status not in FINAL:
             # Operators (rtem incidents, rtem approve) read the plan from the store while it waits.
             self.parts.store.save_diagnosis(incident_id, status=new_status, root_causes=values.get("root_causes", []),
@@ -416,7 +454,7 @@ class Service:
         self._tokens = TokenStore(self.parts.store.db)
         self._reader = reopen(self.parts.store.db, readonly=True)
         self._http_server, task, self.http_url = await serve_http(
-            self.settings, self.topology, self.parts, self.bus, self.reloader, self._tokens, self._reader,
+            self.settings, self.parts.topology, self.parts, self.bus, self.reloader, self._tokens, self._reader,
             ready=lambda: bool(self.bus and self.bus.nc.is_connected and not any(t.done() for t in self.leader.tasks)),
             role=lambda: self.role)
         self._tasks.append(task)
@@ -432,6 +470,8 @@ class Service:
         log.info("incident %s: %s", incident_id, status)
         if self.on_change:
             self.on_change(incident_id, status)
+        if self.pager is not None:  # only the worker driving an incident changes its status: one notice
+            self.pager.changed(incident_id, status)
 
     def _breaker_opened(self, target: str, error: str) -> None:
         metrics.BREAKER.labels(target=target).set(1)
@@ -439,8 +479,19 @@ class Service:
                                 decision={"state": "open"}, reasons=[error])
 
     async def _page(self, msg) -> None:
-        """The built-in pager for notify_oncall when no paging integration answers: it records."""
+        """The built-in pager for notify_oncall: the page goes to the direct notifiers (signed webhook,
+        PagerDuty, Slack) as a trigger, and is answered ok only if one of them took it; with none
+        configured, it is recorded in the log."""
         request = json.loads(msg.data)
         self.pages.append(request)
-        log.warning("page for %s: %s", request.get("target"), request.get("params", {}).get("summary", ""))
-        await msg.respond(json.dumps({"ok": True, "result": {"paged": "log"}}).encode())
+        summary = request.get("params", {}).get("summary", "")
+        deliveries = await self.pager.page(request.get("incident_id"), summary) if self.pager else []
+        if not deliveries:
+            log.warning("page for %s: %s", request.get("target"), summary)
+            reply = {"ok": True, "result": {"paged": "log"}}
+        elif any(d.ok for d in deliveries):
+            reply = {"ok": True, "result": {"paged": [d.destination.value for d in deliveries if d.ok]}}
+        else:
+            reply = {"ok": False, "result": {}, "error": "no notifier took the page: " + "; ".join(
+                f"{d.destination.value}: {d.error}" for d in deliveries)}
+        await msg.respond(json.dumps(reply).encode())

@@ -12,7 +12,6 @@ from pathlib import Path
 import anyio
 
 from bus import Bus, DataDirInUse, EmbeddedNats, NatsServerError
-from rules import Topology
 
 from .config import Settings
 from .db import Database
@@ -20,6 +19,7 @@ from .rules_reload import RulesReloader
 from .service import Components
 from .store import RetentionPolicy, purge
 from .tokens import TokenStore
+from .topology_reload import TopologySource
 
 log = logging.getLogger("rtem.run")
 
@@ -51,7 +51,7 @@ def reader_threads(settings: Settings) -> int:
     return max(1, settings.database_pool_size - 1)
 
 
-async def serve_http(settings: Settings, topology: Topology, parts: Components, bus: Bus, reloader: RulesReloader,
+async def serve_http(settings: Settings, topology: TopologySource, parts: Components, bus: Bus, reloader: RulesReloader,
                      tokens: TokenStore, reader: Database, ready: Callable[[], bool], role: Callable[[], str]):
     """Serve the HTTP API and console (agent/api) on this event loop; (uvicorn server, its task, URL).
     `reader` is the read-only database its requests read the store through. The port is bound here, so
@@ -60,6 +60,7 @@ async def serve_http(settings: Settings, topology: Topology, parts: Components, 
 
     from .api import ApiContext, create_app
     from .chat import answer
+    from .dlq import DeadLetterQueue
 
     chat = answer
     client = getattr(parts.graph.deps.reasoner, "client", None)
@@ -68,9 +69,10 @@ async def serve_http(settings: Settings, topology: Topology, parts: Components, 
 
         chat = LlmChat(settings, client=client).answer
     ctx = ApiContext(
-        reader=reader, topology=topology, audit=parts.audit, ledger=parts.ledger, tokens=tokens,
+        reader=reader, topologies=topology, audit=parts.audit, ledger=parts.ledger, tokens=tokens,
         publish=bus.publish_lines, chat=chat, reloader=reloader, max_body_bytes=settings.http_max_body_bytes,
-        policy=parts.graph.deps.policy, ready=ready, role=role)
+        policy=parts.graph.deps.policy, ready=ready, role=role,
+        dead_letters=DeadLetterQueue(bus, parts.audit, max_event_bytes=settings.max_event_bytes))
     # Each request thread keeps a connection of the reader's while it lives: no more request threads at
     # once than the reader has connections, so a burst of requests waits for a thread instead of failing
     # for want of a connection (docs/storage.md).

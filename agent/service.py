@@ -18,6 +18,7 @@ from .executors import Executors
 from .files import private_data_dir
 from .graph import Deps, IncidentGraph
 from .incident import Policy
+from .investigate import build_investigator
 from .ledger import Ledger
 from .reasoner import DeterministicReasoner
 from .rules_reload import RulesReloader
@@ -26,13 +27,14 @@ from .ruleset import FixedRules, RuleSource
 from .storage import SCHEMAS, database_of
 from .store import IncidentStore
 from .system_state import StoreState
+from .topology_reload import FixedTopology, TopologyReloader, TopologySource
 from .triage import WATERMARK, BatchResult, Triage
 
 
 @dataclass
 class Components:
     settings: Settings
-    topology: Topology
+    topology: TopologySource  # a TopologyReloader when built with hot_reload and a topology file
     store: IncidentStore
     audit: AuditLog
     triage: Triage
@@ -52,6 +54,8 @@ class Components:
         stop_reasoner = getattr(self.graph.deps.reasoner, "close", None)  # the LLM client, a local server
         if stop_reasoner:
             stop_reasoner()
+        if self.graph.deps.investigator is not None:
+            self.graph.deps.investigator.close()
         self.rules.close()
         self.triage.detector.close()
         self.store.close()
@@ -99,12 +103,22 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
                           shared=SharedRules(db), worker_id=worker_id)
             if hot_reload else FixedRules.load(settings.rules_dir, history=history, state=state))
         opened.append(rules)
+        # The topology file is watched like the rules (agent/topology_reload.py): read from it, not `topology`.
+        topologies: TopologySource = (
+            TopologyReloader(settings.topology, audit=audit, actor="rtem run")
+            if hot_reload and settings.topology and (settings.topology_reload or settings.topology_mapping)
+            else FixedTopology(topology))
         reasoner = DeterministicReasoner()
+        investigator = build_investigator(settings)  # a bad query file stops start-up at its file:line
         base_versions = {"topology": topology.digest, "prompt": "none", "model": "none"}
         if settings.llm != "none":  # the LLM reasoner, with the deterministic one as its evidence and fallback
             from .llm import build_reasoner
 
-            reasoner = build_reasoner(settings, contracts=rules.current().guard.contracts, store=store)
+            from .llm import PrometheusTool
+
+            tools = (PrometheusTool(investigator, audit, settings.prometheus_llm_calls)
+                     if investigator is not None and settings.prometheus_llm_calls else None)
+            reasoner = build_reasoner(settings, contracts=rules.current().guard.contracts, store=store, tools=tools)
             base_versions.update(reasoner.versions)
     except BaseException:
         for part in reversed(opened):
@@ -122,19 +136,20 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
         return float(store.load_state(WATERMARK, 0.0))
 
     def correlation_versions() -> dict[str, str]:
-        return {"detections": detections().digest, "topology": topology.digest}
+        return {"detections": detections().digest, "topology": topologies.current().digest}
 
-    triage = Triage(store, Detector(detections(), topology), Correlator(topology, settings.correlation_gap_s),
+    now = topologies.current()
+    triage = Triage(store, Detector(detections(), now), Correlator(now, settings.correlation_gap_s),
                     after_commit=lambda result: record_correlation(audit, store, result, correlation_versions()),
-                    detections=detections, fence=leadership.fence if leadership else None)
-    deps = Deps(store=store, audit=audit, reasoner=reasoner, rules=rules, topology=topology,
+                    detections=detections, topology=topologies.current, fence=leadership.fence if leadership else None)
+    deps = Deps(store=store, audit=audit, reasoner=reasoner, rules=rules, topologies=topologies,
                 base_versions=base_versions, ledger=ledger, executors=executors, dry_run=dry_run,
                 policy=Policy(approval_ttl_s=settings.approval_ttl_s, verify_quiet_s=settings.verify_quiet_s,
                               verify_deadline_s=settings.verify_deadline_s),
-                watermark=watermark, worker=worker_id if lead else None)
+                watermark=watermark, worker=worker_id if lead else None, investigator=investigator)
     # Checkpoints beside the records: in PostgreSQL with them, else in a SQLite file of their own.
     graph = IncidentGraph(db.target if on_postgres else data_dir / "checkpoints.db", deps)
-    return Components(settings, topology, store, audit, triage, graph, rules, ledger, db, leadership, ownership)
+    return Components(settings, topologies, store, audit, triage, graph, rules, ledger, db, leadership, ownership)
 
 
 def record_correlation(audit: AuditLog, store: IncidentStore, result: BatchResult, versions: dict[str, str]) -> None:

@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from . import ingest, routes
+from . import dlq, ingest, routes, topology
+from . import oncall  # on-call actions (agent/api/oncall.py)
 from .auth import ApiError, require
 from .browser import CrossSiteCheck, SecurityHeaders, security_headers
 from .context import ApiContext
@@ -32,6 +33,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.add_middleware(SecurityHeaders)  # the last added is the outermost: its headers go on every answer
     app.include_router(routes.router)
     app.include_router(ingest.router)
+    app.include_router(dlq.router)
+    app.include_router(topology.router)
+    app.include_router(oncall.router)  # ack, assign, comment, resolve, reopen
+    # [issue13:routers] helpers B and D each add one include_router line above this comment
     _add_probes(app)
     _add_error_handlers(app)
     try:

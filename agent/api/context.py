@@ -17,10 +17,12 @@ from rules import Topology
 
 from ..audit import AuditLog
 from ..db import Database
+from ..dlq import DeadLetterQueue
 from ..incident import Policy
 from ..ledger import Ledger
 from ..store import IncidentStore
 from ..tokens import TokenStore
+from ..topology_reload import TopologySource
 
 Chat = Callable[..., Any]  # (question, store, audit, incident_id, *, visible) -> chat.Answer
 
@@ -28,7 +30,7 @@ Chat = Callable[..., Any]  # (question, store, audit, incident_id, *, visible) -
 @dataclass
 class ApiContext:
     reader: Database  # read-only, on the service's database
-    topology: Topology
+    topologies: TopologySource  # the service's: reloads and discovery swap what current() gives
     audit: AuditLog
     ledger: Ledger
     tokens: TokenStore
@@ -39,11 +41,17 @@ class ApiContext:
     role: Callable[[], str] = lambda: "leader"  # or "standby": another worker consumes (docs/deployment.md)
     max_body_bytes: int = 1024 * 1024
     policy: Policy = Policy()  # approval lifetime, as the service judges it
+    dead_letters: DeadLetterQueue | None = None  # the DLQ over the service's bus (agent/dlq.py)
 
     def __post_init__(self) -> None:
         # One view for every request, so its schema is checked once, not per request; it keeps no
         # state of its own (each request thread uses its own connection of the reader's).
         self._store = IncidentStore(self.reader)
+
+    @property
+    def topology(self) -> Topology:
+        """The topology in force now, for scopes and views."""
+        return self.topologies.current()
 
     @contextmanager
     def store(self) -> Iterator[IncidentStore]:

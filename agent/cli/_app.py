@@ -25,6 +25,14 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(db_app, name="db")
 app.add_typer(cluster_app, name="cluster")
+from ._dlq import dlq_app  # noqa: E402 - registered in the order `rtem --help` lists them
+app.add_typer(dlq_app, name="dlq")
+from ._topology import topology_app  # noqa: E402 - registered in the order `rtem --help` lists them
+app.add_typer(topology_app, name="topology")
+from ._oncall import COMMANDS as _ONCALL  # noqa: E402 - on-call commands join `rtem incidents`
+for command in _ONCALL:
+    incidents_app.command()(command)
+# [issue13:cli] helpers B, C and D each add their import and add_typer/command lines above this comment
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from bus import NatsServerError
-from rules import RulesError
+from rules import RulesError, TopologyError
 
 from ._common import (DbOpt, JsonOpt, LlmOpt, TopologyOpt, err, fail, open_ledger, out, settings, database_target,
                       topology_of)
@@ -39,6 +39,8 @@ def run(
     cfg = cfg.model_copy(update={k: v for k, v in (("http_host", http_host), ("http_port", http_port)) if v is not None})
     setup_logging(log_format)
     topo = topology_of(cfg, topology)
+    if topology is not None:  # the file given is the one watched (RTEM_TOPOLOGY_RELOAD), as RTEM_TOPOLOGY would be
+        cfg = cfg.model_copy(update={"topology": topology})
 
     async def serve():
         service = Service(cfg, topo, dry_run=dry_run, http=not no_http)
@@ -61,7 +63,7 @@ def run(
 
     try:
         asyncio.run(serve())
-    except (RulesError, LLMSetupError, OSError) as exc:
+    except (RulesError, TopologyError, LLMSetupError, OSError) as exc:
         fail(str(exc))
     except (NatsServerError, SchemaTooNew) as exc:  # another rtem on this data directory, no nats-server to
         fail(str(exc), 1)                            # run, or a database a newer rtem migrated
@@ -110,6 +112,10 @@ def demo(
     approve_after: Annotated[float, typer.Option(help="Wall seconds the demo operator waits before approving.")] = 3.0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Keep the store and audit log here (default: a temp dir).")] = None,
     llm: LlmOpt = None,
+    prometheus_port: Annotated[Optional[int], typer.Option(help="Also serve the shop's telemetry as Prometheus "
+                               "metrics on this port (0: a free one, printed) for a Prometheus to scrape; with "
+                               "RTEM_PROMETHEUS_URL rtem queries them (docs/integrations.md). Use --speed 1: "
+                               "Prometheus stamps samples with the wall clock.", min=0, max=65535)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The main job: rtem remediates a simulated shop (six services, a database, a queue, three hosts)
@@ -122,7 +128,8 @@ def demo(
     cfg = settings(llm)
     try:
         result = asyncio.run(run_demo(speed=speed, scenarios=scenario, data_dir=data_dir, approve_after_s=approve_after,
-                                      timeout_s=timeout, settings=cfg, console=err, live=not json_out))
+                                      timeout_s=timeout, settings=cfg, console=err, live=not json_out,
+                                      prometheus_port=prometheus_port))
     except LLMSetupError as exc:
         fail(str(exc))
     if json_out:

@@ -13,11 +13,13 @@ from rules import Proposal, Topology
 from ..audit import AuditLog
 from ..executors import Executors
 from ..incident import PlannedAction, Policy
+from ..investigate import Investigator
 from ..ledger import Ledger
 from ..models import IncidentView, ReasonerRun, RootCause
 from ..reasoner import HISTORY_WINDOW, learn_history
 from ..ruleset import RuleSource
 from ..store import IncidentStore
+from ..topology_reload import TopologySource
 
 
 class Reasoner(Protocol):
@@ -35,13 +37,14 @@ class Reasoner(Protocol):
 @dataclass(frozen=True)
 class Deps:
     """Everything a node needs from outside, built once (agent/service.py) and never rewired: the rule
-    set in force is read from `rules.current()` at each use, so a hot reload needs no rewiring."""
+    set and the topology in force are read from `rules.current()` and `topologies.current()` at each
+    use, so a hot reload needs no rewiring."""
 
     store: IncidentStore
     audit: AuditLog
     reasoner: Reasoner
     rules: RuleSource
-    topology: Topology
+    topologies: TopologySource
     base_versions: Mapping[str, str] = field(default_factory=dict)  # topology, model, prompt
     ledger: Ledger | None = None
     executors: Executors | None = None
@@ -50,10 +53,16 @@ class Deps:
     watermark: Callable[[], float] = lambda: 0.0
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     worker: str | None = None  # the `rtem run` worker that drives the incidents: named in execution records
+    investigator: Investigator | None = None  # Prometheus queries gather_context runs (RTEM_PROMETHEUS_URL)
+
+    @property
+    def topology(self) -> Topology:
+        """The topology in force now (a reload swaps it between two reads, never during one)."""
+        return self.topologies.current()
 
     def versions(self, run: ReasonerRun | None = None) -> dict[str, str]:
         """The versions a decision record names: the rules in force now, the topology, the reasoner."""
-        versions = {**self.base_versions, **self.rules.current().versions,
+        versions = {**self.base_versions, **self.rules.current().versions, "topology": self.topology.digest,
                     "reasoner": f"{self.reasoner.name}/{self.reasoner.version}"}
         if run is not None:
             versions.update(run.versions)
@@ -63,13 +72,13 @@ class Deps:
         """The incident as a reasoner sees it, the same in diagnose and propose: its events, the
         topology, and the background learned from the incidents that opened before its first event,
         never later."""
-        events = self.store.events(incident_id)
+        events, topology = self.store.events(incident_id), self.topology
         history = None
         if events:
             incidents, shapes = self.store.past_event_shapes(min(e.ts for e in events), limit=HISTORY_WINDOW,
                                                              exclude=incident_id)
-            history = learn_history(incidents, shapes, self.topology)
-        return IncidentView(incident_id, events, self.topology, history)
+            history = learn_history(incidents, shapes, topology)
+        return IncidentView(incident_id, events, topology, history)
 
 
 class IncidentState(TypedDict, total=False):

@@ -16,7 +16,7 @@ from .. import incident as core
 from .. import investigate
 from .. import metrics
 from ..incident import PAGE, ActionStatus, PlannedAction
-from ..ledger import step_key
+from ..ledger import ledger_scope, step_key
 from ..models import ReasonerRun, RootCause
 from ._deps import Deps, IncidentState, plan_of, records
 from ._steps import others_of, page_oncall, run_step, stale
@@ -142,7 +142,8 @@ def approve(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
                 decision={"approver_roles": sorted({a.approver_role or "approver" for a in pending})},
                 reasons=[a.reason for a in pending], versions=deps.versions())
         return {"actions": records(core.request_approval(actions, now))}
-    actions, changed = core.apply_decisions(actions, deps.ledger.decisions(incident_id), now, deps.policy)
+    actions, changed = core.apply_decisions(actions, deps.ledger.decisions(ledger_scope(deps.audit, incident_id)),
+                                            now, deps.policy)
     if not changed:
         asked = min(a.requested_at for a in pending)
         interrupt({"waiting": "approval", "incident_id": incident_id, "asked_at": asked.isoformat(),
@@ -193,7 +194,7 @@ async def execute(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState
         if action.verdict == "require_approval" and history is not None:
             # The guard recorded allowed actions when it judged them; approved ones count once they ran.
             history.record(action.type, action.target, datetime.fromtimestamp(deps.watermark(), timezone.utc),
-                           incident_id=incident["id"], key=step_key(incident["id"], action.index))
+                           incident_id=incident["id"], key=step_key(ledger_scope(deps.audit, incident["id"]), action.index))
         return update
     actions, undo = core.fail_plan(actions, action.index)
     compensated = []
