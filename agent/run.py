@@ -8,8 +8,9 @@ restart resume every open incident where it stood.
 
 Several workers share the work (docs/deployment.md): the one that holds the leader lease consumes
 (triage) and does the chores that must run once (the audit copy, idle closes, retention); every worker
-drives incidents, each incident owned by one worker at a time through its own lease (agent/cluster),
-at most `worker_concurrency` threads at once.
+drives incidents (agent/driving.py), each incident owned by one worker at a time through its own lease
+(agent/cluster), at most `worker_concurrency` threads at once. Beside them run the pager (agent/notify),
+the escalation policy's `Escalator`, hot reloads of rules and topology, and the HTTP API.
 """
 
 from __future__ import annotations
@@ -31,13 +32,11 @@ from rules import Topology
 from . import metrics, telemetry
 from .config import Settings
 from .executors import CommandTransport, Executors, HttpTransport, NatsTransport
-from .graph import page_oncall
-from .incident import IncidentStatus, alert_states, alerts_recovered
-from .ledger import ledger_scope
+from .driving import STOP_GRACE_S, IncidentDriver
 from .rules_reload import RulesReloader
 from .service import Components, build, check_audit_copy, publish_audit
 from .idle import IdleCloser, StillClock
-from .cluster import CONSUMER_STATE, Fenced, Leadership, Ownership
+from .cluster import CONSUMER_STATE, Leadership, Ownership
 from .leading import LeaderLoop
 from .notify import IncidentPager, Notifications, build_notifications
 from .db import reopen
@@ -48,10 +47,7 @@ from .escalation import Escalator, escalate_regularly, policy_source, send_throu
 
 log = logging.getLogger("rtem.run")
 
-FINAL = tuple(status.value for status in IncidentStatus if status.final)
-WAITING_STATUS = {"approval": "awaiting_approval", "resume": "paused"}
 FAILURE_RETRY = RetryPolicy(max_attempts=5, initial_interval_s=1.0, backoff=2.0, max_interval_s=30.0)
-STOP_GRACE_S = 10.0  # how long a stop waits for incident threads in a step (an executor call) to finish
 CONSUMER_EVERY_S = 5.0  # how often the leader saves its consumer's lag (CONSUMER_STATE)
 RETENTION_EVERY_S = 24 * 3600.0  # how often `rtem run` purges by the retention settings (docs/retention.md)
 
@@ -75,13 +71,8 @@ class Service:
         self.parts: Components | None = None
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._advancing: dict[str, asyncio.Task] = {}
-        self._waiting: dict[str, dict[str, Any]] = {}
-        self._checked: dict[str, float] = {}
-        self._looked: dict[str, int] = {}  # event_count at which an incident's alerts were last found firing
-        self._failures: dict[str, int] = {}  # consecutive failures of an incident's thread
-        self._retry_at: dict[str, float] = {}  # monotonic time before which it is not tried again
         self.pages: list[dict[str, Any]] = []
+        self.driver: IncidentDriver | None = None  # moves this worker's incidents on (agent/driving.py)
         self.notifications: Notifications | None = None  # Alertmanager and the direct notifiers (agent/notify)
         self.pager: IncidentPager | None = None  # what they are told as this worker's incidents move
         self.escalator: Escalator | None = None  # pages by the escalation policy (agent/escalation.py)
@@ -118,6 +109,8 @@ class Service:
         self.parts = await build(self.settings, self.topology, data_dir, dry_run=self.dry_run, executors=executors,
                                  hot_reload=True, lead=True).open()
         self.reloader: RulesReloader = self.parts.rules
+        self.driver = IncidentDriver(self.parts, self.settings, self.ownership, self._changed,
+                                     self.failure_retry)
         self.notifications = build_notifications(self.settings, self.parts.audit)
         self.pager = IncidentPager(self.notifications, self.parts.store, self.parts.audit,
                                    topology=self.parts.topology.current, public_url=self.settings.public_url,
@@ -190,7 +183,7 @@ class Service:
             if self._driving is not None:
                 self._drive_stop.set()
                 await asyncio.gather(self._driving, return_exceptions=True)
-                await self._finish_threads()
+                await self.driver.finish_threads()
                 try:
                     await asyncio.to_thread(self.ownership.leave)
                 except Exception:
@@ -222,18 +215,6 @@ class Service:
                 self.server.stop()
             telemetry.flush()  # the spans still batched for the OTLP collector, before the process ends
 
-    async def _finish_threads(self) -> None:
-        running = list(self._advancing.values())
-        if not running:
-            return
-        _, unfinished = await asyncio.wait(running, timeout=STOP_GRACE_S)
-        for task in unfinished:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-        if unfinished:
-            log.warning("stopped %d incident thread(s) mid-step; they resume from their checkpoints on the "
-                        "next start", len(unfinished))
-
     async def run_forever(self) -> None:
         await self.stop_event.wait()
 
@@ -257,11 +238,8 @@ class Service:
         while not self._drive_stop.is_set():
             try:
                 rows = self.parts.store.active_incidents()
-                await self.tick(rows)
-                # Owned, idle here, and no longer active: closed elsewhere (a person resolved it while it
-                # waited for an approval): give up its lease and what this worker kept about it.
-                for incident_id in set(self.ownership.owned) - {row["id"] for row in rows} - set(self._advancing):
-                    self._finished(incident_id)
+                await self.driver.tick(rows)
+                self.driver.release_closed(rows)
                 if self.pager is not None:  # Alertmanager's alerts of the incidents this worker drives
                     self.pager.refresh(self.ownership.owned)
                 for target, breaker in self.parts.graph.deps.executors.breakers.items():
@@ -277,7 +255,7 @@ class Service:
         """The leader's chores, until `stop`: copy the audit log to the AUDIT stream, say how far the
         consumer lags, stop correlating into incidents other workers closed, and close idle ones."""
         still = StillClock()
-        idle = IdleCloser(self.parts, self.settings.idle_close_s, self._closed_idle)
+        idle = IdleCloser(self.parts, self.settings.idle_close_s, self.driver.closed_idle)
         saved_at = 0.0
         while not stop.is_set():
             try:
@@ -296,7 +274,7 @@ class Service:
                         saved_at = time.monotonic()
                 others = self.ownership.others()
                 await idle.sweep(rows, still.seconds(self.parts.triage.detector.watermark, silent=silent),
-                                 claim=lambda incident_id: (incident_id not in self._advancing
+                                 claim=lambda incident_id: (incident_id not in self.driver.advancing
                                                             and incident_id not in others
                                                             and self.ownership.take(incident_id)))
             except Exception:
@@ -305,149 +283,6 @@ class Service:
                 await asyncio.wait_for(stop.wait(), self.poll_s)
             except asyncio.TimeoutError:
                 pass
-
-    async def tick(self, rows: list[dict[str, Any]]) -> None:
-        """Start threads for the active incidents that are ready, this worker's or no worker's, while it
-        has room (`worker_concurrency`), and move waiting ones along."""
-        watermark = self.parts.graph.deps.watermark()
-        others = self.ownership.others() if rows else set()
-        for row in rows:
-            incident_id = row["id"]
-            if incident_id in self._advancing or incident_id in others or not self._ready(row, watermark):
-                continue
-            if len(self._advancing) >= self.settings.worker_concurrency:
-                break
-            if not await asyncio.to_thread(self.ownership.take, incident_id):
-                continue  # another worker took it first
-            task = asyncio.create_task(self._advance(incident_id, row["status"], watermark))
-            self._advancing[incident_id] = task
-            task.add_done_callback(lambda _t, key=incident_id: self._advancing.pop(key, None))
-
-    def _ready(self, row: dict[str, Any], watermark: float) -> bool:
-        """Whether a thread can make progress now, so waiting threads are not spun for nothing."""
-        status, incident_id = row["status"], row["id"]
-        if time.monotonic() < self._retry_at.get(incident_id, 0.0):
-            return False
-        if status == "open":
-            return watermark - row["first_ts"] >= self.settings.diagnose_after_s or self._alerts_resolved(row)
-        if status == "paused":
-            return not self.parts.ledger.paused() or self._alerts_resolved(row)
-        if status == "verifying":
-            return watermark > self._checked.get(incident_id, float("-inf")) or self._alerts_resolved(row)
-        if status == "awaiting_approval":
-            waiting = self._waiting.get(incident_id)
-            if waiting is None:
-                return True  # after a restart: look once, the graph says what it waits for
-            decided = self.parts.ledger.decisions(ledger_scope(self.parts.audit, incident_id))
-            asked = datetime.fromisoformat(waiting["asked_at"])
-            expired = (datetime.now(timezone.utc) - asked).total_seconds() > self.settings.approval_ttl_s
-            return expired or any(index in decided for index in waiting["actions"]) or self._alerts_resolved(row)
-        return True
-
-    def _alerts_resolved(self, row: dict[str, Any]) -> bool:
-        """Whether every alert of the incident resolved and no signal came after (docs/lifecycle.md): its
-        thread then closes it. Looked at again only once events arrived for it, so an incident that waits
-        costs no query per poll."""
-        incident_id = row["id"]
-        if self._looked.get(incident_id) == row["event_count"]:
-            return False
-        alerts = alert_states(self.parts.store.alert_events(incident_id))
-        if alerts and alerts_recovered(alerts, row["last_ts"]) is not None:
-            return True  # not noted: until its thread closes it, it stays ready
-        self._looked[incident_id] = row["event_count"]
-        return False
-
-    async def _closed_idle(self, incident_id: str, status: str) -> None:
-        self._looked.pop(incident_id, None)
-        self._finished(incident_id)
-        self._changed(incident_id, status)
-        await self._write_reports(incident_id)
-
-    async def _advance(self, incident_id: str, status: str, watermark: float) -> None:
-        """Move one incident's thread on; a failure is retried with backoff, then the incident is
-        marked failed, recorded, and a person is paged."""
-        try:
-            await self._step(incident_id, status, watermark)
-        except Fenced as exc:  # another worker owns it now: the thread goes on there, from its checkpoint
-            log.warning("incident %s: %s", incident_id, exc)
-        except Exception as exc:
-            failures = self._failures[incident_id] = self._failures.get(incident_id, 0) + 1
-            log.exception("incident %s: its thread failed (%d of %d attempts)", incident_id, failures,
-                          self.failure_retry.max_attempts)
-            if failures < self.failure_retry.max_attempts:
-                self._retry_at[incident_id] = time.monotonic() + self.failure_retry.interval(failures)
-                return
-            await self._fail(incident_id, f"{type(exc).__name__}: {exc}", failures)
-        else:
-            self._failures.pop(incident_id, None)
-            self._retry_at.pop(incident_id, None)
-
-    async def _fail(self, incident_id: str, error: str, attempts: int) -> None:
-        reason = f"rtem failed on this incident {attempts} times in a row; last error: {error}"
-        self.parts.audit.append("incident.failed", incident_id=incident_id, node="run",
-                                inputs={"attempts": attempts}, decision={"status": "failed"}, reasons=[reason])
-        self.parts.store.set_status(incident_id, "failed")
-        self._changed(incident_id, "failed")
-        try:
-            await page_oncall(self.parts.graph.deps, incident_id, f"rtem failed on incident {incident_id}: {reason}",
-                              "failure")
-        except Exception:  # the record above stands; the page is best effort once rtem itself is failing
-            log.exception("incident %s: paging about its failure failed", incident_id)
-        self._finished(incident_id)  # after the page: the page is a step of the incident's, fenced by its lease
-
-    async def _step(self, incident_id: str, status: str, watermark: float) -> None:
-        graph = self.parts.graph
-        if status == "open":
-            self.parts.store.set_status(incident_id, "diagnosing")
-            self._changed(incident_id, "diagnosing")
-            values, waiting = await graph.run(incident_id)
-        else:
-            if status == "verifying":
-                self._checked[incident_id] = watermark
-            values, waiting = await graph.proceed(incident_id)
-        if waiting:
-            self._waiting[incident_id] = waiting
-        new_status = WAITING_STATUS[waiting["waiting"]] if waiting else values.get("status", status)
-        closed = self.parts.store.closed_by_person(incident_id)
-        if closed is not None:  # a person closed it while its thread ran: what the thread says no longer counts
-            self._looked.pop(incident_id, None)
-            self._finished(incident_id)
-            self._changed(incident_id, closed.get("status", "resolved"))
-            return
-        if new_status not in FINAL:
-            # Operators (rtem incidents, rtem approve) read the plan from the store while it waits.
-            self.parts.store.save_diagnosis(incident_id, status=new_status, root_causes=values.get("root_causes", []),
-                                            actions=values.get("actions", []), versions=graph.deps.versions())
-        if new_status != status:
-            self._changed(incident_id, new_status)
-        if new_status in FINAL:
-            self._looked.pop(incident_id, None)
-            self._finished(incident_id)
-            if values.get("mttr_s") is not None:
-                metrics.MTTR.observe(values["mttr_s"])
-            if new_status != "merged":
-                await self._write_reports(incident_id)
-
-    def _finished(self, incident_id: str) -> None:
-        """The incident is final: forget it, stop correlating into it (the leader's triage; another
-        worker's leader learns it from the store), and give up its lease."""
-        for state in (self._failures, self._retry_at, self._waiting, self._checked):
-            state.pop(incident_id, None)
-        self.parts.triage.correlator.release(incident_id)
-        self.ownership.release(incident_id)
-
-    async def _write_reports(self, incident_id: str) -> None:
-        """The rationale report of a closed incident, written beside the store (agent/report.py)."""
-        from .report import write_reports
-
-        directory = Path(self.settings.reports_dir or Path(self.settings.data_dir) / "reports")
-        try:  # on a worker thread, with its own connections to the store
-            written = await asyncio.to_thread(write_reports, self.parts.store, self.parts.audit, incident_id,
-                                              directory)
-            log.info("incident %s: report %s", incident_id, written["html"])
-        except Exception:  # a report is an explanation, not a control: its failure must not stop the service
-            log.exception("incident %s: writing its report failed (rtem report %s rebuilds it)", incident_id,
-                          incident_id)
 
     async def _serve_http(self) -> None:
         """The HTTP API and console (agent/api), on this event loop beside the consumer."""

@@ -145,8 +145,8 @@ async def test_an_incident_whose_thread_keeps_failing_is_retried_with_backoff_th
             conn.execute("ALTER TABLE events RENAME TO events_gone")
         started = time.monotonic()
         service.parts.store.set_status(row["id"], "diagnosing")  # as if its evidence window had passed
-        await wait_for(lambda: service._failures.get(row["id"]) == 1)
-        assert not service._ready(incident(service), 1e12), "a failed incident is not tried again before its backoff"
+        await wait_for(lambda: service.driver._failures.get(row["id"]) == 1)
+        assert not service.driver._ready(incident(service), 1e12), "a failed incident is not tried again before its backoff"
         # the service loop retries it after 0.2 s, then 0.4 s, then gives up
         await wait_for(lambda: incident(service)["status"] == "failed", 30)
         assert time.monotonic() - started >= 0.6
