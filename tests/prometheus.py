@@ -64,18 +64,20 @@ class PrometheusProcess:
 
 
 @contextmanager
-def running_prometheus(targets: Sequence[str], tmp_path: Path, *, interval: str = "1s",
-                       timeout: float = 20.0) -> Iterator[PrometheusProcess]:
-    """Prometheus scraping `targets` (host:port, /metrics) every `interval`, ready and with every target
-    up; stopped (SIGTERM, then SIGKILL) on the way out."""
+def running_prometheus(targets: Sequence[str], tmp_path: Path, *, interval: str = "1s", timeout: float = 20.0,
+                       static_configs: Sequence[dict] | None = None, job: str = "test") -> Iterator[PrometheusProcess]:
+    """Prometheus scraping `targets` (host:port, /metrics) every `interval` as job `job` — or, with
+    `static_configs`, those (targets with labels of their own) — ready and with every target up; stopped
+    (SIGTERM, then SIGKILL) on the way out."""
     if PROMETHEUS is None:
         pytest.skip("Prometheus is not installed (Debian: apt-get install prometheus)")
     home = tmp_path / f"prometheus-{free_port()}"
     home.mkdir()
     config = home / "prometheus.yml"
-    config.write_text(
-        f"global: {{scrape_interval: {interval}, evaluation_interval: {interval}}}\n"
-        f"scrape_configs:\n  - job_name: test\n    static_configs:\n      - targets: {json.dumps(list(targets))}\n")
+    config.write_text(json.dumps({  # JSON is YAML
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [{"job_name": job,
+                            "static_configs": list(static_configs or [{"targets": list(targets)}])}]}))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = home / "prometheus.log"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +19,7 @@ from agent.cli import app
 from agent.config import Settings
 from agent.discovery import Discovery, Mapping, topology_tasks
 from agent.topology_reload import TopologyReloader
-from tests.prometheus import PROMETHEUS, PrometheusProcess, _wait, free_port
+from tests.prometheus import PROMETHEUS, free_port, running_prometheus
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(PROMETHEUS is None, reason="Prometheus is not installed (apt-get install prometheus)")]
@@ -64,40 +63,15 @@ def metrics_server(text: str):
         server.server_close()
 
 
-@contextmanager
-def prometheus(tmp_path, static_configs: list[dict]):
-    """Prometheus scraping every second with these static configs (targets with their own labels). Kept
-    here because tests/prometheus.py's `running_prometheus` gives every target the same labels."""
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"},
-                                      "scrape_configs": [{"job_name": "shop", "static_configs": static_configs}]}))
-    log = tmp_path / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                                stdout=out, stderr=subprocess.STDOUT)
-    prom = PrometheusProcess(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        _wait(prom, 20)
-        yield prom
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def test_discovery_builds_merges_and_audits_from_a_real_prometheus(tmp_path):
     mapping_file, topology_file = tmp_path / "mapping.yaml", tmp_path / "topology.yaml"
     mapping_file.write_text(yaml.safe_dump(MAPPING))
     topology_file.write_text(yaml.safe_dump(FILE))
     with metrics_server('shop_up 1\n') as api, \
             metrics_server('shop_up 1\nshop_dependency{caller="shop-web",callee="shop-api"} 1\n') as web, \
-            prometheus(tmp_path, [{"targets": [api], "labels": {"service": "shop-api", "node": "host-1", "team": "core"}},
-                                  {"targets": [web], "labels": {"service": "shop-web", "node": "host-2"}}]) as prom:
+            running_prometheus([], tmp_path, job="shop", static_configs=[
+                {"targets": [api], "labels": {"service": "shop-api", "node": "host-1", "team": "core"}},
+                {"targets": [web], "labels": {"service": "shop-web", "node": "host-2"}}]) as prom:
         prom.wait_for_series("shop_dependency")
         found = Discovery(prom.url, Mapping.load(mapping_file)).discover()
         assert {(e.type, e.id) for e in found.entities} == {

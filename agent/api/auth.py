@@ -69,3 +69,27 @@ def require(permission: str) -> Callable[[Request], Awaitable[Principal]]:
 
     check.__name__ = f"require_{permission}"
     return check
+
+
+class Visibility:
+    """`visible(row)` for the core's decisions (approvals, on-call actions): whether `who` may see the
+    incident. It remembers what it hid, so that a refusal about a hidden incident is answered exactly as
+    for one that does not exist, and audited as a denial (`denied`)."""
+
+    def __init__(self, ctx: ApiContext, who: Principal):
+        self.ctx = ctx
+        self.who = who
+        self.hidden: list[str] = []
+
+    def __call__(self, row: dict[str, Any]) -> bool:
+        if self.who.sees(row, self.ctx.topology):
+            return True
+        self.hidden.append(row["id"])
+        return False
+
+    def denied(self, request: Request, status: int, answer: str) -> ApiError | None:
+        """The error for a refusal the core gave, when it was about an incident this hid; else None."""
+        if not self.hidden:
+            return None
+        return deny(self.ctx, request, status, f"incident {self.hidden[0]} is outside the scope of token "
+                    f"{self.who.name}", self.who, answer=answer)

@@ -19,7 +19,7 @@ from ..incident import OnCallRefused
 from ..oncall import OnCallAction, act
 from ..store import IncidentStore
 from ..tokens import Principal
-from .auth import ApiError, context, deny, require
+from .auth import ApiError, Visibility, context, deny, require
 from .body import StrictJsonRoute
 
 router = APIRouter(prefix="/api/v1", route_class=StrictJsonRoute)
@@ -81,13 +81,7 @@ async def reopen(incident_id: str, body: Reason, request: Request, who: Principa
 async def _act(request: Request, incident_id: str, action: OnCallAction, text: str, who: Principal) -> dict[str, Any]:
     ctx = context(request)
     store = _writer(request)
-    hidden: list[str] = []
-
-    def visible(row) -> bool:
-        if who.sees(row, ctx.topology):
-            return True
-        hidden.append(row["id"])
-        return False
+    visible = Visibility(ctx, who)
 
     def keep():
         return act(store, ctx.audit, incident_id, action, by=who.name, via="api", text=text, role=who.role,
@@ -96,10 +90,8 @@ async def _act(request: Request, incident_id: str, action: OnCallAction, text: s
     try:
         acted = await run_in_threadpool(keep)
     except OnCallRefused as refused:
-        if hidden:
-            raise deny(ctx, request, 404, f"incident {hidden[0]} is outside the scope of token {who.name}", who,
-                       answer=refused.message) from None
-        raise ApiError(refused.kind.http_status, refused.message, detail=refused.detail) from None
+        raise (visible.denied(request, 404, refused.message)
+               or ApiError(refused.kind.http_status, refused.message, detail=refused.detail)) from None
     return acted.to_dict()
 
 

@@ -13,7 +13,7 @@ from ..incident import DecisionRefused, Refusal
 from ..oncall import state_of
 from ..report import build_report
 from ..tokens import ROLES, Principal
-from .auth import ApiError, COOKIE, context, deny, require
+from .auth import ApiError, COOKIE, Visibility, context, deny, require
 from .body import StrictJsonRoute
 
 router = APIRouter(prefix="/api/v1", route_class=StrictJsonRoute)
@@ -197,13 +197,7 @@ async def _decide(request: Request, incident_id: str, index: int, approve: bool,
     """`agent.approvals.decide`, as the CLI calls it; a refusal by scope or role is audited as denied.
     An incident outside the caller's scope is answered exactly as one that does not exist."""
     ctx = context(request)
-    hidden: list[str] = []
-
-    def visible(row) -> bool:
-        if who.sees(row, ctx.topology):
-            return True
-        hidden.append(row["id"])
-        return False
+    visible = Visibility(ctx, who)
 
     def authorize(action):
         if not who.covers(action.target, ctx.topology):
@@ -218,9 +212,9 @@ async def _decide(request: Request, incident_id: str, index: int, approve: bool,
                              reason=reason, via="api", role=who.role, policy=ctx.policy, visible=visible,
                              authorize=authorize)
         except DecisionRefused as refused:
-            if hidden:
-                raise deny(ctx, request, refused.kind.http_status, f"incident {hidden[0]} is outside the scope of "
-                           f"token {who.name}", who, answer=refused.message) from None
+            hidden = visible.denied(request, refused.kind.http_status, refused.message)
+            if hidden is not None:
+                raise hidden from None
             if refused.kind in (Refusal.OUT_OF_SCOPE, Refusal.WRONG_ROLE):
                 raise deny(ctx, request, refused.kind.http_status, refused.message, who) from None
             raise ApiError(refused.kind.http_status, refused.message, detail=refused.detail) from None
