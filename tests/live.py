@@ -129,6 +129,28 @@ class ThreadedService:
         return wait_until(predicate, timeout, interval=interval)
 
 
+def serving_with_a_cpu_incident(data, topology, tokens: dict[str, tuple[str, str, tuple[str, ...]]]) -> ThreadedService:
+    """A live `rtem run` (HTTP on a free port, data in `data`) with the API tokens `tokens` (key: the token's
+    name, its role and the services it is scoped to) in `.tokens` by key, and `.incident`: a CPU fault on
+    node-6, ingested over HTTP by the first token, waiting for approval of its drain. The caller stops it."""
+    from agent.tokens import TokenStore
+
+    service = ThreadedService(Settings(data_dir=data, diagnose_after_s=5, verify_quiet_s=30, verify_deadline_s=300,
+                                       http_port=0), topology).start()
+    store = TokenStore(data / "rtem.db")
+    service.tokens = {key: store.create(name, role, services=services)[0]
+                      for key, (name, role, services) in tokens.items()}
+    service.db = data / "rtem.db"
+    events = [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)]
+    with api_client(service, next(iter(tokens))) as http:
+        batch = http.post("/api/v1/events", content=json.dumps(events),
+                          headers={"content-type": "application/cloudevents-batch+json"})
+        assert batch.status_code == 202, batch.text
+        service.incident = service.wait(lambda: next(
+            (i for i in http.get("/api/v1/incidents").json()["incidents"] if i["status"] == "awaiting_approval"), None))
+    return service
+
+
 def api_client(live, who: str | None = None, **kwargs):
     """An httpx client of a live service's API, as the token `live.tokens[who]` (or none)."""
     import httpx

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from agent.audit import AuditLog
-from agent.config import Settings
-from agent.tokens import ROLES, TokenStore
+from agent.tokens import ROLES
 from bus import InvalidEvent, parse_event
 from tests.helpers import cloud_event
-from tests.live import ThreadedService, anomaly, api_client, drain_action
+from tests.live import api_client, drain_action, serving_with_a_cpu_incident
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -27,21 +26,10 @@ BIG_INT = "1" * 5000
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, boutique):
-    data = tmp_path_factory.mktemp("hardening") / "data"
-    settings = Settings(data_dir=data, diagnose_after_s=5, verify_quiet_s=30, verify_deadline_s=300, http_port=0)
-    service = ThreadedService(settings, boutique).start()
-    tokens = TokenStore(data / "rtem.db")
-    service.tokens = {role: tokens.create(f"{role}-1", role)[0] for role in ROLES}
-    service.tokens["carol"] = tokens.create("carol", "approver", services=["cartservice"])[0]
-    service.tokens["carla"] = tokens.create("carla", "viewer", services=["cartservice"])[0]
-    service.db = data / "rtem.db"
-    events = [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)]
-    with api_client(service, "operator") as http:
-        batch = http.post("/api/v1/events", content=json.dumps(events),
-                          headers={"content-type": "application/cloudevents-batch+json"})
-        assert batch.status_code == 202, batch.text
-        service.incident = service.wait(lambda: next(
-            (i for i in http.get("/api/v1/incidents").json()["incidents"] if i["status"] == "awaiting_approval"), None))
+    service = serving_with_a_cpu_incident(tmp_path_factory.mktemp("hardening") / "data", boutique, {
+        "operator": ("operator-1", "operator", ()),
+        **{role: (f"{role}-1", role, ()) for role in ROLES if role != "operator"},
+        "carol": ("carol", "approver", ("cartservice",)), "carla": ("carla", "viewer", ("cartservice",))})
     yield service
     service.stop()
 

@@ -14,11 +14,9 @@ from typer.testing import CliRunner
 
 from agent.audit import AuditLog
 from agent.cli import app
-from agent.config import Settings
 from agent.escalation import Escalator, FixedPolicy
-from agent.tokens import TokenStore
 from rules import load_escalation
-from tests.live import ThreadedService, anomaly, api_client, drain_action
+from tests.live import api_client, drain_action, serving_with_a_cpu_incident
 
 pytestmark = pytest.mark.integration
 
@@ -34,20 +32,9 @@ routes:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, boutique):
-    data = tmp_path_factory.mktemp("oncall") / "data"
-    settings = Settings(data_dir=data, diagnose_after_s=5, verify_quiet_s=30, verify_deadline_s=300, http_port=0)
-    service = ThreadedService(settings, boutique).start()
-    tokens = TokenStore(data / "rtem.db")
-    service.tokens = {role: tokens.create(f"{role}-1", role)[0] for role in ("viewer", "operator", "rule_author")}
-    service.tokens["scoped"] = tokens.create("dave", "operator", services=["cartservice"])[0]
-    service.db = data / "rtem.db"
-    events = [anomaly(f"h{i}", "node-6", i, metric="system.cpu.pct_usage") for i in range(10)]
-    with api_client(service, "operator") as http:
-        batch = http.post("/api/v1/events", content=json.dumps(events),
-                          headers={"content-type": "application/cloudevents-batch+json"})
-        assert batch.status_code == 202, batch.text
-        service.incident = service.wait(lambda: next(
-            (i for i in http.get("/api/v1/incidents").json()["incidents"] if i["status"] == "awaiting_approval"), None))
+    service = serving_with_a_cpu_incident(tmp_path_factory.mktemp("oncall") / "data", boutique, {
+        "operator": ("operator-1", "operator", ()), "viewer": ("viewer-1", "viewer", ()),
+        "rule_author": ("rule_author-1", "rule_author", ()), "scoped": ("dave", "operator", ("cartservice",))})
     yield service
     service.stop()
 
