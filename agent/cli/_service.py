@@ -29,7 +29,14 @@ def run(
     no_http: Annotated[bool, typer.Option("--no-http", help="Serve no HTTP API or console.")] = False,
 ) -> None:
     """Run the service: consume the bus, detect, diagnose, guard, execute, verify; serve the HTTP API and
-    web console (docs/api.md; create a token with `rtem tokens create`). Stops on Ctrl-C."""
+    web console (docs/api.md; create a token with `rtem tokens create`). Stops on Ctrl-C.
+
+    Integrations, set in the environment or the RTEM_CONFIG file (docs/integrations.md): paging through
+    Alertmanager (RTEM_ALERTMANAGER_URL), a signed webhook (RTEM_WEBHOOK_URL, RTEM_WEBHOOK_SECRET_FILE),
+    PagerDuty (RTEM_PAGERDUTY_ROUTING_KEY), Slack (RTEM_SLACK_WEBHOOK_URL), console links (RTEM_PUBLIC_URL);
+    an escalation policy (RTEM_ESCALATION_POLICY); investigation through Prometheus (RTEM_PROMETHEUS_URL,
+    RTEM_PROMETHEUS_QUERIES); topology reload and discovery (RTEM_TOPOLOGY_RELOAD, RTEM_TOPOLOGY_MAPPING);
+    spans over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT). Every setting: docs/configuration.md."""
     from ..db import SchemaTooNew
     from ..llm import LLMSetupError
     from ..logs import setup_logging
