@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from rules import Topology
 
 from ..audit import AuditLog
-from ..incident import IncidentStatus
+from ..incident import AWAITS_PERSON, IncidentStatus
 from ._deliver import Delivery, Notifications
 from ._destinations import DIRECT, DestinationName
 from ._notice import Notice, NoticeEvent, event_for, notice_from_incident
@@ -30,7 +30,7 @@ log = logging.getLogger("rtem.notify")
 QUIET = frozenset({IncidentStatus.OPEN.value, IncidentStatus.DIAGNOSING.value})
 # Final for rtem, but a person must act: their alerts keep firing (refreshed by the worker that sent them)
 # until the store says a person resolved them. After a restart nobody refreshes them: they end by themselves.
-NEEDS_PERSON = frozenset({IncidentStatus.ESCALATED.value, IncidentStatus.FAILED.value})
+NEEDS_PERSON = frozenset(status.value for status in AWAITS_PERSON)
 
 
 @dataclass(frozen=True)
