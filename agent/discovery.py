@@ -129,7 +129,9 @@ def build_topology(mapping: Mapping, found: Labels) -> Topology:
     relations: dict[tuple[str, str, str], Relation] = {}
     batches = [(mapping.targets, found.targets)] + [([rule], found.series.get(rule.selector, [])) for rule in mapping.series]
     for rules, label_sets in batches:
-        for labels in label_sets:
+        # Prometheus answers in no set order: label sets in a fixed order make the same answer the same
+        # topology (and digest), so an unchanged system is never "discovered" again.
+        for labels in sorted(label_sets, key=lambda found_labels: sorted(found_labels.items())):
             for rule in rules:
                 if not rule.matches(labels):
                     continue
@@ -142,7 +144,8 @@ def build_topology(mapping: Mapping, found: Labels) -> Topology:
                     if source and target and source != target:
                         relations.setdefault((source, template.type, target),
                                              Relation(source=source, target=target, type=template.type))
-    return Topology(entities=tuple(entities.values()), relations=tuple(relations.values()))
+    return Topology(entities=tuple(entities[key] for key in sorted(entities)),
+                    relations=tuple(relations[key] for key in sorted(relations)))
 
 
 def render(template: str, labels: dict[str, str]) -> str | None:

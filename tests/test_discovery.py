@@ -96,7 +96,8 @@ def test_discovery_builds_merges_and_audits_from_a_real_prometheus(tmp_path):
                                                                  "shop-web", "shop-web@host-2"]
             assert "shop-web calls shop-api" in record.decision["diff"]["relations_added"]
             # the same answer again changes nothing and writes nothing
-            assert source.discovered(Discovery(prom.url, Mapping.load(mapping_file)).discover(), prom.url).status == "unchanged"
+            again = Discovery(prom.url, Mapping.load(mapping_file)).discover()
+            assert source.discovered(again, prom.url).status == "unchanged"
             assert len(audit.records(kind="topology.discovered")) == 1
         finally:
             audit.close()

@@ -179,6 +179,22 @@ series:
     assert render("{a}-{b}", {"a": "x", "b": "y"}) == "x-y" and render("{a}-{b}", {"a": "x"}) is None
 
 
+def test_the_same_labels_in_any_order_make_the_same_topology():
+    """Prometheus answers in no set order; an unchanged system must not look discovered anew."""
+    mapping = Mapping.model_validate(yaml.safe_load("""
+targets:
+  - match: {job: shop}
+    entities: [{type: instance, id: "{service}@{node}"}, {type: host, id: "{node}"}, {type: service, id: "{service}"}]
+    relations: [{source: "{service}@{node}", type: runs_on, target: "{node}"},
+                {source: "{service}@{node}", type: instance_of, target: "{service}"}]
+"""))
+    targets = [{"job": "shop", "service": service, "node": node} for service in ("api", "web", "db")
+               for node in ("n1", "n2")]
+    digests = {build_topology(mapping, Labels(targets=order)).digest
+               for order in (targets, targets[::-1], targets[2:] + targets[:2])}
+    assert len(digests) == 1
+
+
 @pytest.mark.parametrize("text, line, words", [
     ("targets:\n  - entities: [{type: instance, id: '{i}', colour: red}]\n", 2, "colour"),
     ("targets:\n  - match: {job: '('}\n", 2, "not a regular expression"),
