@@ -25,7 +25,8 @@ from rules import Topology
 from ..config import Settings
 from ..approvals import awaiting, decide
 from ..incident import DecisionRefused
-from ..run import FINAL, Service
+from ..driving import FINAL
+from ..run import Service
 from ._prometheus import ShopExporter
 from .scenarios import SCENARIOS, demo_plan
 from .sim import Simulation
