@@ -112,9 +112,7 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
         investigator = build_investigator(settings)  # a bad query file stops start-up at its file:line
         base_versions = {"topology": topology.digest, "prompt": "none", "model": "none"}
         if settings.llm != "none":  # the LLM reasoner, with the deterministic one as its evidence and fallback
-            from .llm import build_reasoner
-
-            from .llm import PrometheusTool
+            from .llm import PrometheusTool, build_reasoner
 
             tools = (PrometheusTool(investigator, audit, settings.prometheus_llm_calls)
                      if investigator is not None and settings.prometheus_llm_calls else None)
