@@ -1,4 +1,4 @@
-"""`rtem rules check | test | replay`: the rule author's commands.
+"""`rtem rules check | test | replay | suggest`: the rule author's commands.
 
 Exit codes: 0 all good; 1 the check, a test or a replay gate failed; 2 a usage error (a path that
 does not exist, a bad option value, a store that is not there). `--json` prints one JSON object.
@@ -219,3 +219,99 @@ def replay(
     out.print(f"{'[yellow]' if changed else '[green]'}{changed} verdict{'s' * (changed != 1)} would change[/], "
               f"{report.records - changed} would not")
     raise typer.Exit(1 if failed else 0)
+
+
+# -- suggest --------------------------------------------------------------------------------------
+
+_DONE = {"approve": "approved", "reject": "rejected", "expired": "expired"}
+
+
+@rules_app.command("suggest")
+def suggest(
+    since: Annotated[Optional[str], typer.Option("--since", help="Only decisions recorded since this time: an ISO "
+                     "date or date-time (UTC by default), or a duration ago such as 30d. Default: all.")] = None,
+    minimum: Annotated[int, typer.Option("--min", min=1, help="How many times the same decision must have been "
+                       "made, with no other decision, before a rule is suggested.")] = 5,
+    rules_dir: Annotated[Optional[Path], typer.Option("--rules-dir", help="The rules directory (or guardrails "
+                         "directory) the diffs are against (default: RTEM_RULES_DIR or the packaged rules).")] = None,
+    topology: TopologyOpt = None,
+    db: Annotated[Optional[Path], typer.Option("--db", help="The store with the audit log (default: "
+                  "RTEM_DATA_DIR/rtem.db).")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the diffs to this patch file.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Propose guardrail changes from repeated human decisions, as unified diffs with their evidence.
+
+    The same action on the same kind of target (type and service) approved --min times and never
+    rejected: narrow the guardrails that asked for approval. Rejected as often and never approved: add a
+    deny rule. Nothing is applied; a change that would fail `rtem rules check` is not offered. Check a
+    diff with `rtem rules check`, `rtem rules test` and `rtem rules replay` before applying it with
+    `patch -p1 -d RULES_DIR`.
+    """
+    from datetime import datetime, timezone
+
+    from rules import Topology, check_contracts, find_layout
+
+    from ..audit import AuditLog
+    from ..rules_replay import parse_since
+    from ..rules_suggest import suggest as run_suggest
+
+    cfg = settings()
+    try:
+        start = parse_since(since) if since is not None else None
+    except ValueError:
+        fail(f"--since {since!r}: give an ISO date or date-time, or a duration ago such as 24h or 7d")
+    path = db or cfg.db_path
+    if not path.is_file():
+        fail(f"{path}: no store here (pass --db, or set RTEM_DATA_DIR)")
+    target = _default_path(rules_dir)
+    layout = find_layout(target)
+    if not layout.guardrails:
+        fail(f"{layout.root}: no guardrail files here (pass --rules-dir with a rules or guardrails directory)")
+    files = {p.relative_to(layout.root).as_posix(): p.read_text("utf-8") for p in layout.guardrails}
+    contracts, problems = check_contracts(layout.contracts)
+    if problems:
+        fail(f"the contracts do not load: {problems[0]} (run `rtem rules check`)", 1)
+    # Without a topology, decisions group by exact target (which an unknown target does anyway).
+    topo = topology_of(cfg, topology) if topology or cfg.topology else Topology.from_dict({"entities": []})
+    with AuditLog(path) as audit:
+        records = [r for kind in ("action.verdict", "approval.decided", "action.approval")
+                   for r in audit.records(kind=kind)]
+    report = run_suggest(records, topo, files, contracts, now=datetime.now(timezone.utc), since=start,
+                         minimum=minimum)
+    if out_file is not None and report.suggestions:
+        try:
+            out_file.write_text(report.combined, "utf-8")
+        except OSError as exc:
+            fail(f"--out {out_file}: cannot write the patch ({exc.strerror}); pick a writable path")
+    if json_out:
+        print(json.dumps({**report.to_dict(), "rules_dir": str(layout.root),
+                          "out": str(out_file) if out_file and report.suggestions else None}, indent=2))
+        raise typer.Exit(0)
+    for number, item in enumerate(report.suggestions, 1):
+        what = "allow without approval" if item.change == "allow_without_approval" else "deny"
+        counts = item.counts
+        out.print(f"[bold]suggestion {number}[/]: {what}: {escape(item.kind.describe())} "
+                  f"[dim]({', '.join(map(escape, item.files))})[/]")
+        out.print(f"  why: {escape(item.why)}")
+        out.print(f"  evidence: {counts['approved']} approved, {counts['rejected']} rejected, {counts['expired']} "
+                  f"expired · decided by {escape(', '.join(item.deciders))}")
+        for decision in item.evidence:
+            out.print(f"    seq {decision.seq} · {decision.record_hash[:16]} · {escape(decision.incident_id or '-')} · "
+                      f"{decision.at.isoformat(timespec='seconds')} · {_DONE[decision.decision.value]} by {escape(decision.by)} "
+                      f"· {escape(decision.action)} on {escape(decision.target)}")
+        print(item.diff, end="" if item.diff.endswith("\n") else "\n")  # plain: the diff must stay exact
+    for note in report.notes:
+        out.print(f"[dim]not suggested: {escape(note)}[/]")
+    if not report.suggestions:
+        window = f" since {start.isoformat(timespec='seconds')}" if start else ""
+        out.print(f"nothing to suggest from {report.decisions} decision{'s' * (report.decisions != 1)}{window} "
+                  f"(a rule needs {minimum} matching decisions and no other)")
+        raise typer.Exit(0)
+    root = escape(str(layout.root))
+    out.print(f"{len(report.suggestions)} suggestion{'s' * (len(report.suggestions) != 1)} from {report.decisions} "
+              f"decisions; nothing was changed."
+              + (f" All of them, as one patch: {escape(str(out_file))}." if out_file is not None else ""))
+    out.print(f"before applying one, on a copy of {root}: patch -p1 -d COPY < PATCH, then `rtem rules check COPY`, "
+              f"`rtem rules test COPY` and `rtem rules replay --since 30d --rules COPY`")
+    raise typer.Exit(0)
