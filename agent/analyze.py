@@ -3,6 +3,13 @@
 The replay always uses an embedded NATS server (never a configured one: it resets its streams) and
 dry-run execution. Each analysis gets fresh streams and a fresh store, so the same recording gives
 the same incidents every time.
+
+With `keep`, analyses add to one store (`workdir/run`) instead: earlier analyses' incidents, events and
+decision records (confirmed causes among them) stay, so the reasoner's history counts them for later
+ones, and `rtem incidents confirm --db` works on it. Each analysis still starts with fresh detection
+windows and correlation state (a recording is its own stream, never continued into an earlier one's
+incident); events already in the store are duplicates and add nothing, so incident ids, made from an
+incident's first new event, never collide across analyses.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from rules import Topology
 
 from .config import Settings
 from .service import build, publish_audit
+from .store import IncidentStore
+from .triage import CORRELATOR_STATE, DETECTOR_STATE, WATERMARK
 
 
 @dataclass
@@ -41,17 +50,20 @@ class Analysis:
 
 
 async def analyze_files(files: list[Path], topology: Topology, settings: Settings, *, workdir: Path,
-                        each: bool = False,
+                        each: bool = False, keep: bool = False,
                         progress: Callable[[Progress], None] | None = None) -> list[Analysis]:
-    """Analyze recordings: all files as one stream, or with `each` every file on its own."""
+    """Analyze recordings: all files as one stream, or with `each` every file on its own, in the order
+    given. With `keep`, every analysis adds to the store in `workdir/run` (see the module's docstring)."""
     groups = [[f] for f in files] if each else [files]
     results = []
     with EmbeddedNats(workdir / "nats") as server:
         bus = await Bus.connect(server.url, settings.bus_settings(), name="rtem-analyze")
         try:
             for index, group in enumerate(groups):
-                run_dir = workdir / (f"run-{index}" if each else "run")
-                if run_dir.exists():
+                run_dir = workdir / (f"run-{index}" if each and not keep else "run")
+                if keep:
+                    _fresh_pipeline(run_dir / "rtem.db")
+                elif run_dir.exists():
                     shutil.rmtree(run_dir)
                 results.append(await _analyze(bus, group, topology, settings, run_dir, progress))
         finally:
@@ -65,6 +77,7 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
     await bus.reset_streams()
     parts = await build(settings, topology, run_dir, database=run_dir / "rtem.db").open()
     try:
+        earlier = {row["id"] for row in parts.store.incidents(include_merged=True)}  # kept from analyses before
         state = Progress(file=name, stage="publishing")
         published = rejected = duplicates = 0
         for path in files:
@@ -82,7 +95,7 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
 
         stats = await bus.consume(parts.triage, batch=settings.batch_size, until_drained=True,
                                   max_event_bytes=settings.max_event_bytes, on_batch=consumed)
-        incidents = parts.store.incidents(status="open")
+        incidents = [row for row in parts.store.incidents(status="open") if row["id"] not in earlier]
         for number, row in enumerate(incidents, 1):
             state.stage = f"diagnosing {number}/{len(incidents)}"
             if progress:
@@ -90,7 +103,7 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
             await parts.graph.run(row["id"])
         audit_records = await publish_audit(bus, parts.audit)
         report = {
-            "incidents": [incident_report(r) for r in parts.store.incidents()],
+            "incidents": [incident_report(r) for r in parts.store.incidents() if r["id"] not in earlier],
             "stats": {"events": parts.triage.stats.events, "invalid": stats.invalid + rejected,
                       "duplicates": duplicates + parts.triage.stats.duplicates},
         }
@@ -98,6 +111,20 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
                         extra={"failed": stats.failed, "published": published})
     finally:
         await parts.close()
+
+
+def _fresh_pipeline(db: Path) -> None:
+    """Forget the detection windows and correlation state a kept store holds from the analysis before,
+    so this one neither continues its windows nor correlates into its incidents."""
+    if not db.is_file():
+        return
+    store = IncidentStore(db)
+    try:
+        with store.transaction():
+            for key, empty in ((DETECTOR_STATE, {}), (CORRELATOR_STATE, []), (WATERMARK, 0.0)):
+                store.save_state(key, empty)
+    finally:
+        store.close()
 
 
 def incident_report(row: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import AuditLog
+from .incident import CONFIRMED, confirmed_cause
 from .models import DecisionRecord
 from .report import duration
 from .store import IncidentStore
@@ -311,12 +312,40 @@ def _mttr(ctx: _Context) -> Answer:
                     + (f" (seq {closing[-1].seq})." if closing else "."), cites)
 
 
+def _cause(ctx: _Context) -> Answer:
+    """rtem's ranking and, beside it, the cause a person confirmed (the latest `cause.confirmed`)."""
+    if ctx.incident is None:
+        named = ctx.entities()
+        rows = [r for r in ctx.store.incidents() if not named or set(named) & set(r["entities"])]
+        ctx.searched.append(f"store: incidents{' on ' + ', '.join(named) if named else ''} (the latest)")
+        if not rows:
+            return ctx.unknown("there is no incident whose cause I could name")
+        ctx.incident = rows[-1]
+    row, ranked = ctx.incident, ctx.records("causes.ranked")
+    confirmed = confirmed_cause(ctx.records(CONFIRMED))
+    causes = ranked[-1].decision.get("root_causes", []) if ranked else []
+    if causes:
+        top = ", then ".join(f"{c.get('entity')} ({c.get('fault_type')}, {float(c.get('confidence', 0)):.2f})"
+                             for c in causes[:3])
+        text = f"For {row['id']}, rtem ranked {top} (seq {ranked[-1].seq})."
+    else:
+        text = f"rtem ranked no root cause for {row['id']}."
+    if confirmed is None:
+        text += f" Nobody has confirmed the cause yet (rtem incidents confirm {row['id']} --cause ENTITY)."
+    else:
+        text += (f" The confirmed cause is {confirmed.describe()} (seq {confirmed.seq})"
+                 + (f": {confirmed.note}." if confirmed.note else "."))
+    cites = [r.seq for r in ranked[-1:]] + [*(causes[0].get("evidence", [])[:5] if causes else [])]
+    return ctx.done(text, cites + ([confirmed.seq] if confirmed else []))
+
+
 INTENTS: list[tuple[str, str, Callable[[_Context], Answer]]] = [
     ("mttr", r"how long|\bmttr\b|time to (resolve|recover)", _mttr),
     ("blocked", r"\b(block(ed|s)?|den(y|ied)|refus(e|ed)|prevent(ed)?|stopp?(ed)?|held)\b", _blocked),
     ("changed", r"\bchang(e|ed|es)\b|\bdeploy(ed|s|ment)?\b", _changed),
     ("why", r"\bwhy\b", _why),
     ("open", r"\b(still )?open\b|unresolved|outstanding|pending", _open),
+    ("cause", r"\broot[- ]?causes?\b|\bconfirmed\b|\bcaused?\b|\bculprit\b", _cause),
 ]
 
 

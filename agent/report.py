@@ -24,6 +24,7 @@ import jinja2
 from markupsafe import Markup
 
 from .audit import AuditLog
+from .incident import ConfirmedCause, confirmed_cause
 from .models import DecisionRecord
 from .store import IncidentStore
 
@@ -152,13 +153,26 @@ def duration(seconds: float | None) -> str:
 
 def _summary(row: dict[str, Any], events: list, records: list[DecisionRecord]) -> dict[str, Any]:
     top = row["root_causes"][0] if row["root_causes"] else None
+    confirmed = confirmed_cause(records)
     return {"id": row["id"], "status": row["status"], "severity": row["severity"], "opened_at": row["opened_at"],
             "updated_at": row["updated_at"], "entities": row["entities"], "detections": row["detections"],
             "event_count": row["event_count"], "stored_events": len(events), "signal_count": row["signal_count"],
             "records": len(records), "resolution": row.get("resolution"), "mttr_s": row.get("mttr_s"),
             "root_cause": f"{top['entity']} ({top['fault_type']}, {top['confidence']:.2f})" if top else None,
+            "confirmed_cause": _confirmed(confirmed), "confirmed_seq": confirmed.seq if confirmed else None,
             "actions": len(row["actions"]),
             "executed": sum(1 for a in row["actions"] if a.get("executed"))}
+
+
+def _confirmed(confirmed: ConfirmedCause | None) -> str | None:
+    """A person's confirmed cause (the latest `cause.confirmed`), to read beside rtem's ranking."""
+    if confirmed is None:
+        return None
+    ranked = "rtem ranked it first" if confirmed.agreed else (
+        f"rtem ranked it #{confirmed.rank}" if confirmed.rank else "rtem did not rank it")
+    fault = f", {confirmed.fault_type}" if confirmed.fault_type else ""
+    note = f": {confirmed.note}" if confirmed.note else ""
+    return f"{confirmed.entity} ({confirmed.by}{fault}; {ranked}){note}"
 
 
 def _group_events(events: list) -> list[dict[str, Any]]:

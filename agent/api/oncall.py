@@ -1,4 +1,5 @@
-"""On-call actions over HTTP: `POST /api/v1/incidents/{id}/ack | assign | comment | resolve | reopen`.
+"""On-call actions over HTTP: `POST /api/v1/incidents/{id}/ack | assign | comment | resolve | reopen`, and
+`POST /api/v1/incidents/{id}/confirm` (a confirmed cause, through `agent.confirm.confirm`).
 
 Each goes through `agent.oncall.act`, as the CLI's and the console's do. Roles operator, approver and
 admin may act (viewers and rule authors read); a scoped token acts only on incidents in its scope, and
@@ -15,7 +16,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from ..incident import OnCallRefused
+from ..confirm import confirm
+from ..incident import ConfirmRefused, OnCallRefused
 from ..oncall import OnCallAction, act
 from ..store import IncidentStore
 from ..tokens import Principal
@@ -40,6 +42,12 @@ class Note(BaseModel):
 
 class Reason(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
+
+
+class Cause(BaseModel):
+    cause: str = Field(min_length=1, max_length=256)
+    fault_type: str | None = Field(None, max_length=256)
+    note: str = Field("", max_length=4000)
 
 
 async def on_call(request: Request, who: Principal = Depends(require("read"))) -> Principal:
@@ -76,6 +84,26 @@ async def resolve(incident_id: str, body: Reason, request: Request, who: Princip
 @router.post("/incidents/{incident_id}/reopen")
 async def reopen(incident_id: str, body: Reason, request: Request, who: Principal = OnCall):
     return await _act(request, incident_id, OnCallAction.REOPEN, body.reason, who)
+
+
+@router.post("/incidents/{incident_id}/confirm")
+async def confirm_cause(incident_id: str, body: Cause, request: Request, who: Principal = OnCall):
+    """Keep a confirmed cause (`cause.confirmed`, agent/confirm.py); 422 names the candidates."""
+    ctx = context(request)
+    visible = Visibility(ctx, who)
+
+    def keep():
+        with ctx.store() as store:  # only the audit log is written
+            return confirm(store, ctx.audit, incident_id, body.cause, by=who.name, via="api",
+                           fault_type=body.fault_type, note=body.note, topology=ctx.topology, role=who.role,
+                           visible=visible)
+
+    try:
+        confirmed = await run_in_threadpool(keep)
+    except ConfirmRefused as refused:
+        raise (visible.denied(request, 404, refused.message)
+               or ApiError(refused.kind.http_status, refused.message, detail=refused.detail)) from None
+    return {"record": "cause.confirmed", **confirmed.to_dict()}
 
 
 async def _act(request: Request, incident_id: str, action: OnCallAction, text: str, who: Principal) -> dict[str, Any]:

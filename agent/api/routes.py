@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from ..approvals import decide
+from ..confirm import confirmed_of
 from ..incident import DecisionRefused, Refusal
 from ..oncall import state_of
 from ..report import build_report
@@ -72,7 +73,10 @@ def incidents(request: Request, status: str | None = Query(None, max_length=32),
 @router.get("/incidents/{incident_id}")
 def incident(incident_id: str, request: Request, who: Principal = Reader):
     row = _visible_incident(request, incident_id, who)
-    return {**incident_view(row), "oncall": state_of(context(request).audit, row["id"]).to_dict()}
+    audit = context(request).audit
+    confirmed = confirmed_of(audit, row["id"])  # a person's word beside rtem's ranking (agent/confirm.py)
+    return {**incident_view(row), "oncall": state_of(audit, row["id"]).to_dict(),
+            "confirmed": confirmed.to_dict() if confirmed else None}
 
 
 @router.get("/incidents/{incident_id}/decisions")

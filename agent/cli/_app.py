@@ -32,6 +32,8 @@ app.add_typer(topology_app, name="topology")
 from ._oncall import COMMANDS as _ONCALL  # noqa: E402 - on-call commands join `rtem incidents`
 for command in _ONCALL:
     incidents_app.command()(command)
+from ._confirm import confirm as _confirm  # noqa: E402 - a confirmed cause joins `rtem incidents`
+incidents_app.command("confirm")(_confirm)
 # [issue13:cli] helpers B, C and D each add their import and add_typer/command lines above this comment
 
 

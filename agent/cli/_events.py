@@ -26,8 +26,11 @@ def analyze(
     topology: TopologyOpt = None,
     json_out: JsonOpt = False,
     each: Annotated[bool, typer.Option("--each", help="Analyze every file on its own; one JSON object per line.")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Add to the store of earlier analyses (in --out) instead of "
+                    "starting fresh: their incidents and confirmed causes count as history. With --each, the "
+                    "files in the order given, each seeing only those before it.")] = False,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Keep the store and audit log here "
-                       "(default: RTEM_DATA_DIR/analyze, replaced on each run).")] = None,
+                       "(default: RTEM_DATA_DIR/analyze, replaced on each run unless --keep).")] = None,
     llm: LlmOpt = None,
 ) -> None:
     """Replay recorded events through the same bus, rules and graph as `rtem run` (dry run) and report the incidents."""
@@ -40,15 +43,16 @@ def analyze(
             fail(f"{path}: no such file")
     topo = topology_of(cfg, topology)
     workdir = out_dir or cfg.data_dir / "analyze"
-    if workdir.exists():
+    if workdir.exists() and not keep:
         shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     with err.status("starting", spinner="dots") as status:
         def progress(p):
             status.update(f"{p.file}: {p.stage} · published {p.published} · triaged {p.processed} · "
                           f"incidents {p.incidents}")
         try:
-            results = asyncio.run(analyze_files(files, topo, cfg, workdir=workdir, each=each, progress=progress))
+            results = asyncio.run(analyze_files(files, topo, cfg, workdir=workdir, each=each, keep=keep,
+                                                    progress=progress))
         except RulesError as exc:
             fail(str(exc))
         except NatsServerError as exc:

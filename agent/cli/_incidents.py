@@ -63,6 +63,7 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
     from ..analyze import incident_report
 
     from ..audit import AuditLog
+    from ..confirm import confirmed_of
     from ..oncall import state_of
 
     store = open_store(db)
@@ -71,9 +72,11 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
         fail(f"no incident {incident_id!r} (see `rtem incidents`)", 1)
     with AuditLog(store.db) as audit:
         oncall = state_of(audit, row["id"]).to_dict()  # who acknowledged, the assignee, comments, pages
+        confirmed = confirmed_of(audit, row["id"])  # a person's word on the cause, the latest counting
     report = {**incident_report(row), "status": row["status"], "severity": row["severity"],
               "detections": row["detections"], "versions": row["versions"], "resolution": row.get("resolution"),
-              "actions": row["actions"], "oncall": oncall}  # the whole plan: status, why, approval, outcome
+              "actions": row["actions"], "oncall": oncall,  # the whole plan: status, why, approval, outcome
+              "confirmed": confirmed.to_dict() if confirmed else None}
     if json_out:
         print(json.dumps(report, indent=2))
         return
@@ -83,6 +86,7 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
                      f"{oncall['assignee'] or 'none'} · {len(oncall['pages'])} page(s)"))
     for note in oncall["comments"]:
         out.print(escape(f"  {note['at']} {note['by']}: {note['text']}"))
+    out.print(escape(f"confirmed cause: {confirmed.describe() if confirmed else 'none yet'}"))
 
 
 def print_incident(inc: dict) -> None:

@@ -4,6 +4,8 @@ No LangGraph and no I/O here: the graph's nodes, `rtem run`, the CLI and the API
 these functions with the clock passed in, and write what they return.
 """
 
+from ._confirm import (CONFIRMED, ConfirmedCause, ConfirmRefusal, ConfirmRefused, check_cause, confirmation,
+                       confirmed_cause, confirmed_causes)
 from ._decide import DecisionRefused, Refusal, check_decision, select
 from ._model import (FINAL, PAGE, ActionStatus, AlertRecovery, AlertState, Approval, Incident, IncidentStatus,
                      PlannedAction, Policy, Recovery, StepOutcome)
@@ -22,4 +24,7 @@ __all__ = [
     # on call (_oncall.py): a person's acknowledge/assign/comment/resolve/reopen, and due pages
     "OnCallChange", "OnCallRefusal", "OnCallRefused", "OnCallState", "Page", "PageSent", "acknowledge", "assign",
     "comment", "due_pages", "oncall_state", "reopen", "resolve", "AWAITS_PERSON",
+    # confirmed causes (_confirm.py): a person's word on what really caused an incident, as of a time
+    "CONFIRMED", "ConfirmedCause", "ConfirmRefusal", "ConfirmRefused", "check_cause", "confirmation",
+    "confirmed_cause", "confirmed_causes",
 ]

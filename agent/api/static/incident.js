@@ -33,6 +33,7 @@ async function refresh() {
   draw("hypotheses", incident.root_causes, () => hypotheses(incident.root_causes || []));
   draw("actions", [incident.actions, who.role], () => actions(incident));
   draw("oncall", [incident.oncall, incident.status, who.role], () => oncall(incident));
+  draw("confirmed", [incident.confirmed, incident.entities, incident.root_causes, who.role], () => confirmed(incident));
   $("incident-title").textContent = incident.id;
   $("incident-status").replaceChildren(badge(incident.status, "status"));
   $("report-link").href = `/reports/${encodeURIComponent(incident.id)}`;
@@ -225,6 +226,51 @@ function act(incident, verb, label, body) {
   };
 }
 
+// Confirmed cause: what a person said really caused it, beside rtem's ranking, and for roles that may act
+// on call a small form to confirm or correct it (the latest confirmation counts). Everything shown is text.
+function confirmed(incident) {
+  const c = incident.confirmed;
+  const ranked = !c ? "" : c.agreed ? "rtem ranked it first" : c.rank ? `rtem ranked it #${c.rank}`
+    : "rtem did not rank it";
+  const fact = el("p", { testid: "confirmed-cause", data: { entity: c ? c.cause : "" } }, c
+    ? [el("strong", {}, c.cause), c.fault_type ? ` (${c.fault_type})` : "",
+      ` confirmed by ${c.by} at ${formatTime(c.at)}; ${ranked}`, c.note ? `: ${c.note}` : ""]
+    : el("span", { class: "muted" }, "Not confirmed yet."));
+  if (!ONCALL_ROLES.includes(who.role)) return el("div", {}, fact);
+  const names = [...new Set([...(incident.root_causes || []).map((r) => r.entity), ...(incident.entities || [])])];
+  const field = (key, placeholder, max, extra = {}) => el("input", { type: "text", id: key, testid: key,
+    data: { key }, maxlength: max, placeholder, ...extra });
+  const cause = field("confirm-cause", "the entity that caused it", 256, { list: "confirm-candidates" });
+  const fault = field("confirm-fault", "fault type (optional)", 256);
+  const note = field("confirm-note", "note (optional)", 4000);
+  const send = async (event) => {
+    const error = $("confirm-error");
+    const notice = $("confirm-notice");
+    error.hidden = notice.hidden = true;
+    event.target.disabled = true;
+    try {
+      const body = { cause: cause.value.trim(), note: note.value.trim() };
+      if (fault.value.trim()) body.fault_type = fault.value.trim();
+      const answer = await api("POST", `/api/v1/incidents/${encodeURIComponent(incident.id)}/confirm`, body);
+      notice.textContent = `Confirmed ${answer.cause}: kept as ${answer.record} (#${answer.seq}).`;
+      notice.hidden = false;
+      document.querySelectorAll("[data-testid=confirmed] input[data-key]").forEach((i) => { i.value = ""; });
+      loop.now();
+    } catch (err) {
+      showError(error, err instanceof ApiFailure ? `Could not confirm the cause: ${err.message}` : err);
+    } finally {
+      event.target.disabled = false;
+    }
+  };
+  return el("div", {}, fact,
+    el("datalist", { id: "confirm-candidates" }, names.map((n) => el("option", { value: n }))),
+    el("div", { class: "decide", testid: "confirm-form" },
+      el("label", { for: "confirm-cause" }, "Cause"), cause,
+      el("label", { for: "confirm-fault" }, "Fault type"), fault,
+      el("label", { for: "confirm-note" }, "Note"), note,
+      el("button", { type: "button", testid: "confirm", on: { click: send } }, c ? "Correct" : "Confirm")));
+}
+
 // The timeline: decision records in order, each an anchor (#seq-N) that chat citations link to.
 async function timeline() {
   const path = lastSeq === 0 ? `/api/v1/incidents/${encodeURIComponent(incidentId)}/decisions`
@@ -271,6 +317,7 @@ function headline(r) {
     case "action.approval": return `${(r.inputs || {}).action || "action"}: ${d.status} by ${d.by}`;
     case "incident.closed":
     case "incident.diagnosed": return `Status ${d.status}${d.root_cause ? `, root cause ${d.root_cause}` : ""}`;
+    case "cause.confirmed": return `Cause confirmed: ${d.cause} by ${d.by}${d.agreed ? " (as rtem ranked first)" : ""}`;
     default: return (r.reasons || [])[0] || r.kind;
   }
 }
