@@ -313,12 +313,13 @@ def test_costs_and_calls_are_measured_when_prices_are_configured(server, boutiqu
 
 
 def test_similar_past_incidents_and_recent_changes_come_from_the_store(tmp_path, boutique):
+    from agent.audit import AuditLog
     from agent.store import IncidentStore, event_row
 
     deploy = Event(id="deploy-1", source="/ci", type="rtem.change.deploy", subject="frontend2-0", severity="info",
                    time=datetime(2022, 3, 19, 23, 40, tzinfo=timezone.utc), message="deployed v2 by ci@example.com")
     events = [_event(i, "frontend2-0", metric="container_cpu_usage_seconds", direction="up") for i in range(5)]
-    store = IncidentStore(tmp_path / "rtem.db")
+    store, audit = IncidentStore(tmp_path / "rtem.db"), AuditLog(tmp_path / "rtem.db")
     try:
         with store.transaction():
             store.insert_events([event_row(deploy, None, [], "now")]
@@ -331,13 +332,19 @@ def test_similar_past_incidents_and_recent_changes_come_from_the_store(tmp_path,
             store.save_diagnosis(incident_id, status="diagnosed", versions={},
                                  root_causes=[{"entity": "node-6", "fault_type": "cpu", "confidence": 0.7}],
                                  actions=[{"type": "drain_host", "target": "node-6", "verdict": "require_approval"}])
+            # what the graph records, in the chain's order: both earlier incidents were ranked before inc-new opened
+            audit.append("incident.opened", incident_id=incident_id)
+            audit.append("causes.ranked", incident_id=incident_id,
+                         decision={"root_causes": [{"entity": "node-6", "fault_type": "cpu"}]})
+        audit.append("incident.opened", incident_id="inc-new")
         candidates = [RootCause(entity="frontend2-0", confidence=1.0, evidence=[events[0].id])]
-        context = IncidentContext.gather(events, boutique, candidates, store)
+        context = IncidentContext.gather(events, boutique, candidates, store, audit)
     finally:
+        audit.close()
         store.close()
     assert context.incident_id == "inc-new" and context.entities == ["frontend2-0"]
-    assert [p["id"] for p in context.past] == ["inc-old"]
-    assert context.past[0]["actions"] == "drain_host node-6 (require_approval)"
+    assert [p.id for p in context.past] == ["inc-old"]
+    assert (context.past[0].ranked, context.past[0].ranked_fault) == ("node-6", "cpu")
     assert [e.id for e in context.changes] == ["deploy-1"], "a deployment 20 minutes before counts"
     text = prompts.load("diagnose").render(**context.diagnose_vars(LEVELS[0]))[1]["content"]
     assert "SIMILAR PAST INCIDENTS" in text and "inc-old" in text and "RECENT CHANGES" in text

@@ -24,17 +24,18 @@ DEFAULTS = {"openai": {"timeout_s": 30.0, "context_tokens": 6000},
 
 
 def build_reasoner(settings, *, contracts, store=None, breaker: CircuitBreaker | None = None,
-                   tools: PrometheusTool | None = None) -> LLMReasoner:
+                   tools: PrometheusTool | None = None, audit=None) -> LLMReasoner:
     """The LLM reasoner `settings.llm` asks for (`openai` or `local`); for `local` it starts llama.cpp's
     server, which `reasoner.close()` stops. Raises LLMSetupError with what to install or set. `tools` are
-    offered while diagnosing (not to `local`: llama.cpp's tool calls are unreliable)."""
+    offered while diagnosing (not to `local`: llama.cpp's tool calls are unreliable). `audit` (the service's
+    AuditLog) lets the context tell similar past incidents' confirmed causes and outcomes."""
     client, server = connect(settings, breaker=breaker)
     try:
         context_tokens = settings.llm_context_tokens or DEFAULTS[client.config.provider]["context_tokens"]
         return LLMReasoner(client, contracts=contracts, store=store, context_tokens=context_tokens,
                            budget_calls=settings.llm_incident_calls, budget_tokens=settings.llm_incident_tokens,
                            on_close=server.stop if server else None,
-                           tools=tools if client.config.provider != "local" else None)
+                           tools=tools if client.config.provider != "local" else None, audit=audit)
     except BaseException:
         if server is not None:
             server.stop()

@@ -2,8 +2,8 @@
 
 `IncidentContext.gather` collects it once per incident: the events condensed (grouped by entity, type and
 kind: counts, first and last time, a few samples), the topology around the incident, recent changes, the
-deterministic reasoner's ranked candidates with their evidence, similar past incidents from the store,
-and the action catalog from the loaded contracts. `diagnose_vars` / `propose_vars` turn it into template
+deterministic reasoner's ranked candidates with their evidence, similar past incidents with their confirmed
+causes and outcomes as they stood when this incident opened (`_past.py`), and the action catalog from the loaded contracts. `diagnose_vars` / `propose_vars` turn it into template
 variables at a detail level; `fit` picks the most detailed level whose rendered prompt fits the budget.
 
 Every string that came from an event goes through `untrusted` / `untrusted_word` (scrubbed, truncated,
@@ -24,12 +24,12 @@ from bus import Event
 from rules import ActionContract, Topology
 
 from ._client import estimate_tokens
+from ._past import PastIncident, similar_past
 from ._scrub import scrub, scrub_attributes, untrusted, untrusted_word
 
 SEVERITY_ORDER = {"critical": 3, "error": 2, "warning": 1, "info": 0}
 CHANGE_TYPES = ("rtem.change.deploy", "rtem.change.config")
 CHANGE_LOOKBACK_S = 3600.0  # a change this long before the incident's first event still counts as recent
-SIMILARITY_MIN = 0.2  # Jaccard overlap of entities for a past incident to count as similar
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class Detail:
     sample_chars: int
 
 
-# From most to least detailed; `fit` takes the first level whose prompt fits the token budget.
+# From most to least detailed; `fit` takes the first level whose prompt fits the token budget. Past
+# incidents come most similar first, so a level that shows fewer drops the least similar (then the oldest).
 LEVELS = (
     Detail(groups=40, samples=2, candidates=10, relations=60, past=3, sample_chars=200),
     Detail(groups=25, samples=1, candidates=8, relations=40, past=2, sample_chars=160),
@@ -64,7 +65,7 @@ class IncidentContext:
     topology: Topology
     groups: list[dict[str, Any]] = field(default_factory=list)
     changes: list[Event] = field(default_factory=list)
-    past: list[dict[str, Any]] = field(default_factory=list)
+    past: list[PastIncident] = field(default_factory=list)
 
     @property
     def event_ids(self) -> set[str]:
@@ -77,7 +78,9 @@ class IncidentContext:
 
     @classmethod
     def gather(cls, events: Sequence[Event], topology: Topology, candidates: Sequence[RootCause],
-               store: IncidentRepository | None = None) -> IncidentContext:
+               store: IncidentRepository | None = None, audit=None) -> IncidentContext:
+        """`audit` (an AuditLog) dates what was known of past incidents; without it they come without
+        outcomes."""
         events = sorted(events, key=lambda e: (e.ts, e.id))
         row = _incident_row(store, events)
         if row is not None:
@@ -89,7 +92,8 @@ class IncidentContext:
         context = cls(incident_id, severity, entities, list(events), list(candidates), topology)
         context.groups = _condense(events, topology, {c.entity: i for i, c in enumerate(candidates)})
         context.changes = _recent_changes(store, events, topology, entities)
-        context.past = _similar_incidents(store, incident_id, entities)
+        first_ts = events[0].ts if events else 0.0
+        context.past = similar_past(store, audit, incident_id, entities, first_ts, topology.service_of)
         return context
 
     # -- template variables -----------------------------------------------------------------------
@@ -99,7 +103,7 @@ class IncidentContext:
             "incident": self._incident(),
             "candidates": [_candidate(i + 1, c, self.topology) for i, c in enumerate(self.candidates[:detail.candidates])],
             "neighbourhood": self._neighbourhood(detail.relations),
-            "past": self.past[:detail.past],
+            "past": [p.prompt_vars() for p in self.past[:detail.past]],
             "changes": [{"time": _hms(e.ts), "type": e.type, "entity": untrusted_word(e.subject),
                          "text": untrusted(e.message, detail.sample_chars)} for e in self.changes[:10]],
             **self._groups(detail),
@@ -113,7 +117,7 @@ class IncidentContext:
             "causes": [_candidate(i + 1, c, self.topology) for i, c in enumerate(causes[:max(3, detail.candidates // 2)])],
             "targets": targets[:80] + ([f"... {len(targets) - 80} more"] if len(targets) > 80 else []),
             "catalog": catalog(contracts),
-            "past": self.past[:detail.past],
+            "past": [p.prompt_vars() for p in self.past[:detail.past]],
             **self._groups(Detail(groups=max(4, detail.groups // 2), samples=min(1, detail.samples),
                                   candidates=0, relations=0, past=0, sample_chars=detail.sample_chars)),
         }
@@ -238,30 +242,6 @@ def _recent_changes(store: IncidentRepository | None, events: Sequence[Event], t
         if row["type"] in CHANGE_TYPES and row["subject"] in radius and row["id"] not in found:
             found[row["id"]] = event_from_row(row)
     return sorted(found.values(), key=lambda e: (e.ts, e.id))
-
-
-def _similar_incidents(store: IncidentRepository | None, incident_id: str,
-                       entities: Sequence[str]) -> list[dict[str, Any]]:
-    if store is None or not entities:
-        return []
-    mine = set(entities)
-    scored = []
-    for row in store.incidents():
-        if row["id"] == incident_id or not row.get("root_causes"):
-            continue
-        theirs = set(row["entities"])
-        overlap = len(mine & theirs) / len(mine | theirs) if theirs else 0.0
-        if overlap >= SIMILARITY_MIN:
-            scored.append((overlap, row))
-    scored.sort(key=lambda item: item[1]["opened_at"], reverse=True)  # newest first among equals
-    scored.sort(key=lambda item: -item[0])
-    past = []
-    for _, row in scored[:3]:
-        top = row["root_causes"][0]
-        actions = ", ".join(f"{a['type']} {a['target']} ({a['verdict']})" for a in row["actions"][:4]) or "none"
-        past.append({"id": row["id"], "opened_at": row["opened_at"], "root_cause": top["entity"],
-                     "fault_type": top.get("fault_type", "unknown"), "actions": actions})
-    return past
 
 
 def _param(spec: Mapping[str, Any]) -> str:

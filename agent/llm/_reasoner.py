@@ -88,11 +88,12 @@ class LLMReasoner:
     def __init__(self, client: LLMClient, *, contracts: Mapping[str, ActionContract], store=None,
                  fallback: DeterministicReasoner | None = None, context_tokens: int = 6000,
                  budget_calls: int = 6, budget_tokens: int = 60000, on_close: Callable[[], None] | None = None,
-                 tools: PrometheusTool | None = None):
+                 tools: PrometheusTool | None = None, audit=None):
         self.client = client
         self.config = client.config
         self.contracts = dict(contracts)
         self.store = store
+        self.audit = audit  # dates what was known of similar past incidents (their confirmations, outcomes)
         self.fallback = fallback or DeterministicReasoner()
         self.context_tokens = context_tokens
         self.budget_calls = budget_calls
@@ -117,10 +118,11 @@ class LLMReasoner:
     def diagnose(self, view: IncidentView, limit: int = 5) -> tuple[list[RootCause], ReasonerRun]:
         """The view's history (the background learned from earlier incidents) goes to the deterministic scoring."""
         events, topology = view.events, view.topology
-        candidates = self.fallback.rank(events, topology, max(limit, len(topology.entities)), history=view.history)
+        candidates = self.fallback.rank(events, topology, max(limit, len(topology.entities)), history=view.history,
+                                         learned=view.learned)
         prompt = self.prompts["diagnose"]
         try:
-            context = IncidentContext.gather(events, topology, candidates, self.store)
+            context = IncidentContext.gather(events, topology, candidates, self.store, self.audit)
         except Exception as exc:  # a context we cannot build must not stop the incident
             log.exception("building the LLM context failed")
             return candidates[:limit], self._fallback_run("diagnose", prompt, [], f"error: {exc}", "error")
@@ -162,7 +164,7 @@ class LLMReasoner:
                                    notes=["the LLM was not asked: no root cause to act on"])
         deterministic = self.fallback.remedies(causes, topology, view.events)
         try:
-            context = IncidentContext.gather(view.events, topology, causes, self.store)
+            context = IncidentContext.gather(view.events, topology, causes, self.store, self.audit)
         except Exception as exc:  # a context we cannot build must not stop the incident
             log.exception("building the LLM context failed")
             return deterministic, self._fallback_run("propose", prompt, [], f"error: {exc}", "error")
