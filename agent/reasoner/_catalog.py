@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..redact import scrub
+
 # The fault-type vocabulary: what `RootCause.fault_type` may say.
 FAULT_TYPES: dict[str, str] = {
     "cpu": "CPU saturation or contention",
@@ -132,8 +134,26 @@ def is_bad_direction(name: str, domain: str, direction: str | None) -> bool:
     return True
 
 
+# What varies between two lines of one log statement: numbers, hex ids, UUIDs, IPs, paths and quoted
+# values. Replacing them leaves the statement's constant words, its template (as log parsers such as
+# Drain do, without their learning), so "timeout after 3012 ms" and "timeout after 87 ms" are one kind.
+_VARIABLE = re.compile(r"\"[^\"]*\"|'[^']*'|(?:/[\w.-]+)+|\b[0-9a-f]{8}-[0-9a-f-]{27}\b|\b0x[0-9a-f]+\b"
+                       r"|\d+(?:[.:]\d+)*\b|\b[0-9a-f]*\d[0-9a-f]*\b")
+TEMPLATE_WORDS = 8
+
+
+def log_template(message: str) -> str:
+    """A log line's template: its first `TEMPLATE_WORDS` constant words, variable parts as "*". Secrets
+    are redacted first: a template is shown in explanations, reports and the LLM's context, and cutting a
+    credential into variable parts would leave pieces of it that no longer look like one."""
+    words = _VARIABLE.sub(" * ", scrub(message).lower()).split()
+    squeezed = [w for i, w in enumerate(words) if w != "*" or i == 0 or words[i - 1] != "*"]
+    return " ".join(squeezed[:TEMPLATE_WORDS]) or "*"
+
+
 def text_domain(text: str) -> str:
-    """The domain a free-text message (log line, alert name) speaks about, by the same words as metrics."""
+    """The domain a free-text message (log line, alert name) speaks about: the words below, else the
+    metric rules (a log naming "fs reads" or "memory" speaks about them), else "errors"."""
     tokens = set(_TOKEN.findall(text.lower()))
     hints = (
         ("memory", ("oom", "outofmemory", "oomkilled", "memory")),
@@ -148,7 +168,14 @@ def text_domain(text: str) -> str:
     for domain, words in hints:
         if tokens & set(words):
             return domain
+    for domain, words in _DOMAIN_RULES:
+        if not set(words) & _PROSE and all(w in tokens for w in words):
+            return domain
     return "errors"
+
+
+# Metric words that are ordinary prose in a log line ("started up", "failed to load", "too many requests").
+_PROSE = frozenset(("up", "load", "count", "requests"))
 
 
 _INWARD = frozenset(("read", "reads", "r", "rx", "receive", "received", "in", "ingress"))

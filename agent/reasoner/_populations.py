@@ -60,3 +60,18 @@ def population_sizes(topology: Topology, by_unit: bool) -> dict[str, int]:
     for entity in topology.by_id:
         members[population(topology, entity)].add(topology.service_of(entity) if by_unit else entity)
     return {population: len(group) for population, group in members.items()}
+
+
+def relayed(traces: Iterable[Signal]) -> dict[str, float]:
+    """Explaining away along the calls the traces themselves show (no topology needed): an entity that is
+    reported slow or failing, and that reports slow or failing calls to others itself, is partly passing
+    trouble on. It keeps ``in / (in + out)`` of its trace evidence: in counts the distinct reporters of
+    its trouble (its callers, and itself for a span of its own), out the distinct callees it reports. A
+    leaf keeps all; a relay with as many anomalous callees as reporters keeps half."""
+    reporters: dict[str, set[str]] = defaultdict(set)
+    reported: dict[str, set[str]] = defaultdict(set)
+    for s in traces:
+        reporters[s.entity].add(s.caller or s.entity)
+        if s.caller and s.caller != s.entity:
+            reported[s.caller].add(s.entity)
+    return {e: len(who) / (len(who) + len(reported.get(e, ()))) for e, who in reporters.items()}

@@ -19,12 +19,15 @@ that entity rather than elsewhere. Five ideas make it up:
    - a component's latency/errors move on to the dependencies it calls or uses that show latency/errors
      too, as far as those account for them, competing with the component's own instances' resource
      anomalies as the explanation;
-   - a service's latency/errors move to its instances as far as they are unevenly anomalous.
+   - a service's latency/errors move to its instances as far as they are unevenly anomalous;
+   - a trace anomaly is evidence about its callee, weighed like any anomaly by idea 1 (kind
+     "trace:latency" or "trace:errors"), of which the callee keeps ``in / (in + out)``: in its reporters,
+     out the troubled callees it reports itself (`_populations.relayed`; the traces' own call graph, so
+     it works when the topology knows no calls and with one instance per service).
 4. Aggregation. A service counts its own signals plus its median instance: it is suspect as a whole
-   only when its instances are anomalous alike. A host with anomalies of its own gains when its
-   instances are anomalous more often than instances elsewhere. An instance whose callers see far more
-   anomalous calls than its peers' callers gain up to `TRACE_WEIGHT`. A change (deploy, config) followed
-   by anomalies next to it adds `CHANGE_WEIGHT`.
+   only when its instances are anomalous alike (with one instance, the median is that instance). A host
+   with resource anomalies of its own gains by how much its instances' mean score exceeds all instances'.
+   A change (deploy, config) followed by anomalies next to it adds `CHANGE_WEIGHT`.
 5. Levels. Each entity gets the prior ``-log(size of its population)``: the levels (instance, host,
    component) are equally likely a priori, so the level with the most entities does not win by numbers.
 
@@ -33,7 +36,7 @@ common-mode now (idea 1's chance ``b = spread/(N+1)``) or because it is habitual
 add-one share of earlier incidents that had it). Taking the two as independent sources of background
 (noisy-OR), the anomaly is background with chance ``1 - (1 - b)(1 - r)`` and weighs minus the log of that:
 with no history (r = 0) exactly idea 1's ``log((N+1)/spread)``. Every use of the anomaly's strength above
-follows (its own value, what it explains away); a caller's report of a slow callee counts ``1 - r``.
+follows (its own value, what it explains away). docs/reasoning.md lists every weight and why.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from rules.topology import Topology
 from ._candidate import Candidate, fault_type, symptom
 from ._catalog import RESOURCE_DOMAINS, SYMPTOM_DOMAINS
 from ._history import History
-from ._populations import (HOST, INSTANCE, callers_first, first_by_source, population, population_sizes,
+from ._populations import (HOST, INSTANCE, callers_first, first_by_source, population, population_sizes, relayed,
                            same_flow, spread_of)
 from ._signals import CHANGE, TRACE, Signal, first_by_kind
 
@@ -56,11 +59,6 @@ from ._signals import CHANGE, TRACE, Signal, first_by_kind
 # minutes is a few scrape intervals: long enough for a fault to show on several metrics of its own
 # entity, short enough that effects propagating through callers and hosts rank behind it.
 ONSET_HALF_LIFE = 300.0
-
-# An instance whose callers see far more anomalous calls than its peers' callers do gains up to this
-# much, well under one distinctive metric anomaly (ln 13 = 2.6 for one unit in twelve): traces only say
-# "slow here or below", so they must not outweigh the entity's own metrics.
-TRACE_WEIGHT = 1.0
 
 # A deployment or configuration change followed by anomalies on the changed entity or next to it weighs
 # as much as a distinctive anomaly (ln 13 for one unit in twelve): changes are the most common cause of
@@ -81,10 +79,13 @@ class _Scorer:
     def __init__(self, signals: Sequence[Signal], topology: Topology, history: History):
         self.topology = topology
         self.history = history
-        state = sorted((s for s in first_by_kind(signals).values() if s.source not in (TRACE, CHANGE)),
+        # Traces are state like any other anomaly (about the callee: "slow or failing here or below"),
+        # weighed by their rarity; what the callee passes on to its own callees is taken off (`relayed`).
+        state = sorted((s for s in first_by_kind(signals).values() if s.source != CHANGE),
                        key=lambda s: (s.ts, s.event_id))
         self.traces = [s for s in signals if s.source == TRACE]
         self.changes = [s for s in signals if s.source == CHANGE]
+        self.kept = relayed(self.traces)
         self.first_ts = first_by_source(signals)
         self.spread = spread_of(state, topology)
         self.sizes = population_sizes(topology, by_unit=True)
@@ -104,9 +105,10 @@ class _Scorer:
         return -math.log(background) * s.weight
 
     def value(self, s: Signal) -> float:
-        """Ideas 1 and 2: what one anomaly adds to its entity's score."""
+        """Ideas 1 and 2: what one anomaly adds to its entity's score (a trace's, as far as it is not relayed)."""
         lag = max(0.0, s.ts - self.first_ts[s.source])
-        return self.strength(s) * 0.5 ** (lag / ONSET_HALF_LIFE)
+        kept = self.kept.get(s.entity, 1.0) if s.source == TRACE else 1.0
+        return self.strength(s) * kept * 0.5 ** (lag / ONSET_HALF_LIFE)
 
     def score(self) -> list[Candidate]:
         topo = self.topology
@@ -116,7 +118,6 @@ class _Scorer:
                 entities.update(p for p in (topo.service_of(entity), topo.host_of(entity)) if p and p != entity)
         cands = {e: self._own_candidate(e) for e in entities}
         self._propagate_symptoms(cands)
-        self._add_trace_outliers(cands)
         self._add_changes(cands)
         instance_scores = {e: c.score for e, c in cands.items() if c.entity_type == INSTANCE}
         sizes = population_sizes(topo, by_unit=False)
@@ -146,7 +147,18 @@ class _Scorer:
         cand.kinds = [(s.kind, len(self.spread[(group, s.kind)]), self.sizes[group])
                       for _, s in cand.evidence]
         self._note_background(cand, self.own.get(entity, ()))
+        self._note_traces(cand)
         return cand
+
+    def _note_traces(self, cand: Candidate) -> None:
+        reports = [s for s in self.traces if s.entity == cand.entity]
+        if not reports:
+            return
+        reporters = sorted({s.caller or s.entity for s in reports})
+        names = ", ".join(reporters[:4]) + (", …" if len(reporters) > 4 else "")
+        kept = self.kept.get(cand.entity, 1.0)
+        relay = "" if kept == 1.0 else f", {1 - kept:.0%} of it passed on to troubled callees it reports itself"
+        cand.notes.append(f"traces from {names} show slow or failing calls to it{relay}")
 
     def _note_background(self, cand: Candidate, signals: Iterable[Signal], limit: int = 3) -> None:
         """Say which of the candidate's anomalies were discounted as recurring background, most recurrent first."""
@@ -224,45 +236,13 @@ class _Scorer:
 
     # -- traces and changes ----------------------------------------------------------------------
 
-    def _add_trace_outliers(self, cands: dict[str, Candidate]) -> None:
-        """Idea 4, traces: instances whose callers see many more anomalous calls than their peers'.
-
-        A caller counts as much as its report is not recurring background (1 with no history)."""
-        topo = self.topology
-        callers: dict[str, dict[str, float]] = defaultdict(dict)
-        by_callee: dict[str, list[Signal]] = defaultdict(list)
-        for s in self.traces:
-            if s.caller and s.caller != s.entity:
-                seen_by = callers[s.entity]
-                seen_by[s.caller] = max(seen_by.get(s.caller, 0.0), self.history.weight(s))
-                by_callee[s.entity].append(s)
-        count = {entity: sum(seen_by.values()) for entity, seen_by in callers.items()}
-        for entity, seen_by in callers.items():
-            if topo.entity_type(entity) != INSTANCE:
-                continue
-            peers = [count.get(p, 0.0) for p in topo.instances(topo.service_of(entity)) if p != entity]
-            typical = statistics.median(peers) if peers else 0.0
-            excess = count[entity] - typical
-            if excess <= 0:
-                continue
-            gain = TRACE_WEIGHT * excess / (excess + typical + 1)
-            cand = cands[entity]
-            cand.score += gain
-            cand.domains["latency"] = cand.domains.get("latency", 0.0) + gain
-            signals = sorted(by_callee[entity], key=lambda s: (-s.weight, s.ts, s.event_id))
-            cand.evidence.extend((gain / len(signals), s) for s in signals)
-            cand.onset = min(cand.onset or math.inf, min(s.ts for s in signals))
-            names = ", ".join(sorted(seen_by)[:4]) + (", …" if len(seen_by) > 4 else "")
-            cand.notes.append(f"{len(seen_by)} callers ({names}) see anomalous calls to it, against a median of "
-                              f"{typical:.3g} for its peers")
-            self._note_background(cand, by_callee[entity])
-
     def _add_changes(self, cands: dict[str, Candidate]) -> None:
         """Idea 4, changes: a change followed by anomalies on the changed entity or one relation away."""
         topo = self.topology
         for change in sorted(self.changes, key=lambda s: (s.ts, s.event_id)):
             near = topo.blast_radius([change.entity]) | set(topo.instances(change.entity))
-            after = [s for s in self.state + self.traces if s.entity in near and s.ts >= change.ts]
+            signals = [s for s in self.state if s.source != TRACE] + self.traces  # every trace, not its first
+            after = [s for s in signals if s.entity in near and s.ts >= change.ts]
             if not after:
                 continue
             cand = cands[change.entity]
@@ -312,18 +292,19 @@ class _Scorer:
                           f"(median instance score {typical:.2f})")
 
     def _aggregate_host(self, cand: Candidate, instance_scores: dict[str, float]) -> None:
-        """Idea 4: a host with its own anomalies gains when its instances are unusually often anomalous."""
+        """Idea 4: a host with its own anomalies gains what its instances score above the average instance."""
         cand.notes.extend(self.host_notes.get(cand.entity, ()))
         if not any(d in RESOURCE_DOMAINS for d in cand.domains):
             return
         residents = self.topology.sources(cand.entity, "runs_on")
         if not residents:
             return
-        share_here = sum(1 for i in residents if instance_scores.get(i, 0.0) > 0) / len(residents)
-        share_all = sum(1 for i in self.all_instances if instance_scores.get(i, 0.0) > 0) / len(self.all_instances)
-        enrichment = share_here - share_all
-        if enrichment <= 0:
+        here = sum(instance_scores.get(i, 0.0) for i in residents) / len(residents)
+        everywhere = sum(instance_scores.get(i, 0.0) for i in self.all_instances) / len(self.all_instances)
+        if here <= everywhere:
             return
-        cand.score += enrichment * sum(instance_scores.get(i, 0.0) for i in residents) / len(residents)
-        cand.notes.append(f"{share_here:.0%} of its instances are anomalous, against {share_all:.0%} of all "
-                          "instances")
+        # The system's own base rate: what runs here is more anomalous than what runs anywhere.
+        cand.score += here - everywhere
+        anomalous = sum(1 for i in residents if instance_scores.get(i, 0.0) > 0)
+        cand.notes.append(f"{anomalous} of its instances are anomalous, scoring {here:.2f} on average against "
+                          f"{everywhere:.2f} for all instances")

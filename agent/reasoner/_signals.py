@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from bus import SEVERITY_RANK, Event
 from rules.topology import Topology
 
-from ._catalog import CHANGE_FAULTS, is_bad_direction, metric_domain, metric_kind, text_domain
+from ._catalog import CHANGE_FAULTS, is_bad_direction, log_template, metric_domain, metric_kind, text_domain
 
 # How much an event's own severity adds to its weight: an error-level anomaly counts half again as
 # much as a warning, a critical one twice. Info-level events carry no anomaly.
@@ -26,7 +26,7 @@ METRIC, TRACE, LOG, ALERT, HEALTH, CHANGE, OTHER = "metric", "trace", "log", "al
 class Signal:
     """One anomaly about `entity`.
 
-    `kind` names what was measured (a metric name without device, "trace:latency", "log:errors"...);
+    `kind` names what was measured (a metric name without device, "trace:latency", "log:<template>"...);
     `source` is the family of events it came from, since families differ in sampling delay (metrics
     land on scrape boundaries, traces and logs as they happen) and so each is timed against its own first.
     For trace signals `caller` is the entity that observed the callee's trouble; for metric signals
@@ -75,8 +75,10 @@ def _signal(event: Event, topology: Topology) -> Signal | None:
     if source == LOG and SEVERITY_RANK.get(event.severity, 0) < SEVERITY_RANK["error"]:
         return None  # warnings in logs are too common to count as anomalies
     text = " ".join(str(v) for v in (event.attributes.get("alertname"), event.message) if v)
-    domain = text_domain(text)
-    return Signal(event.id, event.subject, f"{source}:{domain}", domain, source, event.ts, weight)
+    # The kind is the message's template, not its domain: how rare a kind is decides its weight, and
+    # "disk full" on one entity is rare where "request failed" on every entity is not.
+    return Signal(event.id, event.subject, f"{source}:{log_template(text)}", text_domain(text), source, event.ts,
+                  weight)
 
 
 def _metric_signal(event: Event, weight: float) -> Signal | None:

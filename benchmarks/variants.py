@@ -1,0 +1,165 @@
+"""Root-cause accuracy on varied copies of the recorded cases: does the ranking generalise?
+
+    python benchmarks/variants.py [CASES_DIR] [--topology T] [--variant NAME ...] [--mode direct ...] [--json]
+
+The shared cases come from one system with three or four instances per service whose faults show as
+metric anomalies and traces. The systems rtem meets elsewhere differ: one or two instances per service,
+faults that show mainly in logs and traces. Each variant rewrites the same cases (events, topology and
+truth) into such a system and scores them with `rca_accuracy`'s modes:
+
+- original: the cases as recorded.
+- one-instance: every service's instances collapsed into one instance (`<service>-pod`, running on the
+  host of the service's first instance by id); subjects and trace callers/callees rewritten. A pod-level
+  truth becomes its service (with one instance the two cannot be told apart, and a service-level truth is
+  matched by its instance too).
+- no-metrics: metric anomalies dropped; only traces remain (the recorded cases have no logs or health
+  events).
+- logs: synthesised, since the cases have no logs: every metric anomaly in a bad direction (on every
+  entity, not only the true cause; a success rate going up is logged by nobody) becomes an error log on
+  the same subject at the same time, "<metric> anomaly" as its message; traces kept. Evidence is then logs and traces only, spread exactly as the metrics were.
+- one-instance-logs: both of the above: the shape of the systems the issue measures on.
+
+A change to the reasoner that raises `original` but lowers a variant fits this data set, not systems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rca_accuracy import DEFAULT_DATA, MODES, Case, evaluate, load_cases  # noqa: E402
+
+from agent.reasoner._catalog import is_bad_direction, metric_domain  # noqa: E402
+from rules.topology import Topology  # noqa: E402
+
+Doc = dict
+Rewrite = Callable[[list[Doc], Doc, Doc], tuple[list[Doc], Doc, Doc]]  # events, topology, truth
+
+
+def original(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    return events, topology, truth
+
+
+def one_instance(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """Instances of a service merged into one; see the module doc."""
+    service_of = {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "instance_of"}
+    host_of = {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "runs_on"}
+    merged = {i: f"{s}-pod" for i, s in service_of.items()}
+    entities = [e for e in topology["entities"] if e["id"] not in merged]
+    relations = [r for r in topology["relations"] if r["source"] not in merged]
+    for service in sorted(set(service_of.values())):
+        first = min(i for i, s in service_of.items() if s == service)
+        pod = f"{service}-pod"
+        entities.append({"id": pod, "type": "instance"})
+        relations.append({"source": pod, "target": service, "type": "instance_of"})
+        if first in host_of:
+            relations.append({"source": pod, "target": host_of[first], "type": "runs_on"})
+
+    def rename(name):
+        return merged.get(name, name)
+
+    rewritten = []
+    for doc in events:
+        doc = json.loads(json.dumps(doc))
+        doc["subject"] = rename(doc.get("subject"))
+        attributes = doc.get("data", {}).get("attributes", {})
+        for key in ("caller", "callee"):
+            if key in attributes:
+                attributes[key] = rename(attributes[key])
+        rewritten.append(doc)
+    cause = truth["root_cause_entity"]
+    if cause in service_of:
+        truth = {**truth, "root_cause_entity": service_of[cause], "level": "service"}
+    return rewritten, {"entities": entities, "relations": relations}, truth
+
+
+def no_metrics(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    return [d for d in events if d["type"] != "rtem.metric.anomaly"], topology, truth
+
+
+def logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """Every metric anomaly as an error log of the same subject; see the module doc."""
+    rewritten = []
+    for doc in events:
+        if doc["type"] == "rtem.metric.anomaly":
+            attributes = doc.get("data", {}).get("attributes", {})
+            metric = attributes.get("metric") or "metric"
+            if not is_bad_direction(metric, metric_domain(metric), attributes.get("direction")):
+                continue  # a success rate going up is logged by nobody
+            doc = {**doc, "type": "rtem.log", "source": doc["source"] + "/logs",
+                   "data": {"severity": "error", "message": f"{metric} anomaly", "attributes": {}}}
+        rewritten.append(doc)
+    return rewritten, topology, truth
+
+
+def one_instance_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    return one_instance(*logs(events, topology, truth))
+
+
+VARIANTS: dict[str, Rewrite] = {"original": original, "one-instance": one_instance, "no-metrics": no_metrics,
+                                "logs": logs, "one-instance-logs": one_instance_logs}
+
+
+def rewrite_cases(cases: Sequence[Case], topology_doc: Doc, rewrite: Rewrite,
+                  into: Path) -> tuple[list[Case], Topology]:
+    """The cases rewritten into `into` (events files), with the rewritten topology."""
+    out: list[Case] = []
+    topology = topology_doc
+    for case in cases:
+        docs = [json.loads(line) for line in case.events.read_text("utf-8").splitlines() if line.strip()]
+        docs, topology, truth = rewrite(docs, topology_doc, case.truth)
+        path = into / f"{case.number}.events.jsonl"
+        path.write_text("".join(json.dumps(d) + "\n" for d in docs), "utf-8")
+        out.append(Case(case.number, path, truth, case.start))
+    return out, Topology.from_dict(topology)
+
+
+def run(cases_dir: Path, topology_path: Path, variants: Sequence[str], modes: Sequence[str]) -> dict:
+    cases = load_cases(cases_dir)
+    topology_doc = json.loads(topology_path.read_text("utf-8"))
+    results: dict[str, dict] = {}
+    for name in variants:
+        with tempfile.TemporaryDirectory(prefix=f"rtem-variant-{name}-") as scratch:
+            varied, topology = rewrite_cases(cases, topology_doc, VARIANTS[name], Path(scratch))
+            for mode in modes:
+                report = evaluate(mode, MODES[mode], varied, topology)
+                results[f"{name}/{mode}"] = {"overall": report.overall.as_dict(), "even": report.even.as_dict(),
+                                             "odd": report.odd.as_dict()}
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cases_dir", nargs="?", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--topology", type=Path, help="topology file (default: topology.json beside the cases)")
+    parser.add_argument("--variant", action="append", choices=list(VARIANTS),
+                        help="which variants (repeatable; default: all)")
+    parser.add_argument("--mode", action="append", choices=sorted(MODES),
+                        help="how cases are analysed (repeatable; default: direct)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+    directory = args.cases_dir / "cases" if (args.cases_dir / "cases").is_dir() else args.cases_dir
+    topology_path = args.topology or next(
+        (p for p in (directory / "topology.json", directory.parent / "topology.json") if p.exists()), None)
+    if topology_path is None:
+        parser.error(f"no topology.json in {directory} or its parent; pass --topology")
+    results = run(directory, topology_path, args.variant or list(VARIANTS), args.mode or ["direct"])
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{'variant/mode':28s} {'top-1':>8s} {'top-3':>8s} {'MRR':>6s}   even top-1/top-3   odd top-1/top-3")
+    for name, r in results.items():
+        o, e, d = r["overall"], r["even"], r["odd"]
+        print(f"{name:28s} {o['top1_rate']:8.1%} {o['top3_rate']:8.1%} {o['mrr']:6.3f}   "
+              f"{e['top1_rate']:6.1%} / {e['top3_rate']:6.1%}    {d['top1_rate']:6.1%} / {d['top3_rate']:6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
