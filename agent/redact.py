@@ -1,7 +1,8 @@
 """Event text is untrusted: scrub secrets out of it, truncate it, and make it unable to close its quotes.
 
 Everything that leaves the process for an LLM provider and came from an event passes through `untrusted`
-first. Scrubbing is by pattern, so it errs towards redacting: a long random-looking token is removed even
+first; the reasoner scrubs log lines before it makes templates of them (templates are shown in
+explanations and reports). Scrubbing is by pattern, so it errs towards redacting: a long random-looking token is removed even
 if it was harmless, since a leaked credential costs more than a less informative sample.
 """
 

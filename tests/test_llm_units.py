@@ -19,7 +19,7 @@ from agent.llm import (BudgetExhausted, IncidentBudget, IncidentContext, LLMBrea
                        LLMReasoner, LLMSetupError, ProviderRejected, combine, llm_config, retryable_status, scrub,
                        sent_diagnosis_schema, sent_proposal_schema, untrusted, validation_proposal_schema)
 from agent.llm._context import LEVELS, fit
-from agent.llm._scrub import scrub_attributes
+from agent.redact import scrub_attributes
 from agent.llm._validate import check_diagnosis, check_proposals
 from agent.models import RootCause
 from agent.reasoner import FAULT_TYPES

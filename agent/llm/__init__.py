@@ -27,7 +27,7 @@ from ._errors import BudgetExhausted, LLMBreakerOpen, LLMError, LLMSetupError, L
 from ._local import LocalServer, default_model, server_binary
 from ._reasoner import MAX_REASKS, CallRecord, LLMReasoner
 from ._schema import sent_diagnosis_schema, sent_proposal_schema, tighten, validation_proposal_schema
-from ._scrub import scrub, untrusted
+from ..redact import scrub, untrusted
 from ._tools import TOOL_CALLED, PrometheusTool, ToolCall
 
 __all__ = [

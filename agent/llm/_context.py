@@ -25,7 +25,7 @@ from rules import ActionContract, Topology
 
 from ._client import estimate_tokens
 from ._past import PastIncident, similar_past
-from ._scrub import scrub, scrub_attributes, untrusted, untrusted_word
+from ..redact import scrub, scrub_attributes, untrusted, untrusted_word
 
 SEVERITY_ORDER = {"critical": 3, "error": 2, "warning": 1, "info": 0}
 CHANGE_TYPES = ("rtem.change.deploy", "rtem.change.config")

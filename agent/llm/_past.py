@@ -23,7 +23,7 @@ from typing import Any
 
 from agent.incident import ConfirmedCause, confirmed_cause
 
-from ._scrub import untrusted, untrusted_word
+from ..redact import untrusted, untrusted_word
 
 SIMILARITY_MIN = 0.2  # Jaccard overlap (entities and their services) for a past incident to count as similar
 MAX_PAST = 3  # the most the most detailed context level shows; `LEVELS` trims from the end of the list

@@ -20,7 +20,7 @@ from agent.models import DecisionRecord
 from agent.report import duration
 
 from ._client import estimate_tokens
-from ._scrub import scrub, scrub_attributes, untrusted, untrusted_word
+from ..redact import scrub, scrub_attributes, untrusted, untrusted_word
 
 MAX_INCIDENTS = 3
 MAX_RECORDS = 200  # per incident, the most recent; older ones are not ranked at all
