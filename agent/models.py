@@ -55,9 +55,11 @@ class DecisionRecord(BaseModel):
 @dataclass(frozen=True)
 class IncidentView:
     """What a reasoner sees of one incident, the same in `diagnose` and `propose`: its events, the
-    topology, and the background learned from earlier incidents only (`agent.reasoner.History`)."""
+    topology, the background learned from earlier incidents only (`agent.reasoner.History`), and what
+    marked the causes confirmed in earlier incidents (`agent.reasoner.LearnedModel`; None: nothing learned)."""
 
     incident_id: str
     events: Sequence[Event]
     topology: Topology
     history: Any = None
+    learned: Any = None

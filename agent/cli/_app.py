@@ -34,6 +34,8 @@ for command in _ONCALL:
     incidents_app.command()(command)
 from ._confirm import confirm as _confirm  # noqa: E402 - a confirmed cause joins `rtem incidents`
 incidents_app.command("confirm")(_confirm)
+from ._learn import learn_app  # noqa: E402 - registered in the order `rtem --help` lists them
+app.add_typer(learn_app, name="learn")
 # [issue13:cli] helpers B, C and D each add their import and add_typer/command lines above this comment
 
 

@@ -14,6 +14,7 @@ from ..audit import AuditLog
 from ..executors import Executors
 from ..incident import PlannedAction, Policy
 from ..investigate import Investigator
+from ..learning import LearningCache, learned_model
 from ..ledger import Ledger
 from ..models import IncidentView, ReasonerRun, RootCause
 from ..reasoner import HISTORY_WINDOW, learn_history
@@ -54,6 +55,7 @@ class Deps:
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     worker: str | None = None  # the `rtem run` worker that drives the incidents: named in execution records
     investigator: Investigator | None = None  # Prometheus queries gather_context runs (RTEM_PROMETHEUS_URL)
+    learning: LearningCache = field(default_factory=LearningCache)  # examples and fits, reused across views
 
     @property
     def topology(self) -> Topology:
@@ -70,15 +72,17 @@ class Deps:
 
     def view(self, incident_id: str) -> IncidentView:
         """The incident as a reasoner sees it, the same in diagnose and propose: its events, the
-        topology, and the background learned from the incidents that opened before its first event,
-        never later."""
+        topology, the background learned from the incidents that opened before its first event, never
+        later, and what the causes confirmed before it was first diagnosed teach (`agent/learning.py`)."""
         events, topology = self.store.events(incident_id), self.topology
-        history = None
+        history = learned = None
         if events:
-            incidents, shapes = self.store.past_event_shapes(min(e.ts for e in events), limit=HISTORY_WINDOW,
-                                                             exclude=incident_id)
+            first = min(e.ts for e in events)
+            incidents, shapes = self.store.past_event_shapes(first, limit=HISTORY_WINDOW, exclude=incident_id)
             history = learn_history(incidents, shapes, topology)
-        return IncidentView(incident_id, events, topology, history)
+            model = learned_model(self.store, self.audit, topology, incident_id, first, self.learning)
+            learned = model if model.incidents else None
+        return IncidentView(incident_id, events, topology, history, learned)
 
 
 class IncidentState(TypedDict, total=False):

@@ -5,13 +5,13 @@ configured or the LLM fails.
 (`_scoring` says how), and returns the best as `RootCause`s whose confidence is the candidate's
 posterior share under the scoring model: ``exp(score)`` normalised over all candidates. With a `History`
 (learned from earlier incidents, `_history`), anomalies that recur in most earlier incidents are discounted
-as background. `propose` maps the top cause to remedies from the action catalog. Same events and history
-in, same answer out.
+as background. With a `LearnedModel` (fitted on earlier confirmed causes, `_learned`), the cold-start
+ranking is blended with what marked the confirmed causes, by how many there were. `propose` maps the top
+cause to remedies from the action catalog. Same events, history and learned model in, same answer out.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from agent.models import IncidentView, ReasonerRun, RootCause
@@ -20,6 +20,7 @@ from rules import Proposal, Topology
 
 from ._explain import explain
 from ._history import History
+from ._learned import LearnedModel, blend, candidate_features, posterior
 from ._remedies import propose_remedies
 from ._candidate import Candidate
 from ._scoring import rank_candidates
@@ -37,7 +38,12 @@ class DeterministicReasoner:
 
     def diagnose(self, view: IncidentView, limit: int = 5) -> tuple[list[RootCause], ReasonerRun]:
         """The graph's Reasoner protocol: ranked causes, with the history the view carries."""
-        return self.rank(view.events, view.topology, limit, history=view.history), self._run()
+        learned = view.learned if isinstance(view.learned, LearnedModel) and view.learned.incidents else None
+        run = self._run()
+        if learned is not None:  # recorded with the decision: what the ranking learned from
+            run.notes.append(learned.summary())
+            run.versions["learned"] = f"{learned.incidents} confirmed incidents, k={learned.k:g}"
+        return self.rank(view.events, view.topology, limit, history=view.history, learned=learned), run
 
     def propose(self, view: IncidentView, causes: Sequence[RootCause],
                 diagnosis: ReasonerRun | None = None) -> tuple[list[Proposal], ReasonerRun]:
@@ -45,15 +51,23 @@ class DeterministicReasoner:
         return self.remedies(causes, view.topology, view.events), self._run()
 
     def rank(self, events: Sequence[Event], topology: Topology, limit: int = 5, *,
-             history: History | None = None) -> list[RootCause]:
-        """Ranked causes; `history` (optional) is the background learned from earlier incidents only."""
+             history: History | None = None, learned: LearnedModel | None = None) -> list[RootCause]:
+        """Ranked causes; `history` (optional) is the background learned from earlier incidents only, and
+        `learned` (optional) what marked the causes confirmed in earlier incidents, blended in by its weight."""
         signals = extract_signals(events, topology)
         ranked = rank_candidates(signals, topology, history)
         if not ranked or limit <= 0:
             return []
         start = min(s.ts for s in signals)
-        shares = _posterior(ranked)
-        return [_root_cause(cand, share, start) for cand, share in zip(ranked[:limit], shares)]
+        shares = posterior([c.rank for c in ranked])
+        if learned is None or not learned.incidents:
+            return [_root_cause(cand, share, start) for cand, share in zip(ranked[:limit], shares)]
+        features = candidate_features(ranked, shares, signals, topology)
+        scores = blend(learned, features)
+        order = sorted(range(len(ranked)), key=lambda i: (-scores[i], i))
+        blended = posterior([scores[i] for i in order])
+        return [_root_cause(ranked[i], share, start, learned.why(features[i]))
+                for i, share in zip(order[:limit], blended)]
 
     def remedies(self, causes: Sequence[RootCause], topology: Topology,
                  events: Sequence[Event] | None = None) -> list[Proposal]:
@@ -65,20 +79,14 @@ class DeterministicReasoner:
         return ReasonerRun(reasoner=self.name, versions={"reasoner": f"{self.name}/{self.version}"})
 
 
-def _posterior(ranked: Sequence[Candidate]) -> list[float]:
-    top = max(c.rank for c in ranked)
-    weights = [math.exp(c.rank - top) for c in ranked]
-    total = sum(weights)
-    return [w / total for w in weights]
-
-
-def _root_cause(cand: Candidate, share: float, start: float) -> RootCause:
+def _root_cause(cand: Candidate, share: float, start: float, learned: str = "") -> RootCause:
+    explanation = explain(cand, start)
     return RootCause(
         entity=cand.entity,
         fault_type=cand.fault_type,
         confidence=round(min(1.0, max(0.0, share)), 4),
         evidence=_evidence_ids(cand),
-        explanation=explain(cand, start),
+        explanation=f"{explanation} Learned: {learned}." if learned else explanation,
     )
 
 

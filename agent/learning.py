@@ -1,0 +1,143 @@
+"""Learning from confirmed causes, at the edge: which confirmations an incident may learn from, the
+model fitted on them (`agent.reasoner.LearnedModel`), what `rtem learn status` shows, and `learn.reset`.
+
+Leak-free by construction: the examples for incident X are collected here, and only
+- confirmations whose audit record precedes X's first `causes.ranked` record (while X has none, all so
+  far: it is being diagnosed now), so a confirmation made after X was diagnosed never changes X's ranking,
+  not even when X is diagnosed again (propose, a restart);
+- confirmations after the latest `learn.reset` that also precedes that point;
+- of incidents other than X whose last event came before X's first event (they ended before X opened).
+The audit log's order is the clock here, not wall time: a recording replayed by `rtem analyze` has event
+times in the past while its confirmations are made now.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from rules import Topology
+
+from .audit import AuditLog
+from .incident import CONFIRMED, ConfirmedCause, confirmed_causes
+from .reasoner import HISTORY_WINDOW, Example, LearnedModel, example_of, fit, learn_history
+
+RESET = "learn.reset"
+RANKED = "causes.ranked"
+# Fitted models and per-incident examples kept in memory: a model is refitted only when the set of
+# examples changes (a new confirmation), an example only when its incident or the topology changes.
+CACHED_MODELS = 8
+CACHED_EXAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """What incident X may learn from: audit records before `seq` (None: all), after `reset_seq`, of
+    incidents that ended before `before_ts` (X's first event)."""
+
+    seq: int | None
+    reset_seq: int
+    before_ts: float
+
+
+class LearningCache:
+    """Examples and fitted models by what they were computed from; bounded, least recently used out."""
+
+    def __init__(self, models: int = CACHED_MODELS, examples: int = CACHED_EXAMPLES):
+        self._models: OrderedDict[Hashable, LearnedModel] = OrderedDict()
+        self._examples: OrderedDict[Hashable, Example | None] = OrderedDict()
+        self._limits = (models, examples)
+
+    def model(self, key: Hashable, make) -> LearnedModel:
+        return _cached(self._models, key, make, self._limits[0])
+
+    def example(self, key: Hashable, make) -> Example | None:
+        return _cached(self._examples, key, make, self._limits[1])
+
+
+def _cached(table: OrderedDict, key: Hashable, make, limit: int):
+    if key in table:
+        table.move_to_end(key)
+        return table[key]
+    value = table[key] = make()
+    if len(table) > limit:
+        table.popitem(last=False)
+    return value
+
+
+def cutoff_for(audit: AuditLog, incident_id: str | None, first_ts: float | None) -> Cutoff:
+    """Where learning for `incident_id` (None: for the status of now) stops, from the audit log."""
+    seq = None
+    if incident_id is not None:
+        first = audit.records(incident_id=incident_id, kind=RANKED, limit=1)
+        seq = first[0].seq if first else None
+    resets = [r.seq for r in audit.records(kind=RESET) if seq is None or r.seq < seq]
+    return Cutoff(seq, max(resets, default=0), first_ts if first_ts is not None else float("inf"))
+
+
+def confirmations(audit: AuditLog, cutoff: Cutoff, exclude: str | None = None) -> dict[str, ConfirmedCause]:
+    """The confirmed causes as they stood at the cutoff, by incident (never `exclude`)."""
+    kept = [r for r in audit.records(kind=CONFIRMED, since_seq=cutoff.reset_seq)
+            if cutoff.seq is None or r.seq < cutoff.seq]
+    return {i: c for i, c in confirmed_causes(kept).items() if i != exclude}
+
+
+def examples(store, audit: AuditLog, topology: Topology, cutoff: Cutoff, exclude: str | None = None,
+             cache: LearningCache | None = None) -> list[Example]:
+    """One example per confirmed incident that ended before the cutoff's time, oldest first."""
+    cache = cache or LearningCache()
+    found = []
+    for incident_id, cause in confirmations(audit, cutoff, exclude).items():
+        row = store.incident(incident_id)
+        if row is None or row["status"] == "merged" or row["last_ts"] is None or row["last_ts"] >= cutoff.before_ts:
+            continue
+        key = (incident_id, cause.entity, topology.digest, row["event_count"], row["last_ts"])
+        made = cache.example(key, lambda i=incident_id, c=cause.entity, t=row["first_ts"]:
+                             _example(store, topology, i, c, t))
+        if made is not None:
+            found.append((row["first_ts"], incident_id, made))
+    return [e for _, _, e in sorted(found, key=lambda t: (t[0], t[1]))]
+
+
+def _example(store, topology: Topology, incident_id: str, cause: str, first_ts: float) -> Example | None:
+    """The incident ranked as its diagnosis ranked it: with the history of the incidents before it (as
+    `Deps.view` builds it), so the learned weights correct the ranking they will be blended with."""
+    incidents, shapes = store.past_event_shapes(first_ts, limit=HISTORY_WINDOW, exclude=incident_id)
+    history = learn_history(incidents, shapes, topology)
+    return example_of(incident_id, store.events(incident_id), topology, cause, history)
+
+
+def learned_model(store, audit: AuditLog, topology: Topology, incident_id: str | None, first_ts: float | None,
+                  cache: LearningCache | None = None) -> LearnedModel:
+    """The model incident `incident_id` may use (see the module's docstring); empty with nothing to learn."""
+    cache = cache or LearningCache()
+    cutoff = cutoff_for(audit, incident_id, first_ts)
+    found = examples(store, audit, topology, cutoff, exclude=incident_id, cache=cache)
+    key = (topology.digest, tuple((e.incident_id, e.cause) for e in found))
+    return cache.model(key, lambda: fit(found))
+
+
+def status(store, audit: AuditLog, topology: Topology, limit: int = 10) -> dict[str, Any]:
+    """What has been learned as of now: confirmations, the incidents used, the top features in words."""
+    cutoff = cutoff_for(audit, None, None)
+    model = learned_model(store, audit, topology, None, None)
+    confirmed = confirmations(audit, cutoff)
+    return {"confirmed": len(confirmed), "learned_from": model.incidents, "blend": round(model.blend, 4),
+            "k": model.k, "reset_seq": cutoff.reset_seq or None, "summary": model.summary(limit) if model.incidents else
+            "nothing learned yet: no confirmed cause that rtem ranked among its candidates",
+            "features": [{"feature": name, "weight": round(weight, 4), "caused": model.support[name].caused,
+                          "seen": model.support[name].seen, "says": model.sentence(name)}
+                         for name, weight in model.top(limit)]}
+
+
+def reset(audit: AuditLog, *, by: str, via: str, note: str = "", now: datetime | None = None):
+    """Forget every confirmation so far for learning (they stay in the log, and in reports): a `learn.reset`
+    record; incidents diagnosed from now on learn only from confirmations made after it."""
+    before = len(confirmations(audit, cutoff_for(audit, None, None)))
+    return audit.append(RESET, node=via, inputs={"by": by, "via": via, "note": note},
+                        decision={"forgotten": before, "by": by},
+                        reasons=[f"{by} reset learning: {before} confirmed causes are no longer learned from"],
+                        at=now or datetime.now(timezone.utc))
