@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL (WAL) survives a crash of rtem, like JetStream's default sync "
                               "policy; FULL also survives power loss, at one fsync per batch")
-    # [issue13:notify] settings of the notifiers and Alertmanager (helper A edits only this line)
+    # Paging: Alertmanager and the direct notifiers (docs/integrations.md)
     # Paging (docs/integrations.md): Alertmanager and the direct notifiers; none set: pages are only logged.
     public_url: str | None = Field(None, description="the console's base URL as people reach it (e.g. "
                                    "https://rtem.example.com), for links in notifications; unset: no links")
@@ -141,13 +141,13 @@ class Settings(BaseSettings):
     notify_breaker_failures: int = Field(5, ge=1, description="consecutive failed notices that open a "
                                          "destination's breaker")
     notify_breaker_reset_s: float = Field(60.0, gt=0, description="open breaker's wait before one trial notice")
-    # [issue13:oncall] settings of the escalation policy (helper B edits only this line)
+    # The escalation policy (docs/integrations.md)
     escalation_policy: Path | None = Field(None, description="escalation policy file (YAML, checked by `rtem rules "
                                            "check`); unset: RULES_DIR/escalation.yaml if there is one, else none: "
                                            "each incident pages once, as without a policy (docs/integrations.md)")
     escalation_every_s: float = Field(15.0, gt=0, le=3600, description="how often `rtem run` looks for pages "
                                       "the escalation policy says are due")
-    # [issue13:prometheus] settings of Prometheus investigation (helper C edits only this line)
+    # Investigation through Prometheus (docs/integrations.md)
     prometheus_url: str | None = Field(None, description="Prometheus to investigate incidents with, e.g. "
                                        "http://prometheus:9090; unset: no investigation (docs/integrations.md)")
     prometheus_queries: Path | None = Field(None, description="the query file (allowlisted PromQL templates per "
@@ -163,14 +163,13 @@ class Settings(BaseSettings):
     prometheus_budget_s: float = Field(20.0, gt=0, le=600, description="wall time one investigation may take")
     prometheus_llm_calls: int = Field(4, ge=0, le=50, description="query_prometheus tool calls the LLM may make "
                                       "per incident; 0: no tool")
+    # Topology reload and discovery (docs/integrations.md)
     topology_reload: bool = Field(True, description="`rtem run` watches the topology file: a change is checked "
                                   "and swapped in, or refused with its file:line (docs/integrations.md)")
     topology_mapping: Path | None = Field(None, description="discovery: which Prometheus target and series labels "
                                           "make which entities and relations (YAML); unset: no discovery")
     topology_discovery_interval_s: float = Field(60.0, ge=1, le=86400, description="how often discovery asks "
                                                  "Prometheus (RTEM_PROMETHEUS_URL) for targets and series")
-    # [issue13:topology] settings of topology reload/discovery and the DLQ (helper D edits only this line)
-    # [issue13:executors] settings of executors and OTLP (helper E edits only this line)
     otel_exporter: Literal["none", "console", "otlp"] | None = Field(
         None, description="where `rtem run` exports OpenTelemetry spans: none, console (printed), or otlp "
                           "(OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT); unset: otlp when that variable is set, "

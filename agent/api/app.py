@@ -36,7 +36,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(dlq.router)
     app.include_router(topology.router)
     app.include_router(oncall.router)  # ack, assign, comment, resolve, reopen
-    # [issue13:routers] helpers B and D each add one include_router line above this comment
     _add_probes(app)
     _add_error_handlers(app)
     try:
