@@ -34,7 +34,7 @@ class DeterministicReasoner:
 
     name = "deterministic"
     # Bump when the algorithm changes: it is recorded with every decision in the audit log.
-    version = "deterministic-2"
+    version = "deterministic-3"  # scoring changed: rarity-weighted templates and traces (docs/reasoning.md)
 
     def diagnose(self, view: IncidentView, limit: int = 5) -> tuple[list[RootCause], ReasonerRun]:
         """The graph's Reasoner protocol: ranked causes, with the history the view carries."""
