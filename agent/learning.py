@@ -13,6 +13,7 @@ times in the past while its confirmations are made now.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -44,28 +45,33 @@ class Cutoff:
 
 
 class LearningCache:
-    """Examples and fitted models by what they were computed from; bounded, least recently used out."""
+    """Examples and fitted models by what they were computed from; bounded, least recently used out.
+    Thread-safe: the graph's nodes run on worker threads, several incidents at once."""
 
     def __init__(self, models: int = CACHED_MODELS, examples: int = CACHED_EXAMPLES):
         self._models: OrderedDict[Hashable, LearnedModel] = OrderedDict()
         self._examples: OrderedDict[Hashable, Example | None] = OrderedDict()
         self._limits = (models, examples)
+        self._lock = threading.Lock()
 
     def model(self, key: Hashable, make) -> LearnedModel:
-        return _cached(self._models, key, make, self._limits[0])
+        return self._cached(self._models, key, make, self._limits[0])
 
     def example(self, key: Hashable, make) -> Example | None:
-        return _cached(self._examples, key, make, self._limits[1])
+        return self._cached(self._examples, key, make, self._limits[1])
 
-
-def _cached(table: OrderedDict, key: Hashable, make, limit: int):
-    if key in table:
-        table.move_to_end(key)
-        return table[key]
-    value = table[key] = make()
-    if len(table) > limit:
-        table.popitem(last=False)
-    return value
+    def _cached(self, table: OrderedDict, key: Hashable, make, limit: int):
+        with self._lock:
+            if key in table:
+                table.move_to_end(key)
+                return table[key]
+        value = make()  # outside the lock: a fit takes a while; two threads may both make it, one is kept
+        with self._lock:
+            table[key] = value
+            table.move_to_end(key)
+            if len(table) > limit:
+                table.popitem(last=False)
+        return value
 
 
 def cutoff_for(audit: AuditLog, incident_id: str | None, first_ts: float | None) -> Cutoff:
