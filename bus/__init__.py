@@ -2,7 +2,8 @@
 the one retry policy and circuit breaker every layer uses (`_resilience`)."""
 
 from ._auth import PRODUCER, RTEM_USER, TARGET, NatsAuthError, connect_options, embedded_credentials
-from ._client import Bus, ConsumeStats, Handler, PublishReport
+from ._client import Bus, PublishReport
+from ._consume import ConsumeStats, Handler
 from ._dlq import DeadLetter
 from ._envelope import (MAX_EVENT_BYTES, SEVERITIES, SEVERITY_RANK, Event, InvalidEvent, InvalidJSON, dated_ahead,
                         event_from_dict, event_schema, format_time, loads_json, parse_event, parse_time)

@@ -12,28 +12,23 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import nats
-from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import NotFoundError
 
 from ._auth import NatsAuthError, _auth_kind, _refused, connect_options
 from ._dlq import HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_REASON, HEADER_SIZE, HEADER_SUBJECT, DeadLetterStore
-from ._envelope import Event, InvalidEvent, dated_ahead, parse_event
+from ._consume import Consuming, peek_id
 from ._resilience import retry_async
-from ._streams import (AUDIT, AUDIT_SUBJECTS, EVENTS, TRIAGE, BusSettings, event_subject,
-                       stream_configs, triage_consumer)
+from ._streams import (AUDIT, AUDIT_SUBJECTS, BusSettings, event_subject,
+                       stream_configs)
 
 log = logging.getLogger("rtem.bus")
-
-Handler = Callable[[list[Event]], Awaitable[Mapping[str, str] | None]]
-"""Gets a batch of valid events; returns {event id: reason} for those it could not process."""
 
 # Worth publishing again: the server did not answer in time, the connection is being re-established, or
 # (on a cluster) the stream has no leader for a moment: just made, or electing one after a server died.
@@ -48,16 +43,6 @@ class PublishReport:
     duplicates: int = 0
     rejected: int = 0
     reasons: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ConsumeStats:
-    delivered: int = 0
-    processed: int = 0
-    invalid: int = 0
-    failed: int = 0
-    redelivered: int = 0
-    batches: int = 0
 
 
 def server_urls(url: str) -> list[str]:
@@ -104,7 +89,7 @@ class Reconnects:
             await self._changed.wait()
 
 
-class Bus(DeadLetterStore):
+class Bus(Consuming, DeadLetterStore):
     """A connection to NATS with rtem's streams; `await Bus.connect(url)` to get one. Reading and removing
     dead letters is `DeadLetterStore`'s (`_dlq.py`)."""
 
@@ -229,7 +214,7 @@ class Bus(DeadLetterStore):
             report.lines += 1
             if len(line) > limit:
                 reason = f"event is {len(line)} bytes, over the bus limit of {limit} bytes"
-                await self.dead_letter(line, reason, event_id=_peek_id(line), subject="rtem.events.unparsed")
+                await self.dead_letter(line, reason, event_id=peek_id(line), subject="rtem.events.unparsed")
                 report.rejected += 1
                 report.reasons.append(reason)
                 continue
@@ -309,192 +294,6 @@ class Bus(DeadLetterStore):
         msg = await self.js.get_msg(AUDIT, info.state.last_seq)
         return int(json.loads(msg.data)["seq"])
 
-    # -- consuming --------------------------------------------------------------------------------
-
-    async def backlog(self, consumer: str = TRIAGE) -> tuple[int, int]:
-        """(messages not yet delivered, messages delivered but not acked) for the consumer."""
-        info = await self.js.consumer_info(EVENTS, consumer)
-        return info.num_pending, info.num_ack_pending
-
-    async def consume(self, handler: Handler, *, consumer: str = TRIAGE, batch: int = 256,
-                      stop: asyncio.Event | None = None, until_drained: bool = False,
-                      fetch_timeout: float = 0.5, max_event_bytes: int | None = None,
-                      on_batch: Callable[[ConsumeStats], None] | None = None) -> ConsumeStats:
-        """Pull batches from the durable consumer and hand valid events to `handler`.
-
-        Acks only after the handler returned (the handler records events durably before it
-        returns), so a crash at any point redelivers instead of losing. With `until_drained`, stops
-        once nothing is pending or unacked; otherwise runs until `stop` is set, after the batch in hand.
-        Events delivered to it that it never handed to the handler are nak'd on the way out, so another
-        consumer gets them at once rather than after `ack_wait` (`_give_back`).
-        """
-        sub = await self.js.pull_subscribe_bind(consumer, stream=EVENTS) if await self._has_consumer(consumer) \
-            else await self.js.pull_subscribe(
-                "rtem.events.>", durable=consumer, stream=EVENTS, config=triage_consumer(self.settings, consumer))
-        stats = ConsumeStats()
-        batch = min(batch, self.settings.max_ack_pending)
-        limit_kw = {"max_bytes": max_event_bytes} if max_event_bytes else {}
-        pending: asyncio.Future | None = None  # a fetch whose messages the loop has not taken yet
-        try:
-            # One fetch is always in flight while the previous batch is processed, so the round trip
-            # to the server overlaps with the work instead of adding to it.
-            pending = asyncio.ensure_future(sub.fetch(batch, timeout=fetch_timeout))
-            while True:
-                fetched, pending = pending, None
-                try:
-                    msgs = await fetched
-                except (NatsTimeout, asyncio.TimeoutError):
-                    msgs = []
-                stopping = bool(stop and stop.is_set())
-                if not msgs:
-                    if stopping or (until_drained and await self._drained(consumer)):
-                        break
-                    pending = asyncio.ensure_future(sub.fetch(batch, timeout=fetch_timeout))
-                    continue
-                pending = None if stopping else asyncio.ensure_future(sub.fetch(batch, timeout=fetch_timeout))
-                await self._handle_batch(msgs, handler, stats, limit_kw)
-                if on_batch:
-                    on_batch(stats)
-                if pending is None:
-                    break
-        finally:
-            await _give_back(sub, pending, self.settings.max_deliver, self._never_handled)
-        return stats
-
-    async def _never_handled(self, msg: Msg) -> None:
-        """An event delivered `max_deliver` times to consumers that stopped before handling it: to the
-        DLQ with that reason, not dropped."""
-        deliveries = msg.metadata.num_delivered
-        await self.dead_letter(msg.data, f"delivered {deliveries} times to consumers that stopped before "
-                               "handling it", event_id=_peek_id(msg.data), subject=msg.subject,
-                               deliveries=deliveries, kind="failed")
-        await msg.term()
-
-    async def _has_consumer(self, name: str) -> bool:
-        try:
-            await self.js.consumer_info(EVENTS, name)
-            return True
-        except NotFoundError:
-            return False
-
-    async def _drained(self, consumer: str) -> bool:
-        await self.nc.flush()
-        pending, unacked = await self.backlog(consumer)
-        return pending == 0 and unacked == 0
-
-    async def _handle_batch(self, msgs: list[Msg], handler: Handler, stats: ConsumeStats,
-                            limit_kw: dict[str, int]) -> None:
-        stats.batches += 1
-        stats.delivered += len(msgs)
-        valid: list[tuple[Msg, Event]] = []
-        received = datetime.now(timezone.utc)  # the moment this batch is consumed
-        for msg in msgs:
-            if msg.metadata.num_delivered > 1:
-                stats.redelivered += 1
-            try:
-                event = parse_event(msg.data, **limit_kw)
-            except InvalidEvent as bad:
-                await self.dead_letter(msg.data, bad.reason, event_id=bad.event_id, subject=msg.subject,
-                                       deliveries=msg.metadata.num_delivered)
-                await msg.ack()
-                stats.invalid += 1
-                continue
-            ahead = dated_ahead(event, received, self.settings.max_future_skew_s)
-            if ahead:  # never reaches the handler, so event time (the watermark) does not jump there
-                await self.dead_letter(msg.data, ahead, event_id=event.id, subject=msg.subject,
-                                       deliveries=msg.metadata.num_delivered, kind="future")
-                await msg.ack()
-                stats.invalid += 1
-                continue
-            valid.append((msg, event))
-        if not valid:
-            return
-        try:
-            with _batch_span(valid[0][0].headers, len(valid)):
-                failures = await handler([event for _, event in valid]) or {}
-        except Exception as exc:  # the whole batch failed: every event is retried, then dead-lettered
-            log.exception("event handler failed on a batch of %d", len(valid))
-            failures = {event.id: f"handler error: {type(exc).__name__}: {exc}" for _, event in valid}
-        if not failures:
-            for msg, _ in valid:
-                await msg.ack()
-            stats.processed += len(valid)
-            return
-        for msg, event in valid:
-            reason = failures.get(event.id)
-            if reason is None:
-                await msg.ack()
-                stats.processed += 1
-            elif msg.metadata.num_delivered >= self.settings.max_deliver:
-                await self.dead_letter(msg.data, f"failed {msg.metadata.num_delivered} deliveries: {reason}",
-                                       event_id=event.id, subject=msg.subject,
-                                       deliveries=msg.metadata.num_delivered, kind="failed")
-                await msg.term()
-                stats.failed += 1
-            else:
-                await msg.nak(delay=self.settings.redelivery.interval(msg.metadata.num_delivered))
-
-
-async def _give_back(sub, pending: asyncio.Future | None, max_deliver: int,
-                     last: Callable[[Msg], Awaitable[None]]) -> None:
-    """Unsubscribe, then nak what the subscription was delivered but never handed to the handler, so the
-    server redelivers it at once to whoever consumes next (this worker when it leads again, or another)
-    instead of after `ack_wait`. What the handler got is not touched: it was acked once recorded, or
-    nak'd with a delay when it failed.
-
-    Such messages exist because a pull request outlives the fetch that made it: the rest of its batch
-    is delivered to the subscription as messages arrive, into its pending queue, for the next fetch to
-    take, and a consumer that stops makes no next fetch. (Once unsubscribed, nothing more comes: the
-    server drops a pull request whose inbox has no subscriber.) A fetch still in flight, when an error
-    ended the loop, is awaited for the same reason.
-
-    A message on its last allowed delivery (`max_deliver`) is handed to `last` instead: nak'd, the server
-    would never deliver it again, and an accepted event would be dropped without a word."""
-    unhandled: list[Msg] = []
-    try:
-        if pending is not None:
-            try:
-                unhandled += await pending
-            except Exception as exc:  # noqa: BLE001 - a timeout (nothing came), or the connection is gone
-                log.debug("the last fetch ended with %s: nothing of it to give back", type(exc).__name__)
-    finally:
-        await sub.unsubscribe()
-        unhandled += _queued(sub)
-        for msg in unhandled:
-            try:
-                await (last(msg) if msg.metadata.num_delivered >= max_deliver else msg.nak())
-            except Exception:  # noqa: BLE001 - the connection is gone: the server redelivers after ack_wait
-                break
-        if unhandled:
-            log.info("gave back %d event(s) delivered but not handled, for redelivery at once", len(unhandled))
-
-
-def _queued(sub) -> list[Msg]:
-    """The messages delivered to a pull subscription that no fetch has taken (its pending queue; nats-py
-    has no public call that takes them without asking the server for more). Status messages (a pull
-    request's timeout, no messages) are not events: they are dropped."""
-    queue = sub._sub._pending_queue
-    msgs = []
-    while not queue.empty():
-        msg = queue.get_nowait()
-        if not (msg.headers and api.Header.STATUS in msg.headers):
-            msgs.append(msg)
-    return msgs
-
-
-def _batch_span(headers, size: int):
-    """A tracing span per batch that continues the producer's trace (W3C traceparent header)."""
-    from opentelemetry import context, propagate, trace
-
-    @contextlib.contextmanager
-    def span():
-        token = context.attach(propagate.extract(dict(headers or {})))
-        try:
-            with trace.get_tracer("rtem.bus").start_as_current_span("triage.batch", attributes={"rtem.events": size}):
-                yield
-        finally:
-            context.detach(token)
-    return span()
 
 
 def _peek(line: bytes) -> tuple[str | None, str | None]:
@@ -507,14 +306,6 @@ def _peek(line: bytes) -> tuple[str | None, str | None]:
     event_id = doc.get("id") if isinstance(doc.get("id"), str) and doc.get("id") else None
     event_type = doc.get("type") if isinstance(doc.get("type"), str) else None
     return event_id, event_type
-
-
-def _peek_id(line: bytes) -> str | None:
-    match = line[:4096].split(b'"id"', 1)
-    if len(match) < 2:
-        return None
-    rest = match[1].lstrip(b' :\t"')
-    return rest.split(b'"', 1)[0].decode("utf-8", "replace")[:256] or None
 
 
 def _header_value(text: str) -> str:

@@ -68,7 +68,7 @@ async def test_a_postgresql_restart_loses_nothing_and_the_incident_completes(tmp
         # Loses nothing: every event is recorded once, though not necessarily before the incident closes. An
         # event whose batch failed while the server was down comes back after its redelivery delay; one that
         # was delivered to the consumer but not yet handled when it stopped leading comes back once the
-        # consumer gives it back on the way out (bus/_client.py `_give_back`; before that it waited out
+        # consumer gives it back on the way out (bus/_consume.py `_give_back`; before that it waited out
         # ack_wait, 30 s, and CI saw the incident escalate with 11 of 12 events).
         await wait_for(lambda: service.parts.store.event_count() == len(CART), 90,
                        message=lambda: f"{service.parts.store.event_count()} of {len(CART)} events recorded")
