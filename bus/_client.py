@@ -1,9 +1,7 @@
-"""Publishing to and consuming from JetStream, with dead letters for what cannot be used.
-
-The consumer owns the envelope check: bytes that are not an rtem event never reach the agent; they
-go to the DLQ with the reason and the original bytes, and only then are they acked. Events the
-handler cannot process are redelivered up to `max_deliver` times, spaced by the settings' `redelivery`
-backoff, then dead-lettered the same way.
+"""`Bus`: rtem's JetStream client. Connecting (credentials, a cluster's URLs), the streams (made, kept up
+to date, a foreign one refused), publishing events with their id as `Nats-Msg-Id` (retried through
+reconnects and leader elections), dead-lettering with the reason, and the AUDIT copy. Consuming is
+`bus/_consume.py` (`Consuming`), reading and redriving dead letters `bus/_dlq.py`; both are parts of `Bus`.
 """
 
 from __future__ import annotations
