@@ -18,6 +18,7 @@ from jinja2 import TemplateError
 
 from rules._http_executor import HttpExecutor, SecretRef, environment, is_template
 
+from .redact import redact_known
 from .signing import sign
 
 SCRUBBED = "[secret]"
@@ -106,9 +107,7 @@ def scrub(value: Any, secrets: Mapping[str, str]) -> Any:
     if not secrets:
         return value
     if isinstance(value, str):
-        for secret in sorted(secrets.values(), key=len, reverse=True):  # a longer secret may contain a shorter
-            value = value.replace(secret, SCRUBBED)
-        return value
+        return redact_known(value, secrets.values(), SCRUBBED)
     if isinstance(value, Mapping):
         return {scrub(k, secrets): scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -9,6 +9,7 @@ if it was harmless, since a leaked credential costs more than a less informative
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 REDACTED = "[REDACTED]"
 
@@ -83,3 +84,11 @@ def untrusted_word(text: object, limit: int = 80) -> str:
     value = scrub(str(text))
     value = re.sub(r"[\s<>\"`]+", "_", value)
     return value[:limit] or "-"
+
+
+def redact_known(text: str, secrets: Iterable[str], mark: str = REDACTED) -> str:
+    """`text` with each of these known secret values (configured tokens, keys, URLs that hold one)
+    replaced by `mark`, the longest first: one secret may contain another."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, mark)
+    return text

@@ -21,6 +21,7 @@ import httpx
 from bus import BreakerOpen, CircuitBreaker, RetryPolicy
 
 from ..audit import AuditLog
+from ..redact import redact_known
 from ._destinations import Alertmanager, Destination, DestinationName, PagerDuty, Request, Slack, Webhook
 from ._notice import Notice
 
@@ -165,14 +166,12 @@ class _Redact(logging.Filter):
 
     def __init__(self, secrets: tuple[str, ...]):
         super().__init__()
-        self.secrets = sorted(set(secrets), key=len, reverse=True)  # a URL before its path
+        self.secrets = tuple(s for s in secrets if s)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
             message = record.getMessage()
-            scrubbed = message
-            for secret in self.secrets:
-                scrubbed = scrubbed.replace(secret, "***")
+            scrubbed = redact_known(message, self.secrets, "***")
             if scrubbed != message:
                 record.msg, record.args = scrubbed, ()
         return True
@@ -223,9 +222,4 @@ def _host(url: str) -> str:
 
 def _scrub(error: str | None, destination: Destination, url: str) -> str | None:
     """An error without the destination's secrets or its full URL (a path may hold a token)."""
-    if error is None:
-        return None
-    for secret in sorted({*destination.secrets, url}, key=len, reverse=True):
-        if secret:
-            error = error.replace(secret, "***")
-    return error
+    return None if error is None else redact_known(error, (*destination.secrets, url), "***")
