@@ -120,7 +120,8 @@ class Triage:
             raise
 
     def _handle(self, events: Sequence[Event]) -> BatchResult:
-        self._follow()
+        self._follow_rules()
+        self._follow_topology()
         received = datetime.now(timezone.utc).isoformat()
         known = self.store.known_ids([e.id for e in events])
         result = BatchResult()
@@ -207,25 +208,28 @@ class Triage:
             incident_id = self.correlator.find(event.subject, event.ts)
         return incident_id, [s.rule for s in signals]
 
-    def _follow(self) -> None:
-        """The detections and topology in force now (a reload swaps them between batches): a changed one
-        replaces the detector (and, for the topology, the correlator), keeping their state."""
-        detections = self.detections() if self.detections is not None else self.detector.detections
-        topology = self.topology() if self.topology is not None else self.correlator.topology
-        if topology is not self.correlator.topology:
-            correlator = Correlator(topology, self.correlator.gap_s)
-            correlator.restore(self.correlator.state())  # open incidents' services and hosts, as it says now
-            correlator.watermark = self.correlator.watermark
-            self.correlator = correlator
-            log.info("topology %s in force for correlation", topology.digest)
-        if (detections.digest, topology.digest) == (self.detector.detections.digest, self.detector.topology.digest):
+    def _follow_rules(self) -> None:
+        current = self.detections() if self.detections is not None else self.detector.detections
+        if current.digest == self.detector.detections.digest:
             return
-        detector = Detector(detections, topology)
+        detector = Detector(current, self.detector.topology)
         detector.restore(self.detector.state())
         replaced, self.detector = self.detector, detector
         replaced.close()  # only triage judges with it, on this thread
-        if detections.digest != replaced.detections.digest:
-            log.info("detections %s in force (were %s)", detections.digest, replaced.detections.digest)
+        log.info("detections %s in force (were %s)", current.digest, replaced.detections.digest)
+
+    def _follow_topology(self) -> None:
+        current = self.topology() if self.topology is not None else self.correlator.topology
+        if current is self.correlator.topology:
+            return
+        correlator = Correlator(current, self.correlator.gap_s)
+        correlator.restore(self.correlator.state())  # open incidents' services and hosts, as the new topology says
+        correlator.watermark = self.correlator.watermark
+        detector = Detector(self.detector.detections, current)
+        detector.restore(self.detector.state())
+        replaced, self.detector, self.correlator = self.detector, detector, correlator
+        replaced.close()
+        log.info("topology %s in force for correlation", current.digest)
 
     @staticmethod
     def _current(incident_id: str, result: BatchResult) -> str:
