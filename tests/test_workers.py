@@ -259,8 +259,9 @@ async def test_an_approval_sent_through_one_worker_runs_once_on_the_worker_that_
         audit = workers["a"].parts.audit
         [record] = audit.records(incident_id=row["id"], kind="approval.decided")
         assert record.decision["by"] == "ana"
-        [executed] = [r for r in audit.records(incident_id=row["id"], kind="action.executed")
-                      if " drain_host on " in r.inputs["action"]]
+        # the target applies the step before its reply reaches the worker that records it
+        [executed] = await wait_for(lambda: [r for r in audit.records(incident_id=row["id"], kind="action.executed")
+                                             if " drain_host on " in r.inputs["action"]], 15)
         assert executed.inputs["worker"] == holder, "it ran on the worker that owns the incident"
 
 
