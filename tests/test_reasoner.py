@@ -166,6 +166,22 @@ def test_logs_alerts_and_health_checks_count(shop):
     assert causes[0].fault_type in ("process", "memory")
 
 
+def test_an_exhausted_connection_pool_is_named_as_such_and_fails_the_database_over(shop):
+    """Connections at their limit and "pool exhausted" errors of the database's users are neither a process
+    fault nor the network's: the fault type says connections, and the remedy is the database's."""
+    ev = Events()
+    ev.metric("orders-db", "connections_in_use", severity="error")
+    ev.metric("orders-db", "query_latency_ms", at=5)
+    for at, instance in enumerate(("checkout-0", "checkout-1")):
+        ev.other("rtem.log", instance, at=10 + at, severity="error",
+                 message="could not acquire a connection to orders-db: pool exhausted (100/100 in use)")
+        ev.trace(instance, "orders-db", at=12 + at, anomaly="500")
+    causes = diagnose(ev, shop)
+    assert (causes[0].entity, causes[0].fault_type) == ("orders-db", "connections")
+    assert "connections exhausted" in causes[0].explanation
+    assert [p.type for p in DeterministicReasoner().remedies(causes, shop, ev.events)][0] == "failover_database"
+
+
 # -- contracts of the answer -----------------------------------------------------------------------
 
 

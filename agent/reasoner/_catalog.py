@@ -20,6 +20,7 @@ FAULT_TYPES: dict[str, str] = {
     "disk_io": "disk read/write throughput or IOPS",
     "disk_space": "disk or filesystem filling up",
     "network": "network throughput, packet loss, corruption or retransmission",
+    "connections": "connections exhausted: a full connection pool or a server at its connection limit",
     "process": "process or thread trouble: crashes, restarts, thread explosion, health check down",
     "latency": "slow responses with no resource signal that explains them",
     "errors": "failed requests with no resource signal that explains them",
@@ -29,11 +30,12 @@ FAULT_TYPES: dict[str, str] = {
 }
 
 # Domains are the resources (or symptoms) a signal speaks about; most map one-to-one to a fault type.
-RESOURCE_DOMAINS = ("cpu", "memory", "disk_io", "disk_space", "network", "process")
+RESOURCE_DOMAINS = ("cpu", "memory", "disk_io", "disk_space", "network", "connections", "process")
 SYMPTOM_DOMAINS = ("latency", "errors", "traffic")
 # Most specific first: on a tie between domains, the earlier names the fault. Thread counts and CPU rise
 # under almost any load, so they say the least about which resource is at fault.
-SPECIFICITY = ("disk_space", "disk_io", "network", "memory", "cpu", "process", "errors", "latency", "traffic")
+SPECIFICITY = ("disk_space", "disk_io", "connections", "network", "memory", "cpu", "process", "errors", "latency",
+               "traffic")
 CHANGE_FAULTS = {"rtem.change.deploy": "bad_deploy", "rtem.change.config": "bad_config"}
 
 # Ordered: the first rule whose words all occur among a metric name's tokens wins, so the more specific
@@ -47,6 +49,9 @@ _DOMAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("disk_space", ("inodes",)),
     ("disk_io", ("fs", "reads")),
     ("disk_io", ("fs", "writes")),
+    ("connections", ("connections",)),
+    ("connections", ("conns",)),
+    ("connections", ("pool",)),
     ("network", ("network",)),
     ("network", ("net",)),
     ("network", ("packets",)),
@@ -160,6 +165,9 @@ def text_domain(text: str) -> str:
         ("disk_space", ("space", "full", "enospc")),
         ("disk_io", ("iowait", "io")),
         ("cpu", ("cpu", "throttled", "throttling")),
+        # before network: "pool exhausted" and "too many connections" are a limit reached, while one
+        # "connection refused" or "connection reset" is the network's (or the peer's) word
+        ("connections", ("pool", "exhausted", "connections")),
         ("network", ("timeout", "timed", "unreachable", "refused", "reset", "network", "dns")),
         ("process", ("crash", "crashloop", "crashloopbackoff", "killed", "restart", "restarted", "panic",
                      "segfault", "exited", "down", "unhealthy")),
