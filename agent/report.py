@@ -11,8 +11,8 @@ longer than any run of backticks in it (`code`), where Markdown reads nothing as
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-import html
 import json
 import re
 from dataclasses import dataclass, field
@@ -26,13 +26,16 @@ from markupsafe import Markup
 from .audit import AuditLog
 from .incident import ConfirmedCause, confirmed_cause
 from .models import DecisionRecord
+from .report_chart import timeline_svg
+from .report_scores import score_causes
+from .report_wording import approver_text, merge_reasons, signals_text, split_reasons
 from .store import IncidentStore
 
 __all__ = ["Report", "build_report", "render", "write_reports"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_GROUPS = 40        # timeline rows in the table; the rest are counted, not listed
-MAX_CHART_LANES = 12   # event lanes in the SVG chart
+RECEIPT_CHUNK = 500    # event ids per query when reading when each event was received
 
 
 @dataclass
@@ -66,15 +69,18 @@ def build_report(store: IncidentStore, audit: AuditLog, incident_id: str) -> Rep
     # rebuilt report identical to the one written at close.
     records = [r for r in audit.records(incident_id=row["id"]) if r.kind != "report.written"]
     groups = _group_events(events)
-    decisions = [_decision(r) for r in records]
+    receipts = _receipts(store, [e.id for e in events])
+    watermarks = _watermarks(events, receipts, records)
+    decisions = [_decision(r, watermarks.get(r.seq)) for r in records]
+    actions = _actions(row, records)
     report = Report(
         incident_id=row["id"],
-        summary=_summary(row, events, records),
+        summary=_summary(row, events, records, receipts, watermarks),
         timeline=groups[:MAX_GROUPS], timeline_omitted=max(0, len(groups) - MAX_GROUPS),
         decisions=decisions,
         hypotheses=_hypotheses(row, records),
-        actions=_actions(row, records),
-        approvals=[_approval(r) for r in records if r.kind in ("approval.requested", "action.approval")],
+        actions=actions,
+        approvals=[_approval(r, actions) for r in records if r.kind in ("approval.requested", "action.approval")],
         executions=[_execution(r) for r in records if r.kind == "action.executed"],
         compensations=[_execution(r) for r in records if r.kind == "action.compensated"],
         blocked=[{"seq": r.seq, "action": r.inputs.get("action", ""), "status": r.decision.get("status", ""),
@@ -151,17 +157,59 @@ def duration(seconds: float | None) -> str:
 
 # -- sections ---------------------------------------------------------------------------------------
 
-def _summary(row: dict[str, Any], events: list, records: list[DecisionRecord]) -> dict[str, Any]:
+def _summary(row: dict[str, Any], events: list, records: list[DecisionRecord],
+             receipts: dict[str, tuple[float | None, list[str]]], watermarks: dict[int, float]) -> dict[str, Any]:
     top = row["root_causes"][0] if row["root_causes"] else None
     confirmed = confirmed_cause(records)
+    counts = signals_text(row["event_count"], row["signal_count"],
+                          [receipts.get(e.id, (None, []))[1] for e in events])
     return {"id": row["id"], "status": row["status"], "severity": row["severity"], "opened_at": row["opened_at"],
             "updated_at": row["updated_at"], "entities": row["entities"], "detections": row["detections"],
             "event_count": row["event_count"], "stored_events": len(events), "signal_count": row["signal_count"],
+            "events_text": counts["events"], "signals_text": counts["signals"], "by_detection": counts["by_detection"],
             "records": len(records), "resolution": row.get("resolution"), "mttr_s": row.get("mttr_s"),
-            "root_cause": f"{top['entity']} ({top['fault_type']}, {top['confidence']:.2f})" if top else None,
+            "root_cause": _top_cause(row, records) if top else None,
             "confirmed_cause": _confirmed(confirmed), "confirmed_seq": confirmed.seq if confirmed else None,
+            "clocks": _clocks(events, records, watermarks),
             "actions": len(row["actions"]),
             "executed": sum(1 for a in row["actions"] if a.get("executed"))}
+
+
+def _top_cause(row: dict[str, Any], records: list[DecisionRecord]) -> str:
+    """`node-6 (cpu; 53% of the scored share, 2.0 nats (7.4×) ahead of cartservice-0)`."""
+    hypotheses = _hypotheses(row, records)
+    top = hypotheses[0]
+    if len(hypotheses) < 2:
+        return f"{top['entity']} ({top['fault_type']}; share {top['share']})"
+    if top["margin"]:
+        lead = f"{top['margin']} ahead of {hypotheses[1]['entity']}"
+    else:
+        lead = f"margin to {hypotheses[1]['entity']} unknown"
+    return f"{top['entity']} ({top['fault_type']}; share {top['share']}, {lead})"
+
+
+def _clocks(events: list, records: list[DecisionRecord], watermarks: dict[int, float]) -> str:
+    """One sentence on how the incident's two clocks relate, from its first decision."""
+    if not events or not records:
+        return ""
+    first = records[0]
+    seen = watermarks.get(first.seq)
+    wall = first.at.timestamp()
+    if seen is None:
+        return ("Event times are the producers' timestamps; decision times are rtem's wall clock. When each event "
+                "was received is not recorded here, so the two cannot be lined up: compare times within one clock only.")
+    offset = wall - seen
+    ahead = "rtem's wall clock is" if offset >= 0 else "the events' timestamps are"
+    return (f"Event times are the producers' timestamps; decision times are rtem's wall clock. rtem made its first "
+            f"decision (seq {first.seq}, {first.kind}) at {_time(first.at)} on its clock, after reading events up to "
+            f"{_time_ts(seen)} in event time: here {ahead} {_far(abs(offset))} ahead, so compare times within one "
+            f"clock only. Each decision below also says how far in event time rtem had read.")
+
+
+def _far(seconds: float) -> str:
+    """A clock offset: a replay of an old recording puts the clocks years apart."""
+    days = seconds / 86400
+    return f"{days:,.0f} days" if days >= 2 else duration(seconds)
 
 
 def _confirmed(confirmed: ConfirmedCause | None) -> str | None:
@@ -189,18 +237,59 @@ def _group_events(events: list) -> list[dict[str, Any]]:
     return sorted(groups.values(), key=lambda g: (g["first_ts"], g["type"], g["subject"] or "", g["severity"] or ""))
 
 
-def _decision(r: DecisionRecord) -> dict[str, Any]:
+def _receipts(store: IncidentStore, ids: list[str]) -> dict[str, tuple[float | None, list[str]]]:
+    """For each event: when rtem stored it (its wall clock) and the detections it raised."""
+    found: dict[str, tuple[float | None, list[str]]] = {}
+    for n in range(0, len(ids), RECEIPT_CHUNK):
+        for row in store.events_by_id(ids[n:n + RECEIPT_CHUNK]):
+            received = row.get("received_at")
+            signals = json.loads(row["signals"]) if row.get("signals") else []
+            found[row["id"]] = (datetime.fromisoformat(received).timestamp() if received else None, signals)
+    return found
+
+
+def _watermarks(events: list, receipts: dict[str, tuple[float | None, list[str]]],
+                records: list[DecisionRecord]) -> dict[int, float]:
+    """Decisions mapped onto event time: for each record, the latest event time among this incident's events
+    that rtem had stored before it decided (by its own clock). A record before any stored event is left out."""
+    arrived = sorted((receipts[e.id][0], e.ts) for e in events if receipts.get(e.id, (None,))[0] is not None)
+    times, latest, seen = [], [], float("-inf")
+    for received, ts in arrived:
+        seen = max(seen, ts)
+        times.append(received)
+        latest.append(seen)
+    marks = {}
+    for r in records:
+        n = bisect.bisect_right(times, r.at.timestamp())
+        if n:
+            marks[r.seq] = latest[n - 1]
+    return marks
+
+
+def _decision(r: DecisionRecord, watermark: float | None) -> dict[str, Any]:
     return {"seq": r.seq, "at": _time(r.at), "kind": r.kind, "node": r.node,
-            "summary": _short("; ".join(r.reasons), 300) or _short(r.decision), "evidence": r.evidence, "hash": r.hash[:12]}
+            "read_up_to": _time_ts(watermark) if watermark is not None else "-",
+            "summary": _short(_said_once(r), 300) or _short(r.decision), "evidence": r.evidence, "hash": r.hash[:12]}
+
+
+def _said_once(r: DecisionRecord) -> str:
+    if r.kind == "action.verdict":
+        return "; ".join(m.text for m in merge_reasons(r.decision.get("rules", []), r.reasons))
+    if r.kind == "approval.requested":
+        return "; ".join(split_reasons("; ".join(r.reasons)))
+    return "; ".join(r.reasons)
 
 
 def _hypotheses(row: dict[str, Any], records: list[DecisionRecord]) -> list[dict[str, Any]]:
     ranked = [r for r in records if r.kind == "causes.ranked"]
     seq = ranked[-1].seq if ranked else None
     causes = ranked[-1].decision.get("root_causes", []) if ranked else row["root_causes"]
+    scores = score_causes(causes)
     return [{"rank": n, "entity": c.get("entity"), "fault_type": c.get("fault_type"),
-             "confidence": c.get("confidence", 0.0), "evidence": c.get("evidence", []),
-             "explanation": c.get("explanation", ""), "seq": seq} for n, c in enumerate(causes, 1)]
+             "confidence": c.get("confidence", 0.0), "share": score.share_text, "score": score.score,
+             "margin": score.margin.text if score.margin else "", "evidence": c.get("evidence", []),
+             "explanation": c.get("explanation", ""), "seq": seq}
+            for n, (c, score) in enumerate(zip(causes, scores), 1)]
 
 
 def _actions(row: dict[str, Any], records: list[DecisionRecord]) -> list[dict[str, Any]]:
@@ -215,24 +304,37 @@ def _actions(row: dict[str, Any], records: list[DecisionRecord]) -> list[dict[st
         verdict = mine[-1] if mine else None
         related = [r.seq for r in records if r.kind in ("action.approval", "action.executed", "action.compensated",
                                                         "action.blocked") and r.inputs.get("action") == label]
+        rules = verdict.decision.get("rules", []) if verdict else a.get("rules", [])
+        reasons = merge_reasons(rules, verdict.reasons) if verdict else merge_reasons([], split_reasons(a.get("reason", "")))
+        outcome = verdict.decision.get("outcome") if verdict else a["verdict"]
+        role = (verdict.decision.get("approver_role") if verdict else None) or a.get("approver_role")
         actions.append({
             "index": a["index"], "label": label, "type": a["type"], "target": a["target"], "params": a["params"],
-            "proposed_by": a.get("proposed_by"), "verdict": verdict.decision.get("outcome") if verdict else a["verdict"],
-            "rules": verdict.decision.get("rules", []) if verdict else a.get("rules", []),
-            "reasons": verdict.reasons if verdict else [a.get("reason", "")],
-            "approver_role": a.get("approver_role"), "status": a.get("status"), "executed": a.get("executed", False),
+            "proposed_by": a.get("proposed_by"), "verdict": outcome, "rules": rules,
+            "reasons": [m.text + (f" ({', '.join(m.rules)})" if len(m.rules) > 1 else "") for m in reasons],
+            "approver_role": role,
+            "who_approves": approver_text(role) if outcome == "require_approval" else "",
+            "status": a.get("status"), "executed": a.get("executed", False),
             "ruleset": verdict.versions.get("ruleset", "") if verdict else "",
             "proposed_seq": proposed[-1].seq if proposed else None,
             "verdict_seq": verdict.seq if verdict else None, "seqs": related})
     return actions
 
 
-def _approval(r: DecisionRecord) -> dict[str, Any]:
+def _approval(r: DecisionRecord, actions: list[dict[str, Any]]) -> dict[str, Any]:
     if r.kind == "approval.requested":
-        return {"seq": r.seq, "at": _time(r.at), "kind": "requested", "action": ", ".join(r.inputs.get("actions", [])),
-                "status": "requested", "by": ", ".join(r.decision.get("approver_roles", [])), "reason": "; ".join(r.reasons)}
+        labels = r.inputs.get("actions", [])
+        asked = [a for a in actions if a["label"] in labels]
+        roles = r.decision.get("approver_roles", []) or [a["approver_role"] for a in asked if a["approver_role"]]
+        reasons = [reason for a in asked for reason in a["reasons"]] or split_reasons("; ".join(r.reasons))
+        return {"seq": r.seq, "at": _time(r.at), "kind": "requested", "action": ", ".join(labels),
+                "status": "to be approved by " + (" or ".join(approver_text(role) for role in roles) or approver_text(None)),
+                "by": "", "reason": "; ".join(dict.fromkeys(reasons))}
+    status, by = r.decision.get("status", ""), r.decision.get("by", "")
+    said = f"{status} by {by}: "  # the record's reason repeats who decided; the line says it already
+    reasons = [reason.removeprefix(said) for reason in r.reasons if reason != said.removesuffix(": ")]
     return {"seq": r.seq, "at": _time(r.at), "kind": "decided", "action": r.inputs.get("action", ""),
-            "status": r.decision.get("status", ""), "by": r.decision.get("by", ""), "reason": "; ".join(r.reasons)}
+            "status": status, "by": by, "reason": "; ".join(reasons)}
 
 
 def _execution(r: DecisionRecord) -> dict[str, Any]:
@@ -258,46 +360,6 @@ def _versions(row: dict[str, Any], records: list[DecisionRecord]) -> dict[str, l
             if value and value not in seen.setdefault(key, []):
                 seen[key].append(str(value))
     return {k: seen[k] for k in sorted(seen) if seen[k]}
-
-
-# -- the chart ----------------------------------------------------------------------------------------
-
-def timeline_svg(groups: list[dict[str, Any]], records: list[DecisionRecord]) -> str:
-    """An inline SVG: one lane per event group (event time) and one lane of decisions (wall time of the
-    records, on their own scale since rtem decides after the events it reads)."""
-    lanes = sorted(groups, key=lambda g: (-g["count"], g["first_ts"], g["type"], g["subject"] or ""))[:MAX_CHART_LANES]
-    lanes.sort(key=lambda g: (g["first_ts"], g["type"], g["subject"] or ""))
-    left, width, lane_h = 230, 560, 18
-    height = 40 + lane_h * (len(lanes) + 2)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" height="{height}" '
-             f'viewBox="0 0 {left + width + 20} {height}" role="img" aria-label="incident timeline" '
-             f'font-family="sans-serif" font-size="11">']
-    if lanes:
-        t0 = min(g["first_ts"] for g in lanes)
-        t1 = max(g["last_ts"] for g in lanes)
-        span = max(t1 - t0, 1.0)
-        parts.append(f'<text x="{left}" y="14">events, event time: {html.escape(_time_ts(t0))} → '
-                     f'{html.escape(_time_ts(t1))} ({duration(t1 - t0)})</text>')
-        for n, g in enumerate(lanes):
-            y = 24 + n * lane_h
-            x0 = left + (g["first_ts"] - t0) / span * width
-            x1 = max(left + (g["last_ts"] - t0) / span * width, x0 + 3)
-            colour = {"critical": "#b91c1c", "error": "#dc2626", "warning": "#d97706"}.get(g["severity"], "#2563eb")
-            label = html.escape(f"{g['type'].removeprefix('rtem.')} {g['subject'] or ''} ×{g['count']}"[:40])
-            parts.append(f'<text x="4" y="{y + 12}">{label}</text>'
-                         f'<rect x="{x0:.1f}" y="{y + 3}" width="{x1 - x0:.1f}" height="{lane_h - 6}" '
-                         f'fill="{colour}"><title>{html.escape(g["first"])} – {html.escape(g["last"])}</title></rect>')
-    y = 24 + len(lanes) * lane_h + 8
-    parts.append(f'<text x="4" y="{y + 12}">decisions (wall time)</text>')
-    if records:
-        r0, r1 = records[0].at.timestamp(), records[-1].at.timestamp()
-        rspan = max(r1 - r0, 1e-6)
-        for r in records:
-            x = left + (r.at.timestamp() - r0) / rspan * width if r1 > r0 else left
-            parts.append(f'<circle cx="{x:.1f}" cy="{y + 9}" r="4" fill="#059669"><title>seq {r.seq} '
-                         f'{html.escape(r.kind)}</title></circle>')
-    parts.append('</svg>')
-    return "".join(parts)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
