@@ -36,7 +36,10 @@ def test_ingest_publishes_events_and_counts_duplicates(nats_server, tmp_path):
                           + [b"not json"])
     first = runner.invoke(app, ["ingest", str(events), "--nats-url", nats_server.url, "--json"])
     assert first.exit_code == 0, first.output
-    assert json.loads(first.stdout) == {"lines": 11, "published": 11, "duplicates": 0, "rejected": 0}
+    assert json.loads(first.stdout) == {"lines": 11, "published": 11, "duplicates": 0, "rejected": 0,
+                                        "invalid": [{"file": str(events), "line": 11, "event_id": None,
+                                                     "reason": "not JSON: Expecting value at line 1 column 1"}],
+                                        "dead_lettered": []}
     again = runner.invoke(app, ["ingest", str(events), "--nats-url", nats_server.url, "--json"])
     assert json.loads(again.stdout)["duplicates"] == 10, "the same ids are one event on the bus"
     # 10 events once, and the line without an id twice: nothing to dedupe it by (the DLQ gets both).

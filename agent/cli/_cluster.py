@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
-from ._common import DbOpt, JsonOpt, db_file, fail, out
+from ._common import Column, DbOpt, JsonOpt, db_file, fail, out, print_table
 
 cluster_app = typer.Typer(help="Several `rtem run` workers on one database (docs/deployment.md).",
                           no_args_is_help=True)
@@ -86,14 +86,13 @@ def status(db: DbOpt = None, json_out: JsonOpt = False) -> None:
                       f"{lead['expires_in_s']}s left)")
         else:
             out.print("leader   [red]none[/]" + (f" (the last, {lead['worker']}, let its lease lapse)" if lead else ""))
-        table = Table(show_edge=False)
-        for column in ("worker", "role", "incidents owned", "rules", "heartbeat lease left"):
-            table.add_column(column)
+        rows = []
         for w in view["workers"]:
             rules = w["rules"]
             shown = "?" if rules is None else rules["digest"][:12] + ("" if rules["current"] else " [red](behind)[/]")
-            table.add_row(w["worker"], w["role"], str(w["incidents"]), shown, f"{w['expires_in_s']}s")
-        out.print(table)
+            rows.append([escape(w["worker"]), w["role"], str(w["incidents"]), shown, f"{w['expires_in_s']}s"])
+        print_table([Column("worker", ident=True), Column("role"), Column("incidents owned"), Column("rules"),
+                     Column("heartbeat lease left")], rows)
         if view["gone"]:
             out.print(f"gone (no heartbeat): {', '.join(view['gone'])}")
         orphaned = [i["incident"] for i in view["incidents"] if not i["live"]]

@@ -1,11 +1,15 @@
 """What every `rtem` command shares: the consoles, the error exit, settings, common options, the store.
 
 Human output goes to `out` (stdout) and progress and problems to `err` (stderr); `--json` output is
-printed with `print`, so it is exactly the documented shape, never wrapped or styled.
+printed with `print`, so it is exactly the documented shape, never wrapped or styled. Tables go through
+`print_table`: on a terminal they fit its width without cutting an id; into a pipe or file they are plain
+aligned lines, never wrapped (docs/cli.md, "Output").
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -13,6 +17,8 @@ from typing import Annotated, NoReturn, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from ..config import Settings
 
@@ -39,6 +45,73 @@ LlmOpt = Annotated[Optional[LlmChoice], typer.Option(
     "--llm", help="Reasoner: none (deterministic), openai (any OpenAI-compatible endpoint: RTEM_LLM_BASE_URL, "
                   "RTEM_LLM_API_KEY, RTEM_LLM_MODEL) or local (llama.cpp, from the optional extra `local`). Default: RTEM_LLM, "
                   "else none. See docs/llm.md.")]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column. An `ident` column (incident ids, event ids, names) is never wrapped or cut: people
+    copy it into `rtem approve`, `rtem incidents show`. A `keep` column (a status, a count) is kept whole
+    when the terminal has room for it; the other columns wrap to make room."""
+
+    header: str
+    ident: bool = False
+    keep: bool = False
+
+
+MIN_WRAPPED = 10  # the narrowest a wrapped column gets before a `keep` column gives up its room
+
+
+def print_table(columns: Sequence[Column], rows: Iterable[Sequence[str]], *, title: str | None = None) -> None:
+    """Print rows (cells may hold rich markup) as a table on stdout.
+
+    On a terminal: a rich table as wide as the terminal, ident columns at their full width, the others
+    wrapped at word boundaries (a word longer than its column folds rather than being cut with "…").
+    Otherwise (a pipe, a file): plain text, one line per row, columns aligned with two spaces and no
+    markup or wrapping, so `grep` and `awk '{print $1}'` see whole tokens."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    if out.is_terminal:
+        widths = _widths(columns, rows)
+        whole = _whole(columns, widths, out.width)
+        table = Table(show_edge=False, title=title, title_justify="left")
+        for i, (col, width) in enumerate(zip(columns, widths)):
+            if i in whole:
+                table.add_column(col.header, no_wrap=True, min_width=width)
+            else:
+                table.add_column(col.header, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    plain = [[col.header for col in columns]] + [[_plain(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in plain) for i in range(len(columns))]
+    if title:
+        print(title)
+    for row in plain:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _whole(columns: Sequence[Column], widths: list[int], room: int) -> set[int]:
+    """The columns printed whole: every ident column, then `keep` columns, narrowest first, while the
+    columns left to wrap keep at least MIN_WRAPPED characters each."""
+    whole = {i for i, col in enumerate(columns) if col.ident}
+    overhead = 3 * len(columns)  # a space either side of each cell, and the rule between columns
+
+    def fits(chosen: set[int]) -> bool:
+        return sum(widths[i] for i in chosen) + MIN_WRAPPED * (len(columns) - len(chosen)) + overhead <= room
+
+    for i in sorted((i for i, col in enumerate(columns) if col.keep and not col.ident), key=lambda i: widths[i]):
+        if fits(whole | {i}):
+            whole.add(i)
+    return whole
+
+
+def _widths(columns: Sequence[Column], rows: list[list[str]]) -> list[int]:
+    return [max([len(col.header)] + [len(_plain(row[i])) for row in rows]) for i, col in enumerate(columns)]
+
+
+def _plain(cell: str) -> str:
+    """A cell's text without rich markup, on one line."""
+    return " ".join(Text.from_markup(cell).plain.split())
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -17,10 +17,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ..dlq import DeadLetterKind, DeadLetterQueue, DlqError, DlqFilter, RedriveReport
-from ._common import DbOpt, JsonOpt, database_target, db_file, fail, out, settings
+from ._common import Column, DbOpt, JsonOpt, database_target, db_file, fail, out, print_table, settings
 
 dlq_app = typer.Typer(help="The dead-letter queue: events rtem set aside, with the reason. List and show them, "
                            "send them back after a fix (redrive), or delete them (purge).", no_args_is_help=True)
@@ -70,13 +69,10 @@ def list_letters(kind: KindOpt = None, reason: ReasonOpt = None, since: SinceOpt
     if json_out:
         print(json.dumps({"total": total, "dead_letters": [s.model_dump(mode="json") for s in found]}, indent=2))
         return
-    table = Table(show_edge=False)
-    for column in ("seq", "received", "kind", "event", "bytes", "reason", "preview"):
-        table.add_column(column, overflow="fold")
-    for s in found:
-        table.add_row(str(s.seq), s.received.isoformat(timespec="seconds") if s.received else "-", s.kind,
-                      escape(s.event_id or "-"), str(s.size), escape(s.reason), escape(s.preview))
-    out.print(table)
+    print_table([Column("seq"), Column("received"), Column("kind"), Column("event", ident=True), Column("bytes"),
+                 Column("reason"), Column("preview")],
+                [[str(s.seq), s.received.isoformat(timespec="seconds") if s.received else "-", s.kind,
+                  escape(s.event_id or "-"), str(s.size), escape(s.reason), escape(s.preview)] for s in found])
     out.print(f"{len(found)} shown of {total} in the DLQ")
 
 
@@ -112,12 +108,9 @@ def redrive(seqs: SeqsArg = None, kind: KindOpt = None, reason: ReasonOpt = None
     if json_out:
         print(report.model_dump_json(indent=2))
     else:
-        table = Table(show_edge=False)
-        for column in ("seq", "event", "outcome", "reason"):
-            table.add_column(column, overflow="fold")
-        for r in report.results:
-            table.add_row(str(r.seq), escape(r.event_id or "-"), r.outcome.value.replace("_", " "), escape(r.reason or ""))
-        out.print(table)
+        print_table([Column("seq"), Column("event", ident=True), Column("outcome"), Column("reason")],
+                    [[str(r.seq), escape(r.event_id or "-"), r.outcome.value.replace("_", " "), escape(r.reason or "")]
+                     for r in report.results])
         out.print(", ".join(f"{n} {o.replace('_', ' ')}" for o, n in report.counts.items() if n) or "nothing selected")
     raise typer.Exit(1 if report.counts["still_failing"] or report.counts["missing"] else 0)
 

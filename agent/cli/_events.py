@@ -8,11 +8,13 @@ import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Optional
 
 import typer
+from pydantic import BaseModel
 
-from bus import Bus, NatsAuth, NatsServerError
+from bus import Bus, InvalidEvent, NatsAuth, NatsServerError, parse_event
 from bus import PRODUCER, embedded_credentials
 from rules import RulesError
 
@@ -22,7 +24,8 @@ from ._incidents import print_incident
 
 
 def analyze(
-    files: Annotated[list[Path], typer.Argument(help="Recorded events: CloudEvents JSON lines.", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(help="Recorded events: files of CloudEvents JSON lines, or a "
+                     "directory, which stands for the *.events.jsonl files in it (by name).", show_default=False)],
     topology: TopologyOpt = None,
     json_out: JsonOpt = False,
     each: Annotated[bool, typer.Option("--each", help="Analyze every file on its own; one JSON object per line.")] = False,
@@ -33,14 +36,15 @@ def analyze(
                        "(default: RTEM_DATA_DIR/analyze, replaced on each run unless --keep).")] = None,
     llm: LlmOpt = None,
 ) -> None:
-    """Replay recorded events through the same bus, rules and graph as `rtem run` (dry run) and report the incidents."""
+    """Replay recorded events through the same bus, rules and graph as `rtem run` (dry run) and report the incidents.
+
+    A directory stands for the *.events.jsonl files in it, in name order; they are analyzed together (as
+    one recording) unless --each is given."""
     from ..analyze import analyze_files
     from ..llm import LLMSetupError
 
     cfg = settings(llm)
-    for path in files:
-        if not path.is_file():
-            fail(f"{path}: no such file")
+    files = recordings(files)
     topo = topology_of(cfg, topology)
     workdir = out_dir or cfg.data_dir / "analyze"
     if workdir.exists() and not keep:
@@ -69,6 +73,28 @@ def analyze(
     err.print(f"[dim]store and audit log: {results[-1].db_path} — try `rtem incidents --db {results[-1].db_path}`[/]")
 
 
+RECORDING_GLOB = "*.events.jsonl"  # how rtem names recordings (agent/examples, `rtem demo`'s data directory)
+
+
+def recordings(paths: list[Path]) -> list[Path]:
+    """The files to analyze: each file as given, each directory as the *.events.jsonl files in it, sorted by
+    name (not its subdirectories: a directory of other things is not taken for a recording). Exits 2 naming
+    a path that is neither, or a directory without recordings."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.glob(RECORDING_GLOB) if p.is_file())
+            if not found:
+                fail(f"{path}: a directory without {RECORDING_GLOB} files; pass recorded event files "
+                     f"(CloudEvents JSON lines, any name), or a directory holding {RECORDING_GLOB} files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            fail(f"{path}: no such file or directory")
+    return files
+
+
 def _print_analysis(result) -> None:
     stats = result.report["stats"]
     incidents = result.report["incidents"]
@@ -80,18 +106,25 @@ def _print_analysis(result) -> None:
 
 
 def ingest(
-    files: Annotated[list[Path], typer.Argument(help="CloudEvents JSON lines ('-' for standard input).")],
+    files: Annotated[list[Path], typer.Argument(help="CloudEvents JSON lines ('-' for standard input).",
+                                                show_default=False)],
     nats_url: Annotated[Optional[str], typer.Option("--nats-url", help="Server to publish to (default: RTEM_NATS_URL, "
                         "else the embedded server of a running `rtem run`).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Publish events to the bus. Invalid lines are published too: the consumer dead-letters them with the reason."""
+    """Publish events to the bus; each invalid line is reported with its line number and reason.
+
+    Each line is first checked here with the parser the service uses. Invalid lines are published too, so
+    that the service dead-letters them with that same reason (`rtem dlq list`, then `rtem dlq redrive`
+    after a fix). Exits 0 when every line was published, invalid ones included; 1 when the server cannot
+    be reached."""
     cfg = settings()
     url = nats_url or cfg.nats_url or _running_server_url(cfg)
     if not url:
         fail("no NATS server: set RTEM_NATS_URL, pass --nats-url, or start `rtem run` first")
     producer = _producer_credentials(cfg, url)
     bus_settings = cfg.bus_settings() if producer is None else replace(cfg.bus_settings(), auth=producer)
+    invalid: list[InvalidLine] = []
 
     async def publish():
         bus = await Bus.connect(url, bus_settings, name="rtem-ingest")
@@ -99,28 +132,67 @@ def ingest(
             if producer is None:  # rtem run made the streams of its own server; a producer may not
                 await bus.ensure_streams()
             totals = {"lines": 0, "published": 0, "duplicates": 0, "rejected": 0}
+            dead_lettered: list[str] = []
             for path in files:
                 handle = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
                 with handle:
-                    report = await bus.publish_lines(handle)
+                    label = "<stdin>" if str(path) == "-" else str(path)
+                    report = await bus.publish_lines(checked_lines(handle, label, invalid))
                 for key in totals:
                     totals[key] += getattr(report, key)
-            return totals
+                dead_lettered += report.reasons
+            return totals, dead_lettered
         finally:
             await bus.close()
 
     for path in files:
         if str(path) != "-" and not path.is_file():
-            fail(f"{path}: no such file")
+            fail(f"{path}: no such file" + (" (a directory: pass the files in it, e.g. DIR/*.jsonl)"
+                                            if path.is_dir() else ""))
     try:
-        totals = asyncio.run(publish())
+        totals, dead_lettered = asyncio.run(publish())
     except (OSError, asyncio.TimeoutError) as exc:
         fail(f"cannot publish to {url}: {exc}", 1)
     if json_out:
-        print(json.dumps(totals))
-    else:
-        out.print(f"{totals['published']} published · {totals['duplicates']} duplicates (already on the bus) · "
-                  f"{totals['rejected']} rejected (too large, sent to the DLQ) · from {totals['lines']} lines")
+        print(json.dumps({**totals, "invalid": [line.model_dump() for line in invalid],
+                          "dead_lettered": dead_lettered}))
+        return
+    out.print(f"{totals['published']} published · {len(invalid)} invalid (published too: the service "
+              f"dead-letters them) · {totals['duplicates']} duplicates (already on the bus) · {totals['rejected']} "
+              f"rejected (too large for the bus, dead-lettered here) · from {totals['lines']} lines", markup=False)
+    for line in invalid[:MAX_SHOWN]:
+        err.print(f"  {line.file}:{line.line}: {line.reason}" + (f" (event {line.event_id})" if line.event_id else ""),
+                  markup=False)
+    if len(invalid) > MAX_SHOWN:
+        err.print(f"  … and {len(invalid) - MAX_SHOWN} more (--json lists every one)", markup=False)
+    for reason in dead_lettered[:MAX_SHOWN]:
+        err.print(f"  dead-lettered: {reason}", markup=False)
+    if invalid or dead_lettered:
+        err.print("  see them with their reasons: rtem dlq list", markup=False)
+
+
+MAX_SHOWN = 20  # invalid lines printed; --json has them all
+
+
+class InvalidLine(BaseModel):
+    """A line of an ingested file that the envelope parser refuses, and why (the reason the DLQ will hold)."""
+
+    file: str
+    line: int
+    reason: str
+    event_id: str | None = None  # when the line had a readable id
+
+
+def checked_lines(lines: Iterable[bytes], file: str, invalid: list[InvalidLine]) -> Iterator[bytes]:
+    """Yield every line as it is, noting in `invalid` each non-blank one `bus.parse_event` refuses, with its
+    1-based line number. The check is the bus consumer's own, so what is noted here is what it dead-letters."""
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                parse_event(line.strip())
+            except InvalidEvent as bad:
+                invalid.append(InvalidLine(file=file, line=number, reason=bad.reason, event_id=bad.event_id))
+        yield line
 
 
 def _running_server_url(cfg: Settings) -> str | None:

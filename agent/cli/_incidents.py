@@ -11,15 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from ._common import VERDICT_COLOUR, DbOpt, IncidentArg, JsonOpt, db_file, err, fail, open_store, out, settings
+from ..incident import IncidentStatus
+from ._common import (VERDICT_COLOUR, Column, DbOpt, IncidentArg, JsonOpt, db_file, err, fail, open_store, out,
+                      print_table, settings)
 
 if TYPE_CHECKING:
     from ..audit import AuditCopy
     from ..deciders import Decider
 
-incidents_app = typer.Typer(help="List incidents, or show one with `rtem incidents show ID`.",
+incidents_app = typer.Typer(help="List incidents, newest last, or show one with `rtem incidents show ID`. Ids are "
+                                 "printed whole; into a pipe the list is plain aligned lines (docs/cli.md).",
                             invoke_without_command=True)
 audit_app = typer.Typer(help="The append-only, hash-chained audit log.", no_args_is_help=True)
 
@@ -28,8 +30,10 @@ NO_AUDIT_LOG = "no audit log here"
 
 @incidents_app.callback()
 def incidents(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None,
-              status: Annotated[Optional[str], typer.Option(help="Only incidents with this status.")] = None) -> None:
-    """List incidents, newest last."""
+              status: Annotated[Optional[IncidentStatus], typer.Option(
+                  help="Only incidents with this status.", case_sensitive=False)] = None) -> None:
+    """List incidents, newest last. Ids are printed whole (the id is what `rtem incidents show` and `rtem
+    approve` take); into a pipe the table is plain aligned lines."""
     if ctx.invoked_subcommand:
         return
     from ..analyze import incident_report
@@ -37,7 +41,7 @@ def incidents(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None,
     from ..deciders import deciders
 
     store = open_store(db)
-    rows = store.incidents(status=status)
+    rows = store.incidents(status=status.value if status else None)
     with AuditLog(store.db) as audit:
         decided = deciders(audit)
     if json_out:
@@ -45,16 +49,20 @@ def incidents(ctx: typer.Context, json_out: JsonOpt = False, db: DbOpt = None,
         print(json.dumps({"incidents": [{**incident_report(r), "status": r["status"], "reasoner": reasoner.get(r["id"])}
                                         for r in rows]}, indent=2))
         return
-    table = Table(show_edge=False)
-    for col in ("id", "opened", "status", "severity", "events", "root cause", "actions", "decided by"):
-        table.add_column(col)
+    if not rows:
+        out.print(f"no {status.value} incidents" if status else "no incidents")
+        return
+    columns = [Column("id", ident=True), Column("opened", keep=True), Column("status", keep=True),
+               Column("severity", keep=True), Column("events", keep=True), Column("root cause"), Column("actions"),
+               Column("decided by")]
+    table = []
     for r in rows:
         top = r["root_causes"][0] if r["root_causes"] else None
-        table.add_row(r["id"], r["opened_at"], r["status"], r["severity"], str(r["event_count"]),
-                      f"{top['entity']} ({top['fault_type']}, {top['confidence']:.2f})" if top else "-",
-                      ", ".join(f"{a['type']}:{a['verdict']}" for a in r["actions"]) or "-",
-                      _decider_label(decided.get(r["id"])))
-    out.print(table if rows else "no incidents")
+        table.append([escape(r["id"]), _to_the_second(r["opened_at"]), r["status"], r["severity"], str(r["event_count"]),
+                      escape(f"{top['entity']} ({top['fault_type']}, {top['confidence']:.2f})") if top else "-",
+                      escape(", ".join(f"{a['type']}:{a['verdict']}" for a in r["actions"])) or "-",
+                      _decider_label(decided.get(r["id"]))])
+    print_table(columns, table)
 
 
 @incidents_app.command("show")
@@ -93,33 +101,35 @@ def print_incident(inc: dict) -> None:
     """An incident report (`agent.analyze.incident_report`): ranked causes and the verdicts on its actions."""
     out.print(f"\n[bold]{inc['id']}[/]  opened {inc['opened_at']}  ·  {inc['event_count']} events  ·  "
               f"{len(inc['entities'])} entities")
-    causes = Table(title="ranked root causes", title_justify="left", show_edge=False)
-    for col in ("#", "entity", "fault", "confidence", "evidence"):
-        causes.add_column(col)
-    for rank, cause in enumerate(inc["root_causes"], 1):
-        causes.add_row(str(rank), cause["entity"], cause["fault_type"], f"{cause['confidence']:.2f}",
-                       str(len(cause["evidence"])))
-    out.print(causes)
+    print_table([Column("#"), Column("entity", ident=True), Column("fault"), Column("confidence"), Column("evidence")],
+                [[str(rank), escape(cause["entity"]), escape(cause["fault_type"]), f"{cause['confidence']:.2f}",
+                  str(len(cause["evidence"]))] for rank, cause in enumerate(inc["root_causes"], 1)],
+                title="ranked root causes")
     if inc["root_causes"]:
-        out.print(f"[dim]{inc['root_causes'][0]['explanation']}[/]")
+        out.print(f"[dim]{escape(inc['root_causes'][0]['explanation'])}[/]")
     dry = inc.get("status") in (None, "diagnosed")
-    actions = Table(title="proposed actions (dry run)" if dry else "actions", title_justify="left", show_edge=False)
     columns = ("action", "target", "verdict", "rules", "reason") if dry else (
         "#", "action", "target", "verdict", "status", "approval", "why")
-    for col in columns:
-        actions.add_column(col, overflow="fold")
+    rows = []
     for action in inc["actions"]:
         verdict = f"[{VERDICT_COLOUR[action['verdict']]}]{action['verdict']}[/]"
         if dry:
-            actions.add_row(action["type"], action["target"], verdict, ", ".join(action["rules"]) or "-",
-                            action["reason"])
+            rows.append([escape(action["type"]), escape(action["target"]), verdict,
+                         escape(", ".join(action["rules"])) or "-", escape(action["reason"])])
             continue
         approval = action.get("approval") or {}
         decided = f"{approval['decision']} by {approval['by']}" if approval else "-"
         why = action.get("status_reason") or (action.get("outcome") or {}).get("error") or action["reason"]
-        actions.add_row(str(action["index"]), action["type"], action["target"], verdict,
-                        action.get("status") or "-", decided, why or "-")
-    out.print(actions)
+        rows.append([str(action["index"]), escape(action["type"]), escape(action["target"]), verdict,
+                     action.get("status") or "-", escape(decided), escape(why or "-")])
+    print_table([Column(c, ident=c == "target") for c in columns], rows,
+                title="proposed actions (dry run)" if dry else "actions")
+
+
+def _to_the_second(iso: str) -> str:
+    """"2024-05-01T12:00:00.000Z" → "2024-05-01T12:00:00Z": milliseconds only take room in a listing."""
+    head, dot, rest = iso.partition(".")
+    return head + "Z" if dot and rest.endswith("Z") else iso
 
 
 def _decider_label(decided: Decider | None) -> str:
@@ -234,10 +244,7 @@ def audit_list(incident: Annotated[Optional[str], typer.Option(help="Only this i
     if json_out:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
-    table = Table(show_edge=False)
-    for col in ("seq", "at", "incident", "kind", "node", "reasons"):
-        table.add_column(col, overflow="fold")
-    for r in records:
-        table.add_row(str(r.seq), r.at.isoformat(timespec="seconds"), r.incident_id or "-", r.kind, r.node,
-                      "; ".join(r.reasons)[:200])
-    out.print(table)
+    print_table([Column("seq"), Column("at"), Column("incident", ident=True), Column("kind"), Column("node"),
+                 Column("reasons")],
+                [[str(r.seq), r.at.isoformat(timespec="seconds"), escape(r.incident_id or "-"), r.kind, r.node,
+                  escape("; ".join(r.reasons)[:200])] for r in records])

@@ -9,20 +9,20 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from bus import NatsServerError
 from rules import RulesError, TopologyError
 
-from ._common import (DbOpt, JsonOpt, LlmOpt, TopologyOpt, err, fail, open_ledger, out, settings, database_target,
-                      topology_of)
+from ._common import (Column, DbOpt, JsonOpt, LlmOpt, TopologyOpt, database_target, err, fail, open_ledger, out,
+                      print_table, settings, topology_of)
 
 
 def run(
     topology: TopologyOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, but execute nothing.")] = False,
     metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on this port (0: off).")] = 9464,
-    log_format: Annotated[str, typer.Option(help="text or json")] = "text",
+    log_format: Annotated[str, typer.Option(help="Log lines as text or json (one object per line).")] = "text",
     llm: LlmOpt = None,
     http_host: Annotated[Optional[str], typer.Option(help="Serve the HTTP API and console here (default: RTEM_HTTP_HOST, else 127.0.0.1).")] = None,
     http_port: Annotated[Optional[int], typer.Option(help="Their port (default: RTEM_HTTP_PORT, else 8080; 0: any free port).")] = None,
@@ -125,8 +125,12 @@ def demo(
                                "Prometheus stamps samples with the wall clock.", min=0, max=65535)] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """The main job: rtem remediates a simulated shop (six services, a database, a queue, three hosts)
-    while disruptions are injected; exits 0 only if every incident was resolved and the shop is healthy."""
+    """The main job: rtem remediates a simulated shop (eight services, a database and its replica, a queue,
+    three hosts: agent/demo/topology.yaml) while disruptions are injected; exits 0 only if every incident
+    was resolved and the shop is healthy, else 1.
+
+    Progress goes to stderr: a live view on a terminal, plain lines otherwise, nothing with --json (which
+    prints only the summary)."""
     from ..demo.runner import run_demo
     from ..llm import LLMSetupError
     from ..logs import setup_logging
@@ -154,16 +158,15 @@ def demo(
 
 
 def _print_demo(result) -> None:
-    table = Table(title="rtem demo: summary", show_edge=False)
-    for col in ("incident", "root cause", "actions", "status", "MTTR (event time)"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for r in result.incidents:
         top = r["root_causes"][0] if r["root_causes"] else None
-        table.add_row(r["id"], f"{top['entity']} ({top['fault_type']})" if top else "-",
-                      ", ".join(f"{a['type']} {a['target']} [{a.get('status')}]" for a in r["actions"]
-                                if a.get("status") in ("done", "compensated", "failed")) or "-",
-                      r["status"], f"{r['mttr_s']:.0f}s" if r.get("mttr_s") else "-")
-    out.print(table)
+        rows.append([escape(r["id"]), escape(f"{top['entity']} ({top['fault_type']})") if top else "-",
+                     escape(", ".join(f"{a['type']} {a['target']} [{a.get('status')}]" for a in r["actions"]
+                                      if a.get("status") in ("done", "compensated", "failed"))) or "-",
+                     r["status"], f"{r['mttr_s']:.0f}s" if r.get("mttr_s") else "-"])
+    print_table([Column("incident", ident=True), Column("root cause"), Column("actions"), Column("status"),
+                 Column("MTTR (event time)")], rows, title="rtem demo: summary")
     out.print(f"{result.dead_letters} malformed records in the DLQ · approvals: {', '.join(result.approvals) or 'none'}"
               f" · {result.wall_s:.0f}s wall")
     out.print(f"audit log: {result.data_dir / 'rtem.db'} (rtem audit verify --db …; rtem incidents --db …)")

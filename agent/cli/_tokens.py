@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from ..files import DIR_MODE, private_dir, private_file
 from ..tokens import ROLES, TokenError, TokenStore
-from ._common import DbOpt, JsonOpt, err, fail, out, database_target
+from ._common import Column, DbOpt, JsonOpt, database_target, err, fail, out, print_table
 
 tokens_app = typer.Typer(help="API tokens for the HTTP API and the web console: create, list, revoke.",
                          no_args_is_help=True)
@@ -80,13 +80,14 @@ def list_tokens(all_: Annotated[bool, typer.Option("--all", help="Include revoke
     if json_out:
         print(json.dumps({"tokens": rows}, indent=2))
         return
-    table = Table(show_edge=False)
-    for col in ("name", "role", "scope", "created", "by", "revoked"):
-        table.add_column(col)
-    for t in rows:
-        scope = ", ".join([*t["services"], *(f"{k}={v}" for k, v in t["labels"].items())]) or "everything"
-        table.add_row(t["name"], t["role"], scope, t["created_at"], t["created_by"] or "-", t["revoked_at"] or "-")
-    out.print(table if rows else "no tokens (rtem tokens create NAME --role ROLE)")
+    if not rows:
+        out.print("no tokens (rtem tokens create NAME --role ROLE)")
+        return
+    print_table([Column("name", ident=True), Column("role"), Column("scope"), Column("created"), Column("by"),
+                 Column("revoked")],
+                [[escape(t["name"]), t["role"],
+                  escape(", ".join([*t["services"], *(f"{k}={v}" for k, v in t["labels"].items())]) or "everything"),
+                  t["created_at"], escape(t["created_by"] or "-"), t["revoked_at"] or "-"] for t in rows])
 
 
 @tokens_app.command("revoke")

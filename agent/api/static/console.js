@@ -160,13 +160,24 @@ export function badge(text, kind = "") {
   return el("span", { class: `badge ${kind}`.trim(), data: { value: text || "" } }, text || "–");
 }
 
-// "2024-05-01T12:00:00.000Z" → "2024-05-01 12:00:00Z" (event time is UTC; showing it so avoids confusion)
-export function formatTime(iso) {
-  if (!iso) return "–";
-  const text = String(iso);
-  const m = text.match(/^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$/);
+// Every time rtem shows is UTC (the CLI, the reports, the audit log), so the console shows UTC too, never
+// the browser's zone: "2024-05-01T14:00:00.000+02:00" → "2024-05-01 12:00:00 UTC". A Date is accepted too
+// (the "updated" clock). Text that is not a time is shown as it is.
+export function formatTime(value) {
+  if (value === null || value === undefined || value === "") return "–";
+  const text = value instanceof Date ? value.toISOString() : String(value);
+  const m = text.match(/^(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:?\d\d)?$/i);
   if (!m) return text;
-  return `${m[1]} ${m[2]}${m[4] === "+00:00" || !m[4] ? "Z" : m[4]}`;
+  if (!m[4]) return `${m[1]} ${m[2]} UTC`; // rtem writes UTC; a time without a zone is one of its own
+  const instant = new Date(text);
+  if (Number.isNaN(instant.getTime())) return text;
+  const iso = instant.toISOString(); // always UTC
+  return `${iso.slice(0, 10)} ${iso.slice(11, 19)} UTC`;
+}
+
+// The time of day part only, for the "updated" clock: "12:00:05 UTC".
+export function formatClock(date = new Date()) {
+  return formatTime(date).slice(11);
 }
 
 export function incidentHref(id, seq) {

@@ -1,6 +1,6 @@
 // The incidents list: polled every 2 s; a row is rebuilt only when its incident changed, and flashes then.
 
-import { api, badge, el, fail, flash, formatTime, incidentHref, may, poll, start, topCause } from "/static/console.js";
+import { api, badge, el, fail, flash, formatClock, formatTime, incidentHref, may, poll, start, topCause } from "/static/console.js";
 
 const rows = document.querySelector("[data-testid=incident-rows]");
 const empty = document.querySelector("[data-testid=no-incidents]");
@@ -59,7 +59,7 @@ async function refresh() {
     }
   }
   empty.hidden = incidents.length > 0;
-  refreshed.textContent = `updated ${new Date().toLocaleTimeString()}`;
+  refreshed.textContent = `updated ${formatClock()}`;
   first = false;
 }
 
