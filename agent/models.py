@@ -22,6 +22,29 @@ class RootCause(BaseModel):
     evidence: list[str] = Field(default_factory=list, description="event ids, strongest first")
     explanation: str = ""
 
+    @property
+    def share(self) -> str:
+        """The confidence as people read it: "confidence 1.00" for a clear winner says nothing (see
+        `share_text`)."""
+        return share_text(self.confidence)
+
+
+def share_text(share: float) -> str:
+    """A cause's share of all candidates as a percentage with as many digits as it needs, so no cause reads
+    as a bare 0 or 1: the reasoners round shares to 4 decimals, so 0 means below 0.005% and 1 above 99.995%."""
+    if share <= 0:
+        return "< 0.005%"
+    if share >= 1:
+        return "> 99.99%"
+    percent = share * 100
+    if percent >= 99.5:  # 99.97% is not 100%
+        return f"{percent:.2f}%"
+    if percent >= 10:
+        return f"{percent:.0f}%"
+    if percent >= 1:
+        return f"{percent:.1f}%"
+    return f"{percent:.2g}%"
+
 
 class ReasonerRun(BaseModel):
     """How a reasoner reached its answer: recorded with the decision, so a reader knows what to trust."""

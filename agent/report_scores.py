@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .models import share_text
+
 __all__ = ["Margin", "Score", "score_causes", "share_text"]
 
 _SCORE = re.compile(r"score (-?\d+(?:\.\d+)?) = evidence")
@@ -70,23 +72,6 @@ def score_causes(causes: Sequence[dict[str, Any]]) -> list[Score]:
     only = len(causes) == 1 and shares[0] >= 1
     return [Score(share=shares[0], score=scores[0], margin=lead, only=only)] + [
         Score(share=shares[i], score=scores[i], margin=behind[i]) for i in range(1, len(causes))]
-
-
-def share_text(share: float) -> str:
-    """A share as a percentage with as many digits as it needs, so no cause reads as a bare 0: a share
-    the reasoner rounded to 0 is below 0.005%, and one rounded to 1 is above 99.995%."""
-    if share <= 0:
-        return "< 0.005%"
-    if share >= 1:
-        return "> 99.99%"
-    percent = share * 100
-    if percent >= 99.5:  # 99.97% is not 100%
-        return f"{percent:.2f}%"
-    if percent >= 10:
-        return f"{percent:.0f}%"
-    if percent >= 1:
-        return f"{percent:.1f}%"
-    return f"{percent:.2g}%"
 
 
 def ratio_text(nats: float) -> str:

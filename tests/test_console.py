@@ -146,7 +146,7 @@ async def test_an_approver_approves_drain_host_in_the_browser_and_sees_it_run(co
     await row.get_by_test_id("incident-link").click()
     await page.wait_for_url(f"**/incidents/{incident['id']}")
     await expect(page.get_by_test_id("hypotheses")).to_contain_text("node-6")
-    await expect(page.get_by_test_id("hypotheses").get_by_test_id("confidence").first).to_have_text("1.00")
+    await expect(page.get_by_test_id("hypotheses").get_by_test_id("confidence").first).to_have_text("> 99.99%")
     await expect(page.locator('[data-testid=timeline-entry][data-kind="approval.requested"]')).to_be_visible()
     drain = action(page, "drain_host")
     await expect(drain).to_have_attribute("data-status", "awaiting_approval")

@@ -207,7 +207,7 @@ class LLMReasoner:
         if not any(p.type == "notify_oncall" for p in proposals) and "notify_oncall" in self.contracts:
             summary = answer.get("summary", "").strip() or "no summary"
             planned = ", ".join(f"{p.type} {p.target}" for p in proposals) or "no automatic action"
-            text = (f"Probable root cause: {cause.entity} ({cause.fault_type}, confidence {cause.confidence:.2f}). "
+            text = (f"Probable root cause: {cause.entity} ({cause.fault_type}, share {cause.share}). "
                     f"Proposed: {planned}. {summary}")
             proposals.append(Proposal(type="notify_oncall", target=cause.entity, params={"summary": text[:2000]},
                                       cause=cause.entity, proposed_by=self.proposed_by,

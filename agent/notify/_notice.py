@@ -78,7 +78,7 @@ def notice_from_incident(row: dict[str, Any], records: Sequence[DecisionRecord] 
     entity = top.entity if top else (incident.entities[0] if incident.entities else "")
     service = _service_of(entity, topology)
     status = incident.status.value
-    cause = (f"{top.entity} ({top.fault_type}, confidence {top.confidence:.2f}): {top.explanation}".strip(": ")
+    cause = (f"{top.entity} ({top.fault_type}, share {top.share}): {top.explanation}".strip(": ")
              if top else "not diagnosed yet")
     why = _why(incident, records)
     subject = f"{top.entity} ({top.fault_type})" if top else f"not diagnosed yet ({entity or 'no entity'})"

@@ -108,5 +108,5 @@ def _deployed(cause: RootCause, service: str, topology: Topology, events: Sequen
 
 def _summary(cause: RootCause, proposals: Sequence[Proposal]) -> str:
     actions = ", ".join(f"{p.type} {p.target}" for p in proposals) or "no automatic action"
-    return (f"Probable root cause: {cause.entity} ({cause.fault_type}, confidence {cause.confidence:.2f}). "
+    return (f"Probable root cause: {cause.entity} ({cause.fault_type}, share {cause.share}). "
             f"Proposed: {actions}.")

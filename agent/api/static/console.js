@@ -190,8 +190,17 @@ export function topCause(incident) {
   return `${cause.entity}${cause.fault_type ? ` (${cause.fault_type})` : ""} ${confidence(cause.confidence)}`;
 }
 
+// A cause's share of all candidates, with the digits it needs so that no cause reads as a bare 0 or 1
+// (the same rules as the report's, agent/report_scores.share_text): shares are rounded to 4 decimals.
 export function confidence(value) {
-  return typeof value === "number" ? value.toFixed(2) : "";
+  if (typeof value !== "number") return "";
+  if (value <= 0) return "< 0.005%";
+  if (value >= 1) return "> 99.99%";
+  const percent = value * 100;
+  if (percent >= 99.5) return `${percent.toFixed(2)}%`;
+  if (percent >= 10) return `${percent.toFixed(0)}%`;
+  if (percent >= 1) return `${percent.toFixed(1)}%`;
+  return `${Number(percent.toPrecision(2))}%`;
 }
 
 // Run `step` now and then every `ms` after it finishes (never two at once); idle while the tab is hidden.
