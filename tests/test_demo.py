@@ -1,6 +1,9 @@
 """`rtem demo` end to end, shortened: one disruption at a high simulation speed."""
 
+from io import StringIO
+
 import pytest
+from rich.console import Console
 
 from agent.demo.runner import run_demo
 
@@ -8,10 +11,14 @@ pytestmark = pytest.mark.integration
 
 
 async def test_the_demo_remediates_an_injected_fault_and_reports_success(tmp_path):
-    result = await run_demo(speed=40.0, scenarios=["partial-outage"], data_dir=tmp_path / "demo", live=False,
-                            timeout_s=90)
+    shown = StringIO()  # not a terminal: the progress comes as plain lines (tests/test_demo_live.py: a terminal)
+    result = await run_demo(speed=40.0, scenarios=["partial-outage"], data_dir=tmp_path / "demo", live=True,
+                            console=Console(file=shown, width=100), timeout_s=90)
     assert result.ok, result.reasons
     [incident] = result.incidents
+    progress = shown.getvalue()
+    assert f"{incident['id']} resolved · cause auth-1" in progress and "restart_instance auth-1: allowed → done" in progress
+    assert "fault partial-outage on auth-1: resolved" in progress and "\x1b" not in progress
     assert incident["status"] == "resolved" and incident["mttr_s"] > 0
     assert incident["root_causes"][0]["entity"] == "auth-1"
     assert [f["status"] for f in result.faults] == ["resolved"]

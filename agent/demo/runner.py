@@ -8,16 +8,14 @@ commands over NATS. An operator's approvals are granted by the demo itself, visi
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from rich.console import Console
 
 from bus import RTEM_USER
 from rules import Topology
@@ -27,11 +25,15 @@ from ..approvals import awaiting, decide
 from ..incident import DecisionRefused
 from ..driving import FINAL
 from ..run import Service
+from ._live import DemoView, choose_mode, log
 from ._prometheus import ShopExporter
+from ._status import Timeline, build_frame
 from .scenarios import SCENARIOS, demo_plan
 from .sim import Simulation
 
 OPERATOR = "demo-operator"
+_metrics_log = logging.getLogger("rtem.demo.prometheus")
+_metrics_log.setLevel(logging.INFO)  # the address is what the option is for: shown whatever the log level
 
 
 @dataclass
@@ -54,6 +56,8 @@ async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, d
                    approve_after_s: float = 3.0, timeout_s: float = 170.0, settings: Settings | None = None,
                    console: Console | None = None, live: bool = True, plan: list | None = None,
                    prometheus_port: int | None = None) -> DemoResult:
+    """Run the demo; `live` shows its progress on `console` (a live display on a terminal, plain lines
+    otherwise; see `_live.py`), False shows nothing."""
     console = console or Console(stderr=True)
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="rtem-demo-"))
     sim = Simulation(speed=speed)
@@ -75,15 +79,20 @@ async def run_demo(*, speed: float = 10.0, scenarios: list[str] | None = None, d
         await sim.start(_shop_url(service))
         if exporter is not None:  # the shop's telemetry for a Prometheus to scrape (docs/integrations.md)
             await exporter.follow(_shop_url(service))
-            console.log(f"the shop's metrics: http://127.0.0.1:{exporter.serve(prometheus_port)}/metrics")
+            _metrics_log.info("the shop's metrics: http://127.0.0.1:%s/metrics", exporter.serve(prometheus_port))
         if plan is None:
             plan = demo_plan() if not scenarios else [SCENARIOS[name].at(30 + 20 * i) for i, name in enumerate(scenarios)]
         faults = [sim.inject(scenario) for scenario in plan]
-        with Live(console=console, refresh_per_second=4, transient=False) if live else _Quiet() as view:
-            while time.monotonic() - started < timeout_s:
+        timeline = Timeline(speed=sim.clock.speed, offset_s=time.monotonic() - started - sim.clock.elapsed() / speed,
+                            start=sim.clock.start)
+        with DemoView(console, choose_mode(console, live)) as view:
+            while (elapsed := time.monotonic() - started) < timeout_s:
                 incidents = service.parts.store.incidents()
-                _approve(service, incidents, asked, approve_after_s, approvals, console)
-                view.update(_render(sim, incidents, faults, approvals, time.monotonic() - started))
+                _approve(service, incidents, asked, elapsed, approve_after_s, approvals)
+                view.update(build_frame(wall_s=elapsed, sim_now_s=sim.clock.elapsed(), timeline=timeline,
+                                        incidents=incidents, faults=faults, approvals=len(approvals), asked=asked,
+                                        approve_after_s=approve_after_s, verify_quiet_s=settings.verify_quiet_s,
+                                        diagnose_after_s=settings.diagnose_after_s))
                 if _finished(sim, faults, incidents):
                     break
                 await asyncio.sleep(0.25)
@@ -113,14 +122,16 @@ def _shop_url(service: Service) -> str:
     return service.url.replace("://", f"://{auth.user}:{auth.password}@", 1)
 
 
-def _approve(service: Service, incidents, asked: dict[str, float], after_s: float, approvals: list[str],
-             console: Console) -> None:
-    """Do what an on-call operator would: read the request, wait a moment, approve it."""
+def _approve(service: Service, incidents, asked: dict[str, float], elapsed: float, after_s: float,
+             approvals: list[str]) -> None:
+    """Do what an on-call operator would: read the request, wait a moment, approve it.
+
+    `asked` maps an incident to the wall second (of the demo) the operator first saw its request."""
     for row in incidents:
         if row["status"] != "awaiting_approval":
             continue
-        first_seen = asked.setdefault(row["id"], time.monotonic())
-        if time.monotonic() - first_seen < after_s:
+        first_seen = asked.setdefault(row["id"], elapsed)
+        if elapsed - first_seen < after_s:
             continue
         for action in awaiting(row):
             try:  # the same decide() as `rtem approve` and the console
@@ -132,7 +143,7 @@ def _approve(service: Service, incidents, asked: dict[str, float], after_s: floa
             label = f"{action.type} on {action.target} ({row['id']})"
             if label not in approvals:
                 approvals.append(label)
-                console.log(f"[yellow]operator approves[/] {label}: {action.reason}")
+                log.info("approves %s: %s", label, action.reason)
 
 
 def _finished(sim: Simulation, faults, incidents) -> bool:
@@ -155,36 +166,3 @@ def _fault_row(fault) -> dict[str, Any]:
     return {"id": fault.id, "scenario": fault.scenario.name, "target": fault.scenario.target,
             "status": fault.status, "fixed_by": list(fault.fixed_by) if fault.fixed_by else None,
             "began_s": fault.began_s, "fixed_s": fault.fixed_s, "resolved_s": fault.resolved_s}
-
-
-STATUS_STYLE = {"open": "cyan", "diagnosing": "cyan", "awaiting_approval": "yellow", "paused": "magenta",
-                "verifying": "blue", "resolved": "green", "escalated": "red", "diagnosed": "white"}
-
-
-def _render(sim: Simulation, incidents, faults, approvals, elapsed: float):
-    head = Text.from_markup(
-        f"[bold]rtem demo[/] · wall {elapsed:5.1f}s · sim time {sim.clock.now().strftime('%H:%M:%S')} · "
-        f"faults {sum(f.resolved for f in faults)}/{len(faults)} resolved · approvals {len(approvals)}")
-    table = Table(show_edge=False, expand=True)
-    for col in ("incident", "status", "root cause", "actions (verdict → status)"):
-        table.add_column(col, overflow="fold")
-    for row in incidents:
-        top = row["root_causes"][0] if row["root_causes"] else None
-        actions = "; ".join(f"{a['type']}→{a['target']} [{a['verdict']} → {a.get('status', '')}]"
-                            for a in row["actions"]) or "-"
-        style = STATUS_STYLE.get(row["status"], "white")
-        table.add_row(row["id"], f"[{style}]{row['status']}[/]",
-                      f"{top['entity']} ({top['fault_type']} {top['confidence']:.2f})" if top else "…", actions)
-    faults_line = Text("  ".join(f"{f.scenario.name}:{f.status}" for f in faults), style="dim")
-    return Group(head, table, faults_line)
-
-
-class _Quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, _renderable) -> None:
-        pass
