@@ -20,7 +20,7 @@ import yaml
 
 from rules import ActionContract, ConditionError, Guard, Ruleset, parse_guardrails
 from rules._analysis import analyze
-from rules._files import RuleFile, RulesError, node_marks
+from rules._files import RuleFile, RulesError, node_marks, syntax_error
 
 
 def check_texts(files: Mapping[str, str], contracts: Mapping[str, ActionContract], now: datetime) -> list[str]:
@@ -77,6 +77,8 @@ def _rule_file(name: str, text: str) -> RuleFile:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         doc = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:  # at its place, with a hint, as `rules check` reports it
+        raise syntax_error(name, text, exc) from None
     except yaml.YAMLError as exc:
         raise RulesError(name, 1, 1, f"YAML: {exc}") from None
     return RuleFile(Path(name), text, doc, node_marks(node, name) if node is not None else {(): (1, 1)})

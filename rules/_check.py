@@ -27,19 +27,20 @@ import yaml
 
 from rules._analysis import analyze
 from rules._contracts import ActionContract, ContractError, check_contracts
-from rules._detection import DetectionSet, load_detections
+from rules._detection import DetectionSet, collect_detections
 from rules._engine import ConditionError
-from rules._escalation import POLICY_FILE, EscalationPolicy, load_escalation
+from rules._escalation import POLICY_FILE, EscalationPolicy, collect_escalation
 from rules._files import RuleFile, RulesError
 from rules._guard import Guard
-from rules._guardrails import TEST_SUFFIX, Ruleset, collect_guardrails, guardrail_paths, read_fast
+from rules._guardrails import TEST_SUFFIX, Guardrail, Ruleset, collect_guardrails, guardrail_paths, read_fast
 
 KINDS = ("guardrails", "contracts", "detect")
 
 
 @dataclass
 class Finding:
-    """One problem: where, what, what to do. `severity` error fails the check; warning does not."""
+    """One problem: where (file, line, column, the offending key), what, and what to do about it.
+    `severity` error fails the check; warning does not. `hint` is the suggestion."""
 
     severity: str
     kind: str
@@ -49,19 +50,29 @@ class Finding:
     message: str
     hint: str = ""
     rule: str | None = None
+    key: str | None = None
+
+    @property
+    def suggestion(self) -> str:
+        return self.hint
 
     def __str__(self) -> str:
         text = f"{self.file}:{self.line}:{self.column}: {self.severity}[{self.kind}]: {self.message}"
         return text + (f" ({self.hint})" if self.hint else "")
 
     def to_dict(self) -> dict[str, Any]:
+        # "hint" stays beside "suggestion" for readers of the older output
         return {"severity": self.severity, "kind": self.kind, "file": self.file, "line": self.line,
-                "column": self.column, "message": self.message, "hint": self.hint, "rule": self.rule}
+                "column": self.column, "key": self.key, "message": self.message, "suggestion": self.hint,
+                "hint": self.hint, "rule": self.rule}
 
     @classmethod
     def from_error(cls, error: RulesError, kind: str | None = None, severity: str = "error") -> Finding:
-        return cls(severity, kind or getattr(error, "kind", "invalid"), error.file, error.line, error.column,
-                   error.reason, error.hint, getattr(error, "rule", None))
+        """`kind` names the kind of file (detection, escalation, …); a YAML syntax error keeps its own."""
+        own = getattr(error, "kind", "invalid")
+        kind = own if own == "yaml_syntax" or kind is None else kind
+        return cls(severity, kind, error.file, error.line, error.column,
+                   error.reason, error.hint, getattr(error, "rule", None), getattr(error, "key", None))
 
 
 @dataclass
@@ -183,10 +194,9 @@ def check_rules(path: str | Path | None = None, *, now: datetime | None = None) 
         report.contracts = contracts = check_contracts(None)[0]
 
     if layout.escalation is not None:
-        try:
-            report.escalation = load_escalation(layout.escalation)
-        except RulesError as exc:
-            report.findings.append(Finding.from_error(exc, kind="escalation"))
+        escalation_problems: list[RulesError] = []
+        report.escalation = collect_escalation(layout.escalation, escalation_problems)
+        report.findings.extend(Finding.from_error(p, kind="escalation") for p in escalation_problems)
 
     if layout.guardrails is not None:
         problems: list[RulesError] = []
@@ -201,6 +211,7 @@ def check_rules(path: str | Path | None = None, *, now: datetime | None = None) 
             # analysis needs every contract, so it waits until they load.
             broken = {Path(p.source).name.removesuffix(".json") for p in contract_problems}
             report.findings.extend(_analysis_findings(ruleset, contracts, read, now, broken))
+            report.findings.extend(_refused_rule_findings(ruleset, contracts, read, now, broken, report.findings))
             try:
                 report.guard = Guard(ruleset, contracts)
             except (ConditionError, RuntimeError) as exc:  # pragma: no cover - load-time checks catch these
@@ -208,10 +219,11 @@ def check_rules(path: str | Path | None = None, *, now: datetime | None = None) 
                                                f"the guardrails do not compile: {exc}"))
 
     if layout.detect is not None:
-        try:
-            report.detections = load_detections(layout.detect)
-        except RulesError as exc:
-            report.findings.append(Finding.from_error(exc, kind="detection"))
+        detection_problems: list[RulesError] = []
+        detections = collect_detections(layout.detect, detection_problems)
+        report.findings.extend(Finding.from_error(p, kind="detection") for p in detection_problems)
+        if not detection_problems:
+            report.detections = detections
 
     for test_file in layout.tests:
         from rules._ruletest import load_test_file  # tests are optional; keep the import off the hot path
@@ -239,8 +251,65 @@ def _analysis_findings(ruleset: Ruleset, contracts: Mapping[str, ActionContract]
         rule_file = read[rule.source]
         line, column = rule_file.locate(["rules", index[(rule.source, rule.line)], *item.path])
         found.append(Finding(item.severity, item.kind, rule.source, line, column, f"rule {rule.id!r} {item.message}",
-                             item.hint, rule.id))
+                             item.hint, rule.id, _field_key(tuple(item.path))))
     return found
+
+
+_MATCH_ONLY = {"unknown_action", "never_matches"}  # what a rule's match alone can show
+
+
+def _refused_rule_findings(ruleset: Ruleset, contracts: Mapping[str, ActionContract], read: dict[str, RuleFile],
+                           now: datetime, broken: set[str], found: list[Finding]) -> list[Finding]:
+    """What the analysis says about the `match` of rules refused for another reason (a typo in
+    `outcome`, a bad time zone): an unknown action type there would otherwise show only in the next run.
+    Shadowing needs the whole rule, so it waits until the rule loads."""
+    loaded = {(r.source, r.line) for r in ruleset.rules}
+    proxies, where = [], {}
+    for source, rule_file in read.items():
+        rules = rule_file.doc.get("rules") if isinstance(rule_file.doc, Mapping) else None
+        for index, rule in enumerate(rules if isinstance(rules, list) else []):
+            line = rule_file.locate(["rules", index])[0]
+            if (source, line) in loaded or not isinstance(rule, Mapping) or not isinstance(rule.get("id"), str):
+                continue
+            match_line = rule_file.locate(["rules", index, "match"])
+            match_end = _next_key_line(rule_file, index, "match")
+            if not isinstance(rule.get("match"), Mapping) or any(
+                    f.file == source and match_line <= (f.line, f.column) < match_end for f in found):
+                continue  # no match, or one already refused: the analysis would only repeat it
+            try:
+                proxy = Guardrail(id=rule["id"], match=rule["match"], outcome="allow", reason="-", source=source,
+                                  line=line)
+            except ValueError:
+                continue
+            proxies.append(proxy)
+            where[(source, line)] = index
+    result = []
+    for item in analyze(proxies, contracts, now, broken=broken):
+        if item.kind not in _MATCH_ONLY or item.severity != "error":
+            continue
+        rule = item.rule
+        line, column = read[rule.source].locate(["rules", where[(rule.source, rule.line)], *item.path])
+        result.append(Finding(item.severity, item.kind, rule.source, line, column, f"rule {rule.id!r} {item.message}",
+                              item.hint, rule.id, _field_key(item.path)))
+    return result
+
+
+def _next_key_line(rule_file: RuleFile, index: int, key: str) -> tuple[int, int]:
+    """Where whatever follows `key` in rule `index` starts: the end of that key's value, roughly."""
+    start = rule_file.locate(["rules", index, key])
+    after = [pos for path, pos in rule_file.marks.items()
+             if len(path) == 3 and path[:2] == ("rules", index) and pos > start]
+    following = [pos for path, pos in rule_file.marks.items()
+                 if len(path) == 2 and path[0] == "rules" and isinstance(path[1], int) and pos > start]
+    return min(after + following, default=(10**9, 0))
+
+
+_OPERATORS = {"eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "exists", "matches", "all", "any"}
+
+
+def _field_key(path: tuple) -> str | None:
+    """The field a finding inside a condition is about (`action`, not the `in` of `action: {in: …}`)."""
+    return next((str(p) for p in reversed(path) if isinstance(p, str) and p not in _OPERATORS), None)
 
 
 def _contract_finding(error: ContractError) -> Finding:
@@ -257,7 +326,9 @@ def _contract_finding(error: ContractError) -> Finding:
     if error.path and reason.startswith(error.path + ":"):
         reason = reason[len(error.path) + 1:].strip()
         reason = f"{error.path}: {reason}"
-    return Finding("error", error.kind, error.source, line, column, reason, error.hint)
+    key = _json_path(error.path)[-1:] if error.path else []
+    return Finding("error", error.kind, error.source, line, column, reason, error.hint,
+                   key=str(key[0]) if key and isinstance(key[0], str) else None)
 
 
 def _json_path(path: str) -> list[str | int]:

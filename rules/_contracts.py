@@ -27,6 +27,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from pydantic import BaseModel, ConfigDict, Field
 
+from rules._files import misspelt_required, missing_key, unknown_key_hint
 from rules._http_executor import HttpExecutor, is_template, template_problems
 from rules._proposal import Proposal
 from rules.topology import EntityType, Topology
@@ -52,6 +53,7 @@ class ContractError(ValueError):
         self.position = position
         self.hint = hint
         self.kind = kind
+        self.others: list[ContractError] = []  # the file's further problems, when this is its first
 
 
 class ContractViolation(BaseModel):
@@ -170,8 +172,9 @@ def load_contracts(directory: str | Path | None = None) -> dict[str, ActionContr
 
 
 def check_contracts(directory: str | Path | None = None) -> tuple[dict[str, ActionContract], list[ContractError]]:
-    """Every contract that loads, and every problem (one per bad file, then bad compensations), for
-    `rules check`: unlike load_contracts it does not stop at the first bad file."""
+    """Every contract that loads, and every problem (all schema problems of a bad file, else its first
+    other one; then bad compensations), for `rules check`: unlike load_contracts it does not stop at
+    the first bad file."""
     if directory is None:
         root: Traversable | Path = resources.files("rules") / "contracts"
     else:
@@ -184,7 +187,7 @@ def check_contracts(directory: str | Path | None = None) -> tuple[dict[str, Acti
         try:
             contract = _load_one(str(file), file.name.removesuffix(".json"), file.read_bytes())
         except ContractError as exc:
-            problems.append(exc)
+            problems.extend([exc, *exc.others])
             continue
         contracts[contract.action] = contract
     for contract in list(contracts.values()):
@@ -194,6 +197,37 @@ def check_contracts(directory: str | Path | None = None) -> tuple[dict[str, Acti
                                           hint=f"known actions: {', '.join(sorted(contracts))}",
                                           kind="unknown_action"))
     return contracts, problems
+
+
+def _schema_problems(source: str, errors: list) -> list[ContractError]:
+    """Every schema error of one contract file, each at its key: one per unknown key (with the key it
+    probably meant), and a missing required key left out when an unknown key beside it misspells it."""
+    typos = misspelt_required(errors)
+    found = []
+    other: dict[tuple, list] = {}  # path → the other errors there: one problem per place, the most specific
+    for error in errors:
+        where = _json_path(error.absolute_path, root="$")
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            allowed = sorted(error.schema.get("properties", {}))
+            required = [r for r in error.schema.get("required", []) if r not in error.instance]
+            for extra in (k for k in error.instance if k not in allowed):
+                found.append(ContractError(source, f"{where}.{extra}: unknown field {extra!r}", path=f"{where}.{extra}",
+                                           hint=unknown_key_hint(extra, allowed, required), kind="unknown_field"))
+            continue
+        if error.validator == "required" and isinstance(error.instance, Mapping):
+            name = missing_key(error)
+            if (tuple(error.absolute_path), name) in typos:
+                continue
+            found.append(ContractError(source, f"{where}: {error.message}", path=where, hint=f"add {name!r} here"))
+            continue
+        if "then" in error.schema_path and any(tuple(error.absolute_path)[:len(at)] == at for at, _ in typos):
+            continue  # an if/then judged without the misspelt key: a consequence of the typo, not a problem
+        other.setdefault(tuple(error.absolute_path), []).append(error)
+    for errors_here in other.values():
+        error = best_match(errors_here)  # an anyOf: its most specific reason
+        where = _json_path(error.absolute_path, root="$")
+        found.append(ContractError(source, f"{where}: {error.message}", path=where))
+    return found
 
 
 def _leading_path(reason: str) -> str | None:
@@ -209,15 +243,10 @@ def _load_one(source: str, stem: str, data: bytes) -> ActionContract:
     except json.JSONDecodeError as exc:
         raise ContractError(source, f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                             position=(exc.lineno, exc.colno)) from None
-    error = best_match(_contract_validator().iter_errors(doc))
-    if error is not None:
-        where = _json_path(error.absolute_path, root="$")
-        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-            allowed = sorted(error.schema.get("properties", {}))
-            extra = next(k for k in error.instance if k not in allowed)
-            raise ContractError(source, f"{where}.{extra}: unknown field {extra!r}", path=f"{where}.{extra}",
-                                hint=f"allowed here: {', '.join(allowed)}", kind="unknown_field")
-        raise ContractError(source, f"{where}: {error.message}", path=where)
+    found = _schema_problems(source, list(_contract_validator().iter_errors(doc)))
+    if found:
+        found[0].others = found[1:]  # `check_contracts` reports them all; `load_contracts` the first
+        raise found[0]
     terms = doc["x-rtem"]
     if terms["action"] != stem:
         raise ContractError(source, f"$.x-rtem.action: is {terms['action']!r}; "

@@ -25,7 +25,7 @@ from jsonschema import Draft202012Validator
 from bus import SEVERITY_RANK
 
 from ._detection import parse_duration
-from ._files import RuleFile, content_digest, read_rule_file
+from ._files import RuleFile, RulesError, content_digest, read_rule_file
 
 POLICY_FILE = "escalation.yaml"  # its name in a rules directory
 
@@ -98,6 +98,25 @@ class EscalationPolicy:
 def packaged_policy() -> Path:
     """The example policy shipped beside the packaged rules."""
     return Path(str(resources.files("rules").joinpath(POLICY_FILE)))
+
+
+def collect_escalation(path: str | Path, problems: list[RulesError]) -> EscalationPolicy | None:
+    """For `rtem rules check`: every schema problem of the policy at once (then, once the schema
+    holds, the first problem of its routes), added to `problems`; the policy when there is none."""
+    try:
+        rule_file = read_rule_file(path)
+    except RulesError as exc:
+        problems.append(exc)
+        return None
+    found = rule_file.duplicate_problems() + rule_file.schema_problems(_validator())
+    if found:
+        problems.extend(found)
+        return None
+    try:
+        return load_escalation(path)
+    except RulesError as exc:
+        problems.append(exc)
+        return None
 
 
 def load_escalation(path: str | Path) -> EscalationPolicy:

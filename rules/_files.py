@@ -7,8 +7,10 @@ the file".
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,19 +22,24 @@ Path_ = tuple[str | int, ...]
 
 
 class RulesError(ValueError):
-    """A rule file that cannot be used: where it is wrong, why, and what to do about it."""
+    """A rule file that cannot be used: where it is wrong, why, and what to do about it. `kind` groups
+    problems in `rules check` (RuleProblem sets its own)."""
 
-    def __init__(self, file: str | Path, line: int, column: int, reason: str, hint: str = ""):
+    kind: str = "invalid"
+
+    def __init__(self, file: str | Path, line: int, column: int, reason: str, hint: str = "",
+                 key: str | None = None):
         self.file = str(file)
         self.line = line
         self.column = column
         self.reason = reason
         self.hint = hint
+        self.key = key  # the offending key (`outcom`, `timezone`), when the problem sits at one
         super().__init__(f"{self.file}:{line}:{column}: {reason}" + (f" ({hint})" if hint else ""))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "column": self.column, "reason": self.reason,
-                "hint": self.hint}
+        return {"file": self.file, "line": self.line, "column": self.column, "key": self.key,
+                "reason": self.reason, "hint": self.hint}
 
 
 @dataclass
@@ -43,6 +50,15 @@ class RuleFile:
     text: str
     doc: Any
     marks: dict[Path_, tuple[int, int]]
+    # keys written twice in one mapping: (path, first (line, column), again (line, column)). YAML keeps
+    # the last silently, so a second `outcome:` would change a rule without anyone seeing it.
+    duplicates: tuple[tuple[Path_, tuple[int, int], tuple[int, int]], ...] = ()
+
+    def duplicate_problems(self) -> list[RulesError]:
+        """A RulesError at each repeated key (`rules check` and the loaders refuse them)."""
+        return [RulesError(self.path, again[0], again[1], f"duplicate key {path[-1]!r}",
+                           f"already set at line {first[0]}; YAML keeps only the last one: remove one of them",
+                           key_of(path)) for path, first, again in self.duplicates]
 
     def locate(self, path: Sequence[str | int]) -> tuple[int, int]:
         """Line and column (1-based) of the deepest known prefix of `path`."""
@@ -53,15 +69,23 @@ class RuleFile:
             path = path[:-1]
         return self.marks.get((), (1, 1))
 
-    def error(self, path: Sequence[str | int], reason: str, hint: str = "") -> RulesError:
+    def error(self, path: Sequence[str | int], reason: str, hint: str = "", key: str | None = None) -> RulesError:
         line, column = self.locate(path)
-        return RulesError(self.path, line, column, reason, hint)
+        return RulesError(self.path, line, column, reason, hint, key if key is not None else key_of(path))
 
     def validate(self, validator: Draft202012Validator) -> None:
         """Raise the first schema error (in document order) at its line."""
-        errors = sorted(validator.iter_errors(self.doc), key=lambda e: self.locate(_where(e)))
-        if errors:
-            raise self.error(_where(errors[0]), *_explain(errors[0]))
+        problems = self.schema_problems(validator)
+        if problems:
+            raise problems[0]
+
+    def schema_problems(self, validator: Draft202012Validator) -> list[RulesError]:
+        """Every schema error, in document order, each at its key: an unknown key that is a typo of a
+        missing required one (`cont` for `count`) is one problem at the typo, not two."""
+        found = []
+        for where, reason, hint in explain_all(list(validator.iter_errors(self.doc))):
+            found.append(self.error(where, reason, hint))
+        return sorted(found, key=lambda p: (p.line, p.column))
 
 
 def read_rule_file(path: str | Path) -> RuleFile:
@@ -73,9 +97,7 @@ def read_rule_file(path: str | Path) -> RuleFile:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise RulesError(path, line, column, f"YAML syntax: {exc.problem or exc.context}") from None
+        raise syntax_error(path, text, exc) from None
     except yaml.reader.ReaderError as exc:  # a control character: a position in the text, not a mark
         before = text[:exc.position]
         line, column = before.count("\n") + 1, exc.position - before.rfind("\n")
@@ -85,7 +107,8 @@ def read_rule_file(path: str | Path) -> RuleFile:
         raise RulesError(path, 1, 1, "YAML nested too deeply") from None
     if node is None:
         return RuleFile(path, text, None, {(): (1, 1)})
-    marks = node_marks(node, path)  # before constructing: it refuses recursive aliases, which would hang that
+    duplicates: list = []
+    marks = node_marks(node, path, duplicates)  # before constructing: it refuses recursive aliases, which would hang that
     loader = yaml.SafeLoader(text)
     try:
         doc = loader.construct_document(node)
@@ -101,16 +124,18 @@ def read_rule_file(path: str | Path) -> RuleFile:
         loader.dispose()
     if "<<" in text:  # constructing expanded merge keys into the nodes: record where the merged keys came from
         marks = node_marks(node, path)
-    return RuleFile(path, text, doc, marks)
+    return RuleFile(path, text, doc, marks, tuple(duplicates))
 
 
 MAX_ALIAS_EXPANSION = 100_000  # values reached again through aliases; a billion-laughs file stops here
 
 
-def node_marks(node: yaml.Node, path: str | Path) -> dict[Path_, tuple[int, int]]:
+def node_marks(node: yaml.Node, path: str | Path, duplicates: list | None = None) -> dict[Path_, tuple[int, int]]:
     """The line and column of every path in the document. Raises RulesError on an alias that contains
-    itself, and on aliases that expand the document past MAX_ALIAS_EXPANSION values."""
+    itself, and on aliases that expand the document past MAX_ALIAS_EXPANSION values. `duplicates`, when
+    given, receives each key repeated within one mapping (see RuleFile.duplicates)."""
     marks: dict[Path_, tuple[int, int]] = {}
+    repeated: set[Path_] = set()
     walked: set[int] = set()
     inside: set[int] = set()  # the collections on the way down to the current node
     repeats = 0
@@ -132,9 +157,16 @@ def node_marks(node: yaml.Node, path: str | Path) -> dict[Path_, tuple[int, int]
             return
         inside.add(id(node))
         if isinstance(node, yaml.MappingNode):
+            here: dict[Any, tuple[int, int]] | None = {} if duplicates is not None else None
             for key_node, value_node in node.value:
                 child = at + (key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node.value),)
-                marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if here is not None:
+                    if child[-1] in here and child[-1] != "<<" and child not in repeated:
+                        repeated.add(child)  # once, even when an alias walks this mapping again
+                        duplicates.append((child, here[child[-1]], mark))
+                    here.setdefault(child[-1], mark)
+                marks[child] = mark
                 walk(value_node, child)
         else:
             for index, item in enumerate(node.value):
@@ -174,6 +206,81 @@ def _bad_scalar(path: Path, root: yaml.Node) -> RulesError:
     return RulesError(path, 1, 1, "YAML: a value cannot be read")
 
 
+def key_of(path: Sequence[str | int]) -> str | None:
+    """The innermost key of a document path (`("rules", 0, "outcom")` → `outcom`)."""
+    return next((str(part) for part in reversed(tuple(path)) if isinstance(part, str)), None)
+
+
+def did_you_mean(word: Any, choices: Iterable[Any]) -> str | None:
+    """The closest of `choices` to a mistyped `word` (`outcom` → `outcome`), or None."""
+    if not isinstance(word, str):
+        return None
+    names = [c for c in choices if isinstance(c, str)]
+    by_lower = {c.lower(): c for c in names}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[close[0]] if close else None
+
+
+def unknown_key_hint(word: Any, allowed: Iterable[Any], required: Iterable[str] = ()) -> str:
+    """The suggestion for an unknown key: the key it probably meant, then what is allowed here."""
+    allowed = list(allowed)
+    listed = f"allowed here: {', '.join(map(str, allowed))}"
+    guess = did_you_mean(word, allowed)
+    if guess is None:
+        return listed
+    why = f" ({guess!r} is required)" if guess in set(required) else ""
+    return f"did you mean {guess!r}?{why} {listed}"
+
+
+# What usually causes each YAML parser complaint, in the words of someone editing a rule file.
+_YAML_HINTS: tuple[tuple[str, str], ...] = (
+    ("mapping values are not allowed", "a value that contains ': ' must be quoted ('a: b'), or a key is "
+                                       "indented under a value; check this line and the one above"),
+    ("found character '\\t'", "YAML indents with spaces, not tabs: replace the tab with spaces"),
+    ("found character '@'", "'@' and '`' cannot start a plain value: quote the value"),
+    ("found character '`'", "'@' and '`' cannot start a plain value: quote the value"),
+    ("found character '%'", "'%' cannot start a plain value: quote the value"),
+    ("found character", "quote the value"),
+    ("found '<block mapping start>'", "this line is indented differently from the keys beside it: line "
+                                      "keys of one mapping up in the same column"),
+    ("found '<block sequence start>'", "this list item is indented differently from the others: line the "
+                                       "'-' of one list up in the same column"),
+    ("but found '-'", "a list item ('- …') where a key was expected: indent the list under its key"),
+    ("expected ',' or '}'", "a {…} mapping is missing a ',' between entries or its closing '}', or a value in "
+                            "it holds ': ' or ',' (quote that value)"),
+    ("expected ',' or ']'", "a […] list is missing a ',' between items or its closing ']', or an item holds ': ' "
+                            "or ',' (quote that item)"),
+    ("could not find expected ':'", "a key is missing its ':', or a long value continues on a line that "
+                                    "is not indented further: quote it"),
+    ("found unexpected end of stream", "a quote or bracket opened here is never closed"),
+    ("found undefined alias", "an alias (*name) needs an anchor (&name) defined earlier in the file"),
+    ("duplicate anchor", "anchor names (&name) must be unique within a file"),
+    ("could not determine a constructor for the tag", "rule files use plain YAML: remove the !tag, or quote "
+                                                      "the value"),
+)
+
+
+def syntax_error(path: str | Path, text: str, exc: yaml.MarkedYAMLError) -> RulesError:
+    """A YAML parser error as a RulesError at its place, with what probably caused it and what to do."""
+    problem = exc.problem or exc.context or "cannot be parsed"
+    mark = exc.problem_mark or exc.context_mark
+    # An unclosed quote or bracket fails at the end of the file; where it was opened is what to fix.
+    if exc.context_mark is not None and "end of stream" in problem:
+        mark = exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    hint = next((h for needle, h in _YAML_HINTS if needle in problem), "")
+    if exc.context and exc.context_mark is not None and mark is not exc.context_mark and "flow" in exc.context:
+        hint += f"; it opens at line {exc.context_mark.line + 1}"
+    lines = text.splitlines()
+    # the key written on that line, if any: what the author will look for
+    found = re.match(r"\s*-?\s*([^\s:#'\"{}\[\],][^:#]*?)\s*:(\s|$)", lines[line - 1]) if 0 < line <= len(lines) \
+        else None
+    error = RulesError(path, line, column, f"YAML syntax: {problem}", hint or "fix the YAML syntax at this place",
+                       found.group(1) if found else None)
+    error.kind = "yaml_syntax"
+    return error
+
+
 def _where(error) -> tuple[str | int, ...]:
     """The path of the offending part: for an unknown field, the field itself, not its parent."""
     path = tuple(error.absolute_path)
@@ -185,12 +292,66 @@ def _where(error) -> tuple[str | int, ...]:
     return path
 
 
+def explain_all(errors: list) -> list[tuple[tuple[str | int, ...], str, str]]:
+    """Schema errors as (path of the offending key, reason, suggestion): one per unknown key, and a
+    missing required key dropped when an unknown key beside it is its typo (`cont` for `count`)."""
+    typos = misspelt_required(errors)
+    found = []
+    for error in errors:
+        path = tuple(error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            name = missing_key(error)
+            if (path, name) in typos:
+                continue
+            found.append((path, error.message, f"add {name}: to this mapping" if name else ""))
+        elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            properties = list(error.schema.get("properties", {}))
+            required = [r for r in error.schema.get("required", []) if r not in error.instance]
+            for extra in _extras(error):
+                found.append((path + (extra,), f"unknown field {extra!r}",
+                              unknown_key_hint(extra, sorted(properties), required)))
+        else:
+            found.append((_where(error), *_explain(error)))
+    return found
+
+
+def misspelt_required(errors: list) -> set[tuple[tuple, str]]:
+    """(path of the mapping, required key) for each missing required key that an unknown key beside it
+    misspells: reported once, at the typo, not again as "'count' is a required property"."""
+    typos: set[tuple[tuple, str]] = set()
+    for error in errors:
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            required = [r for r in error.schema.get("required", []) if r not in error.instance]
+            for extra in _extras(error):
+                guess = did_you_mean(extra, required)
+                if guess is not None:
+                    typos.add((tuple(error.absolute_path), guess))
+    return typos
+
+
+def missing_key(error) -> str | None:
+    """The key a jsonschema `required` error is about: each missing key is an error of its own."""
+    named = re.match(r"'(.+)' is a required property", error.message)
+    if named:
+        return named.group(1)
+    return next((r for r in error.validator_value if r not in error.instance), None)
+
+
+def _extras(error) -> list:
+    return sorted(set(error.instance) - set(error.schema.get("properties", {})), key=str)
+
+
 def _explain(error) -> tuple[str, str]:
     """A schema error in words a rule author can act on, with a hint where one helps."""
     if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})), key=str)
-        allowed = ", ".join(sorted(error.schema.get("properties", {})))
-        return f"unknown field {', '.join(repr(e) for e in extra)}", f"allowed here: {allowed}"
+        extra = _extras(error)
+        properties = sorted(error.schema.get("properties", {}))
+        return f"unknown field {', '.join(repr(e) for e in extra)}", unknown_key_hint(extra[0] if extra else None,
+                                                                                        properties)
+    if error.validator == "enum" and isinstance(error.instance, str):
+        guess = did_you_mean(error.instance, error.validator_value)
+        return (f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}",
+                f"did you mean {guess!r}?" if guess else "")
     if error.validator == "enum":
         return (f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}", "")
     if error.validator in ("anyOf", "oneOf") and error.schema.get("description"):

@@ -210,48 +210,99 @@ class Gates:
 
 def parse_gates(rule: Mapping[str, Any]) -> Gates:
     """The gates of one rule (already schema-valid); GateError names the offending key."""
-    during = tuple(parse_window(w, ("during", i)) for i, w in enumerate(rule.get("during") or ()))
-    outside = tuple(parse_window(w, ("outside", i)) for i, w in enumerate(rule.get("outside") or ()))
+    problems: list[GateError] = []
+    gates = _gates(rule, problems)
+    if problems:
+        raise problems[0]
+    return gates
+
+
+def gate_problems(rule: Mapping[str, Any]) -> list[GateError]:
+    """Every problem with a rule's gates, not only the first: `rules check` shows them all in one run.
+    Tolerates a rule the schema refused (a part of the wrong type is skipped; the schema reports it)."""
+    problems: list[GateError] = []
+    _gates(rule, problems)
+    return problems
+
+
+def _gates(rule: Mapping[str, Any], problems: list[GateError]) -> Gates:
+    windows: dict[str, tuple[Window, ...]] = {}
+    for key in ("during", "outside"):
+        specs = rule.get(key) or ()
+        found = [_window(w, (key, i), problems) for i, w in enumerate(specs if isinstance(specs, list) else ())
+                 if isinstance(w, Mapping)]
+        windows[key] = tuple(w for w in found if w is not None)
     limit = cap = None
-    if "limit" in rule:
-        spec = rule["limit"]
-        limit = Limit(max=int(spec["max"]), window_s=_duration(spec["window"], ("limit", "window")),
-                      per=spec.get("per", "target"))
-    if "cap" in rule:
-        spec = rule["cap"]
-        cap = Cap(percent=float(spec["percent"]), window_s=_duration(spec["window"], ("cap", "window")))
-    return Gates(during=during, outside=outside, state=rule.get("state"), limit=limit, cap=cap)
+    spec = rule.get("limit")
+    if isinstance(spec, Mapping) and "window" in spec:
+        window_s = _duration(spec["window"], ("limit", "window"), problems)
+        if window_s is not None and isinstance(spec.get("max"), int):
+            limit = Limit(max=int(spec["max"]), window_s=window_s, per=spec.get("per", "target"))
+    spec = rule.get("cap")
+    if isinstance(spec, Mapping) and "window" in spec:
+        window_s = _duration(spec["window"], ("cap", "window"), problems)
+        if window_s is not None and isinstance(spec.get("percent"), int | float):
+            cap = Cap(percent=float(spec["percent"]), window_s=window_s)
+    return Gates(during=windows["during"], outside=windows["outside"], state=rule.get("state"), limit=limit, cap=cap)
 
 
 def parse_window(spec: Mapping[str, Any], path: tuple) -> Window:
+    problems: list[GateError] = []
+    window = _window(spec, path, problems)
+    if problems or window is None:
+        raise problems[0]
+    return window
+
+
+def _window(spec: Mapping[str, Any], path: tuple, problems: list[GateError]) -> Window | None:
+    """One window, or None with every problem of it added to `problems` (time zone, from, to, days)."""
+    before = len(problems)
     tz_name = spec.get("timezone", "UTC")
+    tz: Any = timezone.utc
     try:
-        tz = timezone.utc if tz_name == "UTC" else ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise GateError(f"unknown time zone {tz_name!r}", path + ("timezone",),
-                        "use an IANA name such as Europe/Berlin or America/New_York, or UTC") from None
-    text = _describe(spec)
+        tz = timezone.utc if tz_name == "UTC" else ZoneInfo(str(tz_name))
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        problems.append(GateError(f"unknown time zone {tz_name!r}", path + ("timezone",), _zone_hint(tz_name)))
     start, end = spec.get("from"), spec.get("to")
     if _is_date(start) or _is_date(end):
         if not (_is_date(start) and _is_date(end)):
-            raise GateError("a one-off window needs both 'from' and 'to' as dates or date-times",
-                            path + ("to" if _is_date(start) else "from",),
-                            "e.g. from: '2024-12-20T00:00:00Z', to: '2025-01-02T00:00:00Z'")
+            problems.append(GateError("a one-off window needs both 'from' and 'to' as dates or date-times",
+                                      path + ("to" if _is_date(start) else "from",),
+                                      "e.g. from: '2024-12-20T00:00:00Z', to: '2025-01-02T00:00:00Z'"))
+            return None
         if "days" in spec:
-            raise GateError("'days' goes with recurring windows (times of day), not with dates", path + ("days",))
-        first, last = _moment(start, tz, path + ("from",)), _moment(end, tz, path + ("to",))
-        if last <= first:
-            raise GateError("the window ends before it starts", path + ("to",), "'to' must be after 'from'")
-        return Window(text=text, tz=tz, start=first, end=last)
-    days = frozenset(DAYS.index(d) for d in spec.get("days", DAYS))
-    begin = _clock(start, path + ("from",)) if start is not None else time(0)
-    finish = _clock(end, path + ("to",)) if end is not None else None
-    if finish is not None and finish == begin:
-        raise GateError("the window is empty: 'from' equals 'to'", path + ("to",),
-                        "leave out 'from' and 'to' for whole days")
+            problems.append(GateError("'days' goes with recurring windows (times of day), not with dates",
+                                      path + ("days",), "remove days, or use times of day ('HH:MM') in from/to"))
+        first, last = _moment(start, tz, path + ("from",), problems), _moment(end, tz, path + ("to",), problems)
+        if first is not None and last is not None and last <= first:
+            problems.append(GateError("the window ends before it starts", path + ("to",), "'to' must be after 'from'"))
+        if len(problems) > before:
+            return None
+        return Window(text=_describe(spec), tz=tz, start=first, end=last)
+    days = spec.get("days", DAYS)
+    begin = _clock(start, path + ("from",), problems) if start is not None else time(0)
+    finish = _clock(end, path + ("to",), problems) if end is not None else None
+    if begin is not None and finish is not None and finish == begin:
+        problems.append(GateError("the window is empty: 'from' equals 'to'", path + ("to",),
+                                  "leave out 'from' and 'to' for whole days"))
+    if len(problems) > before or begin is None or not isinstance(days, list | tuple) or \
+            not all(d in DAYS for d in days):
+        return None
     if finish == time(0):
         finish = None  # until midnight
-    return Window(text=text, tz=tz, days=days, start_time=begin, end_time=finish)
+    return Window(text=_describe(spec), tz=tz, days=frozenset(DAYS.index(d) for d in days), start_time=begin,
+                  end_time=finish)
+
+
+def _zone_hint(name: Any) -> str:
+    """Suggest the IANA zone a mistyped name probably meant (Europe/Berlinn → Europe/Berlin)."""
+    from zoneinfo import available_timezones
+
+    from rules._files import did_you_mean
+
+    guess = did_you_mean(name, sorted(available_timezones()))
+    usage = "use an IANA name such as Europe/Berlin or America/New_York, or UTC"
+    return f"did you mean {guess!r}? {usage}" if guess else usage
 
 
 def format_duration(seconds: float) -> str:
@@ -265,16 +316,18 @@ _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
 _CLOCK = re.compile(r"^([01]?[0-9]|2[0-4]):([0-5][0-9])(?::([0-5][0-9]))?$")
 
 
-def _duration(value: Any, path: tuple) -> float:
+def _duration(value: Any, path: tuple, problems: list[GateError]) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
         found = _DURATION.match(str(value))
         if not found:
-            raise GateError(f"{value!r} is not a duration", path, "write seconds, or e.g. 90s, 15m, 1h, 7d")
+            problems.append(GateError(f"{value!r} is not a duration", path, "write seconds, or e.g. 90s, 15m, 1h, 7d"))
+            return None
         seconds = float(found[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[found[2]]
     if seconds <= 0:
-        raise GateError("a window must be longer than zero", path)
+        problems.append(GateError("a window must be longer than zero", path, "e.g. 90s, 15m, 1h"))
+        return None
     return seconds
 
 
@@ -282,22 +335,26 @@ def _is_date(value: Any) -> bool:
     return isinstance(value, str) and bool(re.match(r"^\d{4}-\d{2}-\d{2}", value))
 
 
-def _moment(text: str, tz, path: tuple) -> datetime:
+def _moment(text: str, tz, path: tuple, problems: list[GateError]) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise GateError(f"{text!r} is not an ISO 8601 date or date-time", path,
-                        "e.g. 2024-12-20 or 2024-12-20T18:00:00Z") from None
+        problems.append(GateError(f"{text!r} is not an ISO 8601 date or date-time", path,
+                                  "e.g. 2024-12-20 or 2024-12-20T18:00:00Z"))
+        return None
     return moment.replace(tzinfo=tz) if moment.tzinfo is None else moment
 
 
-def _clock(value: Any, path: tuple) -> time:
+def _clock(value: Any, path: tuple, problems: list[GateError]) -> time | None:
     found = _CLOCK.match(str(value)) if isinstance(value, str) else None
     if not found or (found[1] == "24" and (found[2] != "00" or found[3] not in (None, "00"))):
         hint = "write times of day as quoted 'HH:MM'"
-        if isinstance(value, int):
-            hint += f" (YAML reads an unquoted 22:00 as the number {22 * 60})"
-        raise GateError(f"{value!r} is not a time of day", path, hint)
+        if isinstance(value, int) and not isinstance(value, bool):
+            hours, minutes = divmod(value, 60)
+            hint = (f"quote times of day: '{hours:02d}:{minutes:02d}' (YAML reads an unquoted {hours}:{minutes:02d} "
+                    f"as the number {value}, in minutes)")
+        problems.append(GateError(f"{value!r} is not a time of day", path, hint))
+        return None
     hour = int(found[1])
     return time(0) if hour == 24 else time(hour, int(found[2]), int(found[3] or 0))
 
@@ -305,7 +362,7 @@ def _clock(value: Any, path: tuple) -> time:
 def _describe(spec: Mapping[str, Any]) -> str:
     parts = []
     if "days" in spec:
-        parts.append(",".join(spec["days"]))
+        parts.append(",".join(map(str, spec["days"])))
     if "from" in spec or "to" in spec:
         parts.append(f"{spec.get('from', '00:00')}–{spec.get('to', '24:00')}")
     parts.append(spec.get("timezone", "UTC"))

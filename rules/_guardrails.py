@@ -6,8 +6,9 @@ and column of the offending key (positions come from `_files`, shared with detec
 that silently never matches is worse than none, which is also why a condition may only name fields
 the guard's context fact has (CONTEXT_FIELDS); `rules check` (rules/_check.py) goes further.
 
-`load_guardrails` raises the first problem; `collect_guardrails` gathers every problem (one per bad
-rule) and returns the rules that are fine, for `rtem rules check`. Test files (`*.test.yaml`) beside
+`load_guardrails` raises the first problem; `collect_guardrails` gathers every problem (all of each
+bad rule: schema, context fields, conditions, gates) and returns the rules that are fine, for
+`rtem rules check`. Test files (`*.test.yaml`) beside
 the rules are not rules and are skipped when a directory is loaded.
 """
 
@@ -27,8 +28,9 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from rules._engine import MAX_BRANCHES, ConditionError, compile_condition, condition_branches
-from rules._files import RuleFile, RulesError, content_digest, node_marks, read_rule_file
-from rules._gates import GateError, Gates, parse_gates
+from rules._files import (RuleFile, RulesError, content_digest, did_you_mean, key_of, misspelt_required, missing_key,
+                          node_marks, read_rule_file, unknown_key_hint)
+from rules._gates import Gates, gate_problems, parse_gates
 from rules._proposal import Outcome
 
 SUPPORTED_VERSION = 1
@@ -50,10 +52,11 @@ class RuleProblem(RulesError):
     duplicate_id, unknown_action, never_matches, shadowed, …)."""
 
     def __init__(self, file: str | Path, line: int, column: int, reason: str, hint: str = "",
-                 kind: str = "invalid", rule: str | None = None):
-        super().__init__(file, line, column, reason, hint)
+                 kind: str = "invalid", rule: str | None = None, key: str | None = None):
+        super().__init__(file, line, column, reason, hint, key)
         self.kind = kind
         self.rule = rule
+        self.where: tuple = ()  # the path in the document, when known
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "kind": self.kind, "rule": self.rule}
@@ -61,8 +64,11 @@ class RuleProblem(RulesError):
 
 def problem(rule_file: RuleFile, path: Iterable[str | int], kind: str, reason: str, hint: str = "",
             rule: str | None = None) -> RuleProblem:
-    line, column = rule_file.locate(list(path))
-    return RuleProblem(rule_file.path, line, column, reason, hint, kind, rule)
+    path = list(path)
+    line, column = rule_file.locate(path)
+    found = RuleProblem(rule_file.path, line, column, reason, hint, kind, rule, key_of(path))
+    found.where = tuple(path)
+    return found
 
 
 class Guardrail(BaseModel):
@@ -150,7 +156,7 @@ def collect_guardrails(source: str | Path | Iterable[str | Path] | None, problem
 
 def parse_guardrails(rule_file: RuleFile, problems: list[RulesError] | None = None) -> list[Guardrail]:
     """The rules of one guardrail file. Without `problems`, the first problem (by line) is raised;
-    with it, problems are appended (one per bad rule) and the good rules returned."""
+    with it, every problem is appended and the good rules returned."""
     found: list[RulesError] = []
     rules = _parse(rule_file, found)
     if problems is None:
@@ -163,93 +169,124 @@ def parse_guardrails(rule_file: RuleFile, problems: list[RulesError] | None = No
 
 def _parse(rule_file: RuleFile, problems: list[RulesError]) -> list[Guardrail]:
     doc = rule_file.doc
+    for (where, _, _), repeated in zip(rule_file.duplicates, rule_file.duplicate_problems()):
+        problems.append(RuleProblem(repeated.file, repeated.line, repeated.column, repeated.reason, repeated.hint,
+                                    "duplicate_key", _rule_id(doc, list(where)), repeated.key))
     if not isinstance(doc, Mapping):
         problems.append(problem(rule_file, [], "invalid",
                                 f"a guardrail file is a mapping starting with 'version: {SUPPORTED_VERSION}'"))
         return []
     if "version" not in doc:
-        problems.append(problem(rule_file, [], "invalid", f"the file must start with 'version: {SUPPORTED_VERSION}'"))
+        typo = next((k for k in doc if did_you_mean(k, ["version"])), None)
+        if typo is not None:
+            problems.append(problem(rule_file, [typo], "unknown_field", f"unknown field {typo!r}",
+                                    f"did you mean 'version'? the file must start with 'version: {SUPPORTED_VERSION}'"))
+        else:
+            problems.append(problem(rule_file, [], "invalid",
+                                    f"the file must start with 'version: {SUPPORTED_VERSION}'",
+                                    f"add 'version: {SUPPORTED_VERSION}' as the first line"))
         return []
     if doc["version"] != SUPPORTED_VERSION:
         problems.append(problem(rule_file, ["version"], "invalid", f"version {doc['version']!r} is not supported",
                                 f"this rtem reads version {SUPPORTED_VERSION}"))
         return []
     doc = _plain(doc)
-    bad: dict[int, RulesError] = {}
+    bad: dict[int, list[RulesError]] = {}  # rule index → its schema problems
     try:
         _fast_schema()(doc)
     except fastjsonschema.JsonSchemaException:
         # The fast validator only says "no"; the reference one says where and why, for every error.
-        for error in _schema().iter_errors(doc):
-            found = _schema_problem(rule_file, error)
-            where = list(error.absolute_path)
+        for found in _schema_problems(rule_file, list(_schema().iter_errors(doc))):
+            where = found.where
             if len(where) >= 2 and where[0] == "rules" and isinstance(where[1], int):
-                if where[1] not in bad or (found.line, found.column) < (bad[where[1]].line, bad[where[1]].column):
-                    bad[where[1]] = found
+                bad.setdefault(where[1], []).append(found)
             else:
                 problems.append(found)
-        if problems or not isinstance(doc.get("rules"), list):
-            return []
-    problems.extend(bad.values())
+    if not isinstance(doc.get("rules"), list):
+        return []
     rules = []
     for index, rule in enumerate(doc["rules"]):
-        if index in bad:
-            continue
         at = ["rules", index]
-        failure = _check_rule(rule, rule_file, at)
-        if failure is not None:
-            problems.append(failure)
-            continue
-        try:
-            gates = parse_gates(rule)
-        except GateError as exc:
-            problems.append(problem(rule_file, at + list(exc.path), "invalid",
-                                    f"{_dotted(at + list(exc.path))}: {exc}", exc.hint, rule=rule["id"]))
+        found = list(bad.get(index, []))
+        if isinstance(rule, Mapping):
+            # Check what the schema let through too, so one run shows every problem of the rule.
+            broken = {p.where[2] for p in found if len(p.where) > 2}
+            found += _rule_problems(rule, rule_file, at, broken)
+        problems.extend(_unique(found))
+        if found:
             continue
         line, _ = rule_file.locate(at)
         fields = {k: (tuple(v) if k in ("during", "outside") else v) for k, v in rule.items()}
-        rules.append(Guardrail(**fields, source=str(rule_file.path), line=line, gates=gates))
+        rules.append(Guardrail(**fields, source=str(rule_file.path), line=line, gates=parse_gates(rule)))
     return rules
 
 
-def _check_rule(rule: Mapping[str, Any], rule_file: RuleFile, at: list) -> RulesError | None:
-    rule_id = rule["id"]
-    if rule_id.startswith(RESERVED_PREFIXES):
-        return problem(rule_file, at + ["id"], "reserved_id", f"rule id {rule_id!r} is reserved",
-                       f"ids starting with {' or '.join(RESERVED_PREFIXES)} name the guard's built-in checks",
-                       rule=rule_id)
-    if "approver_role" in rule and rule["outcome"] != "require_approval":
-        return problem(rule_file, at + ["approver_role"], "invalid",
-                       f"{_dotted(at)}: approver_role goes only with outcome: require_approval", rule=rule_id)
-    match = rule.get("match") or {}
-    for path in _fields(match, ["match"]):
-        field = path[-1]  # YAML keys may be numbers or null
-        if not isinstance(field, str) or field not in CONTEXT_FIELDS and not field.startswith(CONTEXT_PREFIXES):
-            known = ", ".join(sorted(CONTEXT_FIELDS))
-            return problem(rule_file, at + path, "unknown_field", f"{_dotted(at + path)}: unknown field {field!r}",
-                           f"a guardrail can match {known}, params.<name>, target_labels.<name>", rule=rule_id)
+def _unique(found: list[RulesError]) -> list[RulesError]:
+    """One problem per place and key: the schema and the gate checks may both object to the same value
+    (two missing keys share the place of their mapping, and both stay)."""
+    seen: set[tuple[int, int, str | None]] = set()
+    kept = []
+    for item in sorted(found, key=lambda p: (p.line, p.column)):
+        if (item.line, item.column, item.key) not in seen:
+            seen.add((item.line, item.column, item.key))
+            kept.append(item)
+    return kept
+
+
+def _rule_problems(rule: Mapping[str, Any], rule_file: RuleFile, at: list, broken: set) -> list[RulesError]:
+    """Everything wrong with one rule beyond its schema: reserved ids, unknown context fields,
+    conditions that do not compile, gates that cannot work. Runs on rules the schema refused too,
+    so one run shows every problem; `broken` names the rule's keys the schema refused, whose
+    conditions are not compiled (it would only repeat the schema's words)."""
+    found: list[RulesError] = []
+    rule_id = rule.get("id") if isinstance(rule.get("id"), str) else None
+    if rule_id is not None and rule_id.startswith(RESERVED_PREFIXES):
+        found.append(problem(rule_file, at + ["id"], "reserved_id", f"rule id {rule_id!r} is reserved",
+                             f"ids starting with {' or '.join(RESERVED_PREFIXES)} name the guard's built-in checks",
+                             rule=rule_id))
+    if "approver_role" in rule and "outcome" in rule and rule["outcome"] != "require_approval":
+        found.append(problem(rule_file, at + ["approver_role"], "invalid",
+                             f"{_dotted(at)}: approver_role goes only with outcome: require_approval",
+                             "remove approver_role, or set outcome: require_approval", rule=rule_id))
+    match = rule.get("match")
+    if isinstance(match, Mapping):
+        for path in _fields(match, ["match"]):
+            field = path[-1]  # YAML keys may be numbers or null
+            if not isinstance(field, str) or field not in CONTEXT_FIELDS and not field.startswith(CONTEXT_PREFIXES):
+                known = ", ".join(sorted(CONTEXT_FIELDS))
+                guess = did_you_mean(field, CONTEXT_FIELDS)
+                hint = f"a guardrail can match {known}, params.<name>, target_labels.<name>"
+                if guess:  # the whole list only when there is no likely candidate: it is long
+                    hint = f"did you mean {guess!r}? (docs/rules.md lists the fields a guardrail can match)"
+                found.append(problem(rule_file, at + path, "unknown_field",
+                                     f"{_dotted(at + path)}: unknown field {field!r}", hint, rule=rule_id))
     for key in ("match", "state"):
         condition = rule.get(key)
-        if condition is None:
+        if condition is None or key in broken or not isinstance(condition, Mapping):
             continue
         branches = condition_branches(condition)
         if branches > MAX_BRANCHES:
-            return problem(rule_file, at + [key], "invalid",
-                           f"{_dotted(at)}.{key} has {branches} alternatives, over {MAX_BRANCHES}",
-                           "split the rule, or shorten its 'in' lists and 'any' branches", rule=rule_id)
+            found.append(problem(rule_file, at + [key], "invalid",
+                                 f"{_dotted(at)}.{key} has {branches} alternatives, over {MAX_BRANCHES}",
+                                 "split the rule, or shorten its 'in' lists and 'any' branches", rule=rule_id))
+            continue
         try:
             compile_condition(condition, {}, key)
         except ConditionError as exc:
             path = at + [key] + _condition_path(condition, exc.path.removeprefix(key))
-            return problem(rule_file, path, "invalid", f"{_dotted(at)}.{exc.path}: {exc.reason}", rule=rule_id)
-    return None
+            found.append(problem(rule_file, path, "invalid", f"{_dotted(at)}.{exc.path}: {exc.reason}", rule=rule_id))
+    for exc in gate_problems(rule):
+        found.append(problem(rule_file, at + list(exc.path), "invalid", f"{_dotted(at + list(exc.path))}: {exc}",
+                             exc.hint, rule=rule_id))
+    return found
 
 
 def _fields(condition: Mapping[str, Any], path: list) -> Iterator[list]:
     for key, value in condition.items():
         if key in ("all", "any"):
-            for index, nested in enumerate(value):
-                yield from _fields(nested, path + [key, index])
+            for index, nested in enumerate(value if isinstance(value, list) else []):
+                if isinstance(nested, Mapping):  # anything else is the schema's to report
+                    yield from _fields(nested, path + [key, index])
         else:
             yield path + [key]
 
@@ -278,33 +315,75 @@ def _condition_path(node: Any, dotted: str) -> list:
     return path
 
 
-def _schema_problem(rule_file: RuleFile, error) -> RulesError:
-    """One schema error as a RuleProblem at the offending key, in words a rule author can act on."""
+def _schema_problems(rule_file: RuleFile, errors: list) -> list[RuleProblem]:
+    """Every schema error as a RuleProblem at the offending key, in words a rule author can act on.
+    Each problem's `where` is its path in the document (to group them by rule)."""
+    typos = misspelt_required(errors)
+    found = []
+    for error in errors:
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            path = list(error.absolute_path)
+            properties = list(error.schema.get("properties", {}))
+            required = [r for r in error.schema.get("required", []) if r not in error.instance]
+            for extra in [k for k in error.instance if k not in properties]:
+                found.append(_located(problem(rule_file, path + [extra], "unknown_field",
+                                              f"{_dotted(path)}: unknown field {extra!r}",
+                                              unknown_key_hint(extra, properties, required),
+                                              rule=_rule_id(rule_file.doc, path)), path + [extra]))
+            continue
+        if error.validator == "required" and isinstance(error.instance, Mapping):
+            name = missing_key(error)
+            if (tuple(error.absolute_path), name) in typos:
+                continue  # reported at the typo: "unknown field 'outcom' (did you mean 'outcome'?)"
+        found.append(_schema_problem(rule_file, error))
+    return found
+
+
+def _located(found: RuleProblem, where: list) -> RuleProblem:
+    found.where = tuple(where)
+    return found
+
+
+def _schema_problem(rule_file: RuleFile, error) -> RuleProblem:
+    """One schema error (not an unknown key) as a RuleProblem at the offending key."""
     path = list(error.absolute_path)
     where = _dotted(path)
     rule = _rule_id(rule_file.doc, path)
-    if error.validator == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
-        extra = next(k for k in error.instance if k not in allowed)
-        return problem(rule_file, path + [extra], "unknown_field", f"{where}: unknown field {extra!r}",
-                       f"allowed here: {', '.join(allowed)}", rule=rule)
     if error.validator == "enum" and "propertyNames" in error.schema_path:
         # propertyNames errors carry the bad key as the instance but the enclosing object's path
-        return problem(rule_file, path + [error.instance], "unknown_field",
-                       f"{where}: unknown operator {error.instance!r}",
-                       f"use one of {', '.join(error.validator_value)}", rule=rule)
+        guess = did_you_mean(error.instance, error.validator_value)
+        hint = f"use one of {', '.join(error.validator_value)}"
+        return _located(problem(rule_file, path + [error.instance], "unknown_field",
+                                f"{where}: unknown operator {error.instance!r}",
+                                f"did you mean {guess!r}? {hint}" if guess else hint, rule=rule),
+                        path + [error.instance])
     if "dependentSchemas" in error.schema_path:
-        return problem(rule_file, path[:-1] + ["approver_role"], "invalid",
-                       f"{_dotted(path[:-1])}: approver_role goes only with outcome: require_approval", rule=rule)
+        return _located(problem(rule_file, path[:-1] + ["approver_role"], "invalid",
+                                f"{_dotted(path[:-1])}: approver_role goes only with outcome: require_approval",
+                                "remove approver_role, or set outcome: require_approval", rule=rule),
+                        path[:-1] + ["approver_role"])
     message = error.message if len(error.message) <= 200 else error.message[:199] + "…"
     hint = ""
     if error.validator == "type" and isinstance(error.instance, list) and "match" in path:
         hint = "to match any of several values, write {in: [...]}"
     elif error.validator == "type" and path and path[-1] in ("from", "to") and isinstance(error.instance, int):
-        hint = f"quote times of day: '22:00' (YAML reads an unquoted 22:00 as the number {22 * 60})"
+        hours, minutes = divmod(error.instance, 60)
+        message = f"{error.instance} is not a time of day"
+        hint = (f"quote times of day: '{hours:02d}:{minutes:02d}' (YAML reads an unquoted {hours}:{minutes:02d} "
+                f"as the number {error.instance}, in minutes)")
+    elif error.validator == "required":
+        name = missing_key(error) or ""
+        hint = f"add {name}: to this rule" if len(path) == 2 else f"add {name}: here"
+    elif error.validator == "enum" and isinstance(error.instance, str):
+        guess = did_you_mean(error.instance, error.validator_value)
+        message = f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+        hint = f"did you mean {guess!r}?" if guess else ""
     elif error.validator == "anyOf" and error.schema.get("description"):
         message, hint = f"{error.instance!r} is not valid here", f"expected {error.schema['description']}"
-    return problem(rule_file, path, "invalid", f"{where}: {message}", hint, rule=rule)
+    found = _located(problem(rule_file, path, "invalid", f"{where}: {message}", hint, rule=rule), path)
+    if error.validator == "required":
+        found.key = name  # the key that is missing, at the mapping that lacks it
+    return found
 
 
 def _rule_id(doc: Any, path: list) -> str | None:
@@ -349,7 +428,7 @@ def _schema() -> Draft202012Validator:
 def _fast_schema():
     # fastjsonschema compiles the schema to Python: ~50x faster on a valid file than jsonschema, which
     # matters for a pre-commit hook over large rule sets. It skips `dependentSchemas` (2019-09+), which
-    # _check_rule repeats; on any failure jsonschema re-validates for the located, worded errors.
+    # _rule_problems repeats; on any failure jsonschema re-validates for the located, worded errors.
     return fastjsonschema.compile(_schema_doc())
 
 
@@ -365,7 +444,8 @@ def read_fast(path: str | Path) -> RuleFile:
         node = yaml.compose(text, Loader=loader)
         if node is None:
             return read_rule_file(path)
-        marks = node_marks(node, path)
+        duplicates: list = []
+        marks = node_marks(node, path, duplicates)
         constructor = loader(text)
         try:
             doc = constructor.construct_document(node)
@@ -377,7 +457,7 @@ def read_fast(path: str | Path) -> RuleFile:
         raise
     except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError):
         return read_rule_file(path)
-    return RuleFile(path, text, doc, marks)
+    return RuleFile(path, text, doc, marks, tuple(duplicates))
 
 
 def guardrail_paths(source: str | Path | Iterable[str | Path] | None = None) -> list[Path]:

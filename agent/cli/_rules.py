@@ -39,11 +39,13 @@ def _default_path(path: Path | None) -> Path | None:
 @rules_app.command("check")
 def check(path: PathArg = None, json_out: JsonOpt = False,
           strict: Annotated[bool, typer.Option("--strict", help="Fail on warnings too.")] = False) -> None:
-    """Validate and compile every rule file; report each problem at file:line:column with a hint.
+    """Validate and compile every rule file; report every problem in one run, each at file:line:column
+    with the offending key and a suggestion.
 
-    Finds schema errors (an unknown field, a bad operator or value), unknown action types, duplicate
-    ids, rules that can never match, rules shadowed by a deny, and bad contracts and detections.
-    Exits 1 on any error (with --strict, on any warning). Fast enough for a pre-commit hook.
+    Finds YAML syntax errors, schema errors (an unknown field, with the one it probably meant; a bad
+    operator or value), unquoted times, unknown time zones, unknown action types, duplicate ids, rules
+    that can never match, rules shadowed by a deny, and bad contracts and detections. Exits 1 on any
+    error (with --strict, on any warning). Fast enough for a pre-commit hook.
     """
     from rules import check_rules
 
@@ -54,10 +56,13 @@ def check(path: PathArg = None, json_out: JsonOpt = False,
         raise typer.Exit(1 if failed else 0)
     for finding in report.findings:
         colour = "red" if finding.severity == "error" else "yellow"
+        # name the key when the message does not: a detection's "'5 minutes' is not valid here"
+        key = f"{finding.key}: " if finding.key and finding.key not in finding.message and \
+            finding.kind != "yaml_syntax" else ""
         out.print(f"{escape(finding.file)}:{finding.line}:{finding.column}: [{colour}]{finding.severity}"
-                  f"[/][dim]\\[{finding.kind}][/] {escape(finding.message)}")
-        if finding.hint:
-            out.print(f"    [dim]hint:[/] {escape(finding.hint)}")
+                  f"[/][dim]\\[{finding.kind}][/] {escape(key + finding.message)}")
+        if finding.suggestion:
+            out.print(f"    [dim]suggestion:[/] {escape(finding.suggestion)}")
     counts = report.counts()
     what = (f"{counts['guardrail_files']} guardrail file{'s' * (counts['guardrail_files'] != 1)} "
             f"({counts['guardrails']} rules), {counts['contracts']} contracts, {counts['detections']} detections, "
