@@ -59,22 +59,50 @@ def ask(question: Annotated[str, typer.Argument(help="A question about incidents
         _print_answer(reply)
 
 
+PROMPT = "rtem> "
+
+
 def chat(incident: IncidentOpt = None, db: DbOpt = None, llm: LlmOpt = None) -> None:
-    """Ask questions one per line until EOF or `quit`; answers are grounded in the store and audit log."""
+    """Ask questions one per line at the `rtem> ` prompt, until `quit`, Ctrl-D or Ctrl-C; answers are grounded
+    in the store and the audit log. Piped input is read the same way, without the prompt."""
     from ..audit import AuditLog
 
     store = open_store(db)
     reply_to, close = _answerer(llm)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        err.print("Ask about incidents (e.g. \"what is still open?\", \"why did you restart payments?\"); "
+                  "quit, Ctrl-D or Ctrl-C to leave.", style="dim", markup=False, highlight=False)
     try:
         with AuditLog(store.db) as audit:
-            for line in sys.stdin:
-                question = line.strip()
-                if question.lower() in ("quit", "exit"):
+            for question in _questions(interactive):
+                if question.lower() in ("quit", "exit", "q"):
                     break
                 if question:
                     _print_answer(reply_to(question, store, audit, incident))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C leaves the conversation, as quit does
     finally:
         close()
+        if interactive:
+            sys.stdout.write("\n")
+
+
+def _questions(interactive: bool):
+    """Lines of input, stripped: with a prompt (and line editing) on a terminal, plain when piped."""
+    if not interactive:
+        for line in sys.stdin:
+            yield line.strip()
+        return
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    while True:
+        try:
+            yield input(PROMPT).strip()
+        except EOFError:
+            return
 
 
 def _answerer(llm: LlmChoice | None):

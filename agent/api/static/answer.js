@@ -1,4 +1,6 @@
-// A question box and its answer: used by the chat page and by each incident page (scoped to it).
+// A question box and the conversation so far (question/answer turns, oldest first): used by the chat page
+// and by each incident page (scoped to it). The newest turn carries the answer's test ids (answer-text,
+// citations, searched); earlier turns keep their text under "earlier-…" ids, so a page holds one of each.
 
 import { api, el, incidentHref, may, showError } from "/static/console.js";
 
@@ -10,6 +12,10 @@ export function chatBox(who, { incident = null } = {}) {
   const ask = el("button", { type: "submit", testid: "chat-ask" }, "Ask");
   const error = el("p", { class: "error", role: "alert", testid: "chat-error", hidden: true });
   const output = el("div", { class: "answer", testid: "chat-answer", "aria-live": "polite" });
+  const turns = el("ol", { class: "conversation", testid: "chat-conversation", "aria-label": "Conversation" });
+  const clear = el("button", { type: "button", class: "secondary", testid: "chat-clear", hidden: true, on: {
+    click: () => { turns.replaceChildren(); output.replaceChildren(); clear.hidden = true; question.focus(); },
+  } }, "Clear conversation");
   const allowed = may(who, "ask");
   if (!allowed) {
     question.disabled = ask.disabled = true;
@@ -20,21 +26,40 @@ export function chatBox(who, { incident = null } = {}) {
       event.preventDefault();
       error.hidden = true;
       ask.disabled = true;
+      const asked = question.value.trim();
       output.replaceChildren(el("p", { class: "muted" }, "Thinking…"));
       try {
-        const reply = await api("POST", "/api/v1/chat", { question: question.value, incident });
-        output.replaceChildren(...renderAnswer(reply, incident));
+        const reply = await api("POST", "/api/v1/chat", { question: asked, incident });
+        retire(turns);
+        turns.append(el("li", { class: "turn", testid: "chat-turn" },
+          el("p", { class: "question", testid: "turn-question" }, el("strong", {}, "You: "), asked),
+          ...renderAnswer(reply, incident)));
+        output.replaceChildren();
+        clear.hidden = false;
+        question.value = "";
+        turns.lastElementChild.scrollIntoView({ block: "nearest" });
       } catch (err) {
         output.replaceChildren();
         showError(error, err);
       } finally {
         ask.disabled = !allowed;
+        question.focus();
       }
     },
   } },
   el("label", { for: "question" }, incident ? "Ask about this incident" : "Question"),
   el("div", { class: "row" }, question, ask));
-  return el("section", { class: "chat", testid: "chat" }, form, error, output);
+  return el("section", { class: "chat", testid: "chat" }, turns, form, error, output, clear);
+}
+
+// The answer test ids belong to the newest turn only: earlier turns keep theirs under "earlier-…".
+function retire(turns) {
+  for (const node of turns.querySelectorAll("[data-testid]")) {
+    const id = node.getAttribute("data-testid");
+    if (!id.startsWith("earlier-") && id !== "chat-turn" && id !== "turn-question") {
+      node.setAttribute("data-testid", `earlier-${id}`);
+    }
+  }
 }
 
 function renderAnswer(reply, incident) {
