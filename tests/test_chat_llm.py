@@ -174,3 +174,11 @@ async def test_the_deterministic_answer_hides_what_the_user_may_not_see(live_db)
     assert f"{cart['mttr_s']:.1f}" not in took.text and not took.citations
     changed = ask(live_db, "what changed before the errors started?", incident=cart["id"], visible=not_cart)
     assert changed.text.startswith("I don't know") and "chg-1" not in changed.text and not changed.citations
+
+
+async def test_a_question_naming_an_unknown_entity_never_reaches_the_llm(live_db, llm):
+    llm.on("chat_answer", cited_answer)
+    reply = ask(live_db, "why did you restart billingservice-9?", llm=llm)
+    assert llm.requests == [], "the model is not asked about a name rtem does not know"
+    assert reply.reasoner == "deterministic" and "does not know" in reply.fallback
+    assert reply.text.startswith("I don't know") and "cartservice" not in reply.text

@@ -349,3 +349,30 @@ def test_similar_past_incidents_and_recent_changes_come_from_the_store(tmp_path,
     text = prompts.load("diagnose").render(**context.diagnose_vars(LEVELS[0]))[1]["content"]
     assert "SIMILAR PAST INCIDENTS" in text and "inc-old" in text and "RECENT CHANGES" in text
     assert "ci@example.com" not in text
+
+
+def test_an_llm_chat_answer_citing_only_records_about_another_entity_is_refused():
+    """"why did you restart payments?" answered from the restart of auth-1: grounded in a retrieved record,
+    but about something else; the answer check sends it back (and then the deterministic answer stands)."""
+    from datetime import datetime, timezone
+
+    import prompts
+    from agent.llm._chat import check_answer
+    from agent.llm._retrieval import Retrieved
+    from agent.models import DecisionRecord
+
+    def executed(seq: int, target: str) -> DecisionRecord:
+        return DecisionRecord(seq=seq, at=datetime(2026, 1, 1, tzinfo=timezone.utc), kind="action.executed",
+                              inputs={"action": f"#0 restart_instance on {target}"}, decision={"status": "done"},
+                              prev_hash="0", hash=str(seq))
+
+    found = Retrieved(incidents=[{"id": "inc-1"}], records=[executed(7, "auth-1"), executed(8, "payments-0")])
+    schema = prompts.load("chat").schema
+    about_auth = json.dumps({"grounded": True, "answer": "auth-1 was restarted (seq 7).",
+                             "citations": {"seqs": [7], "events": []}})
+    refused = check_answer(about_auth, schema, found, {"payments", "payments-0", "payments-1"})
+    assert refused.value is None and any("the question is about payments" in e for e in refused.errors)
+    about_payments = json.dumps({"grounded": True, "answer": "payments-0 was restarted (seq 8).",
+                                 "citations": {"seqs": [8], "events": []}})
+    assert check_answer(about_payments, schema, found, {"payments", "payments-0", "payments-1"}).ok
+    assert check_answer(about_auth, schema, found).ok, "a question that names nothing may cite any record"

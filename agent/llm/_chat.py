@@ -13,6 +13,7 @@ says it cannot ground becomes "I don't know" and what was searched, never the mo
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
@@ -67,6 +68,10 @@ class LlmChat:
 
     def answer(self, question: str, store, audit, incident_id: str | None = None, *,
                visible: Visible | None = None) -> Answer:
+        asked = chat.Context(" ".join(question.lower().split()), Scope(store, audit, visible), incident_id)
+        if asked.strangers:  # a name that is nothing rtem knows: no model may answer about something else
+            return self._deterministic(question, store, audit, incident_id, visible,
+                                       "the LLM was not asked: the question names an entity rtem does not know")
         found = retrieve(question, Scope(store, audit, visible), incident_id)
         if found.missing or not found.incidents:
             why = f"incident {found.missing!r} is not found or not visible" if found.missing else "no incident to read"
@@ -79,7 +84,7 @@ class LlmChat:
                               f"records, {len(found.events)} events ({found.left_out} left out for the token budget)")
         messages = self.prompt.render(**prompt_vars(question, found))
         try:
-            value, model = self._ask(messages, found)
+            value, model = self._ask(messages, found, asked.members)
         except Exception as exc:  # LLMError, or anything unforeseen: the deterministic answer is always there
             if not isinstance(exc, LLMError):
                 log.exception("the LLM chat answer failed unexpectedly")
@@ -109,8 +114,10 @@ class LlmChat:
 
     # -- the conversation -------------------------------------------------------------------------
 
-    def _ask(self, messages: list[dict[str, str]], found: Retrieved) -> tuple[dict[str, Any], str]:
-        """The valid answer and the model that gave it; re-asked with the errors at most MAX_REASKS times."""
+    def _ask(self, messages: list[dict[str, str]], found: Retrieved,
+             about: set[str]) -> tuple[dict[str, Any], str]:
+        """The valid answer and the model that gave it; re-asked with the errors at most MAX_REASKS times.
+        `about`: the entities the question names (with their instances), which the cited records must be about."""
         conversation = list(messages)
         errors: list[str] = []
         for attempt in range(MAX_REASKS + 1):
@@ -125,7 +132,7 @@ class LlmChat:
             record.tokens_in, record.tokens_out = completion.tokens_in, completion.tokens_out
             record.latency_s, record.attempts = completion.latency_s, completion.attempts
             record.cost_usd = self.config.cost(completion.tokens_in, completion.tokens_out)
-            checked = check_answer(completion.text, self.prompt.schema, found)
+            checked = check_answer(completion.text, self.prompt.schema, found, about)
             if checked.ok:
                 _observe(record)
                 return checked.value, record.model
@@ -145,9 +152,12 @@ class LlmChat:
         return reply
 
 
-def check_answer(text: str, schema: dict[str, Any], found: Retrieved) -> Checked:
+def check_answer(text: str, schema: dict[str, Any], found: Retrieved,
+                 about: set[str] = frozenset()) -> Checked:
     """The answer schema, then grounding: a grounded answer cites at least one retrieved record or event,
-    and nothing else (neither in `citations` nor as `seq N` in its text)."""
+    and nothing else (neither in `citations` nor as `seq N` in its text); and when the question names
+    entities (`about`: them and their instances), at least one cited record or event is about one of them,
+    so an answer about another entity (a restart of auth-1 for "why did you restart payments?") is refused."""
     checked = _parse(text, schema)
     if checked.errors or not checked.value["grounded"]:
         return checked
@@ -164,11 +174,26 @@ def check_answer(text: str, schema: dict[str, Any], found: Retrieved) -> Checked
     if not value["citations"]["seqs"] and not value["citations"]["events"]:
         checked.errors.append("$.citations: a grounded answer cites the records it rests on; if none does, "
                               "set grounded to false")
+    if about and not stray and not unknown and not _cites_about(value["citations"], found, about):
+        checked.errors.append(f"$.citations: the question is about {', '.join(sorted(about)[:6])}; none of the cited "
+                              "records or events is; cite those about it, or set grounded to false")
     if not value["answer"].strip():
         checked.errors.append("$.answer: empty")
     if checked.errors:
         checked.value, checked.errors = None, checked.errors[:MAX_ERRORS]
     return checked
+
+
+def _cites_about(citations: dict[str, Any], found: Retrieved, about: set[str]) -> bool:
+    """Whether any cited record (its inputs and decision) or event (its subject and attributes) names one of
+    the entities `about`, as a whole word."""
+    by_seq = {r.seq: r for r in found.records}
+    by_id = {e["id"]: e for e in found.events}
+    shown = found.shown_event_ids
+    texts = [json.dumps([by_seq[s].inputs, by_seq[s].decision], default=str) for s in citations["seqs"] if s in by_seq]
+    texts += [json.dumps(by_id[shown[e]], default=str) for e in citations["events"] if shown.get(e) in by_id]
+    words = {w for t in texts for w in re.findall(r"[\w-]+(?:[.:][\w-]+)*", t)}
+    return bool(words & about)
 
 
 def _reask(errors: list[str]) -> str:
