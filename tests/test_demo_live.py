@@ -93,7 +93,7 @@ def test_plain_progress_prints_a_line_per_change_and_nothing_when_nothing_change
                    faults, now_s=210.0)
     lines = progress_lines(first, later)
     assert [line for line in lines if line.startswith("[  23.0s] inc-cccccccccccc")] == [
-        "[  23.0s] inc-cccccccccccc verifying · cause auth-1 (process 0.91) · actions: "
+        "[  23.0s] inc-cccccccccccc verifying · cause auth-1 (process 91%) · actions: "
         "restart_instance auth-1: allowed → done"]
     assert "[  23.0s] waiting for inc-cccccccccccc to stay quiet for 60s of event time (verifying the fix) until " \
            "~18s wall, sim 09:02:40" in lines, lines  # its last signal at event second 100, + 60 s

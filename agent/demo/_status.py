@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-FINAL = ("resolved", "escalated", "diagnosed", "merged", "failed")
+from ..incident import FINAL as FINAL_STATUSES
+from ..models import share_text
+
+FINAL = frozenset(status.value for status in FINAL_STATUSES)  # the incident model's, as the rows spell them
 
 # Verdicts and statuses as a reader says them; the raw value is kept where it is already plain English.
 VERDICT_WORDS = {"allow": "allowed", "require_approval": "needs approval", "deny": "denied"}
@@ -128,7 +131,7 @@ def build_frame(*, wall_s: float, sim_now_s: float, timeline: Timeline, incident
 
 def _incident_line(row: Mapping[str, Any]) -> IncidentLine:
     top = row["root_causes"][0] if row.get("root_causes") else None
-    cause = f"{top['entity']} ({top['fault_type']} {top['confidence']:.2f})" if top else ""
+    cause = f"{top['entity']} ({top['fault_type']} {share_text(top['confidence'])})" if top else ""
     actions = tuple(ActionLine(a["type"], a["target"], str(a.get("verdict") or ""), str(a.get("status") or ""))
                     for a in row.get("actions") or [])
     return IncidentLine(row["id"], row["status"], cause, actions, top["entity"] if top else "")

@@ -24,6 +24,7 @@ from ..config import Settings
 from ..approvals import awaiting, decide
 from ..incident import DecisionRefused
 from ..driving import FINAL
+from ..report_wording import split_reasons
 from ..run import Service
 from ._live import DemoView, choose_mode, log
 from ._prometheus import ShopExporter
@@ -143,7 +144,7 @@ def _approve(service: Service, incidents, asked: dict[str, float], elapsed: floa
             label = f"{action.type} on {action.target} ({row['id']})"
             if label not in approvals:
                 approvals.append(label)
-                log.info("approves %s: %s", label, action.reason)
+                log.info("approves %s: %s", label, "; ".join(split_reasons(action.reason)))
 
 
 def _finished(sim: Simulation, faults, incidents) -> bool:
