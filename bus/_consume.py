@@ -39,6 +39,11 @@ class ConsumeStats:
     batches: int = 0
 
 
+# Deliveries, in multiples of `max_deliver`, after which an event that never got through the handler goes
+# to the DLQ before reaching it again: twice the policy leaves room for deliveries lost in transit.
+STUCK_AFTER = 2
+
+
 class Consuming:
     async def backlog(self, consumer: str = TRIAGE) -> tuple[int, int]:
         """(messages not yet delivered, messages delivered but not acked) for the consumer."""
@@ -57,9 +62,13 @@ class Consuming:
         Events delivered to it that it never handed to the handler are nak'd on the way out, so another
         consumer gets them at once rather than after `ack_wait` (`_give_back`).
         """
-        sub = await self.js.pull_subscribe_bind(consumer, stream=EVENTS) if await self._has_consumer(consumer) \
-            else await self.js.pull_subscribe(
-                "rtem.events.>", durable=consumer, stream=EVENTS, config=triage_consumer(self.settings, consumer))
+        wanted = triage_consumer(self.settings, consumer)
+        info = await self._consumer_info(consumer)
+        if info is not None and info.config.max_deliver != wanted.max_deliver:
+            # made by an rtem that let the server stop redelivering (`bus._streams.UNLIMITED` says why)
+            await self.js.add_consumer(EVENTS, config=wanted)
+        sub = await self.js.pull_subscribe_bind(consumer, stream=EVENTS) if info is not None \
+            else await self.js.pull_subscribe("rtem.events.>", durable=consumer, stream=EVENTS, config=wanted)
         stats = ConsumeStats()
         batch = min(batch, self.settings.max_ack_pending)
         limit_kw = {"max_bytes": max_event_bytes} if max_event_bytes else {}
@@ -99,12 +108,11 @@ class Consuming:
                                deliveries=deliveries, kind="failed")
         await msg.term()
 
-    async def _has_consumer(self, name: str) -> bool:
+    async def _consumer_info(self, name: str):
         try:
-            await self.js.consumer_info(EVENTS, name)
-            return True
+            return await self.js.consumer_info(EVENTS, name)
         except NotFoundError:
-            return False
+            return None
 
     async def _drained(self, consumer: str) -> bool:
         await self.nc.flush()
@@ -134,6 +142,16 @@ class Consuming:
                                        deliveries=msg.metadata.num_delivered, kind="future")
                 await msg.ack()
                 stats.invalid += 1
+                continue
+            if msg.metadata.num_delivered > STUCK_AFTER * self.settings.max_deliver:
+                # the server redelivers without limit, so an event that crashes every consumer it reaches
+                # (or whose deliveries keep getting lost) is bounded here: to the DLQ, with the reason
+                await self.dead_letter(msg.data, f"delivered {msg.metadata.num_delivered} times and never handled "
+                                       "to completion (a consumer stopped or crashed on it each time)",
+                                       event_id=event.id, subject=msg.subject,
+                                       deliveries=msg.metadata.num_delivered, kind="failed")
+                await msg.term()
+                stats.failed += 1
                 continue
             valid.append((msg, event))
         if not valid:

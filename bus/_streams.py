@@ -86,11 +86,18 @@ def stream_configs(settings: BusSettings) -> list[api.StreamConfig]:
     ]
 
 
+# The server redelivers without limit: `max_deliver` is rtem's policy, applied where rtem sees a delivery
+# (`bus._consume`). A server-side limit counts deliveries rtem never received too (a fetch answer lost with
+# a killed server or a dropped connection), and once reached the server skips the message for good, with
+# no DLQ entry: an accepted event lost without a word.
+UNLIMITED = -1
+
+
 def triage_consumer(settings: BusSettings, name: str = TRIAGE) -> api.ConsumerConfig:
     return api.ConsumerConfig(
         name=name, durable_name=name, filter_subject=EVENTS_SUBJECTS,
         ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL,
-        ack_wait=settings.ack_wait_s, max_deliver=settings.max_deliver,
+        ack_wait=settings.ack_wait_s, max_deliver=UNLIMITED,
         max_ack_pending=settings.max_ack_pending,
     )
 

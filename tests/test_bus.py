@@ -133,7 +133,8 @@ async def test_streams_and_consumer_carry_the_configured_limits(nats_server):
         await bus.publish_lines(GOOD[:1])
         await collect(bus)
         info = await bus.js.consumer_info(EVENTS, "triage")
-        assert info.config.max_ack_pending == 64 and info.config.max_deliver == 4
+        assert info.config.max_ack_pending == 64
+        assert info.config.max_deliver == -1, "the server never stops redelivering; rtem applies max_deliver itself"
         events = await bus.js.stream_info(EVENTS)
         assert events.config.duplicate_window == 30 and str(getattr(events.config.storage, "value", events.config.storage)) == "file"
         assert (await bus.js.stream_info(DLQ)).config.subjects == ["rtem.dlq.>"]
@@ -157,3 +158,44 @@ async def test_events_on_the_bus_survive_a_server_restart(tmp_path):
         await bus.close()
     finally:
         server.cleanup()
+
+
+async def test_deliveries_rtem_never_received_do_not_make_the_server_drop_an_event(nats_server):
+    """Fetched and lost (a killed server, a dropped connection) more times than max_deliver: the server
+    still redelivers, and the event is handled; a consumer made by an older rtem, whose server-side
+    max_deliver would have dropped it silently, is brought to the unlimited one when rtem consumes."""
+    from nats.js import api
+
+    bus = await Bus.connect(nats_server.url, BusSettings(max_deliver=2, ack_wait_s=0.3))
+    await bus.reset_streams()
+    try:
+        old = api.ConsumerConfig(name="triage", durable_name="triage", filter_subject="rtem.events.>",
+                                 ack_policy=api.AckPolicy.EXPLICIT, ack_wait=0.3, max_deliver=2)
+        await bus.js.add_consumer(EVENTS, config=old)
+        await bus.publish_lines(GOOD[:1])
+        seen, _ = await collect(bus)  # consuming brings the consumer to the unlimited redelivery
+        assert [e.id for e in seen] == ["e0"]
+        assert (await bus.js.consumer_info(EVENTS, "triage")).config.max_deliver == -1
+        await bus.publish_lines(GOOD[1:2])
+        sub = await bus.js.pull_subscribe_bind("triage", stream=EVENTS)
+        for _ in range(3):  # three deliveries of e1, each lost before anyone handled it
+            [lost] = await sub.fetch(1, timeout=2)
+            assert lost.metadata.num_delivered == _ + 1
+            await asyncio.sleep(0.4)  # past ack_wait: the server redelivers
+        await sub.unsubscribe()
+        seen, stats = await collect(bus)
+        assert [e.id for e in seen] == ["e1"], "delivered a fourth time, past max_deliver, and handled"
+        assert stats.failed == 0 and await bus.dead_letters() == []
+
+        await bus.publish_lines(GOOD[2:3])  # never got through 2 x max_deliver deliveries: bounded by the DLQ
+        sub = await bus.js.pull_subscribe_bind("triage", stream=EVENTS)
+        for _ in range(4):
+            await sub.fetch(1, timeout=2)
+            await asyncio.sleep(0.4)
+        await sub.unsubscribe()
+        seen, stats = await collect(bus)
+        assert seen == [] and stats.failed == 1
+        [letter] = await bus.dead_letters()
+        assert letter.event_id == "e2" and letter.deliveries == 5 and "never handled to completion" in letter.reason
+    finally:
+        await bus.close()
