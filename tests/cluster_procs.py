@@ -555,6 +555,24 @@ def ledger_finished(cluster: WorkerCluster) -> dict[str, float]:
                                            "AND finished_at IS NOT NULL")}
 
 
+async def settle(cluster: WorkerCluster, sent: Iterable[str], timeout: float = 30.0) -> None:
+    """Give the consumer time to record every event sent before `integrity` judges: an event whose delivery
+    was lost with a killed server comes back only after `ack_wait`, possibly after the incidents it belongs
+    to are already final. An event still missing after `timeout` is reported lost by `integrity`."""
+    sent = set(sent)
+
+    def recorded() -> bool:
+        if not _has_table(cluster.database_url, "events"):
+            return False
+        with psycopg.connect(cluster.database_url) as conn:
+            return sent <= {row[0] for row in conn.execute("SELECT id FROM events")}
+
+    try:
+        await wait_async(recorded, timeout)
+    except AssertionError:
+        pass  # integrity() names what is missing
+
+
 def integrity(cluster: WorkerCluster, sent: Iterable[str], planted: Iterable[Fault],
               target: CountingTarget) -> dict[str, Any]:
     """Events sent but not recorded (or recorded twice), faults that became two incidents, and actions
@@ -572,7 +590,8 @@ def integrity(cluster: WorkerCluster, sent: Iterable[str], planted: Iterable[Fau
     per_fault = {f.id: {recorded[e] for e in f.event_ids if recorded.get(e)} for f in planted}
     twice = target.twice(ledger_finished(cluster))
     return {"events_sent": len(sent), "events_recorded": len(sent & recorded.keys()),
-            "events_lost": len(sent - recorded.keys()), "events_recorded_twice": rows - distinct,
+            "events_lost": len(sent - recorded.keys()), "lost_ids": sorted(sent - recorded.keys())[:10],
+            "events_recorded_twice": rows - distinct,
             "faults": len(planted), "incidents_duplicated": sum(len(ids) > 1 for ids in per_fault.values()),
             "faults_undetected": sum(not ids for ids in per_fault.values()),
             "actions_executed": len(target.applied), "actions_executed_twice": len(twice), "twice_detail": twice}

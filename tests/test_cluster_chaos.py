@@ -18,7 +18,7 @@ import pytest
 
 from bus import EVENTS, Bus, BusSettings
 from tests.cluster_procs import (CountingTarget, Fault, WorkerCluster, faults, fresh_database, integrity, publish,
-                                 samples, wait_async)
+                                 samples, settle, wait_async)
 from tests.live import anomaly
 from tests.nats_cluster import NatsCluster
 
@@ -96,6 +96,7 @@ async def test_a_standby_takes_triage_over_within_seconds_when_the_leader_is_kil
     assert takeover <= 10, f"the leader lease was taken over after {takeover:.1f}s"
     await wait_async(lambda: workers.all_final(len(planted)), 90, workers.logs)
 
+    await settle(workers, [e["id"] for e in stream])
     report = integrity(workers, [e["id"] for e in stream], planted, target)
     assert_nothing_lost_or_doubled(report, workers)
     assert workers.event_count() == (len(stream), len(stream)), "every event recorded exactly once"
@@ -173,6 +174,7 @@ async def test_an_incident_whose_worker_is_killed_before_during_or_after_its_act
     assert set(target.keys_of(third)) == applied, "nothing ran again after the owner died"
     assert all(target.per_key[key] == 1 for key in applied), "a step already done was not even sent again"
 
+    await settle(workers, sent)
     report = integrity(workers, sent, [before, during, after], target)
     assert_nothing_lost_or_doubled(report, workers)
 
@@ -205,6 +207,7 @@ async def test_a_worker_paused_past_its_lease_can_no_longer_write_or_act(workers
     held = sorted(name for name, lease in workers.leases().items()
                   if lease.holder == owner.holder and lease.live and not name.startswith("worker:"))
     assert held == [], f"{owner.holder} holds no lease but its heartbeat after it lost them: {held}"
+    await settle(workers, fault.event_ids)
     report = integrity(workers, fault.event_ids, [fault], target)
     assert_nothing_lost_or_doubled(report, workers)
     assert len(target.applied) == 2, "scale_out and its compensation, once each"
@@ -223,6 +226,7 @@ async def test_killing_one_nats_server_of_three_mid_stream_loses_nothing(workers
     await publish(cluster_bus, stream[15:])  # while a new stream leader is elected; lost acks are retried
     await wait_async(lambda: workers.all_final(len(planted)), 90, workers.logs)
 
+    await settle(workers, [e["id"] for e in stream])
     report = integrity(workers, [e["id"] for e in stream], planted, target)
     assert_nothing_lost_or_doubled(report, workers)
     assert workers.event_count() == (len(stream), len(stream))
@@ -299,6 +303,7 @@ async def test_workers_reconnect_after_postgresql_restarts_and_nothing_is_lost_o
         await asyncio.to_thread(start_postgres, server)
         await wait_async(lambda: workers.leader().live, 60, workers.logs)
         await wait_async(lambda: workers.all_final(len(planted)), 120, workers.logs)
+        await settle(workers, [e["id"] for e in stream])
         report = integrity(workers, [e["id"] for e in stream], planted, target)
         assert_nothing_lost_or_doubled(report, workers)
         assert workers.event_count() == (len(stream), len(stream)), "every event recorded exactly once"
