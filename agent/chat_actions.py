@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from .chat import CLOSED, Answer, Context, proposal
-from .models import DecisionRecord
+from .models import DecisionRecord, share_text
 
 __all__ = ["action_types", "approval_needed", "approved_by", "blocked", "skipped", "waiting", "why"]
 
@@ -88,8 +88,8 @@ def why(ctx: Context) -> Answer:
                        if pp.get("type") == p["type"] and pp.get("target") == p["target"]), "")
         text = f"In {verdict.incident_id}, {_describe(p)} was proposed"
         if top:
-            text += (f" because the diagnosis ranked {top.get('entity')} first ({top.get('fault_type')}, confidence "
-                     f"{float(top.get('confidence', 0)):.2f}; seq {causes[-1].seq})")
+            text += (f" because the diagnosis ranked {top.get('entity')} first ({top.get('fault_type')}, share "
+                     f"{share_text(float(top.get('confidence', 0)))}; seq {causes[-1].seq})")
             cites += [causes[-1].seq, *top.get("evidence", [])[:5]]
         if reason:
             text += f": {reason}"

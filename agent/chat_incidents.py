@@ -10,6 +10,7 @@ from typing import Any
 from .chat import CHANGE_WINDOW_S, CLOSED, Answer, Context, proposal
 from .chat_actions import action_types
 from .incident import CONFIRMED, confirmed_cause
+from .models import share_text
 from .report import duration
 
 __all__ = ["cause", "changed", "confirmed", "did", "happened", "mttr", "still_open"]
@@ -119,8 +120,8 @@ def cause(ctx: Context) -> Answer:
     causes = ranked[-1].decision.get("root_causes", []) if ranked else []
     if not causes:
         return ctx.unknown(f"rtem ranked no root cause for {row['id']} yet")
-    top = ", then ".join(f"{c.get('entity')} ({c.get('fault_type')}, {float(c.get('confidence', 0)):.2f})"
-                         for c in causes[:3])
+    top = ", then ".join(f"{c.get('entity')} ({c.get('fault_type')}, share "
+                         f"{share_text(float(c.get('confidence', 0)))})" for c in causes[:3])
     text = f"For {row['id']}, rtem ranked {top} (seq {ranked[-1].seq})."
     if confirmed is None:
         text += f" Nobody has confirmed the cause yet (rtem incidents confirm {row['id']} --cause ENTITY)."
@@ -166,7 +167,8 @@ def happened(ctx: Context) -> Answer:
             lines.append(f"opened on {', '.join(r.decision.get('entities', [])[:6])} ({'; '.join(r.reasons)[:160]}; seq {r.seq})")
         elif r.kind == "causes.ranked" and r.decision.get("root_causes"):
             top = r.decision["root_causes"][0]
-            lines.append(f"ranked {top.get('entity')} first ({top.get('fault_type')}, {float(top.get('confidence', 0)):.2f}; seq {r.seq})")
+            share = share_text(float(top.get("confidence", 0)))
+            lines.append(f"ranked {top.get('entity')} first ({top.get('fault_type')}, {share}; seq {r.seq})")
         elif r.kind == "action.verdict" and ctx.about(proposal(r).get("target")):
             p = proposal(r)
             lines.append(f"{p.get('type')} on {p.get('target')}: guard {r.decision.get('outcome')} (seq {r.seq})")
