@@ -13,6 +13,7 @@ from typing import Any
 
 from .chat import CLOSED, Answer, Context, proposal
 from .models import DecisionRecord, share_text
+from .report_wording import merge_reasons
 
 __all__ = ["action_types", "approval_needed", "approved_by", "blocked", "skipped", "waiting", "why"]
 
@@ -161,8 +162,10 @@ def approval_needed(ctx: Context) -> Answer:
     for v in held:
         p = _proposal_of(v)
         role = v.decision.get("approver_role") or "an approver"
+        rules = v.decision.get("rules", [])
+        reasons = "; ".join(r.text for r in merge_reasons(rules, v.reasons))  # each ground once, as reports say it
         line = (f"{_describe(p)} ({v.incident_id}) needed approval by the {role} role: "
-                f"{'; '.join(dict.fromkeys(v.reasons))} (rules {', '.join(v.decision.get('rules', [])) or '-'}; seq {v.seq})")
+                f"{reasons} (rules {', '.join(rules) or '-'}; seq {v.seq})")
         cites.append(v.seq)
         decision = _decision_on(decided, v.incident_id, p)
         if decision is not None:
