@@ -153,8 +153,11 @@ def test_confirm_and_correct_over_http_and_the_cli_then_detail_report_and_chat_s
         report = http.get(f"/api/v1/incidents/{inc}/report").text
         assert f"**Confirmed cause:** node-6 ({corrected['by']}, node CPU load;" in report
         assert f"[seq {corrected['seq']}]" in report
+        chat = http.post("/api/v1/chat", json={"question": "what was the root cause?", "incident": inc}).json()
+        assert chat["intent"] == "cause" and "The confirmed cause is node-6" in chat["text"], "beside the ranking"
+        assert corrected["seq"] in chat["citations"]["seqs"]
         chat = http.post("/api/v1/chat", json={"question": "what was the confirmed cause?", "incident": inc}).json()
-        assert chat["intent"] == "cause" and "The confirmed cause is node-6" in chat["text"]
+        assert chat["intent"] == "confirmed" and f"{inc}: node-6" in chat["text"], chat["text"]
         assert corrected["seq"] in chat["citations"]["seqs"]
         page = http.get(f"/incidents/{inc}")
         assert page.status_code == 200 and 'data-testid="confirmed"' in page.text
