@@ -238,7 +238,8 @@ async def test_rtem_ingest_publishes_to_a_running_rtem_run(tmp_path):
         ingest = subprocess.run([sys.executable, "-m", "agent", "ingest", str(events), "--json"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert ingest.returncode == 0, ingest.stderr
-        assert json.loads(ingest.stdout) == {"lines": 20, "published": 20, "duplicates": 0, "rejected": 0}
+        assert json.loads(ingest.stdout) == {"lines": 20, "published": 20, "duplicates": 0, "rejected": 0,
+                                             "invalid": [], "dead_lettered": []}
 
         def stored():
             store = IncidentStore(data / "rtem.db", readonly=True)
