@@ -396,7 +396,7 @@ def test_contract_files_load_or_refuse_with_a_reason(content):
 def _is_yaml(text: str) -> bool:
     try:
         yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # PyYAML raises ValueError for a timestamp it cannot build (+24:00)
         return False
     return True
 
