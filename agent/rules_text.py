@@ -79,7 +79,7 @@ def _rule_file(name: str, text: str) -> RuleFile:
         doc = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:  # at its place, with a hint, as `rules check` reports it
         raise syntax_error(name, text, exc) from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a scalar PyYAML cannot build (+24:00)
         raise RulesError(name, 1, 1, f"YAML: {exc}") from None
     return RuleFile(Path(name), text, doc, node_marks(node, name) if node is not None else {(): (1, 1)})
 

@@ -374,6 +374,6 @@ def _is_detection_file(path: Path) -> bool:
         return False
     try:
         doc = yaml.load(head, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: a scalar PyYAML cannot build (+24:00)
         return bool(re.search(r"^detections:", head, re.M))
     return isinstance(doc, Mapping) and "detections" in doc

@@ -291,3 +291,17 @@ def test_the_text_output_names_the_key_when_the_message_does_not(tmp_path):
     place = at(detect, 5, "window")
     assert code == 1 and (finding["line"], finding["column"]) == place
     assert f"d.yaml:{place[0]}:{place[1]}: error[detection] window: '5 minutes' is not valid here" in text
+
+
+def test_a_scalar_pyyaml_cannot_build_is_a_problem_at_its_place_not_a_crash(tmp_path):
+    """A timestamp with a day's offset is valid YAML that PyYAML cannot turn into a datetime (ValueError):
+    found by the fuzzing suite; `rules check` crashed with a traceback while guessing the file's kind."""
+    from rules._check import check_rules
+
+    rules = tmp_path / "guardrails"
+    rules.mkdir()
+    (rules / "a.yaml").write_text("version: 1\nrules:\n  - id: x\n    description: 2001-12-14t21:59:43.10-24:00\n"
+                                  "    match: {action: restart_instance}\n    outcome: deny\n    reason: r\n")
+    report = check_rules(rules)
+    [finding] = [f for f in report.findings if f.severity == "error"]
+    assert (finding.line, finding.column) == (4, 18) and "not a valid timestamp" in finding.message
