@@ -143,7 +143,10 @@ class Triage:
         # within a batch would otherwise never reach the store.
         released = {i: inc for i in result.quiet if (inc := self.correlator.release(i)) is not None}
         self.correlator.expire(self.detector.watermark, lateness=self.correlator.gap_s)
-        added = Counter(self._current(row[INCIDENT], result) for row in rows if row[INCIDENT])
+        recorded_with = [row[INCIDENT] for row in rows if row[INCIDENT]]
+        if result.merged:  # rare: follow each id to its keeper; otherwise count them as they are
+            recorded_with = [self._current(incident_id, result) for incident_id in recorded_with]
+        added = Counter(recorded_with)
         with self.store.transaction():
             if self.fence:
                 self.fence(self.store.db.connection())
@@ -172,10 +175,12 @@ class Triage:
         return result
 
     def _place(self, event: Event, result: BatchResult, late: dict[str, list[str]],
-               firing: dict[tuple[str, str], str]) -> tuple[str | None, list[str]]:
+               firing: dict[tuple[str, str], str]) -> tuple[str | None, Sequence[str]]:
         signals = self.detector.observe(event)  # always observed: its time is event time all the same
-        fingerprint = alert_fingerprint(event)
-        resolution = resolves_alert(event)
+        # Only an alert has a fingerprint or says it resolved: other events (most) skip both reads.
+        alert = event.type == "rtem.alert"
+        fingerprint = alert_fingerprint(event) if alert else None
+        resolution = alert and resolves_alert(event)
         if resolution:
             # Whatever rule matched it, a resolution is not a sign of a disruption. Absences that its
             # time revealed (about other events) still stand.
@@ -198,15 +203,16 @@ class Triage:
             if earlier:
                 late.setdefault(incident_id, []).extend(earlier)
         self.stats.signals += len(signals)
-        key = (event.subject, fingerprint or "")
-        if resolution and fingerprint is not None:
-            incident_id = (firing.get(key) or self.store.alert_incident(event.subject, fingerprint, event.ts)
-                           or incident_id)
-        elif fingerprint is not None and incident_id is not None and any(event.id in s.event_ids for s in signals):
-            firing[key] = incident_id
+        if fingerprint is not None:
+            key = (event.subject, fingerprint)
+            if resolution:
+                incident_id = (firing.get(key) or self.store.alert_incident(event.subject, fingerprint, event.ts)
+                               or incident_id)
+            elif incident_id is not None and any(event.id in s.event_ids for s in signals):
+                firing[key] = incident_id
         if incident_id is None:
             incident_id = self.correlator.find(event.subject, event.ts)
-        return incident_id, [s.rule for s in signals]
+        return incident_id, [s.rule for s in signals] if signals else ()
 
     def _follow_rules(self) -> None:
         current = self.detections() if self.detections is not None else self.detector.detections

@@ -12,21 +12,28 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from bus import SEVERITY_RANK, Event
 
-from ._engine import OPERATORS, CompiledRuleset, ConditionError
+from ._engine import OPERATORS, CompiledRuleset, ConditionError, lookup
 from ._files import RuleFile, RulesError, content_digest, did_you_mean, explain_all, read_rule_file
 from .topology import Topology
 
 import json
 
 from jsonschema import Draft202012Validator
+
+
+# The keys of `Detector.fact`: those read from the event as they are, and those of its place in the topology.
+_EVENT_FIELDS = ("id", "type", "source", "subject", "severity", "message", "attributes")
+_PLACE_FIELDS = ("service", "entity_type", "host")
 
 
 @dataclass(frozen=True)
@@ -221,6 +228,7 @@ class Detector:
             else:
                 conditions[d.id] = d.match or {}
         self._ruleset = CompiledRuleset(conditions, name=f"detect_{detections.digest}")
+        self._reads = tuple(self._reader(path) for path in self._ruleset.fields)
         self._windows: dict[tuple[str, str], deque[tuple[float, str]]] = {}
         self._firsts: dict[tuple[str, str], tuple[float, str]] = {}
         self._last_seen: dict[tuple[str, str], tuple[float, str]] = {}
@@ -236,7 +244,7 @@ class Detector:
         """Signals this event raises (possibly none), plus absences its time reveals."""
         ts = event.ts
         signals: list[Signal] = []
-        for hit in self._ruleset.match(self.fact(event)):
+        for hit in self._ruleset.match_values(tuple([read(event) for read in self._reads])):
             rule_id, _, part = hit.partition("#")
             detection = self.by_id[rule_id]
             key = (rule_id, self._key(detection, event.subject))
@@ -282,6 +290,25 @@ class Detector:
             "message": event.message, "attributes": event.attributes,
             "service": service, "entity_type": entity_type, "host": host,
         }
+
+    def _reader(self, path: str) -> Callable[[Event], Any]:
+        """How to read one field a condition names straight from an event: what `lookup(self.fact(event),
+        path)` gives, without building the fact (a dozen keys per event) only to look a few of them up.
+        The fact's keys hold no dots and only `attributes` holds a mapping, so a dotted path either starts
+        with `attributes.` or names nothing."""
+        if path in _EVENT_FIELDS:
+            return attrgetter(path)
+        if path == "severity_rank":
+            return lambda event: SEVERITY_RANK[event.severity]
+        if path in _PLACE_FIELDS:
+            index = _PLACE_FIELDS.index(path)
+            return lambda event: self._place(event.subject)[index]
+        head, _, rest = path.partition(".")
+        if head == "attributes" and rest:
+            if "." not in rest:
+                return lambda event: event.attributes.get(rest)
+            return lambda event: lookup(event.attributes, rest)
+        return lambda event: None
 
     def _place(self, subject: str) -> tuple[str, str, str]:
         place = self._places.get(subject)

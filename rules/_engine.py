@@ -29,7 +29,6 @@ OPERATORS = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "exists", "ma
 # spreads its rules over as many durable-rules rulesets as it takes to keep each under this total.
 MAX_BRANCHES = 200
 ANSWER_CACHE_SIZE = 65536
-_SCALARS = (str, int, float, bool, type(None))
 _ruleset_counter = itertools.count(1)
 _lock = threading.Lock()
 
@@ -247,16 +246,27 @@ class CompiledRuleset:
             self.closed = True
 
     def match(self, fact: Mapping[str, Any]) -> list[str]:
+        """The ids of every rule whose condition holds for `fact`, in the order the rules were given."""
+        return list(self.match_values(tuple([lookup(fact, path) for path in self.fields])))
+
+    def match_values(self, values: tuple[Any, ...]) -> tuple[str, ...]:
+        """`match` for a caller that reads the values of `self.fields` (in that order) straight from its
+        own objects: no fact mapping is built unless the answer is not known yet (the hot path)."""
         if self.closed:
             raise RuntimeError("this rule set was replaced by a reload and freed; judge with the current one")
         if not self.names:
-            return []
-        values = [lookup(fact, path) for path in self.fields]
+            return ()
         # Which rules fire depends only on the values of the fields the conditions name (the engine
-        # keeps no state between calls), so one answer serves every fact with the same values.
-        key = tuple(values) if all(isinstance(v, _SCALARS) for v in values) else None
-        if key is not None and (known := self._answers.get(key)) is not None:
-            return list(known)
+        # keeps no state between calls), so one answer serves every fact with the same values. The
+        # values tuple is the key as it is; a list or mapping among them makes it unhashable, and such
+        # facts (rare: conditions compare scalars) are asked of the engine every time.
+        try:
+            known = self._answers.get(values)
+            cacheable = True
+        except TypeError:
+            known, cacheable = None, False
+        if known is not None:
+            return known
         flat: dict[str, Any] = {"id": next(self._facts), "rtem": 1}
         for slot, value in zip(self.fields.values(), values):
             flat[f"{slot}_present"] = int(value is not None)
@@ -276,11 +286,11 @@ class CompiledRuleset:
                 host._handle_function(rules, lambda _r: rules._handle_result(_r, flat), result, None)
                 host.retract_fact(name, flat)
             hits = self._hits
-        answer = sorted(set(hits), key=self.order.__getitem__)
-        if key is not None:
+        answer = tuple(sorted(set(hits), key=self.order.__getitem__))
+        if cacheable:
             if len(self._answers) >= ANSWER_CACHE_SIZE:
                 self._answers.clear()
-            self._answers[key] = tuple(answer)
+            self._answers[values] = answer
         return answer
 
 
