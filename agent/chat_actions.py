@@ -65,12 +65,21 @@ def _describe(p: dict[str, Any]) -> str:
 
 # -- why an action ran, was skipped, needed approval, was blocked -----------------------------------------
 
-def why(ctx: Context) -> Answer:
+def _asked_about(ctx: Context) -> tuple[list[str], list[DecisionRecord], Answer | None]:
+    """The action types the question names, the verdicts on them (and on what it names), and the "I don't
+    know" for a name rtem does not know, if it names one; what was searched is noted either way."""
     types = action_types(ctx.q)
     if (stranger := unnamed(ctx, types)) is not None:
-        return stranger
+        return types, [], stranger
     verdicts = _verdicts(ctx, types)
     ctx.searched.append(f"entities named: {ctx.named()}; actions named: {', '.join(types) or 'none'}")
+    return types, verdicts, None
+
+
+def why(ctx: Context) -> Answer:
+    types, verdicts, stranger = _asked_about(ctx)
+    if stranger is not None:
+        return stranger
     if not types:
         return ctx.unknown("the question names no action I know (restart, drain, fail over, roll back, scale "
                            "out, shed load, open a circuit, page)")
@@ -113,11 +122,9 @@ def why(ctx: Context) -> Answer:
 
 def skipped(ctx: Context) -> Answer:
     """What happened to the named actions that did not run, with the recorded reason."""
-    types = action_types(ctx.q)
-    if (stranger := unnamed(ctx, types)) is not None:
+    types, verdicts, stranger = _asked_about(ctx)
+    if stranger is not None:
         return stranger
-    verdicts = _verdicts(ctx, types)
-    ctx.searched.append(f"entities named: {ctx.named()}; actions named: {', '.join(types) or 'none'}")
     if not verdicts:
         return ctx.unknown(f"no recorded action matches {_what(ctx, types)}")
     lines, cites = [], []
