@@ -116,7 +116,6 @@ def render(report: Report, fmt: str = "md") -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=fmt == "html",
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined, finalize=_markdown_text if fmt == "md" else None)
-    env.filters["pct"] = lambda v: f"{float(v) * 100:.0f}%"
     env.filters["dur"] = duration
     env.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
     env.filters["code"] = markdown_code
