@@ -1,7 +1,8 @@
 """`rtem rules replay`: judge past proposals again with an edited rule set, before the change ships.
 
 Every verdict the guard gave is in the audit log (`action.verdict`): the proposal, and the context it
-was judged in (incident entities and severity, the event time, the action-history seq it could see).
+was judged in (incident entities and severity, the event time, the action-history seq it could see, the
+diagnosis its remedy fitness was judged against).
 Replay evaluates each proposal since a time with the rule set under test, in that same context: the
 action history as it was then (agent/action_history.py, `as_of(seq)`), the observed state as of that
 event time (agent/system_state.py), the topology given. It reports every verdict whose outcome would
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bus import parse_time
-from rules import CheckReport, Proposal, Topology
+from rules import CheckReport, Diagnosis, Proposal, Topology
 
 from .action_history import DbActionHistory
 from .audit import AuditLog
@@ -128,9 +129,11 @@ def replay(db_path: str | Path, rules: CheckReport, topology: Topology, since: d
             past = history.as_of(seq) if seq is not None else history.as_of(before=at)
             if record.incident_id:  # judged as live: by the other incidents' actions (graph/_steps.py)
                 past = past.excluding(record.incident_id)
+            diagnosis = Diagnosis.model_validate(context["diagnosis"]) if context.get("diagnosis") else None
             verdict = guard.evaluate(proposal, topology=topology, incident_entities=context["incident_entities"],
                                      incident_id=record.incident_id or "", at=at,
-                                     incident_severity=context["incident_severity"], history=past)
+                                     incident_severity=context["incident_severity"], history=past,
+                                     diagnosis=diagnosis)
             report.verdicts.append(ReplayedVerdict(
                 seq=record.seq, recorded_at=record.at.isoformat(), incident_id=record.incident_id,
                 at=context["at"], proposal=proposal.model_dump(exclude_defaults=True),

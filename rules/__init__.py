@@ -8,6 +8,7 @@ from ._escalation import (POLICY_FILE, EscalationLevel, EscalationPolicy, Escala
 from ._detection import Detection, DetectionSet, Detector, Signal, load_detections, parse_duration
 from ._engine import MAX_BRANCHES, CompiledRuleset, ConditionError
 from ._files import RulesError, content_digest
+from ._fitness import FAULT_TYPES, TARGET_ROLES, Diagnosis, Remedy
 from ._gates import ActionHistory, MemoryHistory, RecordedAction, StaticState, SystemState
 from ._guard import DEFAULT_APPROVER_ROLE, Guard, context_fact
 from ._guardrails import (CONTEXT_FIELDS, Guardrail, RuleProblem, Ruleset, collect_guardrails, load_guardrails,
@@ -23,6 +24,8 @@ __all__ = [
     "Relation", "RuleMatch", "RulesError", "Ruleset", "Signal", "Topology", "TopologyError", "Verdict",
     "content_digest", "context_fact", "incident_id", "load_contracts", "load_detections", "load_guardrails",
     "parse_duration", "parse_guardrails",
+    # remedy fitness (rules/_fitness.py)
+    "FAULT_TYPES", "TARGET_ROLES", "Diagnosis", "Remedy",
     # rule authoring: gates' inputs, `rules check`, `rules test`
     "ActionHistory", "CheckReport", "Finding", "MemoryHistory", "RecordedAction", "RuleProblem", "RuleTestReport",
     "StaticState", "SystemState", "check_contracts", "check_rules", "collect_guardrails", "find_layout",

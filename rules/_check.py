@@ -30,7 +30,7 @@ from rules._contracts import ActionContract, ContractError, check_contracts
 from rules._detection import DetectionSet, collect_detections
 from rules._engine import ConditionError
 from rules._escalation import POLICY_FILE, EscalationPolicy, collect_escalation
-from rules._files import RuleFile, RulesError
+from rules._files import RuleFile, RulesError, did_you_mean
 from rules._guard import Guard
 from rules._guardrails import TEST_SUFFIX, Guardrail, Ruleset, collect_guardrails, guardrail_paths, read_fast
 
@@ -212,6 +212,7 @@ def check_rules(path: str | Path | None = None, *, now: datetime | None = None) 
             broken = {Path(p.source).name.removesuffix(".json") for p in contract_problems}
             report.findings.extend(_analysis_findings(ruleset, contracts, read, now, broken))
             report.findings.extend(_refused_rule_findings(ruleset, contracts, read, now, broken, report.findings))
+            report.findings.extend(_remedy_findings(ruleset, contracts, broken))
             try:
                 report.guard = Guard(ruleset, contracts)
             except (ConditionError, RuntimeError) as exc:  # pragma: no cover - load-time checks catch these
@@ -252,6 +253,20 @@ def _analysis_findings(ruleset: Ruleset, contracts: Mapping[str, ActionContract]
         line, column = rule_file.locate(["rules", index[(rule.source, rule.line)], *item.path])
         found.append(Finding(item.severity, item.kind, rule.source, line, column, f"rule {rule.id!r} {item.message}",
                              item.hint, rule.id, _field_key(tuple(item.path))))
+    return found
+
+
+def _remedy_findings(ruleset: Ruleset, contracts: Mapping[str, ActionContract], broken: set[str]) -> list[Finding]:
+    """A `remedies:` entry for an action type without a contract would silently judge nothing."""
+    found = []
+    for action, override in ruleset.remedies.items():
+        if action in contracts or action in broken:
+            continue
+        found.append(Finding("error", "unknown_action", override.file, override.line, override.column,
+                             f"remedies names unknown action type {action!r}",
+                             f"known actions: {', '.join(sorted(contracts))}" + (
+                                 f"; did you mean {did_you_mean(action, contracts)!r}?"
+                                 if did_you_mean(action, contracts) else ""), key=action))
     return found
 
 

@@ -2,7 +2,7 @@
 
 A contract is one file, `rules/contracts/<action>.json`: a JSON Schema (draft 2020-12) of the action's
 `params`, with rtem's own terms under the top-level keyword `x-rtem` (risk, target types, approver,
-compensation, executor). JSON Schema validators ignore `x-rtem`, so the file doubles as a plain schema
+compensation, executor, what it remedies). JSON Schema validators ignore `x-rtem`, so the file doubles as a plain schema
 for editors and other tools. `schemas/contract.v1.json` is the schema of the file itself.
 
 The guard refuses any proposal whose action type has no contract, or whose params or target break it
@@ -28,6 +28,7 @@ from jsonschema.exceptions import SchemaError, best_match
 from pydantic import BaseModel, ConfigDict, Field
 
 from rules._files import misspelt_required, missing_key, unknown_key_hint
+from rules._fitness import Remedy
 from rules._http_executor import HttpExecutor, is_template, template_problems
 from rules._proposal import Proposal
 from rules.topology import EntityType, Topology
@@ -106,6 +107,8 @@ class ActionContract(BaseModel):
     executor: Executor
     idempotent: bool
     timeout_s: float
+    remedies: Remedy | None = Field(default=None, description="what the action remedies (rules/_fitness.py); "
+                                                              "None: fit for any diagnosis")
     params_schema: dict[str, Any] = Field(description="the file without x-rtem: a JSON Schema of params")
     digest: str = Field(description="sha256 of the file's bytes (16 hex digits); recorded with every verdict")
     source: str

@@ -6,6 +6,8 @@ It applies DESIGN.md §4 in a fixed order of built-in checks, then every guardra
   contract.invalid         deny              params or target break the contract (one JSON path per problem)
   guard.blast_radius       deny              the target is outside the incident's blast radius
   contract.approval        require_approval  the contract names an approver role or rates the action high risk
+  fitness.<action>.<term>  deny              the action does not remedy the diagnosed cause (rules/_fitness.py);
+                                             judged only when the guard is told the diagnosis
   <guardrail ids>                            each guardrail whose `match` and gates hold, in file order
 
 Every check runs even after one has denied, so the decision record lists all rules that matched, not
@@ -30,6 +32,7 @@ from typing import Any
 from bus import SEVERITY_RANK
 from rules._contracts import ActionContract
 from rules._engine import CompiledRuleset, lookup
+from rules._fitness import Diagnosis, FitnessRule, Remedy, fitness_facts, fitness_rules
 from rules._gates import EMPTY_HISTORY, NO_STATE, ActionHistory, SystemState
 from rules._guardrails import Guardrail, Ruleset, _fields
 from rules._proposal import OUTCOME_PRECEDENCE, Outcome, Proposal, RuleMatch, Verdict
@@ -63,12 +66,16 @@ class Guard:
         self._state_fields = {rule_id: [path[-1] for path in _fields(cond, [])] for rule_id, cond in stateful.items()}
         self.needs_history = any(rule.gates.needs_history for rule in guardrails.rules)
         self.needs_state = bool(stateful)
+        self.fitness = {rule.id: rule for rule in _fitness_rules(guardrails, self.contracts)}
+        self._fitness = CompiledRuleset({r.id: r.match for r in self.fitness.values()}, name="fitness") \
+            if self.fitness else None
 
     def close(self) -> None:
         """Free the compiled guardrails (shared with every `bind` of this guard)."""
         self._compiled.close()
-        if self._state_rules is not None:
-            self._state_rules.close()
+        for compiled in (self._state_rules, self._fitness):
+            if compiled is not None:
+                compiled.close()
 
     def bind(self, *, history: ActionHistory | None = None, state: SystemState | None = None) -> Guard:
         """This guard (sharing its compiled rules) reading another history and state."""
@@ -87,15 +94,19 @@ class Guard:
         at: datetime,
         history: ActionHistory | None = None,
         state: SystemState | None = None,
+        diagnosis: Diagnosis | None = None,
     ) -> Verdict:
         """Judge `proposal` for the incident. `at` is event time (timezone-aware), not the wall clock,
         so replaying a recording judges its proposals exactly as they were judged live. `history` and
-        `state` override the guard's own for this one call (rule tests and replays use that)."""
+        `state` override the guard's own for this one call (rule tests and replays use that).
+        `diagnosis` is the cause the proposal answers: with it, remedy fitness is judged too."""
         contract = self.contracts.get(proposal.type)
         in_radius = proposal.target in topology.blast_radius(incident_entities)
         matches = list(self._builtin(proposal, contract, topology, in_radius))
         fact = context_fact(proposal, contract, topology, in_blast_radius=in_radius,
-                            incident_id=incident_id, incident_severity=incident_severity, at=at)
+                            incident_id=incident_id, incident_severity=incident_severity, at=at,
+                            diagnosis=diagnosis)
+        matches += self._unfit(fact)
         at = at.astimezone(timezone.utc)
         gates = _GateContext(self, proposal, topology, at, history or self.history or EMPTY_HISTORY,
                              state or self.state or NO_STATE)
@@ -131,6 +142,19 @@ class Guard:
                             approver_role=contract.approver_role or DEFAULT_APPROVER_ROLE,
                             reason=f"the {contract.action} contract ({contract.risk} risk) requires approval")
 
+    def unfit(self, proposal: Proposal, topology: Topology, diagnosis: Diagnosis) -> list[RuleMatch]:
+        """The fitness rules `proposal` breaks for `diagnosis` (empty: it fits); the same rules, through
+        the same engine, as `evaluate` applies. The LLM reasoner's proposals are sorted with this."""
+        fact = {"action": proposal.type, "target": proposal.target, "cause": diagnosis.cause,
+                **fitness_facts(proposal.target, diagnosis, topology)}
+        return self._unfit(fact)
+
+    def _unfit(self, fact: dict[str, Any]) -> list[RuleMatch]:
+        if self._fitness is None or "cause_fault" not in fact:
+            return []
+        return [RuleMatch(id=rule_id, outcome="deny", reason=self.fitness[rule_id].explain(fact))
+                for rule_id in self._fitness.match(fact)]
+
     def _verdict(self, matches: list[RuleMatch], contract: ActionContract | None) -> Verdict:
         if matches:
             outcome = max((m.outcome for m in matches), key=OUTCOME_PRECEDENCE.__getitem__)
@@ -162,6 +186,7 @@ def context_fact(
     incident_id: str,
     incident_severity: str,
     at: datetime,
+    diagnosis: Diagnosis | None = None,
 ) -> dict[str, Any]:
     """The fact guardrail conditions match against. A field that does not apply is absent: every
     comparison with an absent field is false, `ne` and `not_in` included; `{exists: false}` tests for it.
@@ -185,6 +210,9 @@ def context_fact(
     weekday             0 = Monday … 6 = Sunday (UTC)
     date                `YYYY-MM-DD` (UTC)
     params.<k>          the proposal's parameters, as proposed (a contract violation denies anyway)
+    cause_type, cause_fault, target_role, target_signals, target_deployed, target_changed
+                        what the diagnosis says and how the target stands to its cause, when the guard is
+                        told the diagnosis (rules/_fitness.py documents each)
     """
     if at.tzinfo is None:
         raise ValueError("the guard's evaluation time must be timezone-aware (event time, in UTC)")
@@ -219,7 +247,24 @@ def context_fact(
         labels = {**(service.labels if service and service is not entity else {}), **entity.labels}
         if labels:
             fact["target_labels"] = labels
+    if diagnosis is not None:
+        fact["cause"] = diagnosis.cause
+        fact.update(fitness_facts(proposal.target, diagnosis, topology))
     return fact
+
+
+def _fitness_rules(guardrails: Ruleset, contracts: Mapping[str, ActionContract]) -> list[FitnessRule]:
+    """Every action's remedy (its contract's, with the rule files' replacements) as deny rules."""
+    rules: list[FitnessRule] = []
+    for action, contract in sorted(contracts.items()):
+        override = guardrails.remedies.get(action)
+        if contract.remedies is None and override is None:
+            continue
+        remedy = (contract.remedies or Remedy()).merged(override.terms if override else {})
+        sources = {term: contract.source for term in ("faults", "causes", "targets", "evidence")}
+        sources.update(override.sources if override else {})
+        rules += fitness_rules(action, remedy, sources)
+    return rules
 
 
 class _GateContext:

@@ -24,6 +24,7 @@ from jsonschema import Draft202012Validator
 
 from rules._contracts import ActionContract
 from rules._files import RuleFile, RulesError
+from rules._fitness import Diagnosis
 from rules._gates import MemoryHistory, RecordedAction, StaticState
 from rules._guard import Guard
 from rules._guardrails import (TEST_SUFFIX, Guardrail, RuleProblem, _plain, _schema_problem, guardrail_paths,
@@ -145,7 +146,7 @@ def run_tests(files: Iterable[str | Path], contracts: Mapping[str, ActionContrac
             continue
         for rule in guard.guardrails.rules:
             report.rules.setdefault(rule.id, rule)
-        known = set(guard._rules) | BUILTIN_IDS
+        known = set(guard._rules) | set(guard.fitness) | BUILTIN_IDS
         for test in suite.tests:
             unknown = [(where, rule_id) for where, rule_id in test.expected_ids() if rule_id not in known]
             if unknown:
@@ -239,11 +240,13 @@ def _run(test: _Test, guard: Guard, suite: _Suite, hits: dict[str, int]) -> list
         proposal = Proposal(type=raw["type"], target=raw["target"], params=raw.get("params", {}),
                             cause=raw.get("cause"), proposed_by=raw.get("proposed_by", "deterministic"))
         incident = {**doc.get("incident", {}), **step.get("incident", {})}
+        told = step.get("diagnosis", doc.get("diagnosis"))
         verdict = guard.evaluate(proposal, topology=test.topology,
                                  incident_entities=incident.get("entities", [proposal.target]),
                                  incident_id=incident.get("id", "inc-test"),
                                  incident_severity=incident.get("severity", "error"), at=at,
-                                 history=history, state=state)
+                                 history=history, state=state,
+                                 diagnosis=Diagnosis.model_validate(told) if told else None)
         for rule_id in verdict.rules:
             if rule_id in guard._rules:
                 hits[rule_id] = hits.get(rule_id, 0) + 1

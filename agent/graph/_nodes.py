@@ -16,8 +16,10 @@ from .. import incident as core
 from .. import investigate
 from .. import metrics
 from ..incident import PAGE, ActionStatus, PlannedAction
+from ..fitness import diagnosis_of, keep_fit
 from ..ledger import ledger_scope, step_key
 from ..models import ReasonerRun, RootCause
+from ..reasoner import DeterministicReasoner
 from ._deps import Deps, IncidentState, plan_of, records
 from ._steps import others_of, page_oncall, run_step, stale
 
@@ -62,17 +64,25 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
 
 
 def propose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
+    """The reasoner's proposals; a model's proposals that do not remedy the diagnosed cause are replaced
+    by the deterministic remedies for it (agent/fitness.py), and the record says which and why."""
     deps = runtime.context
     causes = [RootCause.model_validate(c) for c in state.get("root_causes", [])]
     diagnosis = ReasonerRun.model_validate(state["diagnosis"]) if state.get("diagnosis") else None
-    proposals, run = deps.reasoner.propose(deps.view(state["incident"]["id"]), causes, diagnosis)
-    reasons = [f"{p.type} on {p.target}: {p.reason}" for p in proposals]
+    view = deps.view(state["incident"]["id"])
+    proposals, run = deps.reasoner.propose(view, causes, diagnosis)
+    replaced: list[str] = []
+    if any(p.proposed_by != DeterministicReasoner.name for p in proposals):
+        remedies = DeterministicReasoner().remedies(causes, view.topology, view.events)
+        proposals, replaced = keep_fit(proposals, causes, view, deps.rules.current().guard, remedies)
+    reasons = replaced + [f"{p.type} on {p.target}: {p.reason}" for p in proposals]
     if run.fallback:
         reasons.insert(0, f"deterministic fallback: {run.fallback}")
     deps.audit.append(
         "actions.proposed", incident_id=state["incident"]["id"], node="propose",
         inputs={"root_causes": [c.entity for c in causes]},
-        decision={"proposals": [p.model_dump() for p in proposals], "reasoner": run.model_dump()},
+        decision={"proposals": [p.model_dump() for p in proposals], "reasoner": run.model_dump(),
+                  **({"replaced_as_unfit": replaced} if replaced else {})},
         reasons=reasons, evidence=causes[0].evidence[:5] if causes else [], versions=deps.versions(run))
     return {"proposals": [p.model_dump() for p in proposals]}
 
@@ -88,6 +98,8 @@ def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     # An incident whose alerts resolved already is judged for the record, and nothing of it will run:
     # its actions are not counted against the guardrails' limits.
     recovered = None if deps.dry_run else _alert_recovery(deps, incident["id"])
+    causes = [RootCause.model_validate(c) for c in state.get("root_causes", [])]
+    diagnosis = diagnosis_of(causes, deps.store.events(incident["id"]), deps.topology) if causes else None
     judged = []
     for raw in state.get("proposals", []):
         proposal = Proposal.model_validate(raw)
@@ -95,7 +107,7 @@ def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
         verdict = ruleset.guard.evaluate(
             proposal, topology=deps.topology, incident_entities=incident["entities"],
             incident_id=incident["id"], incident_severity=incident["severity"], at=at,
-            history=others_of(history, incident["id"]))
+            history=others_of(history, incident["id"]), diagnosis=diagnosis)
         if verdict.outcome == "allow" and history is not None and recovered is None:
             # Keyed by what it is, so a re-run of this node (after a crash) records nothing new.
             history.record(proposal.type, proposal.target, at, incident_id=incident["id"],
@@ -105,7 +117,8 @@ def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
             "action.verdict", incident_id=incident["id"], node="guard",
             inputs={"proposal": proposal.model_dump(),
                     "context": {"incident_entities": incident["entities"], "incident_severity": incident["severity"],
-                                "at": incident["updated_at"], "history_seq": seen}},
+                                "at": incident["updated_at"], "history_seq": seen,
+                                **({"diagnosis": diagnosis.model_dump(mode="json")} if diagnosis else {})}},
             decision={"outcome": verdict.outcome, "rules": verdict.rules, "approver_role": verdict.approver_role},
             # The versions of the rule set that judged it, even if another was swapped in meanwhile (a
             # reload here, or another worker's version adopted).

@@ -226,7 +226,8 @@ class ActionRule:
 
 
 # Keyed by (entity type, fault type); "*" matches any fault type. The first matching key wins, and at
-# most two remedies are proposed before the closing notify_oncall.
+# most two remedies are proposed before the closing notify_oncall. Every remedy here fits its key under
+# the contracts' `remedies` (tests/test_fitness.py checks each): where nothing fits, the entry is empty.
 ACTION_CATALOG: dict[tuple[str, str], tuple[ActionRule, ...]] = {
     ("instance", "bad_deploy"): (ActionRule("rollback_deploy", "service", "undo the deployment before it"),),
     ("instance", "cpu"): (ActionRule("restart_instance", why="a restart clears a runaway process"),
@@ -246,10 +247,18 @@ ACTION_CATALOG: dict[tuple[str, str], tuple[ActionRule, ...]] = {
     ("service", "network"): (ActionRule("open_circuit", "caller", "stop calls over the degraded network path"),),
     ("service", "latency"): (ActionRule("shed_load", why="cut load until latency recovers"),
                              ActionRule("open_circuit", "caller", "keep callers from queueing on it")),
+    ("service", "disk_space"): (ActionRule("restart_instance", "instance", "a fresh container gets clean scratch space"),),
+    ("service", "bad_config"): (),  # no action undoes a configuration change: a person does
     ("service", "*"): (ActionRule("scale_out", why="add capacity to the degraded service"),),
+    ("host", "bad_deploy"): (),
+    ("host", "bad_config"): (),
     ("host", "*"): (ActionRule("drain_host", why="move workloads off the faulty host"),),
     ("database", "*"): (ActionRule("failover_database", why="switch to a healthy replica"),),
+    ("cache", "bad_deploy"): (),
     ("cache", "*"): (ActionRule("restart_instance", "instance", "restart the degraded cache node"),),
+    ("queue", "disk_space"): (),
+    ("queue", "bad_deploy"): (),
+    ("queue", "bad_config"): (),
     ("queue", "*"): (ActionRule("shed_load", "user", "slow producers while the queue recovers"),),
 }
 
@@ -262,4 +271,7 @@ SHED_LOAD_PERCENT = 20
 
 
 def action_rules(entity_type: str, fault_type: str) -> tuple[ActionRule, ...]:
-    return ACTION_CATALOG.get((entity_type, fault_type)) or ACTION_CATALOG.get((entity_type, "*"), ())
+    """The remedies for a cause; an empty entry means none fits (a person decides), not "see *"."""
+    if (entity_type, fault_type) in ACTION_CATALOG:
+        return ACTION_CATALOG[(entity_type, fault_type)]
+    return ACTION_CATALOG.get((entity_type, "*"), ())

@@ -60,6 +60,9 @@ def _proposal(rule: ActionRule, cause: RootCause, topology: Topology, events: Se
         params = {"from": caller}
     elif rule.type == "rollback_deploy" and not _deployed(cause, target, topology, events):
         return None
+    elif rule.type == "drain_host" and events is not None and not any(
+            e.subject == target and e.severity != "info" for e in events):
+        return None  # a host is drained only on its own signals, not on its workloads' alone
     return Proposal(type=rule.type, target=target, params=params, cause=cause.entity, proposed_by=proposed_by,
                     reason=f"{cause.fault_type} at {cause.entity}: {rule.why}")
 
