@@ -53,6 +53,7 @@ class Report:
     blocked: list[dict[str, Any]]
     verification: dict[str, Any]
     versions: dict[str, list[str]]
+    replaced: list[dict[str, Any]] = field(default_factory=list)  # proposals left out as unfit (agent/fitness.py)
     chart_svg: str = field(default="", repr=False)
 
     def render(self, fmt: str = "md") -> str:
@@ -87,6 +88,8 @@ def build_report(store: IncidentStore, audit: AuditLog, incident_id: str) -> Rep
                   "reasons": r.reasons} for r in records if r.kind == "action.blocked"],
         verification=_verification(row, records),
         versions=_versions(row, records),
+        replaced=[{"seq": r.seq, "text": text} for r in records if r.kind == "actions.proposed"
+                  for text in r.decision.get("replaced_as_unfit", [])],
     )
     report.chart_svg = timeline_svg(groups, records)
     return report
