@@ -156,12 +156,19 @@ class Consuming:
             valid.append((msg, event))
         if not valid:
             return
+        events = [event for _, event in valid]
         try:
             with _batch_span(valid[0][0].headers, len(valid)):
-                failures = await handler([event for _, event in valid]) or {}
-        except Exception as exc:  # the whole batch failed: every event is retried, then dead-lettered
+                failures = await handler(events) or {}
+        except Exception as exc:
             log.exception("event handler failed on a batch of %d", len(valid))
-            failures = {event.id: f"handler error: {type(exc).__name__}: {exc}" for _, event in valid}
+            if len(valid) > 1 and any(msg.metadata.num_delivered > 1 for msg, _ in valid):
+                # It failed before too: more likely one event the handler cannot take than a passing
+                # outage. Halve the batch until the events that fail on their own are found, so they alone
+                # are retried and dead-lettered, not every event delivered beside them.
+                failures = await _isolate(handler, events)
+            else:  # the first failure: every event is retried as it is (an outage passes)
+                failures = {event.id: f"handler error: {type(exc).__name__}: {exc}" for event in events}
         if not failures:
             for msg, _ in valid:
                 await msg.ack()
@@ -180,6 +187,18 @@ class Consuming:
                 stats.failed += 1
             else:
                 await msg.nak(delay=self.settings.redelivery.interval(msg.metadata.num_delivered))
+
+
+async def _isolate(handler: Handler, events: list[Event]) -> dict[str, str]:
+    """The failures of `events` handled in halves, recursively: the handler records a batch whole or not
+    at all, so a half that succeeds is done, and a failing single event is the one to retry."""
+    try:
+        return await handler(events) or {}
+    except Exception as exc:
+        if len(events) == 1:
+            return {events[0].id: f"handler error: {type(exc).__name__}: {exc}"}
+        middle = len(events) // 2
+        return {**await _isolate(handler, events[:middle]), **await _isolate(handler, events[middle:])}
 
 
 async def _give_back(sub, pending: asyncio.Future | None, max_deliver: int,

@@ -199,3 +199,28 @@ async def test_deliveries_rtem_never_received_do_not_make_the_server_drop_an_eve
         assert letter.event_id == "e2" and letter.deliveries == 5 and "never handled to completion" in letter.reason
     finally:
         await bus.close()
+
+
+async def test_one_event_the_handler_cannot_take_is_dead_lettered_alone(nats_server):
+    # The handler records a batch whole or not at all (triage does). A batch that fails again when
+    # redelivered is halved until the event that fails on its own is found: only it is retried to the DLQ.
+    bus = await Bus.connect(nats_server.url, BusSettings(max_deliver=3))
+    await bus.reset_streams()
+    try:
+        poison = line(cloud_event("poison", "cartservice-0", "2022-03-20T00:36:03.000Z"))
+        await bus.publish_lines([*GOOD[:3], poison, *GOOD[3:]])
+        recorded = []
+
+        async def all_or_nothing(events):
+            if any(e.id == "poison" for e in events):
+                raise ValueError("cannot store this one")
+            recorded.extend(e.id for e in events)
+
+        stats = await bus.consume(all_or_nothing, until_drained=True, fetch_timeout=0.2)
+        assert sorted(recorded) == ["e0", "e1", "e2", "e3", "e4"], "every good event is recorded once"
+        assert stats.failed == 1 and stats.processed == 5
+        [letter] = await bus.dead_letters()
+        assert letter.event_id == "poison" and letter.deliveries == 3
+        assert "cannot store this one" in letter.reason
+    finally:
+        await bus.close()
