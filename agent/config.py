@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     llm_max_concurrency: int = Field(4, ge=1, description="LLM calls in flight at once")
     llm_incident_calls: int = Field(6, ge=1, description="LLM calls one incident may make")
     llm_incident_tokens: int = Field(60000, ge=1000, description="LLM tokens (in + out) one incident may use")
+    llm_deadline_s: float = Field(10.0, gt=0, description="wall seconds one incident's LLM refinement (diagnosis "
+                                  "and proposals together) may take, queue included; past it the deterministic "
+                                  "answer stands")
     llm_price_in: float | None = Field(None, ge=0, description="USD per million input tokens (cost estimate)")
     llm_price_out: float | None = Field(None, ge=0, description="USD per million output tokens (cost estimate)")
     local_model: Path | None = Field(None, description="GGUF file for --llm local; unset: SmolLM2-135M-Instruct")

@@ -71,3 +71,19 @@ def _retold(page: Proposal, planned: str) -> Proposal:
         return page
     note = f" [rtem replaced proposals that do not remedy the diagnosed cause; planned: {planned}.]"
     return page.model_copy(update={"params": {**page.params, "summary": (summary[:2000 - len(note)] + note)}})
+
+
+def fit_remedies(guard: Guard, causes: Sequence[RootCause], view: IncidentView,
+                 targets: set[str]) -> dict[str, list[str]] | None:
+    """Which actions fit the diagnosis on which of `targets` (those of a type the action's contract
+    accepts): what a model may choose among. None when there is no diagnosis to fit."""
+    diagnosis = diagnosis_of(causes, view.events, view.topology)
+    if diagnosis is None:
+        return None
+    fit: dict[str, list[str]] = {}
+    for action, contract in sorted(guard.contracts.items()):
+        chosen = [t for t in sorted(targets) if view.topology.entity_type(t) in contract.target_types
+                  and not guard.unfit(Proposal(type=action, target=t), view.topology, diagnosis)]
+        if chosen:
+            fit[action] = chosen
+    return fit

@@ -55,6 +55,8 @@ class ReasonerRun(BaseModel):
     calls: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    llm_seconds: float = Field(default=0.0, ge=0, description="wall seconds of the incident's LLM deadline used "
+                               "by the end of this step (diagnose, then propose: the rest is propose's)")
     notes: list[str] = Field(default_factory=list)
 
 

@@ -117,7 +117,7 @@ def build(settings: Settings, topology: Topology, data_dir: Path | None = None, 
             tools = (PrometheusTool(investigator, audit, settings.prometheus_llm_calls)
                      if investigator is not None and settings.prometheus_llm_calls else None)
             reasoner = build_reasoner(settings, contracts=rules.current().guard.contracts, store=store, tools=tools,
-                                      audit=audit)
+                                      audit=audit, guard=lambda: rules.current().guard)
             base_versions.update(reasoner.versions)
     except BaseException:
         for part in reversed(opened):

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from tests.helpers import RECORDING, TOPOLOGY, decisions
-from tests.llm_server import ScriptedLLM, good_diagnosis
+from tests.llm_server import ScriptedLLM, allowed_actions, good_diagnosis, task_of
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +47,13 @@ def test_a_restart_proposed_for_a_host_fault_is_replaced_by_the_drain_the_cause_
     assert incident["root_causes"][0]["entity"] == "node-6"
     assert [(a["type"], a["target"]) for a in incident["actions"]] == [("drain_host", "node-6"),
                                                                         ("notify_oncall", "node-6")]
+
+    # the model was offered only what fits: the host's drain, and a page anywhere in reach
+    [asked] = [r for r in llm.requests if task_of(r) == "proposals"]
+    offered = allowed_actions(asked)
+    assert offered["drain_host"] == ["node-6"] and "restart_instance" not in offered and "scale_out" not in offered
+    assert "REMEDIES THAT FIT the most likely root cause" in llm.user_prompt("proposals")
+    assert "- drain_host: node-6" in llm.user_prompt("proposals")
 
     db = out / "run" / "rtem.db"
     [proposed] = decisions(db, "actions.proposed")

@@ -24,16 +24,19 @@ DEFAULTS = {"openai": {"timeout_s": 30.0, "context_tokens": 6000},
 
 
 def build_reasoner(settings, *, contracts, store=None, breaker: CircuitBreaker | None = None,
-                   tools: PrometheusTool | None = None, audit=None) -> LLMReasoner:
+                   tools: PrometheusTool | None = None, audit=None, guard=None) -> LLMReasoner:
     """The LLM reasoner `settings.llm` asks for (`openai` or `local`); for `local` it starts llama.cpp's
     server, which `reasoner.close()` stops. Raises LLMSetupError with what to install or set. `tools` are
     offered while diagnosing (not to `local`: llama.cpp's tool calls are unreliable). `audit` (the service's
-    AuditLog) lets the context tell similar past incidents' confirmed causes and outcomes."""
+    AuditLog) lets the context tell similar past incidents' confirmed causes and outcomes. `guard` (a callable
+    giving the guard in force) holds the model's choice of actions to the rule files' remedy fitness too,
+    not only the contracts'."""
     client, server = connect(settings, breaker=breaker)
     try:
         context_tokens = settings.llm_context_tokens or DEFAULTS[client.config.provider]["context_tokens"]
         return LLMReasoner(client, contracts=contracts, store=store, context_tokens=context_tokens,
                            budget_calls=settings.llm_incident_calls, budget_tokens=settings.llm_incident_tokens,
+                           deadline_s=settings.llm_deadline_s, guard=guard,
                            on_close=server.stop if server else None,
                            tools=tools if client.config.provider != "local" else None, audit=audit)
     except BaseException:

@@ -4,7 +4,9 @@ It asks for structured output in one of two styles (a `json_schema` response for
 call whose parameters are the schema) and returns the answer's text with its usage. Around each request:
 the concurrency limit, the provider's circuit breaker (made by whoever builds the client, `connect()`), the
 SDK's timeout, and retries with backoff for 429/5xx/timeouts as the `bus.RetryPolicy` says. The SDK's own
-retries are off, so the policy is the only one.
+retries are off, so the policy is the only one. Given an incident's `Deadline` (_lane.py), no attempt starts
+after it, a backoff never sleeps past it, and each request's timeout ends by its cutoff; a request cut
+there says nothing about the provider's health, so the breaker does not count it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Literal
 from bus import BreakerOpen, CircuitBreaker, RetryPolicy
 
 from ._errors import LLMBreakerOpen, LLMUnavailable, ProviderRejected
+from ._lane import Deadline, DeadlinePassed
 from ._tools import ToolCall
 
 OutputStyle = Literal["json_schema", "tools"]
@@ -84,17 +87,21 @@ class LLMClient:
                                   max_retries=0)
 
     def complete(self, messages: list[dict[str, Any]], schema: dict[str, Any], name: str,
-                 tools: list[dict[str, Any]] | None = None) -> Completion:
+                 tools: list[dict[str, Any]] | None = None, deadline: Deadline | None = None) -> Completion:
         """Ask for an answer matching `schema` (named `name`); raise LLMUnavailable, BreakerOpen or
-        ProviderRejected when there is none. With `tools` (read-only function definitions) the model may
-        call those instead of answering: the Completion's `tool_calls` then says which."""
+        ProviderRejected when there is none, DeadlinePassed when `deadline` leaves no time for one. With
+        `tools` (read-only function definitions) the model may call those instead of answering: the
+        Completion's `tool_calls` then says which."""
         request = self._request(messages, schema, name, tools or [])
         started = time.perf_counter()
-        if not self._slots.acquire(timeout=self.config.timeout_s):
+        wait = self.config.timeout_s if deadline is None else min(self.config.timeout_s, max(0.0, deadline.left()))
+        if not self._slots.acquire(timeout=wait):
+            if deadline is not None and deadline.passed():
+                raise DeadlinePassed("the deadline passed while waiting for a free LLM call slot")
             raise LLMUnavailable(f"{self.config.max_concurrency} LLM calls already in flight for "
                                  f"{self.config.timeout_s:.0f} s (the concurrency limit)")
         try:
-            response, attempts = self._send_retrying(request)
+            response, attempts = self._send_retrying(request, deadline)
         finally:
             self._slots.release()
         text = _answer_text(response, self.config.output, name)
@@ -135,22 +142,32 @@ class LLMClient:
             request["extra_body"] = dict(cfg.extra_body)
         return request
 
-    def _send_retrying(self, request: dict[str, Any]):
-        """The response and the attempts it took; an open breaker is never retried (nothing was sent)."""
-        for attempt in self.config.retry.retrying((LLMUnavailable,), unless=lambda exc: isinstance(exc, BreakerOpen)):
+    def _send_retrying(self, request: dict[str, Any], deadline: Deadline | None = None):
+        """The response and the attempts it took; an open breaker is never retried (nothing was sent), and
+        a backoff is cut short at the deadline, after which the next attempt raises DeadlinePassed."""
+        def sleep(seconds: float) -> None:
+            time.sleep(seconds if deadline is None else max(0.0, min(seconds, deadline.left())))
+
+        for attempt in self.config.retry.retrying((LLMUnavailable,), unless=lambda exc: isinstance(exc, BreakerOpen),
+                                                  sleep=sleep):
             with attempt:
-                return self._send(request), attempt.retry_state.attempt_number
+                return self._send(request, deadline), attempt.retry_state.attempt_number
         raise AssertionError("unreachable: tenacity returns or reraises")  # pragma: no cover
 
-    def _send(self, request: dict[str, Any]):
+    def _send(self, request: dict[str, Any], deadline: Deadline | None = None):
         import openai
 
+        timeout = self.config.timeout_s if deadline is None else deadline.call_timeout(self.config.timeout_s)
+        if timeout <= 0:
+            raise DeadlinePassed("the deadline passed: no new LLM call starts after it")
+        cut = timeout < self.config.timeout_s  # the deadline, not the provider's timeout, bounds this request
         try:
             trial = self.breaker.before_call()
         except BreakerOpen as exc:
             raise LLMBreakerOpen(exc.name, exc.failures, exc.retry_in_s) from None
         try:
-            response = self._sdk.chat.completions.create(**request)
+            sdk = self._sdk.with_options(timeout=timeout) if cut else self._sdk
+            response = sdk.chat.completions.create(**request)
         except openai.APIStatusError as exc:
             if retryable_status(exc.status_code):
                 self.breaker.failure()
@@ -160,6 +177,10 @@ class LLMClient:
             raise ProviderRejected(f"{self.config.provider} refused the request: HTTP {exc.status_code}: "
                                    f"{_status_message(exc)}") from exc
         except openai.APITimeoutError as exc:
+            if cut:  # cut by the incident's deadline: no verdict on the provider
+                self.breaker.release(trial)
+                raise DeadlinePassed(f"{self.config.provider} did not answer by the deadline "
+                                     f"(the request was cut after {timeout:.1f} s)") from exc
             self.breaker.failure()
             raise _Unavailable(f"{self.config.provider} did not answer within {self.config.timeout_s:g} s") from exc
         except openai.APIConnectionError as exc:

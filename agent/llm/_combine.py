@@ -14,24 +14,31 @@ several, the deterministic shares settle the close calls between them.
 
 A cause keeps the deterministic evidence (event ids) of its entity, followed by the event ids the LLM
 cited that are in the incident. Its fault type is the LLM's when the LLM named the entity with a fault
-type other than `unknown`, else the deterministic one; its explanation leads with the LLM's reasoning and
-keeps the deterministic explanation after it.
+type other than `unknown` that the entity's evidence supports (`supported`, from
+`DeterministicReasoner.fault_kinds`: the kinds its signals speak of, its change's fault, its deterministic
+label), else the deterministic one, with a note: a model may reorder candidates, but it cannot relabel a
+database's connection exhaustion as `cpu` when no CPU signal says so. Its explanation leads with the LLM's
+reasoning and keeps the deterministic explanation after it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from agent.models import RootCause
+from rules import Proposal
 
 LLM_WEIGHT = 0.5
 MAX_EVIDENCE = 20
+MAX_PROPOSALS = 4
 
 
-def combine(candidates: Sequence[RootCause], hypotheses: Sequence[dict[str, Any]],
-            limit: int) -> tuple[list[RootCause], list[str]]:
-    """The merged ranking (at most `limit` causes) and notes on what the rule did."""
+def combine(candidates: Sequence[RootCause], hypotheses: Sequence[dict[str, Any]], limit: int, *,
+            supported: Mapping[str, Set[str]] | None = None) -> tuple[list[RootCause], list[str]]:
+    """The merged ranking (at most `limit` causes) and notes on what the rule did. With `supported`
+    (entity → the fault types its evidence speaks of), an LLM fault type outside that set is dropped;
+    None checks nothing (callers that have no evidence kinds to hand)."""
     admissible = {c.entity for c in candidates}
     notes: list[str] = []
     named: dict[str, dict[str, Any]] = {}
@@ -53,10 +60,24 @@ def combine(candidates: Sequence[RootCause], hypotheses: Sequence[dict[str, Any]
         score = LLM_WEIGHT * p_llm.get(cand.entity, 0.0) + (1 - LLM_WEIGHT) * p_det
         scored.append((score, rank, cand))
     scored.sort(key=lambda item: (-item[0], item[1]))
+    if supported is not None:
+        by_entity = {c.entity: c for c in candidates}
+        named = {e: _agreeing(h, by_entity[e], supported.get(e, frozenset()), notes) for e, h in named.items()}
     causes = [_merge(cand, named.get(cand.entity), score) for score, _, cand in scored[:max(0, limit)]]
     if causes and candidates and causes[0].entity != candidates[0].entity:
         notes.append(f"combining: the LLM moved {causes[0].entity} ahead of {candidates[0].entity}")
     return causes, notes
+
+
+def _agreeing(hyp: dict[str, Any], cand: RootCause, kinds: Set[str], notes: list[str]) -> dict[str, Any]:
+    """`hyp` with its fault type kept only when the evidence supports it; else `unknown`, which `_merge`
+    reads as "the deterministic label stands", and a note saying what the evidence speaks of."""
+    fault = hyp["fault_type"]
+    if fault == "unknown" or fault == cand.fault_type or fault in kinds:
+        return hyp
+    spoken = ", ".join(sorted(k for k in set(kinds) | {cand.fault_type} if k != "unknown")) or "no fault type"
+    notes.append(f"combining: fault type '{fault}' for {cand.entity} dropped: the evidence speaks of {spoken}")
+    return {**hyp, "fault_type": "unknown"}
 
 
 def _merge(cand: RootCause, hyp: dict[str, Any] | None, score: float) -> RootCause:
@@ -71,3 +92,26 @@ def _merge(cand: RootCause, hyp: dict[str, Any] | None, score: float) -> RootCau
     explanation = f"LLM: {why} Evidence: {cand.explanation}" if why else cand.explanation
     return RootCause(entity=cand.entity, fault_type=fault, confidence=round(min(1.0, max(0.0, score)), 4),
                      evidence=evidence[:MAX_EVIDENCE], explanation=explanation)
+
+
+def proposals_from(answer: dict[str, Any], causes: Sequence[RootCause], proposed_by: str, *,
+                   notify: bool) -> list[Proposal]:
+    """The LLM's validated actions as Proposals for the top cause (at most MAX_PROPOSALS, duplicates
+    dropped), and, when `notify` (the notify_oncall contract exists) and the LLM paged nobody, a page
+    with its summary: a person should know what the model found and what is being done."""
+    cause = causes[0]
+    proposals: list[Proposal] = []
+    for action in answer["actions"][:MAX_PROPOSALS]:
+        if any((p.type, p.target) == (action["type"], action["target"]) for p in proposals):
+            continue
+        proposals.append(Proposal(type=action["type"], target=action["target"], params=dict(action["params"]),
+                                  reason=action["reason"][:400], cause=cause.entity, proposed_by=proposed_by))
+    if notify and not any(p.type == "notify_oncall" for p in proposals):
+        summary = answer.get("summary", "").strip() or "no summary"
+        planned = ", ".join(f"{p.type} {p.target}" for p in proposals) or "no automatic action"
+        text = (f"Probable root cause: {cause.entity} ({cause.fault_type}, share {cause.share}). "
+                f"Proposed: {planned}. {summary}")
+        proposals.append(Proposal(type="notify_oncall", target=cause.entity, params={"summary": text[:2000]},
+                                  cause=cause.entity, proposed_by=proposed_by,
+                                  reason="a person should know what was found and what is being done about it"))
+    return proposals

@@ -110,9 +110,11 @@ class IncidentContext:
         }
 
     def propose_vars(self, detail: Detail, causes: Sequence[RootCause], contracts: Mapping[str, ActionContract],
-                     allowed: set[str]) -> dict[str, Any]:
+                     allowed: set[str], fitting: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+        """`fitting`: action -> the targets on which it remedies the diagnosed cause (remedy fitness)."""
         targets = sorted(allowed)
         return {
+            "fit": [{"action": a, "targets": ts[:20]} for a, ts in sorted((fitting or {}).items())],
             "incident": self._incident(),
             "causes": [_candidate(i + 1, c, self.topology) for i, c in enumerate(causes[:max(3, detail.candidates // 2)])],
             "targets": targets[:80] + ([f"... {len(targets) - 80} more"] if len(targets) > 80 else []),

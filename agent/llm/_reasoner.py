@@ -7,60 +7,48 @@ reasoner as its evidence base and its fallback.
 
 Either step falls back to the deterministic answer, recording why in `ReasonerRun.fallback`: an answer
 still invalid after two re-asks, the provider unavailable (timeouts, 429/5xx after retries), its breaker
-open (degraded mode), the incident's budget of calls or tokens used up, or a refused request. Nothing
-the LLM says reaches an executor without the graph's guard judging it like any other proposal.
+open (degraded mode), the incident's budget of calls or tokens used up, a refused request, or the
+incident's deadline. Nothing the LLM says reaches an executor without the graph's guard judging it like
+any other proposal.
+
+The deadline (`deadline_s` of wall time) spans both steps: the model's conversation runs as a job in the
+fair lane (_lane.py), the step waits for it at most until the deadline, and propose gets only what the
+diagnosis left (`ReasonerRun.llm_seconds`). A diagnosis that still arrives after its deadline becomes a
+`reasoner.late` record for people to read; late proposals are dropped. Neither changes the decision.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import prompts
 from agent.models import IncidentView, ReasonerRun, RootCause
+from agent.fitness import fit_remedies
 from agent.reasoner import DeterministicReasoner
-from rules import ActionContract, Proposal
+from rules import ActionContract, Guard, Proposal, Ruleset
 
 from . import metrics
 from ._budget import IncidentBudget
 from ._client import LLMClient, estimate_tokens
-from ._combine import combine
+from ._combine import combine, proposals_from
 from ._context import IncidentContext, fit
 from ._errors import BreakerOpen, BudgetExhausted, LLMError, LLMUnavailable, ProviderRejected
+from ._lane import Deadline, DeadlinePassed, Lane, late_result, missed
 from ._tools import PrometheusTool, ToolCall
 from ._schema import sent_diagnosis_schema, sent_proposal_schema, validation_proposal_schema
 from ._validate import Checked, check_diagnosis, check_proposals, reask_message
+from .metrics import CallRecord
 
 log = logging.getLogger("rtem.llm")
 
 MAX_REASKS = 2  # a broken answer is re-asked at most twice, then the deterministic answer is used
-MAX_PROPOSALS = 4
 RELATED_CAUSES = 3  # proposals may act on the top three causes and their neighbours
-
-
-@dataclass
-class CallRecord:
-    """Telemetry of one provider call, kept with the decision and exported as metrics."""
-
-    task: str
-    model: str
-    prompt: str
-    tokens_in: int = 0
-    tokens_out: int = 0
-    latency_s: float = 0.0
-    outcome: str = "valid"  # valid | re-asked | fallback | error
-    attempts: int = 0
-    cost_usd: float | None = None
-    error: str = ""
-
-    def line(self) -> str:
-        cost = f", ~${self.cost_usd:.6f}" if self.cost_usd is not None else ""
-        error = f": {self.error}" if self.error else ""
-        return (f"{self.task} call: model {self.model}, prompt {self.prompt}, tokens {self.tokens_in} in / "
-                f"{self.tokens_out} out, {self.latency_s:.2f} s, {self.attempts} attempt(s){cost}, "
-                f"{self.outcome}{error}")
+MIN_STEP_S = 0.05  # less left of the deadline than this: no call could be answered, so none is made
 
 
 class InvalidAnswer(LLMError):
@@ -77,6 +65,17 @@ class _Incident:
     degraded: bool = False
     calls: list[CallRecord] = field(default_factory=list)
     view: IncidentView | None = None  # given when the model may call tools about the incident
+    given_s: float = 0.0  # the seconds of the incident's deadline this step was given
+    spent_s: float = 0.0  # what earlier steps of the incident used of its deadline
+    started: float = field(default_factory=time.monotonic)
+    deadline: Deadline = field(init=False)  # when the step's LLM part must be done: given_s after it started
+
+    def __post_init__(self) -> None:
+        self.deadline = Deadline.after(self.given_s, now=self.started)
+
+    def used_s(self) -> float:
+        """The incident's deadline used so far: earlier steps' and this one's."""
+        return round(self.spent_s + max(0.0, time.monotonic() - self.started), 3)
 
 
 class LLMReasoner:
@@ -88,7 +87,8 @@ class LLMReasoner:
     def __init__(self, client: LLMClient, *, contracts: Mapping[str, ActionContract], store=None,
                  fallback: DeterministicReasoner | None = None, context_tokens: int = 6000,
                  budget_calls: int = 6, budget_tokens: int = 60000, on_close: Callable[[], None] | None = None,
-                 tools: PrometheusTool | None = None, audit=None):
+                 tools: PrometheusTool | None = None, audit=None, deadline_s: float = 10.0, lane: Lane | None = None,
+                 guard: Callable[[], Guard] | None = None):
         self.client = client
         self.config = client.config
         self.contracts = dict(contracts)
@@ -106,6 +106,11 @@ class LLMReasoner:
         self.proposal_validation = validation_proposal_schema(self.prompts["propose"].schema, self.contracts)
         self.compact = self.config.provider == "local"
         self.proposed_by = f"llm:{self.config.model}"[:64]
+        self.guard = guard  # the rules in force (remedy fitness), read at each use: they may be reloaded
+        self._own_guard: Guard | None = None
+        self.deadline_s = deadline_s  # wall seconds of LLM work per incident, both steps and the queue included
+        # llama.cpp's server answers one request at a time: more workers would only queue there, unseen.
+        self.lane = lane or Lane(1 if self.compact else self.config.max_concurrency)
 
     @property
     def versions(self) -> dict[str, str]:
@@ -125,8 +130,9 @@ class LLMReasoner:
             context = IncidentContext.gather(events, topology, candidates, self.store, self.audit)
         except Exception as exc:  # a context we cannot build must not stop the incident
             log.exception("building the LLM context failed")
-            return candidates[:limit], self._fallback_run("diagnose", prompt, [], f"error: {exc}", "error")
-        incident = _Incident(context, IncidentBudget(self.budget_calls, self.budget_tokens), view=view)
+            return candidates[:limit], self._fallback_run("diagnose", prompt, None, f"error: {exc}", "error")
+        incident = _Incident(context, IncidentBudget(self.budget_calls, self.budget_tokens), view=view,
+                             given_s=self.deadline_s)
         if not candidates:
             return [], ReasonerRun(reasoner=self.fallback.name, versions=self._versions(prompt, self._det_version()),
                                    notes=["the LLM was not asked: no entity has evidence in this incident"])
@@ -139,16 +145,19 @@ class LLMReasoner:
         shown = [c.entity for c in candidates[:detail.candidates]]
         schema = sent_diagnosis_schema(prompt.schema, shown, self.compact)
         try:
-            answer, checked_notes = self._ask("diagnose", prompt, messages, schema, check, incident)
+            answer, checked_notes = self.lane.run(
+                lambda: self._ask("diagnose", prompt, messages, schema, check, incident), incident.deadline,
+                label=f"diagnose {view.incident_id}", on_late=self._late_diagnosis(view.incident_id, prompt))
         except Exception as exc:  # LLMError, or anything unforeseen: the deterministic answer is always there
             if not isinstance(exc, LLMError):
                 log.exception("the LLM diagnosis failed unexpectedly")
-            return candidates[:limit], self._fallback_run("diagnose", prompt, incident.calls, *self._why(exc, incident),
-                                              notes=notes)
-        causes, combine_notes = combine(candidates, answer["hypotheses"], limit)
+            return candidates[:limit], self._fallback_run("diagnose", prompt, incident, *self._why(exc, incident),
+                                                          notes=notes)
+        supported = self.fallback.fault_kinds(events, topology)
+        causes, combine_notes = combine(candidates, answer["hypotheses"], limit, supported=supported)
         metrics.record_decision("diagnose", "llm")
         summary = answer.get("summary", "").strip()
-        return causes, self._run(prompt, incident.calls, notes + checked_notes + combine_notes
+        return causes, self._run(prompt, incident, notes + checked_notes + combine_notes
                                  + ([f"LLM summary: {summary[:300]}"] if summary else []))
 
     # -- propose ----------------------------------------------------------------------------------
@@ -167,14 +176,20 @@ class LLMReasoner:
             context = IncidentContext.gather(view.events, topology, causes, self.store, self.audit)
         except Exception as exc:  # a context we cannot build must not stop the incident
             log.exception("building the LLM context failed")
-            return deterministic, self._fallback_run("propose", prompt, [], f"error: {exc}", "error")
+            return deterministic, self._fallback_run("propose", prompt, None, f"error: {exc}", "error")
         if not context.entities:
             context.entities = sorted({c.entity for c in causes})
         spent = diagnosis or ReasonerRun(reasoner=self.name)
         budget = IncidentBudget(self.budget_calls, self.budget_tokens, calls=spent.calls,
                                 tokens=spent.tokens_in + spent.tokens_out)
-        incident = _Incident(context, budget,
-                             degraded=(spent.fallback or "").startswith("degraded mode"))
+        left = self.deadline_s - spent.llm_seconds  # the deadline is the incident's: propose gets the rest
+        if left < MIN_STEP_S:
+            left = 0.0
+        incident = _Incident(context, budget, degraded=(spent.fallback or "").startswith("degraded mode"),
+                             given_s=left, spent_s=spent.llm_seconds)
+        if left <= 0:
+            return deterministic, self._fallback_run("propose", prompt, incident, *self._why(
+                DeadlinePassed("the model was not asked"), incident))
         top = [c.entity for c in causes[:RELATED_CAUSES]]
         related = topology.blast_radius(top)
         allowed = related & topology.blast_radius(context.entities) if context.entities else related
@@ -182,37 +197,23 @@ class LLMReasoner:
         def check(text: str) -> Checked:
             return check_proposals(text, self.proposal_validation, topology, self.contracts, related, top)
 
-        schema = sent_proposal_schema(self.proposal_validation, self.contracts, topology, allowed, self.compact)
-        messages, _, _ = fit(lambda d: prompt.render(**context.propose_vars(d, causes, self.contracts, allowed)),
-                             self.context_tokens)
+        # The model chooses among the remedies that fit the diagnosis (what else it says is replaced later).
+        fitting = fit_remedies(self._guard(), causes, view, allowed)
+        schema = sent_proposal_schema(self.proposal_validation, self.contracts, topology, allowed, self.compact,
+                                      fits=None if fitting is None else lambda a, t: t in fitting.get(a, ()))
+        messages, _, _ = fit(lambda d: prompt.render(**context.propose_vars(d, causes, self.contracts, allowed,
+                                                                           fitting)), self.context_tokens)
         try:
-            answer, checked_notes = self._ask("propose", prompt, messages, schema, check, incident)
+            answer, checked_notes = self.lane.run(
+                lambda: self._ask("propose", prompt, messages, schema, check, incident), incident.deadline,
+                label=f"propose {view.incident_id}", on_late=self._late_proposals(view.incident_id))
         except Exception as exc:
             if not isinstance(exc, LLMError):
                 log.exception("the LLM proposal failed unexpectedly")
-            return deterministic, self._fallback_run("propose", prompt, incident.calls, *self._why(exc, incident))
-        proposals = self._proposals(answer, causes)
+            return deterministic, self._fallback_run("propose", prompt, incident, *self._why(exc, incident))
+        proposals = proposals_from(answer, causes, self.proposed_by, notify="notify_oncall" in self.contracts)
         metrics.record_decision("propose", "llm")
-        return proposals, self._run(prompt, incident.calls, checked_notes)
-
-    def _proposals(self, answer: dict[str, Any], causes: Sequence[RootCause]) -> list[Proposal]:
-        cause = causes[0]
-        proposals: list[Proposal] = []
-        for action in answer["actions"][:MAX_PROPOSALS]:
-            if any((p.type, p.target) == (action["type"], action["target"]) for p in proposals):
-                continue
-            proposals.append(Proposal(type=action["type"], target=action["target"], params=dict(action["params"]),
-                                      reason=action["reason"][:400], cause=cause.entity,
-                                      proposed_by=self.proposed_by))
-        if not any(p.type == "notify_oncall" for p in proposals) and "notify_oncall" in self.contracts:
-            summary = answer.get("summary", "").strip() or "no summary"
-            planned = ", ".join(f"{p.type} {p.target}" for p in proposals) or "no automatic action"
-            text = (f"Probable root cause: {cause.entity} ({cause.fault_type}, share {cause.share}). "
-                    f"Proposed: {planned}. {summary}")
-            proposals.append(Proposal(type="notify_oncall", target=cause.entity, params={"summary": text[:2000]},
-                                      cause=cause.entity, proposed_by=self.proposed_by,
-                                      reason="a person should know what was found and what is being done about it"))
-        return proposals
+        return proposals, self._run(prompt, incident, checked_notes)
 
     # -- one task's conversation ------------------------------------------------------------------
 
@@ -225,6 +226,8 @@ class LLMReasoner:
         tool_calls_left = self.tools.max_calls if self.tools is not None and incident.view is not None else 0
         attempt = 0
         while attempt <= MAX_REASKS:
+            if incident.deadline.passed():
+                raise DeadlinePassed("no new LLM call starts after the deadline")
             record = CallRecord(task, self.config.model, prompt.hash)
             incident.calls.append(record)
             try:
@@ -235,7 +238,8 @@ class LLMReasoner:
                 raise exc
             offered = [self.tools.spec(incident.view)] if tool_calls_left > 0 else None
             try:
-                completion = self.client.complete(conversation, schema, name, tools=offered)
+                completion = self.client.complete(conversation, schema, name, tools=offered,
+                                                  deadline=incident.deadline)
             except LLMError as exc:
                 record.outcome, record.error = "error", str(exc)[:200]
                 self._observe(record)
@@ -288,21 +292,25 @@ class LLMReasoner:
     def _det_version(self) -> str:
         return f"{self.fallback.name}/{self.fallback.version}"
 
-    def _run(self, prompt: prompts.Prompt, calls: list[CallRecord], notes: list[str]) -> ReasonerRun:
+    def _run(self, prompt: prompts.Prompt, incident: _Incident, notes: list[str]) -> ReasonerRun:
+        calls = list(incident.calls)
         return ReasonerRun(reasoner=self.name, versions=self._versions(prompt, f"{self.name}/{self.version}"),
                            calls=len(calls), tokens_in=sum(c.tokens_in for c in calls),
-                           tokens_out=sum(c.tokens_out for c in calls),
+                           tokens_out=sum(c.tokens_out for c in calls), llm_seconds=incident.used_s(),
                            notes=[c.line() for c in calls] + notes + _cost_note(calls))
 
-    def _fallback_run(self, task: str, prompt: prompts.Prompt, calls: list[CallRecord], reason: str, kind: str,
+    def _fallback_run(self, task: str, prompt: prompts.Prompt, incident: _Incident | None, reason: str, kind: str,
                       notes: Sequence[str] = ()) -> ReasonerRun:
+        """The deterministic answer's run; `incident` None: the LLM was never asked (no calls, no time)."""
         metrics.record_decision(task, "deterministic", kind)
         log.warning("%s: deterministic fallback: %s", task, reason)
+        calls = list(incident.calls) if incident is not None else []  # a late job may still append to its list
         return ReasonerRun(
             reasoner=self.fallback.name, fallback=reason,
             versions=self._versions(prompt, self._det_version()),
             calls=len(calls), tokens_in=sum(c.tokens_in for c in calls),
             tokens_out=sum(c.tokens_out for c in calls),
+            llm_seconds=incident.used_s() if incident is not None else 0.0,
             notes=[c.line() for c in calls] + list(notes) + _cost_note(calls))
 
     def _why(self, exc: Exception, incident: _Incident) -> tuple[str, str]:
@@ -314,6 +322,8 @@ class LLMReasoner:
             return f"degraded mode: {exc}", "breaker_open"
         if isinstance(exc, InvalidAnswer):
             return str(exc), "invalid"
+        if isinstance(exc, DeadlinePassed):
+            return missed(incident.given_s, self.deadline_s, str(exc)), "deadline"
         if isinstance(exc, BudgetExhausted):
             return f"budget: {exc}", "budget"
         if isinstance(exc, ProviderRejected):
@@ -322,7 +332,56 @@ class LLMReasoner:
             return f"the LLM provider is unavailable: {exc}", "unavailable"
         return f"error: {exc}", "error"
 
+    # -- answers after the deadline ---------------------------------------------------------------
+
+    def _late_diagnosis(self, incident_id: str, prompt: prompts.Prompt) -> Callable[[Future], None]:
+        """What to do with a diagnosis that completes after its deadline: a `reasoner.late` record of its
+        hypotheses, for people to read. The deterministic ranking has been recorded and stands."""
+        def landed(future: Future) -> None:
+            answer, _notes = late_result(future) or (None, [])
+            if answer is None:
+                return
+            metrics.LATE.labels("diagnose").inc()
+            hypotheses = [{k: h.get(k) for k in ("entity", "fault_type", "confidence", "explanation")}
+                          for h in answer["hypotheses"]]
+            reasons = [f"the LLM's diagnosis came after the incident's {self.deadline_s:g} s deadline: the "
+                       "deterministic ranking stood and this changed nothing",
+                       "recorded as a hypothesis for people to read; no action follows from it"]
+            if self.audit is None:
+                log.info("incident %s: late LLM diagnosis (after the deadline, changed nothing): %s", incident_id,
+                         ", ".join(f"{h['entity']} ({h['fault_type']}, {h['confidence']})" for h in hypotheses))
+                return
+            try:
+                self.audit.append("reasoner.late", incident_id=incident_id, node="diagnose",
+                                  decision={"hypotheses": hypotheses}, reasons=reasons,
+                                  versions=self._versions(prompt))
+            except Exception:  # the run may be over and its audit log closed: the answer was late anyway
+                log.exception("incident %s: recording the late LLM diagnosis failed", incident_id)
+        return landed
+
+    def _late_proposals(self, incident_id: str) -> Callable[[Future], None]:
+        """Late proposals are dropped: an action needs the graph's whole path (guard, approvals), never a side door."""
+        def landed(future: Future) -> None:
+            answer, _notes = late_result(future) or (None, [])
+            if answer is not None:
+                metrics.LATE.labels("propose").inc()
+                log.warning("incident %s: late LLM proposals dropped (after the deadline): %s", incident_id,
+                            ", ".join(f"{a['type']} {a['target']}" for a in answer["actions"]))
+        return landed
+
+    def _guard(self) -> Guard:
+        """The guard whose remedy fitness the model's choices are held to: the rules in force when given,
+        else one from the contracts alone (built on first use)."""
+        if self.guard is not None:
+            return self.guard()
+        if self._own_guard is None:
+            self._own_guard = Guard(Ruleset(digest="contracts"), self.contracts)
+        return self._own_guard
+
     def close(self) -> None:
+        if self._own_guard is not None:
+            self._own_guard.close()
+        self.lane.close()
         self.client.close()
         if self._on_close:
             self._on_close()

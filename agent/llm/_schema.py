@@ -6,7 +6,8 @@ union of the loaded contracts' parameters, followed by checks that give readable
 The schema sent to the provider says more, so a grammar-constrained model (llama.cpp) cannot even write
 most wrong answers: a hypothesis's `entity` is one of the candidates shown, and each action is one of
 the contracts, with that contract's own parameters and (when the list is of modest size) a target among
-the allowed targets of a type it accepts. Such a schema narrows what a model can say; it decides
+the allowed targets of a type it accepts, where the action remedies the diagnosed cause (remedy fitness,
+rules/_fitness.py): the model chooses among fit remedies. Such a schema narrows what a model can say; it decides
 nothing: whatever comes back is validated again, and every proposal is judged by the guard.
 With `compact`, strings and lists are shortened so that a small local model's whole answer fits in its
 token limit instead of being cut off mid-string.
@@ -15,7 +16,7 @@ token limit instead of being cut off mid-string.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rules import ActionContract, Topology
@@ -53,12 +54,15 @@ def sent_diagnosis_schema(base: dict[str, Any], entities: Sequence[str], compact
 
 
 def sent_proposal_schema(base: dict[str, Any], contracts: Mapping[str, ActionContract], topology: Topology,
-                         targets: set[str], compact: bool) -> dict[str, Any]:
+                         targets: set[str], compact: bool,
+                         fits: Callable[[str, str], bool] | None = None) -> dict[str, Any]:
     """Each action one of the contracts, with its own parameters and a target among `targets` of a type
-    it accepts; contracts with no such target are left out."""
+    it accepts and, with `fits` (action, target), one where the action remedies the diagnosed cause;
+    contracts with no such target are left out."""
     schema = copy.deepcopy(base)
     item = schema["properties"]["actions"]["items"]
-    by_contract = {name: sorted(t for t in targets if topology.entity_type(t) in contracts[name].target_types)
+    by_contract = {name: sorted(t for t in targets if topology.entity_type(t) in contracts[name].target_types
+                                and (fits is None or fits(name, t)))
                    for name in contracts}
     enumerate_targets = 0 < sum(len(t) for t in by_contract.values()) <= MAX_TARGET_ENUM
     variants = []

@@ -8,12 +8,17 @@
     rtem_llm_cost_usd_total{model}                     only when prices are configured
     rtem_llm_decisions_total{task, decided_by}         decided_by: llm | deterministic
     rtem_llm_fallbacks_total{task, reason}             reason: invalid | unavailable | breaker_open |
-                                                       budget | rejected | error
+                                                       budget | rejected | deadline | error
+    rtem_llm_late_answers_total{task}                  answers that came after the incident's deadline
+                                                       (diagnose: recorded as `reasoner.late`; propose: dropped)
+    rtem_llm_dropped_jobs_total                        jobs whose deadline passed while they were queued
     rtem_llm_degraded_incidents_total                  incidents handled while the breaker was open
     rtem_llm_breaker_state{provider}                   0 closed, 1 half-open, 2 open
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -28,6 +33,8 @@ DECISIONS = Counter("rtem_llm_decisions", "Which reasoner decided a diagnosis or
                     ["task", "decided_by"])
 FALLBACKS = Counter("rtem_llm_fallbacks", "Deterministic fallbacks, by reason", ["task", "reason"])
 DEGRADED = Counter("rtem_llm_degraded_incidents", "Incidents handled in degraded mode (breaker open)")
+LATE = Counter("rtem_llm_late_answers", "LLM answers that came after the incident's deadline", ["task"])
+DROPPED = Counter("rtem_llm_dropped_jobs", "LLM jobs dropped unrun: their deadline passed in the queue")
 BREAKER = Gauge("rtem_llm_breaker_state", "Circuit breaker on the LLM provider: 0 closed, 1 half-open, 2 open",
                 ["provider"])
 
@@ -52,3 +59,26 @@ def record_decision(task: str, decided_by: str, fallback_kind: str | None = None
 
 def record_breaker(provider: str, state: str) -> None:
     BREAKER.labels(provider).set(BREAKER_VALUES.get(state, 0))
+
+
+@dataclass
+class CallRecord:
+    """Telemetry of one provider call, kept with the decision (`line()`) and exported as metrics."""
+
+    task: str
+    model: str
+    prompt: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_s: float = 0.0
+    outcome: str = "valid"  # valid | re-asked | fallback | tool_call | error
+    attempts: int = 0
+    cost_usd: float | None = None
+    error: str = ""
+
+    def line(self) -> str:
+        cost = f", ~${self.cost_usd:.6f}" if self.cost_usd is not None else ""
+        error = f": {self.error}" if self.error else ""
+        return (f"{self.task} call: model {self.model}, prompt {self.prompt}, tokens {self.tokens_in} in / "
+                f"{self.tokens_out} out, {self.latency_s:.2f} s, {self.attempts} attempt(s){cost}, "
+                f"{self.outcome}{error}")

@@ -23,8 +23,9 @@ from ._history import History
 from ._learned import LearnedModel, blend, candidate_features, posterior
 from ._remedies import propose_remedies
 from ._candidate import Candidate
+from ._catalog import fault_type_of
 from ._scoring import rank_candidates
-from ._signals import extract_signals
+from ._signals import CHANGE, extract_signals
 
 MAX_EVIDENCE = 20
 
@@ -68,6 +69,18 @@ class DeterministicReasoner:
         blended = posterior([scores[i] for i in order])
         return [_root_cause(ranked[i], share, start, learned.why(features[i]))
                 for i, share in zip(order[:limit], blended)]
+
+    def fault_kinds(self, events: Sequence[Event], topology: Topology) -> dict[str, set[str]]:
+        """Entity → the fault types its evidence supports: the kind of each domain its signals speak of, its
+        change's fault (bad_deploy, bad_config) when a change is part of its case, and its own label. The LLM
+        reasoner keeps a model's fault type only when it is in this set (agent/llm/_combine.py), so a label
+        needs a signal behind it, as a candidate does."""
+        kinds: dict[str, set[str]] = {}
+        for cand in rank_candidates(extract_signals(events, topology), topology):
+            found = {fault_type_of(d) for d in cand.domains}
+            found |= {s.domain for _, s in cand.evidence if s.source == CHANGE}
+            kinds[cand.entity] = (found | {cand.fault_type}) - {"unknown"}
+        return kinds
 
     def remedies(self, causes: Sequence[RootCause], topology: Topology,
                  events: Sequence[Event] | None = None) -> list[Proposal]:
