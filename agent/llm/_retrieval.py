@@ -32,7 +32,8 @@ EVENT_CHARS = 200
 LINE_PREFIX_TOKENS = 25  # a line's seq or event id, time, kind and incident, before its text
 KIND_WEIGHT = {"causes.ranked": 5, "action.verdict": 5, "action.executed": 5, "action.blocked": 5,
                "actions.proposed": 4, "incident.closed": 4, "approval.requested": 4, "approval.decided": 4,
-               "action.approval": 4, "incident.opened": 3, "incident.diagnosed": 3, "incident.merged": 3}
+               "action.approval": 4, "incident.opened": 3, "incident.diagnosed": 3, "incident.merged": 3,
+               "reasoner.late": 2}
 # Question wording that makes some kinds of records more relevant than their weight says.
 HINTS = ((r"block|den(y|ied)|refus|rule|held|approv|guard", ("action.verdict", "action.blocked",
                                                               "approval.requested", "approval.decided")),

@@ -310,7 +310,8 @@ function headline(r) {
   switch (r.kind) {
     case "incident.opened": return `Opened on ${(d.entities || []).join(", ")} (${d.severity || "?"})`;
     case "causes.ranked": return `Ranked causes: ${(d.root_causes || []).map((c) => `${c.entity} ${confidence(c.confidence)}`).join(", ") || "none"}`;
-    case "actions.proposed": return `Proposed: ${(d.proposals || []).map((x) => `${x.type} on ${x.target}`).join(", ") || "nothing"}`;
+    case "actions.proposed": return `Proposed: ${(d.proposals || []).map((x) => `${x.type} on ${x.target}`).join(", ") || "nothing"}${(d.replaced_as_unfit || []).length ? " (unfit proposals replaced)" : ""}`;
+    case "reasoner.late": return `Late LLM hypothesis (changed nothing): ${(d.hypotheses || []).map((h) => `${h.entity} ${h.fault_type}`).join(", ") || "none"}`;
     case "action.verdict": return `${p.type} on ${p.target}: ${d.outcome}${(d.rules || []).length ? ` (${d.rules.join(", ")})` : ""}`;
     case "approval.requested": return `Approval requested: ${((r.inputs || {}).actions || []).join(", ")}`;
     case "approval.decided": return `${d.decision === "approve" ? "Approved" : "Rejected"} by ${d.by}`;
