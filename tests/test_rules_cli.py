@@ -290,3 +290,19 @@ def test_replay_refuses_a_rule_set_that_fails_check_and_bad_usage(recorded, tmp_
     assert result.exit_code == 1 and "unknown action type 'drain_hots'" in result.output
     assert rtem("rules", "replay", "--since", "yesterday-ish", "--db", recorded, "-t", topology).exit_code == 2
     assert rtem("rules", "replay", "--since", "1h", "--db", tmp_path / "none.db", "-t", topology).exit_code == 2
+
+
+@pytest.mark.integration
+def test_replay_judges_remedy_fitness_against_the_recorded_diagnosis(recorded, tmp_path):
+    # The recorded incident's cause is host node-6 (cpu); a rule file that drains hosts only for disk
+    # faults makes its drain unfit, judged against the diagnosis recorded with the verdict.
+    edited = (PACKAGED / "guardrails" / "default.yaml").read_text().replace(
+        "version: 1\n", "version: 1\nremedies:\n  drain_host:\n    faults: [disk_io, disk_space]\n", 1)
+    root = rules_dir(tmp_path, {"default.yaml": edited})
+    result = rtem("rules", "replay", "--since", "1h", "--db", recorded, "--topology",
+                  EXAMPLES / "boutique-topology.json", "--rules", root, "--json")
+    assert result.exit_code == 0, result.output
+    [changed] = json.loads(result.stdout)["changed"]
+    assert changed["proposal"]["type"] == "drain_host" and changed["after"]["outcome"] == "deny"
+    assert changed["added_rules"] == ["fitness.drain_host.faults"]
+    assert any("the diagnosis says cpu at node-6" in reason for reason in changed["after"]["reasons"])

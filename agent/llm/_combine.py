@@ -1,16 +1,21 @@
 """The combining rule: the final ranking mixes the LLM's hypotheses with the deterministic evidence.
 
     admissible(e)  e is a deterministic candidate, i.e. has evidence in this incident
+    close(e)       e is a close call: among the first CLOSE_RANKS candidates, with at least CLOSE_SHARE of
+                   the leader's share (the evidence has not decided between them)
     p_det(e)       the deterministic reasoner's confidence (its posterior share; sums to 1 over candidates)
-    p_llm(e)       the LLM's confidence in e, renormalised over its admissible hypotheses (0 if not named)
-    score(e)       LLM_WEIGHT * p_llm(e) + (1 - LLM_WEIGHT) * p_det(e)
+    p_llm(e)       the LLM's confidence in e, renormalised over its close-call hypotheses (0 if not named)
+    score(e)       LLM_WEIGHT * p_llm(e) + (1 - LLM_WEIGHT) * p_det(e)   (p_det(e) when the LLM named no close call)
 
 Entities are ranked by score (ties: deterministic rank); a cause's confidence is its score, so the
-confidences still sum to at most 1. An answer that names no admissible entity leaves the deterministic
-ranking as it is. Hypotheses about entities that are not admissible are dropped before
-anything else: the LLM can reorder the candidates the evidence supports, never add one. With
-LLM_WEIGHT = 0.5, a candidate the LLM names alone goes first; when the LLM spreads its confidence over
-several, the deterministic shares settle the close calls between them.
+confidences still sum to at most 1. Hypotheses about entities that are not admissible are dropped before
+anything else: the LLM can reorder the candidates the evidence supports, never add one. And it reorders
+only the close calls: a candidate outside them gets no LLM weight, so its score stays below the leader's
+and every close call's, and it stays where the evidence ranks it, however confidently a model names it.
+A wrong or hostile model can therefore cost at most the close calls the evidence could not settle, while
+a right one settles them (benchmarks/rca_accuracy.py --llm scripted measures both). Among the close calls,
+with LLM_WEIGHT = 0.5, a candidate the LLM names alone goes first; when the LLM spreads its confidence over
+several, the deterministic shares settle it.
 
 A cause keeps the deterministic evidence (event ids) of its entity, followed by the event ids the LLM
 cited that are in the incident. Its fault type is the LLM's when the LLM named the entity with a fault
@@ -30,6 +35,10 @@ from agent.models import RootCause
 from rules import Proposal
 
 LLM_WEIGHT = 0.5
+# A close call: a candidate among the first CLOSE_RANKS whose share is at least CLOSE_SHARE of the leader's
+# (posterior odds of at most about 1.4 to 1). docs/llm.md shows what other values do on every personality.
+CLOSE_RANKS = 3
+CLOSE_SHARE = 0.7
 MAX_EVIDENCE = 20
 MAX_PROPOSALS = 4
 
@@ -51,13 +60,20 @@ def combine(candidates: Sequence[RootCause], hypotheses: Sequence[dict[str, Any]
     if not named:
         notes.append("combining: the LLM named no candidate with evidence; the deterministic ranking stands")
         return list(candidates[:max(0, limit)]), notes
-    total = sum(max(0.0, float(h["confidence"])) for h in named.values())
-    p_llm = {e: (max(0.0, float(h["confidence"])) / total if total > 0 else 1 / len(named)) for e, h in named.items()}
     det_total = sum(c.confidence for c in candidates) or 1.0
+    close = close_calls(candidates)
+    weighed = {e: h for e, h in named.items() if e in close}
+    for entity in named:
+        if entity not in close:
+            notes.append(f"combining: {entity} stays where the evidence ranks it: not a close call with "
+                         f"{candidates[0].entity}")
+    total = sum(max(0.0, float(h["confidence"])) for h in weighed.values())
+    p_llm = {e: (max(0.0, float(h["confidence"])) / total if total > 0 else 1 / len(weighed))
+             for e, h in weighed.items()}
     scored = []
     for rank, cand in enumerate(candidates):
         p_det = cand.confidence / det_total
-        score = LLM_WEIGHT * p_llm.get(cand.entity, 0.0) + (1 - LLM_WEIGHT) * p_det
+        score = (LLM_WEIGHT * p_llm.get(cand.entity, 0.0) + (1 - LLM_WEIGHT) * p_det) if p_llm else p_det
         scored.append((score, rank, cand))
     scored.sort(key=lambda item: (-item[0], item[1]))
     if supported is not None:
@@ -67,6 +83,17 @@ def combine(candidates: Sequence[RootCause], hypotheses: Sequence[dict[str, Any]
     if causes and candidates and causes[0].entity != candidates[0].entity:
         notes.append(f"combining: the LLM moved {causes[0].entity} ahead of {candidates[0].entity}")
     return causes, notes
+
+
+def close_calls(candidates: Sequence[RootCause]) -> set[str]:
+    """The leading candidates whose evidence is nearly as strong as the leader's: at most CLOSE_RANKS of
+    them, each with at least CLOSE_SHARE of the leader's share. Only among these can a model's view change
+    the order: the evidence has not decided between them, and a model cannot lift one it clearly ranks
+    lower."""
+    if not candidates:
+        return set()
+    lead = candidates[0].confidence
+    return {c.entity for c in candidates[:CLOSE_RANKS] if c.confidence >= CLOSE_SHARE * lead}
 
 
 def _agreeing(hyp: dict[str, Any], cand: RootCause, kinds: Set[str], notes: list[str]) -> dict[str, Any]:
