@@ -29,17 +29,20 @@ from datetime import datetime
 from typing import Any
 
 from rules._contracts import ActionContract
+from rules._fitness import FAULT_TYPES, TARGET_ROLES
 from rules._guardrails import Guardrail
 
 ENTITY_TYPES = ("service", "instance", "host", "database", "cache", "queue", "external")
 SEVERITIES = ("info", "warning", "error", "critical")
 RISKS = ("low", "medium", "high")
 ENUMS: dict[str, tuple] = {"risk": RISKS, "incident_severity": SEVERITIES, "target_type": ENTITY_TYPES,
-                           "in_blast_radius": (True, False)}
+                           "in_blast_radius": (True, False), "cause_type": ENTITY_TYPES, "cause_fault": FAULT_TYPES,
+                           "target_role": TARGET_ROLES, "target_deployed": (True, False),
+                           "target_changed": (True, False)}
 INT_RANGES = {"hour": (0, 23), "minute": (0, 59), "weekday": (0, 6), "incident_severity_rank": (0, 3)}
 TEXT_FIELDS = {"action", "risk", "proposed_by", "cause", "target", "target_type", "target_service", "incident_id",
-               "incident_severity", "date"}
-NUMBER_FIELDS = {"target_tier", *INT_RANGES}
+               "incident_severity", "date", "cause_type", "cause_fault", "target_role"}
+NUMBER_FIELDS = {"target_tier", "target_signals", *INT_RANGES}
 NUMERIC_OPS = {"lt", "lte", "gt", "gte"}
 _REFUSED_HINT = "the contract refuses them before this rule can matter; fix the rule or the contract"
 

@@ -227,3 +227,23 @@ def test_rules_check_points_at_every_remedies_problem(tmp_path):
     assert findings[(3, "unknown_action")]["message"] == "remedies names unknown action type 'drain_hots'"
     assert "did you mean 'drain_host'" in findings[(3, "unknown_action")]["suggestion"]
     assert any(line == 6 for line, _ in findings), findings
+
+
+def test_rules_check_knows_the_values_of_the_diagnosis_fields(tmp_path):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+    from rules import packaged_rules_dir
+
+    root = tmp_path / "rules"
+    (root / "guardrails").mkdir(parents=True)
+    shutil.copytree(packaged_rules_dir() / "contracts", root / "contracts")
+    (root / "guardrails" / "g.yaml").write_text(
+        "version: 1\nrules:\n  - id: no-drain-for-cpu\n    match: {action: drain_host, cause_fault: cpuu}\n"
+        "    outcome: deny\n    reason: r\n")
+    result = CliRunner().invoke(app, ["rules", "check", str(root), "--json"])
+    [finding] = [f for f in json.loads(result.stdout)["findings"] if f["kind"] == "never_matches"]
+    assert finding["line"] == 4 and "'cpu'" in finding["suggestion"], finding
