@@ -68,8 +68,10 @@ def test_a_good_answer_in_each_structured_output_style_decides(llm, tmp_path, mo
 
     [incident] = report["incidents"]
     first, *_ = llm.requests
-    chosen = candidates_in(first)[1]
-    assert incident["root_causes"][0]["entity"] == chosen, "the LLM's reordering within the evidence stands"
+    leader, chosen = candidates_in(first)[:2]
+    # node-6's own CPU and I/O anomalies rank it clearly first: the model's preference for the runner-up
+    # is not a close call, so the evidence's order stands (agent/llm/_combine.py), with the model's words
+    assert incident["root_causes"][0]["entity"] == leader != chosen
     assert incident["root_causes"][0]["explanation"].startswith("LLM: ")
     assert sum(c["confidence"] for c in incident["root_causes"]) <= 1.0001
     # the request: the configured model, a seed, the style asked for, the answer schema with bounds
@@ -84,6 +86,8 @@ def test_a_good_answer_in_each_structured_output_style_decides(llm, tmp_path, mo
     assert ranked["decision"]["reasoner"]["reasoner"] == "llm" and ranked["decision"]["reasoner"]["fallback"] is None
     assert ranked["versions"]["model"] == MODEL and ranked["versions"]["prompt"].startswith("diagnose:")
     assert any("valid" in note for note in ranked["decision"]["reasoner"]["notes"])
+    assert f"combining: {chosen} stays where the evidence ranks it: not a close call with {leader}" in \
+        ranked["decision"]["reasoner"]["notes"]
     # the proposals came from the LLM, and every one of them was judged by the guard
     actions = assert_guard_held(db)
     assert actions and all(a["proposed_by"] == f"llm:{MODEL}" for a in actions)

@@ -91,7 +91,8 @@ def test_agreement_in_the_abstract():
     supported = {"a": {"connections", "network"}, "b": set()}
     causes, notes = combine(det, hyps, 5, supported=supported)
     assert [(c.entity, c.fault_type) for c in causes] == [("a", "connections"), ("b", "cpu")]
-    assert notes == ["combining: fault type 'memory' for a dropped: the evidence speaks of connections, network"]
+    assert notes == ["combining: b stays where the evidence ranks it: not a close call with a",
+                     "combining: fault type 'memory' for a dropped: the evidence speaks of connections, network"]
     # the deterministic label is always supported, and `unknown` never replaces a label
     causes, notes = combine(det, [_hyp("b", "cpu"), _hyp("a", "unknown")], 5, supported={})
     assert {c.entity: c.fault_type for c in causes} == {"a": "connections", "b": "cpu"}
@@ -103,3 +104,18 @@ def test_agreement_in_the_abstract():
     # without `supported`, nothing is checked (the old rule)
     causes, _ = combine(det, [_hyp("a", "memory")], 5)
     assert causes[0].fault_type == "memory"
+
+
+def test_a_model_reorders_only_the_close_calls_of_the_evidence():
+    """However sure a model is, a candidate the evidence ranks clearly lower stays where it is; among
+    candidates the evidence could not separate, the model decides."""
+    det = [RootCause(entity="a", fault_type="cpu", confidence=0.50, evidence=["e1"], explanation="A"),
+           RootCause(entity="b", fault_type="cpu", confidence=0.45, evidence=["e2"], explanation="B"),
+           RootCause(entity="c", fault_type="cpu", confidence=0.05, evidence=["e3"], explanation="C")]
+    causes, notes = combine(det, [_hyp("c", "cpu", 0.99)], 5, supported={})
+    assert [c.entity for c in causes] == ["a", "b", "c"]
+    assert [c.confidence for c in causes] == [0.5, 0.45, 0.05], "no weight for a hypothesis off the close calls"
+    assert notes == ["combining: c stays where the evidence ranks it: not a close call with a"]
+    causes, notes = combine(det, [_hyp("b", "cpu", 0.99)], 5, supported={})
+    assert [c.entity for c in causes] == ["b", "a", "c"]
+    assert notes == ["combining: the LLM moved b ahead of a"]

@@ -36,9 +36,9 @@ from rules import Proposal
 
 LLM_WEIGHT = 0.5
 # A close call: a candidate among the first CLOSE_RANKS whose share is at least CLOSE_SHARE of the leader's
-# (posterior odds of at most about 1.4 to 1). docs/llm.md shows what other values do on every personality.
+# (posterior odds of at most 1.25 to 1). docs/llm.md shows what other values do on every personality.
 CLOSE_RANKS = 3
-CLOSE_SHARE = 0.7
+CLOSE_SHARE = 0.8
 MAX_EVIDENCE = 20
 MAX_PROPOSALS = 4
 
