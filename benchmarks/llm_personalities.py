@@ -29,7 +29,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from rca_accuracy import Case, Tally, attack_event, expected_fault_type, rank_of, read_events  # noqa: E402
+from rca_accuracy import Case, Tally, case_events, expected_fault_type, rank_of  # noqa: E402
 
 from agent.config import Settings  # noqa: E402
 from agent.fitness import diagnosis_of, keep_fit  # noqa: E402
@@ -264,12 +264,9 @@ def run_personality(personality: Personality, cases: Sequence[Case], topology: T
         reasoner = build_reasoner(llm_settings(server.url, personality.name), contracts=load_contracts())
         try:
             for case in cases:
-                events = read_events(case.events)
-                subjects = Counter(e.subject for e in events if e.subject in topology)
-                if not subjects:
+                events = case_events(case, topology, attacked=report.attacked)  # hostile obeys the attack
+                if events is None:
                     continue
-                if report.attacked:  # what it obeys
-                    events.append(attack_event(events, subjects.most_common(1)[0][0]))
                 truth = case.truth["root_cause_entity"]
                 personality.begin(CaseFacts(case.number, truth, expected_fault_type(case.truth.get("fault_type", "")),
                                             topology, events))

@@ -329,11 +329,9 @@ def injection_run(kind: str, cases: Sequence[Case], topology: Topology) -> dict:
     started = time.perf_counter()
     try:
         for case in cases:
-            events = read_events(case.events)
-            subjects = Counter(e.subject for e in events if e.subject in topology)
-            if not subjects:
+            events = case_events(case, topology, attacked=True)
+            if events is None:
                 continue
-            events.append(attack_event(events, subjects.most_common(1)[0][0]))
             answers.clear()
             view = IncidentView(f"case-{case.number}", events, topology)
             causes, diagnosed = reasoner.diagnose(view)
@@ -358,6 +356,18 @@ def injection_run(kind: str, cases: Sequence[Case], topology: Topology) -> dict:
     return {"llm": kind, "model": reasoner.config.model, "seconds": round(time.perf_counter() - started, 1),
             **{k: tally[k] for k in ("cases", "llm_proposed_attack", "attack_passed_checks", "guard_allowed_attack",
                                      "attack_require_approval", "attack_deny", "llm_decided_proposals")}}
+
+
+def case_events(case: Case, topology: Topology, attacked: bool = False) -> list[Event] | None:
+    """A case's events (None when none is about an entity of the topology); `attacked` adds the attack
+    event about the busiest entity."""
+    events = read_events(case.events)
+    subjects = Counter(e.subject for e in events if e.subject in topology)
+    if not subjects:
+        return None
+    if attacked:
+        events.append(attack_event(events, subjects.most_common(1)[0][0]))
+    return events
 
 
 def attack_event(events: Sequence[Event], subject: str) -> Event:

@@ -157,6 +157,23 @@ def backend(request, tmp_path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
+@pytest.fixture
+def scripted_llm(monkeypatch):
+    """A real scripted OpenAI-compatible server (tests/llm_server.py), with the RTEM_LLM_* variables pointing
+    `--llm openai` at it (model `scripted-model`, quick retries) and the SDK's own variables unset."""
+    from tests.llm_server import ScriptedLLM
+
+    server = ScriptedLLM().start()
+    for name, value in {"RTEM_LLM_BASE_URL": server.url, "RTEM_LLM_API_KEY": "sk-test-key",
+                        "RTEM_LLM_MODEL": "scripted-model", "RTEM_LLM_RETRY_INITIAL_S": "0.01",
+                        "RTEM_LLM_TIMEOUT_S": "5"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "RTEM_LLM", "RTEM_LLM_OUTPUT"):
+        monkeypatch.delenv(name, raising=False)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def boutique() -> Topology:
     """The recorded Online Boutique topology, shipped as an example with rtem."""

@@ -185,3 +185,14 @@ class Golden:
             pytest.fail(f"the output differs from {path.relative_to(ROOT)}:\n{shown}\n\nIf the change is intended, "
                         f"rewrite the golden files with `{self.UPDATE}` and review their diff before committing.",
                         pytrace=False)
+
+
+def local_model_or_skip() -> Path:
+    """The default local model's file, or skip the test saying what to install (the [local] extra)."""
+    from agent.llm import LLMSetupError, default_model, server_binary
+
+    try:
+        server_binary()
+        return default_model()
+    except LLMSetupError as exc:
+        pytest.skip(f"needs the [local] extra: {exc}")

@@ -9,24 +9,16 @@ import pytest
 
 from agent.config import Settings
 from agent.demo.runner import run_demo
-from agent.llm import LLMSetupError, default_model, server_binary
+from tests.helpers import local_model_or_skip
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.local_llm]
 
 DEFAULT_TIMEOUT_S = 170.0  # run_demo's and `rtem demo`'s default
 
 
-def _local_model_or_skip():
-    try:
-        server_binary()
-        return default_model()
-    except LLMSetupError as exc:
-        pytest.skip(f"needs the [local] extra: {exc}")
-
-
 @pytest.mark.timeout(420)
 async def test_the_demo_with_the_local_model_resolves_every_incident_on_time(tmp_path, monkeypatch):
-    _local_model_or_skip()
+    local_model_or_skip()
     monkeypatch.delenv("RTEM_LOCAL_MODEL", raising=False)
     monkeypatch.delenv("RTEM_LLM_DEADLINE_S", raising=False)
     # Where the model once drained a host for an instance's crash loop, and called the database's

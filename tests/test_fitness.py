@@ -4,19 +4,24 @@ by the deterministic remedies (agent/fitness.py). Pure: no server, no clock."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from agent.cli import app
 from agent.fitness import diagnosis_of, keep_fit
 from agent.models import IncidentView, RootCause
 from agent.reasoner import DeterministicReasoner
 from agent.reasoner._catalog import ACTION_CATALOG, FAULT_TYPES
 from bus import Event
 from rules import FAULT_TYPES as RULE_FAULT_TYPES
-from rules import Diagnosis, Guard, Proposal, RulesError, Topology, load_contracts, load_guardrails
+from rules import (Diagnosis, Guard, Proposal, RulesError, Topology, load_contracts, load_guardrails,
+                   packaged_rules_dir)
 
 AT = datetime(2026, 12, 3, 14, 0, tzinfo=timezone.utc)
 CONTRACTS = load_contracts()
@@ -201,49 +206,33 @@ def test_fit_model_proposals_are_kept_as_they_are(guard, topology):
     assert kept == proposed and notes == []
 
 
-def test_rules_check_points_at_every_remedies_problem(tmp_path):
-    import json
-    import shutil
-
-    from typer.testing import CliRunner
-
-    from agent.cli import app
-    from rules import packaged_rules_dir
-
+def _check(tmp_path, guardrails: str) -> tuple[int, list[dict]]:
+    """`rtem rules check --json` on the packaged contracts and one guardrail file: exit code, findings."""
     root = tmp_path / "rules"
     (root / "guardrails").mkdir(parents=True)
     shutil.copytree(packaged_rules_dir() / "contracts", root / "contracts")
-    (root / "guardrails" / "fit.yaml").write_text(
-        "version: 1\n"
-        "remedies:\n"
-        "  drain_hots:\n"
-        "    causes: [host]\n"
-        "  restart_instance:\n"
-        "    faults: [cpu, memroy]\n"
-        "rules: []\n")
+    (root / "guardrails" / "g.yaml").write_text(guardrails)
     result = CliRunner().invoke(app, ["rules", "check", str(root), "--json"])
-    assert result.exit_code == 1
-    findings = {(f["line"], f["kind"]): f for f in json.loads(result.stdout)["findings"]}
+    return result.exit_code, json.loads(result.stdout)["findings"]
+
+
+def test_rules_check_points_at_every_remedies_problem(tmp_path):
+    code, found = _check(tmp_path, "version: 1\n"
+                                   "remedies:\n"
+                                   "  drain_hots:\n"
+                                   "    causes: [host]\n"
+                                   "  restart_instance:\n"
+                                   "    faults: [cpu, memroy]\n"
+                                   "rules: []\n")
+    assert code == 1
+    findings = {(f["line"], f["kind"]): f for f in found}
     assert findings[(3, "unknown_action")]["message"] == "remedies names unknown action type 'drain_hots'"
     assert "did you mean 'drain_host'" in findings[(3, "unknown_action")]["suggestion"]
     assert any(line == 6 for line, _ in findings), findings
 
 
 def test_rules_check_knows_the_values_of_the_diagnosis_fields(tmp_path):
-    import json
-    import shutil
-
-    from typer.testing import CliRunner
-
-    from agent.cli import app
-    from rules import packaged_rules_dir
-
-    root = tmp_path / "rules"
-    (root / "guardrails").mkdir(parents=True)
-    shutil.copytree(packaged_rules_dir() / "contracts", root / "contracts")
-    (root / "guardrails" / "g.yaml").write_text(
-        "version: 1\nrules:\n  - id: no-drain-for-cpu\n    match: {action: drain_host, cause_fault: cpuu}\n"
-        "    outcome: deny\n    reason: r\n")
-    result = CliRunner().invoke(app, ["rules", "check", str(root), "--json"])
-    [finding] = [f for f in json.loads(result.stdout)["findings"] if f["kind"] == "never_matches"]
+    _, found = _check(tmp_path, "version: 1\nrules:\n  - id: no-drain-for-cpu\n"
+                                "    match: {action: drain_host, cause_fault: cpuu}\n    outcome: deny\n    reason: r\n")
+    [finding] = [f for f in found if f["kind"] == "never_matches"]
     assert finding["line"] == 4 and "'cpu'" in finding["suggestion"], finding

@@ -11,27 +11,15 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from tests.helpers import RECORDING, TOPOLOGY, decisions
-from tests.llm_server import ScriptedLLM, allowed_actions, good_diagnosis, task_of
+from tests.llm_server import allowed_actions, good_diagnosis, task_of
 
 pytestmark = pytest.mark.integration
 
 runner = CliRunner()
 
 
-@pytest.fixture
-def llm(monkeypatch):
-    server = ScriptedLLM().start()
-    for name, value in {"RTEM_LLM_BASE_URL": server.url, "RTEM_LLM_API_KEY": "sk-test-key",
-                        "RTEM_LLM_MODEL": "scripted", "RTEM_LLM_RETRY_INITIAL_S": "0.01",
-                        "RTEM_LLM_TIMEOUT_S": "5"}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "RTEM_LLM", "RTEM_LLM_OUTPUT"):
-        monkeypatch.delenv(name, raising=False)
-    yield server
-    server.stop()
-
-
-def test_a_restart_proposed_for_a_host_fault_is_replaced_by_the_drain_the_cause_calls_for(llm, tmp_path):
+def test_a_restart_proposed_for_a_host_fault_is_replaced_by_the_drain_the_cause_calls_for(scripted_llm, tmp_path):
+    llm = scripted_llm
     # The recording is a CPU fault on host node-6; frontend2-0 runs there (one relation away, so the
     # answer passes every check but fitness): restarting it does not remedy a host's fault.
     llm.on("diagnosis", lambda body: good_diagnosis(body, pick=0))
@@ -58,11 +46,11 @@ def test_a_restart_proposed_for_a_host_fault_is_replaced_by_the_drain_the_cause_
     db = out / "run" / "rtem.db"
     [proposed] = decisions(db, "actions.proposed")
     [replaced, instead] = proposed["decision"]["replaced_as_unfit"]
-    assert replaced.startswith("unfit proposal replaced: restart_instance on frontend2-0 (llm:scripted): "
+    assert replaced.startswith("unfit proposal replaced: restart_instance on frontend2-0 (llm:scripted-model): "
                                "fitness.restart_instance.causes: does not remedy the diagnosed cause")
     assert instead.endswith("drain_host on node-6") and proposed["reasons"][:2] == [replaced, instead]
     by = {p["type"]: p["proposed_by"] for p in proposed["decision"]["proposals"]}
-    assert by == {"drain_host": "deterministic", "notify_oncall": "llm:scripted"}
+    assert by == {"drain_host": "deterministic", "notify_oncall": "llm:scripted-model"}
     page = next(p for p in proposed["decision"]["proposals"] if p["type"] == "notify_oncall")
     assert "planned: drain_host node-6" in page["params"]["summary"]
     verdicts = decisions(db, "action.verdict")

@@ -126,11 +126,7 @@ def test_a_backlog_never_starves_later_incidents_and_expired_jobs_are_never_sent
         results[incident_id] = (time.monotonic() - started, run, prun, proposals)
 
     try:
-        threads = [threading.Thread(target=handle, args=(f"inc-{i}",)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
+        _at_once(handle, 4)
         assert sorted(results) == [f"inc-{i}" for i in range(4)]
         for incident_id, (took, run, prun, proposals) in results.items():
             assert took < 1.0 + MARGIN_S, (incident_id, took)
@@ -144,7 +140,7 @@ def test_a_backlog_never_starves_later_incidents_and_expired_jobs_are_never_sent
         reasoner.close()
 
 
-def test_one_worker_serves_incidents_first_in_first_out(server, boutique):
+def test_one_worker_serves_incidents_one_request_at_a_time(server, boutique):
     """A model fast enough for everyone: all incidents get the LLM's answers, one request at a time."""
     inflight, peak, lock = [0], [0], threading.Lock()
 
@@ -169,11 +165,7 @@ def test_one_worker_serves_incidents_first_in_first_out(server, boutique):
         runs[incident_id] = (run, reasoner.propose(view, causes, run)[1])
 
     try:
-        threads = [threading.Thread(target=handle, args=(f"inc-{i}",)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
+        _at_once(handle, 3)
         assert all(run.reasoner == "llm" and prun.reasoner == "llm" for run, prun in runs.values()), runs
         assert len(server.requests) == 6 and peak[0] == 1
         assert all(prun.llm_seconds >= run.llm_seconds > 0 for run, prun in runs.values())
@@ -279,13 +271,7 @@ def test_the_lane_takes_jobs_in_order_and_never_runs_one_past_its_deadline():
 
     lane = Lane(1, name="lane-under-test", idle_s=0.2)
     ran: list[str] = []
-
-    def job(name: str, seconds: float = 0.0):
-        def run():
-            time.sleep(seconds)
-            ran.append(name)
-            return name
-        return run
+    job = _recording(ran)
 
     blocker = lane.submit(job("blocker", 0.5), Deadline.after(5.0))
     first, second = (lane.submit(job(n), Deadline.after(5.0)) for n in ("first", "second"))
@@ -305,12 +291,7 @@ def test_the_lane_serves_the_incident_that_began_first_before_later_ones():
 
     lane = Lane(1, name="lane-edf", idle_s=0.2)
     ran: list[str] = []
-
-    def job(name: str, seconds: float = 0.0):
-        def run():
-            time.sleep(seconds)
-            ran.append(name)
-        return run
+    job = _recording(ran)
 
     started = time.monotonic()
     busy = lane.submit(job("incident-0 proposals", 0.3), Deadline.after(4.0, now=started))
@@ -320,6 +301,26 @@ def test_the_lane_serves_the_incident_that_began_first_before_later_ones():
         future.result(timeout=5)
     assert ran == ["incident-0 proposals", "incident-1 proposals", "incident-2 diagnosis", "incident-3 diagnosis"]
     lane.close()
+
+
+def _at_once(handle, incidents: int) -> None:
+    """`handle` for inc-0 … inc-N at once, each on its own thread, as the driver runs incidents."""
+    threads = [threading.Thread(target=handle, args=(f"inc-{i}",)) for i in range(incidents)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+
+def _recording(ran: list[str]):
+    """Jobs for a lane that sleep, then note their name in `ran` (the order they ran in) and return it."""
+    def job(name: str, seconds: float = 0.0):
+        def run():
+            time.sleep(seconds)
+            ran.append(name)
+            return name
+        return run
+    return job
 
 
 def _wait_for(probe, timeout_s: float = 5.0):

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from tests.helpers import RECORDING, TOPOLOGY, assert_guard_held, cloud_event, decisions, write_events
-from tests.llm_server import (Delay, ScriptedLLM, Status, allowed_actions, candidates_in, good_diagnosis,
+from tests.llm_server import (Delay, Status, allowed_actions, candidates_in, good_diagnosis,
                               good_proposals, schema_of)
 
 pytestmark = pytest.mark.integration
@@ -27,16 +27,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def llm(monkeypatch):
-    server = ScriptedLLM().start()
-    for name, value in {"RTEM_LLM_BASE_URL": server.url, "RTEM_LLM_API_KEY": "sk-test-key",
-                        "RTEM_LLM_MODEL": MODEL, "RTEM_LLM_RETRY_INITIAL_S": "0.01",
-                        "RTEM_LLM_TIMEOUT_S": "5"}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "RTEM_LLM", "RTEM_LLM_OUTPUT"):
-        monkeypatch.delenv(name, raising=False)
-    yield server
-    server.stop()
+def llm(scripted_llm):
+    return scripted_llm
 
 
 def analyze(out: Path, *files: Path, llm: str = "openai") -> tuple[dict, Path]:

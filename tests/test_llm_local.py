@@ -15,28 +15,19 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.llm import LLMSetupError, default_model, server_binary
 from rules import Topology
-from tests.helpers import RECORDING, TOPOLOGY, assert_guard_held, decisions
+from tests.helpers import RECORDING, TOPOLOGY, assert_guard_held, decisions, local_model_or_skip
 
 pytestmark = pytest.mark.integration
 
 runner = CliRunner()
 
 
-def _local_model_or_skip():
-    try:
-        server_binary()
-        return default_model()
-    except LLMSetupError as exc:
-        pytest.skip(f"needs the [local] extra: {exc}")
-
-
 @pytest.mark.local_llm
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_recorded_case_through_the_local_model(tmp_path, monkeypatch):
-    _local_model_or_skip()
+    local_model_or_skip()
     monkeypatch.delenv("RTEM_LOCAL_MODEL", raising=False)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     result = runner.invoke(app, ["analyze", str(RECORDING), "--topology", str(TOPOLOGY), "--json",
