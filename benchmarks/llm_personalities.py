@@ -19,6 +19,7 @@ import random
 import re
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -62,8 +63,9 @@ class CaseFacts:
         return self.topology.matches(entity, self.truth)
 
 
-class Personality:
-    """Answers computed from each request body; `begin` tells it the next case (cases run one at a time)."""
+class Personality(ABC):
+    """Answers computed from each request body; `begin` tells it the next case (cases run one at a time).
+    Each personality says how it diagnoses and what it proposes."""
 
     name = ""
 
@@ -74,11 +76,11 @@ class Personality:
     def begin(self, case: CaseFacts) -> None:
         self.case, self.named = case, None
 
-    def diagnosis(self, body: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def diagnosis(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
-    def proposals(self, body: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def proposals(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class Accurate(Personality):

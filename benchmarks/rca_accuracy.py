@@ -318,8 +318,8 @@ def injection_run(kind: str, cases: Sequence[Case], topology: Topology) -> dict:
     answers: list[str] = []
     complete = reasoner.client.complete
 
-    def spy(messages, schema, name):  # every raw answer, before any check
-        done = complete(messages, schema, name)
+    def spy(messages, schema, name, **options):  # every raw answer, before any check (tools, deadline pass through)
+        done = complete(messages, schema, name, **options)
         if name == "proposals":
             answers.append(done.text)
         return done
