@@ -21,6 +21,7 @@ from rules import Diagnosis, Guard, Proposal, Topology
 from .models import IncidentView, RootCause
 
 DEPLOY, CONFIG = "rtem.change.deploy", "rtem.change.config"
+DETERMINISTIC = "deterministic"  # who the deterministic reasoner's proposals say proposed them
 
 
 def diagnosis_of(causes: Sequence[RootCause], events: Sequence[Event], topology: Topology) -> Diagnosis | None:
@@ -35,18 +36,17 @@ def diagnosis_of(causes: Sequence[RootCause], events: Sequence[Event], topology:
         changed=tuple(sorted({e.subject for e in events if e.type == CONFIG and e.subject in topology})))
 
 
-def keep_fit(proposals: Sequence[Proposal], causes: Sequence[RootCause], view: IncidentView, guard: Guard,
+def keep_fit(proposals: Sequence[Proposal], diagnosis: Diagnosis | None, topology: Topology, guard: Guard,
              remedies: Sequence[Proposal]) -> tuple[list[Proposal], list[str]]:
-    """`proposals` with every one the deterministic reasoner did not make and that does not fit the
-    diagnosis left out; when any was left out, the deterministic `remedies` for the cause take the place
+    """`proposals` with every one the deterministic reasoner did not make and that does not fit
+    `diagnosis` left out; when any was left out, the deterministic `remedies` for the cause take the place
     of the left-out ones (those not already proposed). Notes say what was replaced and by which rule."""
-    diagnosis = diagnosis_of(causes, view.events, view.topology)
     if diagnosis is None:
         return list(proposals), []
     kept: list[Proposal] = []
     notes: list[str] = []
     for proposal in proposals:
-        unfit = [] if proposal.proposed_by == "deterministic" else guard.unfit(proposal, view.topology, diagnosis)
+        unfit = [] if proposal.proposed_by == DETERMINISTIC else guard.unfit(proposal, topology, diagnosis)
         if unfit:
             notes.append(f"unfit proposal replaced: {proposal.type} on {proposal.target} ({proposal.proposed_by}): "
                          + "; ".join(f"{m.id}: {m.reason}" for m in unfit))

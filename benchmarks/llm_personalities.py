@@ -298,7 +298,7 @@ def judge_case(report: PersonalityReport, reasoner, guard: Guard, view: Incident
     report.decided["propose"] += proposed.fallback is None
     diagnosis = diagnosis_of(causes, events, topology)
     remedies = reasoner.fallback.remedies(causes, topology, events)
-    plan, _ = keep_fit(proposals, causes, view, guard, remedies)
+    plan, _ = keep_fit(proposals, diagnosis, topology, guard, remedies)
     from_llm = [p for p in proposals if p.proposed_by != "deterministic"]
     report.llm_proposals += len(from_llm)
     report.replaced_unfit += sum(not any(p is q for q in plan) for p in from_llm)

@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rules._files import RuleFile
 from rules.topology import Topology
 
 # The fault-type vocabulary a diagnosis uses (agent/reasoner/_catalog.py describes each).
@@ -135,6 +136,20 @@ class FitnessRule(BaseModel):
         return self.reason.format_map(_Shown(fact))
 
 
+def remedy_rules(contracts: Mapping[str, Any], overrides: Mapping[str, RemedyOverride]) -> list[FitnessRule]:
+    """Every action's remedy (its contract's `remedies`, with the rule files' replacements) as deny rules."""
+    rules: list[FitnessRule] = []
+    for action, contract in sorted(contracts.items()):
+        override = overrides.get(action)
+        if contract.remedies is None and override is None:
+            continue
+        remedy = (contract.remedies or Remedy()).merged(override.terms if override else {})
+        sources = {term: contract.source for term in TERMS}
+        sources.update(override.sources if override else {})
+        rules += fitness_rules(action, remedy, sources)
+    return rules
+
+
 def fitness_rules(action: str, remedy: Remedy, sources: Mapping[str, str]) -> list[FitnessRule]:
     """The deny rules of one action's remedy; `sources` says where each term was written."""
     lead = f"does not remedy the diagnosed cause: {action} remedies"
@@ -189,3 +204,36 @@ class _Shown(dict):
 
     def __missing__(self, key: str) -> str:
         return "unknown"
+
+
+class RemedyOverride(BaseModel):
+    """The remedy terms of one action that rule files replace, and where each was written."""
+
+    model_config = ConfigDict(frozen=True)
+
+    terms: dict[str, tuple[str, ...]]
+    sources: dict[str, str] = Field(description="term -> file:line")
+    file: str = Field(description="the last file that named the action")
+    line: int
+    column: int
+
+
+def read_remedies(rule_file: RuleFile, remedies: dict[str, RemedyOverride]) -> None:
+    """Add one file's `remedies:` section to `remedies`; the schema reports what is malformed, and a
+    malformed entry is left out here."""
+    section = rule_file.doc.get("remedies") if isinstance(rule_file.doc, Mapping) else None
+    if not isinstance(section, Mapping):
+        return
+    for action, terms in section.items():
+        if not isinstance(action, str) or not isinstance(terms, Mapping) or not terms or not all(
+                k in TERMS and isinstance(v, list) and all(isinstance(x, str) for x in v) for k, v in terms.items()):
+            continue
+        old = remedies.get(action)
+        merged = dict(old.terms) if old else {}
+        sources = dict(old.sources) if old else {}
+        for term, values in terms.items():
+            merged[term] = tuple(values)
+            sources[term] = f"{rule_file.path}:{rule_file.locate(['remedies', action, term])[0]}"
+        line, column = rule_file.locate(["remedies", action])
+        remedies[action] = RemedyOverride(terms=merged, sources=sources, file=str(rule_file.path), line=line,
+                                          column=column)

@@ -32,7 +32,7 @@ from typing import Any
 from bus import SEVERITY_RANK
 from rules._contracts import ActionContract
 from rules._engine import CompiledRuleset, lookup
-from rules._fitness import Diagnosis, FitnessRule, Remedy, fitness_facts, fitness_rules
+from rules._fitness import Diagnosis, fitness_facts, remedy_rules
 from rules._gates import EMPTY_HISTORY, NO_STATE, ActionHistory, SystemState
 from rules._guardrails import Guardrail, Ruleset, _fields
 from rules._proposal import OUTCOME_PRECEDENCE, Outcome, Proposal, RuleMatch, Verdict
@@ -66,7 +66,7 @@ class Guard:
         self._state_fields = {rule_id: [path[-1] for path in _fields(cond, [])] for rule_id, cond in stateful.items()}
         self.needs_history = any(rule.gates.needs_history for rule in guardrails.rules)
         self.needs_state = bool(stateful)
-        self.fitness = {rule.id: rule for rule in _fitness_rules(guardrails, self.contracts)}
+        self.fitness = {rule.id: rule for rule in remedy_rules(self.contracts, guardrails.remedies)}
         self._fitness = CompiledRuleset({r.id: r.match for r in self.fitness.values()}, name="fitness") \
             if self.fitness else None
 
@@ -251,20 +251,6 @@ def context_fact(
         fact["cause"] = diagnosis.cause
         fact.update(fitness_facts(proposal.target, diagnosis, topology))
     return fact
-
-
-def _fitness_rules(guardrails: Ruleset, contracts: Mapping[str, ActionContract]) -> list[FitnessRule]:
-    """Every action's remedy (its contract's, with the rule files' replacements) as deny rules."""
-    rules: list[FitnessRule] = []
-    for action, contract in sorted(contracts.items()):
-        override = guardrails.remedies.get(action)
-        if contract.remedies is None and override is None:
-            continue
-        remedy = (contract.remedies or Remedy()).merged(override.terms if override else {})
-        sources = {term: contract.source for term in ("faults", "causes", "targets", "evidence")}
-        sources.update(override.sources if override else {})
-        rules += fitness_rules(action, remedy, sources)
-    return rules
 
 
 class _GateContext:

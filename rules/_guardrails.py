@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 from rules._engine import MAX_BRANCHES, ConditionError, compile_condition, condition_branches
 from rules._files import (RuleFile, RulesError, content_digest, did_you_mean, key_of, misspelt_required, missing_key,
                           node_marks, read_rule_file, unknown_key_hint)
-from rules._fitness import FITNESS_FIELDS, FITNESS_PREFIX, TERMS
+from rules._fitness import FITNESS_FIELDS, FITNESS_PREFIX, RemedyOverride, read_remedies
 from rules._gates import Gates, gate_problems, parse_gates
 from rules._proposal import Outcome
 
@@ -95,18 +95,6 @@ class Guardrail(BaseModel):
         return self.model_dump(exclude={"source", "line"}, exclude_defaults=True)
 
 
-class RemedyOverride(BaseModel):
-    """The remedy terms of one action that rule files replace, and where each was written."""
-
-    model_config = ConfigDict(frozen=True)
-
-    terms: dict[str, tuple[str, ...]]
-    sources: dict[str, str] = Field(description="term -> file:line")
-    file: str = Field(description="the last file that named the action")
-    line: int
-    column: int
-
-
 class Ruleset(BaseModel):
     """The loaded guardrails in evaluation order (files sorted by name, rules in file order)."""
 
@@ -167,30 +155,9 @@ def collect_guardrails(source: str | Path | Iterable[str | Path] | None, problem
             seen[rule.id] = rule
             rules.append(rule)
         problems.extend(sorted(found, key=lambda p: (p.line, p.column)))
-        _read_remedies(rule_file, remedies)
+        read_remedies(rule_file, remedies)
     return Ruleset(rules=tuple(rules), digest=content_digest(files), sources=tuple(str(f.path) for f in files),
                    remedies=remedies)
-
-
-def _read_remedies(rule_file: RuleFile, remedies: dict[str, RemedyOverride]) -> None:
-    """Add one file's `remedies:` section to `remedies`; the schema reports what is malformed, and a
-    malformed entry is left out here."""
-    section = rule_file.doc.get("remedies") if isinstance(rule_file.doc, Mapping) else None
-    if not isinstance(section, Mapping):
-        return
-    for action, terms in section.items():
-        if not isinstance(action, str) or not isinstance(terms, Mapping) or not terms or not all(
-                k in TERMS and isinstance(v, list) and all(isinstance(x, str) for x in v) for k, v in terms.items()):
-            continue
-        old = remedies.get(action)
-        merged = dict(old.terms) if old else {}
-        sources = dict(old.sources) if old else {}
-        for term, values in terms.items():
-            merged[term] = tuple(values)
-            sources[term] = f"{rule_file.path}:{rule_file.locate(['remedies', action, term])[0]}"
-        line, column = rule_file.locate(["remedies", action])
-        remedies[action] = RemedyOverride(terms=merged, sources=sources, file=str(rule_file.path), line=line,
-                                          column=column)
 
 
 def parse_guardrails(rule_file: RuleFile, problems: list[RulesError] | None = None) -> list[Guardrail]:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.fitness import diagnosis_of, keep_fit
-from agent.models import IncidentView, RootCause
+from agent.models import RootCause
 from agent.reasoner import DeterministicReasoner
 from agent.reasoner._catalog import ACTION_CATALOG, FAULT_TYPES
 from bus import Event
@@ -183,13 +183,12 @@ def test_fitness_ids_are_reserved(tmp_path):
 def test_unfit_model_proposals_are_replaced_by_the_deterministic_remedies(guard, topology):
     events = [_event(1, "auth-1"), _event(2, "auth-1"), _event(3, "auth")]
     causes = [RootCause(entity="auth-1", fault_type="process", confidence=0.8, evidence=["e1"], explanation="-")]
-    view = IncidentView("inc-1", events, topology)
     proposed = [Proposal(type="drain_host", target="node-3", cause="auth-1", proposed_by="llm:smol"),
                 Proposal(type="drain_host", target="node-1", cause="auth-1", proposed_by="llm:smol"),
                 Proposal(type="notify_oncall", target="auth-1", cause="auth-1", proposed_by="llm:smol",
                          params={"summary": "Proposed: drain_host node-3, drain_host node-1."})]
     remedies = DeterministicReasoner().remedies(causes, topology, events)
-    kept, notes = keep_fit(proposed, causes, view, guard, remedies)
+    kept, notes = keep_fit(proposed, diagnosis_of(causes, events, topology), topology, guard, remedies)
     assert [(p.type, p.target, p.proposed_by) for p in kept] == [
         ("restart_instance", "auth-1", "deterministic"), ("notify_oncall", "auth-1", "llm:smol")]
     assert len(notes) == 3 and notes[0].startswith("unfit proposal replaced: drain_host on node-3 (llm:smol): "
@@ -202,7 +201,7 @@ def test_fit_model_proposals_are_kept_as_they_are(guard, topology):
     events = [_event(1, "auth-1")]
     causes = [RootCause(entity="auth-1", fault_type="memory", confidence=0.8, evidence=["e1"], explanation="-")]
     proposed = [Proposal(type="restart_instance", target="auth-1", cause="auth-1", proposed_by="llm:m")]
-    kept, notes = keep_fit(proposed, causes, IncidentView("inc-1", events, topology), guard, [])
+    kept, notes = keep_fit(proposed, diagnosis_of(causes, events, topology), topology, guard, [])
     assert kept == proposed and notes == []
 
 

@@ -91,6 +91,7 @@ class IncidentState(TypedDict, total=False):
     root_causes: list[dict[str, Any]]
     diagnosis: dict[str, Any]
     proposals: list[dict[str, Any]]
+    fitness: dict[str, Any] | None  # the Diagnosis the proposals were held to (remedy fitness), for the guard
     actions: list[dict[str, Any]]
     acted_at: float
     saga: dict[str, Any]

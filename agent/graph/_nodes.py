@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from bus import parse_time
-from rules import Proposal
+from rules import Diagnosis, Proposal
 
 from .. import incident as core
 from .. import investigate
@@ -71,10 +71,12 @@ def propose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     diagnosis = ReasonerRun.model_validate(state["diagnosis"]) if state.get("diagnosis") else None
     view = deps.view(state["incident"]["id"])
     proposals, run = deps.reasoner.propose(view, causes, diagnosis)
+    judged_against = diagnosis_of(causes, view.events, view.topology)  # what the guard judges fitness against
     replaced: list[str] = []
     if any(p.proposed_by != DeterministicReasoner.name for p in proposals):
         remedies = DeterministicReasoner().remedies(causes, view.topology, view.events)
-        proposals, replaced = keep_fit(proposals, causes, view, deps.rules.current().guard, remedies)
+        proposals, replaced = keep_fit(proposals, judged_against, view.topology, deps.rules.current().guard,
+                                       remedies)
     reasons = replaced + [f"{p.type} on {p.target}: {p.reason}" for p in proposals]
     if run.fallback:
         reasons.insert(0, f"deterministic fallback: {run.fallback}")
@@ -84,7 +86,8 @@ def propose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
         decision={"proposals": [p.model_dump() for p in proposals], "reasoner": run.model_dump(),
                   **({"replaced_as_unfit": replaced} if replaced else {})},
         reasons=reasons, evidence=causes[0].evidence[:5] if causes else [], versions=deps.versions(run))
-    return {"proposals": [p.model_dump() for p in proposals]}
+    return {"proposals": [p.model_dump() for p in proposals],
+            "fitness": judged_against.model_dump(mode="json") if judged_against else None}
 
 
 def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
@@ -98,8 +101,9 @@ def guard(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     # An incident whose alerts resolved already is judged for the record, and nothing of it will run:
     # its actions are not counted against the guardrails' limits.
     recovered = None if deps.dry_run else _alert_recovery(deps, incident["id"])
-    causes = [RootCause.model_validate(c) for c in state.get("root_causes", [])]
-    diagnosis = diagnosis_of(causes, deps.store.events(incident["id"]), deps.topology) if causes else None
+    # The diagnosis the propose step held the proposals to (None: no cause, or a thread checkpointed
+    # before this was kept, whose proposals are judged without fitness as they were then).
+    diagnosis = Diagnosis.model_validate(state["fitness"]) if state.get("fitness") else None
     judged = []
     for raw in state.get("proposals", []):
         proposal = Proposal.model_validate(raw)

@@ -14,7 +14,8 @@ any other proposal.
 The deadline (`deadline_s` of wall time) spans both steps: the model's conversation runs as a job in the
 fair lane (_lane.py), the step waits for it at most until the deadline, and propose gets only what the
 diagnosis left (`ReasonerRun.llm_seconds`). A diagnosis that still arrives after its deadline becomes a
-`reasoner.late` record for people to read; late proposals are dropped. Neither changes the decision.
+`reasoner.late` record for people to read; late proposals are dropped (_late.py). Neither changes the
+decision.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,8 @@ from ._client import LLMClient, estimate_tokens
 from ._combine import combine, proposals_from
 from ._context import IncidentContext, fit
 from ._errors import BreakerOpen, BudgetExhausted, LLMError, LLMUnavailable, ProviderRejected
-from ._lane import Deadline, DeadlinePassed, Lane, late_result, missed
+from ._lane import Deadline, DeadlinePassed, Lane, missed
+from ._late import late_diagnosis, late_proposals
 from ._tools import PrometheusTool, ToolCall
 from ._schema import sent_diagnosis_schema, sent_proposal_schema, validation_proposal_schema
 from ._validate import Checked, check_diagnosis, check_proposals, reask_message
@@ -145,9 +146,10 @@ class LLMReasoner:
         shown = [c.entity for c in candidates[:detail.candidates]]
         schema = sent_diagnosis_schema(prompt.schema, shown, self.compact)
         try:
+            late = late_diagnosis(view.incident_id, self.deadline_s, self.audit, self._versions(prompt))
             answer, checked_notes = self.lane.run(
                 lambda: self._ask("diagnose", prompt, messages, schema, check, incident), incident.deadline,
-                label=f"diagnose {view.incident_id}", on_late=self._late_diagnosis(view.incident_id, prompt))
+                label=f"diagnose {view.incident_id}", on_late=late)
         except Exception as exc:  # LLMError, or anything unforeseen: the deterministic answer is always there
             if not isinstance(exc, LLMError):
                 log.exception("the LLM diagnosis failed unexpectedly")
@@ -206,7 +208,7 @@ class LLMReasoner:
         try:
             answer, checked_notes = self.lane.run(
                 lambda: self._ask("propose", prompt, messages, schema, check, incident), incident.deadline,
-                label=f"propose {view.incident_id}", on_late=self._late_proposals(view.incident_id))
+                label=f"propose {view.incident_id}", on_late=late_proposals(view.incident_id))
         except Exception as exc:
             if not isinstance(exc, LLMError):
                 log.exception("the LLM proposal failed unexpectedly")
@@ -331,43 +333,6 @@ class LLMReasoner:
         if isinstance(exc, LLMUnavailable):
             return f"the LLM provider is unavailable: {exc}", "unavailable"
         return f"error: {exc}", "error"
-
-    # -- answers after the deadline ---------------------------------------------------------------
-
-    def _late_diagnosis(self, incident_id: str, prompt: prompts.Prompt) -> Callable[[Future], None]:
-        """What to do with a diagnosis that completes after its deadline: a `reasoner.late` record of its
-        hypotheses, for people to read. The deterministic ranking has been recorded and stands."""
-        def landed(future: Future) -> None:
-            answer, _notes = late_result(future) or (None, [])
-            if answer is None:
-                return
-            metrics.LATE.labels("diagnose").inc()
-            hypotheses = [{k: h.get(k) for k in ("entity", "fault_type", "confidence", "explanation")}
-                          for h in answer["hypotheses"]]
-            reasons = [f"the LLM's diagnosis came after the incident's {self.deadline_s:g} s deadline: the "
-                       "deterministic ranking stood and this changed nothing",
-                       "recorded as a hypothesis for people to read; no action follows from it"]
-            if self.audit is None:
-                log.info("incident %s: late LLM diagnosis (after the deadline, changed nothing): %s", incident_id,
-                         ", ".join(f"{h['entity']} ({h['fault_type']}, {h['confidence']})" for h in hypotheses))
-                return
-            try:
-                self.audit.append("reasoner.late", incident_id=incident_id, node="diagnose",
-                                  decision={"hypotheses": hypotheses}, reasons=reasons,
-                                  versions=self._versions(prompt))
-            except Exception:  # the run may be over and its audit log closed: the answer was late anyway
-                log.exception("incident %s: recording the late LLM diagnosis failed", incident_id)
-        return landed
-
-    def _late_proposals(self, incident_id: str) -> Callable[[Future], None]:
-        """Late proposals are dropped: an action needs the graph's whole path (guard, approvals), never a side door."""
-        def landed(future: Future) -> None:
-            answer, _notes = late_result(future) or (None, [])
-            if answer is not None:
-                metrics.LATE.labels("propose").inc()
-                log.warning("incident %s: late LLM proposals dropped (after the deadline): %s", incident_id,
-                            ", ".join(f"{a['type']} {a['target']}" for a in answer["actions"]))
-        return landed
 
     def _guard(self) -> Guard:
         """The guard whose remedy fitness the model's choices are held to: the rules in force when given,
