@@ -20,6 +20,8 @@ from typing import Any
 import json
 
 import durable_rules_engine as _native
+from durable import engine
+from durable import lang as durable_lang
 from durable.lang import get_host, m, ruleset, when_all
 
 OPERATORS = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "exists", "matches")
@@ -33,38 +35,25 @@ _ruleset_counter = itertools.count(1)
 _lock = threading.Lock()
 
 
-class _Rulesets(list):
-    """durable-rules' host keeps its rulesets in a list that two timer threads walk by index, each
-    computing the next index from the length it saw: freeing a ruleset (a reload, a close) shrinks the
-    list under them, and `list[index]` then raises IndexError in the timer thread, which ends that thread
-    for good (and once the last is freed, `index % len(list)` divides by zero). This list starts with a
-    ruleset that has nothing to dispatch, so it is never empty, and answers an index past its end with that
-    one, so the walk goes on from the start; it is installed once, under `_lock`, before rtem's first
-    ruleset."""
+class _Host(engine.Host):
+    """durable-rules' host without its dispatch threads. durable-rules' own host walks its rulesets from
+    two chains of `threading.Timer`s, a new thread per ruleset every round and a round every 0.2 s,
+    to run timers and queued actions; rtem uses neither (facts are asserted and retracted in the
+    caller's thread, windows are ours), so those threads only took the GIL from the hot path — a
+    stall of up to the interpreter's switch interval each time. It is installed as durable-rules'
+    host once, under `_lock`, before rtem defines its first ruleset; nothing else in rtem uses
+    durable-rules (this module is the one adapter)."""
 
-    def __getitem__(self, index):
-        if isinstance(index, int) and index >= len(self):
-            return _NOTHING_TO_DISPATCH
-        return super().__getitem__(index)
-
-
-class _NothingToDispatch:
-    def dispatch(self) -> None:
+    def _run(self) -> None:
         pass
-
-    def dispatch_timers(self) -> None:
-        pass
-
-
-_NOTHING_TO_DISPATCH = _NothingToDispatch()
 
 
 def _host():
-    """durable-rules' host, with its ruleset list made safe to shrink (`_Rulesets`); call under `_lock`."""
-    host = get_host()
-    if not isinstance(host._ruleset_list, _Rulesets):
-        host._ruleset_list = _Rulesets([_NOTHING_TO_DISPATCH, *host._ruleset_list])
-    return host
+    """durable-rules' host (rtem's `_Host`); call under `_lock`. Also registers rulesets defined since
+    the last call."""
+    if durable_lang._main_host is None:
+        durable_lang._main_host = _Host()
+    return get_host()
 
 
 class ConditionError(ValueError):
@@ -238,8 +227,6 @@ class CompiledRuleset:
                 rules = host._ruleset_directory.pop(name, None)
                 if rules is None:
                     continue
-                # The host's dispatch timers walk this list on their own threads (see _Rulesets); a
-                # ruleset they pick up in the moment before it is deleted gets a handled error (not found).
                 if rules in host._ruleset_list:
                     host._ruleset_list.remove(rules)
                 _native.delete_ruleset(rules._handle)
@@ -274,7 +261,7 @@ class CompiledRuleset:
                 flat[slot] = value
         payload = json.dumps(flat, ensure_ascii=False)
         with _lock:
-            host = get_host()  # registers rulesets defined since the last call
+            host = _host()  # registers rulesets defined since the last call
             self._hits = []
             for name in self.names:
                 rules = host.get_ruleset(name)
@@ -297,7 +284,7 @@ class CompiledRuleset:
 def live_rulesets() -> int:
     """How many durable-rules rulesets this process holds (for tests and leak checks)."""
     with _lock:
-        return len(get_host()._ruleset_directory)
+        return len(_host()._ruleset_directory)
 
 
 def lookup(fact: Mapping[str, Any], path: str) -> Any:
