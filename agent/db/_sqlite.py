@@ -3,12 +3,22 @@
 Each connection has `busy_timeout` and the configured `synchronous`; writes run in `BEGIN IMMEDIATE`,
 which takes the write lock up front. The file is created 0600 (token hashes and the audit log live
 in it; SQLite gives its -wal and -shm the same mode).
+
+Checkpoints (copying the WAL back into the file, with an fsync of each) run on a thread of their own
+(`_Checkpointer`), not in whichever commit crossed SQLite's 1,000-page mark: on the hot path that commit
+stalled the consumer for tens, once 150, milliseconds. A connection that writes has SQLite's automatic
+checkpoint off; the thread starts with the first one, checkpoints every `checkpoint_every_s` (PASSIVE: it
+never waits for or blocks a writer or a reader), and stops when the database closes. When the last
+connection to a file closes, SQLite checkpoints what is left, as before.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
+import weakref
 from pathlib import Path
 
 from ..files import DIR_MODE, private_file
@@ -16,6 +26,9 @@ from ._base import SQLITE
 from ._threads import ThreadConnections
 
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+CHECKPOINT_EVERY_S = 1.0
+
+log = logging.getLogger("rtem.db")
 
 
 class SqliteDatabase(ThreadConnections):
@@ -24,8 +37,11 @@ class SqliteDatabase(ThreadConnections):
     dialect = SQLITE
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = False,
-                 busy_timeout_s: float = 30.0):
+                 busy_timeout_s: float = 30.0, checkpoint_every_s: float = CHECKPOINT_EVERY_S):
         super().__init__(readonly=readonly)
+        self.checkpoint_every_s = checkpoint_every_s
+        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer_guard = threading.Lock()
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         if self.synchronous not in SYNCHRONOUS:
@@ -44,6 +60,22 @@ class SqliteDatabase(ThreadConnections):
         return self.path
 
     def _connect(self) -> sqlite3.Connection:
+        conn = self._open_connection()
+        if not self.readonly:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # `_Checkpointer` does it, off the writer's thread
+            with self._checkpointer_guard:
+                if self._checkpointer is None:
+                    self._checkpointer = _Checkpointer(self, self.checkpoint_every_s)
+        return conn
+
+    def close(self) -> None:
+        with self._checkpointer_guard:
+            checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop()
+        super().close()
+
+    def _open_connection(self) -> sqlite3.Connection:
         # check_same_thread=False only so that close() may close another thread's connection; each
         # connection is otherwise used by its own thread alone.
         if self.readonly:
@@ -77,3 +109,44 @@ class SqliteDatabase(ThreadConnections):
 
     def _release(self, conn: sqlite3.Connection) -> None:
         conn.close()
+
+
+class _Checkpointer:
+    """Runs `PRAGMA wal_checkpoint(PASSIVE)` every `every_s` on a daemon thread with a connection of its
+    own, until stopped or until its database is gone (it holds the database weakly: a store a test never
+    closed does not keep a thread checkpointing a deleted file). A checkpoint that fails (the file is
+    busy, or went away) is tried again next time: until one succeeds the WAL only grows."""
+
+    def __init__(self, db: SqliteDatabase, every_s: float):
+        self._db = weakref.ref(db)
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self.runs = 0
+        self._thread = threading.Thread(target=self._run, name=f"rtem-checkpoint {db.path.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        conn = None
+        try:
+            while not self._stop.wait(self._every_s):
+                try:
+                    if conn is None:
+                        db = self._db()
+                        if db is None:
+                            return
+                        conn = db._open_connection()
+                        del db  # held weakly, as said
+                    elif self._db() is None:
+                        return
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.runs += 1
+                except sqlite3.Error as exc:
+                    log.debug("checkpoint of the WAL failed (%s); tried again in %.1f s", exc, self._every_s)
+        finally:
+            if conn is not None:
+                conn.close()
