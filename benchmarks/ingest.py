@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from agent.store import IncidentStore  # noqa: E402
 from agent.triage import Triage  # noqa: E402
 from bus import Bus, BusSettings, EmbeddedNats, EVENTS  # noqa: E402
+from benchmarks import publisher  # noqa: E402
 from bus._pull import Puller  # noqa: E402
 from bus._streams import triage_consumer  # noqa: E402
 from rules import Correlator, Detector, Topology, load_detections  # noqa: E402
@@ -143,11 +144,13 @@ async def pipeline_rate(bus: Bus, topology: Topology, workdir: Path, n: int, bat
     return n / elapsed, triage
 
 
-async def latency(bus: Bus, topology: Topology, workdir: Path, rate: int, seconds: float, batch: int) -> list[float]:
-    """Publish at a steady rate while the pipeline runs; time from publish to the committed update."""
+async def latency(bus: Bus, url: str, topology: Topology, workdir: Path, rate: int, seconds: float,
+                  batch: int) -> list[float]:
+    """Events published at a steady rate by a producer in a process of its own (benchmarks/publisher.py)
+    while the pipeline runs here: the time from each publish to the commit that recorded it (both read
+    on the system's monotonic clock)."""
     await bus.reset_streams()
-    sent: dict[str, float] = {}
-    samples: list[float] = []
+    committed_at: dict[str, float] = {}
     pending: list[str] = []
 
     async def handler(events):
@@ -155,26 +158,25 @@ async def latency(bus: Bus, topology: Topology, workdir: Path, rate: int, second
         triage.handle(events)
 
     def committed(_result):
-        now = time.perf_counter()
-        samples.extend(now - sent[i] for i in pending if i in sent)
+        now = time.monotonic()
+        for event_id in pending:
+            committed_at.setdefault(event_id, now)
         pending.clear()
 
     triage = make_triage(workdir, topology, "latency", after_commit=committed)
     stop = asyncio.Event()
     consumer = asyncio.create_task(bus.consume(handler, batch=batch, stop=stop, fetch_timeout=0.05))
-    lines = synthetic_events(int(rate * seconds), topology, seed=11)
-    start = time.perf_counter()
-    for index, line in enumerate(lines):
-        target = start + index / rate
-        if (delay := target - time.perf_counter()) > 0:
-            await asyncio.sleep(delay)
-        sent[f"bench-11-{index}"] = time.perf_counter()
-        await bus.js.publish_async("rtem.events.bench", line, headers={"Nats-Msg-Id": f"bench-11-{index}"})
-    while len(samples) < len(lines) and time.perf_counter() - start < seconds + 30:
+    count, out = int(rate * seconds), workdir / "latency-publisher.json"
+    producer = publisher.start(url, out, count, seed=11, rate=rate)
+    deadline = time.monotonic() + seconds + 60
+    while (producer.poll() is None or len(committed_at) < count) and time.monotonic() < deadline:
+        if producer.poll() not in (None, 0):
+            break
         await asyncio.sleep(0.05)
     stop.set()
     await consumer
-    return samples
+    sent = publisher.finish(producer, out)["sent"]
+    return [committed_at[i] - at for i, at in sent.items() if i in committed_at]
 
 
 def storm_compression(topology: Topology, workdir: Path) -> dict[str, float]:
@@ -234,7 +236,7 @@ async def main(args) -> dict:
                 runs.append((bare, lean, pipeline))
             on_postgres = (await pipeline_rate(bus, topology, workdir, args.events, args.batch, postgres))[0] \
                 if postgres else None
-            lat = await latency(bus, topology, workdir, args.rate, args.seconds, args.batch)
+            lat = await latency(bus, server.url, topology, workdir, args.rate, args.seconds, args.batch)
         finally:
             await bus.close()
         storm = storm_compression(topology, workdir)

@@ -4,9 +4,10 @@
 
 Both get the same events (benchmarks/ingest.py's generated day of telemetry: mostly healthy info events,
 about one in ten an anomaly or an error that a detection matches), and each does what it is for:
-  rtem   publish every event to an embedded nats-server's EVENTS stream and consume it through the pipeline
-         (validate, dedupe, detect with rtem's detections, correlate, record in SQLite, ack); timed from the
-         first publish until every event is committed and acked.
+  rtem   a producer in a process of its own (benchmarks/publisher.py, as rtem's producers are other
+         processes) publishes every event to an embedded nats-server's EVENTS stream, and rtem consumes
+         it through the pipeline (validate, dedupe, detect with rtem's detections, correlate, record in
+         SQLite, ack); timed from the first publish until every event is committed and acked.
   eda    ansible-rulebook 1.3.2 (Drools, in a JVM) with rtem's plain detections written as rulebook
          conditions with `action: none`, fed by a source plugin that puts the events on its queue as fast
          as they are taken, then a final event whose rule shuts the rulebook down. Its start (the JVM, the
@@ -38,11 +39,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import publisher  # noqa: E402
 from benchmarks.ingest import TOPOLOGY, make_triage, synthetic_events  # noqa: E402
 from bus import Bus, BusSettings, EmbeddedNats  # noqa: E402
 from rules import Detector, Topology, load_detections  # noqa: E402
 
 EDA_VERSION = "1.3.2"
+SEED = 7  # of the generated events, the same for both
 DEFAULT_VENV = Path.home() / ".cache" / "rtem" / f"ansible-rulebook-{EDA_VERSION}"
 
 # rtem's plain detections (rules/detect/default.yaml: one event, no window), as rulebook conditions over
@@ -139,23 +142,27 @@ class Eda:
         return n / max(full - empty, 1e-9)
 
 
-async def rtem_rate(server_url: str, topology: Topology, workdir: Path, lines: list[bytes], batch: int) -> float:
-    """Events per second from the first publish until every event is committed and acked."""
+async def rtem_rate(server_url: str, topology: Topology, workdir: Path, events: int, batch: int) -> float:
+    """Events per second from the first publish (by a producer in a process of its own,
+    benchmarks/publisher.py) until every event is committed and acked here."""
     bus = await Bus.connect(server_url, BusSettings(max_ack_pending=max(2048, batch)))
     try:
         await bus.reset_streams()
         triage = make_triage(workdir, topology, f"rtem-{time.monotonic_ns()}")
         stop = asyncio.Event()
         consumer = asyncio.create_task(bus.consume(triage, batch=batch, stop=stop, fetch_timeout=0.05))
-        start = time.perf_counter()
-        await bus.publish_lines(lines)
-        while triage.stats.events < len(lines) or await bus.backlog() != (0, 0):
+        out = workdir / f"publisher-{time.monotonic_ns()}.json"
+        producer = publisher.start(server_url, out, events, seed=SEED)
+        while producer.poll() is None or triage.stats.events < events or await bus.backlog() != (0, 0):
+            if producer.poll() not in (None, 0):
+                break
             await asyncio.sleep(0.005)
-        elapsed = time.perf_counter() - start
+        done = time.monotonic()
+        started = publisher.finish(producer, out)["start"]
         stop.set()
         await consumer
         triage.store.close()
-        return len(lines) / elapsed
+        return events / (done - started)
     finally:
         await bus.close()
 
@@ -188,7 +195,7 @@ def main() -> None:
         return
     exe = ensure_venv(args.venv)
     topology = Topology.load(TOPOLOGY)
-    lines = synthetic_events(args.events, topology)
+    lines = synthetic_events(args.events, topology, seed=SEED)
     share = matching_share(lines, topology)
     reps = []
     with tempfile.TemporaryDirectory(prefix="rtem-peer-eda-") as tmp:
@@ -196,7 +203,7 @@ def main() -> None:
         eda = Eda(exe, java, workdir / "eda", lines)
         with EmbeddedNats(workdir / "nats") as server:
             for index in range(args.repeat):
-                rtem = asyncio.run(rtem_rate(server.url, topology, workdir, lines, args.batch))
+                rtem = asyncio.run(rtem_rate(server.url, topology, workdir, len(lines), args.batch))
                 other = eda.rate(len(lines))
                 reps.append({"rtem_per_s": round(rtem), "eda_per_s": round(other), "ratio": round(rtem / other, 2)})
                 if not args.json:
