@@ -15,8 +15,9 @@ The pull protocol (JetStream's `$JS.API.CONSUMER.MSG.NEXT`): the server serves w
 order they came, one message at a time; a request that expires before it was served in full ends with a
 `408` status message whose `Nats-Pending-Messages` header says how many it still owed; other ends (`409`:
 the consumer was deleted, a leadership change, too many waiting requests) say so the same way, or owe
-nothing more. A request whose end never arrived (the connection dropped) is forgotten once its expiry has
-passed by `GRACE_S`, so the puller always asks again.
+nothing more. Requests made before the connection dropped are forgotten at once when it is back (the
+server may have dropped them with the connection), and any other whose end never arrived once its expiry
+has passed by `GRACE_S`, so the puller always asks again.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Puller:
         self._expires_s = expires_s
         self._clock = clock
         self._requests: deque[_Request] = deque()
+        self._reconnects = nc.stats["reconnects"]
 
     @classmethod
     async def open(cls, nc: Client, stream: str, consumer: str, batch: int, **kwargs) -> Puller:
@@ -94,6 +96,9 @@ class Puller:
     async def _ask(self) -> None:
         """Keep two batches asked for: forget requests long expired, then ask for what is missing."""
         now = self._clock()
+        if self._nc.stats["reconnects"] != self._reconnects:
+            self._reconnects = self._nc.stats["reconnects"]
+            self._requests.clear()
         while self._requests and self._requests[0].expires_at + GRACE_S < now:
             self._requests.popleft()
         missing = 2 * self.batch - self.owed

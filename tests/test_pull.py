@@ -95,6 +95,18 @@ async def test_a_request_whose_end_never_came_is_forgotten_and_asked_again(bus):
         await puller.close()
 
 
+async def test_requests_made_before_a_reconnect_are_asked_again_at_once(bus):
+    puller = await Puller.open(bus.nc, EVENTS, await consumer(bus), batch=4)
+    try:
+        await puller.take(0.05)
+        puller._requests[0].owed = 3  # as if the server had dropped them with the connection
+        bus.nc.stats["reconnects"] += 1  # what nats-py counts when it is connected again
+        await puller.take(0.05)
+        assert len(puller._requests) == 1 and puller.owed == 8
+    finally:
+        await puller.close()
+
+
 async def test_deliveries_reads_the_count_nats_py_would(bus):
     await publish(bus, 2)
     puller = await Puller.open(bus.nc, EVENTS, await consumer(bus), batch=2)
