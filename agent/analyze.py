@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,10 @@ async def analyze_files(files: list[Path], topology: Topology, settings: Setting
     groups = [[f] for f in files] if each else [files]
     results = []
     with EmbeddedNats(workdir / "nats") as server:
-        bus = await Bus.connect(server.url, settings.bus_settings(), name="rtem-analyze")
+        # A recording is published whole before it is consumed, on a server of its own: EVENTS unbounded,
+        # or a large recording would be refused part way (the service's bound is for a live backlog).
+        unbounded = replace(settings.bus_settings(), events_max_bytes=-1, events_max_msgs=-1)
+        bus = await Bus.connect(server.url, unbounded, name="rtem-analyze")
         try:
             for index, group in enumerate(groups):
                 run_dir = workdir / (f"run-{index}" if each and not keep else "run")

@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bus import BusSettings, NatsAuth, RetryPolicy
+from bus import EVENTS_MAX_BYTES, EVENTS_MAX_MSGS, BusSettings, NatsAuth, RetryPolicy
 from rules import Topology, TopologyError
 
 
@@ -110,6 +110,16 @@ class Settings(BaseSettings):
     retain_checkpoints_days: float = Field(7.0, gt=0, description="graph checkpoints of closed incidents")
     retain_audit_days: float = Field(400.0, gt=0, description="audit records (and the AUDIT stream): kept "
                                      "longest; a purge never breaks the hash chain's verification")
+    # EVENTS' bounds and trimming (docs/retention.md, "The streams")
+    events_max_bytes: int = Field(EVENTS_MAX_BYTES, ge=-1, description="bytes the EVENTS stream holds at most; "
+                                  "full, it refuses new events (the producer sees it) rather than drop unread "
+                                  "ones; JetStream reserves it on the server's storage; -1: no bound")
+    events_max_msgs: int = Field(EVENTS_MAX_MSGS, ge=-1, description="events the EVENTS stream holds at most; "
+                                 "-1: no bound")
+    events_keep_s: float = Field(3600.0, ge=0, description="events triage has acknowledged stay on EVENTS this "
+                                 "long before trimming removes them (given up while EVENTS is half full)")
+    events_trim_every_s: float = Field(30.0, gt=0, le=3600, description="how often `rtem run` trims EVENTS of "
+                                       "what triage has acknowledged")
     approval_ttl_s: float = Field(900.0, gt=0, description="an approval request, and an approval, expire after this")
     verify_quiet_s: float = Field(60.0, gt=0, description="event-time quiet after acting that counts as recovery")
     verify_deadline_s: float = Field(600.0, gt=0, description="event time after acting before rtem escalates")
@@ -213,6 +223,8 @@ class Settings(BaseSettings):
                            reconnect_wait_s=self.nats_reconnect_wait_s,
                            dlq_max_age_s=self.retain_dlq_days * 86400, audit_max_age_s=self.retain_audit_days * 86400,
                            max_future_skew_s=self.max_clock_skew_s, replicas=self.nats_replicas,
+                           events_max_bytes=self.events_max_bytes, events_max_msgs=self.events_max_msgs,
+                           events_keep_s=self.events_keep_s,
                            auth=NatsAuth(creds=self.nats_creds, nkey_seed=self.nats_nkey_seed,
                                          token=self.nats_token.get_secret_value() if self.nats_token else None,
                                          user=self.nats_user,

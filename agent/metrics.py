@@ -12,3 +12,4 @@ MTTR = Histogram("rtem_mttr_seconds", "First event to verified recovery, in even
 BREAKER = Gauge("rtem_breaker_open", "1 while an executor's circuit breaker for a target is open", ["target"])
 CONSUMER_LAG = Gauge("rtem_consumer_lag", "Events on the EVENTS stream not yet delivered to triage")
 LEADER = Gauge("rtem_leader", "1 while this worker leads (consumes and drives incidents), 0 while it stands by")
+EVENTS_TRIMMED = Counter("rtem_events_trimmed_total", "Events triage had acknowledged, trimmed from the EVENTS stream")

@@ -7,7 +7,8 @@ in the database (store, ledger, checkpoints) and JetStream (unacked events), so 
 restart resume every open incident where it stood.
 
 Several workers share the work (docs/deployment.md): the one that holds the leader lease consumes
-(triage) and does the chores that must run once (the audit copy, idle closes, retention); every worker
+(triage) and does the chores that must run once (the audit copy, idle closes, retention, trimming the
+EVENTS stream); every worker
 drives incidents (agent/driving.py), each incident owned by one worker at a time through its own lease
 (agent/cluster), at most `worker_concurrency` threads at once. Beside them run the pager (agent/notify),
 the escalation policy's `Escalator`, hot reloads of rules and topology, and the HTTP API.
@@ -40,7 +41,7 @@ from .cluster import CONSUMER_STATE, Leadership, Ownership
 from .leading import LeaderLoop
 from .notify import IncidentPager, Notifications, build_notifications
 from .db import reopen
-from .serve import purge_regularly, serve_http, start_embedded_server
+from .serve import purge_regularly, serve_http, start_embedded_server, trim_regularly
 from .tokens import TokenStore
 from .discovery import topology_tasks
 from .escalation import Escalator, escalate_regularly, policy_source, send_through
@@ -161,13 +162,15 @@ class Service:
 
     def _lead(self, stop: asyncio.Event) -> list[asyncio.Task]:
         """The leader's work, until `stop`: pick up triage's state where the last leader left it, then
-        consume, do the chores, and purge by the retention settings."""
+        consume, do the chores, purge by the retention settings, and trim EVENTS of what triage acknowledged."""
         self.parts.triage.restore()
         self._roles_stop = stop
         return [asyncio.create_task(self._consume(), name="consume"),
                 asyncio.create_task(self._chores(stop), name="chores"),
                 asyncio.create_task(purge_regularly(self.parts, self.settings, stop, self.retention_every_s),
-                                    name="retention")]
+                                    name="retention"),
+                asyncio.create_task(trim_regularly(self.bus, stop, self.settings.events_trim_every_s),
+                                    name="trim")]
 
     async def stop(self) -> None:
         """Stop in order, so nothing is lost and nothing fails on the way out: HTTP and taking new

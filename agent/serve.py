@@ -1,5 +1,5 @@
-"""What `rtem run` starts beside its loop: its own NATS server, the HTTP API and console, and the
-regular retention purge."""
+"""What `rtem run` starts beside its loop: its own NATS server, the HTTP API and console, the regular
+retention purge and the regular trimming of the EVENTS stream."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import anyio
 
 from bus import Bus, DataDirInUse, EmbeddedNats, NatsServerError
 
+from . import metrics
 from .config import Settings
 from .db import Database
 from .rules_reload import RulesReloader
@@ -115,3 +116,24 @@ async def purge_regularly(parts: Components, settings: Settings, stop: asyncio.E
             log.info("retention purge: %s", report.counts())
         except Exception:
             log.exception("retention purge failed; trying again in %.0f s", every_s)
+
+
+async def trim_regularly(bus: Bus, stop: asyncio.Event, every_s: float) -> None:
+    """EVENTS' trimming (bus/_trim.py): every `every_s` until `stop`, purge the events triage acknowledged
+    longer ago than RTEM_EVENTS_KEEP_S, so that EVENTS fills only when rtem falls behind. A failed trim
+    (the bus reconnecting) is logged and tried again next time; nothing unacknowledged is ever purged."""
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        try:
+            removed = await bus.trim_events()
+        except Exception as exc:
+            log.warning("trimming the EVENTS stream failed (trying again in %.0f s): %s: %s", every_s,
+                        type(exc).__name__, exc)
+            continue
+        if removed:
+            metrics.EVENTS_TRIMMED.inc(removed)
+            log.info("trimmed %d acknowledged event(s) from the EVENTS stream", removed)

@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -60,11 +61,15 @@ BARE_DESIGN = ("bare = nats-py's fetch(batch), one at a time, msg.ack() per mess
 
 def synthetic_events(n: int, topology: Topology, seed: int = 7, faults: int = 40) -> list[bytes]:
     """A day of telemetry: mostly healthy info events, with `faults` bursts of anomalies."""
+    return list(iter_synthetic_events(n, topology, seed, faults))
+
+
+def iter_synthetic_events(n: int, topology: Topology, seed: int = 7, faults: int = 40) -> Iterator[bytes]:
+    """`synthetic_events`, one at a time (a long soak need not hold them all)."""
     rng = random.Random(seed)
     instances = [e.id for e in topology.entities if e.type == "instance"]
     span = 24 * 3600.0
     fault_at = sorted(rng.uniform(0, span) for _ in range(faults))
-    lines = []
     for i in range(n):
         ts = span * i / n
         near = [f for f in fault_at if 0 <= ts - f < 300]
@@ -75,13 +80,12 @@ def synthetic_events(n: int, topology: Topology, seed: int = 7, faults: int = 40
                                          ("rtem.log", "error")])
         else:
             kind, severity = rng.choice([("rtem.log", "info"), ("rtem.metric.sample", "info")])
-        lines.append(json.dumps({
+        yield json.dumps({
             "specversion": "1.0", "id": f"bench-{seed}-{i}", "source": "/bench", "type": kind,
             "time": (T0 + timedelta(seconds=ts)).isoformat().replace("+00:00", "Z"), "subject": subject,
             "data": {"severity": severity, "message": f"{kind} on {subject}",
                      "attributes": {"metric": "container_cpu_usage_seconds", "direction": "up",
-                                    "host.name": topology.host_of(subject) or ""}}}).encode())
-    return lines
+                                    "host.name": topology.host_of(subject) or ""}}}).encode()
 
 
 async def publish(bus: Bus, lines: list[bytes]) -> float:

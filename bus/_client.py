@@ -1,7 +1,8 @@
 """`Bus`: rtem's JetStream client. Connecting (credentials, a cluster's URLs), the streams (made, kept up
 to date, a foreign one refused), publishing events with their id as `Nats-Msg-Id` (retried through
-reconnects and leader elections), dead-lettering with the reason, and the AUDIT copy. Consuming is
-`bus/_consume.py` (`Consuming`), reading and redriving dead letters `bus/_dlq.py`; both are parts of `Bus`.
+reconnects and leader elections; refused with a clear reason when EVENTS is full), dead-lettering with
+the reason, and the AUDIT copy. Consuming is `bus/_consume.py` (`Consuming`), reading and redriving dead
+letters `bus/_dlq.py`, trimming what triage acknowledged `bus/_trim.py`; all three are parts of `Bus`.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from typing import Any
 
 import nats
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js import api
-from nats.js.errors import NotFoundError
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, NotFoundError
 
 from ._auth import NatsAuthError, _auth_kind, _refused, connect_options
 from ._dlq import HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_REASON, HEADER_SIZE, HEADER_SUBJECT, DeadLetterStore
 from ._consume import Consuming, peek_id
 from ._resilience import retry_async
-from ._streams import (AUDIT, AUDIT_SUBJECTS, BusSettings, event_subject,
+from ._streams import (AUDIT, AUDIT_SUBJECTS, EVENTS, BusSettings, event_subject,
                        stream_configs)
+from ._trim import Trimming
 
 log = logging.getLogger("rtem.bus")
 
@@ -39,8 +41,36 @@ class PublishReport:
     lines: int = 0
     published: int = 0
     duplicates: int = 0
-    rejected: int = 0
-    reasons: list[str] = field(default_factory=list)
+    rejected: int = 0  # not on EVENTS: too large for the bus (dead-lettered), or refused because EVENTS is full
+    reasons: list[str] = field(default_factory=list)  # one per rejected line
+    full: int = 0  # of `rejected`: refused because EVENTS is full; not dead-lettered, the producer retries them
+    full_ids: list[str] = field(default_factory=list)  # their event ids (of the lines that had one)
+    full_reason: str | None = None  # what `reasons` says of them
+
+
+# JetStream's answer to a publish that would take a stream with DiscardPolicy.NEW past max_msgs or max_bytes:
+# code 503, err_code 10077 (the store's refusal), with the store's words as the description.
+_STREAM_FULL = {"maximum messages exceeded", "maximum bytes exceeded"}
+
+
+def stream_full(exc: BaseException) -> bool:
+    """A publish refused because the stream is at its bound (found on a real server: tests/test_events_bound.py)."""
+    return isinstance(exc, APIError) and exc.err_code == 10077 and (exc.description or "") in _STREAM_FULL
+
+
+class _JetStream(JetStreamContext):
+    """nats-py's JetStream context, with a refused `publish_async` failing its future. nats-py 2.16 raises
+    the server's error inside its reply handler instead (`APIError.from_error` raises rather than returns;
+    nats-io/nats.py#985, open), so the future never completes: each refused event would cost a publish
+    timeout, a warning from the connection's error callback, and a slot of the pending-publish limit."""
+
+    async def _handle_async_reply(self, msg) -> None:
+        try:
+            await super()._handle_async_reply(msg)
+        except APIError as exc:
+            future = self._publish_async_futures.get(msg.subject[len(self._async_reply_prefix):])
+            if future is not None and not future.done():
+                future.set_exception(exc)
 
 
 def server_urls(url: str) -> list[str]:
@@ -87,13 +117,13 @@ class Reconnects:
             await self._changed.wait()
 
 
-class Bus(Consuming, DeadLetterStore):
+class Bus(Consuming, DeadLetterStore, Trimming):
     """A connection to NATS with rtem's streams; `await Bus.connect(url)` to get one. Reading and removing
-    dead letters is `DeadLetterStore`'s (`_dlq.py`)."""
+    dead letters is `DeadLetterStore`'s (`_dlq.py`), trimming EVENTS `Trimming`'s (`_trim.py`)."""
 
     def __init__(self, nc: nats.NATS, settings: BusSettings, reconnects: Reconnects | None = None):
         self.nc = nc
-        self.js = nc.jetstream()
+        self.js = _JetStream(nc)
         self.settings = settings
         self.reconnects = reconnects or Reconnects()
 
@@ -165,13 +195,14 @@ class Bus(Consuming, DeadLetterStore):
                     continue
                 await self.js.update_stream(config)
             except nats.js.errors.APIError as exc:
+                bound = ("RTEM_EVENTS_MAX_BYTES" if config.name == EVENTS else "the retention (RTEM_RETAIN_*)")
                 raise OSError(f"JetStream refused stream {config.name} (max_age {config.max_age or 0:.0f}s, "
                               f"max_bytes {config.max_bytes or -1}, replicas {config.num_replicas}): "
-                              f"{exc.description}; lower the retention (RTEM_RETAIN_*) or the replicas "
+                              f"{exc.description}; lower {bound} or the replicas "
                               "(RTEM_NATS_REPLICAS: at most the cluster's size), or give the server more "
                               "JetStream storage") from None
-            changed = [f"{name} {getattr(current, name)} → {getattr(config, name)}"
-                       for name in ("max_age", "max_bytes", "discard", "num_replicas")
+            changed = [f"{name} {_shown(getattr(current, name))} → {_shown(getattr(config, name))}"
+                       for name in ("max_age", "max_bytes", "max_msgs", "discard", "num_replicas")
                        if getattr(config, name) is not None and getattr(current, name) != getattr(config, name)]
             if changed:
                 log.info("stream %s updated: %s", config.name, ", ".join(changed))
@@ -201,6 +232,8 @@ class Bus(Consuming, DeadLetterStore):
 
         A line too large for the server is dead-lettered here, since it cannot travel on the bus.
         The event id, when the line has one, becomes `Nats-Msg-Id`, so a resent event is one event.
+        A line EVENTS refuses because it is full is counted in `rejected` and `full`, with the reason;
+        it is not on the bus, and publishing it again later is safe (the id dedupes).
         """
         report = PublishReport()
         pending: list[tuple[asyncio.Future, str, bytes, dict[str, str] | None]] = []
@@ -231,19 +264,38 @@ class Bus(Consuming, DeadLetterStore):
 
     async def _settle(self, pending: list, report: PublishReport, timeout: float = 10.0) -> None:
         """Wait for JetStream's acks. An ack lost to a reconnect is never answered: such messages are
-        published again, one by one and waiting; their Nats-Msg-Id makes the repeat harmless."""
+        published again, one by one and waiting; their Nats-Msg-Id makes the repeat harmless. A message
+        EVENTS refused because it is full is not tried again here: it is counted as refused, with the reason."""
         done, _ = await asyncio.wait([future for future, *_ in pending], timeout=timeout) if pending else (set(), None)
         for future, subject, line, headers in pending:
-            if future in done and future.exception() is None:
-                ack = future.result()
-            else:
-                future.cancel()
-                ack = await self._publish_retrying(subject, line, headers)
+            try:
+                if future in done and future.exception() is None:
+                    ack = future.result()
+                elif future in done and stream_full(future.exception()):
+                    raise future.exception()
+                else:
+                    future.cancel()
+                    ack = await self._publish_retrying(subject, line, headers)
+            except APIError as exc:
+                if not stream_full(exc):
+                    raise
+                self._refused_full(report, exc, headers)
+                continue
             if ack.duplicate:
                 report.duplicates += 1
             else:
                 report.published += 1
         pending.clear()
+
+    def _refused_full(self, report: PublishReport, exc: APIError, headers: dict[str, str] | None) -> None:
+        if report.full_reason is None:
+            report.full_reason = full_reason(exc, self.settings)
+            log.warning("%s: %s", EVENTS, report.full_reason)
+        report.rejected += 1
+        report.full += 1
+        report.reasons.append(report.full_reason)
+        if headers:
+            report.full_ids.append(headers["Nats-Msg-Id"])
 
     async def _publish_retrying(self, subject: str, line: bytes, headers: dict[str, str] | None):
         return await retry_async(lambda: self.js.publish(subject, line, headers=headers, timeout=5),
@@ -292,6 +344,15 @@ class Bus(Consuming, DeadLetterStore):
         msg = await self.js.get_msg(AUDIT, info.state.last_seq)
         return int(json.loads(msg.data)["seq"])
 
+
+
+def full_reason(exc: APIError, settings: BusSettings) -> str:
+    """What a producer is told of an event EVENTS refused: which bound, as this client's settings give them
+    (a producer may not read the stream's configuration)."""
+    msgs, size = settings.events_max_msgs, settings.events_max_bytes
+    bounds = " / ".join([f"max_msgs {msgs:,}" if msgs > 0 else "max_msgs none",
+                         f"max_bytes {size / (1 << 30):.1f} GiB" if size > 0 else "max_bytes none"])
+    return f"the event stream is full ({exc.description}; {bounds}): rtem is behind (or stopped); retry later"
 
 
 def _peek(line: bytes) -> tuple[str | None, str | None]:

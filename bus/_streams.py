@@ -33,6 +33,12 @@ class NatsAuth:
     tls_key: Path | None = None
 
 
+# EVENTS' default bounds: about 2 million events of ~500 bytes. JetStream reserves max_bytes against the
+# server's storage when a stream is made (the embedded server's is 75 % of the free disk, docs/nats.md).
+EVENTS_MAX_BYTES = 1 << 30
+EVENTS_MAX_MSGS = 2_000_000
+
+
 @dataclass(frozen=True)
 class BusSettings:
     """What the streams and the consumer are made with; `agent.config.Settings` fills it."""
@@ -42,6 +48,12 @@ class BusSettings:
     max_deliver: int = 5
     ack_wait_s: float = 30.0
     events_max_age_s: float = 7 * 24 * 3600.0
+    # EVENTS' bounds (-1: none). A full EVENTS refuses new publishes (DiscardPolicy.NEW), visibly to the
+    # producer, rather than drop events triage has not read; `Bus.trim_events` keeps it from filling up.
+    events_max_bytes: int = EVENTS_MAX_BYTES
+    events_max_msgs: int = EVENTS_MAX_MSGS
+    # Acknowledged events younger than this stay on EVENTS when it is trimmed (`bus/_trim.py`).
+    events_keep_s: float = 3600.0
     dlq_max_age_s: float = 14 * 24 * 3600.0
     audit_max_age_s: float = 400 * 24 * 3600.0
     # An event dated more than this after the moment it is consumed is dead-lettered: one clock far in
@@ -62,7 +74,10 @@ class BusSettings:
 # first (DiscardPolicy.OLD). JetStream reserves max_bytes against the server's storage when a stream is made,
 # so they stay modest: a laptop's embedded server must still start. A dead letter is usually a few KiB (at
 # most one event, 1 MiB); a decision record 1–3 KiB, and a busy year writes some 10^5, so 1 GiB holds
-# several years. EVENTS has none: dropping events triage has not read yet would lose them silently.
+# several years. EVENTS is bounded too (BusSettings.events_max_*), but full it refuses new events instead
+# (DiscardPolicy.NEW): dropping the oldest would lose events triage has not read yet, silently, whereas a
+# refused publish is an error its producer sees and can retry. What triage has acknowledged is trimmed
+# (`bus/_trim.py`), so EVENTS fills only when rtem falls behind.
 DLQ_MAX_BYTES = 256 << 20
 AUDIT_MAX_BYTES = 1 << 30
 
@@ -73,7 +88,8 @@ def stream_configs(settings: BusSettings) -> list[api.StreamConfig]:
         api.StreamConfig(name=EVENTS, subjects=[EVENTS_SUBJECTS], storage=api.StorageType.FILE,
                          num_replicas=settings.replicas, retention=api.RetentionPolicy.LIMITS,
                          duplicate_window=settings.duplicate_window_s, max_age=settings.events_max_age_s,
-                         description="rtem input events (CloudEvents JSON)"),
+                         max_bytes=settings.events_max_bytes, max_msgs=settings.events_max_msgs,
+                         discard=api.DiscardPolicy.NEW, description="rtem input events (CloudEvents JSON)"),
         api.StreamConfig(name=DLQ, subjects=[DLQ_SUBJECTS], storage=api.StorageType.FILE,
                          num_replicas=settings.replicas, retention=api.RetentionPolicy.LIMITS,
                          max_age=settings.dlq_max_age_s, max_bytes=DLQ_MAX_BYTES, discard=api.DiscardPolicy.OLD,

@@ -127,7 +127,8 @@ async def test_unacked_events_survive_a_consumer_crash(bus, nats_server):
 
 
 async def test_streams_and_consumer_carry_the_configured_limits(nats_server):
-    bus = await Bus.connect(nats_server.url, BusSettings(max_ack_pending=64, max_deliver=4, duplicate_window_s=30))
+    bus = await Bus.connect(nats_server.url, BusSettings(max_ack_pending=64, max_deliver=4, duplicate_window_s=30,
+                                                         events_max_msgs=1000, events_max_bytes=8 << 20))
     await bus.reset_streams()
     try:
         await bus.publish_lines(GOOD[:1])
@@ -137,6 +138,7 @@ async def test_streams_and_consumer_carry_the_configured_limits(nats_server):
         assert info.config.max_deliver == -1, "the server never stops redelivering; rtem applies max_deliver itself"
         events = await bus.js.stream_info(EVENTS)
         assert events.config.duplicate_window == 30 and str(getattr(events.config.storage, "value", events.config.storage)) == "file"
+        assert (events.config.max_msgs, events.config.max_bytes, events.config.discard) == (1000, 8 << 20, "new")
         assert (await bus.js.stream_info(DLQ)).config.subjects == ["rtem.dlq.>"]
     finally:
         await bus.close()

@@ -327,7 +327,10 @@ def test_dlq_and_audit_streams_expire_by_age_and_size():
     configs = {c.name: c for c in stream_configs(bus_settings)}
     assert configs[DLQ].max_age == 3 * 86400 and configs[AUDIT].max_age == 90 * 86400
     assert configs[DLQ].max_bytes > 0 and configs[AUDIT].max_bytes > configs[DLQ].max_bytes
-    assert configs[EVENTS].max_bytes is None  # unread events are never dropped for size
+    # EVENTS is bounded too, but full it refuses new events: unread ones are never dropped for size
+    assert configs[EVENTS].max_bytes == bus_settings.events_max_bytes > 0
+    assert configs[EVENTS].max_msgs == bus_settings.events_max_msgs > 0
+    assert configs[EVENTS].discard == "new"
 
 
 @pytest.mark.integration

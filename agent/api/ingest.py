@@ -3,7 +3,9 @@
 Every event is checked against the envelope schema before anything is published, so a client learns
 at once what is wrong with which event (400, per index); a batch with one bad event publishes nothing.
 Accepted events go to the EVENTS stream exactly like `rtem ingest` sends them: the event id becomes
-`Nats-Msg-Id`, so a client that retries after a timeout does not create a second event.
+`Nats-Msg-Id`, so a client that retries after a timeout does not create a second event. When EVENTS is
+full (rtem is behind) a request none of whose events was taken gets 503 with Retry-After; one some of
+whose events were taken gets 202 naming the others (`refused_ids`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ ALERT_SEVERITY = {"critical": "critical", "page": "critical", "high": "error", "
                   "warning": "warning", "warn": "warning", "medium": "warning", "info": "info", "low": "info",
                   "none": "info"}
 SUBJECT_LABELS = ("rtem_entity", "entity", "pod", "service", "instance", "job")
+# Retry-After when the EVENTS stream is full: `rtem run` trims it every RTEM_EVENTS_TRIM_EVERY_S (30 s by default).
+FULL_RETRY_AFTER_S = 30
 
 
 @router.post("/events", status_code=202)
@@ -104,7 +108,13 @@ async def _publish(request: Request, docs: list[Any]) -> dict[str, Any]:
     if not context(request).ready():  # say so at once rather than hang in the bus client's retries
         raise ApiError(503, "the event bus is not connected; nothing was accepted, retry", headers={"Retry-After": "5"})
     report = await context(request).publish([json.dumps(d, separators=(",", ":")).encode() for d in docs])
-    return {"accepted": report.published, "duplicates": report.duplicates, "ids": [d["id"] for d in docs]}
+    if report.full and report.full == report.lines:  # nothing taken: the client retries, as after a 503
+        raise ApiError(503, f"none of the {report.lines} event(s) was accepted: {report.full_reason}",
+                       headers={"Retry-After": str(FULL_RETRY_AFTER_S)})
+    answer = {"accepted": report.published, "duplicates": report.duplicates, "ids": [d["id"] for d in docs]}
+    if report.full:  # some taken: say which were not; sending the whole batch again is safe (ids dedupe)
+        answer.update(refused=report.full, refused_ids=report.full_ids, reason=report.full_reason)
+    return answer
 
 
 def _content_type(request: Request) -> str:

@@ -117,7 +117,8 @@ def ingest(
     Each line is first checked here with the parser the service uses. Invalid lines are published too, so
     that the service dead-letters them with that same reason (`rtem dlq list`, then `rtem dlq redrive`
     after a fix). Exits 0 when every line was published, invalid ones included; 1 when the server cannot
-    be reached."""
+    be reached, or when the EVENTS stream was full and refused lines (run it again later: what was
+    published already counts as a duplicate)."""
     cfg = settings()
     url = nats_url or cfg.nats_url or _running_server_url(cfg)
     if not url:
@@ -131,8 +132,9 @@ def ingest(
         try:
             if producer is None:  # rtem run made the streams of its own server; a producer may not
                 await bus.ensure_streams()
-            totals = {"lines": 0, "published": 0, "duplicates": 0, "rejected": 0}
+            totals = {"lines": 0, "published": 0, "duplicates": 0, "rejected": 0, "full": 0}
             dead_lettered: list[str] = []
+            full_reason = None
             for path in files:
                 handle = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
                 with handle:
@@ -140,8 +142,9 @@ def ingest(
                     report = await bus.publish_lines(checked_lines(handle, label, invalid))
                 for key in totals:
                     totals[key] += getattr(report, key)
-                dead_lettered += report.reasons
-            return totals, dead_lettered
+                dead_lettered += [reason for reason in report.reasons if reason != report.full_reason]
+                full_reason = full_reason or report.full_reason
+            return totals, dead_lettered, full_reason
         finally:
             await bus.close()
 
@@ -150,16 +153,21 @@ def ingest(
             fail(f"{path}: no such file" + (" (a directory: pass the files in it, e.g. DIR/*.jsonl)"
                                             if path.is_dir() else ""))
     try:
-        totals, dead_lettered = asyncio.run(publish())
+        totals, dead_lettered, full_reason = asyncio.run(publish())
     except (OSError, asyncio.TimeoutError) as exc:
         fail(f"cannot publish to {url}: {exc}", 1)
     if json_out:
-        print(json.dumps({**totals, "invalid": [line.model_dump() for line in invalid],
-                          "dead_lettered": dead_lettered}))
+        refused = {"full": totals["full"], "full_reason": full_reason} if totals["full"] else {}
+        print(json.dumps({**{k: v for k, v in totals.items() if k != "full"},
+                          "invalid": [line.model_dump() for line in invalid], "dead_lettered": dead_lettered,
+                          **refused}))
+        if totals["full"]:
+            raise typer.Exit(1)
         return
     out.print(f"{totals['published']} published · {len(invalid)} invalid (published too: the service "
-              f"dead-letters them) · {totals['duplicates']} duplicates (already on the bus) · {totals['rejected']} "
-              f"rejected (too large for the bus, dead-lettered here) · from {totals['lines']} lines", markup=False)
+              f"dead-letters them) · {totals['duplicates']} duplicates (already on the bus) · "
+              f"{totals['rejected'] - totals['full']} rejected (too large for the bus, dead-lettered here) · "
+              f"from {totals['lines']} lines", markup=False)
     for line in invalid[:MAX_SHOWN]:
         err.print(f"  {line.file}:{line.line}: {line.reason}" + (f" (event {line.event_id})" if line.event_id else ""),
                   markup=False)
@@ -169,6 +177,9 @@ def ingest(
         err.print(f"  dead-lettered: {reason}", markup=False)
     if invalid or dead_lettered:
         err.print("  see them with their reasons: rtem dlq list", markup=False)
+    if totals["full"]:
+        fail(f"{totals['full']} line(s) not published: {full_reason} (the same command again is safe: what was "
+             "published counts as a duplicate)", 1)
 
 
 MAX_SHOWN = 20  # invalid lines printed; --json has them all
