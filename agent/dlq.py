@@ -15,7 +15,7 @@ from enum import Enum
 
 from pydantic import BaseModel, computed_field
 
-from bus import Bus, DeadLetter, Event, InvalidEvent, dated_ahead, parse_event
+from bus import Bus, DeadLetter, Event, InvalidEvent, dated_ahead, full_reason, parse_event, stream_full
 
 from .audit import AuditLog
 
@@ -193,16 +193,28 @@ class DeadLetterQueue:
         letters, missing = await self._select(seqs, where)
         results = [RedriveResult(seq=s, outcome=Outcome.missing, reason="no dead letter with this seq") for s in missing]
         now, skew = self.clock(), self.bus.settings.max_future_skew_s
+        full: str | None = None  # why EVENTS refused a letter: it is full, and the rest are not tried
         try:
             for letter in letters:
                 checked = recheck(letter, now, skew, self.max_event_bytes)
-                if isinstance(checked, str):
+                if full is not None:
+                    results.append(RedriveResult(seq=letter.seq, event_id=letter.event_id,
+                                                 outcome=Outcome.still_failing, reason=full))
+                elif isinstance(checked, str):
                     results.append(RedriveResult(seq=letter.seq, event_id=letter.event_id,
                                                  outcome=Outcome.still_failing, reason=checked))
                 elif dry_run:
                     results.append(RedriveResult(seq=letter.seq, event_id=checked.id, outcome=Outcome.would_redrive))
                 else:
-                    duplicate = await self.bus.return_to_events(letter, checked.type, redrive_id(checked))
+                    try:
+                        duplicate = await self.bus.return_to_events(letter, checked.type, redrive_id(checked))
+                    except Exception as exc:
+                        if not stream_full(exc):
+                            raise
+                        full = full_reason(exc, self.bus.settings)  # the letter stays in the DLQ
+                        results.append(RedriveResult(seq=letter.seq, event_id=checked.id,
+                                                     outcome=Outcome.still_failing, reason=full))
+                        continue
                     results.append(RedriveResult(seq=letter.seq, event_id=checked.id,
                                                  outcome=Outcome.already_on_events if duplicate else Outcome.redriven))
         finally:  # what was done is recorded even when the bus failed half way

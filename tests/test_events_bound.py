@@ -257,3 +257,25 @@ def test_the_api_answers_503_with_retry_after_when_it_took_nothing(tmp_path, bou
             assert mixed.json()["reason"].startswith("the event stream is full")
     finally:
         live.stop()
+
+
+async def test_a_redrive_into_a_full_stream_leaves_the_letters_and_says_why(nats_server, restore_streams, tmp_path):
+    from agent.audit import AuditLog
+    from agent.dlq import DeadLetterQueue, Outcome
+
+    bus = await bounded(nats_server.url, events_max_msgs=2)
+    try:
+        assert (await bus.publish_lines(lines("fill", 2))).published == 2  # EVENTS is full
+        for i in range(3):
+            await bus.dead_letter(lines(f"late{i}-", 1)[0], "test letter", event_id=f"late{i}-0", kind="failed")
+        with AuditLog(tmp_path / "audit.db") as audit:
+            dlq = DeadLetterQueue(bus, audit, max_event_bytes=1 << 20)
+            report = await dlq.redrive(by="ann@host", via="cli")
+            assert [r.outcome for r in report.results] == [Outcome.still_failing] * 3
+            assert {r.reason for r in report.results} == {
+                "the event stream is full (maximum messages exceeded; max_msgs 2 / max_bytes 1.0 GiB): rtem is "
+                "behind (or stopped); retry later"}
+            assert await dlq.count() == 3, "every letter stays in the DLQ, to be redriven later"
+            assert [r.kind for r in audit.records()][-1] == "dlq.redriven", "the attempt is recorded"
+    finally:
+        await bus.close()
