@@ -15,7 +15,8 @@ The pull protocol (JetStream's `$JS.API.CONSUMER.MSG.NEXT`): the server serves w
 order they came, one message at a time; a request that expires before it was served in full ends with a
 `408` status message whose `Nats-Pending-Messages` header says how many it still owed; other ends (`409`:
 the consumer was deleted, a leadership change, too many waiting requests) say so the same way, or owe
-nothing more. Requests made before the connection dropped are forgotten at once when it is back (the
+nothing more. Any other status (`503`: no consumer answers) is an error, raised by `take` as nats-py's
+`fetch` raised it, rather than asked again in a loop. Requests made before the connection dropped are forgotten at once when it is back (the
 server may have dropped them with the connection), and any other whose end never arrived once its expiry
 has passed by `GRACE_S`, so the puller always asks again.
 """
@@ -31,9 +32,12 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import APIError
 
 STATUS = "Status"
 PENDING_MESSAGES = "Nats-Pending-Messages"
+HEARTBEAT = "100"
+REQUEST_ENDS = frozenset({"404", "408", "409"})  # no messages, expired, ended by the server (nats-py: temporary)
 EXPIRES_S = 5.0
 GRACE_S = 1.0
 
@@ -61,6 +65,7 @@ class Puller:
         self._clock = clock
         self._requests: deque[_Request] = deque()
         self._reconnects = nc.stats["reconnects"]
+        self._failed: Msg | None = None  # an error status not raised yet (messages taken with it came first)
 
     @classmethod
     async def open(cls, nc: Client, stream: str, consumer: str, batch: int, **kwargs) -> Puller:
@@ -74,23 +79,33 @@ class Puller:
 
     async def take(self, timeout: float) -> list[Msg]:
         """The messages that have arrived, up to a batch; if none has, waits up to `timeout` for the first
-        (then takes what came with it). An empty list when nothing came in time."""
+        (then takes what came with it). An empty list when nothing came in time. A status that is an error
+        (`503`: no consumer answers) raises nats-py's `APIError` for it, after the messages before it."""
+        self._raise_failure()
         await self._ask()
         msgs = self._drain()
-        if msgs:
-            return msgs
-        try:
-            first = await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return []
-        msgs = [first] if self._accept(first) else []
-        return msgs + self._drain(self.batch - len(msgs))
+        if not msgs and self._failed is None:
+            try:
+                first = await asyncio.wait_for(self._queue.get(), timeout)
+            except asyncio.TimeoutError:
+                return []
+            msgs = [first] if self._accept(first) else []
+            msgs += self._drain(self.batch - len(msgs))
+        if not msgs:
+            self._raise_failure()
+        return msgs
+
+    def _raise_failure(self) -> None:
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            APIError.from_msg(failed)  # raises
 
     async def close(self) -> list[Msg]:
         """Unsubscribe; the messages delivered that no `take` returned, for the caller to give back. (Once
         unsubscribed nothing more comes: the server drops a pull request whose inbox has no subscriber.)"""
         await self._sub.unsubscribe()
         self._requests.clear()
+        self._failed = None  # moot now: what was delivered before it still goes back
         return self._drain(None)
 
     async def _ask(self) -> None:
@@ -112,7 +127,7 @@ class Puller:
         """What is queued, up to `limit` messages (status messages are read and not counted)."""
         msgs: list[Msg] = []
         queue = self._queue
-        while (limit is None or len(msgs) < limit) and not queue.empty():
+        while (limit is None or len(msgs) < limit) and not queue.empty() and self._failed is None:
             msg = queue.get_nowait()
             if self._accept(msg):
                 msgs.append(msg)
@@ -129,7 +144,12 @@ class Puller:
                 if oldest.owed <= 0:
                     self._requests.popleft()
             return True
-        if headers[STATUS] == "100":  # a heartbeat: no request ends
+        status = headers[STATUS]
+        if status == HEARTBEAT:  # no request ends
+            return False
+        if status not in REQUEST_ENDS:
+            self._requests.clear()
+            self._failed = msg
             return False
         if PENDING_MESSAGES in headers and self._requests:
             self._requests.popleft()  # the oldest request ended, owing what the header says

@@ -107,6 +107,22 @@ async def test_requests_made_before_a_reconnect_are_asked_again_at_once(bus):
         await puller.close()
 
 
+async def test_a_consumer_that_is_gone_is_an_error_not_a_loop_of_requests(bus):
+    from nats.js.errors import APIError
+
+    name = await consumer(bus, "doomed")
+    puller = await Puller.open(bus.nc, EVENTS, name, batch=4)
+    try:
+        assert await puller.take(0.1) == []
+        await bus.js.delete_consumer(EVENTS, name)
+        with pytest.raises(APIError):
+            async with asyncio.timeout(5):
+                while True:  # the server ends the waiting requests (409), then none answers the next (503)
+                    await puller.take(0.2)
+    finally:
+        await puller.close()
+
+
 async def test_deliveries_reads_the_count_nats_py_would(bus):
     await publish(bus, 2)
     puller = await Puller.open(bus.nc, EVENTS, await consumer(bus), batch=2)
