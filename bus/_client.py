@@ -17,7 +17,7 @@ from typing import Any
 
 import nats
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext, api
+from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
 from ._auth import NatsAuthError, _auth_kind, _refused, connect_options
@@ -26,6 +26,7 @@ from ._consume import Consuming, peek_id
 from ._resilience import retry_async
 from ._streams import (AUDIT, AUDIT_SUBJECTS, EVENTS, BusSettings, event_subject,
                        stream_configs)
+from ._full import JetStream, full_reason, stream_full
 from ._trim import Trimming
 
 log = logging.getLogger("rtem.bus")
@@ -46,31 +47,6 @@ class PublishReport:
     full: int = 0  # of `rejected`: refused because EVENTS is full; not dead-lettered, the producer retries them
     full_ids: list[str] = field(default_factory=list)  # their event ids (of the lines that had one)
     full_reason: str | None = None  # what `reasons` says of them
-
-
-# JetStream's answer to a publish that would take a stream with DiscardPolicy.NEW past max_msgs or max_bytes:
-# code 503, err_code 10077 (the store's refusal), with the store's words as the description.
-_STREAM_FULL = {"maximum messages exceeded", "maximum bytes exceeded"}
-
-
-def stream_full(exc: BaseException) -> bool:
-    """A publish refused because the stream is at its bound (found on a real server: tests/test_events_bound.py)."""
-    return isinstance(exc, APIError) and exc.err_code == 10077 and (exc.description or "") in _STREAM_FULL
-
-
-class _JetStream(JetStreamContext):
-    """nats-py's JetStream context, with a refused `publish_async` failing its future. nats-py 2.16 raises
-    the server's error inside its reply handler instead (`APIError.from_error` raises rather than returns;
-    nats-io/nats.py#985, open), so the future never completes: each refused event would cost a publish
-    timeout, a warning from the connection's error callback, and a slot of the pending-publish limit."""
-
-    async def _handle_async_reply(self, msg) -> None:
-        try:
-            await super()._handle_async_reply(msg)
-        except APIError as exc:
-            future = self._publish_async_futures.get(msg.subject[len(self._async_reply_prefix):])
-            if future is not None and not future.done():
-                future.set_exception(exc)
 
 
 def server_urls(url: str) -> list[str]:
@@ -123,7 +99,7 @@ class Bus(Consuming, DeadLetterStore, Trimming):
 
     def __init__(self, nc: nats.NATS, settings: BusSettings, reconnects: Reconnects | None = None):
         self.nc = nc
-        self.js = _JetStream(nc)
+        self.js = JetStream(nc)
         self.settings = settings
         self.reconnects = reconnects or Reconnects()
 
@@ -344,15 +320,6 @@ class Bus(Consuming, DeadLetterStore, Trimming):
         msg = await self.js.get_msg(AUDIT, info.state.last_seq)
         return int(json.loads(msg.data)["seq"])
 
-
-
-def full_reason(exc: APIError, settings: BusSettings) -> str:
-    """What a producer is told of an event EVENTS refused: which bound, as this client's settings give them
-    (a producer may not read the stream's configuration)."""
-    msgs, size = settings.events_max_msgs, settings.events_max_bytes
-    bounds = " / ".join([f"max_msgs {msgs:,}" if msgs > 0 else "max_msgs none",
-                         f"max_bytes {size / (1 << 30):.1f} GiB" if size > 0 else "max_bytes none"])
-    return f"the event stream is full ({exc.description}; {bounds}): rtem is behind (or stopped); retry later"
 
 
 def _peek(line: bytes) -> tuple[str | None, str | None]:
