@@ -102,32 +102,30 @@ async def bare_rate(bus: Bus, n: int, batch: int, name: str = "bare") -> float:
     config = triage_consumer(bus.settings, name)
     assert config.max_ack_pending >= batch, (config.max_ack_pending, batch)
     sub = await bus.js.pull_subscribe("rtem.events.>", durable=name, stream=EVENTS, config=config)
-    done = 0
-    start = time.perf_counter()
-    while done < n:
-        for msg in await sub.fetch(batch, timeout=5):
-            await msg.ack()
-            done += 1
-    await bus.nc.flush()
-    elapsed = time.perf_counter() - start
+    rate = await _consume_and_ack(bus, n, lambda: sub.fetch(batch, timeout=5))
     await sub.unsubscribe()
-    return n / elapsed
+    return rate
 
 
 async def lean_rate(bus: Bus, n: int, batch: int, name: str = "lean") -> float:
     """Events per second of the bare loop taking messages through rtem's puller instead of `fetch`."""
     await bus.js.add_consumer(EVENTS, config=triage_consumer(bus.settings, name))
     puller = await Puller.open(bus.nc, EVENTS, name, batch)
+    rate = await _consume_and_ack(bus, n, lambda: puller.take(5))
+    await puller.close()
+    return rate
+
+
+async def _consume_and_ack(bus: Bus, n: int, take) -> float:
+    """Events per second of taking batches with `take()` and acking each message, until `n` are done."""
     done = 0
     start = time.perf_counter()
     while done < n:
-        for msg in await puller.take(5):
+        for msg in await take():
             await msg.ack()
             done += 1
     await bus.nc.flush()
-    elapsed = time.perf_counter() - start
-    await puller.close()
-    return n / elapsed
+    return n / (time.perf_counter() - start)
 
 
 def make_triage(workdir: Path, topology: Topology, name: str, after_commit=None, database: str | None = None) -> Triage:
