@@ -121,7 +121,6 @@ class _Checkpointer:
         self._db = weakref.ref(db)
         self._every_s = every_s
         self._stop = threading.Event()
-        self.runs = 0
         self._thread = threading.Thread(target=self._run, name=f"rtem-checkpoint {db.path.name}", daemon=True)
         self._thread.start()
 
@@ -144,7 +143,6 @@ class _Checkpointer:
                     elif self._db() is None:
                         return
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.runs += 1
                 except sqlite3.Error as exc:
                     log.debug("checkpoint of the WAL failed (%s); tried again in %.1f s", exc, self._every_s)
         finally:
