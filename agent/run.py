@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bus import Bus, EmbeddedNats, RetryPolicy
+from bus import Bus, EmbeddedNats, RetryPolicy, Unavailable
 from bus import RTEM_USER
 from rules import Topology
 
@@ -37,10 +37,10 @@ from .driving import STOP_GRACE_S, IncidentDriver
 from .rules_reload import RulesReloader
 from .service import Components, build, check_audit_copy, publish_audit
 from .idle import IdleCloser, StillClock
-from .cluster import CONSUMER_STATE, Leadership, Ownership
+from .cluster import CONSUMER_STATE, Fenced, Leadership, Ownership
 from .leading import LeaderLoop
 from .notify import IncidentPager, Notifications, build_notifications
-from .db import reopen
+from .db import reopen, unavailable
 from .serve import purge_regularly, serve_http, start_embedded_server, trim_regularly
 from .tokens import TokenStore
 from .discovery import topology_tasks
@@ -232,7 +232,14 @@ class Service:
 
     async def _handle(self, events):
         before = self.parts.triage.stats.events
-        result = self.parts.triage.handle(events)
+        try:
+            result = self.parts.triage.handle(events)
+        except Fenced as exc:  # this worker no longer leads: it stops consuming, the batch goes back
+            raise Unavailable(str(exc)) from exc
+        except Exception as exc:
+            if unavailable(exc):  # the database is down: the batch waits for it (`bus._hold`), not failed
+                raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise
         metrics.EVENTS.inc(self.parts.triage.stats.events - before)
         metrics.INCIDENTS.inc(len(result.opened))
 

@@ -5,6 +5,7 @@ from ._auth import PRODUCER, RTEM_USER, TARGET, NatsAuthError, connect_options, 
 from ._client import Bus, PublishReport
 from ._full import full_reason, stream_full
 from ._consume import ConsumeStats, Handler
+from ._hold import Unavailable
 from ._dlq import DeadLetter
 from ._envelope import (MAX_EVENT_BYTES, SEVERITIES, SEVERITY_RANK, Event, InvalidEvent, InvalidJSON, dated_ahead,
                         event_from_dict, event_schema, format_time, loads_json, parse_event, parse_time)
@@ -20,5 +21,5 @@ __all__ = [
     "NatsAuth", "NatsAuthError", "NatsServerError", "PublishReport", "RetryPolicy", "connect_options",
     "dated_ahead", "embedded_credentials", "event_from_dict", "event_schema", "format_time", "loads_json",
     "nats_server_binary", "parse_event", "parse_time", "retry_async", "terminate",
-    "EVENTS_MAX_BYTES", "EVENTS_MAX_MSGS", "full_reason", "stream_full",
+    "EVENTS_MAX_BYTES", "EVENTS_MAX_MSGS", "full_reason", "stream_full", "Unavailable",
 ]

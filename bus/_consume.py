@@ -1,7 +1,9 @@
 """Consuming the EVENTS stream: batches fetched from the durable pull consumer, the envelope checked
 (what is not an rtem event goes to the DLQ with the reason), the handler given the valid events, and
-acks after it; what it could not process is redelivered with backoff, then dead-lettered. A consumer
-that stops gives back (naks) what it was delivered but never handled, so nothing waits out ack_wait.
+acks after it; what it could not process is redelivered with backoff, then dead-lettered. A handler that
+cannot record anything now (its store is down: `Unavailable`) has its batch held, not failed (`bus._hold`).
+A consumer that stops gives back (naks) what it was delivered but never handled, so nothing waits out
+ack_wait.
 
 `Consuming` is a part of `Bus` (it uses its JetStream context, settings and `dead_letter`).
 """
@@ -16,11 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js import api
 from nats.js.errors import NotFoundError
 
 from ._envelope import Event, InvalidEvent, dated_ahead, parse_event
+from ._hold import Unavailable, hold
+from ._pull import Puller, deliveries
 from ._streams import EVENTS, TRIAGE, triage_consumer
 
 log = logging.getLogger("rtem.bus")
@@ -37,6 +39,7 @@ class ConsumeStats:
     failed: int = 0
     redelivered: int = 0
     batches: int = 0
+    held: int = 0  # batches held through an outage of the handler's store (`bus._hold`)
 
 
 # Deliveries, in multiples of `max_deliver`, after which an event that never got through the handler goes
@@ -64,48 +67,40 @@ class Consuming:
         """
         wanted = triage_consumer(self.settings, consumer)
         info = await self._consumer_info(consumer)
-        if info is not None and info.config.max_deliver != wanted.max_deliver:
-            # made by an rtem that let the server stop redelivering (`bus._streams.UNLIMITED` says why)
+        if info is None or info.config.max_deliver != wanted.max_deliver:
+            # new, or made by an rtem that let the server stop redelivering (`bus._streams.UNLIMITED` says why)
             await self.js.add_consumer(EVENTS, config=wanted)
-        sub = await self.js.pull_subscribe_bind(consumer, stream=EVENTS) if info is not None \
-            else await self.js.pull_subscribe("rtem.events.>", durable=consumer, stream=EVENTS, config=wanted)
         stats = ConsumeStats()
-        batch = min(batch, self.settings.max_ack_pending)
         limit_kw = {"max_bytes": max_event_bytes} if max_event_bytes else {}
-        pending: asyncio.Future | None = None  # a fetch whose messages the loop has not taken yet
+        puller = await Puller.open(self.nc, EVENTS, consumer, min(batch, self.settings.max_ack_pending))
+        behind: list[Msg] = []  # delivered while a batch was held (an outage), taken off the puller: next
         try:
-            # One fetch is always in flight while the previous batch is processed, so the round trip
-            # to the server overlaps with the work instead of adding to it.
-            pending = asyncio.ensure_future(sub.fetch(batch, timeout=fetch_timeout))
             while True:
-                fetched, pending = pending, None
-                try:
-                    msgs = await fetched
-                except (NatsTimeout, asyncio.TimeoutError):
-                    msgs = []
+                if behind:
+                    msgs, behind = behind[:puller.batch], behind[puller.batch:]
+                else:
+                    msgs = await puller.take(fetch_timeout)
                 stopping = bool(stop and stop.is_set())
                 if not msgs:
                     if stopping or (until_drained and await self._drained(consumer)):
                         break
-                    pending = asyncio.ensure_future(sub.fetch(batch, timeout=fetch_timeout))
                     continue
-                pending = None if stopping else asyncio.ensure_future(sub.fetch(batch, timeout=fetch_timeout))
-                await self._handle_batch(msgs, handler, stats, limit_kw)
+                behind += await self._handle_batch(msgs, handler, stats, limit_kw, puller, stop)
                 if on_batch:
                     on_batch(stats)
-                if pending is None:
+                if stopping or (stop and stop.is_set() and behind):
                     break
         finally:
-            await _give_back(sub, pending, self.settings.max_deliver, self._never_handled)
+            await _give_back(puller, behind, self.settings.max_deliver, self._never_handled)
         return stats
 
     async def _never_handled(self, msg: Msg) -> None:
         """An event delivered `max_deliver` times to consumers that stopped before handling it: to the
         DLQ with that reason, not dropped."""
-        deliveries = msg.metadata.num_delivered
-        await self.dead_letter(msg.data, f"delivered {deliveries} times to consumers that stopped before "
+        delivered = deliveries(msg)
+        await self.dead_letter(msg.data, f"delivered {delivered} times to consumers that stopped before "
                                "handling it", event_id=peek_id(msg.data), subject=msg.subject,
-                               deliveries=deliveries, kind="failed")
+                               deliveries=delivered, kind="failed")
         await msg.term()
 
     async def _consumer_info(self, name: str):
@@ -120,73 +115,91 @@ class Consuming:
         return pending == 0 and unacked == 0
 
     async def _handle_batch(self, msgs: list[Msg], handler: Handler, stats: ConsumeStats,
-                            limit_kw: dict[str, int]) -> None:
+                            limit_kw: dict[str, int], puller: Puller, stop: asyncio.Event | None) -> list[Msg]:
+        """Check, hand over and acknowledge one batch; the messages delivered behind it while it was held
+        (`bus._hold`), to be handled next."""
         stats.batches += 1
         stats.delivered += len(msgs)
-        valid: list[tuple[Msg, Event]] = []
+        valid: list[tuple[Msg, Event, int]] = []  # with how many times the server delivered it
         received = datetime.now(timezone.utc)  # the moment this batch is consumed
         for msg in msgs:
-            if msg.metadata.num_delivered > 1:
+            delivered = deliveries(msg)
+            if delivered > 1:
                 stats.redelivered += 1
             try:
                 event = parse_event(msg.data, **limit_kw)
             except InvalidEvent as bad:
                 await self.dead_letter(msg.data, bad.reason, event_id=bad.event_id, subject=msg.subject,
-                                       deliveries=msg.metadata.num_delivered)
+                                       deliveries=delivered)
                 await msg.ack()
                 stats.invalid += 1
                 continue
             ahead = dated_ahead(event, received, self.settings.max_future_skew_s)
             if ahead:  # never reaches the handler, so event time (the watermark) does not jump there
                 await self.dead_letter(msg.data, ahead, event_id=event.id, subject=msg.subject,
-                                       deliveries=msg.metadata.num_delivered, kind="future")
+                                       deliveries=delivered, kind="future")
                 await msg.ack()
                 stats.invalid += 1
                 continue
-            if msg.metadata.num_delivered > STUCK_AFTER * self.settings.max_deliver:
+            if delivered > STUCK_AFTER * self.settings.max_deliver:
                 # the server redelivers without limit, so an event that crashes every consumer it reaches
                 # (or whose deliveries keep getting lost) is bounded here: to the DLQ, with the reason
-                await self.dead_letter(msg.data, f"delivered {msg.metadata.num_delivered} times and never handled "
+                await self.dead_letter(msg.data, f"delivered {delivered} times and never handled "
                                        "to completion (a consumer stopped or crashed on it each time)",
-                                       event_id=event.id, subject=msg.subject,
-                                       deliveries=msg.metadata.num_delivered, kind="failed")
+                                       event_id=event.id, subject=msg.subject, deliveries=delivered, kind="failed")
                 await msg.term()
                 stats.failed += 1
                 continue
-            valid.append((msg, event))
+            valid.append((msg, event, delivered))
         if not valid:
-            return
-        events = [event for _, event in valid]
+            return []
+        events = [event for _, event, _ in valid]
+        behind: list[Msg] = []
         try:
-            with _batch_span(valid[0][0].headers, len(valid)):
-                failures = await handler(events) or {}
+            try:
+                with _batch_span(valid[0][0].headers, len(valid)):
+                    failures = await handler(events) or {}
+            except Unavailable as outage:
+                stats.held += 1
+                held = await hold([msg for msg, _, _ in valid], lambda: handler(events), puller.take_queued,
+                                  stop=stop, ack_wait_s=self.settings.ack_wait_s,
+                                  retry=self.settings.redelivery, reason=outage)
+                behind = held.behind
+                if held.error is not None:
+                    raise held.error
+                if held.failures is None:  # stopped while holding: back to the server, one delivery spent
+                    return [msg for msg, _, _ in valid] + behind
+                failures = held.failures
         except Exception as exc:
             log.exception("event handler failed on a batch of %d", len(valid))
-            if len(valid) > 1 and any(msg.metadata.num_delivered > 1 for msg, _ in valid):
+            if len(valid) > 1 and any(delivered > 1 for _, _, delivered in valid):
                 # It failed before too: more likely one event the handler cannot take than a passing
                 # outage. Halve the batch until the events that fail on their own are found, so they alone
                 # are retried and dead-lettered, not every event delivered beside them.
-                failures = await _isolate(handler, events)
+                try:
+                    failures = await _isolate(handler, events)
+                except Unavailable as outage:  # the store went away meanwhile: each is retried as it is
+                    failures = {event.id: f"handler unavailable: {outage}" for event in events}
             else:  # the first failure: every event is retried as it is (an outage passes)
                 failures = {event.id: f"handler error: {type(exc).__name__}: {exc}" for event in events}
         if not failures:
-            for msg, _ in valid:
-                await msg.ack()
+            for msg, _, _ in valid:
+                await msg.ack()  # a buffered publish each, sent together when the loop next writes
             stats.processed += len(valid)
-            return
-        for msg, event in valid:
+            return behind
+        for msg, event, delivered in valid:
             reason = failures.get(event.id)
             if reason is None:
                 await msg.ack()
                 stats.processed += 1
-            elif msg.metadata.num_delivered >= self.settings.max_deliver:
-                await self.dead_letter(msg.data, f"failed {msg.metadata.num_delivered} deliveries: {reason}",
-                                       event_id=event.id, subject=msg.subject,
-                                       deliveries=msg.metadata.num_delivered, kind="failed")
+            elif delivered >= self.settings.max_deliver:
+                await self.dead_letter(msg.data, f"failed {delivered} deliveries: {reason}",
+                                       event_id=event.id, subject=msg.subject, deliveries=delivered, kind="failed")
                 await msg.term()
                 stats.failed += 1
             else:
-                await msg.nak(delay=self.settings.redelivery.interval(msg.metadata.num_delivered))
+                await msg.nak(delay=self.settings.redelivery.interval(delivered))
+        return behind
 
 
 async def _isolate(handler: Handler, events: list[Event]) -> dict[str, str]:
@@ -194,6 +207,8 @@ async def _isolate(handler: Handler, events: list[Event]) -> dict[str, str]:
     at all, so a half that succeeds is done, and a failing single event is the one to retry."""
     try:
         return await handler(events) or {}
+    except Unavailable:
+        raise  # not these events' failure: the whole batch is held (`_handle_batch`)
     except Exception as exc:
         if len(events) == 1:
             return {events[0].id: f"handler error: {type(exc).__name__}: {exc}"}
@@ -201,51 +216,27 @@ async def _isolate(handler: Handler, events: list[Event]) -> dict[str, str]:
         return {**await _isolate(handler, events[:middle]), **await _isolate(handler, events[middle:])}
 
 
-async def _give_back(sub, pending: asyncio.Future | None, max_deliver: int,
+async def _give_back(puller: Puller, behind: list[Msg], max_deliver: int,
                      last: Callable[[Msg], Awaitable[None]]) -> None:
-    """Unsubscribe, then nak what the subscription was delivered but never handed to the handler, so the
-    server redelivers it at once to whoever consumes next (this worker when it leads again, or another)
-    instead of after `ack_wait`. What the handler got is not touched: it was acked once recorded, or
-    nak'd with a delay when it failed.
+    """Close the puller, then nak what it was delivered but never handed to the handler (what is still
+    queued, and `behind`: a held batch and what came behind it, see `bus._hold`), so the server
+    redelivers it at once to whoever consumes next (this worker when it leads again, or another) instead
+    of after `ack_wait`. What the handler got is not touched: it was acked once recorded, or nak'd with a
+    delay when it failed.
 
-    Such messages exist because a pull request outlives the fetch that made it: the rest of its batch
-    is delivered to the subscription as messages arrive, into its pending queue, for the next fetch to
-    take, and a consumer that stops makes no next fetch. (Once unsubscribed, nothing more comes: the
-    server drops a pull request whose inbox has no subscriber.) A fetch still in flight, when an error
-    ended the loop, is awaited for the same reason.
+    Such messages exist because the puller keeps the next batch asked for while one is handled (`Puller`):
+    the server delivers it into the subscription's queue, and a consumer that stops takes no next batch.
 
     A message on its last allowed delivery (`max_deliver`) is handed to `last` instead: nak'd, the server
     would never deliver it again, and an accepted event would be dropped without a word."""
-    unhandled: list[Msg] = []
-    try:
-        if pending is not None:
-            try:
-                unhandled += await pending
-            except Exception as exc:  # noqa: BLE001 - a timeout (nothing came), or the connection is gone
-                log.debug("the last fetch ended with %s: nothing of it to give back", type(exc).__name__)
-    finally:
-        await sub.unsubscribe()
-        unhandled += _queued(sub)
-        for msg in unhandled:
-            try:
-                await (last(msg) if msg.metadata.num_delivered >= max_deliver else msg.nak())
-            except Exception:  # noqa: BLE001 - the connection is gone: the server redelivers after ack_wait
-                break
-        if unhandled:
-            log.info("gave back %d event(s) delivered but not handled, for redelivery at once", len(unhandled))
-
-
-def _queued(sub) -> list[Msg]:
-    """The messages delivered to a pull subscription that no fetch has taken (its pending queue; nats-py
-    has no public call that takes them without asking the server for more). Status messages (a pull
-    request's timeout, no messages) are not events: they are dropped."""
-    queue = sub._sub._pending_queue
-    msgs = []
-    while not queue.empty():
-        msg = queue.get_nowait()
-        if not (msg.headers and api.Header.STATUS in msg.headers):
-            msgs.append(msg)
-    return msgs
+    unhandled = behind + await puller.close()
+    for msg in unhandled:
+        try:
+            await (last(msg) if deliveries(msg) >= max_deliver else msg.nak())
+        except Exception:  # noqa: BLE001 - the connection is gone: the server redelivers after ack_wait
+            break
+    if unhandled:
+        log.info("gave back %d event(s) delivered but not handled, for redelivery at once", len(unhandled))
 
 
 def _batch_span(headers, size: int):

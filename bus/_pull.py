@@ -100,6 +100,11 @@ class Puller:
         if failed is not None:
             APIError.from_msg(failed)  # raises
 
+    def take_queued(self) -> list[Msg]:
+        """Whatever has been delivered and not taken, without asking for more or waiting (a consumer holding
+        a batch keeps these in progress too: `bus._hold`)."""
+        return self._drain(None)
+
     async def close(self) -> list[Msg]:
         """Unsubscribe; the messages delivered that no `take` returned, for the caller to give back. (Once
         unsubscribed nothing more comes: the server drops a pull request whose inbox has no subscriber.)"""

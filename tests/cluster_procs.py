@@ -358,9 +358,10 @@ class WorkerCluster:
             return 0, 0
         return self.query("SELECT COUNT(*), COUNT(DISTINCT id) FROM events")[0]
 
-    def all_final(self, expected: int) -> bool:
+    def all_final(self, expected: int, also: tuple[str, ...] = ()) -> bool:
+        """At least `expected` incidents (not merged), each in a final status (or one of `also`)."""
         rows = [r for r in self.incidents() if r["status"] != "merged"]
-        return len(rows) >= expected and all(r["status"] in FINAL for r in rows)
+        return len(rows) >= expected and all(r["status"] in FINAL + also for r in rows)
 
     def logs(self) -> str:
         """Every worker's log tail, for an assertion's message."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._base import (POSTGRES, SQLITE, Connection, Cursor, Database, DatabaseUnreachable, Dialect, ReadOnlyStoreError,
-                    StoreClosedError)
+                    StoreClosedError, unavailable)
 from ._base import dict_rows
 from ._migrations import Migration, Schema, SchemaStatus, SchemaTooNew, check, ensure, migrate, status, versions
 from ._sqlite import SqliteDatabase
@@ -66,4 +66,4 @@ def reopen(db: Database, *, readonly: bool = True) -> Database:
 
 __all__ = ["POSTGRES", "SQLITE", "adopt", "Connection", "Cursor", "Database", "DatabaseUnreachable", "Dialect", "Migration", "ReadOnlyStoreError",
            "Schema", "SchemaStatus", "SchemaTooNew", "SqliteDatabase", "StoreClosedError", "check", "dict_rows",
-           "ensure", "is_postgres_url", "migrate", "open_database", "redacted", "reopen", "status", "versions"]
+           "ensure", "is_postgres_url", "migrate", "open_database", "redacted", "reopen", "status", "unavailable", "versions"]

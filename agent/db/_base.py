@@ -23,6 +23,33 @@ class StoreClosedError(RuntimeError):
     """A use of a database after `close()`."""
 
 
+# What SQLite says when the file, not the statement, is the trouble: another writer holds it past
+# busy_timeout, the disk failed or is full, the file cannot be opened.
+_SQLITE_UNAVAILABLE = ("locked", "busy", "disk i/o error", "disk is full", "unable to open")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) says the database cannot be used now for a reason of its
+    own, not the data's: a PostgreSQL connection refused, broken or timed out (psycopg's OperationalError,
+    its pool's PoolTimeout), SQLite's file locked, failing or full, or a database already closed. Whoever
+    writes for an event stream then waits for the database instead of failing the events (`bus.Unavailable`)."""
+    import sqlite3
+    import sys
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (DatabaseUnreachable, StoreClosedError)):
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and any(word in str(exc).lower() for word in _SQLITE_UNAVAILABLE):
+            return True
+        psycopg = sys.modules.get("psycopg")  # loaded only where PostgreSQL is used
+        if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 @dataclass(frozen=True)
 class Dialect:
     """SQL that differs between the backends; everything else is written once."""
