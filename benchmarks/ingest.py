@@ -8,9 +8,9 @@ One run, one embedded nats-server, the same events for every consumer:
             `fetch(batch)` at a time, then `msg.ack()` per message (a buffered publish, no awaited round
             trip), no parsing of the payload, no metadata read (BARE_DESIGN below, printed with the ratio);
   lean      the same loop taking messages through rtem's own puller (bus/_pull.py: two batches asked for,
-            taken as queued, no per-message wait) instead of nats-py's `fetch`: the floor the consumer
-            would stand on with it (it does not use it yet: docs/benchmarks.md);
-  pipeline  rtem's consumer (through nats-py's `fetch`): validate the envelope, dedupe, detect (durable-rules),
+            taken as queued, no per-message wait) instead of nats-py's `fetch`: the floor rtem's consumer
+            stands on;
+  pipeline  rtem's consumer (through the puller): validate the envelope, dedupe, detect (durable-rules),
             correlate, record in SQLite (one transaction per batch, synchronous=NORMAL, the store's
             default), then ack;
   postgres  the same pipeline recording in PostgreSQL (a schema of its own, dropped afterwards): the
@@ -56,7 +56,7 @@ TOPOLOGY = ROOT / "agent" / "examples" / "boutique-topology.json"
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 BARE_DESIGN = ("bare = nats-py's fetch(batch), one at a time, msg.ack() per message (buffered, not awaited), "
                "payload untouched; consumer config as rtem's (max_ack_pending {pending:,} ≥ batch {batch:,}); "
-               "lean = the same through rtem's puller (bus/_pull.py), not yet the pipeline's")
+               "lean = the same through rtem's puller (bus/_pull.py), as the pipeline takes its batches")
 
 
 def synthetic_events(n: int, topology: Topology, seed: int = 7, faults: int = 40) -> list[bytes]:
@@ -177,6 +177,7 @@ async def latency(bus: Bus, url: str, topology: Topology, workdir: Path, rate: i
         await asyncio.sleep(0.05)
     stop.set()
     await consumer
+    triage.store.close()  # now, not when the collector finds it during the next run (closing checkpoints)
     sent = publisher.finish(producer, out)["sent"]
     return [committed_at[i] - at for i, at in sent.items() if i in committed_at]
 
