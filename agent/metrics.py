@@ -12,4 +12,7 @@ MTTR = Histogram("rtem_mttr_seconds", "First event to verified recovery, in even
 BREAKER = Gauge("rtem_breaker_open", "1 while an executor's circuit breaker for a target is open", ["target"])
 CONSUMER_LAG = Gauge("rtem_consumer_lag", "Events on the EVENTS stream not yet delivered to triage")
 LEADER = Gauge("rtem_leader", "1 while this worker leads (consumes and drives incidents), 0 while it stands by")
+TRIAGE_UNAVAILABLE = Counter("rtem_triage_unavailable_total",
+                             "Tries to record a triage batch that found the database unavailable or the lease gone "
+                             "(the batch is held and tried again, not failed)")
 EVENTS_TRIMMED = Counter("rtem_events_trimmed_total", "Events triage had acknowledged, trimmed from the EVENTS stream")

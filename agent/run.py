@@ -235,9 +235,11 @@ class Service:
         try:
             result = self.parts.triage.handle(events)
         except Fenced as exc:  # this worker no longer leads: it stops consuming, the batch goes back
+            metrics.TRIAGE_UNAVAILABLE.inc()
             raise Unavailable(str(exc)) from exc
         except Exception as exc:
             if unavailable(exc):  # the database is down: the batch waits for it (`bus._hold`), not failed
+                metrics.TRIAGE_UNAVAILABLE.inc()
                 raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
             raise
         metrics.EVENTS.inc(self.parts.triage.stats.events - before)

@@ -25,6 +25,8 @@ from ._resilience import RetryPolicy
 
 log = logging.getLogger("rtem.bus")
 
+SAY_EVERY_S = 60.0  # how often a long outage is logged again
+
 
 class Unavailable(Exception):
     """Raised by a consumer's handler that cannot record events now for a reason that is not the events'
@@ -53,9 +55,12 @@ async def hold(msgs: list[Msg], attempt: Callable[[], Awaitable[Mapping[str, str
     started = time.monotonic()
     log.warning("the event handler cannot record a batch of %d now (%s); holding it and trying again",
                 len(msgs), reason)
-    tries = 0
+    tries, said = 0, started
     while True:
         tries += 1
+        if time.monotonic() - said >= SAY_EVERY_S:
+            said = time.monotonic()
+            log.warning("still holding a batch of %d after %.0f s (%s)", len(msgs), said - started, reason)
         held.behind += take_queued()
         for msg in (*msgs, *held.behind):
             await msg.in_progress()

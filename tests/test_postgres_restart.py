@@ -9,6 +9,7 @@ import asyncio
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from agent.run import Service
 from tests.live import Target, anomaly, publish, settings, wait_for
@@ -54,6 +55,7 @@ async def test_a_postgresql_restart_loses_nothing_and_the_incident_completes(tmp
         await publish(bus, CART[:6])
         await wait_for(lambda: service.parts.store.event_count() == 6, 20)
         epoch = service.leadership.lease.epoch
+        held_before = REGISTRY.get_sample_value("rtem_triage_unavailable_total") or 0.0
 
         await asyncio.to_thread(stop, own_postgres)
         down = time.monotonic()
@@ -65,14 +67,16 @@ async def test_a_postgresql_restart_loses_nothing_and_the_incident_completes(tmp
         await wait_for(lambda: service.role == "leader", 60)  # generous: a loaded machine reconnects slowly
         assert service.leadership.lease.epoch > epoch, "its lease lapsed: it leads again at a new epoch"
         await wait_for(lambda: (rows := service.parts.store.incidents()) and rows[0]["status"] == "escalated", 60)
-        # Loses nothing: every event is recorded once, though not necessarily before the incident closes. An
-        # event whose batch failed while the server was down comes back after its redelivery delay; one that
-        # was delivered to the consumer but not yet handled when it stopped leading comes back once the
-        # consumer gives it back on the way out (bus/_consume.py `_give_back`; before that it waited out
-        # ack_wait, 30 s, and CI saw the incident escalate with 11 of 12 events).
+        # Loses nothing: every event is recorded once, though not necessarily before the incident closes. The
+        # batch that could not be recorded while the server was down was held (bus/_hold.py), and given back
+        # when the worker stopped leading, as was what had been delivered behind it and not yet handled
+        # (bus/_consume.py `_give_back`; before that it waited out ack_wait, 30 s, and CI saw the incident
+        # escalate with 11 of 12 events).
         await wait_for(lambda: service.parts.store.event_count() == len(CART), 90,
                        message=lambda: f"{service.parts.store.event_count()} of {len(CART)} events recorded")
         assert await bus.dead_letters() == [], "a database outage dead-letters nothing"
+        assert REGISTRY.get_sample_value("rtem_triage_unavailable_total") > held_before, \
+            "the tries that met the outage are counted"
         assert [(key.rsplit("/", 1)[1], action) for key, action, _ in target.applied] == [
             ("do", "scale_out"), ("compensate", "scale_out")]
         row = service.parts.store.incidents()[0]
