@@ -61,9 +61,7 @@ async def hold(msgs: list[Msg], attempt: Callable[[], Awaitable[Mapping[str, str
         if time.monotonic() - said >= SAY_EVERY_S:
             said = time.monotonic()
             log.warning("still holding a batch of %d after %.0f s (%s)", len(msgs), said - started, reason)
-        held.behind += take_queued()
-        for msg in (*msgs, *held.behind):
-            await msg.in_progress()
+        await _in_progress(msgs, held, take_queued)
         delay = min(retry.interval(tries), ack_wait_s / 3)
         if stop is None:
             await asyncio.sleep(delay)
@@ -75,6 +73,7 @@ async def hold(msgs: list[Msg], attempt: Callable[[], Awaitable[Mapping[str, str
             if stop.is_set():
                 log.info("stopping while holding a batch of %d: it goes back for redelivery", len(msgs))
                 return held
+        await _in_progress(msgs, held, take_queued)  # again: the try itself may take a while (a connect timeout)
         try:
             held.failures = await attempt() or {}
         except Unavailable as still:
@@ -86,3 +85,10 @@ async def hold(msgs: list[Msg], attempt: Callable[[], Awaitable[Mapping[str, str
         log.info("the event handler took the held batch of %d after %.1f s (%d tries)", len(msgs),
                  time.monotonic() - started, tries)
         return held
+
+
+async def _in_progress(msgs: list[Msg], held: Held, take_queued: Callable[[], list[Msg]]) -> None:
+    """Tell the server the batch, and what it delivered behind it (taken now), is still being worked on."""
+    held.behind += take_queued()
+    for msg in (*msgs, *held.behind):
+        await msg.in_progress()
