@@ -94,10 +94,16 @@ def read_rule_file(path: str | Path) -> RuleFile:
         text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError(path, 1, 1, f"cannot read the file: {exc}") from None
+    reader = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        reader = yaml.SafeLoader(text)  # yaml.compose, with the reader kept to say where it stopped
+        node = reader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         raise syntax_error(path, text, exc) from None
+    except ValueError as exc:  # a double-quoted escape past the last character, \U00110000: chr() refuses it
+        mark = reader.get_mark() if reader is not None else yaml.Mark("", 0, 0, 0, None, None)
+        raise RulesError(path, mark.line + 1, mark.column + 1, f"YAML: an escape that is no character ({exc})",
+                         "a \\U escape goes up to \\U0010FFFF") from None
     except yaml.reader.ReaderError as exc:  # a control character: a position in the text, not a mark
         before = text[:exc.position]
         line, column = before.count("\n") + 1, exc.position - before.rfind("\n")
@@ -105,6 +111,9 @@ def read_rule_file(path: str | Path) -> RuleFile:
                          "remove it, or write it as an escape inside double quotes") from None
     except RecursionError:
         raise RulesError(path, 1, 1, "YAML nested too deeply") from None
+    finally:
+        if reader is not None:
+            reader.dispose()
     if node is None:
         return RuleFile(path, text, None, {(): (1, 1)})
     duplicates: list = []

@@ -293,6 +293,19 @@ def test_the_text_output_names_the_key_when_the_message_does_not(tmp_path):
     assert f"d.yaml:{place[0]}:{place[1]}: error[detection] window: '5 minutes' is not valid here" in text
 
 
+def test_an_escape_past_the_last_unicode_character_is_a_problem_at_its_place_not_a_crash(tmp_path):
+    """PyYAML's scanner raises a bare ValueError (from chr) for "\\U00110000": found by the fuzzing suite, which
+    saw load_guardrails crash instead of refusing the file at a line."""
+    from rules import RulesError, load_guardrails
+
+    rules = tmp_path / "guardrails"
+    rules.mkdir()
+    (rules / "a.yaml").write_text('version: 1\nrules:\n  - id: "\\U00110000"\n')
+    with pytest.raises(RulesError) as refused:
+        load_guardrails(rules)
+    assert (refused.value.line, refused.value.column) == (3, 12) and "no character" in str(refused.value)  # at its digits
+
+
 def test_a_scalar_pyyaml_cannot_build_is_a_problem_at_its_place_not_a_crash(tmp_path):
     """A timestamp with a day's offset is valid YAML that PyYAML cannot turn into a datetime (ValueError):
     found by the fuzzing suite; `rules check` crashed with a traceback while guessing the file's kind."""
