@@ -302,8 +302,9 @@ async def test_workers_reconnect_after_postgresql_restarts_and_nothing_is_lost_o
         await asyncio.sleep(2 * LEASE_S)  # every lease lapses
         await asyncio.to_thread(start_postgres, server)
         await wait_async(lambda: workers.leader().live, 60, workers.logs)
-        # The events the outage held come back in no particular order (each was nak'd with a delay that grows
-        # with its deliveries), so a fault may be diagnosed before all its anomalies are back: as one instance
+        # The events the outage caught need not come back in the order they were published (a leader that stops
+        # leading gives back what it held; what it had in flight comes back after ack_wait), so a fault may
+        # be diagnosed before all its anomalies are back: as one instance
         # (restart, scale out: nothing fails) rather than its service (shed_load fails: escalated). Such an
         # incident verifies once it acted, which waits for quiet event time after that: these samples.
         await wait_async(lambda: workers.all_final(len(planted), also=("verifying",)), 120, workers.logs)
