@@ -11,8 +11,8 @@ from ._files import RulesError, content_digest
 from ._fitness import FAULT_TYPES, TARGET_ROLES, Diagnosis, Remedy
 from ._gates import ActionHistory, MemoryHistory, RecordedAction, StaticState, SystemState
 from ._guard import DEFAULT_APPROVER_ROLE, Guard, context_fact
-from ._guardrails import (CONTEXT_FIELDS, Guardrail, RuleProblem, Ruleset, collect_guardrails, load_guardrails,
-                          parse_guardrails)
+from ._guardrail_schema import RuleProblem
+from ._guardrails import CONTEXT_FIELDS, Guardrail, Ruleset, collect_guardrails, load_guardrails, parse_guardrails
 from ._proposal import OUTCOME_PRECEDENCE, Proposal, RuleMatch, Verdict
 from ._ruletest import RuleTestReport, find_test_files, run_tests
 from .topology import Entity, Relation, Topology, TopologyError

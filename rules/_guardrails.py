@@ -1,7 +1,7 @@
 """Guardrail files: read, validate and turn into a `Ruleset` the guard can compile.
 
-A guardrail file is YAML (`version: 1`, then `rules:`), checked against `schemas/guardrails.v1.json`.
-Mistakes are refused at load time, never at evaluation time, and every refusal names the file, line
+A guardrail file is YAML (`version: 1`, then `rules:`), checked against `schemas/guardrails.v1.json`
+(rules/_guardrail_schema.py says where a file breaks it). Mistakes are refused at load time, never at evaluation time, and every refusal names the file, line
 and column of the offending key (positions come from `_files`, shared with detection). A guardrail
 that silently never matches is worse than none, which is also why a condition may only name fields
 the guard's context fact has (CONTEXT_FIELDS); `rules check` (rules/_check.py) goes further.
@@ -14,22 +14,20 @@ the rules are not rules and are skipped when a directory is loaded.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import fastjsonschema
 import yaml
-from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from rules._engine import MAX_BRANCHES, ConditionError, compile_condition, condition_branches
-from rules._files import (RuleFile, RulesError, content_digest, did_you_mean, key_of, misspelt_required, missing_key,
-                          node_marks, read_rule_file, unknown_key_hint)
+from rules._files import RuleFile, RulesError, content_digest, did_you_mean, node_marks, read_rule_file
+from rules._guardrail_schema import (RuleProblem, dotted_path, fast_validator, problem, rule_id_at, schema_problems,
+                                     validator)
 from rules._fitness import FITNESS_FIELDS, FITNESS_PREFIX, RemedyOverride, read_remedies
 from rules._gates import Gates, gate_problems, parse_gates
 from rules._proposal import Outcome
@@ -46,30 +44,6 @@ CONTEXT_FIELDS = frozenset({
 }) | FITNESS_FIELDS
 CONTEXT_PREFIXES = ("params.", "target_labels.")
 GATE_KEYS = ("during", "outside", "state", "limit", "cap")
-
-
-class RuleProblem(RulesError):
-    """A RulesError with a kind, so `rules check` can group and explain it (unknown_field,
-    duplicate_id, unknown_action, never_matches, shadowed, …)."""
-
-    def __init__(self, file: str | Path, line: int, column: int, reason: str, hint: str = "",
-                 kind: str = "invalid", rule: str | None = None, key: str | None = None):
-        super().__init__(file, line, column, reason, hint, key)
-        self.kind = kind
-        self.rule = rule
-        self.where: tuple = ()  # the path in the document, when known
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "kind": self.kind, "rule": self.rule}
-
-
-def problem(rule_file: RuleFile, path: Iterable[str | int], kind: str, reason: str, hint: str = "",
-            rule: str | None = None) -> RuleProblem:
-    path = list(path)
-    line, column = rule_file.locate(path)
-    found = RuleProblem(rule_file.path, line, column, reason, hint, kind, rule, key_of(path))
-    found.where = tuple(path)
-    return found
 
 
 class Guardrail(BaseModel):
@@ -177,7 +151,7 @@ def _parse(rule_file: RuleFile, problems: list[RulesError]) -> list[Guardrail]:
     doc = rule_file.doc
     for (where, _, _), repeated in zip(rule_file.duplicates, rule_file.duplicate_problems()):
         problems.append(RuleProblem(repeated.file, repeated.line, repeated.column, repeated.reason, repeated.hint,
-                                    "duplicate_key", _rule_id(doc, list(where)), repeated.key))
+                                    "duplicate_key", rule_id_at(doc, list(where)), repeated.key))
     if not isinstance(doc, Mapping):
         problems.append(problem(rule_file, [], "invalid",
                                 f"a guardrail file is a mapping starting with 'version: {SUPPORTED_VERSION}'"))
@@ -199,10 +173,10 @@ def _parse(rule_file: RuleFile, problems: list[RulesError]) -> list[Guardrail]:
     doc = _plain(doc)
     bad: dict[int, list[RulesError]] = {}  # rule index → its schema problems
     try:
-        _fast_schema()(doc)
+        fast_validator()(doc)
     except fastjsonschema.JsonSchemaException:
         # The fast validator only says "no"; the reference one says where and why, for every error.
-        for found in _schema_problems(rule_file, list(_schema().iter_errors(doc))):
+        for found in schema_problems(rule_file, list(validator().iter_errors(doc))):
             where = found.where
             if len(where) >= 2 and where[0] == "rules" and isinstance(where[1], int):
                 bad.setdefault(where[1], []).append(found)
@@ -252,7 +226,7 @@ def _rule_problems(rule: Mapping[str, Any], rule_file: RuleFile, at: list, broke
                              rule=rule_id))
     if "approver_role" in rule and "outcome" in rule and rule["outcome"] != "require_approval":
         found.append(problem(rule_file, at + ["approver_role"], "invalid",
-                             f"{_dotted(at)}: approver_role goes only with outcome: require_approval",
+                             f"{dotted_path(at)}: approver_role goes only with outcome: require_approval",
                              "remove approver_role, or set outcome: require_approval", rule=rule_id))
     match = rule.get("match")
     if isinstance(match, Mapping):
@@ -265,7 +239,7 @@ def _rule_problems(rule: Mapping[str, Any], rule_file: RuleFile, at: list, broke
                 if guess:  # the whole list only when there is no likely candidate: it is long
                     hint = f"did you mean {guess!r}? (docs/rules.md lists the fields a guardrail can match)"
                 found.append(problem(rule_file, at + path, "unknown_field",
-                                     f"{_dotted(at + path)}: unknown field {field!r}", hint, rule=rule_id))
+                                     f"{dotted_path(at + path)}: unknown field {field!r}", hint, rule=rule_id))
     for key in ("match", "state"):
         condition = rule.get(key)
         if condition is None or key in broken or not isinstance(condition, Mapping):
@@ -273,16 +247,16 @@ def _rule_problems(rule: Mapping[str, Any], rule_file: RuleFile, at: list, broke
         branches = condition_branches(condition)
         if branches > MAX_BRANCHES:
             found.append(problem(rule_file, at + [key], "invalid",
-                                 f"{_dotted(at)}.{key} has {branches} alternatives, over {MAX_BRANCHES}",
+                                 f"{dotted_path(at)}.{key} has {branches} alternatives, over {MAX_BRANCHES}",
                                  "split the rule, or shorten its 'in' lists and 'any' branches", rule=rule_id))
             continue
         try:
             compile_condition(condition, {}, key)
         except ConditionError as exc:
             path = at + [key] + _condition_path(condition, exc.path.removeprefix(key))
-            found.append(problem(rule_file, path, "invalid", f"{_dotted(at)}.{exc.path}: {exc.reason}", rule=rule_id))
+            found.append(problem(rule_file, path, "invalid", f"{dotted_path(at)}.{exc.path}: {exc.reason}", rule=rule_id))
     for exc in gate_problems(rule):
-        found.append(problem(rule_file, at + list(exc.path), "invalid", f"{_dotted(at + list(exc.path))}: {exc}",
+        found.append(problem(rule_file, at + list(exc.path), "invalid", f"{dotted_path(at + list(exc.path))}: {exc}",
                              exc.hint, rule=rule_id))
     return found
 
@@ -321,87 +295,6 @@ def _condition_path(node: Any, dotted: str) -> list:
     return path
 
 
-def _schema_problems(rule_file: RuleFile, errors: list) -> list[RuleProblem]:
-    """Every schema error as a RuleProblem at the offending key, in words a rule author can act on.
-    Each problem's `where` is its path in the document (to group them by rule)."""
-    typos = misspelt_required(errors)
-    found = []
-    for error in errors:
-        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-            path = list(error.absolute_path)
-            properties = list(error.schema.get("properties", {}))
-            required = [r for r in error.schema.get("required", []) if r not in error.instance]
-            for extra in [k for k in error.instance if k not in properties]:
-                found.append(_located(problem(rule_file, path + [extra], "unknown_field",
-                                              f"{_dotted(path)}: unknown field {extra!r}",
-                                              unknown_key_hint(extra, properties, required),
-                                              rule=_rule_id(rule_file.doc, path)), path + [extra]))
-            continue
-        if error.validator == "required" and isinstance(error.instance, Mapping):
-            name = missing_key(error)
-            if (tuple(error.absolute_path), name) in typos:
-                continue  # reported at the typo: "unknown field 'outcom' (did you mean 'outcome'?)"
-        found.append(_schema_problem(rule_file, error))
-    return found
-
-
-def _located(found: RuleProblem, where: list) -> RuleProblem:
-    found.where = tuple(where)
-    return found
-
-
-def _schema_problem(rule_file: RuleFile, error) -> RuleProblem:
-    """One schema error (not an unknown key) as a RuleProblem at the offending key."""
-    path = list(error.absolute_path)
-    where = _dotted(path)
-    rule = _rule_id(rule_file.doc, path)
-    if error.validator == "enum" and "propertyNames" in error.schema_path:
-        # propertyNames errors carry the bad key as the instance but the enclosing object's path
-        guess = did_you_mean(error.instance, error.validator_value)
-        hint = f"use one of {', '.join(error.validator_value)}"
-        return _located(problem(rule_file, path + [error.instance], "unknown_field",
-                                f"{where}: unknown operator {error.instance!r}",
-                                f"did you mean {guess!r}? {hint}" if guess else hint, rule=rule),
-                        path + [error.instance])
-    if "dependentSchemas" in error.schema_path:
-        return _located(problem(rule_file, path[:-1] + ["approver_role"], "invalid",
-                                f"{_dotted(path[:-1])}: approver_role goes only with outcome: require_approval",
-                                "remove approver_role, or set outcome: require_approval", rule=rule),
-                        path[:-1] + ["approver_role"])
-    message = error.message if len(error.message) <= 200 else error.message[:199] + "…"
-    hint = ""
-    if error.validator == "type" and isinstance(error.instance, list) and "match" in path:
-        hint = "to match any of several values, write {in: [...]}"
-    elif error.validator == "type" and path and path[-1] in ("from", "to") and isinstance(error.instance, int):
-        hours, minutes = divmod(error.instance, 60)
-        message = f"{error.instance} is not a time of day"
-        hint = (f"quote times of day: '{hours:02d}:{minutes:02d}' (YAML reads an unquoted {hours}:{minutes:02d} "
-                f"as the number {error.instance}, in minutes)")
-    elif error.validator == "required":
-        name = missing_key(error) or ""
-        hint = f"add {name}: to this rule" if len(path) == 2 else f"add {name}: here"
-    elif error.validator == "enum" and isinstance(error.instance, str):
-        guess = did_you_mean(error.instance, error.validator_value)
-        message = f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
-        hint = f"did you mean {guess!r}?" if guess else ""
-    elif error.validator == "anyOf" and error.schema.get("description"):
-        message, hint = f"{error.instance!r} is not valid here", f"expected {error.schema['description']}"
-    found = _located(problem(rule_file, path, "invalid", f"{where}: {message}", hint, rule=rule), path)
-    if error.validator == "required":
-        found.key = name  # the key that is missing, at the mapping that lacks it
-    return found
-
-
-def _rule_id(doc: Any, path: list) -> str | None:
-    if len(path) >= 2 and path[0] == "rules" and isinstance(doc, Mapping):
-        rules = doc.get("rules")
-        if isinstance(rules, list) and isinstance(path[1], int) and path[1] < len(rules):
-            rule = rules[path[1]]
-            if isinstance(rule, Mapping) and isinstance(rule.get("id"), str):
-                return rule["id"]
-    return None
-
-
 def _index_at(rule_file: RuleFile, line: int) -> int:
     rules = rule_file.doc.get("rules", []) if isinstance(rule_file.doc, Mapping) else []
     return next((i for i in range(len(rules)) if rule_file.locate(["rules", i])[0] == line), 0)
@@ -418,24 +311,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-@lru_cache(maxsize=1)
-def _schema_doc() -> dict[str, Any]:
-    return json.loads((resources.files("rules") / "schemas" / "guardrails.v1.json").read_text("utf-8"))
-
-
-@lru_cache(maxsize=1)
-def _schema() -> Draft202012Validator:
-    return Draft202012Validator(_schema_doc())
-
-
-@lru_cache(maxsize=1)
-def _fast_schema():
-    # fastjsonschema compiles the schema to Python: ~50x faster on a valid file than jsonschema, which
-    # matters for a pre-commit hook over large rule sets. It skips `dependentSchemas` (2019-09+), which
-    # _rule_problems repeats; on any failure jsonschema re-validates for the located, worded errors.
-    return fastjsonschema.compile(_schema_doc())
 
 
 def read_fast(path: str | Path) -> RuleFile:
@@ -491,10 +366,3 @@ def _paths(source: str | Path | Iterable[str | Path] | None) -> list[Path]:
 
 def _is_test(path: Path) -> bool:
     return path.name.endswith((TEST_SUFFIX, ".test.yml"))
-
-
-def _dotted(path: list) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top)"

@@ -27,8 +27,8 @@ from rules._files import RuleFile, RulesError
 from rules._fitness import Diagnosis
 from rules._gates import MemoryHistory, RecordedAction, StaticState
 from rules._guard import Guard
-from rules._guardrails import (TEST_SUFFIX, Guardrail, RuleProblem, _plain, _schema_problem, guardrail_paths,
-                               load_guardrails, problem, read_fast)
+from rules._guardrail_schema import RuleProblem, problem, schema_problem
+from rules._guardrails import TEST_SUFFIX, Guardrail, _plain, guardrail_paths, load_guardrails, read_fast
 from rules._proposal import Proposal
 from rules.topology import Topology, TopologyError
 
@@ -190,7 +190,7 @@ def load_test_file(path: str | Path) -> _Suite:
     doc = _plain(rule_file.doc)
     if not isinstance(doc, Mapping):
         raise problem(rule_file, [], "invalid", "a rule test file is a mapping starting with 'version: 1'")
-    errors = sorted((_schema_problem(rule_file, e) for e in _schema().iter_errors(doc)),
+    errors = sorted((schema_problem(rule_file, e) for e in _schema().iter_errors(doc)),
                     key=lambda p: (p.line, p.column))
     if errors:
         raise errors[0]
