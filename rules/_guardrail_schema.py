@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from rules._files import (RuleFile, RulesError, did_you_mean, key_of, misspelt_required, missing_key,
                           unknown_key_hint)
 
+
 class RuleProblem(RulesError):
     """A RulesError with a kind, so `rules check` can group and explain it (unknown_field,
     duplicate_id, unknown_action, never_matches, shadowed, …)."""
