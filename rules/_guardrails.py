@@ -1,8 +1,9 @@
 """Guardrail files: read, validate and turn into a `Ruleset` the guard can compile.
 
 A guardrail file is YAML (`version: 1`, then `rules:`), checked against `schemas/guardrails.v1.json`
-(rules/_guardrail_schema.py says where a file breaks it). Mistakes are refused at load time, never at evaluation time, and every refusal names the file, line
-and column of the offending key (positions come from `_files`, shared with detection). A guardrail
+(rules/_guardrail_schema.py says where a file breaks it). Mistakes are refused at load time, never at
+evaluation time, and every refusal names the file, line and column of the offending key (positions come
+from `_files`, shared with detection). A guardrail
 that silently never matches is worse than none, which is also why a condition may only name fields
 the guard's context fact has (CONTEXT_FIELDS); `rules check` (rules/_check.py) goes further.
 
@@ -254,7 +255,8 @@ def _rule_problems(rule: Mapping[str, Any], rule_file: RuleFile, at: list, broke
             compile_condition(condition, {}, key)
         except ConditionError as exc:
             path = at + [key] + _condition_path(condition, exc.path.removeprefix(key))
-            found.append(problem(rule_file, path, "invalid", f"{dotted_path(at)}.{exc.path}: {exc.reason}", rule=rule_id))
+            found.append(problem(rule_file, path, "invalid", f"{dotted_path(at)}.{exc.path}: {exc.reason}",
+                                 rule=rule_id))
     for exc in gate_problems(rule):
         found.append(problem(rule_file, at + list(exc.path), "invalid", f"{dotted_path(at + list(exc.path))}: {exc}",
                              exc.hint, rule=rule_id))
