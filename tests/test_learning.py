@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
 from typer.testing import CliRunner
@@ -16,7 +17,7 @@ from agent.audit import AuditLog
 from agent.cli import app
 from agent.config import Settings
 from agent.reasoner import DeterministicReasoner, LearnedModel, example_of, fit
-from agent.reasoner._learned import BLEND_K, candidate_features, posterior
+from agent.reasoner._learned import BLEND_K, LOG_SHARE, Example, Features, candidate_features, posterior
 from agent.reasoner._scoring import rank_candidates
 from agent.reasoner._signals import extract_signals
 from agent.service import build
@@ -109,6 +110,68 @@ def test_the_fit_is_deterministic_and_a_cause_that_was_no_candidate_teaches_noth
     assert example_of("x", parsed(incident("x", 1)), topology, "node-6") is None
     service = example_of("x", parsed(incident("x", 1)), topology, "paymentservice")  # a service: its instances
     assert service is not None and CULPRIT in service.positives
+
+
+def crowded(hour: int, cause: str) -> list:
+    """Twelve loud entities (nodes and services with metric anomalies; the cause, when loud, has more) and
+    twenty-four quiet instances with one error log each, all ranked below the loud ones."""
+    loud = ["node-1", "node-2", "node-3", "node-4", "node-5", "node-6", "frontend", "cartservice", "adservice",
+            "emailservice", "shippingservice", "redis-cart"]
+    metrics = ["container_cpu_usage_seconds", "container_memory_usage_MB", "container_threads", "container_fs_writes"]
+    t = f"2022-03-20T{hour:02d}:10:"
+    events = [cloud_event(f"{hour}-{e}-m{i}", e, f"{t}{10 + i:02d}Z", metric=m, direction="up")
+              for e in loud for i, m in enumerate(metrics[:4 if e == cause else 2])]
+    events += [cloud_event(f"{hour}-{e}-log", e, f"{t}{30 + j:02d}Z", type="rtem.log", severity="error",
+                           message=f"error {j} in request") for j, e in enumerate(QUIET)]
+    return parsed(events)
+
+
+QUIET = [f"{s}-{i}" for s in ("adservice", "cartservice", "checkoutservice", "currencyservice", "emailservice",
+                              "paymentservice", "productcatalogservice", "recommendationservice") for i in range(3)]
+
+
+def test_the_model_learns_from_every_candidate_it_is_applied_to(topology):
+    """Train/apply match: the cause was one of the low-ranked quiet instances in 1 of 12 incidents. Trained
+    only on the cold start's ten best plus the cause wherever it ranked, being an instance looked like the
+    mark of a cause (nothing low-ranked was ever seen not to be one) and the model put about half of its
+    probability on the quiet instances; trained on every candidate it puts about what happened there."""
+    causes = [QUIET[0]] + [f"node-{1 + h % 6}" for h in range(1, 12)]
+    incidents = [crowded(h, cause) for h, cause in enumerate(causes)]
+    examples = [example_of(str(h), events, topology, cause) for h, (events, cause) in enumerate(zip(incidents, causes))]
+    signals = extract_signals(incidents[0], topology)
+    ranked = rank_candidates(signals, topology)
+    assert len(ranked) > 20 and [c.entity for c in ranked].index(QUIET[0]) >= 12  # the cause sat below the top ten
+    assert [f.entity for f in examples[0].candidates] == [c.entity for c in ranked]  # all of them, as applied
+    model = fit(examples)
+    on_quiet = 0.0
+    for events in incidents:
+        signals = extract_signals(events, topology)
+        ranked = rank_candidates(signals, topology)
+        features = candidate_features(ranked, posterior([c.rank for c in ranked]), signals, topology)
+        shares = posterior([f.offset + model.score(f) for f in features])
+        on_quiet += sum(p for f, p in zip(features, shares) if f.entity in QUIET) / len(incidents)
+    assert on_quiet <= 1.5 / len(incidents)  # the cause was a quiet instance in 1 of 12 (old fit: 0.49; now 0.06)
+    later = DeterministicReasoner().rank(crowded(20, "node-3"), topology, learned=model)
+    assert later[0].entity == "node-3"
+
+
+def test_a_confirmed_service_is_one_set_label_the_model_need_not_split(topology):
+    """A confirmed service names a set (it and its three instances): the cause is any of them. The model
+    maximises the chance of the set, so it keeps the cold start's favourite instance in front rather than
+    being pushed to share the probability out evenly among the four."""
+    def cand(entity: str, share: float, **flags: float) -> Features:
+        return Features(entity, {LOG_SHARE: math.log(share), **flags}, math.log(share))
+    candidates = (cand("paymentservice-0", 0.60, **{"type:instance": 1.0, "has:log": 1.0}),
+                  cand("paymentservice-1", 0.05, **{"type:instance": 1.0}),
+                  cand("paymentservice-2", 0.05, **{"type:instance": 1.0}),
+                  cand("paymentservice", 0.10, **{"type:service": 1.0}),
+                  cand("node-1", 0.20, **{"type:host": 1.0}))
+    positives = frozenset({"paymentservice", "paymentservice-0", "paymentservice-1", "paymentservice-2"})
+    model = fit([Example(f"past-{h}", "paymentservice", candidates, positives) for h in range(6)])
+    shares = dict(zip((c.entity for c in candidates), posterior([c.offset + model.score(c) for c in candidates])))
+    assert sum(shares[e] for e in positives) > 0.80  # the set is more likely than the cold start's 0.80
+    assert shares["paymentservice-0"] > 0.60 and model.weights["has:log"] >= 0.0  # not pushed down to a quarter
+    assert model.weights["type:host"] < 0.0
 
 
 # -- through real analyses: leak-freedom, the view, the CLI -------------------------------------------------

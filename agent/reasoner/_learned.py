@@ -3,14 +3,16 @@
 Each candidate of an incident is described by named features a person can read: the kinds of its own
 signals (metric anomaly, log error, trace anomaly, health, change), which came first, its metric kinds and
 log and trace domains, its entity type, its place in the topology among the other anomalous entities, its
-timing, and where the cold-start ranking put it. A past incident whose cause was confirmed is one example:
-its candidates, the confirmed one (or, for a confirmed service, its instances) marked as the cause.
+timing, where the cold-start ranking put it and how sure it was (`cold:log_share`). A past incident whose
+cause was confirmed is one example: all its candidates (the same ones the model is later applied to), the
+confirmed one marked as the cause, or, for a confirmed service, it and its instances marked as one set.
 
 The model is a conditional logit ("which of these candidates is the cause?"): a softmax over the
-candidates of an incident of ``weights · features``, fitted by gradient ascent with an L2 penalty, in
-plain Python (a few hundred examples, a few dozen features). It is blended with the cold-start ranking as
-``(1 - w) · log(cold share) + w · weights · features`` with ``w = n / (n + BLEND_K)`` for n confirmed
-incidents learned from, so with no confirmations the ranking is exactly the cold-start one.
+candidates of an incident of ``log(cold share) + weights · features``, fitted by gradient ascent on the
+log-likelihood that the cause is in the marked set (``log Σ p`` over it) with an L2 penalty, in plain
+Python (a few hundred examples, a few dozen features). It is blended with the cold-start ranking as
+``log(cold share) + w · weights · features`` with ``w = n / (n + BLEND_K)`` for n confirmed incidents
+learned from, so with no confirmations the ranking is exactly the cold-start one.
 
 Which incidents may be examples is decided where they are collected (`agent/learning.py`): only those
 that ended before the current one opened, confirmed before it was first diagnosed, never itself.
@@ -43,9 +45,9 @@ L2 = 1.0
 ITERATIONS = 100
 STEP = 1.0
 
-# Candidates of a past incident kept as examples: the cold start's best, plus the cause wherever it was.
-# Lower ones are rarely in contention and would only add cost.
-MAX_CANDIDATES = 10
+# Every candidate of a past incident is kept in its example, because the model is applied to every
+# candidate of a new one. (Keeping only the cold start's best ten plus the cause wherever it ranked made
+# whatever low-ranked candidates share, such as being an instance, look like a mark of the cause.)
 
 # A candidate whose first own signal came within this many seconds of the incident's first counts as
 # "among the first": about one metric scrape interval.
@@ -54,6 +56,11 @@ EARLY_S = 60.0
 # The feature families used (see `describe` for what each means).
 FAMILIES = frozenset({"type", "entity", "cold", "first", "time", "has", "metric", "log", "trace", "pos"})
 
+# The cold-start log-share as a learned feature (it is also the offset): its weight says how far to trust
+# the cold ranking's confidence in this deployment (positive: more, negative: less); zero leaves the offset
+# exactly as the cold start has it.
+LOG_SHARE = "cold:log_share"
+
 _SOURCE_WORDS = {METRIC: "a metric anomaly", LOG: "a log error", TRACE: "a trace anomaly",
                  HEALTH: "a failed health check", CHANGE: "a change (deploy or configuration)", "alert": "an alert",
                  "other": "another event"}
@@ -61,8 +68,8 @@ _SOURCE_WORDS = {METRIC: "a metric anomaly", LOG: "a log error", TRACE: "a trace
 
 @dataclass(frozen=True)
 class Features:
-    """One candidate's named features (1.0 for a present flag) and its cold-start log-share, the offset
-    the learned weights correct."""
+    """One candidate's named features (1.0 for a present flag; `cold:log_share` the log-share itself) and
+    its cold-start log-share, the offset the learned weights correct."""
 
     entity: str
     values: Mapping[str, float]
@@ -114,6 +121,11 @@ class LearnedModel:
     def sentence(self, name: str) -> str:
         """"entities whose first signal was a log error were the confirmed cause in 9 of 11 past incidents"."""
         s = self.support.get(name, Support())
+        if name == LOG_SHARE:
+            w = self.weights.get(name, 0.0)
+            trust = "more" if w > 0 else "less" if w < 0 else "as much as by default"
+            return (f"the cold-start ranking's confidence (its log-share) counts {trust} here, learned from "
+                    f"{s.seen} past incident{'s' * (s.seen != 1)}")
         if name.startswith("entity:"):
             return (f"{name.partition(':')[2]} was the confirmed cause in {s.caused} of the {s.seen} past incidents "
                     "where it was a candidate")
@@ -153,6 +165,7 @@ def describe(name: str) -> str:
         return f"entities with trace {value} anomalies"
     if kind == "cold":
         return {"top1": "entities the cold start ranked first",
+                "log_share": "entities by the cold start's share",
                 "top3": "entities the cold start ranked second or third",
                 "lower": "entities the cold start ranked below third"}.get(value, name)
     return {"pos:called_by_anomalous": "entities called by anomalous entities",
@@ -175,9 +188,13 @@ def candidate_features(ranked: Sequence[Candidate], shares: Sequence[float], sig
         own.setdefault(s.entity, []).append(s)
     anomalous = {e for e in own} | {topology.service_of(e) for e in own}
     start = min((s.ts for s in signals), default=0.0)
-    return [Features(c.entity, _features(c.entity, index, own.get(c.entity, []), anomalous, start, topology),
-                     math.log(max(share, 1e-300)))
-            for index, (c, share) in enumerate(zip(ranked, shares))]
+    out = []
+    for index, (c, share) in enumerate(zip(ranked, shares)):
+        values = _features(c.entity, index, own.get(c.entity, []), anomalous, start, topology)
+        offset = math.log(max(share, 1e-300))
+        values[LOG_SHARE] = offset
+        out.append(Features(c.entity, values, offset))
+    return out
 
 
 def _features(entity: str, index: int, own: Sequence[Signal], anomalous: set[str], start: float,
@@ -212,7 +229,8 @@ def example_of(incident_id: str, events: Sequence[Event], topology: Topology, ca
                history: History | None = None) -> Example | None:
     """A past incident as an example: its candidates ranked as it was diagnosed (with the `history` it had,
     so that what is learned corrects the ranking the model will be blended with) and described, the
-    confirmed cause marked; None when the cause was no candidate (nothing to learn from)."""
+    confirmed cause marked (a service: it and its instances, one set); all candidates are kept, as the model
+    is applied to all; None when the cause was no candidate (nothing to learn from)."""
     signals = extract_signals(events, topology)
     ranked = rank_candidates(signals, topology, history)
     if not ranked:
@@ -222,8 +240,7 @@ def example_of(incident_id: str, events: Sequence[Event], topology: Topology, ca
     positives = frozenset(f.entity for f in features if f.entity == cause or topology.service_of(f.entity) == cause)
     if not positives:
         return None
-    kept = [f for i, f in enumerate(features) if i < MAX_CANDIDATES or f.entity in positives]
-    return Example(incident_id, cause, tuple(kept), positives)
+    return Example(incident_id, cause, tuple(features), positives)
 
 
 def posterior(scores: Sequence[float]) -> list[float]:
@@ -242,22 +259,29 @@ def posterior(scores: Sequence[float]) -> list[float]:
 def fit(examples: Sequence[Example], *, k: float = BLEND_K, l2: float = L2,
         iterations: int = ITERATIONS) -> LearnedModel:
     """The conditional logit over the examples' candidates, by full-batch gradient ascent from zero (so the
-    same examples always give the same weights)."""
+    same examples always give the same weights). An example's positives are one set label: the objective
+    is log Σ p over them (the chance the cause is any of them), so the model is not pushed to split the
+    probability among a service's instances; its gradient gives each positive its own share of the set's
+    probability as the target."""
     examples = [e for e in examples if e.candidates and e.positives]
     if not examples:
         return LearnedModel(k=k)
     names = sorted({n for e in examples for f in e.candidates for n in f.values})
     index = {n: i for i, n in enumerate(names)}
-    rows = [[(tuple((index[n], v) for n, v in f.values.items()), 1.0 / len(e.positives) if f.entity in e.positives
-              else 0.0, f.offset) for f in e.candidates] for e in examples]
+    rows = [[(tuple((index[n], v) for n, v in f.values.items()), f.entity in e.positives, f.offset)
+             for f in e.candidates] for e in examples]
     weights = [0.0] * len(names)
     for _ in range(iterations):
         grad = [-l2 * w for w in weights]
         for row in rows:
             scores = [offset + sum(weights[i] * v for i, v in feats) for feats, _, offset in row]
-            for (feats, target, _), p in zip(row, posterior(scores)):
+            probs = posterior(scores)
+            inside = sum(p for (_, positive, _), p in zip(row, probs) if positive)
+            share = 1.0 / sum(positive for _, positive, _ in row)  # if the set's probability underflowed
+            for (feats, positive, _), p in zip(row, probs):
+                goal = (p / inside if inside > 0 else share) if positive else 0.0
                 for i, v in feats:
-                    grad[i] += (target - p) * v
+                    grad[i] += (goal - p) * v
         weights = [w + STEP * g / len(rows) for w, g in zip(weights, grad)]
     return LearnedModel({n: round(w, 6) for n, w in zip(names, weights)}, len(examples), _support(examples), k)
 
