@@ -125,8 +125,13 @@ class Correlator:
         return incident
 
     def expire(self, watermark: float, lateness: float = 0.0) -> None:
-        """Forget closed incidents that no late signal can join any more: the rule of `quiet`."""
-        for incident_id in [i for i, inc in self.closed.items() if watermark - inc.last_ts > self.gap_s + lateness]:
+        """Forget closed incidents that no late signal can join any more: event time has gone `lateness`
+        past the later of their close and the end of their correlation window (the rule of `quiet`). From
+        the close, not only from the last signal: an incident opened by events redelivered long after
+        newer ones is released at once (it is quiet by the watermark), and the rest of its batch's
+        redelivery, a moment later, must still find it rather than open a second incident."""
+        for incident_id in [i for i, inc in self.closed.items()
+                            if watermark - max(inc.closed_at or inc.last_ts, inc.last_ts + self.gap_s) > lateness]:
             del self.closed[incident_id]
 
     def state(self) -> list[dict[str, Any]]:

@@ -159,6 +159,22 @@ def test_signals_redelivered_after_their_incident_closed_join_it_across_a_restar
     assert {e.id for e in store.events(incident)} == {f"a{i}" for i in range(8)}
 
 
+def test_a_fault_redelivered_in_two_batches_long_after_newer_events_is_one_incident(tmp_path, boutique):
+    """A killed leader held a whole fault; its standby consumed events 2,000 s newer first, and the fault
+    came back after the ack wait in two batches a moment apart. The first opens an incident that is quiet
+    at once by the watermark (released); the second must still find it, not open a second incident."""
+    tri, store = triage(tmp_path, boutique)
+    tri.handle([ev(f"c{i}", "currencyservice-0", 2000 + i) for i in range(4)])
+    first = tri.handle([ev(f"a{i}", "cartservice-0", i) for i in range(4)])
+    assert len(first.opened) == 1
+    second = tri.handle([ev(f"a{i}", "cartservice-0", i) for i in range(4, 8)])
+    assert second.opened == [], "the rest of the fault joins the incident its first batch opened"
+    [cart] = [i for i in incidents(store) if store.incident(i)["event_count"] == 8]
+    assert {e.id for e in store.events(cart)} == {f"a{i}" for i in range(8)}
+    tri.handle([ev("later", "emailservice-0", 2000 + 1000, severity="info")])  # event time goes on past it
+    assert tri.handle([ev("a8", "cartservice-0", 8)]).opened, "forgotten once lateness has passed its close"
+
+
 def test_late_signals_join_a_closed_incident_after_a_restart_too(tmp_path, boutique):
     """The same, when the lost batch comes back only after a second restart: which incidents were
     closed, and at what event time, is part of the state that survives a restart."""
