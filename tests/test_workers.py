@@ -123,6 +123,9 @@ def test_the_standby_takes_over_within_seconds_of_the_leader_being_killed(tmp_pa
             await asyncio.sleep(1)
             procs["w1"].send_signal(signal.SIGKILL)  # mid-stream
             killed = time.monotonic()
+            # Gone before more events come: published while its connection was still closing, they could
+            # reach its pull request and come back only after ack_wait (30 s), after their incident closed.
+            await asyncio.to_thread(procs["w1"].wait, 10)
             await publish(bus, CART[6:])
             while leader(postgres_url)[0] != "w2":
                 assert time.monotonic() - killed < 15, "no takeover"
