@@ -5,13 +5,15 @@ connection replaced, and `rtem db status/migrate`."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 
 import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.db import Migration, Schema, SchemaTooNew, check, migrate, open_database, status, versions
+from agent.db import (DatabaseUnreachable, Migration, Schema, SchemaTooNew, StoreClosedError, check, migrate,
+                      open_database, status, unavailable, versions)
 from agent.storage import SCHEMAS
 from agent.store import STORE_SCHEMA, IncidentStore
 
@@ -143,3 +145,37 @@ def test_rtem_db_status_and_migrate(backend, tmp_path, monkeypatch):
     assert newer.exit_code == 1 and "newer than this rtem" in newer.stdout
     refused = runner.invoke(app, ["db", "migrate", "--db", backend])
     assert refused.exit_code == 1 and "store version 99, this rtem knows" in refused.output
+
+
+def test_what_counts_as_a_database_unavailable(tmp_path):
+    """What makes a consumer hold its batch (bus/_hold.py) rather than fail it: the database's trouble, not the
+    statement's or the data's."""
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
+    assert unavailable(refused.value)
+    assert unavailable(DatabaseUnreachable("no answer")) and unavailable(StoreClosedError("closed"))
+
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, timeout=0.05)
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        other.execute("INSERT INTO t VALUES (1)")
+    assert unavailable(locked.value), str(locked.value)
+    with pytest.raises(sqlite3.OperationalError) as typo:
+        other.execute("SELEC 1")
+    assert not unavailable(typo.value), "a mistake in the statement is no outage"
+    holder.close()
+    other.close()
+
+    try:
+        try:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        except psycopg.OperationalError as cause:
+            raise RuntimeError("recording failed") from cause
+    except RuntimeError as wrapped:
+        assert unavailable(wrapped), "what it was raised from counts"
+    assert not unavailable(ValueError("bad data"))

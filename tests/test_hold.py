@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 
 import pytest
 
-from agent.db import DatabaseUnreachable, StoreClosedError, unavailable
 from bus import Bus, BusSettings, RetryPolicy, Unavailable
 from tests.live import sample
 
@@ -99,35 +97,3 @@ async def test_a_handler_failing_otherwise_after_an_outage_is_handled_as_any_fai
         assert len(letters) == len(EVENTS) and "cannot take these" in letters[0].reason
     finally:
         await short.close()
-
-
-def test_what_counts_as_a_database_unavailable(tmp_path):
-    import psycopg
-
-    with pytest.raises(psycopg.OperationalError) as refused:
-        psycopg.connect("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
-    assert unavailable(refused.value)
-    assert unavailable(DatabaseUnreachable("no answer")) and unavailable(StoreClosedError("closed"))
-
-    path = tmp_path / "locked.db"
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("CREATE TABLE t (x)")
-    holder.execute("BEGIN IMMEDIATE")
-    other = sqlite3.connect(path, timeout=0.05)
-    with pytest.raises(sqlite3.OperationalError) as locked:
-        other.execute("INSERT INTO t VALUES (1)")
-    assert unavailable(locked.value), str(locked.value)
-    with pytest.raises(sqlite3.OperationalError) as typo:
-        other.execute("SELEC 1")
-    assert not unavailable(typo.value), "a mistake in the statement is no outage"
-    holder.close()
-    other.close()
-
-    try:
-        try:
-            raise psycopg.OperationalError("server closed the connection unexpectedly")
-        except psycopg.OperationalError as cause:
-            raise RuntimeError("recording failed") from cause
-    except RuntimeError as wrapped:
-        assert unavailable(wrapped), "what it was raised from counts"
-    assert not unavailable(ValueError("bad data"))

@@ -15,9 +15,10 @@ import time
 import httpx
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from agent.run import Service
-from bus import parse_event
+from bus import Unavailable, parse_event
 from tests.conftest import EXAMPLES
 from tests.live import Target, anomaly, publish, settings, wait_for
 
@@ -86,9 +87,15 @@ async def test_a_worker_that_lost_its_lease_can_no_longer_write_as_leader(tmp_pa
         with pytest.raises(Fenced, match="incident:inc-x of a at epoch 1 is gone"):
             a.parts.ledger.start("inc-x/0/do", "inc-x", 0, "do", "restart_instance", "cartservice-0", {})
         assert a.parts.ledger.get("inc-x/0/do") is None, "nothing was started"
+        batch = [parse_event(json.dumps(event)) for event in CART[:3]]
         with pytest.raises(Fenced, match=f"leader of a at epoch {lease.epoch} is gone"):  # nor commit a triage batch
-            a.parts.triage.handle([parse_event(json.dumps(event)) for event in CART[:3]])
+            a.parts.triage.handle(batch)
         assert a.parts.store.event_count() == 0 and a.parts.store.incidents() == []
+        # to the consumer, the batch is one it cannot record now: held and given back (bus/_hold.py), counted
+        before = REGISTRY.get_sample_value("rtem_triage_unavailable_total") or 0.0
+        with pytest.raises(Unavailable, match="is gone"):
+            await a._handle(batch)
+        assert REGISTRY.get_sample_value("rtem_triage_unavailable_total") == before + 1
         await wait_for(lambda: a.role == "standby", 10)  # its next renewal finds the lease gone
     finally:
         await a.stop()

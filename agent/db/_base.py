@@ -4,6 +4,8 @@ which SQLite and PostgreSQL differ (`Dialect`)."""
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -33,9 +35,6 @@ def unavailable(exc: BaseException) -> bool:
     own, not the data's: a PostgreSQL connection refused, broken or timed out (psycopg's OperationalError,
     its pool's PoolTimeout), SQLite's file locked, failing or full, or a database already closed. Whoever
     writes for an event stream then waits for the database instead of failing the events (`bus.Unavailable`)."""
-    import sqlite3
-    import sys
-
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
