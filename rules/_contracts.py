@@ -27,7 +27,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from pydantic import BaseModel, ConfigDict, Field
 
-from rules._files import misspelt_required, missing_key, unknown_key_hint
+from rules._schema_errors import misspelt_required, missing_key, unknown_key_hint
 from rules._fitness import Remedy
 from rules._http_executor import HttpExecutor, is_template, template_problems
 from rules._proposal import Proposal

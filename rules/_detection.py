@@ -23,7 +23,8 @@ from typing import Any
 from bus import SEVERITY_RANK, Event
 
 from ._engine import OPERATORS, CompiledRuleset, ConditionError, lookup
-from ._files import RuleFile, RulesError, content_digest, did_you_mean, explain_all, read_rule_file
+from ._files import RuleFile, RulesError, content_digest, read_rule_file
+from ._schema_errors import did_you_mean, explain_all
 from .topology import Topology
 
 import json

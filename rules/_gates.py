@@ -27,7 +27,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
 from typing import Any, Literal, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from rules._schema_errors import did_you_mean
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 LimitScope = Literal["target", "service", "any"]
@@ -296,10 +298,6 @@ def _window(spec: Mapping[str, Any], path: tuple, problems: list[GateError]) -> 
 
 def _zone_hint(name: Any) -> str:
     """Suggest the IANA zone a mistyped name probably meant (Europe/Berlinn → Europe/Berlin)."""
-    from zoneinfo import available_timezones
-
-    from rules._files import did_you_mean
-
     guess = did_you_mean(name, sorted(available_timezones()))
     usage = "use an IANA name such as Europe/Berlin or America/New_York, or UTC"
     return f"did you mean {guess!r}? {usage}" if guess else usage

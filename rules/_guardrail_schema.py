@@ -15,8 +15,8 @@ from typing import Any
 import fastjsonschema
 from jsonschema import Draft202012Validator
 
-from rules._files import (RuleFile, RulesError, did_you_mean, key_of, misspelt_required, missing_key,
-                          unknown_key_hint)
+from rules._files import RuleFile, RulesError
+from rules._schema_errors import did_you_mean, key_of, misspelt_required, missing_key, unknown_key_hint
 
 
 class RuleProblem(RulesError):

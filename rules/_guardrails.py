@@ -26,7 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from rules._engine import MAX_BRANCHES, ConditionError, compile_condition, condition_branches
-from rules._files import RuleFile, RulesError, content_digest, did_you_mean, node_marks, read_rule_file
+from rules._files import RuleFile, RulesError, content_digest, node_marks, read_rule_file
+from rules._schema_errors import did_you_mean
 from rules._guardrail_schema import (RuleProblem, dotted_path, fast_validator, problem, rule_id_at, schema_problems,
                                      validator)
 from rules._fitness import FITNESS_FIELDS, FITNESS_PREFIX, RemedyOverride, read_remedies

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.rules_reload import RulesReloader
 from rules._check import packaged_rules_dir
-from rules._files import did_you_mean
+from rules._schema_errors import did_you_mean
 
 runner = CliRunner()
 PACKAGED = packaged_rules_dir()
