@@ -131,7 +131,8 @@ def stored_events(data_dir: Path) -> int:
 
 async def test_kill_9_then_restart_keeps_one_server_and_loses_no_accepted_event(tmp_path):
     data = tmp_path / "data"
-    rtem = RtemRun(data, tmp_path / "rtem.err").start()
+    # what the killed process took and never acked comes back after ack_wait: 5 s rather than 30 keeps the wait short
+    rtem = RtemRun(data, tmp_path / "rtem.err", RTEM_ACK_WAIT_S=5).start()
     try:
         url = await rtem.ready()
         await publish(url, data, [sample(f"a{i}", "cartservice-0", i) for i in range(3000)])
