@@ -70,6 +70,8 @@ def test_features_name_kinds_timing_type_and_position(topology):
     assert noisy["cold:top1"] == 1.0 and culprit["cold:top3"] == 1.0
     assert culprit["pos:called_by_anomalous"] == noisy["pos:calls_anomalous"] == 1.0
     assert "pos:calls_anomalous" not in culprit and "pos:called_by_anomalous" not in noisy
+    assert culprit["own:kinds_1"] == 1.0, "three error logs of one template are one kind"
+    assert noisy["own:kinds_2"] == 1.0 and "own:kinds_1" not in noisy, "two metrics are two kinds"
     assert features[CULPRIT].offset < features[NOISY].offset < 0.0  # the cold-start log-shares
 
 

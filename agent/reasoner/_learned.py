@@ -2,7 +2,7 @@
 
 Each candidate of an incident is described by named features a person can read: the kinds of its own
 signals (metric anomaly, log error, trace anomaly, health, change), which came first, its metric kinds and
-log and trace domains, its entity type, its place in the topology among the other anomalous entities, its
+log and trace domains, how many kinds of anomaly it shows, its entity type, its place in the topology among the other anomalous entities, its
 timing, where the cold-start ranking put it and how sure it was (`cold:log_share`). A past incident whose
 cause was confirmed is one example: all its candidates (the same ones the model is later applied to), the
 confirmed one marked as the cause, or, for a confirmed service, it and its instances marked as one set.
@@ -54,7 +54,7 @@ STEP = 1.0
 EARLY_S = 60.0
 
 # The feature families used (see `describe` for what each means).
-FAMILIES = frozenset({"type", "entity", "cold", "first", "time", "has", "metric", "log", "trace", "pos"})
+FAMILIES = frozenset({"type", "entity", "cold", "first", "time", "has", "metric", "log", "trace", "pos", "own"})
 
 # The cold-start log-share as a learned feature (it is also the offset): its weight says how far to trust
 # the cold ranking's confidence in this deployment (positive: more, negative: less); zero leaves the offset
@@ -173,6 +173,9 @@ def describe(name: str) -> str:
             "pos:no_anomalous_neighbour": "entities with no anomalous neighbour",
             "pos:anomalous_neighbours_1_2": "entities with one or two anomalous neighbours",
             "pos:anomalous_neighbours_3": "entities with three or more anomalous neighbours",
+            "own:kinds_1": "entities with one kind of anomaly of their own",
+            "own:kinds_2": "entities with two kinds of anomaly of their own",
+            "own:kinds_3": "entities with three or more kinds of anomaly of their own",
             "time:early": "entities whose first signal was among the incident's first",
             "time:late": "entities whose first signal came after the incident's first minute"}.get(name, name)
 
@@ -205,6 +208,11 @@ def _features(entity: str, index: int, own: Sequence[Signal], anomalous: set[str
     if own:
         values[f"first:{own[0].source}"] = 1.0
         values["time:early" if own[0].ts - start <= EARLY_S else "time:late"] = 1.0
+    # how many different kinds of anomaly it shows itself: a fault often shows several symptoms where it
+    # is, where what it disturbs shows one; whether that holds in this deployment is what the weight learns
+    kinds = len({(s.source, s.kind) for s in own})
+    if kinds:
+        values["own:kinds_1" if kinds == 1 else "own:kinds_2" if kinds == 2 else "own:kinds_3"] = 1.0
     for s in own:
         values[f"has:{s.source}"] = 1.0
         if s.source == METRIC:
