@@ -1,12 +1,12 @@
 """What marks a true root cause in this deployment, learned from the causes people confirmed. Pure.
 
-Each candidate of an incident is described by named features a person can read: the kinds of its own
-signals (metric anomaly, log error, trace anomaly, health, change), which came first, its metric kinds and
-log and trace domains, how many kinds of anomaly it shows, its entity type, its place in the topology
-among the other anomalous entities, its timing, where the cold-start ranking put it and how sure it was
-(`cold:log_share`). A past incident whose
-cause was confirmed is one example: all its candidates (the same ones the model is later applied to), the
-confirmed one marked as the cause, or, for a confirmed service, it and its instances marked as one set.
+Each candidate of an incident is described by named features a person can read: the kinds of its own signals
+(metric anomaly, log error, trace anomaly, health, change), which came first, its metric kinds and log and
+trace domains, how many kinds of anomaly it shows, its entity type, its place in the topology among the other
+anomalous entities, its timing, where the cold-start ranking put it and how sure it was (`cold:log_share`). A
+past incident whose cause was confirmed is one example: all its candidates (the same ones the model is later
+applied to), the confirmed one marked as the cause, or, for a confirmed service, it and its instances marked
+as one set.
 
 The model is a conditional logit ("which of these candidates is the cause?"): a softmax over the
 candidates of an incident of ``log(cold share) + weights · features``, fitted by gradient ascent on the
