@@ -5,7 +5,8 @@ from ._contracts import ActionContract, ContractError, ContractViolation, check_
 from ._correlation import Assignment, Correlator, OpenIncident, incident_id
 from ._escalation import (POLICY_FILE, EscalationLevel, EscalationPolicy, EscalationRoute, QuietHours,
                           load_escalation, packaged_policy)
-from ._detection import Detection, DetectionSet, Detector, Signal, load_detections, parse_duration
+from ._detection import Detection, DetectionSet, Signal, load_detections, parse_duration
+from ._detector import Detector
 from ._engine import MAX_BRANCHES, CompiledRuleset, ConditionError
 from ._files import RulesError, content_digest
 from ._fitness import FAULT_TYPES, TARGET_ROLES, Diagnosis, Remedy
