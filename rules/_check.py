@@ -30,10 +30,10 @@ from rules._contracts import ActionContract, ContractError, check_contracts
 from rules._detection import DetectionSet, collect_detections
 from rules._engine import ConditionError
 from rules._escalation import POLICY_FILE, EscalationPolicy, collect_escalation
-from rules._files import RuleFile, RulesError
+from rules._files import RuleFile, RulesError, read_fast
 from rules._schema_errors import did_you_mean
 from rules._guard import Guard
-from rules._guardrails import TEST_SUFFIX, Guardrail, Ruleset, collect_guardrails, guardrail_paths, read_fast
+from rules._guardrails import TEST_SUFFIX, Guardrail, Ruleset, collect_guardrails, guardrail_paths
 
 KINDS = ("guardrails", "contracts", "detect")
 

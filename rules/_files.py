@@ -137,6 +137,34 @@ def read_rule_file(path: str | Path) -> RuleFile:
     return RuleFile(path, text, doc, marks, tuple(duplicates))
 
 
+def read_fast(path: str | Path) -> RuleFile:
+    """read_rule_file with libyaml when it is there (10x faster on large files); the pure-Python reader
+    runs again on a syntax error, so error messages and positions are the same either way."""
+    loader = getattr(yaml, "CSafeLoader", None)
+    path = Path(path)
+    if loader is None:
+        return read_rule_file(path)
+    try:
+        text = path.read_text("utf-8")
+        node = yaml.compose(text, Loader=loader)
+        if node is None:
+            return read_rule_file(path)
+        duplicates: list = []
+        marks = node_marks(node, path, duplicates)
+        constructor = loader(text)
+        try:
+            doc = constructor.construct_document(node)
+        finally:
+            constructor.dispose()
+        if "<<" in text:  # as in read_rule_file: merged keys are in the nodes now
+            marks = node_marks(node, path)
+    except RulesError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError):
+        return read_rule_file(path)
+    return RuleFile(path, text, doc, marks, tuple(duplicates))
+
+
 MAX_ALIAS_EXPANSION = 100_000  # values reached again through aliases; a billion-laughs file stops here
 
 

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from rules._engine import MAX_BRANCHES, ConditionError, compile_condition, condition_branches
-from rules._files import RuleFile, RulesError, content_digest, node_marks, read_rule_file
+from rules._files import RuleFile, RulesError, content_digest, read_fast
 from rules._schema_errors import did_you_mean
 from rules._guardrail_schema import (RuleProblem, dotted_path, fast_validator, problem, rule_id_at, schema_problems,
                                      validator)
@@ -103,7 +102,7 @@ def collect_guardrails(source: str | Path | Iterable[str | Path] | None, problem
     given, receives every file read (by path), for callers that point at places inside them."""
     files: list[RuleFile] = []
     try:
-        paths = _paths(source)
+        paths = guardrail_paths(source)
     except RulesError as exc:
         problems.append(exc)
         return Ruleset(digest=content_digest([]))
@@ -316,40 +315,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def read_fast(path: str | Path) -> RuleFile:
-    """read_rule_file with libyaml when it is there (10x faster on large files); the pure-Python reader
-    runs again on a syntax error, so error messages and positions are the same either way."""
-    loader = getattr(yaml, "CSafeLoader", None)
-    path = Path(path)
-    if loader is None:
-        return read_rule_file(path)
-    try:
-        text = path.read_text("utf-8")
-        node = yaml.compose(text, Loader=loader)
-        if node is None:
-            return read_rule_file(path)
-        duplicates: list = []
-        marks = node_marks(node, path, duplicates)
-        constructor = loader(text)
-        try:
-            doc = constructor.construct_document(node)
-        finally:
-            constructor.dispose()
-        if "<<" in text:  # as in read_rule_file: merged keys are in the nodes now
-            marks = node_marks(node, path)
-    except RulesError:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError):
-        return read_rule_file(path)
-    return RuleFile(path, text, doc, marks, tuple(duplicates))
-
-
 def guardrail_paths(source: str | Path | Iterable[str | Path] | None = None) -> list[Path]:
     """The files load_guardrails would read, in evaluation order."""
-    return _paths(source)
-
-
-def _paths(source: str | Path | Iterable[str | Path] | None) -> list[Path]:
     if source is None:
         source = Path(str(resources.files("rules") / "guardrails"))
     found: list[Path] = []

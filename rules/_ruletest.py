@@ -23,12 +23,12 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from rules._contracts import ActionContract
-from rules._files import RuleFile, RulesError
+from rules._files import RuleFile, RulesError, read_fast
 from rules._fitness import Diagnosis
 from rules._gates import MemoryHistory, RecordedAction, StaticState
 from rules._guard import Guard
 from rules._guardrail_schema import RuleProblem, problem, schema_problem
-from rules._guardrails import TEST_SUFFIX, Guardrail, _plain, guardrail_paths, load_guardrails, read_fast
+from rules._guardrails import TEST_SUFFIX, Guardrail, _plain, guardrail_paths, load_guardrails
 from rules._proposal import Proposal
 from rules.topology import Topology, TopologyError
 

@@ -18,7 +18,7 @@ from agent.models import DecisionRecord
 from agent.rules_suggest import Change, TargetKind, suggest
 from agent.rules_text import append_rule, check_texts, narrow
 from rules import Guard, Proposal, Ruleset, Topology, check_contracts, check_rules, packaged_rules_dir, parse_guardrails
-from rules._guardrails import read_fast
+from rules._files import read_fast
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 PACKAGED = packaged_rules_dir()
