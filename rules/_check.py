@@ -33,7 +33,7 @@ from rules._escalation import POLICY_FILE, EscalationPolicy, collect_escalation
 from rules._files import RuleFile, RulesError, read_fast
 from rules._schema_errors import did_you_mean
 from rules._guard import Guard
-from rules._guardrails import TEST_SUFFIX, Guardrail, Ruleset, collect_guardrails, guardrail_paths
+from rules._guardrails import Guardrail, Ruleset, collect_guardrails, guardrail_paths, is_rule_test
 
 KINDS = ("guardrails", "contracts", "detect")
 
@@ -160,7 +160,7 @@ def find_layout(path: str | Path | None = None) -> Layout:
             return Layout(path.parent, escalation=path)
         if path.suffix == ".json":
             return Layout(path.parent, contracts=path.parent)
-        if path.name.endswith((TEST_SUFFIX, ".test.yml")):
+        if is_rule_test(path):
             return Layout(path.parent, tests=[path], contracts=_sibling(path.parent, "contracts"))
         if _is_detection_file(path):
             return Layout(path.parent, detect=path.parent)
@@ -363,7 +363,7 @@ def _guardrail_files(directory: Path) -> list[Path]:
 
 
 def _tests(directory: Path) -> list[Path]:
-    return sorted(f for f in directory.iterdir() if f.name.endswith((TEST_SUFFIX, ".test.yml")))
+    return sorted(f for f in directory.iterdir() if is_rule_test(f))
 
 
 def _sibling(directory: Path, name: str) -> Path | None:

@@ -323,7 +323,7 @@ def guardrail_paths(source: str | Path | Iterable[str | Path] | None = None) -> 
     for item in [source] if isinstance(source, str | Path) else source:
         path = Path(item)
         if path.is_dir():
-            inside = [f for f in path.iterdir() if f.suffix in (".yaml", ".yml") and not _is_test(f)]
+            inside = [f for f in path.iterdir() if f.suffix in (".yaml", ".yml") and not is_rule_test(f)]
             if not inside:
                 raise RulesError(path, 1, 1, "no guardrail files (*.yaml, *.yml) in this directory")
             found.extend(inside)
@@ -334,5 +334,6 @@ def guardrail_paths(source: str | Path | Iterable[str | Path] | None = None) -> 
     return sorted(found, key=lambda f: (f.name, str(f)))
 
 
-def _is_test(path: Path) -> bool:
+def is_rule_test(path: Path) -> bool:
+    """A rule test file (`*.test.yaml`, `*.test.yml`), which sits beside the guardrails and is no guardrail."""
     return path.name.endswith((TEST_SUFFIX, ".test.yml"))

@@ -28,7 +28,7 @@ from rules._fitness import Diagnosis
 from rules._gates import MemoryHistory, RecordedAction, StaticState
 from rules._guard import Guard
 from rules._guardrail_schema import RuleProblem, problem, schema_problem
-from rules._guardrails import TEST_SUFFIX, Guardrail, _plain, guardrail_paths, load_guardrails
+from rules._guardrails import Guardrail, _plain, guardrail_paths, is_rule_test, load_guardrails
 from rules._proposal import Proposal
 from rules.topology import Topology, TopologyError
 
@@ -124,7 +124,7 @@ def find_test_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
         elif path.is_dir():
             for where in (path, path / "guardrails"):
                 if where.is_dir():
-                    found.extend(f for f in where.iterdir() if f.name.endswith((TEST_SUFFIX, ".test.yml")))
+                    found.extend(f for f in where.iterdir() if is_rule_test(f))
     return sorted(set(found))
 
 
