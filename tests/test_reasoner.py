@@ -11,6 +11,7 @@ import pytest
 from agent.models import RootCause
 from agent.reasoner import ACTION_TYPES, FAULT_TYPES, DeterministicReasoner
 from agent.reasoner._catalog import is_bad_direction, metric_domain, metric_kind
+from agent.reasoner._signals import SEVERITY_WEIGHT, extract_signals
 from bus._envelope import parse_event
 from rules.topology import Topology
 from tests.helpers import Events
@@ -150,9 +151,31 @@ def test_only_topology_entities_are_candidates(shop):
 def test_quiet_incidents_have_no_cause(shop):
     ev = Events()
     assert diagnose(ev, shop) == []
-    ev.other("rtem.log", "cart-0", severity="info", message="request served")
-    ev.other("rtem.log", "cart-0", severity="warning", message="slow request")
+    ev.other("rtem.log", "cart-0", severity="info", message="request served in 12 ms")
     assert diagnose(ev, shop) == []
+
+
+def test_a_log_counts_by_its_level_from_warning_up_and_by_its_words_below(shop):
+    """Warnings are evidence like errors, weighed by how rare they are; an info line counts only when its
+    own words say something failed, as many programs log failures at info level."""
+    def signals(severity: str, message: str):
+        return extract_signals([Events().other("rtem.log", "cart-0", severity=severity, message=message)], shop)
+
+    assert [s.weight for s in signals("warning", "slow request")] == [SEVERITY_WEIGHT["warning"]]
+    assert signals("info", "request served") == []
+    for message in ("login failed for user bob", "open /data/x: permission denied",
+                    "java.lang.NullPointerException at Cart.add", "upstream timed out"):
+        assert [s.weight for s in signals("info", message)] == [SEVERITY_WEIGHT["warning"]], message
+    assert [s.weight for s in signals("error", "login failed")] == [SEVERITY_WEIGHT["error"]]
+
+
+def test_a_failure_logged_at_info_level_names_its_entity(shop):
+    ev = Events()
+    for at, instance in enumerate(("cart-0", "cart-1", "checkout-0", "checkout-1")):
+        ev.other("rtem.log", instance, at=at, severity="info", message=f"request {at} served in {at + 3} ms")
+    ev.other("rtem.log", "cart-1", at=9, severity="info", message="access to /var/cart denied: permission denied")
+    causes = diagnose(ev, shop)
+    assert causes[0].entity == "cart-1"
 
 
 def test_logs_alerts_and_health_checks_count(shop):

@@ -182,6 +182,20 @@ def text_domain(text: str) -> str:
     return "errors"
 
 
+# Words with which a log line says that something went wrong, whatever level it was logged at; a token
+# ending in "error" or "exception" (OutOfMemoryError, NullPointerException) says it too.
+_FAILURE_WORDS = frozenset(("error", "errors", "errno", "fail", "fails", "failed", "failing", "failure", "fatal",
+                            "panic", "denied", "refused", "forbidden", "unauthorized", "unauthorised", "rejected",
+                            "invalid", "unable", "cannot", "timeout", "timed", "unreachable", "crash", "crashed",
+                            "killed", "oom", "enospc"))
+
+
+def says_failure(text: str) -> bool:
+    """Whether a message's own words say that something failed ("login failed", "permission denied",
+    "java.lang.NullPointerException"), as opposed to reporting routine work ("request served")."""
+    return any(t in _FAILURE_WORDS or t.endswith(("error", "exception")) for t in _TOKEN.findall(text.lower()))
+
+
 # Metric words that are ordinary prose in a log line ("started up", "failed to load", "too many requests").
 _PROSE = frozenset(("up", "load", "count", "requests"))
 

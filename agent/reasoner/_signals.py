@@ -1,8 +1,8 @@
 """Events turned into signals: one anomaly about one topology entity, with its domain and weight.
 
 A signal is the unit the scorer reasons over. Events that say nothing bad (a success rate going up, an
-info log) produce no signal; events about entities outside the topology produce none either, since a
-root cause must be something the operator can act on by name.
+info log of routine work) produce no signal; events about entities outside the topology produce none
+either, since a root cause must be something the operator can act on by name.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bus import SEVERITY_RANK, Event
+from bus import Event
 from rules.topology import Topology
 
-from ._catalog import CHANGE_FAULTS, is_bad_direction, log_template, metric_domain, metric_kind, text_domain
+from ._catalog import (CHANGE_FAULTS, is_bad_direction, log_template, metric_domain, metric_kind, says_failure,
+                       text_domain)
 
 # How much an event's own severity adds to its weight: an error-level anomaly counts half again as
-# much as a warning, a critical one twice. Info-level events carry no anomaly.
+# much as a warning, a critical one twice. Info-level events carry no anomaly (a log line whose words say
+# something failed is the exception, at a warning's weight).
 SEVERITY_WEIGHT = {"info": 0.0, "warning": 1.0, "error": 1.5, "critical": 2.0}
 
 METRIC, TRACE, LOG, ALERT, HEALTH, CHANGE, OTHER = "metric", "trace", "log", "alert", "health", "change", "other"
@@ -55,6 +57,10 @@ def extract_signals(events: Iterable[Event], topology: Topology) -> list[Signal]
 
 def _signal(event: Event, topology: Topology) -> Signal | None:
     weight = SEVERITY_WEIGHT.get(event.severity, 1.0)
+    if event.type == "rtem.log" and weight == 0.0 and says_failure(event.message):
+        # Many programs log a failure at info level ("login failed for user *"): its words say what the
+        # level does not, so it counts as the least anomaly there is, a warning's weight.
+        weight = SEVERITY_WEIGHT["warning"]
     if event.type in CHANGE_FAULTS:
         # Changes are announced at info level; what makes one suspect is what follows it.
         if event.subject not in topology:
@@ -72,8 +78,6 @@ def _signal(event: Event, topology: Topology) -> Signal | None:
         # A failed health check says the thing is down, whatever its message says.
         return Signal(event.id, event.subject, "health", "process", HEALTH, event.ts, weight)
     source = {"rtem.log": LOG, "rtem.alert": ALERT}.get(event.type, OTHER)
-    if source == LOG and SEVERITY_RANK.get(event.severity, 0) < SEVERITY_RANK["error"]:
-        return None  # warnings in logs are too common to count as anomalies
     text = " ".join(str(v) for v in (event.attributes.get("alertname"), event.message) if v)
     # The kind is the message's template, not its domain: how rare a kind is decides its weight, and
     # "disk full" on one entity is rare where "request failed" on every entity is not.

@@ -35,7 +35,7 @@ class DeterministicReasoner:
 
     name = "deterministic"
     # Bump when the algorithm changes: it is recorded with every decision in the audit log.
-    version = "deterministic-3"  # scoring changed: rarity-weighted templates and traces (docs/reasoning.md)
+    version = "deterministic-4"  # log lines count from warning up, and below when they say they failed
 
     def diagnose(self, view: IncidentView, limit: int = 5) -> tuple[list[RootCause], ReasonerRun]:
         """The graph's Reasoner protocol: ranked causes, with the history the view carries."""
