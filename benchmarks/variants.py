@@ -18,6 +18,10 @@ truth) into such a system and scores them with `rca_accuracy`'s modes:
   entity, not only the true cause; a success rate going up is logged by nobody) becomes an error log on
   the same subject at the same time, "<metric> anomaly" as its message; traces kept. Evidence is then logs and traces only, spread exactly as the metrics were.
 - one-instance-logs: both of the above: the shape of the systems the issue measures on.
+- raw-logs: `logs` as a program writes them: each line opens with a header (timestamp, level, address, the
+  name of the instance and service that wrote it, a request id) and is logged at warning level. The same
+  evidence as `logs` in another format: the two should score alike.
+- one-instance-raw-logs: `raw-logs` with one instance per service.
 
 A change to the reasoner that raises `original` but lowers a variant fits this data set, not systems.
 """
@@ -98,12 +102,30 @@ def logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, 
     return rewritten, topology, truth
 
 
+def raw_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """`logs` with a header on every line, at warning level; see the module doc."""
+    service_of = {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "instance_of"}
+    rewritten, topology, truth = logs(events, topology, truth)
+    for n, doc in enumerate(rewritten):
+        if doc["type"] == "rtem.log":
+            subject = doc["subject"]
+            header = (f"{doc['time'].replace('T', ' ').rstrip('Z')} | WARN | 10.0.{n % 7}.{n % 251} | "
+                      f"{service_of.get(subject, subject)} | {subject} | {n * 2654435761 % 2**32:08x} |")
+            doc["data"] = {**doc["data"], "severity": "warning", "message": f"{header} {doc['data']['message']}"}
+    return rewritten, topology, truth
+
+
 def one_instance_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
     return one_instance(*logs(events, topology, truth))
 
 
+def one_instance_raw_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    return raw_logs(*one_instance(events, topology, truth))
+
+
 VARIANTS: dict[str, Rewrite] = {"original": original, "one-instance": one_instance, "no-metrics": no_metrics,
-                                "logs": logs, "one-instance-logs": one_instance_logs}
+                                "logs": logs, "one-instance-logs": one_instance_logs, "raw-logs": raw_logs,
+                                "one-instance-raw-logs": one_instance_raw_logs}
 
 
 def rewrite_cases(cases: Sequence[Case], topology_doc: Doc, rewrite: Rewrite,

@@ -7,7 +7,9 @@ import another one.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,17 @@ from rules import Proposal, Topology, load_contracts
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "Online-Boutique-cloudbed-2"
+
+
+def benchmark(name: str):
+    """A module of benchmarks/, imported by path under its own name (benchmarks/ is not a package, and
+    its modules import each other by name)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # its dataclasses look their module up while being made
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 EXAMPLES = ROOT / "agent" / "examples"
 RECORDING = EXAMPLES / "boutique-node-cpu.events.jsonl"
 TOPOLOGY = EXAMPLES / "boutique-topology.json"

@@ -2,29 +2,16 @@
 incidents go through it against the benchmark's own nats-server. No event may be lost and no action
 may run twice. benchmarks/chaos.py is the full run, with the other modes (docs/chaos.md)."""
 
-import importlib.util
-import sys
-
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import benchmark
 
 pytestmark = pytest.mark.integration
 
 
-def load_chaos():
-    """benchmarks/chaos.py, imported by path (benchmarks/ is not a package)."""
-    if "benchmarks_chaos" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("benchmarks_chaos", ROOT / "benchmarks" / "chaos.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up while being made
-        spec.loader.exec_module(module)
-    return sys.modules["benchmarks_chaos"]
-
-
 @pytest.mark.timeout(120)
 async def test_killing_rtem_loses_no_event_and_runs_no_action_twice(tmp_path):
-    chaos = load_chaos()
+    chaos = benchmark("chaos")
     args = chaos.options(["--mode", "rtem", "--incidents", "10", "--kills", "2", "--in-flight", "0.5",
                           "--seed", "3", "--drain-timeout", "40"])
     report = await chaos.run(args, tmp_path)

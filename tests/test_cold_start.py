@@ -59,6 +59,18 @@ def test_a_log_template_every_entity_shows_weighs_less_than_a_rare_one(single):
         c.explanation for c in causes[:2])
 
 
+def test_a_rare_statement_stands_out_behind_the_headers_every_line_has(single):
+    """Lines as real programs write them, header first and the logger's name in it, at the levels they
+    use: the common warning is everywhere, the one failure (logged at info) is on auth alone."""
+    ev = Events()
+    for i, s in enumerate(SERVICES):
+        header = f"2021-07-01 10:54:{10 + i},639 | {{}} | 172.17.0.{i} | {s}-0 | {s} | {i:08x}4f3e |"
+        log(ev, f"{s}-0", header.format("WARNING") + f" slow query took {200 + i} ms", at=i, severity="warning")
+        if s == "auth":
+            log(ev, "auth-0", header.format("INFO") + " login failed for user bob", at=30, severity="info")
+    assert single.matches(ranked(ev, single)[0], "auth")
+
+
 def test_the_same_log_everywhere_says_nothing_about_where(single):
     """With one template on every entity and nothing else, no entity outranks another by evidence."""
     ev = Events()
@@ -145,6 +157,26 @@ def test_traces_naming_services_count(services_only):
 ])
 def test_lines_of_one_log_statement_share_a_template(a, b):
     assert log_template(a) == log_template(b)
+
+
+@pytest.mark.parametrize("a,b", [
+    ("2021-07-01 10:54:22,639 | ERROR | 0.0.0.1 | 172.17.0.6 | web-1 | 3c5a4b5e | an error occurred downstream",
+     "2021-07-02 11:00:01,002 | ERROR | 0.0.0.4 | 172.17.0.9 | cart-0 | 9f8e7d6c | an error occurred downstream"),
+    ("2024-01-02T03:04:05.123Z ERROR [http-nio-8080-exec-3] c.e.CartController - Failed to add item 123",
+     "2024-01-05T13:14:15Z ERROR [http-nio-8080-exec-17] c.e.CartController - Failed to add item 9"),
+])
+def test_a_header_and_the_loggers_own_name_do_not_make_a_statement(a, b):
+    """Timestamps, levels, addresses, ids and the entity that logged the line vary; the statement does not.
+    Two entities logging it share its kind, so its rarity counts them both."""
+    assert log_template(a, ("web-1", "web")) == log_template(b, ("cart-0", "cart"))
+    assert "downstream" in log_template(a, ("web-1", "web")) or "failed to add item" in log_template(a)
+
+
+def test_statements_behind_one_header_keep_their_own_templates():
+    """Before: a header's first eight words were the template, so every line of a system was one kind."""
+    header = "2021-07-01 10:54:22,639 | INFO | 0.0.0.1 | 172.17.0.6 | web-1 | 3c5a4b5e | "
+    assert log_template(header + "login failed for user *", ("web-1",)) != log_template(
+        header + "write redis successfully", ("web-1",))
 
 
 def test_different_statements_have_different_templates():

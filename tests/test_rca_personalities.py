@@ -5,29 +5,17 @@ it when the model is random or obeys an injected instruction, and no unfit actio
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 
-from tests.helpers import ROOT, SHARED_DATA
+from tests.helpers import SHARED_DATA, benchmark
 
 pytestmark = [pytest.mark.integration,  # a real HTTP server answers the LLM reasoner
               pytest.mark.skipif(not (SHARED_DATA / "cases").is_dir(),
                                  reason=f"recorded cases not found at {SHARED_DATA}")]
 
 LIMIT = 6
-
-
-def load(name: str):
-    """A benchmark module, imported by path (benchmarks/ is not a package)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # its dataclasses look their module up while being made
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def told(run: dict) -> str:
@@ -41,8 +29,8 @@ def told(run: dict) -> str:
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, dict]:
-    rca = load("rca_accuracy")
-    personalities = load("llm_personalities")
+    rca = benchmark("rca_accuracy")
+    personalities = benchmark("llm_personalities")
     cases = rca.load_cases(SHARED_DATA / "cases")[:LIMIT]
     topology = rca.Topology.load(SHARED_DATA / "topology.json")
     return {run["personality"]: run for run in personalities.run_all(personalities.PERSONALITIES, cases, topology)}
@@ -75,7 +63,7 @@ def test_the_hostile_model_is_answered_by_the_fitness_step(runs):
 
 
 def test_the_command_line_reports_the_personalities_as_json(capsys):
-    rca = load("rca_accuracy")
+    rca = benchmark("rca_accuracy")
     assert rca.main([str(SHARED_DATA), "--mode", "direct", "--llm", "scripted:accurate", "--limit", "2",
                      "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

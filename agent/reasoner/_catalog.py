@@ -9,6 +9,7 @@ names of one system's services, so the same tables serve any topology.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..redact import scrub
@@ -140,20 +141,40 @@ def is_bad_direction(name: str, domain: str, direction: str | None) -> bool:
 
 
 # What varies between two lines of one log statement: numbers, hex ids, UUIDs, IPs, paths and quoted
-# values. Replacing them leaves the statement's constant words, its template (as log parsers such as
+# values, timestamps. Replacing them leaves the statement's constant words, its template (as log parsers such as
 # Drain do, without their learning), so "timeout after 3012 ms" and "timeout after 87 ms" are one kind.
-_VARIABLE = re.compile(r"\"[^\"]*\"|'[^']*'|(?:/[\w.-]+)+|\b[0-9a-f]{8}-[0-9a-f-]{27}\b|\b0x[0-9a-f]+\b"
+_VARIABLE = re.compile(r"\d{4}-\d\d-\d\d[t ]\d\d:\d\d(?::\d\d)?(?:[.,]\d+)?(?:z|[+-]\d\d:?\d\d)?"
+                       r"|\"[^\"]*\"|'[^']*'|(?:/[\w.-]+)+|\b[0-9a-f]{8}-[0-9a-f-]{27}\b|\b0x[0-9a-f]+\b"
                        r"|\d+(?:[.:]\d+)*\b|\b[0-9a-f]*\d[0-9a-f]*\b")
+# Punctuation around a word ("error:", "[main]", "|") is layout, not the statement; "*" marks a variable.
+_LAYOUT = "".join(c for c in "!\"#$%&'()+,-./:;<=>?@[\\]^_`{|}~" if c != "*")
 TEMPLATE_WORDS = 8
 
 
-def log_template(message: str) -> str:
-    """A log line's template: its first `TEMPLATE_WORDS` constant words, variable parts as "*". Secrets
-    are redacted first: a template is shown in explanations, reports and the LLM's context, and cutting a
-    credential into variable parts would leave pieces of it that no longer look like one."""
-    words = _VARIABLE.sub(" * ", scrub(message).lower()).split()
-    squeezed = [w for i, w in enumerate(words) if w != "*" or i == 0 or words[i - 1] != "*"]
-    return " ".join(squeezed[:TEMPLATE_WORDS]) or "*"
+def log_template(message: str, own_names: Iterable[str] = ()) -> str:
+    """A log line's template: its first `TEMPLATE_WORDS` constant words, each run of variable parts one "*".
+    Secrets are redacted first: a template is shown in explanations, reports and the LLM's context, and
+    cutting a credential into variable parts would leave pieces of it that no longer look like one.
+
+    Real lines often open with a header (a timestamp, the level, a thread, the host or service that logged
+    it: "2021-07-01 10:54:22,639 | ERROR | 172.17.0.6 | web-1 | …"). Its separators are dropped, its
+    variable parts squeeze to one "*", and the logger's `own_names` (its entity and service) count as
+    variable, so the statement's own words decide the template and the same statement logged by two
+    entities is one kind, not two rare ones."""
+    text = scrub(message).lower()
+    for name in sorted({n.lower() for n in own_names if n}, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", " * ", text)
+    words: list[str] = []
+    constant = 0
+    for raw in _VARIABLE.sub(" * ", text).split():
+        word = raw.strip(_LAYOUT)
+        if not word or word == "*" and words and words[-1] == "*":
+            continue
+        words.append(word)
+        constant += word != "*"
+        if constant == TEMPLATE_WORDS:
+            break
+    return " ".join(words) or "*"
 
 
 def text_domain(text: str) -> str:

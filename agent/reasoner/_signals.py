@@ -81,8 +81,9 @@ def _signal(event: Event, topology: Topology) -> Signal | None:
     text = " ".join(str(v) for v in (event.attributes.get("alertname"), event.message) if v)
     # The kind is the message's template, not its domain: how rare a kind is decides its weight, and
     # "disk full" on one entity is rare where "request failed" on every entity is not.
-    return Signal(event.id, event.subject, f"{source}:{log_template(text)}", text_domain(text), source, event.ts,
-                  weight)
+    own = (event.subject, topology.service_of(event.subject))  # who logged it is not what it says
+    return Signal(event.id, event.subject, f"{source}:{log_template(text, own)}", text_domain(text), source,
+                  event.ts, weight)
 
 
 def _metric_signal(event: Event, weight: float) -> Signal | None:
