@@ -21,19 +21,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bus import Event, parse_time
+from bus import Event
 
-from ..db import Database, Dialect, Migration, Schema, adopt, dict_rows
+from ..db import Database, Dialect, Migration, Schema, adopt
+from ._queries import CHANGE, EventQueries
 from ._repository import CLOSED_STATUSES
 from ._rows import EVENT_COLUMNS, decode_incident, event_from_row, iso
 
 # Written out, not bound as parameters: a partial index serves only queries with the same literal terms.
 _ACTIVE = "status NOT IN (" + ", ".join(f"'{s}'" for s in CLOSED_STATUSES) + ")"
-_ERROR = "(signals IS NOT NULL OR severity IN ('error','critical'))"
 # A person's closing wins over the incident's thread, which may still be running: kept as a pipeline_state
 # key beside the row, so no schema change is needed (agent/oncall.py, docs/lifecycle.md).
 _NOT_CLOSED_BY_PERSON = "NOT EXISTS (SELECT 1 FROM pipeline_state WHERE key=?)"
-_CHANGE = {"sqlite": "type GLOB 'rtem.change.*'", "postgres": "type LIKE 'rtem.change.%'"}
 
 
 def _tables(real: str) -> tuple[str, ...]:
@@ -63,8 +62,8 @@ def _indexes(change: str) -> tuple[str, ...]:
 
 STORE_SCHEMA = Schema("store", (
     Migration(1, "events, incidents and the pipeline's state, with their indexes",
-              sqlite=_tables("FLOAT") + _indexes(_CHANGE["sqlite"]),
-              postgres=_tables("DOUBLE PRECISION") + _indexes(_CHANGE["postgres"])),
+              sqlite=_tables("FLOAT") + _indexes(CHANGE["sqlite"]),
+              postgres=_tables("DOUBLE PRECISION") + _indexes(CHANGE["postgres"])),
 ))
 
 
@@ -72,8 +71,9 @@ def _closed_key(incident_id: str) -> str:
     return f"closed_by_person:{incident_id}"
 
 
-class IncidentStore:
-    """An `IncidentRepository` on a `Database` (agent/db): a SQLite file or PostgreSQL."""
+class IncidentStore(EventQueries):
+    """An `IncidentRepository` on a `Database` (agent/db): a SQLite file or PostgreSQL. It writes events and
+    incidents and reads incidents back; the evidence queries over events it inherits (`_queries.py`)."""
 
     def __init__(self, where: Database | str | Path, synchronous: str = "NORMAL", *, readonly: bool = False):
         """`where` is a database already open (the store then shares it and does not close it), a
@@ -83,7 +83,6 @@ class IncidentStore:
         self.readonly = self.db.readonly
         self.dialect: Dialect = self.db.dialect
         self._on_close: list[Callable[[], None]] = []
-        self._change = _CHANGE[self.dialect.name]
 
     @property
     def path(self) -> Path:
@@ -263,120 +262,6 @@ class IncidentStore:
                                                     [event_id]).fetchone()
         return row[0] if row else None
 
-    def change_events(self, since_ts: float, until_ts: float) -> list[dict[str, Any]]:
-        """Rows of `rtem.change.*` events (deploys, config changes) with since_ts <= ts <= until_ts."""
-        return self._query(f"SELECT * FROM events WHERE {self._change} AND ts BETWEEN ? AND ? ORDER BY ts, id",
-                           [since_ts, until_ts])
-
-    def events_by_id(self, event_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """Rows of these events (those the store has), by event time."""
-        ids = list(event_ids)
-        if not ids:
-            return []
-        return self._query(f"SELECT * FROM events WHERE id IN ({','.join('?' * len(ids))}) ORDER BY ts, id", ids)
-
-    def error_events(self, incident_id: str, limit: int) -> list[dict[str, Any]]:
-        """Rows of the incident's first `limit` events that raised a signal or are errors."""
-        return self._query(f"SELECT * FROM events WHERE incident_id=? AND {_ERROR} ORDER BY ts, id LIMIT ?",
-                           [incident_id, limit])
-
-    def first_error(self, incident_id: str) -> dict[str, Any] | None:
-        """The row of the incident's first signal or error event (else its first event; None if none)."""
-        rows = self.error_events(incident_id, 1) or self._query(
-            "SELECT * FROM events WHERE incident_id=? ORDER BY ts, id LIMIT 1", [incident_id])
-        return rows[0] if rows else None
-
-    def last_signal(self, incident_id: str, after_ts: float) -> float | None:
-        """Event time of the incident's latest signal after `after_ts` (recovery means: none lately)."""
-        row = self.db.connection().execute(
-            "SELECT MAX(ts) FROM events WHERE incident_id=? AND ts>? AND signals IS NOT NULL",
-            [incident_id, after_ts]).fetchone()
-        return row[0] if row else None
-
-    def alert_incident(self, subject: str, fingerprint: str, at_ts: float) -> str | None:
-        """The incident of the latest firing `rtem.alert` with this fingerprint about `subject` (one that
-        raised a signal) dated at or before `at_ts`: where a resolution of that alert belongs. Through the
-        (subject, ts) index: an alert's fingerprint stands for its labels, its subject among them."""
-        field = self.dialect.json_text
-        row = self.db.connection().execute(
-            f"""SELECT incident_id FROM events
-               WHERE subject=? AND ts<=? AND type='rtem.alert' AND signals IS NOT NULL AND incident_id IS NOT NULL
-                 AND {field('attributes', 'fingerprint')}=?
-                 AND COALESCE({field('attributes', 'status')}, 'firing') != 'resolved'
-               ORDER BY ts DESC, id DESC LIMIT 1""", [subject, at_ts, fingerprint]).fetchone()
-        return row[0] if row else None
-
-    def alert_events(self, incident_id: str) -> list[dict[str, Any]]:
-        """The incident's `rtem.alert` events that carry a fingerprint, by event time: id, ts, fingerprint,
-        alertname, status ('firing' unless it says 'resolved') and signal (whether it raised one)."""
-        field = self.dialect.json_text
-        return self._query(
-            f"""SELECT id, ts, fingerprint, alertname, status, signal FROM (
-                 SELECT id, ts, {field('attributes', 'fingerprint')} AS fingerprint,
-                        {field('attributes', 'alertname')} AS alertname,
-                        CASE {field('attributes', 'status')} WHEN 'resolved' THEN 'resolved' ELSE 'firing' END
-                          AS status,
-                        CASE WHEN signals IS NOT NULL THEN 1 ELSE 0 END AS signal
-                 FROM events WHERE incident_id=? AND type='rtem.alert') AS alerts
-               WHERE fingerprint IS NOT NULL ORDER BY ts, id""", [incident_id])
-
-    def latest_state(self, entity: str, at_ts: float, max_age_s: float = 900.0, limit: int = 500) -> dict[str, Any]:
-        """What rtem last observed about `entity` as of event time `at_ts`: the latest value of each
-        attribute reported in events about it (subject = entity) within `max_age_s` before `at_ts`.
-        Guardrail state preconditions read it (`state: {replica_lag_s: {gt: 30}}`, see docs/rules.md),
-        through the (subject, ts) index."""
-        rows = self.db.connection().execute(
-            "SELECT attributes FROM events WHERE subject=? AND ts<=? AND ts>=? ORDER BY ts DESC, id DESC LIMIT ?",
-            [entity, at_ts, at_ts - max_age_s, limit]).fetchall()
-        state: dict[str, Any] = {}
-        for (attributes,) in rows:
-            for key, value in json.loads(attributes or "{}").items():
-                state.setdefault(key, value)
-        return state
-
-    def past_event_shapes(self, before_ts: float, *, limit: int = 200,
-                          exclude: str | None = None) -> tuple[list[str], list[tuple[Event, list[str]]]]:
-        """What the `limit` most recent incidents opened before `before_ts` looked like, for learning
-        background noise: their ids, and each distinct event shape (type, subject, severity and the
-        attributes that say what was anomalous) once, with the incidents it occurred in.
-
-        Only events before `before_ts` count, so nothing at or after the current incident's start leaks
-        in; `exclude` (the current incident) never counts. SQLite groups the events, so Python sees a few
-        hundred shapes rather than every event. Trace and metric messages are dropped from the shape (the
-        attributes say it all); other messages are kept, since their text is what they say.
-        """
-        with self.db.snapshot() as conn:
-            past = [r[0] for r in conn.execute(
-                """SELECT id FROM incidents WHERE status != 'merged' AND first_ts < ? AND id != ?
-                   ORDER BY first_ts DESC, id DESC LIMIT ?""", [before_ts, exclude or "", limit])]
-            if not past:
-                return [], []
-            marks = ",".join("?" * len(past))
-            field = self.dialect.json_text
-            rows = conn.execute(f"""
-                SELECT type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message,
-                       MIN(time), {self.dialect.distinct_list('incident_id')}
-                FROM (SELECT incident_id, type, subject, severity, time,
-                             {field('attributes', 'metric')} AS metric,
-                             {field('attributes', 'direction')} AS direction,
-                             {field('attributes', 'callee')} AS callee,
-                             {field('attributes', 'caller')} AS caller,
-                             {field('attributes', 'anomaly')} AS anomaly,
-                             {field('attributes', 'alertname')} AS alertname,
-                             CASE WHEN type = 'rtem.trace.anomaly' OR {field('attributes', 'metric')} IS NOT NULL
-                                  THEN '' ELSE message END AS message
-                      FROM events WHERE incident_id IN ({marks}) AND ts < ?) AS shaped
-                GROUP BY type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message""",
-                [*past, before_ts]).fetchall()
-        keys = ("metric", "direction", "callee", "caller", "anomaly", "alertname")
-        shapes = []
-        for number, (type_, subject, severity, *values, message, time, incidents) in enumerate(rows):
-            attributes = {k: v for k, v in zip(keys, values) if v is not None}
-            shape = Event(id=f"shape-{number}", source="rtem.store", type=type_, time=parse_time(time),
-                          subject=subject, severity=severity, message=message or "", attributes=attributes)
-            shapes.append((shape, incidents.split(",")))
-        return past, shapes
-
     def close(self) -> None:
         """Close every thread's connection, if the store opened its database (and what registered
         with `on_close`)."""
@@ -387,6 +272,3 @@ class IncidentStore:
         finally:
             if self._owns_db:
                 self.db.close()
-
-    def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        return dict_rows(self.db.connection().execute(sql, params))
