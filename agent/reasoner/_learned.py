@@ -40,8 +40,11 @@ from ._signals import CHANGE, HEALTH, LOG, METRIC, TRACE, Signal, extract_signal
 # history, dominates.
 BLEND_K = 10.0
 
-# The L2 penalty (per incident) and the fit: enough passes for the weights to settle to two decimals on a
-# few hundred examples; the penalty keeps a feature seen in one incident from deciding alone.
+# The L2 penalty on the summed log-likelihood (a Gaussian prior of variance 1 on each weight): it keeps a
+# feature seen in one incident from deciding alone. The fit is 100 full-batch passes from zero. Measured
+# on the shared cases: with 39 examples every weight is within 0.05 of where 1,000 passes take it; with
+# 77, the rarest features' (one entity, one metric) are within 0.3. The 1,000-pass weights changed no
+# ranking of the prequential benchmark (62.8 / 83.3 either way) and take ten times as long to fit.
 L2 = 1.0
 ITERATIONS = 100
 STEP = 1.0
