@@ -16,6 +16,7 @@ from ._guardrail_schema import RuleProblem
 from ._guardrails import CONTEXT_FIELDS, Guardrail, Ruleset, collect_guardrails, load_guardrails, parse_guardrails
 from ._proposal import OUTCOME_PRECEDENCE, Proposal, RuleMatch, Verdict
 from ._ruletest import RuleTestReport, find_test_files, run_tests
+from ._words import says_failure
 from .topology import Entity, Relation, Topology, TopologyError
 
 __all__ = [
@@ -24,7 +25,7 @@ __all__ = [
     "Detection", "DetectionSet", "Detector", "Entity", "Guard", "Guardrail", "OpenIncident", "Proposal",
     "Relation", "RuleMatch", "RulesError", "Ruleset", "Signal", "Topology", "TopologyError", "Verdict",
     "content_digest", "context_fact", "incident_id", "load_contracts", "load_detections", "load_guardrails",
-    "parse_duration", "parse_guardrails",
+    "parse_duration", "parse_guardrails", "says_failure",
     # remedy fitness (rules/_fitness.py)
     "FAULT_TYPES", "TARGET_ROLES", "Diagnosis", "Remedy",
     # rule authoring: gates' inputs, `rules check`, `rules test`

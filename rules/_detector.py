@@ -14,6 +14,7 @@ from bus import SEVERITY_RANK, Event
 
 from ._detection import Detection, DetectionSet, Signal
 from ._engine import CompiledRuleset, lookup
+from ._words import says_failure
 from .topology import Topology
 
 # The keys of `Detector.fact`: those read from the event as they are, and those of its place in the topology.
@@ -95,7 +96,7 @@ class Detector:
         return {
             "id": event.id, "type": event.type, "source": event.source, "subject": event.subject,
             "severity": event.severity, "severity_rank": SEVERITY_RANK[event.severity],
-            "message": event.message, "attributes": event.attributes,
+            "message": event.message, "says_failure": says_failure(event.message), "attributes": event.attributes,
             "service": service, "entity_type": entity_type, "host": host,
         }
 
@@ -108,6 +109,8 @@ class Detector:
             return attrgetter(path)
         if path == "severity_rank":
             return lambda event: SEVERITY_RANK[event.severity]
+        if path == "says_failure":
+            return lambda event: says_failure(event.message)
         if path in _PLACE_FIELDS:
             index = _PLACE_FIELDS.index(path)
             return lambda event: self._place(event.subject)[index]

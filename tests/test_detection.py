@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from bus._envelope import event_from_dict
-from rules import Detector, RulesError, Topology, load_detections
+from rules import Detector, RulesError, Topology, load_detections, says_failure
 from tests.conftest import cloud_event
 
 TOPOLOGY = Topology.from_dict({
@@ -36,6 +36,31 @@ def test_every_matching_rule_fires_on_one_event():
 def test_info_events_are_not_signals():
     det = Detector(load_detections(), TOPOLOGY)
     assert det.observe(ev("e1", "api-0", 0, severity="info")) == []
+
+
+@pytest.mark.parametrize("severity,message,rules", [
+    ("info", "login failed for user bob", {"log-says-failure"}),
+    ("warning", "open /data/keys: permission denied", {"log-says-failure"}),
+    ("info", "java.lang.NullPointerException at Cart.add", {"log-says-failure"}),
+    ("warning", "container_fs_reads anomaly", {"log-says-failure"}),
+    ("info", "request served in 12 ms", set()),
+    ("warning", "slow request", set()),
+    ("error", "login failed", {"error-event"}),  # one signal for one error line, not two
+])
+def test_a_log_line_that_says_it_failed_is_a_signal_whatever_its_level(severity, message, rules):
+    det = Detector(load_detections(), TOPOLOGY)
+    signals = det.observe(ev("e1", "api-0", 0, type="rtem.log", severity=severity, message=message))
+    assert {s.rule for s in signals} == rules
+    assert all(s.severity == ("error" if severity == "error" else "warning") for s in signals)
+    assert det.fact(ev("e2", "api-0", 0, type="rtem.log", message=message))["says_failure"] is bool(rules)
+
+
+@pytest.mark.parametrize("text,says", [
+    ("ERROR_CODE=17", True), ("java.lang.OutOfMemoryError: Java heap space", True), ("upstream timed out", True),
+    ("Failures: 3", True), ("errorless run", False), ("request served", False), ("profile saved", False),
+])
+def test_says_failure_reads_whole_words(text, says):
+    assert says_failure(text) is says
 
 
 def test_threshold_counts_within_the_event_time_window(tmp_path):

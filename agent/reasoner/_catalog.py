@@ -9,6 +9,7 @@ names of one system's services, so the same tables serve any topology.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -140,33 +141,36 @@ def is_bad_direction(name: str, domain: str, direction: str | None) -> bool:
     return True
 
 
-# What varies between two lines of one log statement: numbers, hex ids, UUIDs, IPs, paths and quoted
-# values, timestamps. Replacing them leaves the statement's constant words, its template (as log parsers such as
-# Drain do, without their learning), so "timeout after 3012 ms" and "timeout after 87 ms" are one kind.
+# What varies between two lines of one log statement: numbers, hex ids, UUIDs, IPs, paths, quoted values
+# and timestamps. Replacing them leaves the statement's constant words, its template (as log parsers such
+# as Drain do, without their learning), so "timeout after 3012 ms" and "timeout after 87 ms" are one kind.
 _VARIABLE = re.compile(r"\d{4}-\d\d-\d\d[t ]\d\d:\d\d(?::\d\d)?(?:[.,]\d+)?(?:z|[+-]\d\d:?\d\d)?"
                        r"|\"[^\"]*\"|'[^']*'|(?:/[\w.-]+)+|\b[0-9a-f]{8}-[0-9a-f-]{27}\b|\b0x[0-9a-f]+\b"
                        r"|\d+(?:[.:]\d+)*\b|\b[0-9a-f]*\d[0-9a-f]*\b")
 # Punctuation around a word ("error:", "[main]", "|") is layout, not the statement; "*" marks a variable.
-_LAYOUT = "".join(c for c in "!\"#$%&'()+,-./:;<=>?@[\\]^_`{|}~" if c != "*")
+_LAYOUT = string.punctuation.replace("*", "")
 TEMPLATE_WORDS = 8
 
 
-def log_template(message: str, own_names: Iterable[str] = ()) -> str:
+def without_names(text: str, names: Iterable[str]) -> str:
+    """`text` with each of `names` (whole words, any case) as a variable part "*". A line's writer names
+    itself in it (in a header, or "web-1 started"); who wrote a line is not what it says."""
+    for name in sorted({n for n in names if n}, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", " * ", text, flags=re.IGNORECASE)
+    return text
+
+
+def log_template(message: str) -> str:
     """A log line's template: its first `TEMPLATE_WORDS` constant words, each run of variable parts one "*".
     Secrets are redacted first: a template is shown in explanations, reports and the LLM's context, and
     cutting a credential into variable parts would leave pieces of it that no longer look like one.
 
-    Real lines often open with a header (a timestamp, the level, a thread, the host or service that logged
-    it: "2021-07-01 10:54:22,639 | ERROR | 172.17.0.6 | web-1 | …"). Its separators are dropped, its
-    variable parts squeeze to one "*", and the logger's `own_names` (its entity and service) count as
-    variable, so the statement's own words decide the template and the same statement logged by two
-    entities is one kind, not two rare ones."""
-    text = scrub(message).lower()
-    for name in sorted({n.lower() for n in own_names if n}, key=len, reverse=True):
-        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", " * ", text)
+    Real lines often open with a header (a timestamp, the level, a thread, addresses: "2021-07-01
+    10:54:22,639 | ERROR | 172.17.0.6 | …"). Its separators are dropped and its variable parts squeeze to
+    one "*" that does not use up the eight words, so the statement's own words decide the template."""
     words: list[str] = []
     constant = 0
-    for raw in _VARIABLE.sub(" * ", text).split():
+    for raw in _VARIABLE.sub(" * ", scrub(message).lower()).split():
         word = raw.strip(_LAYOUT)
         if not word or word == "*" and words and words[-1] == "*":
             continue
@@ -201,20 +205,6 @@ def text_domain(text: str) -> str:
         if not set(words) & _PROSE and all(w in tokens for w in words):
             return domain
     return "errors"
-
-
-# Words with which a log line says that something went wrong, whatever level it was logged at; a token
-# ending in "error" or "exception" (OutOfMemoryError, NullPointerException) says it too.
-_FAILURE_WORDS = frozenset(("error", "errors", "errno", "fail", "fails", "failed", "failing", "failure", "fatal",
-                            "panic", "denied", "refused", "forbidden", "unauthorized", "unauthorised", "rejected",
-                            "invalid", "unable", "cannot", "timeout", "timed", "unreachable", "crash", "crashed",
-                            "killed", "oom", "enospc"))
-
-
-def says_failure(text: str) -> bool:
-    """Whether a message's own words say that something failed ("login failed", "permission denied",
-    "java.lang.NullPointerException"), as opposed to reporting routine work ("request served")."""
-    return any(t in _FAILURE_WORDS or t.endswith(("error", "exception")) for t in _TOKEN.findall(text.lower()))
 
 
 # Metric words that are ordinary prose in a log line ("started up", "failed to load", "too many requests").

@@ -11,10 +11,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bus import Event
+from rules import says_failure
 from rules.topology import Topology
 
-from ._catalog import (CHANGE_FAULTS, is_bad_direction, log_template, metric_domain, metric_kind, says_failure,
-                       text_domain)
+from ._catalog import (CHANGE_FAULTS, is_bad_direction, log_template, metric_domain, metric_kind, text_domain,
+                       without_names)
 
 # How much an event's own severity adds to its weight: an error-level anomaly counts half again as
 # much as a warning, a critical one twice. Info-level events carry no anomaly (a log line whose words say
@@ -79,11 +80,13 @@ def _signal(event: Event, topology: Topology) -> Signal | None:
         return Signal(event.id, event.subject, "health", "process", HEALTH, event.ts, weight)
     source = {"rtem.log": LOG, "rtem.alert": ALERT}.get(event.type, OTHER)
     text = " ".join(str(v) for v in (event.attributes.get("alertname"), event.message) if v)
+    # What it says, without who says it: the same statement from two entities is one kind on two (less
+    # rare), not two rare kinds, and a service named "memcache" does not make its every line about memory.
+    said = without_names(text, (event.subject, topology.service_of(event.subject)))
     # The kind is the message's template, not its domain: how rare a kind is decides its weight, and
     # "disk full" on one entity is rare where "request failed" on every entity is not.
-    own = (event.subject, topology.service_of(event.subject))  # who logged it is not what it says
-    return Signal(event.id, event.subject, f"{source}:{log_template(text, own)}", text_domain(text), source,
-                  event.ts, weight)
+    return Signal(event.id, event.subject, f"{source}:{log_template(said)}", text_domain(said), source, event.ts,
+                  weight)
 
 
 def _metric_signal(event: Event, weight: float) -> Signal | None:
