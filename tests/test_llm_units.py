@@ -160,6 +160,21 @@ def test_a_large_incident_is_condensed_within_the_token_budget(boutique):
     assert f"of {len(context.groups)} groups" in text
 
 
+def test_log_lines_are_grouped_by_statement_so_a_rare_one_is_not_hidden(boutique):
+    """Three samples per group: were an entity's lines one group, the failure after five routine lines
+    would never reach the model. Grouped as the reasoner counts them (by template, without the writer's
+    own name), it is a group of its own."""
+    def line(i: int, message: str) -> Event:
+        at = datetime(2022, 3, 20, tzinfo=timezone.utc) + timedelta(seconds=i)
+        return Event(id=f"log{i}", source="/t", type="rtem.log", time=at, subject="cartservice-0",
+                     severity="warning", message=f"2022-03-20 00:00:{i:02d} | WARN | cartservice-0 | {message}")
+
+    events = [line(i, f"cache miss for key {i}") for i in range(5)] + [line(9, "permission denied on /var/cart")]
+    groups = IncidentContext.gather(events, boutique, []).groups
+    assert [(g["count"], [e.id for e in g["samples"]]) for g in groups] == [(5, ["log0", "log1", "log2"]),
+                                                                           (1, ["log9"])]
+
+
 # -- checking answers and combining ---------------------------------------------------------------
 
 

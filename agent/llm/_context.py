@@ -25,6 +25,7 @@ from rules import ActionContract, Topology
 
 from ._client import estimate_tokens
 from ._past import PastIncident, similar_past
+from ..reasoner._catalog import log_template, without_names
 from ..redact import scrub, scrub_attributes, untrusted, untrusted_word
 
 SEVERITY_ORDER = {"critical": 3, "error": 2, "warning": 1, "info": 0}
@@ -187,7 +188,7 @@ def _condense(events: Sequence[Event], topology: Topology, rank: dict[str, int])
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
     for event in events:
         entity = str(event.attributes.get("callee") or event.subject) if event.type == "rtem.trace.anomaly" else event.subject
-        key = (entity, event.type, _kind(event))
+        key = (entity, event.type, _kind(event, topology))
         group = groups.get(key)
         if group is None:
             group = groups[key] = {"entity": entity, "type": event.type, "kind": key[2], "severity": event.severity,
@@ -208,7 +209,7 @@ def _condense(events: Sequence[Event], topology: Topology, rank: dict[str, int])
              "last": _hms(g["last_ts"]), "samples": g["samples"]} for g in ordered]
 
 
-def _kind(event: Event) -> str:
+def _kind(event: Event, topology: Topology) -> str:
     attrs = event.attributes
     if event.type == "rtem.metric.anomaly":
         return str(attrs.get("metric") or event.message.split(" ", 1)[0] or "metric")
@@ -216,6 +217,9 @@ def _kind(event: Event) -> str:
         return f"{attrs.get('anomaly', 'anomaly')} from {attrs.get('caller', '?')}"
     if event.type == "rtem.alert":
         return str(attrs.get("alertname") or "alert")
+    if event.type == "rtem.log":  # one group per statement, as the reasoner counts them: a rare line is
+        # not hidden behind three samples of the common one its entity also logs
+        return "log: " + log_template(without_names(event.message, (event.subject, topology.service_of(event.subject))))
     return event.type.rsplit(".", 1)[-1]
 
 
