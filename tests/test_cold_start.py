@@ -173,6 +173,17 @@ def test_a_header_and_the_loggers_own_name_do_not_make_a_statement(a, b):
     assert "downstream" in log_template(without_names(a, ("web-1", "web"))) or "failed to add item" in log_template(a)
 
 
+@pytest.mark.parametrize("line,template", [
+    ("2021-07-01 10:54:22,639 | ERROR | 172.17.0.6 | an error occurred downstream", "an error occurred downstream"),
+    ("2024-01-02T03:04:05Z WARN disk 93% full on /data", "disk * full on *"),
+    ("error reading file /var/x", "error reading file *"),  # a statement's first word, not a header's level
+    ("500 internal server error", "internal server error"),
+])
+def test_a_template_is_the_statement_without_its_header(line, template):
+    """What explanations, reports and the model show: the words a person would quote."""
+    assert log_template(line) == template
+
+
 def test_the_writers_name_says_nothing_about_the_resource():
     """A service named "mem-cache" logging "request failed" is not a memory fault; its line names itself."""
     topology = Topology.from_dict({"entities": [{"id": "mem-cache", "type": "service"},
@@ -182,7 +193,7 @@ def test_the_writers_name_says_nothing_about_the_resource():
     ev = Events()
     log(ev, "mem-cache-0", "mem-cache-0 | request 42 failed")
     [signal] = extract_signals(ev.events, topology)
-    assert (signal.kind, signal.domain) == ("log:* request * failed", "errors")
+    assert (signal.kind, signal.domain) == ("log:request * failed", "errors")
     assert text_domain("mem-cache-0 | request 42 failed") == "memory"  # what reading the name would say
 
 

@@ -160,25 +160,36 @@ def without_names(text: str, names: Iterable[str]) -> str:
     return text
 
 
+# A level word in a line's header ("2021-07-01 10:54:22 | ERROR | …"): the event's severity says it already.
+_LEVELS = frozenset(("trace", "debug", "info", "notice", "warn", "warning", "error", "err", "fatal", "critical",
+                     "crit", "severe"))
+
+
 def log_template(message: str) -> str:
     """A log line's template: its first `TEMPLATE_WORDS` constant words, each run of variable parts one "*".
     Secrets are redacted first: a template is shown in explanations, reports and the LLM's context, and
     cutting a credential into variable parts would leave pieces of it that no longer look like one.
 
     Real lines often open with a header (a timestamp, the level, a thread, addresses: "2021-07-01
-    10:54:22,639 | ERROR | 172.17.0.6 | …"). Its separators are dropped and its variable parts squeeze to
-    one "*" that does not use up the eight words, so the statement's own words decide the template."""
+    10:54:22,639 | ERROR | 172.17.0.6 | …"). Its separators are dropped, its variable parts squeeze to one
+    "*", and a leading run of variable parts, with a level word among them, is not part of the statement:
+    the statement's own words decide the template ("an error occurred downstream")."""
     words: list[str] = []
-    constant = 0
     for raw in _VARIABLE.sub(" * ", scrub(message).lower()).split():
         word = raw.strip(_LAYOUT)
-        if not word or word == "*" and words and words[-1] == "*":
-            continue
-        words.append(word)
+        if word and not (word == "*" and words and words[-1] == "*"):
+            words.append(word)
+    start = 0
+    while start < len(words) - 1 and (words[start] == "*" or start and words[start] in _LEVELS):
+        start += 1  # a level word counts as header only after a variable part (a timestamp): "* error *"
+    template: list[str] = []
+    constant = 0
+    for word in words[start:]:
+        template.append(word)
         constant += word != "*"
         if constant == TEMPLATE_WORDS:
             break
-    return " ".join(words) or "*"
+    return " ".join(template) or "*"
 
 
 def text_domain(text: str) -> str:
