@@ -13,18 +13,20 @@ times in the past while its confirmations are made now.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from bus import Event
 from rules import Topology
 
 from .audit import AuditLog
 from .incident import CONFIRMED, ConfirmedCause, confirmed_causes
-from .reasoner import HISTORY_WINDOW, Example, LearnedModel, example_of, fit, learn_history
+from .reasoner import HISTORY_WINDOW, Example, LearnedModel, SignalKind, example_of, fit, learn_history, shape_kinds
 
 RESET = "learn.reset"
 RANKED = "causes.ranked"
@@ -32,6 +34,10 @@ RANKED = "causes.ranked"
 # examples changes (a new confirmation), an example only when its incident or the topology changes.
 CACHED_MODELS = 8
 CACHED_EXAMPLES = 2000
+# Signal kinds of earlier events' shapes: every diagnosis reads the shapes of the incidents before it, the
+# same ones again and again, and reading a log line (redaction, its template) is the dear part. About 400
+# bytes a shape; 20,000 covers 200 earlier incidents of 100 distinct lines each.
+CACHED_SHAPES = 20_000
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,11 @@ class LearningCache:
     """Examples and fitted models by what they were computed from; bounded, least recently used out.
     Thread-safe: the graph's nodes run on worker threads, several incidents at once."""
 
-    def __init__(self, models: int = CACHED_MODELS, examples: int = CACHED_EXAMPLES):
+    def __init__(self, models: int = CACHED_MODELS, examples: int = CACHED_EXAMPLES, shapes: int = CACHED_SHAPES):
         self._models: OrderedDict[Hashable, LearnedModel] = OrderedDict()
         self._examples: OrderedDict[Hashable, Example | None] = OrderedDict()
-        self._limits = (models, examples)
+        self._shapes: OrderedDict[Hashable, tuple[SignalKind, ...]] = OrderedDict()
+        self._limits = (models, examples, shapes)
         self._lock = threading.Lock()
 
     def model(self, key: Hashable, make) -> LearnedModel:
@@ -59,6 +66,14 @@ class LearningCache:
 
     def example(self, key: Hashable, make) -> Example | None:
         return self._cached(self._examples, key, make, self._limits[1])
+
+    def shape_kinds(self, topology: Topology) -> Callable[[Event], tuple[SignalKind, ...]]:
+        """`reasoner.shape_kinds` on this topology, remembered by everything it reads of an event."""
+        def kinds(event: Event) -> tuple[SignalKind, ...]:
+            key = (topology.digest, event.type, event.subject, event.severity, event.message,
+                   json.dumps(event.attributes, sort_keys=True, default=str))
+            return self._cached(self._shapes, key, lambda: shape_kinds(event, topology), self._limits[2])
+        return kinds
 
     def _cached(self, table: OrderedDict, key: Hashable, make, limit: int):
         with self._lock:
@@ -102,17 +117,18 @@ def examples(store, audit: AuditLog, topology: Topology, cutoff: Cutoff, exclude
             continue
         key = (incident_id, cause.entity, topology.digest, row["event_count"], row["last_ts"])
         made = cache.example(key, lambda i=incident_id, c=cause.entity, t=row["first_ts"]:
-                             _example(store, topology, i, c, t))
+                             _example(store, topology, i, c, t, cache))
         if made is not None:
             found.append((row["first_ts"], incident_id, made))
     return [e for _, _, e in sorted(found, key=lambda t: (t[0], t[1]))]
 
 
-def _example(store, topology: Topology, incident_id: str, cause: str, first_ts: float) -> Example | None:
+def _example(store, topology: Topology, incident_id: str, cause: str, first_ts: float,
+             cache: LearningCache) -> Example | None:
     """The incident ranked as its diagnosis ranked it: with the history of the incidents before it (as
     `Deps.view` builds it), so the learned weights correct the ranking they will be blended with."""
     incidents, shapes = store.past_event_shapes(first_ts, limit=HISTORY_WINDOW, exclude=incident_id)
-    history = learn_history(incidents, shapes, topology)
+    history = learn_history(incidents, shapes, topology, cache.shape_kinds(topology))
     return example_of(incident_id, store.events(incident_id), topology, cause, history)
 
 

@@ -9,6 +9,7 @@ from agent.audit import AuditLog
 from agent.graph import Deps
 from agent.graph import diagnose as diagnose_node
 from agent.graph import propose as propose_node
+from agent.learning import LearningCache
 from agent.models import ReasonerRun
 from agent.reasoner import (
     MIN_HISTORY,
@@ -252,3 +253,24 @@ def test_propose_sees_the_same_view_of_the_incident_as_diagnose(tmp_path, shop):
     deps.audit.close()
     deps.rules.close()
     store.close()
+
+
+def test_the_deps_memo_of_shape_kinds_reads_shapes_as_they_are(shop):
+    """`Deps` remembers the signal kinds of earlier shapes across diagnoses (`LearningCache.shape_kinds`):
+    the history must be the one reading every shape gives, and shapes with one message that differ only
+    in who logged it, who called or which way a metric moved are different kinds, not one remembered entry."""
+    def event(n: int, type_: str, subject: str, **attributes) -> Event:
+        return Event(id=f"s{n}", source="/t", type=type_, time=T0 + timedelta(seconds=n), subject=subject,
+                     severity="warning", message="the same words", attributes=attributes)
+
+    events = [event(0, "rtem.log", "cart-0"), event(1, "rtem.log", "cart-1"), event(2, "rtem.log", "checkout-0"),
+              event(3, "rtem.trace.anomaly", "cart-0", caller="frontend-0", callee="cart-0", anomaly="PD"),
+              event(4, "rtem.trace.anomaly", "cart-0", caller="frontend-1", callee="cart-0", anomaly="PD"),
+              event(5, "rtem.metric.anomaly", "cart-1", metric="container_threads", direction="up"),
+              event(6, "rtem.metric.anomaly", "cart-1", metric="container_threads", direction="down")]
+    shapes = [(e, (f"inc-{n % 2}",)) for n, e in enumerate(events)]
+    memo = LearningCache().shape_kinds(shop)
+    plain = learn_history(["inc-0", "inc-1"], shapes, shop)
+    assert len(plain.seen) == 7  # three entities' line, two callers, two directions
+    assert learn_history(["inc-0", "inc-1"], shapes, shop, memo) == plain
+    assert learn_history(["inc-0", "inc-1"], shapes, shop, memo) == plain  # again, from the memo

@@ -79,7 +79,7 @@ class Deps:
         if events:
             first = min(e.ts for e in events)
             incidents, shapes = self.store.past_event_shapes(first, limit=HISTORY_WINDOW, exclude=incident_id)
-            history = learn_history(incidents, shapes, topology)
+            history = learn_history(incidents, shapes, topology, self.learning.shape_kinds(topology))
             model = learned_model(self.store, self.audit, topology, incident_id, first, self.learning)
             learned = model if model.incidents else None
         return IncidentView(incident_id, events, topology, history, learned)

@@ -18,7 +18,7 @@ store's query enforces it, and `history_from_events` does for callers that hold 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bus import Event
@@ -73,16 +73,23 @@ class History:
                 "incidents")
 
 
-def learn_history(incidents: Collection[str], shapes: Iterable[tuple[Event, Iterable[str]]],
-                  topology: Topology) -> History:
+def shape_kinds(event: Event, topology: Topology) -> tuple[SignalKind, ...]:
+    """The signal kinds one earlier event (shape) counts as: its anomalies, never a change."""
+    return tuple(signal_kind(s) for s in extract_signals((event,), topology) if s.source != CHANGE)
+
+
+def learn_history(incidents: Collection[str], shapes: Iterable[tuple[Event, Iterable[str]]], topology: Topology,
+                  kinds: Callable[[Event], Iterable[SignalKind]] | None = None) -> History:
     """The baseline from earlier incidents given as distinct event shapes, each with the incidents it
-    occurred in (what `IncidentStore.past_event_shapes` returns). Pure: same input, same history."""
+    occurred in (what `IncidentStore.past_event_shapes` returns). Pure: same input, same history.
+    `kinds` reads a shape's signal kinds (default `shape_kinds`); a caller that diagnoses one incident
+    after another passes a memo of it, since the same earlier shapes are read for each."""
+    read = kinds or (lambda event: shape_kinds(event, topology))
     known = set(incidents)
     where: dict[SignalKind, set[str]] = defaultdict(set)
     for event, seen_in in shapes:
-        for signal in extract_signals((event,), topology):
-            if signal.source != CHANGE:
-                where[signal_kind(signal)].update(i for i in seen_in if i in known)
+        for kind in read(event):
+            where[kind].update(i for i in seen_in if i in known)
     return History(len(known), {kind: len(ids) for kind, ids in where.items() if ids})
 
 
