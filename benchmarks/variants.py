@@ -16,12 +16,18 @@ truth) into such a system and scores them with `rca_accuracy`'s modes:
   events).
 - logs: synthesised, since the cases have no logs: every metric anomaly in a bad direction (on every
   entity, not only the true cause; a success rate going up is logged by nobody) becomes an error log on
-  the same subject at the same time, "<metric> anomaly" as its message; traces kept. Evidence is then logs and traces only, spread exactly as the metrics were.
+  the same subject at the same time, "<metric> anomaly" as its message; traces kept. Evidence is then logs
+  and traces only, spread exactly as the metrics were.
 - one-instance-logs: both of the above: the shape of the systems the issue measures on.
 - raw-logs: `logs` as a program writes them: each line opens with a header (timestamp, level, address, the
   name of the instance and service that wrote it, a request id) and is logged at warning level. The same
   evidence as `logs` in another format: the two should score alike.
 - one-instance-raw-logs: `raw-logs` with one instance per service.
+- noisy-raw-logs: `raw-logs` plus the chatter a real system logs beside its faults, on every instance: a
+  routine warning ("slow query took N ms", twice in the case's first minutes) and an info line ("request
+  served in N ms"); an instance picked by the case number also logs a failure unrelated to the fault
+  ("retrying upstream call: connection reset"). The fault's evidence is the same; it must stand out of the
+  chatter.
 
 A change to the reasoner that raises `original` but lowers a variant fits this data set, not systems.
 """
@@ -29,10 +35,12 @@ A change to the reasoner that raises `original` but lowers a variant fits this d
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -119,13 +127,41 @@ def one_instance_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[lis
     return one_instance(*logs(events, topology, truth))
 
 
+def noisy_raw_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """`raw-logs` with chatter on every instance; see the module doc."""
+    rewritten, topology, truth = raw_logs(events, topology, truth)
+    if not rewritten:
+        return rewritten, topology, truth
+    first = min(rewritten, key=lambda d: d["time"])["time"]
+    start = datetime.fromisoformat(first.replace("Z", "+00:00"))
+    instances = sorted(r["source"] for r in topology["relations"] if r["type"] == "instance_of")
+    service_of = {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "instance_of"}
+    seed = int(hashlib.sha256(first.encode()).hexdigest(), 16)
+    odd_one = instances[seed % len(instances)]
+    chatter = []
+    for n, instance in enumerate(instances):
+        lines = [(30 + n, "warning", "WARN", f"slow query took {120 + n} ms"),
+                 (150 + n, "warning", "WARN", f"slow query took {90 + 2 * n} ms"),
+                 (60 + n, "info", "INFO", f"request served in {n + 3} ms")]
+        if instance == odd_one:
+            lines.append((200, "warning", "WARN", "retrying upstream call: connection reset by peer"))
+        for offset, severity, level, text in lines:
+            at = (start + timedelta(seconds=offset)).isoformat().replace("+00:00", "Z")
+            header = f"{at.replace('T', ' ').rstrip('Z')} | {level} | {service_of[instance]} | {instance} |"
+            event_id = hashlib.sha256(f"{first}{instance}{offset}".encode()).hexdigest()[:24]
+            chatter.append({"specversion": "1.0", "id": event_id, "source": "/chatter/logs", "type": "rtem.log",
+                            "time": at, "subject": instance,
+                            "data": {"severity": severity, "message": f"{header} {text}", "attributes": {}}})
+    return sorted(rewritten + chatter, key=lambda d: d["time"]), topology, truth
+
+
 def one_instance_raw_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
     return raw_logs(*one_instance(events, topology, truth))
 
 
 VARIANTS: dict[str, Rewrite] = {"original": original, "one-instance": one_instance, "no-metrics": no_metrics,
                                 "logs": logs, "one-instance-logs": one_instance_logs, "raw-logs": raw_logs,
-                                "one-instance-raw-logs": one_instance_raw_logs}
+                                "one-instance-raw-logs": one_instance_raw_logs, "noisy-raw-logs": noisy_raw_logs}
 
 
 def rewrite_cases(cases: Sequence[Case], topology_doc: Doc, rewrite: Rewrite,
