@@ -54,13 +54,18 @@ Doc = dict
 Rewrite = Callable[[list[Doc], Doc, Doc], tuple[list[Doc], Doc, Doc]]  # events, topology, truth
 
 
+def _services(topology: Doc) -> dict[str, str]:
+    """Instance → its service, from a topology document's `instance_of` relations."""
+    return {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "instance_of"}
+
+
 def original(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
     return events, topology, truth
 
 
 def one_instance(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
     """Instances of a service merged into one; see the module doc."""
-    service_of = {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "instance_of"}
+    service_of = _services(topology)
     host_of = {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "runs_on"}
     merged = {i: f"{s}-pod" for i, s in service_of.items()}
     entities = [e for e in topology["entities"] if e["id"] not in merged]
@@ -112,7 +117,7 @@ def logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, 
 
 def raw_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
     """`logs` with a header on every line, at warning level; see the module doc."""
-    service_of = {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "instance_of"}
+    service_of = _services(topology)
     rewritten, topology, truth = logs(events, topology, truth)
     for n, doc in enumerate(rewritten):
         if doc["type"] == "rtem.log":
@@ -135,7 +140,7 @@ def noisy_raw_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[D
     first = min(rewritten, key=lambda d: d["time"])["time"]
     start = datetime.fromisoformat(first.replace("Z", "+00:00"))
     instances = sorted(r["source"] for r in topology["relations"] if r["type"] == "instance_of")
-    service_of = {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "instance_of"}
+    service_of = _services(topology)
     seed = int(hashlib.sha256(first.encode()).hexdigest(), 16)
     odd_one = instances[seed % len(instances)]
     chatter = []

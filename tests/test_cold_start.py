@@ -160,17 +160,19 @@ def test_lines_of_one_log_statement_share_a_template(a, b):
     assert log_template(a) == log_template(b)
 
 
-@pytest.mark.parametrize("a,b", [
+@pytest.mark.parametrize("a,b,template", [
     ("2021-07-01 10:54:22,639 | ERROR | 0.0.0.1 | 172.17.0.6 | web-1 | 3c5a4b5e | an error occurred downstream",
-     "2021-07-02 11:00:01,002 | ERROR | 0.0.0.4 | 172.17.0.9 | cart-0 | 9f8e7d6c | an error occurred downstream"),
+     "2021-07-02 11:00:01,002 | ERROR | 0.0.0.4 | 172.17.0.9 | cart-0 | 9f8e7d6c | an error occurred downstream",
+     "an error occurred downstream"),
     ("2024-01-02T03:04:05.123Z ERROR [http-nio-8080-exec-3] c.e.CartController - Failed to add item 123",
-     "2024-01-05T13:14:15Z ERROR [http-nio-8080-exec-17] c.e.CartController - Failed to add item 9"),
+     "2024-01-05T13:14:15Z ERROR [http-nio-8080-exec-17] c.e.CartController - Failed to add item 9",
+     "http-nio * exec * c.e.cartcontroller failed to add item *"),
 ])
-def test_a_header_and_the_loggers_own_name_do_not_make_a_statement(a, b):
+def test_a_header_and_the_loggers_own_name_do_not_make_a_statement(a, b, template):
     """Timestamps, levels, addresses, ids and the entity that logged the line vary; the statement does not.
     Two entities logging it share its kind, so its rarity counts them both."""
-    assert log_template(without_names(a, ("web-1", "web"))) == log_template(without_names(b, ("cart-0", "cart")))
-    assert "downstream" in log_template(without_names(a, ("web-1", "web"))) or "failed to add item" in log_template(a)
+    assert log_template(without_names(a, ("web-1", "web"))) == template
+    assert log_template(without_names(b, ("cart-0", "cart"))) == template
 
 
 @pytest.mark.parametrize("line,template", [

@@ -25,7 +25,8 @@ from rules import ActionContract, Topology
 
 from ._client import estimate_tokens
 from ._past import PastIncident, similar_past
-from ..reasoner._catalog import log_template, without_names
+from ..reasoner._catalog import log_template
+from ..reasoner._signals import statement
 from ..redact import scrub, scrub_attributes, untrusted, untrusted_word
 
 SEVERITY_ORDER = {"critical": 3, "error": 2, "warning": 1, "info": 0}
@@ -219,7 +220,7 @@ def _kind(event: Event, topology: Topology) -> str:
         return str(attrs.get("alertname") or "alert")
     if event.type == "rtem.log":  # one group per statement, as the reasoner counts them: a rare line is
         # not hidden behind three samples of the common one its entity also logs
-        return "log: " + log_template(without_names(event.message, (event.subject, topology.service_of(event.subject))))
+        return "log: " + log_template(statement(event.message, event.subject, topology))
     return event.type.rsplit(".", 1)[-1]
 
 

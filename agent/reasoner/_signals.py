@@ -80,13 +80,18 @@ def _signal(event: Event, topology: Topology) -> Signal | None:
         return Signal(event.id, event.subject, "health", "process", HEALTH, event.ts, weight)
     source = {"rtem.log": LOG, "rtem.alert": ALERT}.get(event.type, OTHER)
     text = " ".join(str(v) for v in (event.attributes.get("alertname"), event.message) if v)
-    # What it says, without who says it: the same statement from two entities is one kind on two (less
-    # rare), not two rare kinds, and a service named "memcache" does not make its every line about memory.
-    said = without_names(text, (event.subject, topology.service_of(event.subject)))
+    said = statement(text, event.subject, topology)
     # The kind is the message's template, not its domain: how rare a kind is decides its weight, and
     # "disk full" on one entity is rare where "request failed" on every entity is not.
     return Signal(event.id, event.subject, f"{source}:{log_template(said)}", text_domain(said), source, event.ts,
                   weight)
+
+
+def statement(text: str, writer: str, topology: Topology) -> str:
+    """What a log line or alert says, without who says it: its writer's name and its service's count as
+    variable, so the same statement from two entities is one kind on two (less rare), not two rare kinds,
+    and a service named "mem-cache" does not make its every line about memory."""
+    return without_names(text, (writer, topology.service_of(writer)))
 
 
 def _metric_signal(event: Event, weight: float) -> Signal | None:
