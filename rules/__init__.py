@@ -14,6 +14,7 @@ from ._gates import ActionHistory, MemoryHistory, RecordedAction, StaticState, S
 from ._guard import DEFAULT_APPROVER_ROLE, Guard, context_fact
 from ._guardrail_schema import RuleProblem
 from ._guardrails import CONTEXT_FIELDS, Guardrail, Ruleset, collect_guardrails, load_guardrails, parse_guardrails
+from ._logline import LogLine, read_line
 from ._proposal import OUTCOME_PRECEDENCE, Proposal, RuleMatch, Verdict
 from ._ruletest import RuleTestReport, find_test_files, run_tests
 from ._words import says_failure
@@ -26,6 +27,8 @@ __all__ = [
     "Relation", "RuleMatch", "RulesError", "Ruleset", "Signal", "Topology", "TopologyError", "Verdict",
     "content_digest", "context_fact", "incident_id", "load_contracts", "load_detections", "load_guardrails",
     "parse_duration", "parse_guardrails", "says_failure",
+    # what a log line says (rules/_logline.py, rules/_words.py): detection and the reasoner read it alike
+    "LogLine", "read_line",
     # remedy fitness (rules/_fitness.py)
     "FAULT_TYPES", "TARGET_ROLES", "Diagnosis", "Remedy",
     # rule authoring: gates' inputs, `rules check`, `rules test`

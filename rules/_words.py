@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from ._logline import read_line
+
 # Words with which a line says that something went wrong, whatever level it was logged at, as whole words
 # (runs of letters and digits: "ERROR_CODE" says error, "errorless" does not); a word ending in "error" or
 # "exception" (OutOfMemoryError, NullPointerException) says it too. "Anomaly" is what an anomaly detector's
@@ -17,6 +19,9 @@ _FAILURE_WORDS = frozenset((
     "cannot", "timeout", "timed", "unreachable", "crash", "crashed", "crashes", "killed", "oom", "enospc",
     "anomaly", "anomalies", "anomalous", "abnormal"))
 _WORD = re.compile(r"[a-z0-9]+")
+# Levels a structured line may give itself that say it failed, whatever level its event was filed at.
+_FAILURE_LEVELS = frozenset(("error", "err", "fatal", "critical", "crit", "alert", "emerg", "emergency", "panic",
+                             "severe"))
 
 
 # Detection asks for every event, and most messages (metric and trace anomalies) repeat. Log lines mostly
@@ -25,5 +30,10 @@ _WORD = re.compile(r"[a-z0-9]+")
 def says_failure(text: str) -> bool:
     """Whether a message's own words say that something failed ("login failed", "permission denied",
     "java.lang.NullPointerException", "container_cpu_usage anomaly"), as opposed to reporting routine work
-    ("request served")."""
-    return any(w in _FAILURE_WORDS or w.endswith(("error", "exception")) for w in _WORD.findall(text.lower()))
+    ("request served"). A JSON or logfmt line is read by its message and error fields and its own level, not
+    its field names: `{"level": "info", "msg": "served", "error": null}` says nothing failed."""
+    line = read_line(text)
+    if line.level in _FAILURE_LEVELS:
+        return True
+    return any(w in _FAILURE_WORDS or w.endswith(("error", "exception"))
+               for w in _WORD.findall(line.statement.lower()))

@@ -186,6 +186,34 @@ def test_a_template_is_the_statement_without_its_header(line, template):
     assert log_template(line) == template
 
 
+@pytest.mark.parametrize("line", [
+    "Jul  1 10:54:22 node-3 cart[1234]: permission denied opening keyring",
+    "Mon Dec 30 23:59:01 2024 node-3 cart[99]: permission denied opening keyring",
+])
+def test_a_syslog_timestamp_is_variable(line):
+    """A month name in a timestamp is not a word of the statement: lines of July and August are one kind."""
+    assert log_template(line) == "node * cart * permission denied opening keyring"
+
+
+@pytest.mark.parametrize("line", [
+    '{"ts":"2024-01-02T03:04:05Z","level":"warn","caller":"mem/pool.go:41","instance":"cart-0","msg":"permission '
+    'denied opening keyring","request_id":"9f8e7d6c"}',
+    'ts=2024-01-02T03:04:05Z level=warn caller=mem/pool.go:41 instance=cart-0 msg="permission denied opening '
+    'keyring" request_id=9f8e7d6c',
+    "2024-01-02 03:04:05,639 | WARN | 10.0.0.1 | cart | cart-0 | 9f8e7d6c | permission denied opening keyring",
+])
+def test_structured_lines_are_read_by_their_message(line):
+    """The same statement in JSON, in logfmt and behind a header is one kind with one domain: the fields
+    around it ("caller": "mem/pool.go") say nothing about the resource."""
+    topology = Topology.from_dict({"entities": [{"id": "cart", "type": "service"},
+                                                {"id": "cart-0", "type": "instance"}],
+                                   "relations": [{"source": "cart-0", "target": "cart", "type": "instance_of"}]})
+    ev = Events()
+    log(ev, "cart-0", line)
+    [signal] = extract_signals(ev.events, topology)
+    assert (signal.kind, signal.domain) == ("log:permission denied opening keyring", "errors")
+
+
 def test_the_writers_name_says_nothing_about_the_resource():
     """A service named "mem-cache" logging "request failed" is not a memory fault; its line names itself."""
     topology = Topology.from_dict({"entities": [{"id": "mem-cache", "type": "service"},

@@ -46,6 +46,11 @@ def test_info_events_are_not_signals():
     ("info", "request served in 12 ms", set()),
     ("warning", "slow request", set()),
     ("error", "login failed", {"error-event"}),  # one signal for one error line, not two
+    # structured lines are read by their message, error and level fields, not their field names
+    ("info", '{"level":"info","msg":"request served","error":null,"caller":"api/errors.go:12"}', set()),
+    ("info", "level=info msg=\"request served\" errors=0", set()),
+    ("info", '{"level":"error","msg":"payment declined"}', {"log-says-failure"}),
+    ("info", 'ts=2024-01-01T10:00:00Z level=info msg="login failed" user=bob', {"log-says-failure"}),
 ])
 def test_a_log_line_that_says_it_failed_is_a_signal_whatever_its_level(severity, message, rules):
     det = Detector(load_detections(), TOPOLOGY)

@@ -142,9 +142,12 @@ def is_bad_direction(name: str, domain: str, direction: str | None) -> bool:
 
 
 # What varies between two lines of one log statement: numbers, hex ids, UUIDs, IPs, paths, quoted values
-# and timestamps. Replacing them leaves the statement's constant words, its template (as log parsers such
-# as Drain do, without their learning), so "timeout after 3012 ms" and "timeout after 87 ms" are one kind.
+# and timestamps (ISO 8601, and syslog's "Jul  1 10:54:22", whose month would otherwise be a word). Replacing
+# them leaves the statement's constant words, its template (as log parsers such as Drain do, without their
+# learning), so "timeout after 3012 ms" and "timeout after 87 ms" are one kind.
 _VARIABLE = re.compile(r"\d{4}-\d\d-\d\d[t ]\d\d:\d\d(?::\d\d)?(?:[.,]\d+)?(?:z|[+-]\d\d:?\d\d)?"
+                       r"|\b(?:(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*,?\s+)?(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct"
+                       r"|nov|dec)[a-z]*\s+\d{1,2}(?:\s+\d{4})?\s+\d\d:\d\d(?::\d\d)?(?:[.,]\d+)?"
                        r"|\"[^\"]*\"|'[^']*'|(?:/[\w.-]+)+|\b[0-9a-f]{8}-[0-9a-f-]{27}\b|\b0x[0-9a-f]+\b"
                        r"|\d+(?:[.:]\d+)*\b|\b[0-9a-f]*\d[0-9a-f]*\b")
 # Punctuation around a word ("error:", "[main]", "|") is layout, not the statement; "*" marks a variable.

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bus import Event
-from rules import says_failure
+from rules import read_line, says_failure
 from rules.topology import Topology
 
 from ._catalog import (CHANGE_FAULTS, is_bad_direction, log_template, metric_domain, metric_kind, text_domain,
@@ -79,8 +79,8 @@ def _signal(event: Event, topology: Topology) -> Signal | None:
         # A failed health check says the thing is down, whatever its message says.
         return Signal(event.id, event.subject, "health", "process", HEALTH, event.ts, weight)
     source = {"rtem.log": LOG, "rtem.alert": ALERT}.get(event.type, OTHER)
-    text = " ".join(str(v) for v in (event.attributes.get("alertname"), event.message) if v)
-    said = statement(text, event.subject, topology)
+    said = " ".join(statement(str(v), event.subject, topology)
+                    for v in (event.attributes.get("alertname"), event.message) if v)
     # The kind is the message's template, not its domain: how rare a kind is decides its weight, and
     # "disk full" on one entity is rare where "request failed" on every entity is not.
     return Signal(event.id, event.subject, f"{source}:{log_template(said)}", text_domain(said), source, event.ts,
@@ -88,10 +88,11 @@ def _signal(event: Event, topology: Topology) -> Signal | None:
 
 
 def statement(text: str, writer: str, topology: Topology) -> str:
-    """What a log line or alert says, without who says it: its writer's name and its service's count as
-    variable, so the same statement from two entities is one kind on two (less rare), not two rare kinds,
-    and a service named "mem-cache" does not make its every line about memory."""
-    return without_names(text, (writer, topology.service_of(writer)))
+    """What a log line or alert says, without who says it: a JSON or logfmt line's message and error fields
+    (`rules.read_line`), and its writer's name and its service's count as variable, so the same statement
+    from two entities is one kind on two (less rare), not two rare kinds, and a service named "mem-cache"
+    does not make its every line about memory."""
+    return without_names(read_line(text).statement, (writer, topology.service_of(writer)))
 
 
 def _metric_signal(event: Event, weight: float) -> Signal | None:

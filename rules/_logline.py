@@ -1,0 +1,76 @@
+"""What a structured log line says. Cloud-native programs mostly log one JSON object a line (zap, logrus,
+pino, bunyan, structlog, ECS, a container runtime's `{"log": …}` wrapper) or logfmt (`level=error
+msg="login failed" user=bob`, Go services, Prometheus, Loki). Read as prose, such a line's statement is a
+quoted value among field names, and every line of a system reads alike: its keys. So detection and the
+reasoner read the statement out of it first: the message field, with the error field's text after it.
+A line that is neither is its own statement."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+# Message fields, by the libraries that write them: msg (zap, logrus, pino, bunyan, go-kit, slog),
+# message (ECS, Google Cloud, logstash, winston), event (structlog), log (the container runtime's wrapper,
+# whose value is itself a line of any format).
+_MESSAGE_KEYS = ("msg", "message", "event", "log")
+# The error a line reports beside its message: "request failed" says less than "request failed: dial tcp
+# … connection refused". ECS nests it ({"error": {"message": …}}) or writes it dotted.
+_ERROR_KEYS = ("error", "err", "exception", "error.message")
+_LEVEL_KEYS = ("level", "lvl", "severity", "log.level", "levelname")
+_PAIR = re.compile(r'(?:^|\s)([A-Za-z_][\w.\-]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """A line's statement (what it says) and the level it names itself, if it is structured and does."""
+
+    statement: str
+    level: str | None = None
+
+
+def read_line(text: str) -> LogLine:
+    """The statement and own level of a JSON or logfmt line; any other line is its own statement."""
+    stripped = text.strip()
+    fields: dict | None = None
+    if stripped.startswith("{") and stripped.endswith("}"):
+        fields = _json_object(stripped)
+    elif "=" in text:
+        fields = {key: _unquote(value) for key, value in _PAIR.findall(text)}
+        fields = fields if len(fields) >= 2 else None
+    message = _keyed(fields or {}, _MESSAGE_KEYS)
+    if message is None:
+        return LogLine(text)
+    inner = read_line(message)  # a runtime's {"log": …} wraps a line of any format
+    error = _keyed(fields, _ERROR_KEYS, nested=True)
+    statement = ": ".join(part for part in (inner.statement.strip(), error) if part)
+    level = inner.level or _keyed(fields, _LEVEL_KEYS)
+    return LogLine(statement, level.lower() if level else None)
+
+
+def _keyed(fields: dict, keys: tuple[str, ...], nested: bool = False) -> str | None:
+    """The text of the first of `keys` present (any case) with text in it; with `nested`, a mapping's own
+    message counts as its text (ECS's {"error": {"message": …}})."""
+    lowered = {str(k).lower(): v for k, v in fields.items()}
+    for key in keys:
+        value = lowered.get(key)
+        if nested and isinstance(value, dict):
+            value = _keyed(value, ("message", "msg", "type"))
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip()
+    return None
+
+
+def _json_object(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r'\\(.)', r"\1", value[1:-1])
+    return value

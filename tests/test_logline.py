@@ -1,0 +1,54 @@
+"""rules.read_line: what a structured log line says. Programs that log one JSON object a line or logfmt put
+the statement in a field; read as prose, every line of a system would be its field names."""
+
+from __future__ import annotations
+
+import pytest
+
+from rules import LogLine, read_line, says_failure
+
+
+@pytest.mark.parametrize("line,expected", [
+    # zap / logrus / slog JSON: message, then the error it reports
+    ('{"level":"error","ts":1625136862.6,"caller":"auth/login.go:88","msg":"login failed","user":"bob",'
+     '"error":"invalid password"}', LogLine("login failed: invalid password", "error")),
+    # logfmt, with an escaped quote in the message
+    ('ts=2021-07-01T10:54:22Z level=WARN caller=auth.go:88 msg="user \\"bob\\" locked out" attempts=5',
+     LogLine('user "bob" locked out', "warn")),
+    # ECS: dotted level, nested error
+    ('{"@timestamp":"2021-07-01T10:54:22Z","log.level":"ERROR","message":"payment failed",'
+     '"error":{"type":"CardError","message":"card declined"}}', LogLine("payment failed: card declined", "error")),
+    # a container runtime's wrapper around a structured line, and around a plain one
+    ('{"log":"{\\"level\\":\\"warn\\",\\"msg\\":\\"slow query\\"}\\n","stream":"stderr"}',
+     LogLine("slow query", "warn")),
+    ('{"log":"2021-07-01 10:54:22 ERROR boom\\n","stream":"stderr"}', LogLine("2021-07-01 10:54:22 ERROR boom")),
+    # structlog names its message "event"
+    ('{"event":"cache miss storm","level":"warning","logger":"cart"}', LogLine("cache miss storm", "warning")),
+])
+def test_a_structured_line_says_its_message(line, expected):
+    assert read_line(line) == expected
+
+
+@pytest.mark.parametrize("line", [
+    "plain line with no fields",
+    "retrying with timeout=30 attempts=3",  # pairs in prose, but no message field
+    "db login failed: postgres://app:pw@db:5432/orders token=abc",
+    '{"a": 1, "b": 2}',  # JSON without a message field
+    '{"msg": {"nested": true}}',  # a message that is not text
+    "{not json}",
+    '["a", "list"]',
+])
+def test_any_other_line_is_its_own_statement(line):
+    assert read_line(line) == LogLine(line)
+
+
+@pytest.mark.parametrize("line,says", [
+    ('{"level":"info","msg":"request served","error":null}', False),  # a null error field says nothing
+    ('{"level":"info","msg":"request served","caller":"api/errors.go:12"}', False),
+    ("level=info msg=served errors=0", False),
+    ('{"level":"fatal","msg":"shutting down"}', True),  # its own level says it
+    ('{"level":"info","msg":"login failed"}', True),  # its words say it
+    ('{"level":"info","msg":"retry","err":"connection refused"}', True),  # its error field says it
+])
+def test_says_failure_reads_a_structured_line_by_its_fields(line, says):
+    assert says_failure(line) is says
