@@ -12,6 +12,9 @@ truth) into such a system and scores them with `rca_accuracy`'s modes:
   host of the service's first instance by id); subjects and trace callers/callees rewritten. A pod-level
   truth becomes its service (with one instance the two cannot be told apart, and a service-level truth is
   matched by its instance too).
+- two-instances: every service's instances dealt (by id, round-robin) into two, `<service>-pod0` and
+  `-pod1`, each on the host of its first member; a pod-level truth becomes the instance it was dealt into.
+  Two instances is the other common shape: rarity among a service's instances has one peer to go by.
 - no-metrics: metric anomalies dropped; only traces remain (the recorded cases have no logs or health
   events).
 - logs: synthesised, since the cases have no logs: every metric anomaly in a bad direction (on every
@@ -22,7 +25,11 @@ truth) into such a system and scores them with `rca_accuracy`'s modes:
 - raw-logs: `logs` as a program writes them: each line opens with a header (timestamp, level, address, the
   name of the instance and service that wrote it, a request id) and is logged at warning level. The same
   evidence as `logs` in another format: the two should score alike.
-- one-instance-raw-logs: `raw-logs` with one instance per service.
+- one-instance-raw-logs, two-instances-raw-logs: `raw-logs` with one or two instances per service.
+- json-logs, logfmt-logs: the `raw-logs` lines as structured logging writes them, one JSON object a line
+  (`{"ts": …, "level": "warn", "caller": …, "instance": …, "request_id": …, "msg": …}`, as zap, logrus or
+  pino do) or logfmt (`ts=… level=warn caller=… msg="…"`, as Go services and Prometheus do). The same
+  evidence once more: both should score as `raw-logs` does.
 - noisy-raw-logs: `raw-logs` plus the chatter a real system logs beside its faults, on every instance: a
   routine warning ("slow query took N ms", twice in the case's first minutes) and an info line ("request
   served in N ms"); an instance picked by the case number also logs a failure unrelated to the fault
@@ -65,18 +72,34 @@ def original(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], D
 
 def one_instance(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
     """Instances of a service merged into one; see the module doc."""
+    return _collapse(events, topology, truth, 1)
+
+
+def two_instances(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """Instances of a service merged into two; see the module doc."""
+    return _collapse(events, topology, truth, 2)
+
+
+def _collapse(events: list[Doc], topology: Doc, truth: Doc, per_service: int) -> tuple[list[Doc], Doc, Doc]:
+    """Each service's instances (by id) dealt round-robin into `per_service` instances, each on the host of
+    its first member; subjects, trace callers and callees and a pod-level truth renamed."""
     service_of = _services(topology)
     host_of = {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "runs_on"}
-    merged = {i: f"{s}-pod" for i, s in service_of.items()}
+    merged: dict[str, str] = {}
+    for service in sorted(set(service_of.values())):
+        members = sorted(i for i, s in service_of.items() if s == service)
+        for n, instance in enumerate(members):
+            merged[instance] = f"{service}-pod" if per_service == 1 else f"{service}-pod{n % per_service}"
     entities = [e for e in topology["entities"] if e["id"] not in merged]
     relations = [r for r in topology["relations"] if r["source"] not in merged]
-    for service in sorted(set(service_of.values())):
-        first = min(i for i, s in service_of.items() if s == service)
-        pod = f"{service}-pod"
+    for instance in sorted(merged):  # by id: the first member of each new instance comes first
+        pod = merged[instance]
+        if any(e["id"] == pod for e in entities):
+            continue
         entities.append({"id": pod, "type": "instance"})
-        relations.append({"source": pod, "target": service, "type": "instance_of"})
-        if first in host_of:
-            relations.append({"source": pod, "target": host_of[first], "type": "runs_on"})
+        relations.append({"source": pod, "target": service_of[instance], "type": "instance_of"})
+        if instance in host_of:
+            relations.append({"source": pod, "target": host_of[instance], "type": "runs_on"})
 
     def rename(name):
         return merged.get(name, name)
@@ -91,8 +114,10 @@ def one_instance(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc
                 attributes[key] = rename(attributes[key])
         rewritten.append(doc)
     cause = truth["root_cause_entity"]
-    if cause in service_of:
+    if cause in service_of and per_service == 1:  # one instance is its service: either name is right
         truth = {**truth, "root_cause_entity": service_of[cause], "level": "service"}
+    elif cause in service_of:
+        truth = {**truth, "root_cause_entity": merged[cause]}
     return rewritten, {"entities": entities, "relations": relations}, truth
 
 
@@ -115,17 +140,40 @@ def logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, 
     return rewritten, topology, truth
 
 
-def raw_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
-    """`logs` with a header on every line, at warning level; see the module doc."""
+def _written(events: list[Doc], topology: Doc, truth: Doc, line: Callable[[dict], str]) -> tuple[list[Doc], Doc, Doc]:
+    """`logs` at warning level, each line written by `line` from its parts: time, address, the writer's
+    service and instance, a request id, and the statement."""
     service_of = _services(topology)
     rewritten, topology, truth = logs(events, topology, truth)
     for n, doc in enumerate(rewritten):
         if doc["type"] == "rtem.log":
             subject = doc["subject"]
-            header = (f"{doc['time'].replace('T', ' ').rstrip('Z')} | WARN | 10.0.{n % 7}.{n % 251} | "
-                      f"{service_of.get(subject, subject)} | {subject} | {n * 2654435761 % 2**32:08x} |")
-            doc["data"] = {**doc["data"], "severity": "warning", "message": f"{header} {doc['data']['message']}"}
+            parts = {"time": doc["time"], "address": f"10.0.{n % 7}.{n % 251}", "n": n,
+                     "service": service_of.get(subject, subject), "instance": subject,
+                     "request": f"{n * 2654435761 % 2**32:08x}", "statement": doc["data"]["message"]}
+            doc["data"] = {**doc["data"], "severity": "warning", "message": line(parts)}
     return rewritten, topology, truth
+
+
+def raw_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """`logs` with a header on every line, at warning level; see the module doc."""
+    return _written(events, topology, truth, lambda p: (
+        f"{p['time'].replace('T', ' ').rstrip('Z')} | WARN | {p['address']} | {p['service']} | {p['instance']} | "
+        f"{p['request']} | {p['statement']}"))
+
+
+def json_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """`logs` as one JSON object a line, at warning level; see the module doc."""
+    return _written(events, topology, truth, lambda p: json.dumps({
+        "ts": p["time"], "level": "warn", "caller": f"{p['service']}/handler.go:{40 + p['n'] % 60}",
+        "instance": p["instance"], "remote": p["address"], "request_id": p["request"], "msg": p["statement"]}))
+
+
+def logfmt_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """`logs` in logfmt, at warning level; see the module doc."""
+    return _written(events, topology, truth, lambda p: (
+        f"ts={p['time']} level=warn caller={p['service']}/handler.go:{40 + p['n'] % 60} instance={p['instance']} "
+        f"remote={p['address']} request_id={p['request']} msg=\"{p['statement']}\""))
 
 
 def one_instance_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
@@ -164,9 +212,15 @@ def one_instance_raw_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple
     return raw_logs(*one_instance(events, topology, truth))
 
 
+def two_instances_raw_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    return raw_logs(*two_instances(events, topology, truth))
+
+
 VARIANTS: dict[str, Rewrite] = {"original": original, "one-instance": one_instance, "no-metrics": no_metrics,
                                 "logs": logs, "one-instance-logs": one_instance_logs, "raw-logs": raw_logs,
-                                "one-instance-raw-logs": one_instance_raw_logs, "noisy-raw-logs": noisy_raw_logs}
+                                "one-instance-raw-logs": one_instance_raw_logs, "noisy-raw-logs": noisy_raw_logs,
+                                "json-logs": json_logs, "logfmt-logs": logfmt_logs, "two-instances": two_instances,
+                                "two-instances-raw-logs": two_instances_raw_logs}
 
 
 def rewrite_cases(cases: Sequence[Case], topology_doc: Doc, rewrite: Rewrite,

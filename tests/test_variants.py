@@ -1,6 +1,7 @@
 """benchmarks/variants.py rewrites the recorded cases into the shapes of other systems. `raw-logs` tells
 the same evidence as `logs` in the format programs write (a header with timestamp, level, address and
-the writer's own name on every line): the log kinds the reasoner reads must group the lines the same way."""
+the writer's own name on every line), `json-logs` and `logfmt-logs` in structured logging's: the log kinds the
+reasoner reads must group the lines the same way."""
 
 from __future__ import annotations
 
@@ -40,3 +41,12 @@ def test_lines_with_headers_group_as_the_bare_lines_do(number):
     assert len(bare) > 3
     assert log_groups(variants.raw_logs, number) == bare
     assert log_groups(variants.one_instance_raw_logs, number) == log_groups(variants.one_instance_logs, number)
+
+
+@pytest.mark.parametrize("number", CASES)
+def test_structured_lines_group_as_the_bare_lines_do(number):
+    """JSON and logfmt lines: the statement is a field among a dozen; read as prose, every line is one kind."""
+    variants = benchmark("variants")
+    bare = log_groups(variants.logs, number)
+    assert log_groups(variants.json_logs, number) == bare
+    assert log_groups(variants.logfmt_logs, number) == bare
