@@ -30,6 +30,19 @@ def single() -> Topology:
 
 
 @pytest.fixture
+def paired() -> Topology:
+    """Six services, each with TWO instances, each instance on a host of its own."""
+    entities = [{"id": s, "type": "service"} for s in SERVICES]
+    relations = [{"source": a, "target": b, "type": "calls"} for a, b in CALLS]
+    for s in SERVICES:
+        for n in (0, 1):
+            entities += [{"id": f"{s}-{n}", "type": "instance"}, {"id": f"node-{s}-{n}", "type": "host"}]
+            relations.append({"source": f"{s}-{n}", "target": s, "type": "instance_of"})
+            relations.append({"source": f"{s}-{n}", "target": f"node-{s}-{n}", "type": "runs_on"})
+    return Topology.from_dict({"entities": entities, "relations": relations})
+
+
+@pytest.fixture
 def services_only() -> Topology:
     """Services and their calls, nothing else: what a tracing backend alone tells about a system."""
     return Topology.from_dict({"entities": [{"id": s, "type": "service"} for s in SERVICES],
@@ -102,6 +115,25 @@ def test_one_instance_per_service_ranks_the_faulty_service_first(single):
     ev.metric("search-0", "container_memory_usage_MB", at=240)  # unrelated noise, later
     top = ranked(ev, single)[0]
     assert single.matches(top, "orders"), top
+
+
+def test_with_two_instances_the_faulty_one_outranks_its_service(paired):
+    """A service is suspect as a whole when most of its instances are anomalous. With two instances the
+    median is their mean, half the faulty one's evidence: that, with the service's own slow calls, put the
+    service above the instance that is at fault. The typical instance is the lower median: what more than
+    half of them show (both of two, two of three, three of four)."""
+    ev = Events()
+    for metric in ("container_cpu_usage_seconds", "container_fs_writes", "container_threads"):
+        ev.metric("orders-0", metric)
+    for metric in ("container_memory_usage_MB", "container_cpu_usage_seconds"):
+        ev.metric("orders-1", metric, at=20)  # its sibling strains too, less
+    ev.metric("orders", "grpc-mrt", at=30)
+    ev.trace("api-0", "orders-0", at=30)
+    ev.trace("api-1", "orders-1", at=30)
+    ev.metric("api", "grpc-mrt", at=60)
+    ev.metric("search-1", "container_memory_usage_MB", at=240)
+    top = ranked(ev, paired)
+    assert top[0] == "orders-0", top[:3]
 
 
 def test_a_host_fault_with_one_resident_is_not_blamed_on_the_resident_alone(single):

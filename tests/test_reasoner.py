@@ -80,7 +80,10 @@ def test_isolated_instance_fault_points_at_the_instance(shop):
     ev.metric("checkout", "grpc-mrt", at=30)
     causes = diagnose(ev, shop)
     assert causes[0].entity == "checkout-1"
-    assert rank_of(causes, "checkout") > 0
+    assert "its service checkout shows latency/errors" in causes[0].explanation
+    # one of its two instances anomalous: the service's typical instance (the lower median) is a quiet one,
+    # so its slow calls are the faulty instance's and nothing is left to the service as a whole
+    assert all(c.entity != "checkout" for c in causes)
 
 
 def test_service_symptoms_go_to_the_instance_that_stands_out(shop):
@@ -89,6 +92,7 @@ def test_service_symptoms_go_to_the_instance_that_stands_out(shop):
     ev.metric("cart", "grpc-mrt")
     ev.metric("cart-1", "container_cpu_usage_seconds")
     ev.metric("cart-1", "container_threads")
+    ev.metric("cart-0", "container_threads")  # both instances anomalous, one far more
     causes = diagnose(ev, shop)
     assert causes[0].entity == "cart-1"
     assert "its service cart shows latency/errors" in causes[0].explanation

@@ -24,8 +24,10 @@ that entity rather than elsewhere. Five ideas make it up:
      "trace:latency" or "trace:errors"), of which the callee keeps ``in / (in + out)``: in its reporters,
      out the troubled callees it reports itself (`_populations.relayed`; the traces' own call graph, so
      it works when the topology knows no calls and with one instance per service).
-4. Aggregation. A service counts its own signals plus its median instance: it is suspect as a whole
-   only when its instances are anomalous alike (with one instance, the median is that instance). A host
+4. Aggregation. A service counts its own signals plus its typical instance: it is suspect as a whole
+   only when its instances are anomalous alike. The typical instance is the lower median, the score more
+   than half of its instances reach (the one of one, both of two, two of three, three of four); the mean
+   of two would hand a service half of its one faulty instance's evidence. A host
    with resource anomalies of its own gains by how much its instances' mean score exceeds all instances'.
    A change (deploy, config) followed by anomalies next to it adds `CHANGE_WEIGHT`.
 5. Levels. Each entity gets the prior ``-log(size of its population)``: the levels (instance, host,
@@ -203,7 +205,7 @@ class _Scorer:
             cand = cands[entity]
             deps = {d: own.get(d, 0.0) for d in topo.targets(entity, "calls") + topo.targets(entity, "uses")}
             deps = {d: v for d, v in deps.items() if v > 0}
-            itself = self._median_instance_strength(entity)
+            itself = self._typical_instance_strength(entity)
             forwarded = sum(deps.values()) / max(own[entity], itself + sum(deps.values())) if deps else 0.0
             mass = symptom(cand) + received[entity]
             for dep, value in deps.items():
@@ -228,11 +230,11 @@ class _Scorer:
                 best[s.domain] = max(best.get(s.domain, 0.0), self.strength(s))
         return sum(best.values())
 
-    def _median_instance_strength(self, entity: str) -> float:
+    def _typical_instance_strength(self, entity: str) -> float:
         instances = self.topology.instances(entity)
         if not instances:
             return 0.0
-        return statistics.median(self._strength_in(i, RESOURCE_DOMAINS) for i in instances)
+        return statistics.median_low(self._strength_in(i, RESOURCE_DOMAINS) for i in instances)
 
     # -- traces and changes ----------------------------------------------------------------------
 
@@ -257,13 +259,14 @@ class _Scorer:
 
     def _aggregate_service(self, cand: Candidate, instance_scores: dict[str, float],
                            cands: dict[str, Candidate]) -> None:
-        """Idea 4: a component with instances counts its median instance, and hands symptoms to outliers."""
+        """Idea 4: a component with instances counts its typical instance (the lower median), and hands
+        symptoms to outliers."""
         instances = self.topology.instances(cand.entity)
         scores = [instance_scores.get(i, 0.0) for i in instances]
         if not instances or max(scores) <= 0:
             return
         anomalous = [i for i in instances if instance_scores.get(i, 0.0) > 0]
-        typical = statistics.median(scores)
+        typical = statistics.median_low(scores)
         evenness = typical / max(scores)
         leader = max(anomalous, key=lambda i: (instance_scores[i], i))
         symptoms = symptom(cand)
@@ -289,7 +292,7 @@ class _Scorer:
         cand.evidence.sort(key=lambda item: (-item[0], item[1].ts, item[1].event_id))
         cand.onset = min([cand.onset or math.inf] + [cands[i].onset or math.inf for i in anomalous])
         cand.notes.append(f"{len(anomalous)} of its {len(instances)} instances are anomalous "
-                          f"(median instance score {typical:.2f})")
+                          f"(typical instance score {typical:.2f})")
 
     def _aggregate_host(self, cand: Candidate, instance_scores: dict[str, float]) -> None:
         """Idea 4: a host with its own anomalies gains what its instances score above the average instance."""
