@@ -19,6 +19,8 @@ _MESSAGE_KEYS = ("msg", "message", "event", "log")
 # … connection refused". ECS nests it ({"error": {"message": …}}) or writes it dotted.
 _ERROR_KEYS = ("error", "err", "exception", "error.message")
 _LEVEL_KEYS = ("level", "lvl", "severity", "log.level", "levelname")
+# pino and bunyan write the level as a number.
+_NUMBERED_LEVELS = {"10": "trace", "20": "debug", "30": "info", "40": "warn", "50": "error", "60": "fatal"}
 _PAIR = re.compile(r'(?:^|\s)([A-Za-z_][\w.\-]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
 
 
@@ -46,7 +48,7 @@ def read_line(text: str) -> LogLine:
     error = _keyed(fields, _ERROR_KEYS, nested=True)
     statement = ": ".join(part for part in (inner.statement.strip(), error) if part)
     level = inner.level or _keyed(fields, _LEVEL_KEYS)
-    return LogLine(statement, level.lower() if level else None)
+    return LogLine(statement, _NUMBERED_LEVELS.get(level, level.lower()) if level else None)
 
 
 def _keyed(fields: dict, keys: tuple[str, ...], nested: bool = False) -> str | None:

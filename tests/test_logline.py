@@ -22,6 +22,9 @@ from rules import LogLine, read_line, says_failure
     ('{"log":"{\\"level\\":\\"warn\\",\\"msg\\":\\"slow query\\"}\\n","stream":"stderr"}',
      LogLine("slow query", "warn")),
     ('{"log":"2021-07-01 10:54:22 ERROR boom\\n","stream":"stderr"}', LogLine("2021-07-01 10:54:22 ERROR boom")),
+    # pino numbers its levels
+    ('{"level":50,"time":1625136862639,"pid":7,"hostname":"cart-0","msg":"checkout failed"}',
+     LogLine("checkout failed", "error")),
     # structlog names its message "event"
     ('{"event":"cache miss storm","level":"warning","logger":"cart"}', LogLine("cache miss storm", "warning")),
 ])
