@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Message fields, by the libraries that write them: msg (zap, logrus, pino, bunyan, go-kit, slog),
 # message (ECS, Google Cloud, logstash, winston), event (structlog), log (the container runtime's wrapper,
@@ -22,11 +22,13 @@ _LEVEL_KEYS = ("level", "lvl", "severity", "log.level", "levelname")
 # pino and bunyan write the level as a number.
 _NUMBERED_LEVELS = {"10": "trace", "20": "debug", "30": "info", "40": "warn", "50": "error", "60": "fatal"}
 _PAIR = re.compile(r'(?:^|\s)([A-Za-z_][\w.\-]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+_MESSAGE_PAIR = re.compile(r"(?:^|\s)(?:msg|message|event|log)=", re.IGNORECASE)  # cheap test before parsing
 
 
-@dataclass(frozen=True)
-class LogLine:
-    """A line's statement (what it says) and the level it names itself, if it is structured and does."""
+class LogLine(NamedTuple):
+    """A line's statement (what it says) and the level it names itself, if it is structured and does.
+    A tuple: detection reads every event's line, and most are plain, so making one must cost next to
+    nothing."""
 
     statement: str
     level: str | None = None
@@ -35,13 +37,14 @@ class LogLine:
 def read_line(text: str) -> LogLine:
     """The statement and own level of a JSON or logfmt line; any other line is its own statement."""
     stripped = text.strip()
-    fields: dict | None = None
     if stripped.startswith("{") and stripped.endswith("}"):
         fields = _json_object(stripped)
-    elif "=" in text:
+    elif "=" in text and _MESSAGE_PAIR.search(text):
         fields = {key: _unquote(value) for key, value in _PAIR.findall(text)}
         fields = fields if len(fields) >= 2 else None
-    message = _keyed(fields or {}, _MESSAGE_KEYS)
+    else:
+        return LogLine(text)
+    message = _keyed(fields, _MESSAGE_KEYS) if fields else None
     if message is None:
         return LogLine(text)
     inner = read_line(message)  # a runtime's {"log": …} wraps a line of any format
