@@ -70,7 +70,7 @@ def _keyed(fields: dict, keys: tuple[str, ...], nested: bool = False) -> str | N
 def _json_object(text: str) -> dict | None:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: read as prose
         return None
     return value if isinstance(value, dict) else None
 

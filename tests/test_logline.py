@@ -40,6 +40,7 @@ def test_a_structured_line_says_its_message(line, expected):
     '{"msg": {"nested": true}}',  # a message that is not text
     "{not json}",
     '["a", "list"]',
+    '{"msg": ' + "[" * 100_000 + "]" * 100_000 + "}",  # nested past the JSON parser's recursion limit
 ])
 def test_any_other_line_is_its_own_statement(line):
     assert read_line(line) == LogLine(line)
