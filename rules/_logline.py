@@ -3,7 +3,8 @@ pino, bunyan, structlog, ECS, a container runtime's `{"log": …}` wrapper) or l
 msg="login failed" user=bob`, Go services, Prometheus, Loki). Read as prose, such a line's statement is a
 quoted value among field names, and every line of a system reads alike: its keys. So detection and the
 reasoner read the statement out of it first: the message field, with the error field's text after it.
-A line that is neither is its own statement."""
+A multi-line entry (an exception joined by a log shipper) says its unindented lines, not its stack frames.
+Any other line is its own statement."""
 
 from __future__ import annotations
 
@@ -35,23 +36,37 @@ class LogLine(NamedTuple):
 
 
 def read_line(text: str) -> LogLine:
-    """The statement and own level of a JSON or logfmt line; any other line is its own statement."""
+    """The statement and own level of a JSON or logfmt line; a multi-line entry without its stack frames;
+    any other line is its own statement."""
     stripped = text.strip()
+    fields: dict | None = None
     if stripped.startswith("{") and stripped.endswith("}"):
         fields = _json_object(stripped)
     elif "=" in text and _MESSAGE_PAIR.search(text):
         fields = {key: _unquote(value) for key, value in _PAIR.findall(text)}
         fields = fields if len(fields) >= 2 else None
-    else:
-        return LogLine(text)
     message = _keyed(fields, _MESSAGE_KEYS) if fields else None
     if message is None:
-        return LogLine(text)
+        return LogLine(_without_frames(text) if "\n" in text else text)
     inner = read_line(message)  # a runtime's {"log": …} wraps a line of any format
     error = _keyed(fields, _ERROR_KEYS, nested=True)
     statement = ": ".join(part for part in (inner.statement.strip(), error) if part)
     level = inner.level or _keyed(fields, _LEVEL_KEYS)
     return LogLine(statement, _NUMBERED_LEVELS.get(level, level.lower()) if level else None)
+
+
+# A multi-line entry (a log shipper joins an exception's lines into one) says what it says on its unindented
+# lines: the message, the exception ("KeyError: 'user'", "Caused by: java.io.IOException: disk full",
+# "panic: runtime error: …"). Its stack frames and code lines are indented, and a traceback's headers are the
+# same in every one: kept, they would make Python's every traceback one statement, whatever it raised.
+_FRAME_HEADERS = ("traceback (most recent call last)", "during handling of the above exception",
+                  "the above exception was the direct cause")
+
+
+def _without_frames(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line[:1].isspace() and not line.lower().startswith(_FRAME_HEADERS)]
+    return " ".join(lines) or text
 
 
 def _keyed(fields: dict, keys: tuple[str, ...], nested: bool = False) -> str | None:

@@ -246,6 +246,17 @@ def test_structured_lines_are_read_by_their_message(line):
     assert (signal.kind, signal.domain) == ("log:permission denied opening keyring", "errors")
 
 
+def test_tracebacks_that_raised_different_things_are_different_kinds(single):
+    """Before: the first eight words of every Python traceback were its header, one kind on every service."""
+    ev = Events()
+    frames = 'Traceback (most recent call last):\n  File "/app/h.py", line 9, in handle\n    do()\n'
+    log(ev, "auth-0", "request failed\n" + frames + "PermissionError: [Errno 13] Permission denied: '/keys'")
+    log(ev, "orders-0", "request failed\n" + frames + "KeyError: 'sku'")
+    kinds = {s.entity: s.kind for s in extract_signals(ev.events, single)}
+    assert kinds == {"auth-0": "log:request failed permissionerror errno * permission denied *",
+                     "orders-0": "log:request failed keyerror *"}
+
+
 def test_the_writers_name_says_nothing_about_the_resource():
     """A service named "mem-cache" logging "request failed" is not a memory fault; its line names itself."""
     topology = Topology.from_dict({"entities": [{"id": "mem-cache", "type": "service"},

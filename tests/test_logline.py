@@ -32,6 +32,23 @@ def test_a_structured_line_says_its_message(line, expected):
     assert read_line(line) == expected
 
 
+@pytest.mark.parametrize("entry,statement", [
+    ('Error processing request 42\nTraceback (most recent call last):\n  File "/app/server.py", line 88, in handle\n'
+     "    user = users[name]\nKeyError: 'bob'", "Error processing request 42 KeyError: 'bob'"),
+    ("Request failed\njava.lang.NullPointerException: null\n\tat com.shop.Cart.add(Cart.java:42)\n"
+     "Caused by: java.io.IOException: disk full\n\t... 3 more",
+     "Request failed java.lang.NullPointerException: null Caused by: java.io.IOException: disk full"),
+    ("panic: runtime error: index out of range [3]\n\ngoroutine 1 [running]:\nmain.main()\n\t/app/main.go:5 +0x1d",
+     "panic: runtime error: index out of range [3] goroutine 1 [running]: main.main()"),
+    # JSON escapes the entry's newlines
+    ('{"level":"error","msg":"handler crashed\\nTraceback (most recent call last):\\n  File \\"a.py\\", line 1\\n'
+     'ValueError: bad input"}', "handler crashed ValueError: bad input"),
+])
+def test_a_multi_line_entry_says_its_unindented_lines(entry, statement):
+    """Stack frames and a traceback's header are the same in every traceback; what was raised is not."""
+    assert read_line(entry).statement == statement
+
+
 @pytest.mark.parametrize("line", [
     "plain line with no fields",
     "retrying with timeout=30 attempts=3",  # pairs in prose, but no message field
