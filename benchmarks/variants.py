@@ -94,7 +94,7 @@ def _collapse(events: list[Doc], topology: Doc, truth: Doc, per_service: int) ->
     relations = [r for r in topology["relations"] if r["source"] not in merged]
     for instance in sorted(merged):  # by id: the first member of each new instance comes first
         pod = merged[instance]
-        if any(e["id"] == pod for e in entities):
+        if pod in {e["id"] for e in entities}:
             continue
         entities.append({"id": pod, "type": "instance"})
         relations.append({"source": pod, "target": service_of[instance], "type": "instance_of"})

@@ -1,0 +1,44 @@
+"""benchmarks/variants.py's collapsed shapes, on a small system of its own (no recorded data needed): each
+service keeps one or two instances, each on its first member's host, and every event and the truth follow."""
+
+from __future__ import annotations
+
+from tests.helpers import benchmark
+
+TOPOLOGY = {
+    "entities": [{"id": "cart", "type": "service"}, {"id": "web", "type": "service"}]
+    + [{"id": f"cart-{n}", "type": "instance"} for n in range(3)] + [{"id": "web-0", "type": "instance"}]
+    + [{"id": f"node-{n}", "type": "host"} for n in range(3)],
+    "relations": [{"source": "web", "target": "cart", "type": "calls"}]
+    + [{"source": f"cart-{n}", "target": "cart", "type": "instance_of"} for n in range(3)]
+    + [{"source": f"cart-{n}", "target": f"node-{n}", "type": "runs_on"} for n in range(3)]
+    + [{"source": "web-0", "target": "web", "type": "instance_of"},
+       {"source": "web-0", "target": "node-0", "type": "runs_on"}],
+}
+EVENTS = [
+    {"type": "rtem.metric.anomaly", "subject": "cart-2", "data": {"attributes": {"metric": "cpu"}}},
+    {"type": "rtem.trace.anomaly", "subject": "cart-1",
+     "data": {"attributes": {"caller": "web-0", "callee": "cart-1", "anomaly": "PD"}}},
+]
+
+
+def test_two_instances_deals_a_services_instances_into_two():
+    variants = benchmark("variants")
+    events, topology, truth = variants.two_instances(EVENTS, TOPOLOGY, {"root_cause_entity": "cart-2", "level": "pod"})
+    instances = sorted(e["id"] for e in topology["entities"] if e["type"] == "instance")
+    assert instances == ["cart-pod0", "cart-pod1", "web-pod0"]
+    placed = {(r["source"], r["target"]) for r in topology["relations"] if r["type"] == "runs_on"}
+    assert placed == {("cart-pod0", "node-0"), ("cart-pod1", "node-1"), ("web-pod0", "node-0")}
+    # cart-0 and cart-2 are dealt into pod0, cart-1 into pod1
+    assert [e["subject"] for e in events] == ["cart-pod0", "cart-pod1"]
+    assert events[1]["data"]["attributes"] == {"caller": "web-pod0", "callee": "cart-pod1", "anomaly": "PD"}
+    assert truth == {"root_cause_entity": "cart-pod0", "level": "pod"}
+    assert EVENTS[0]["subject"] == "cart-2", "the recorded events are not changed in place"
+
+
+def test_one_instance_makes_a_pod_truth_its_service():
+    variants = benchmark("variants")
+    events, topology, truth = variants.one_instance(EVENTS, TOPOLOGY, {"root_cause_entity": "cart-2", "level": "pod"})
+    assert sorted(e["id"] for e in topology["entities"] if e["type"] == "instance") == ["cart-pod", "web-pod"]
+    assert {e["subject"] for e in events} == {"cart-pod"}
+    assert truth == {"root_cause_entity": "cart", "level": "service"}
