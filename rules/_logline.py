@@ -13,15 +13,19 @@ import re
 from typing import NamedTuple
 
 # Message fields, by the libraries that write them: msg (zap, logrus, pino, bunyan, go-kit, slog),
-# message (ECS, Google Cloud, logstash, winston), event (structlog), log (the container runtime's wrapper,
-# whose value is itself a line of any format).
-_MESSAGE_KEYS = ("msg", "message", "event", "log")
+# message (ECS, Google Cloud, logstash, winston, journald's MESSAGE), short_message (GELF), event
+# (structlog), log (the container runtime's wrapper, whose value is itself a line of any format).
+_MESSAGE_KEYS = ("msg", "message", "short_message", "event", "log")
 # The error a line reports beside its message: "request failed" says less than "request failed: dial tcp
 # … connection refused". ECS nests it ({"error": {"message": …}}) or writes it dotted.
 _ERROR_KEYS = ("error", "err", "exception", "error.message")
+# Not journald's PRIORITY: "priority" is as often a job's or a ticket's, and "priority": 1 would say alert.
 _LEVEL_KEYS = ("level", "lvl", "severity", "log.level", "levelname")
-# pino and bunyan write the level as a number.
-_NUMBERED_LEVELS = {"10": "trace", "20": "debug", "30": "info", "40": "warn", "50": "error", "60": "fatal"}
+# Levels written as numbers: syslog's 0-7 (GELF's level) and pino's and bunyan's tens; the two never
+# overlap.
+_NUMBERED_LEVELS = {"0": "emerg", "1": "alert", "2": "crit", "3": "error", "4": "warning", "5": "notice",
+                    "6": "info", "7": "debug",
+                    "10": "trace", "20": "debug", "30": "info", "40": "warn", "50": "error", "60": "fatal"}
 _PAIR = re.compile(r'(?:^|\s)([A-Za-z_][\w.\-]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
 _MESSAGE_PAIR = re.compile(r"(?:^|\s)(?:msg|message|event|log)=", re.IGNORECASE)  # cheap test before parsing
 

@@ -25,6 +25,13 @@ from rules import LogLine, read_line, says_failure
     # pino numbers its levels
     ('{"level":50,"time":1625136862639,"pid":7,"hostname":"cart-0","msg":"checkout failed"}',
      LogLine("checkout failed", "error")),
+    # GELF (Graylog): syslog's numbered levels
+    ('{"version":"1.1","host":"node-2","short_message":"disk quota exceeded","level":3,"_app":"cart"}',
+     LogLine("disk quota exceeded", "error")),
+    # journald: its MESSAGE; a "priority" field is as often a job's as a line's level, so it is not one
+    ('{"MESSAGE":"Started session 4.","PRIORITY":"6","_SYSTEMD_UNIT":"systemd-logind.service"}',
+     LogLine("Started session 4.")),
+    ('{"msg":"job queued","priority":1}', LogLine("job queued")),
     # structlog names its message "event"
     ('{"event":"cache miss storm","level":"warning","logger":"cart"}', LogLine("cache miss storm", "warning")),
 ])
