@@ -1,5 +1,5 @@
 """What a structured log line says. Cloud-native programs mostly log one JSON object a line (zap, logrus,
-pino, bunyan, structlog, ECS, a container runtime's `{"log": …}` wrapper) or logfmt (`level=error
+pino, bunyan, structlog, ECS, GELF, a container runtime's `{"log": …}` wrapper) or logfmt (`level=error
 msg="login failed" user=bob`, Go services, Prometheus, Loki). Read as prose, such a line's statement is a
 quoted value among field names, and every line of a system reads alike: its keys. So detection and the
 reasoner read the statement out of it first: the message field, with the error field's text after it.
