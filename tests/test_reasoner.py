@@ -349,6 +349,10 @@ def test_proposals_for_diagnosed_incidents_stay_in_bounds(shop, busy_incident):
     ("system.disk.used", "disk_space"), ("system.disk.pct_usage", "disk_space"),
     ("container_network_receive_packets.eth0", "network"), ("container_threads", "process"),
     ("grpc-mrt", "latency"), ("http-sr", "errors"), ("grpc-rr", "traffic"), ("frobnication_index", "unknown"),
+    # names as other collectors write them (Metricbeat, node_exporter, cAdvisor)
+    ("system_core_iowait_pct", "disk_io"), ("docker_cpu_core_7_pct", "cpu"), ("docker_memory_stats_rss", "memory"),
+    ("docker_diskio_write_bytes", "disk_io"), ("system_filesystem_used_pct", "disk_space"),
+    ("node_network_transmit_errs_total", "network"), ("container_fs_usage_bytes", "disk_space"),
 ])
 def test_metric_domains(metric, domain):
     assert metric_domain(metric) == domain

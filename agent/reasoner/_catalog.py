@@ -63,6 +63,7 @@ _DOMAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("network", ("rx",)),
     ("network", ("tx",)),
     ("disk_io", ("io",)),
+    ("disk_io", ("iowait",)),  # CPU time waiting for the disk (system_core_iowait_pct) is the disk's trouble
     ("disk_io", ("iops",)),
     ("disk_io", ("blkio",)),
     ("disk_io", ("diskio",)),
