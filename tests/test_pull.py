@@ -59,9 +59,11 @@ async def test_a_take_returns_at_most_a_batch(bus):
     await publish(bus, 40)
     puller = await Puller.open(bus.nc, EVENTS, await consumer(bus), batch=8)
     try:
-        await asyncio.sleep(0.3)  # everything asked for has arrived and is queued
-        first = await puller.take(1.0)
+        first = await puller.take(1.0)  # asks for two batches, returns at most one
         assert 1 <= len(first) <= 8
+        async with asyncio.timeout(5.0):  # the rest of what was asked for arrives and is queued
+            while puller._queue.qsize() < 16 - len(first):
+                await asyncio.sleep(0.02)
     finally:
         left = await puller.close()
     assert 0 < len(left) <= 16 - len(first), "what arrived but was not taken is given back, no more than asked"
