@@ -27,7 +27,8 @@ _NUMBERED_LEVELS = {"0": "emerg", "1": "alert", "2": "crit", "3": "error", "4": 
                     "6": "info", "7": "debug",
                     "10": "trace", "20": "debug", "30": "info", "40": "warn", "50": "error", "60": "fatal"}
 _PAIR = re.compile(r'(?:^|\s)([A-Za-z_][\w.\-]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
-_MESSAGE_PAIR = re.compile(r"(?:^|\s)(?:msg|message|event|log)=", re.IGNORECASE)  # cheap test before parsing
+# A cheap test before parsing pairs: does the line hold a message field at all?
+_MESSAGE_PAIR = re.compile(r"(?:^|\s)(?:" + "|".join(_MESSAGE_KEYS) + ")=", re.IGNORECASE)
 
 
 class LogLine(NamedTuple):
