@@ -30,6 +30,11 @@ truth) into such a system and scores them with `rca_accuracy`'s modes:
   (`{"ts": …, "level": "warn", "caller": …, "instance": …, "request_id": …, "msg": …}`, as zap, logrus or
   pino do) or logfmt (`ts=… level=warn caller=… msg="…"`, as Go services and Prometheus do). The same
   evidence once more: both should score as `raw-logs` does.
+- call-logs: the cases as a system without tracing logs them: every trace anomaly becomes a warning its
+  caller logs, naming the callee's service and the method ("call to paymentservice Charge took too long",
+  "… failed with status 500"); a span of the caller's own says the method alone ("GetQuote took too long").
+  Metrics kept. The same evidence as `original`, written by the other end of each call and naming a
+  service rather than an instance.
 - noisy-raw-logs: `raw-logs` plus the chatter a real system logs beside its faults, on every instance: a
   routine warning ("slow query took N ms", twice in the case's first minutes) and an info line ("request
   served in N ms"); an instance picked by the case number also logs a failure unrelated to the fault
@@ -176,6 +181,25 @@ def logfmt_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc]
         f"remote={p['address']} request_id={p['request']} msg=\"{p['statement']}\""))
 
 
+def call_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """Every trace anomaly as a warning its caller logs, naming the callee's service; see the module doc."""
+    service_of = _services(topology)
+    rewritten = []
+    for doc in events:
+        if doc["type"] == "rtem.trace.anomaly":
+            attributes = doc.get("data", {}).get("attributes", {})
+            callee = attributes.get("callee") or doc["subject"]
+            caller = attributes.get("caller") or callee
+            code = str(attributes.get("anomaly", ""))
+            problem = "took too long" if code.upper() == "PD" else f"failed with status {code}"
+            operation = str(attributes.get("operation") or "request").split("/")[-1].split(" ")[0]
+            target = "" if caller == callee else f"call to {service_of.get(callee, callee)} "
+            doc = {**doc, "type": "rtem.log", "source": doc["source"] + "/logs", "subject": caller,
+                   "data": {"severity": "warning", "message": f"{target}{operation} {problem}", "attributes": {}}}
+        rewritten.append(doc)
+    return rewritten, topology, truth
+
+
 def one_instance_logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
     return one_instance(*logs(events, topology, truth))
 
@@ -220,7 +244,7 @@ VARIANTS: dict[str, Rewrite] = {"original": original, "one-instance": one_instan
                                 "logs": logs, "one-instance-logs": one_instance_logs, "raw-logs": raw_logs,
                                 "one-instance-raw-logs": one_instance_raw_logs, "noisy-raw-logs": noisy_raw_logs,
                                 "json-logs": json_logs, "logfmt-logs": logfmt_logs, "two-instances": two_instances,
-                                "two-instances-raw-logs": two_instances_raw_logs}
+                                "two-instances-raw-logs": two_instances_raw_logs, "call-logs": call_logs}
 
 
 def rewrite_cases(cases: Sequence[Case], topology_doc: Doc, rewrite: Rewrite,

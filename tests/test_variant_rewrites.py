@@ -42,3 +42,21 @@ def test_one_instance_makes_a_pod_truth_its_service():
     assert sorted(e["id"] for e in topology["entities"] if e["type"] == "instance") == ["cart-pod", "web-pod"]
     assert {e["subject"] for e in events} == {"cart-pod"}
     assert truth == {"root_cause_entity": "cart", "level": "service"}
+
+
+def test_call_logs_has_each_caller_log_the_trouble_of_the_service_it_called():
+    variants = benchmark("variants")
+    own_span = {"type": "rtem.trace.anomaly", "subject": "web-0", "source": "/t",
+                "data": {"attributes": {"caller": "web-0", "callee": "web-0", "anomaly": "PD",
+                                        "operation": "hipstershop.CartService/GetCart (rpc)"}}}
+    failed = {"type": "rtem.trace.anomaly", "subject": "cart-1", "source": "/t",
+              "data": {"attributes": {"caller": "web-0", "callee": "cart-1", "anomaly": "500",
+                                      "operation": "hipstershop.CartService/AddItem (rpc)"}}}
+    events, topology, truth = variants.call_logs([EVENTS[0], {**EVENTS[1], "source": "/t"}, own_span, failed],
+                                                 TOPOLOGY, {"root_cause_entity": "cart-2"})
+    assert events[0] == EVENTS[0], "metrics are kept"
+    logged = [(e["type"], e["subject"], e["data"]["severity"], e["data"]["message"]) for e in events[1:]]
+    assert logged == [("rtem.log", "web-0", "warning", "call to cart request took too long"),
+                      ("rtem.log", "web-0", "warning", "GetCart took too long"),
+                      ("rtem.log", "web-0", "warning", "call to cart AddItem failed with status 500")]
+    assert topology is TOPOLOGY and truth == {"root_cause_entity": "cart-2"}
