@@ -17,6 +17,10 @@ truth) into such a system and scores them with `rca_accuracy`'s modes:
   Two instances is the other common shape: rarity among a service's instances has one peer to go by.
 - no-metrics: metric anomalies dropped; only traces remain (the recorded cases have no logs or health
   events).
+- no-service-signals: every event whose subject is a service or another component (a database, a cache)
+  dropped: only instances and hosts speak, as in a system whose anomaly detection watches containers and
+  machines but not per-service request rates and latencies (the recorded cases have them: `grpc-mrt`,
+  `grpc-sr` … on each service). Traces to instances stay.
 - logs: synthesised, since the cases have no logs: every metric anomaly in a bad direction (on every
   entity, not only the true cause; a success rate going up is logged by nobody) becomes an error log on
   the same subject at the same time, "<metric> anomaly" as its message; traces kept. Evidence is then logs
@@ -128,6 +132,12 @@ def _collapse(events: list[Doc], topology: Doc, truth: Doc, per_service: int) ->
 
 def no_metrics(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
     return [d for d in events if d["type"] != "rtem.metric.anomaly"], topology, truth
+
+
+def no_service_signals(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """Events about a service or other component dropped; see the module doc."""
+    units = {e["id"] for e in topology["entities"] if e["type"] not in ("instance", "host")}
+    return [d for d in events if d.get("subject") not in units], topology, truth
 
 
 def logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
@@ -244,7 +254,8 @@ VARIANTS: dict[str, Rewrite] = {"original": original, "one-instance": one_instan
                                 "logs": logs, "one-instance-logs": one_instance_logs, "raw-logs": raw_logs,
                                 "one-instance-raw-logs": one_instance_raw_logs, "noisy-raw-logs": noisy_raw_logs,
                                 "json-logs": json_logs, "logfmt-logs": logfmt_logs, "two-instances": two_instances,
-                                "two-instances-raw-logs": two_instances_raw_logs, "call-logs": call_logs}
+                                "two-instances-raw-logs": two_instances_raw_logs, "call-logs": call_logs,
+                                "no-service-signals": no_service_signals}
 
 
 def rewrite_cases(cases: Sequence[Case], topology_doc: Doc, rewrite: Rewrite,

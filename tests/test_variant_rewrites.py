@@ -60,3 +60,13 @@ def test_call_logs_has_each_caller_log_the_trouble_of_the_service_it_called():
                       ("rtem.log", "web-0", "warning", "GetCart took too long"),
                       ("rtem.log", "web-0", "warning", "call to cart AddItem failed with status 500")]
     assert topology is TOPOLOGY and truth == {"root_cause_entity": "cart-2"}
+
+
+def test_no_service_signals_keeps_only_what_instances_and_hosts_say():
+    variants = benchmark("variants")
+    about_service = {"type": "rtem.metric.anomaly", "subject": "cart", "data": {"attributes": {"metric": "grpc-mrt"}}}
+    about_host = {"type": "rtem.metric.anomaly", "subject": "node-1", "data": {"attributes": {"metric": "cpu"}}}
+    events, topology, truth = variants.no_service_signals([about_service, *EVENTS, about_host], TOPOLOGY,
+                                                          {"root_cause_entity": "cart"})
+    assert events == [*EVENTS, about_host]
+    assert topology is TOPOLOGY and truth == {"root_cause_entity": "cart"}
