@@ -13,20 +13,19 @@ times in the past while its confirmations are made now.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from bus import Event
 from rules import Topology
 
 from .audit import AuditLog
 from .incident import CONFIRMED, ConfirmedCause, confirmed_causes
-from .reasoner import HISTORY_WINDOW, Example, LearnedModel, SignalKind, example_of, fit, learn_history, shape_kinds
+from .reasoner import (HISTORY_WINDOW, Example, History, LearnedModel, SignalKind, example_of, fit, history_of,
+                       kinds_by_incident)
 
 RESET = "learn.reset"
 RANKED = "causes.ranked"
@@ -34,10 +33,13 @@ RANKED = "causes.ranked"
 # examples changes (a new confirmation), an example only when its incident or the topology changes.
 CACHED_MODELS = 8
 CACHED_EXAMPLES = 2000
-# Signal kinds of earlier events' shapes: every diagnosis reads the shapes of the incidents before it, the
-# same ones again and again, and reading a log line (redaction, its template) is the dear part. About 400
-# bytes a shape; 20,000 covers 200 earlier incidents of 100 distinct lines each.
-CACHED_SHAPES = 20_000
+# What history read of each earlier incident (its signal kinds before a diagnosed incident's start): every
+# diagnosis reads the HISTORY_WINDOW incidents before it, mostly the same ones again, and reading their
+# events (a log line's redaction and template) is the dear part. Remembered by incident, not by event
+# shape, so a system whose every log line is distinct (request ids, timestamps) costs no more to remember:
+# about 20 KB an incident measured on the 78 shared cases written as chatty logs (217 kinds each on average,
+# each kind kept once however many incidents show it), so at most some 20 MB.
+CACHED_INCIDENTS = 1000
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,13 @@ class LearningCache:
     """Examples and fitted models by what they were computed from; bounded, least recently used out.
     Thread-safe: the graph's nodes run on worker threads, several incidents at once."""
 
-    def __init__(self, models: int = CACHED_MODELS, examples: int = CACHED_EXAMPLES, shapes: int = CACHED_SHAPES):
+    def __init__(self, models: int = CACHED_MODELS, examples: int = CACHED_EXAMPLES,
+                 incidents: int = CACHED_INCIDENTS):
         self._models: OrderedDict[Hashable, LearnedModel] = OrderedDict()
         self._examples: OrderedDict[Hashable, Example | None] = OrderedDict()
-        self._shapes: OrderedDict[Hashable, tuple[SignalKind, ...]] = OrderedDict()
-        self._limits = (models, examples, shapes)
+        self._incidents: OrderedDict[Hashable, frozenset[SignalKind]] = OrderedDict()
+        self._kinds: dict[SignalKind, SignalKind] = {}  # one copy of each kind, shared by the incidents showing it
+        self._limits = (models, examples, incidents)
         self._lock = threading.Lock()
 
     def model(self, key: Hashable, make) -> LearnedModel:
@@ -67,13 +71,27 @@ class LearningCache:
     def example(self, key: Hashable, make) -> Example | None:
         return self._cached(self._examples, key, make, self._limits[1])
 
-    def shape_kinds(self, topology: Topology) -> Callable[[Event], tuple[SignalKind, ...]]:
-        """`reasoner.shape_kinds` on this topology, remembered by everything it reads of an event."""
-        def kinds(event: Event) -> tuple[SignalKind, ...]:
-            key = (topology.digest, event.type, event.subject, event.severity, event.message,
-                   json.dumps(event.attributes, sort_keys=True, default=str))
-            return self._cached(self._shapes, key, lambda: shape_kinds(event, topology), self._limits[2])
-        return kinds
+    def history(self, store, topology: Topology, before_ts: float, exclude: str | None) -> History:
+        """The background of an incident that began at `before_ts`: what the HISTORY_WINDOW incidents
+        opened before it showed before it began (`reasoner.learn_history` over `store.past_event_shapes`).
+        Each earlier incident's signal kinds are remembered by its id, the count and latest time of its
+        events read, and the topology; only incidents not read that way before are read from the store."""
+        past = store.past_incidents(before_ts, limit=HISTORY_WINDOW, exclude=exclude)
+        keys = {incident: (incident, count, last, topology.digest) for incident, count, last in past}
+        with self._lock:
+            known = {key: self._incidents[key] for key in keys.values() if key in self._incidents}
+            for key in known:
+                self._incidents.move_to_end(key)
+        missing = [incident for incident, key in keys.items() if key not in known]
+        if missing:
+            read = kinds_by_incident(missing, store.event_shapes(missing, before_ts), topology)
+            with self._lock:
+                for incident in missing:
+                    kinds = frozenset(self._kinds.setdefault(kind, kind) for kind in read[incident])
+                    known[keys[incident]] = self._incidents[keys[incident]] = kinds
+                while len(self._incidents) > self._limits[2]:
+                    self._incidents.popitem(last=False)
+        return history_of({incident: known[key] for incident, key in keys.items()})
 
     def _cached(self, table: OrderedDict, key: Hashable, make, limit: int):
         with self._lock:
@@ -127,8 +145,7 @@ def _example(store, topology: Topology, incident_id: str, cause: str, first_ts: 
              cache: LearningCache) -> Example | None:
     """The incident ranked as its diagnosis ranked it: with the history of the incidents before it (as
     `Deps.view` builds it), so the learned weights correct the ranking they will be blended with."""
-    incidents, shapes = store.past_event_shapes(first_ts, limit=HISTORY_WINDOW, exclude=incident_id)
-    history = learn_history(incidents, shapes, topology, cache.shape_kinds(topology))
+    history = cache.history(store, topology, first_ts, incident_id)
     return example_of(incident_id, store.events(incident_id), topology, cause, history)
 
 

@@ -255,10 +255,9 @@ def test_propose_sees_the_same_view_of_the_incident_as_diagnose(tmp_path, shop):
     store.close()
 
 
-def test_the_deps_memo_of_shape_kinds_reads_shapes_as_they_are(shop):
-    """`Deps` remembers the signal kinds of earlier shapes across diagnoses (`LearningCache.shape_kinds`):
-    the history must be the one reading every shape gives, and shapes with one message that differ only
-    in who logged it, who called or which way a metric moved are different kinds, not one remembered entry."""
+def test_shapes_with_one_message_are_kinds_by_who_logged_who_called_and_which_way(shop):
+    """Shapes with one message that differ only in who logged it, who called or which way a metric moved
+    are different signal kinds."""
     def event(n: int, type_: str, subject: str, **attributes) -> Event:
         return Event(id=f"s{n}", source="/t", type=type_, time=T0 + timedelta(seconds=n), subject=subject,
                      severity="warning", message="the same words", attributes=attributes)
@@ -269,8 +268,41 @@ def test_the_deps_memo_of_shape_kinds_reads_shapes_as_they_are(shop):
               event(5, "rtem.metric.anomaly", "cart-1", metric="container_threads", direction="up"),
               event(6, "rtem.metric.anomaly", "cart-1", metric="container_threads", direction="down")]
     shapes = [(e, (f"inc-{n % 2}",)) for n, e in enumerate(events)]
-    memo = LearningCache().shape_kinds(shop)
-    plain = learn_history(["inc-0", "inc-1"], shapes, shop)
-    assert len(plain.seen) == 7  # three entities' line, two callers, two directions
-    assert learn_history(["inc-0", "inc-1"], shapes, shop, memo) == plain
-    assert learn_history(["inc-0", "inc-1"], shapes, shop, memo) == plain  # again, from the memo
+    history = learn_history(["inc-0", "inc-1"], shapes, shop)
+    assert len(history.seen) == 7  # three entities' line, two callers, two directions
+    assert history.incidents == 2 and set(history.seen.values()) == {1}
+
+
+def test_the_learning_cache_remembers_each_earlier_incident_until_its_events_change(backend, shop):
+    """`LearningCache.history` gives the history the store's shapes give, reads an earlier incident once
+    (what it remembers is keyed by the incident's count and latest time of events read), and reads it again
+    when an event joins it."""
+    store = IncidentStore(backend)
+    past = earlier(8)
+    for incident_id, events in past.items():
+        write_incident(store, incident_id, events)
+    now = current_incident(at=10 * HOUR)
+    write_incident(store, "inc-now", now.events)
+    before = start(now)
+    cache = LearningCache()
+
+    def plain() -> History:
+        return learn_history(*store.past_event_shapes(before, exclude="inc-now"), shop)
+
+    first = cache.history(store, shop, before, "inc-now")
+    assert first == plain() == history_from_events(past, shop, before)
+    assert first.seen[("checkout-0", "container_threads", "up")] == 8
+    # Events never change in place; changing one here shows what is remembered: inc-3's count and latest
+    # time are as they were, so its kinds are not read again.
+    with store.transaction():
+        store.db.connection().execute("UPDATE events SET attributes = ? WHERE incident_id = ? AND subject = ?",
+                                      ['{"metric": "disk_used", "direction": "up"}', "inc-3", "checkout-0"])
+    assert cache.history(store, shop, before, "inc-now") == first != plain()
+    assert LearningCache().history(store, shop, before, "inc-now") == plain()
+    # An event joining inc-3 changes its fingerprint: it is read again, with the change above.
+    joined = Event(id="joined", source="/t", type="rtem.metric.anomaly", time=T0 + timedelta(hours=3, minutes=5),
+                   subject="redis-0", severity="warning", attributes={"metric": "container_threads", "direction": "up"})
+    write_incident(store, "inc-3", [*past["inc-3"], joined])
+    assert cache.history(store, shop, before, "inc-now") == plain()
+    assert plain().seen[("redis-0", "container_threads", "up")] == 1
+    store.close()

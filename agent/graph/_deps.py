@@ -17,7 +17,6 @@ from ..investigate import Investigator
 from ..learning import LearningCache, learned_model
 from ..ledger import Ledger
 from ..models import IncidentView, ReasonerRun, RootCause
-from ..reasoner import HISTORY_WINDOW, learn_history
 from ..ruleset import RuleSource
 from ..store import IncidentStore
 from ..topology_reload import TopologySource
@@ -78,8 +77,7 @@ class Deps:
         history = learned = None
         if events:
             first = min(e.ts for e in events)
-            incidents, shapes = self.store.past_event_shapes(first, limit=HISTORY_WINDOW, exclude=incident_id)
-            history = learn_history(incidents, shapes, topology, self.learning.shape_kinds(topology))
+            history = self.learning.history(self.store, topology, first, incident_id)
             model = learned_model(self.store, self.audit, topology, incident_id, first, self.learning)
             learned = model if model.incidents else None
         return IncidentView(incident_id, events, topology, history, learned)

@@ -17,7 +17,7 @@ store's query enforces it, and `history_from_events` does for callers that hold 
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -82,15 +82,26 @@ def learn_history(incidents: Collection[str], shapes: Iterable[tuple[Event, Iter
                   kinds: Callable[[Event], Iterable[SignalKind]] | None = None) -> History:
     """The baseline from earlier incidents given as distinct event shapes, each with the incidents it
     occurred in (what `IncidentStore.past_event_shapes` returns). Pure: same input, same history.
-    `kinds` reads a shape's signal kinds (default `shape_kinds`); a caller that diagnoses one incident
-    after another passes a memo of it, since the same earlier shapes are read for each."""
+    `kinds` reads a shape's signal kinds (default `shape_kinds`)."""
+    return history_of(kinds_by_incident(incidents, shapes, topology, kinds))
+
+
+def kinds_by_incident(incidents: Collection[str], shapes: Iterable[tuple[Event, Iterable[str]]], topology: Topology,
+                      kinds: Callable[[Event], Iterable[SignalKind]] | None = None) -> dict[str, set[SignalKind]]:
+    """Each of `incidents` with the signal kinds its shapes count as (none for one with no shape)."""
     read = kinds or (lambda event: shape_kinds(event, topology))
-    known = set(incidents)
-    where: dict[SignalKind, set[str]] = defaultdict(set)
+    found: dict[str, set[SignalKind]] = {incident: set() for incident in incidents}
     for event, seen_in in shapes:
-        for kind in read(event):
-            where[kind].update(i for i in seen_in if i in known)
-    return History(len(known), {kind: len(ids) for kind, ids in where.items() if ids})
+        read_kinds = tuple(read(event))
+        for incident in seen_in:
+            if incident in found:
+                found[incident].update(read_kinds)
+    return found
+
+
+def history_of(kinds: Mapping[str, Collection[SignalKind]]) -> History:
+    """The baseline from earlier incidents, each given as the signal kinds it showed."""
+    return History(len(kinds), dict(Counter(kind for seen in kinds.values() for kind in seen)))
 
 
 def history_from_events(past: Mapping[str, Iterable[Event]], topology: Topology, before: float) -> History:

@@ -3,7 +3,7 @@
 The store (`_store.py`) writes events and incidents on the hot path and reads incidents back; the queries
 here read *events* for those who weigh evidence: the report and chat (an incident's errors, its alerts,
 the changes around it), the guard's state preconditions (`latest_state`), the reasoner's background
-(`past_event_shapes`) and the lifecycle (`last_signal`, `alert_incident`). `IncidentStore` inherits
+(`past_incidents`, `event_shapes`) and the lifecycle (`last_signal`, `alert_incident`). `IncidentStore` inherits
 them, so every surface calls them on the store as before; they need only its `db` and `dialect`.
 """
 
@@ -101,25 +101,33 @@ class EventQueries:
                 state.setdefault(key, value)
         return state
 
-    def past_event_shapes(self, before_ts: float, *, limit: int = 200,
-                          exclude: str | None = None) -> tuple[list[str], list[tuple[Event, list[str]]]]:
-        """What the `limit` most recent incidents opened before `before_ts` looked like, for learning
-        background noise: their ids, and each distinct event shape (type, subject, severity and the
-        attributes that say what was anomalous) once, with the incidents it occurred in.
-
-        Only events before `before_ts` count, so nothing at or after the current incident's start leaks
-        in; `exclude` (the current incident) never counts. SQLite groups the events, so Python sees a few
-        hundred shapes rather than every event. Trace and metric messages are dropped from the shape (the
-        attributes say it all); other messages are kept, since their text is what they say.
-        """
+    def past_incidents(self, before_ts: float, *, limit: int = 200,
+                       exclude: str | None = None) -> list[tuple[str, int, float]]:
+        """The `limit` most recent incidents opened before `before_ts` (not merged, not `exclude`), most
+        recent first, each with the count and the latest time of its events before `before_ts`: what
+        history may read of it, and a fingerprint of that part (it changes when an event is added or
+        moved there), so what was read of it can be remembered (`agent.learning.LearningCache`)."""
         with self.db.snapshot() as conn:
-            past = [r[0] for r in conn.execute(
-                """SELECT id FROM incidents WHERE status != 'merged' AND first_ts < ? AND id != ?
-                   ORDER BY first_ts DESC, id DESC LIMIT ?""", [before_ts, exclude or "", limit])]
-            if not past:
-                return [], []
-            marks = ",".join("?" * len(past))
-            field = self.dialect.json_text
+            return [(incident, count, last) for incident, count, last in conn.execute(
+                """SELECT i.id, COUNT(e.id), MAX(e.ts) FROM incidents i
+                   LEFT JOIN events e ON e.incident_id = i.id AND e.ts < ?
+                   WHERE i.status != 'merged' AND i.first_ts < ? AND i.id != ?
+                   GROUP BY i.id, i.first_ts ORDER BY i.first_ts DESC, i.id DESC LIMIT ?""",
+                [before_ts, before_ts, exclude or "", limit])]
+
+    def event_shapes(self, incidents: Sequence[str], before_ts: float) -> list[tuple[Event, list[str]]]:
+        """Each distinct event shape (type, subject, severity and the attributes that say what was
+        anomalous) of `incidents`' events before `before_ts`, once, with the incidents it occurred in.
+
+        The database groups the events, so Python sees the distinct shapes rather than every event. Trace
+        and metric messages are dropped from the shape (the attributes say it all); other messages are
+        kept, since their text is what they say.
+        """
+        if not incidents:
+            return []
+        marks = ",".join("?" * len(incidents))
+        field = self.dialect.json_text
+        with self.db.snapshot() as conn:
             rows = conn.execute(f"""
                 SELECT type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message,
                        MIN(time), {self.dialect.distinct_list('incident_id')}
@@ -134,15 +142,24 @@ class EventQueries:
                                   THEN '' ELSE message END AS message
                       FROM events WHERE incident_id IN ({marks}) AND ts < ?) AS shaped
                 GROUP BY type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message""",
-                [*past, before_ts]).fetchall()
+                [*incidents, before_ts]).fetchall()
         keys = ("metric", "direction", "callee", "caller", "anomaly", "alertname")
         shapes = []
-        for number, (type_, subject, severity, *values, message, time, incidents) in enumerate(rows):
+        for number, (type_, subject, severity, *values, message, time, seen_in) in enumerate(rows):
             attributes = {k: v for k, v in zip(keys, values) if v is not None}
             shape = Event(id=f"shape-{number}", source="rtem.store", type=type_, time=parse_time(time),
                           subject=subject, severity=severity, message=message or "", attributes=attributes)
-            shapes.append((shape, incidents.split(",")))
-        return past, shapes
+            shapes.append((shape, seen_in.split(",")))
+        return shapes
+
+    def past_event_shapes(self, before_ts: float, *, limit: int = 200,
+                          exclude: str | None = None) -> tuple[list[str], list[tuple[Event, list[str]]]]:
+        """What the `limit` most recent incidents opened before `before_ts` looked like, for learning
+        background noise: their ids (`past_incidents`), and their events' distinct shapes before
+        `before_ts` (`event_shapes`). Only events before `before_ts` count, so nothing at or after the
+        current incident's start leaks in; `exclude` (the current incident) never counts."""
+        past = [incident for incident, _, _ in self.past_incidents(before_ts, limit=limit, exclude=exclude)]
+        return past, self.event_shapes(past, before_ts)
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         return dict_rows(self.db.connection().execute(sql, params))
