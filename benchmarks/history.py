@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rca_accuracy import DEFAULT_DATA, load_cases  # noqa: E402
+from rca_accuracy import add_case_arguments, case_paths, load_cases  # noqa: E402
 from variants import VARIANTS, rewrite_cases  # noqa: E402
 
 from agent.analyze import analyze_files  # noqa: E402
@@ -75,18 +75,13 @@ def run(cases_dir: Path, topology_path: Path, variant: str, last: int) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("cases_dir", nargs="?", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--topology", type=Path, help="topology file (default: topology.json beside the cases)")
+    add_case_arguments(parser)
     parser.add_argument("--variant", default="noisy-raw-logs", choices=list(VARIANTS),
                         help="how the cases are written (default: noisy-raw-logs)")
     parser.add_argument("--last", type=int, default=20, help="how many of the last incidents to diagnose")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = parser.parse_args(argv)
-    directory = args.cases_dir / "cases" if (args.cases_dir / "cases").is_dir() else args.cases_dir
-    topology_path = args.topology or next(
-        (p for p in (directory / "topology.json", directory.parent / "topology.json") if p.exists()), None)
-    if topology_path is None:
-        parser.error(f"no topology.json in {directory} or its parent; pass --topology")
+    directory, topology_path = case_paths(parser, args)
     report = run(directory, topology_path, args.variant, args.last)
     report["command"] = " ".join(["python benchmarks/history.py", *(argv if argv is not None else sys.argv[1:])])
     if args.json:

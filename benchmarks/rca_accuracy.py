@@ -496,10 +496,26 @@ def print_text(reports: Sequence[Report], cases: Sequence[Case], command: str) -
             print(f"{key:42s} {m.cases:3d} {m.top1:6d} {m.top3:6d}   {'':8s} {b.top1:6d} {b.top3:6d}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_case_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cases directory and `--topology`, as every accuracy benchmark takes them."""
     parser.add_argument("cases_dir", nargs="?", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--topology", type=Path, help="topology file (default: topology.json beside the cases)")
+
+
+def case_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, Path]:
+    """The directory of the case files (`cases/` inside the one given, if there is one) and the topology
+    file (`--topology`, else topology.json beside the cases or above them); a parser error without one."""
+    directory = args.cases_dir / "cases" if (args.cases_dir / "cases").is_dir() else args.cases_dir
+    topology_path = args.topology or next(
+        (p for p in (directory / "topology.json", directory.parent / "topology.json") if p.exists()), None)
+    if topology_path is None:
+        parser.error(f"no topology.json in {directory} or its parent; pass --topology")
+    return directory, topology_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_case_arguments(parser)
     parser.add_argument("--mode", action="append", choices=sorted(MODES),
                         help="how cases are analysed (repeatable; default: pipeline and direct)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -511,11 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = shlex.join(["python", "benchmarks/rca_accuracy.py", *(sys.argv[1:] if argv is None else argv)])
 
-    directory = args.cases_dir / "cases" if (args.cases_dir / "cases").is_dir() else args.cases_dir
-    topology_path = args.topology or next(
-        (p for p in (directory / "topology.json", directory.parent / "topology.json") if p.exists()), None)
-    if topology_path is None:
-        parser.error(f"no topology.json in {directory} or its parent; pass --topology")
+    directory, topology_path = case_paths(parser, args)
     cases = load_cases(directory)
     if not cases:
         parser.error(f"no N.events.jsonl with N.truth.json in {directory}")

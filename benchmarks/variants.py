@@ -61,7 +61,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rca_accuracy import DEFAULT_DATA, MODES, Case, evaluate, load_cases  # noqa: E402
+from rca_accuracy import MODES, Case, add_case_arguments, case_paths, evaluate, load_cases  # noqa: E402
 
 from agent.reasoner._catalog import is_bad_direction, metric_domain  # noqa: E402
 from rules.topology import Topology  # noqa: E402
@@ -288,19 +288,14 @@ def run(cases_dir: Path, topology_path: Path, variants: Sequence[str], modes: Se
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("cases_dir", nargs="?", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--topology", type=Path, help="topology file (default: topology.json beside the cases)")
+    add_case_arguments(parser)
     parser.add_argument("--variant", action="append", choices=list(VARIANTS),
                         help="which variants (repeatable; default: all)")
     parser.add_argument("--mode", action="append", choices=sorted(MODES),
                         help="how cases are analysed (repeatable; default: direct)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
-    directory = args.cases_dir / "cases" if (args.cases_dir / "cases").is_dir() else args.cases_dir
-    topology_path = args.topology or next(
-        (p for p in (directory / "topology.json", directory.parent / "topology.json") if p.exists()), None)
-    if topology_path is None:
-        parser.error(f"no topology.json in {directory} or its parent; pass --topology")
+    directory, topology_path = case_paths(parser, args)
     results = run(directory, topology_path, args.variant or list(VARIANTS), args.mode or ["direct"])
     if args.json:
         print(json.dumps(results, indent=2))

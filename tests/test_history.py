@@ -148,13 +148,19 @@ def write_incident(store: IncidentStore, incident_id: str, events: list[Event]) 
                                "signals": len(events)})
 
 
-def test_the_store_gives_only_earlier_incidents_and_their_earlier_events(backend, shop):
+def stored(backend: str, now_at: float) -> tuple[IncidentStore, dict[str, list[Event]], Events]:
+    """A store with eight earlier incidents an hour apart (`earlier`) and the current one (`inc-now`)."""
     store = IncidentStore(backend)
     past = earlier(8)
     for incident_id, events in past.items():
         write_incident(store, incident_id, events)
-    now = current_incident(at=5.5 * HOUR)
+    now = current_incident(at=now_at)
     write_incident(store, "inc-now", now.events)
+    return store, past, now
+
+
+def test_the_store_gives_only_earlier_incidents_and_their_earlier_events(backend, shop):
+    store, past, now = stored(backend, now_at=5.5 * HOUR)
     # inc-2 goes on after the current incident started: that later event must not count.
     late = Event(id="late", source="/t", type="rtem.metric.anomaly", time=T0 + timedelta(hours=6),
                  subject="cart-0", severity="warning", attributes={"metric": "container_threads", "direction": "up"})
@@ -277,12 +283,7 @@ def test_the_learning_cache_remembers_each_earlier_incident_until_its_events_cha
     """`LearningCache.history` gives the history the store's shapes give, reads an earlier incident once
     (what it remembers is keyed by the incident's count and latest time of events read), and reads it again
     when an event joins it."""
-    store = IncidentStore(backend)
-    past = earlier(8)
-    for incident_id, events in past.items():
-        write_incident(store, incident_id, events)
-    now = current_incident(at=10 * HOUR)
-    write_incident(store, "inc-now", now.events)
+    store, past, now = stored(backend, now_at=10 * HOUR)
     before = start(now)
     cache = LearningCache()
 
