@@ -287,7 +287,8 @@ ACTION_CATALOG: dict[tuple[str, str], tuple[ActionRule, ...]] = {
     ("service", "network"): (ActionRule("open_circuit", "caller", "stop calls over the degraded network path"),),
     ("service", "latency"): (ActionRule("shed_load", why="cut load until latency recovers"),
                              ActionRule("open_circuit", "caller", "keep callers from queueing on it")),
-    ("service", "disk_space"): (ActionRule("restart_instance", "instance", "a fresh container gets clean scratch space"),),
+    ("service", "disk_space"): (ActionRule("restart_instance", "instance",
+                                           "a fresh container gets clean scratch space"),),
     ("service", "bad_config"): (),  # no action undoes a configuration change: a person does
     ("service", "*"): (ActionRule("scale_out", why="add capacity to the degraded service"),),
     ("host", "bad_deploy"): (),

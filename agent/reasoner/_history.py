@@ -18,7 +18,7 @@ store's query enforces it, and `history_from_events` does for callers that hold 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bus import Event
@@ -78,24 +78,22 @@ def shape_kinds(event: Event, topology: Topology) -> tuple[SignalKind, ...]:
     return tuple(signal_kind(s) for s in extract_signals((event,), topology) if s.source != CHANGE)
 
 
-def learn_history(incidents: Collection[str], shapes: Iterable[tuple[Event, Iterable[str]]], topology: Topology,
-                  kinds: Callable[[Event], Iterable[SignalKind]] | None = None) -> History:
+def learn_history(incidents: Collection[str], shapes: Iterable[tuple[Event, Iterable[str]]],
+                  topology: Topology) -> History:
     """The baseline from earlier incidents given as distinct event shapes, each with the incidents it
-    occurred in (what `IncidentStore.past_event_shapes` returns). Pure: same input, same history.
-    `kinds` reads a shape's signal kinds (default `shape_kinds`)."""
-    return history_of(kinds_by_incident(incidents, shapes, topology, kinds))
+    occurred in (what `IncidentStore.past_event_shapes` returns). Pure: same input, same history."""
+    return history_of(kinds_by_incident(incidents, shapes, topology))
 
 
-def kinds_by_incident(incidents: Collection[str], shapes: Iterable[tuple[Event, Iterable[str]]], topology: Topology,
-                      kinds: Callable[[Event], Iterable[SignalKind]] | None = None) -> dict[str, set[SignalKind]]:
+def kinds_by_incident(incidents: Collection[str], shapes: Iterable[tuple[Event, Iterable[str]]],
+                      topology: Topology) -> dict[str, set[SignalKind]]:
     """Each of `incidents` with the signal kinds its shapes count as (none for one with no shape)."""
-    read = kinds or (lambda event: shape_kinds(event, topology))
     found: dict[str, set[SignalKind]] = {incident: set() for incident in incidents}
     for event, seen_in in shapes:
-        read_kinds = tuple(read(event))
+        kinds = shape_kinds(event, topology)
         for incident in seen_in:
             if incident in found:
-                found[incident].update(read_kinds)
+                found[incident].update(kinds)
     return found
 
 
