@@ -62,6 +62,7 @@ class LearningCache:
         self._examples: OrderedDict[Hashable, Example | None] = OrderedDict()
         self._incidents: OrderedDict[Hashable, frozenset[SignalKind]] = OrderedDict()
         self._kinds: dict[SignalKind, SignalKind] = {}  # one copy of each kind, shared by the incidents showing it
+        self._kinds_kept = 0  # how many kinds the remembered incidents showed when `_kinds` was last rebuilt
         self._limits = (models, examples, incidents)
         self._lock = threading.Lock()
 
@@ -89,9 +90,28 @@ class LearningCache:
                 for incident in missing:
                     kinds = frozenset(self._kinds.setdefault(kind, kind) for kind in read[incident])
                     known[keys[incident]] = self._incidents[keys[incident]] = kinds
-                while len(self._incidents) > self._limits[2]:
+                forgotten = max(0, len(self._incidents) - self._limits[2])
+                for _ in range(forgotten):
                     self._incidents.popitem(last=False)
+                if forgotten:
+                    self._forget_kinds()
         return history_of({incident: known[key] for incident, key in keys.items()})
+
+    @property
+    def kinds_held(self) -> int:
+        """How many distinct signal kinds are interned for the remembered incidents (for diagnostics)."""
+        with self._lock:
+            return len(self._kinds)
+
+    def _forget_kinds(self) -> None:
+        """After incidents are forgotten: once the intern table holds twice the kinds it held when last
+        rebuilt, rebuild it from the incidents still remembered, so kinds that only forgotten incidents
+        showed go too (the lock is held). Amortised, a rebuild costs next to nothing per incident; without
+        it a system whose log lines keep changing would intern every template it ever logged."""
+        if len(self._kinds) <= 2 * self._kinds_kept:
+            return
+        self._kinds = {kind: kind for kinds in self._incidents.values() for kind in kinds}
+        self._kinds_kept = len(self._kinds)
 
     def _cached(self, table: OrderedDict, key: Hashable, make, limit: int):
         with self._lock:

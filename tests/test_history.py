@@ -307,3 +307,21 @@ def test_the_learning_cache_remembers_each_earlier_incident_until_its_events_cha
     assert cache.history(store, shop, before, "inc-now") == plain()
     assert plain().seen[("redis-0", "container_threads", "up")] == 1
     store.close()
+
+
+def test_the_learning_cache_forgets_the_kinds_only_forgotten_incidents_showed(backend, shop):
+    """The cache's table of signal kinds shrinks with the incidents it remembers: six incidents with a kind
+    each, two remembered, two kinds held (an unbounded cache holds all six); histories are unchanged."""
+    store = IncidentStore(backend)
+    for n in range(6):
+        write_incident(store, f"inc-{n}", [
+            Event(id=f"k{n}", source="/t", type="rtem.metric.anomaly", time=T0 + timedelta(hours=n),
+                  subject="cart-0", severity="warning", attributes={"metric": f"metric_{n}", "direction": "up"})])
+    before = T0.timestamp() + 10 * HOUR
+    small, whole = LearningCache(incidents=2), LearningCache()
+    expected = whole.history(store, shop, before, None)
+    assert whole.kinds_held == 6 and expected.incidents == 6
+    for _ in range(3):  # each time four incidents are read again and forgotten again
+        assert small.history(store, shop, before, None) == expected
+        assert small.kinds_held == 2
+    store.close()
