@@ -21,6 +21,9 @@ truth) into such a system and scores them with `rca_accuracy`'s modes:
   dropped: only instances and hosts speak, as in a system whose anomaly detection watches containers and
   machines but not per-service request rates and latencies (the recorded cases have them: `grpc-mrt`,
   `grpc-sr` … on each service). Traces to instances stay.
+- no-calls: the topology without its `calls` and `uses` relations: services, instances and hosts only, as
+  an inventory from the cluster gives them. Who calls whom is then only what the traces show.
+- no-hosts: the topology without its `runs_on` relations: nobody says which instance runs on which host.
 - logs: synthesised, since the cases have no logs: every metric anomaly in a bad direction (on every
   entity, not only the true cause; a success rate going up is logged by nobody) becomes an error log on
   the same subject at the same time, "<metric> anomaly" as its message; traces kept. Evidence is then logs
@@ -140,6 +143,17 @@ def no_service_signals(events: list[Doc], topology: Doc, truth: Doc) -> tuple[li
     return [d for d in events if d.get("subject") not in units], topology, truth
 
 
+def _without(relations: set[str]) -> Rewrite:
+    def rewrite(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+        kept = [r for r in topology["relations"] if r["type"] not in relations]
+        return events, {**topology, "relations": kept}, truth
+    return rewrite
+
+
+no_calls = _without({"calls", "uses"})
+no_hosts = _without({"runs_on"})
+
+
 def logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
     """Every metric anomaly as an error log of the same subject; see the module doc."""
     rewritten = []
@@ -255,7 +269,8 @@ VARIANTS: dict[str, Rewrite] = {"original": original, "one-instance": one_instan
                                 "one-instance-raw-logs": one_instance_raw_logs, "noisy-raw-logs": noisy_raw_logs,
                                 "json-logs": json_logs, "logfmt-logs": logfmt_logs, "two-instances": two_instances,
                                 "two-instances-raw-logs": two_instances_raw_logs, "call-logs": call_logs,
-                                "no-service-signals": no_service_signals}
+                                "no-service-signals": no_service_signals, "no-calls": no_calls,
+                                "no-hosts": no_hosts}
 
 
 def rewrite_cases(cases: Sequence[Case], topology_doc: Doc, rewrite: Rewrite,

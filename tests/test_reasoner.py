@@ -71,6 +71,27 @@ def test_callee_with_errors_seen_by_callers_outranks_them(shop):
     assert causes[0].fault_type in ("errors", "latency")
 
 
+def test_calls_the_traces_show_stand_in_for_calls_the_topology_does_not_list(shop):
+    """A topology of services, instances and hosts alone (no `calls`): the traces say who calls whom, so
+    the callers' latency/errors still move to the callee that shows them too, as with the full topology."""
+    doc = shop.model_dump()
+    bare = Topology.from_dict({**doc, "relations": [r for r in doc["relations"] if r["type"] not in ("calls", "uses")]})
+    ev = Events()
+    ev.metric("frontend", "http-mrt")
+    ev.metric("checkout", "grpc-mrt")
+    ev.metric("cart", "grpc-mrt", at=120)
+    ev.metric("frontend-1", "container_threads", at=60)
+    ev.metric("checkout-0", "container_threads", at=60)
+    for caller, callee in (("frontend-0", "cart-0"), ("frontend-1", "cart-1"), ("checkout-0", "cart-1"),
+                           ("frontend-0", "checkout-1")):
+        ev.trace(caller, callee, at=30)
+    ranked = [(c.entity, round(c.confidence, 6)) for c in diagnose(ev, bare, limit=10)]
+    assert ranked == [(c.entity, round(c.confidence, 6)) for c in diagnose(ev, shop, limit=10)]
+    assert ranked[0][0] == "cart"
+    cart = diagnose(ev, bare)[0]
+    assert "latency/errors of its callers (checkout, frontend) point at it" in cart.explanation
+
+
 def test_isolated_instance_fault_points_at_the_instance(shop):
     ev = Events()
     for metric in ("container_cpu_usage_seconds", "container_memory_usage_MB", "container_threads",
@@ -386,3 +407,4 @@ def test_recorded_cases_mostly_rank_the_truth_in_the_top_three():
     # top 3; the reasoner must do clearly better on both.
     assert top3 >= 16, f"truth in the top 3 for only {top3} of {len(numbers)} cases"
     assert top1 >= 12, f"truth ranked first for only {top1} of {len(numbers)} cases"
+

@@ -70,3 +70,13 @@ def test_no_service_signals_keeps_only_what_instances_and_hosts_say():
                                                           {"root_cause_entity": "cart"})
     assert events == [*EVENTS, about_host]
     assert topology is TOPOLOGY and truth == {"root_cause_entity": "cart"}
+
+
+def test_no_calls_and_no_hosts_thin_only_the_topology():
+    variants = benchmark("variants")
+    truth = {"root_cause_entity": "cart-2", "level": "pod"}
+    for rewrite, dropped in ((variants.no_calls, {"calls"}), (variants.no_hosts, {"runs_on"})):
+        events, topology, same = rewrite(EVENTS, TOPOLOGY, truth)
+        assert events == EVENTS and same == truth and topology["entities"] == TOPOLOGY["entities"]
+        assert topology["relations"] == [r for r in TOPOLOGY["relations"] if r["type"] not in dropped]
+        assert {r["type"] for r in topology["relations"]} == {"calls", "instance_of", "runs_on"} - dropped

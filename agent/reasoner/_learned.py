@@ -31,6 +31,7 @@ from rules.topology import Topology
 
 from ._candidate import Candidate
 from ._history import History
+from ._populations import CallGraph
 from ._scoring import rank_candidates
 from ._signals import CHANGE, HEALTH, LOG, METRIC, TRACE, Signal, extract_signals
 
@@ -196,9 +197,10 @@ def candidate_features(ranked: Sequence[Candidate], shares: Sequence[float], sig
         own.setdefault(s.entity, []).append(s)
     anomalous = {e for e in own} | {topology.service_of(e) for e in own}
     start = min((s.ts for s in signals), default=0.0)
+    calls = CallGraph(topology, [s for s in signals if s.source == TRACE], relations=("calls",))
     out = []
     for index, (c, share) in enumerate(zip(ranked, shares)):
-        values = _features(c.entity, index, own.get(c.entity, []), anomalous, start, topology)
+        values = _features(c.entity, index, own.get(c.entity, []), anomalous, start, topology, calls)
         offset = math.log(max(share, 1e-300))
         values[LOG_SHARE] = offset
         out.append(Features(c.entity, values, offset))
@@ -206,7 +208,7 @@ def candidate_features(ranked: Sequence[Candidate], shares: Sequence[float], sig
 
 
 def _features(entity: str, index: int, own: Sequence[Signal], anomalous: set[str], start: float,
-              topology: Topology) -> dict[str, float]:
+              topology: Topology, calls: CallGraph) -> dict[str, float]:
     values: dict[str, float] = {f"type:{topology.entity_type(entity) or 'unknown'}": 1.0,
                                 f"entity:{entity}": 1.0,
                                 "cold:" + ("top1" if index == 0 else "top3" if index < 3 else "lower"): 1.0}
@@ -226,8 +228,7 @@ def _features(entity: str, index: int, own: Sequence[Signal], anomalous: set[str
             values[s.kind if s.kind.startswith(s.source + ":") else f"{s.source}:{s.kind}"] = 1.0
     service = topology.service_of(entity)
     others = anomalous - {entity, service}
-    callers = {topology.service_of(c) for c in topology.sources(service, "calls")}
-    callees = {topology.service_of(c) for c in topology.targets(service, "calls")}
+    callers, callees = set(calls.callers(service)), set(calls.callees(service))
     if callers & others:
         values["pos:called_by_anomalous"] = 1.0
     if callees & others:

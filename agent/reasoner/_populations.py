@@ -20,13 +20,40 @@ def same_flow(a: str, b: str) -> bool:
     return fa is None or fb is None or fa == fb
 
 
-def callers_first(topology: Topology, entities: Sequence[str]) -> list[str]:
+class CallGraph:
+    """Who calls or uses whom among services and components: the topology's `calls` and `uses` relations,
+    and the calls the traces themselves show (a trace from an instance of A about an instance of B says
+    that A calls B), so that a topology that lists no calls still has them where traces do."""
+
+    def __init__(self, topology: Topology, traces: Iterable[Signal] = (), relations: Sequence[str] = ("calls", "uses")):
+        self.out: dict[str, set[str]] = defaultdict(set)
+        self.into: dict[str, set[str]] = defaultdict(set)
+        for entity in topology.by_id:
+            for relation in relations:
+                for target in topology.targets(entity, relation):
+                    self._add(entity, target)
+        for s in traces:
+            if s.caller:
+                self._add(topology.service_of(s.caller), topology.service_of(s.entity))
+
+    def _add(self, source: str, target: str) -> None:
+        if source != target:
+            self.out[source].add(target)
+            self.into[target].add(source)
+
+    def callees(self, entity: str) -> list[str]:
+        return sorted(self.out.get(entity, ()))
+
+    def callers(self, entity: str) -> list[str]:
+        return sorted(self.into.get(entity, ()))
+
+
+def callers_first(calls: CallGraph, entities: Sequence[str]) -> list[str]:
     """`entities` ordered so that a caller comes before what it calls or uses (cycles broken by id)."""
     pending = set(entities)
     order: list[str] = []
     while pending:
-        roots = sorted(e for e in pending
-                       if not any(c in pending for c in topology.sources(e, "calls") + topology.sources(e, "uses")))
+        roots = sorted(e for e in pending if not any(c in pending for c in calls.callers(e)))
         batch = roots or [min(pending)]
         order.extend(batch)
         pending.difference_update(batch)

@@ -18,7 +18,8 @@ that entity rather than elsewhere. Five ideas make it up:
      instance running on it (a container's load is part of its host's load, not the reverse);
    - a component's latency/errors move on to the dependencies it calls or uses that show latency/errors
      too, as far as those account for them, competing with the component's own instances' resource
-     anomalies as the explanation;
+     anomalies as the explanation (who calls whom: the topology's `calls` and `uses`, and the calls
+     the traces show, instance to instance, read as service to service: `_populations.CallGraph`);
    - a service's latency/errors move to its instances as far as they are unevenly anomalous;
    - a trace anomaly is evidence about its callee, weighed like any anomaly by idea 1 (kind
      "trace:latency" or "trace:errors"), of which the callee keeps ``in / (in + out)``: in its reporters,
@@ -53,8 +54,8 @@ from rules.topology import Topology
 from ._candidate import Candidate, fault_type, symptom
 from ._catalog import RESOURCE_DOMAINS, SYMPTOM_DOMAINS
 from ._history import History
-from ._populations import (HOST, INSTANCE, callers_first, first_by_source, population, population_sizes, relayed,
-                           same_flow, spread_of)
+from ._populations import (HOST, INSTANCE, CallGraph, callers_first, first_by_source, population, population_sizes,
+                           relayed, same_flow, spread_of)
 from ._signals import CHANGE, TRACE, Signal, first_by_kind
 
 # Anomalies first seen this many seconds after the first anomaly of their source count half. Five
@@ -88,6 +89,7 @@ class _Scorer:
         self.traces = [s for s in signals if s.source == TRACE]
         self.changes = [s for s in signals if s.source == CHANGE]
         self.kept = relayed(self.traces)
+        self.calls = CallGraph(topology, self.traces)
         self.first_ts = first_by_source(signals)
         self.spread = spread_of(state, topology)
         self.sizes = population_sizes(topology, by_unit=True)
@@ -195,15 +197,15 @@ class _Scorer:
         """Idea 3, calls: a component's latency/errors move on to dependencies that show them too.
 
         Callers are visited before their callees, so what a caller passes on travels down the chain to
-        the deepest dependency that is still symptomatic.
+        the deepest dependency that is still symptomatic. Who calls whom is `CallGraph`'s: the
+        topology's calls and uses, and the calls the traces show.
         """
-        topo = self.topology
         own = {e: self._strength_in(e, SYMPTOM_DOMAINS) for e, c in cands.items()
                if c.entity_type not in (INSTANCE, HOST)}
         received: dict[str, float] = defaultdict(float)
-        for entity in callers_first(topo, [e for e, v in own.items() if v > 0]):
+        for entity in callers_first(self.calls, [e for e, v in own.items() if v > 0]):
             cand = cands[entity]
-            deps = {d: own.get(d, 0.0) for d in topo.targets(entity, "calls") + topo.targets(entity, "uses")}
+            deps = {d: own.get(d, 0.0) for d in self.calls.callees(entity)}
             deps = {d: v for d, v in deps.items() if v > 0}
             itself = self._typical_instance_strength(entity)
             forwarded = sum(deps.values()) / max(own[entity], itself + sum(deps.values())) if deps else 0.0
@@ -216,7 +218,7 @@ class _Scorer:
                     cand.domains[domain] *= 1 - forwarded
             if kept_received:
                 cand.domains["latency"] = cand.domains.get("latency", 0.0) + kept_received
-                callers = sorted(c for c in topo.sources(entity, "calls") + topo.sources(entity, "uses") if c in own)
+                callers = [c for c in self.calls.callers(entity) if c in own]
                 cand.notes.append(f"latency/errors of its callers ({', '.join(callers)}) point at it")
             if forwarded:
                 cand.notes.append(f"{forwarded:.0%} of its latency/errors are explained by dependencies that show "
