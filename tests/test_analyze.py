@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from tests.helpers import RECORDING, SHARED_DATA, TOPOLOGY, analyze, analyze_json, cloud_event, write_events
+from tests.helpers import (RECORDING, SHARED_DATA, TOPOLOGY, analyze, analyze_json, cloud_event, decisions,
+                           write_events)
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +123,27 @@ def test_the_console_script_runs_as_installed(tmp_path):
     assert done.returncode == 0, done.stderr
     [incident] = json.loads(done.stdout)["incidents"]
     assert incident["root_causes"][0]["entity"] == "cartservice-0"
+
+
+def test_entities_the_topology_does_not_hold_are_named_not_silently_ignored(tmp_path):
+    """A stale topology must not hide a cause without a word: the entities of an incident it does not hold
+    are named on the terminal and in the diagnosis record, and a full topology says nothing of the kind."""
+    doc = json.loads(TOPOLOGY.read_text())
+    subjects = {json.loads(line).get("subject") for line in RECORDING.read_text().splitlines()}
+    gone = sorted(e["id"] for e in doc["entities"] if e["type"] == "instance" and e["id"] in subjects)[:2]
+    thin = tmp_path / "thin.json"
+    thin.write_text(json.dumps({"entities": [e for e in doc["entities"] if e["id"] not in gone],
+                                "relations": [r for r in doc["relations"] if r["source"] not in gone
+                                              and r["target"] not in gone]}))
+    said = runner.invoke(app, ["analyze", str(RECORDING), "--topology", str(thin), "--out", str(tmp_path / "thin")])
+    assert said.exit_code == 0, said.output
+    note = (f"2 entities of this incident are not in the topology, so their events were not weighed and none "
+            f"can be ranked as the cause: {gone[0]}, {gone[1]}; add them to the topology")
+    assert note in " ".join(said.output.split())
+    [ranked] = decisions(tmp_path / "thin" / "run" / "rtem.db", "causes.ranked")
+    assert ranked["reasons"][0].startswith(note)
+    assert not any(c["entity"] in gone for c in ranked["decision"]["root_causes"])
+    full = analyze(RECORDING, "--out", tmp_path / "full")
+    assert "not in the topology" not in full.output
+    assert all("not in the topology" not in r for r in decisions(tmp_path / "full" / "run" / "rtem.db",
+                                                                 "causes.ranked")[0]["reasons"])

@@ -97,8 +97,9 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
     out.print(escape(f"confirmed cause: {confirmed.describe() if confirmed else 'none yet'}"))
 
 
-def print_incident(inc: dict) -> None:
-    """An incident report (`agent.analyze.incident_report`): ranked causes and the verdicts on its actions."""
+def print_incident(inc: dict, note: str | None = None) -> None:
+    """An incident report (`agent.analyze.incident_report`): ranked causes (and `note` on them, in yellow)
+    and the verdicts on its actions."""
     out.print(f"\n[bold]{inc['id']}[/]  opened {inc['opened_at']}  ·  {inc['event_count']} events  ·  "
               f"{len(inc['entities'])} entities")
     print_table([Column("#"), Column("entity", ident=True), Column("fault"), Column("confidence"), Column("evidence")],
@@ -107,6 +108,8 @@ def print_incident(inc: dict) -> None:
                 title="ranked root causes")
     if inc["root_causes"]:
         out.print(f"[dim]{escape(inc['root_causes'][0]['explanation'])}[/]")
+    if note:
+        out.print(f"[yellow]note: {escape(note)}[/]")
     dry = inc.get("status") in (None, "diagnosed")
     columns = ("action", "target", "verdict", "rules", "reason") if dry else (
         "#", "action", "target", "verdict", "status", "approval", "why")

@@ -19,7 +19,7 @@ from ..incident import PAGE, ActionStatus, PlannedAction
 from ..fitness import diagnosis_of, keep_fit
 from ..ledger import ledger_scope, step_key
 from ..models import ReasonerRun, RootCause
-from ..reasoner import DeterministicReasoner
+from ..reasoner import DeterministicReasoner, unlisted_note
 from ._deps import Deps, IncidentState, plan_of, records
 from ._steps import others_of, page_oncall, run_step, stale
 
@@ -54,6 +54,9 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     reasons = [f"{c.entity}: {c.explanation}" for c in causes[:3]] or ["no candidate had evidence"]
     if run.fallback:
         reasons.insert(0, f"deterministic fallback: {run.fallback}")
+    unseen = unlisted_note(incident["entities"], view.topology)
+    if unseen:
+        reasons.insert(0, unseen)
     deps.audit.append(
         "causes.ranked", incident_id=incident["id"], node="diagnose",
         inputs={"events": len(view.events), "entities": incident["entities"], "topology": deps.topology.digest,

@@ -12,7 +12,7 @@ cause to remedies from the action catalog. Same events, history and learned mode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from agent.models import IncidentView, ReasonerRun, RootCause
 from bus import Event
@@ -90,6 +90,24 @@ class DeterministicReasoner:
 
     def _run(self) -> ReasonerRun:
         return ReasonerRun(reasoner=self.name, versions={"reasoner": f"{self.name}/{self.version}"})
+
+
+def unlisted_note(entities: Iterable[str], topology: Topology, shown: int = 5) -> str | None:
+    """What a diagnosis cannot see, in words: an incident's entities that the topology does not hold are
+    never ranked (an anomaly's weight needs the entity's type and peers), so a stale topology could hide
+    the cause. None when the topology holds them all."""
+    missing = sorted({e for e in entities if e not in topology})
+    if not missing:
+        return None
+    names = ", ".join(missing[:shown]) + (f" and {len(missing) - shown} more" if len(missing) > shown else "")
+    if len(missing) == 1:
+        said = "1 entity of this incident is not in the topology, so its events were not weighed and it cannot"
+    else:
+        said = (f"{len(missing)} entities of this incident are not in the topology, so their events were not "
+                "weighed and none can")
+    it = "it" if len(missing) == 1 else "them"
+    return (f"{said} be ranked as the cause: {names}; add {it} to the topology (`rtem topology check` shows "
+            "what it holds)")
 
 
 def _root_cause(cand: Candidate, share: float, start: float, learned: str = "") -> RootCause:
