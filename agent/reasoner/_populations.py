@@ -21,11 +21,13 @@ def same_flow(a: str, b: str) -> bool:
 
 
 class CallGraph:
-    """Who calls or uses whom among services and components: the topology's `calls` and `uses` relations,
-    and the calls the traces themselves show (a trace from an instance of A about an instance of B says
-    that A calls B), so that a topology that lists no calls still has them where traces do."""
+    """Who calls or uses whom among services and components: the topology's `relations` (`calls` and
+    `uses` unless told otherwise) and the calls the traces themselves show (a trace from an instance of A
+    about an instance of B says that A calls B), so that a topology that lists no calls still has them
+    where traces do."""
 
-    def __init__(self, topology: Topology, traces: Iterable[Signal] = (), relations: Sequence[str] = ("calls", "uses")):
+    def __init__(self, topology: Topology, traces: Iterable[Signal] = (),
+                 relations: Sequence[str] = ("calls", "uses")):
         self.out: dict[str, set[str]] = defaultdict(set)
         self.into: dict[str, set[str]] = defaultdict(set)
         for entity in topology.by_id:
