@@ -6,6 +6,9 @@ file:line: an entity with no relation (correlation can place it by time only), a
 belongs to nothing, a relation whose kind does not fit the types it joins (an instance belongs to a
 service or a data store, things run on hosts), an entity with several `instance_of` or `runs_on`
 (only the first is followed).
+`events_coverage` is how well a topology covers recorded events (`rtem topology check --events`): the
+entities they name that it does not hold (never weighed in a diagnosis) and the calls their traces show
+that it does not list (diagnosis reads those from the traces anyway).
 `diff_topologies` is what changed between two topologies, for the audit records of reloads and
 discovery.
 """
@@ -13,9 +16,12 @@ discovery.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bus import Event
 
 from .topology import Locate, Topology, TopologyError, read_topology_file
 
@@ -104,6 +110,42 @@ def topology_warnings(topology: Topology, file: str = "<topology>", locate: Loca
             found.append(issue(("relations", index), f"relations[{index}]: a {source_type} {rel.type} a {target_type} "
                                f"({rel.source} {rel.type} {rel.target}) is probably not meant",
                                f"`{rel.type}` joins {_fit(sources)} to {_fit(targets)}"))
+    return found
+
+
+@dataclass
+class EventsCoverage:
+    """How a topology covers recorded events: how many were read, the entities they name (subjects, and a
+    trace's caller and callee) with how many events name each, those the topology does not hold, and the
+    calls between services their traces show that the topology's `calls` and `uses` do not list."""
+
+    events: int = 0
+    named: Counter = field(default_factory=Counter)
+    unlisted: dict[str, int] = field(default_factory=dict)
+    unlisted_calls: dict[str, int] = field(default_factory=dict)  # "caller -> callee" (services) → events
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"events": self.events, "entities": len(self.named), "unlisted": self.unlisted,
+                "unlisted_calls": self.unlisted_calls}
+
+
+def events_coverage(topology: Topology, events: Iterable[Event]) -> EventsCoverage:
+    """See `EventsCoverage`; most-named first, then by name."""
+    found = EventsCoverage()
+    calls: Counter = Counter()
+    for event in events:
+        found.events += 1
+        caller, callee = event.attributes.get("caller"), event.attributes.get("callee")
+        names = {str(n) for n in (event.subject, caller, callee) if n}
+        found.named.update(names)
+        if event.type == "rtem.trace.anomaly" and caller in topology and callee in topology:
+            pair = (topology.service_of(str(caller)), topology.service_of(str(callee)))
+            listed = pair[1] in topology.targets(pair[0], "calls") + topology.targets(pair[0], "uses")
+            if pair[0] != pair[1] and not listed:
+                calls[f"{pair[0]} -> {pair[1]}"] += 1
+    ordered = sorted(found.named.items(), key=lambda item: (-item[1], item[0]))
+    found.unlisted = {name: n for name, n in ordered if name not in topology}
+    found.unlisted_calls = dict(sorted(calls.items(), key=lambda item: (-item[1], item[0])))
     return found
 
 

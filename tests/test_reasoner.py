@@ -413,7 +413,8 @@ def test_the_note_on_entities_the_topology_does_not_hold(shop):
     assert unlisted_note(["cart-0", "host-a", "frontend"], shop) is None
     assert unlisted_note(["cart-0", "cart-9"], shop) == (
         "1 entity of this incident is not in the topology, so its events were not weighed and it cannot be "
-        "ranked as the cause: cart-9; add it to the topology (`rtem topology check` shows what it holds)")
+        "ranked as the cause: cart-9; add it to the topology (`rtem topology check FILE --events RECORDING` "
+        "lists what recordings name that it lacks)")
     many = unlisted_note([f"pod-{n}" for n in range(7)] + ["cart-0"], shop, shown=3)
     assert many.startswith("7 entities of this incident are not in the topology, so their events were not weighed "
                            "and none can be ranked as the cause: pod-0, pod-1, pod-2 and 4 more; add them")

@@ -13,7 +13,7 @@ from agent.discovery import Labels, Mapping, build_topology, render
 from agent.topology_reload import TopologyReloader, merge_topologies
 from rules import Entity, Relation, Topology, TopologyError
 from rules.topology_check import check_topology_file, diff_topologies
-from tests.helpers import EXAMPLES, ROOT
+from tests.helpers import EXAMPLES, ROOT, cloud_event, write_events
 
 runner = CliRunner()
 GOOD = "entities:\n  - {id: web, type: service}\n  - {id: web-0, type: instance}\nrelations:\n  - {source: web-0, target: web, type: instance_of}\n"
@@ -93,6 +93,38 @@ def test_rtem_topology_check_exit_codes_and_json(tmp_path):
     assert as_json["ok"] is False and as_json["errors"][0]["line"] == 1 and as_json["counts"] == {"entities": {}, "relations": {}}
     as_json = json.loads(runner.invoke(app, ["topology", "check", str(good), "--json"]).stdout)
     assert as_json["ok"] is True and as_json["counts"]["relations"] == {"instance_of": 1} and as_json["warnings"] == []
+
+
+def test_rtem_topology_check_events_names_what_the_topology_misses(tmp_path):
+    """--events: the entities recordings name that the topology does not hold (with how many events name
+    each), and the calls between services their traces show that it does not list."""
+    (tmp_path / "shop.yaml").write_text(
+        "entities:\n  - {id: web, type: service}\n  - {id: cart, type: service}\n  - {id: web-0, type: instance}\n"
+        "  - {id: cart-0, type: instance}\nrelations:\n  - {source: web-0, target: web, type: instance_of}\n"
+        "  - {source: cart-0, target: cart, type: instance_of}\n")
+    at = "2024-05-01T12:00:00Z"
+    lines = [cloud_event(f"t{n}", "cart-0", at, type="rtem.trace.anomaly", caller="web-0", callee="cart-0",
+                         anomaly="PD") for n in (1, 2)]
+    lines += [cloud_event("m1", "cart-9", at, metric="cpu"), cloud_event("m2", "cart-9", at, metric="mem"),
+              cloud_event("m3", "db-0", at, metric="cpu")]
+    recording = write_events(tmp_path / "rec.events.jsonl", [*lines, b"{not json"])
+    said = runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events", str(tmp_path)])
+    assert said.exit_code == 0, said.output
+    text = " ".join(said.output.split())
+    assert "events: 5 read, naming 4 entities, 2 of them not in the topology" in text
+    assert "cart-9 (2), db-0 (1): named by events (how many in brackets) but not in the topology" in text
+    assert "the traces show calls the topology does not list: web -> cart (2)" in text
+    as_json = json.loads(runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events",
+                                             str(recording), "--json"]).stdout)
+    assert as_json["events"] == {"events": 5, "entities": 4, "unlisted": {"cart-9": 2, "db-0": 1},
+                                 "unlisted_calls": {"web -> cart": 2}}
+    calls = "  - {source: web, target: cart, type: calls}\n"
+    (tmp_path / "full.yaml").write_text((tmp_path / "shop.yaml").read_text() + calls)
+    full = json.loads(runner.invoke(app, ["topology", "check", str(tmp_path / "full.yaml"), "--events",
+                                          str(recording), "--json"]).stdout)
+    assert full["events"]["unlisted_calls"] == {}
+    missing = runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events", str(tmp_path / "no")])
+    assert missing.exit_code == 2 and "no such file or directory" in missing.output
 
 
 def topo(entities, relations=()):

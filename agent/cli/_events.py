@@ -96,6 +96,19 @@ def recordings(paths: list[Path]) -> list[Path]:
     return files
 
 
+def read_recordings(paths: list[Path]) -> Iterator:
+    """The valid events of recordings (`recordings` says which files), in file order; invalid lines are
+    skipped (`rtem ingest` and `rtem analyze` report them)."""
+    for path in recordings(paths):
+        with open(path, "rb") as handle:
+            for line in handle:
+                if line.strip():
+                    try:
+                        yield parse_event(line)
+                    except InvalidEvent:
+                        continue
+
+
 def _print_analysis(result, topology) -> None:
     stats = result.report["stats"]
     incidents = result.report["incidents"]

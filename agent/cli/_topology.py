@@ -18,16 +18,25 @@ topology_app = typer.Typer(help="Check topology files, and discover entities and
 FileArg = Annotated[Path, typer.Argument(help="Topology file (JSON if it ends in .json, else YAML).")]
 
 
+EventsOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--events", help="Recorded events (CloudEvents JSON lines, or a directory of *.events.jsonl; repeatable): "
+    "also say which entities they name that the topology does not hold (diagnosis cannot rank those) and "
+    "which calls their traces show that it does not list.", show_default=False)]
+
+
 @topology_app.command("check")
-def check(path: FileArg, json_out: JsonOpt = False) -> None:
+def check(path: FileArg, json_out: JsonOpt = False, events: EventsOpt = None) -> None:
     """Load a topology file as `rtem run` would: entity and relation counts by type, warnings (an entity
     with no relation, a relation that does not fit the types it joins) and the error at file:line:column.
-    Exit 0: it loads; 1: it does not."""
-    from rules.topology_check import check_topology_file
+    With --events, how well it covers those recordings. Exit 0: it loads; 1: it does not."""
+    from rules.topology_check import check_topology_file, events_coverage
+
+    from ._events import read_recordings
 
     result = check_topology_file(path)
+    coverage = events_coverage(result.topology, read_recordings(events)) if events and result.ok else None
     if json_out:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), **({"events": coverage.to_dict()} if coverage else {})}, indent=2))
     else:
         if result.ok:
             counts = result.counts()
@@ -39,8 +48,26 @@ def check(path: FileArg, json_out: JsonOpt = False) -> None:
             err.print(f"[yellow]warning:[/] {escape(str(warning))}")
         if result.error is not None:
             err.print(f"[bold red]error:[/] {escape(str(result.error))}")
+        if coverage is not None:
+            _print_coverage(coverage)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _print_coverage(coverage) -> None:
+    out.print(f"events: {coverage.events} read, naming {len(coverage.named)} entities, "
+              f"{len(coverage.unlisted)} of them not in the topology")
+    if coverage.unlisted:
+        named = ", ".join(f"{name} ({n})" for name, n in list(coverage.unlisted.items())[:10])
+        more = f" and {len(coverage.unlisted) - 10} more" if len(coverage.unlisted) > 10 else ""
+        err.print(f"[yellow]warning:[/] {escape(named + more)}: named by events (how many in brackets) but not "
+                  "in the topology, so their events are not weighed and diagnosis cannot rank them as a cause; "
+                  "add them")
+    if coverage.unlisted_calls:
+        calls = ", ".join(f"{pair} ({n})" for pair, n in list(coverage.unlisted_calls.items())[:10])
+        more = f" and {len(coverage.unlisted_calls) - 10} more" if len(coverage.unlisted_calls) > 10 else ""
+        out.print(escape(f"note: the traces show calls the topology does not list: {calls}{more}; diagnosis "
+                         "reads who calls whom from the traces too (docs/reasoning.md), listing them is optional"))
 
 
 @topology_app.command("discover")

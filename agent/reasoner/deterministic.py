@@ -106,8 +106,8 @@ def unlisted_note(entities: Iterable[str], topology: Topology, shown: int = 5) -
         said = (f"{len(missing)} entities of this incident are not in the topology, so their events were not "
                 "weighed and none can")
     it = "it" if len(missing) == 1 else "them"
-    return (f"{said} be ranked as the cause: {names}; add {it} to the topology (`rtem topology check` shows "
-            "what it holds)")
+    return (f"{said} be ranked as the cause: {names}; add {it} to the topology (`rtem topology check FILE "
+            "--events RECORDING` lists what recordings name that it lacks)")
 
 
 def _root_cause(cand: Candidate, share: float, start: float, learned: str = "") -> RootCause:
