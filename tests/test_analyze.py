@@ -141,8 +141,13 @@ def test_entities_the_topology_does_not_hold_are_named_not_silently_ignored(tmp_
             f"can be ranked as the cause: {gone[0]}, {gone[1]}; add them to the topology")
     assert note in " ".join(said.output.split())
     [ranked] = decisions(tmp_path / "thin" / "run" / "rtem.db", "causes.ranked")
-    assert ranked["reasons"][0].startswith(note)
+    assert ranked["reasons"][0].startswith(note) and ranked["inputs"]["unlisted"] == gone
     assert not any(c["entity"] in gone for c in ranked["decision"]["root_causes"])
+    db = str(tmp_path / "thin" / "run" / "rtem.db")
+    shown = runner.invoke(app, ["incidents", "show", ranked["incident_id"], "--db", db])
+    assert shown.exit_code == 0 and note in " ".join(shown.output.split())
+    as_json = json.loads(runner.invoke(app, ["incidents", "show", ranked["incident_id"], "--db", db, "--json"]).stdout)
+    assert as_json["unlisted"] == gone
     full = analyze(RECORDING, "--out", tmp_path / "full")
     assert "not in the topology" not in full.output
     assert all("not in the topology" not in r for r in decisions(tmp_path / "full" / "run" / "rtem.db",

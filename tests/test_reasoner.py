@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.models import RootCause
-from agent.reasoner import ACTION_TYPES, FAULT_TYPES, DeterministicReasoner, unlisted_note
+from agent.reasoner import ACTION_TYPES, FAULT_TYPES, DeterministicReasoner, unlisted, unlisted_note
 from agent.reasoner._catalog import is_bad_direction, metric_domain, metric_kind
 from agent.reasoner._signals import SEVERITY_WEIGHT, extract_signals
 from bus._envelope import parse_event
@@ -410,11 +410,12 @@ def test_recorded_cases_mostly_rank_the_truth_in_the_top_three():
 
 
 def test_the_note_on_entities_the_topology_does_not_hold(shop):
-    assert unlisted_note(["cart-0", "host-a", "frontend"], shop) is None
-    assert unlisted_note(["cart-0", "cart-9"], shop) == (
+    assert unlisted(["cart-0", "host-a", "frontend"], shop) == [] and unlisted_note([]) is None
+    assert unlisted(["pod-2", "cart-0", "pod-1", "pod-2"], shop) == ["pod-1", "pod-2"]
+    assert unlisted_note(unlisted(["cart-0", "cart-9"], shop)) == (
         "1 entity of this incident is not in the topology, so its events were not weighed and it cannot be "
         "ranked as the cause: cart-9; add it to the topology (`rtem topology check FILE --events RECORDING` "
         "lists what recordings name that it lacks)")
-    many = unlisted_note([f"pod-{n}" for n in range(7)] + ["cart-0"], shop, shown=3)
+    many = unlisted_note(unlisted([f"pod-{n}" for n in range(7)] + ["cart-0"], shop), shown=3)
     assert many.startswith("7 entities of this incident are not in the topology, so their events were not weighed "
                            "and none can be ranked as the cause: pod-0, pod-1, pod-2 and 4 more; add them")

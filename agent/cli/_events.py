@@ -19,7 +19,7 @@ from bus import PRODUCER, embedded_credentials
 from rules import RulesError
 
 from ..config import Settings
-from ..reasoner import unlisted_note
+from ..reasoner import unlisted, unlisted_note
 from ._common import JsonOpt, LlmOpt, TopologyOpt, err, fail, out, settings, topology_of
 from ._incidents import print_incident
 
@@ -116,7 +116,7 @@ def _print_analysis(result, topology) -> None:
     out.print(f"{stats['events']} events · {stats['invalid']} invalid (in the DLQ) · {stats['duplicates']} "
               f"duplicates · {len(incidents)} incident{'s' if len(incidents) != 1 else ''}")
     for inc in incidents:
-        print_incident(inc, note=unlisted_note(inc["entities"], topology))
+        print_incident(inc, note=unlisted_note(unlisted(inc["entities"], topology)))
 
 
 def ingest(

@@ -73,6 +73,7 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
     from ..audit import AuditLog
     from ..confirm import confirmed_of
     from ..oncall import state_of
+    from ..reasoner import unlisted_note
 
     store = open_store(db)
     row = store.incident(incident_id)
@@ -81,14 +82,16 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
     with AuditLog(store.db) as audit:
         oncall = state_of(audit, row["id"]).to_dict()  # who acknowledged, the assignee, comments, pages
         confirmed = confirmed_of(audit, row["id"])  # a person's word on the cause, the latest counting
+        ranked = audit.records(incident_id=row["id"], kind="causes.ranked")
+        missing = ranked[-1].inputs.get("unlisted", []) if ranked else []  # entities the topology did not hold
     report = {**incident_report(row), "status": row["status"], "severity": row["severity"],
               "detections": row["detections"], "versions": row["versions"], "resolution": row.get("resolution"),
               "actions": row["actions"], "oncall": oncall,  # the whole plan: status, why, approval, outcome
-              "confirmed": confirmed.to_dict() if confirmed else None}
+              "confirmed": confirmed.to_dict() if confirmed else None, "unlisted": missing}
     if json_out:
         print(json.dumps(report, indent=2))
         return
-    print_incident(report)
+    print_incident(report, note=unlisted_note(missing))
     out.print(f"status {row['status']} · severity {row['severity']} · detections {', '.join(row['detections'])}")
     out.print(escape(f"on call: acknowledged by {oncall['acknowledged_by'] or 'nobody'} · assignee "
                      f"{oncall['assignee'] or 'none'} · {len(oncall['pages'])} page(s)"))

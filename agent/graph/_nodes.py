@@ -19,7 +19,7 @@ from ..incident import PAGE, ActionStatus, PlannedAction
 from ..fitness import diagnosis_of, keep_fit
 from ..ledger import ledger_scope, step_key
 from ..models import ReasonerRun, RootCause
-from ..reasoner import DeterministicReasoner, unlisted_note
+from ..reasoner import DeterministicReasoner, unlisted, unlisted_note
 from ._deps import Deps, IncidentState, plan_of, records
 from ._steps import others_of, page_oncall, run_step, stale
 
@@ -54,13 +54,14 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     reasons = [f"{c.entity}: {c.explanation}" for c in causes[:3]] or ["no candidate had evidence"]
     if run.fallback:
         reasons.insert(0, f"deterministic fallback: {run.fallback}")
-    unseen = unlisted_note(incident["entities"], view.topology)
-    if unseen:
-        reasons.insert(0, unseen)
+    missing = unlisted(incident["entities"], view.topology)
+    if missing:
+        reasons.insert(0, unlisted_note(missing))
     deps.audit.append(
         "causes.ranked", incident_id=incident["id"], node="diagnose",
         inputs={"events": len(view.events), "entities": incident["entities"], "topology": deps.topology.digest,
-                "earlier_incidents": view.history.incidents if view.history is not None else 0},
+                "earlier_incidents": view.history.incidents if view.history is not None else 0,
+                **({"unlisted": missing} if missing else {})},
         decision={"root_causes": [c.model_dump() for c in causes], "reasoner": run.model_dump()},
         reasons=reasons, evidence=causes[0].evidence if causes else [], versions=deps.versions(run))
     return {"root_causes": [c.model_dump() for c in causes], "diagnosis": run.model_dump()}

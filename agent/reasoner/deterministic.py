@@ -92,11 +92,14 @@ class DeterministicReasoner:
         return ReasonerRun(reasoner=self.name, versions={"reasoner": f"{self.name}/{self.version}"})
 
 
-def unlisted_note(entities: Iterable[str], topology: Topology, shown: int = 5) -> str | None:
-    """What a diagnosis cannot see, in words: an incident's entities that the topology does not hold are
-    never ranked (an anomaly's weight needs the entity's type and peers), so a stale topology could hide
-    the cause. None when the topology holds them all."""
-    missing = sorted({e for e in entities if e not in topology})
+def unlisted(entities: Iterable[str], topology: Topology) -> list[str]:
+    """An incident's entities that the topology does not hold, sorted: they are never ranked (an anomaly's
+    weight needs the entity's type and peers), so a stale topology could hide the cause."""
+    return sorted({e for e in entities if e not in topology})
+
+
+def unlisted_note(missing: Sequence[str], shown: int = 5) -> str | None:
+    """`unlisted`'s entities in words, for the record and the terminal; None when there are none."""
     if not missing:
         return None
     names = ", ".join(missing[:shown]) + (f" and {len(missing) - shown} more" if len(missing) > shown else "")
