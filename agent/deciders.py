@@ -1,4 +1,5 @@
-"""Which reasoner ranked each incident's root causes, read back from the audit log.
+"""Which reasoner ranked each incident's root causes, and what that ranking could not see, read back
+from the audit log.
 
 The graph's diagnose node records the reasoner run with every `causes.ranked` record: the LLM, the
 deterministic reasoner, or the deterministic reasoner standing in for the LLM (with the reason; a
@@ -22,6 +23,13 @@ class Decider:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def unlisted_of(audit: AuditLog, incident_id: str) -> list[str]:
+    """The incident's entities that the topology did not hold when it was last ranked, so that ranking
+    never weighed them (`agent.reasoner.unlisted`), as its `causes.ranked` record keeps them."""
+    ranked = audit.records(incident_id=incident_id, kind="causes.ranked")
+    return list(ranked[-1].inputs.get("unlisted", [])) if ranked else []
 
 
 def deciders(audit: AuditLog) -> dict[str, Decider]:

@@ -16,7 +16,7 @@ from agent.config import Settings
 from agent.run import Service
 from agent.tokens import TokenStore
 from rules._check import packaged_rules_dir
-from tests.live import Target, anomaly, publish, wait_for
+from tests.live import Target, anomaly, publish, sample, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -197,6 +197,17 @@ async def test_a_viewer_sees_no_approve_button_but_reads_the_incident_and_its_re
 
     await page.goto("/incidents/inc-nothing")
     await expect(page.get_by_test_id("page-error")).to_contain_text("404: no incident 'inc-nothing'")
+
+    # An incident about an entity the topology does not hold: nothing could be ranked, and the page says why.
+    # an hour on, so an incident of its own; a later sample moves event time on, so it is diagnosed
+    await publish(console.bus, [anomaly("stray", "stray-0", 3600), sample("tick", "node-1", 3700)])
+    stray = await wait_for(lambda: next((r for r in console.service.parts.store.incidents()
+                                         if r["entities"] == ["stray-0"] and r["status"] == "escalated"), None),
+                           30, message=lambda: f"incidents: {console.service.parts.store.incidents()}")
+    await page.goto(f"/incidents/{stray['id']}")
+    await expect(page.get_by_test_id("unlisted")).to_have_text(
+        "Not in the topology, so their events were not weighed and none can be ranked as the cause: stray-0. "
+        "Add them to the topology.")
 
 
 @pytest.fixture

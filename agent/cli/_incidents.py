@@ -72,6 +72,7 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
 
     from ..audit import AuditLog
     from ..confirm import confirmed_of
+    from ..deciders import unlisted_of
     from ..oncall import state_of
     from ..reasoner import unlisted_note
 
@@ -82,8 +83,7 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
     with AuditLog(store.db) as audit:
         oncall = state_of(audit, row["id"]).to_dict()  # who acknowledged, the assignee, comments, pages
         confirmed = confirmed_of(audit, row["id"])  # a person's word on the cause, the latest counting
-        ranked = audit.records(incident_id=row["id"], kind="causes.ranked")
-        missing = ranked[-1].inputs.get("unlisted", []) if ranked else []  # entities the topology did not hold
+        missing = unlisted_of(audit, row["id"])  # entities the topology did not hold, never weighed
     report = {**incident_report(row), "status": row["status"], "severity": row["severity"],
               "detections": row["detections"], "versions": row["versions"], "resolution": row.get("resolution"),
               "actions": row["actions"], "oncall": oncall,  # the whole plan: status, why, approval, outcome

@@ -30,7 +30,8 @@ async function refresh() {
   }
   document.title = `${incident.id} · rtem`;
   draw("summary", incident, () => summary(incident));
-  draw("hypotheses", incident.root_causes, () => hypotheses(incident.root_causes || []));
+  draw("hypotheses", [incident.root_causes, incident.unlisted],
+    () => hypotheses(incident.root_causes || [], incident.unlisted || []));
   draw("actions", [incident.actions, who.role], () => actions(incident));
   draw("oncall", [incident.oncall, incident.status, who.role], () => oncall(incident));
   draw("confirmed", [incident.confirmed, incident.entities, incident.root_causes, who.role], () => confirmed(incident));
@@ -85,9 +86,13 @@ function awaiting(list) {
   return waiting.length ? waiting.map((a) => `#${a.index} ${a.type} on ${a.target}`).join(", ") : "nothing";
 }
 
-function hypotheses(causes) {
-  if (!causes.length) return el("p", { class: "muted" }, "Not diagnosed yet.");
-  return el("ol", { class: "causes" }, causes.map((c, rank) =>
+function hypotheses(causes, unlisted) {
+  if (!causes.length && !unlisted.length) return el("p", { class: "muted" }, "Not diagnosed yet.");
+  // Entities of the incident the topology did not hold when it was ranked: never weighed, never ranked.
+  const unseen = unlisted.length ? el("p", { class: "small", testid: "unlisted" },
+    `Not in the topology, so their events were not weighed and none can be ranked as the cause: ${unlisted.join(", ")}. `
+    + "Add them to the topology.") : null;
+  return el("div", {}, el("ol", { class: "causes" }, causes.map((c, rank) =>
     el("li", { testid: "hypothesis", data: { entity: c.entity || "" } },
       el("div", { class: "cause-head" },
         el("strong", {}, c.entity), c.fault_type ? ` ${c.fault_type}` : "", " ",
@@ -95,7 +100,7 @@ function hypotheses(causes) {
           "aria-label": `confidence of hypothesis ${rank + 1}` }),
         el("span", { class: "confidence", testid: "confidence" }, confidence(c.confidence))),
       c.explanation ? el("p", {}, c.explanation) : null,
-      evidence(c.evidence))));
+      evidence(c.evidence)))), unseen);
 }
 
 function evidence(ids) {
