@@ -148,6 +148,10 @@ def test_entities_the_topology_does_not_hold_are_named_not_silently_ignored(tmp_
     assert shown.exit_code == 0 and note in " ".join(shown.output.split())
     as_json = json.loads(runner.invoke(app, ["incidents", "show", ranked["incident_id"], "--db", db, "--json"]).stdout)
     assert as_json["unlisted"] == gone
+    report = runner.invoke(app, ["report", ranked["incident_id"], "--db", db])
+    assert report.exit_code == 0 and f"- **Not weighed:** {note}" in report.stdout
+    html = runner.invoke(app, ["report", ranked["incident_id"], "--db", db, "--format", "html"]).stdout
+    assert f"<tr><th>Not weighed</th><td>{note}" in html
     full = analyze(RECORDING, "--out", tmp_path / "full")
     assert "not in the topology" not in full.output
     assert all("not in the topology" not in r for r in decisions(tmp_path / "full" / "run" / "rtem.db",
