@@ -11,6 +11,7 @@ from .chat import CHANGE_WINDOW_S, CLOSED, Answer, Context, proposal
 from .chat_actions import action_types
 from .incident import CONFIRMED, confirmed_cause
 from .models import share_text
+from .reasoner import unlisted_note
 from .report import duration
 
 __all__ = ["cause", "changed", "confirmed", "did", "happened", "mttr", "still_open"]
@@ -118,11 +119,20 @@ def cause(ctx: Context) -> Answer:
     row, ranked = ctx.incident, ctx.records("causes.ranked")
     confirmed = confirmed_cause(ctx.records(CONFIRMED))
     causes = ranked[-1].decision.get("root_causes", []) if ranked else []
+    # what that ranking could not see: entities the topology did not hold
+    unseen = unlisted_note(ranked[-1].inputs.get("unlisted", [])) if ranked else None
+    if not causes and unseen:
+        return ctx.done(f"For {row['id']}, rtem could rank no root cause: {unseen} (seq {ranked[-1].seq}).",
+                        [ranked[-1].seq])
     if not causes:
         return ctx.unknown(f"rtem ranked no root cause for {row['id']} yet")
     top = ", then ".join(f"{c.get('entity')} ({c.get('fault_type')}, share "
                          f"{share_text(float(c.get('confidence', 0)))})" for c in causes[:3])
     text = f"For {row['id']}, rtem ranked {top} (seq {ranked[-1].seq})."
+    if ctx.q.startswith("why") and causes[0].get("explanation"):
+        text += f" Why {causes[0].get('entity')}: {causes[0]['explanation']}"
+    if unseen:
+        text += f" Not weighed: {unseen}."
     if confirmed is None:
         text += f" Nobody has confirmed the cause yet (rtem incidents confirm {row['id']} --cause ENTITY)."
     else:

@@ -29,7 +29,8 @@ INTENTS: list[tuple[str, str, Callable[[Context], Answer]]] = [
     ("blocked", r"\b(block(ed|s|ing)?|den(y|ied)|refus(e|ed)|prevent(ed)?|stopp?(ed)?|held|guardrail)\b", actions.blocked),
     ("changed", r"^(?!why\b).*(\bchang(e|ed|es)\b|\bdeploy(s|ed|ment|ments)?\b|\brolled out\b)", incidents.changed),
     ("confirmed", r"\bconfirm", incidents.confirmed),
-    ("cause", r"\broot[- ]?causes?\b|\bcaused?\b|\bculprit\b|\bto blame\b", incidents.cause),
+    ("cause", r"\broot[- ]?causes?\b|\bcaused?\b|\bculprit\b|\bto blame\b|\brank(ed|ing|s)?\b|\bdiagnos(e|ed|is)\b|"
+              r"\bsuspects?\b|what('?s| is) wrong", incidents.cause),
     ("happened", r"what happened|going on|\bsummar|tell me about|status of|\bstory\b", incidents.happened),
     ("did", r"what (did|has|have) (rtem|you|the agent|it|we) (do|done)|what actions?\b|what was done|what ran\b|"
             r"actions? (taken|ran|executed)|did (rtem|you) do|remediat", incidents.did),

@@ -152,7 +152,24 @@ def test_entities_the_topology_does_not_hold_are_named_not_silently_ignored(tmp_
     assert report.exit_code == 0 and f"- **Not weighed:** {note}" in report.stdout
     html = runner.invoke(app, ["report", ranked["incident_id"], "--db", db, "--format", "html"]).stdout
     assert f"<tr><th>Not weighed</th><td>{note}" in html
+    top = ranked["decision"]["root_causes"][0]["entity"]
+    why = runner.invoke(app, ["ask", f"why did you rank {top} first?", "--db", db, "--json"])
+    answer = json.loads(why.stdout)
+    assert answer["intent"] == "cause" and f"Why {top}: " in answer["text"], answer
+    assert f"Not weighed: {note}" in json.loads(runner.invoke(
+        app, ["ask", f"what is wrong with {gone[0]}?", "--db", db, "--json"]).stdout)["text"]
     full = analyze(RECORDING, "--out", tmp_path / "full")
     assert "not in the topology" not in full.output
     assert all("not in the topology" not in r for r in decisions(tmp_path / "full" / "run" / "rtem.db",
                                                                  "causes.ranked")[0]["reasons"])
+
+
+def test_an_incident_only_about_entities_the_topology_lacks_says_why_nothing_was_ranked(tmp_path):
+    recording = write_events(tmp_path / "ghost.jsonl", [cloud_event(f"g{n}", "ghost-0", f"2024-05-01T12:00:0{n}Z",
+                                                                    severity="error", metric="cpu") for n in range(3)])
+    said = analyze(recording, "--out", tmp_path / "out")
+    assert "1 entity of this incident is not in the topology" in " ".join(said.output.split())
+    db = str(tmp_path / "out" / "run" / "rtem.db")
+    answer = json.loads(runner.invoke(app, ["ask", "what caused it?", "--db", db, "--json"]).stdout)
+    assert "rtem could rank no root cause: 1 entity of this incident is not in the topology" in answer["text"], answer
+    assert "ghost-0" in answer["text"] and answer["citations"]["seqs"]
