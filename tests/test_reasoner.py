@@ -89,7 +89,9 @@ def test_calls_the_traces_show_stand_in_for_calls_the_topology_does_not_list(sho
     assert ranked == [(c.entity, round(c.confidence, 6)) for c in diagnose(ev, shop, limit=10)]
     assert ranked[0][0] == "cart"
     cart = diagnose(ev, bare)[0]
-    assert "latency/errors of its callers (checkout, frontend) point at it" in cart.explanation
+    assert ("latency/errors of its callers (checkout, frontend) point at it (checkout, frontend call it as the "
+            "traces show, not the topology)") in cart.explanation
+    assert "latency/errors of its callers (checkout, frontend) point at it" in diagnose(ev, shop)[0].explanation
 
 
 def test_isolated_instance_fault_points_at_the_instance(shop):

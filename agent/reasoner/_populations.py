@@ -30,13 +30,17 @@ class CallGraph:
                  relations: Sequence[str] = ("calls", "uses")):
         self.out: dict[str, set[str]] = defaultdict(set)
         self.into: dict[str, set[str]] = defaultdict(set)
+        self.traced: set[tuple[str, str]] = set()  # calls only the traces show, not the topology
         for entity in topology.by_id:
             for relation in relations:
                 for target in topology.targets(entity, relation):
                     self._add(entity, target)
         for s in traces:
             if s.caller:
-                self._add(topology.service_of(s.caller), topology.service_of(s.entity))
+                source, target = topology.service_of(s.caller), topology.service_of(s.entity)
+                if source != target and target not in self.out.get(source, ()):
+                    self.traced.add((source, target))
+                    self._add(source, target)
 
     def _add(self, source: str, target: str) -> None:
         if source != target:

@@ -219,7 +219,10 @@ class _Scorer:
             if kept_received:
                 cand.domains["latency"] = cand.domains.get("latency", 0.0) + kept_received
                 callers = [c for c in self.calls.callers(entity) if c in own]
-                cand.notes.append(f"latency/errors of its callers ({', '.join(callers)}) point at it")
+                traced = [c for c in callers if (c, entity) in self.calls.traced]
+                seen = (f" ({', '.join(traced)} {'calls' if len(traced) == 1 else 'call'} it as the traces show, "
+                        "not the topology)") if traced else ""
+                cand.notes.append(f"latency/errors of its callers ({', '.join(callers)}) point at it{seen}")
             if forwarded:
                 cand.notes.append(f"{forwarded:.0%} of its latency/errors are explained by dependencies that show "
                                   f"them too ({', '.join(sorted(deps))})")
