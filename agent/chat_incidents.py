@@ -9,6 +9,7 @@ from typing import Any
 
 from .chat import CHANGE_WINDOW_S, CLOSED, Answer, Context, proposal
 from .chat_actions import action_types
+from .deciders import unlisted_in
 from .incident import CONFIRMED, confirmed_cause
 from .models import share_text
 from .reasoner import unlisted_note
@@ -119,8 +120,7 @@ def cause(ctx: Context) -> Answer:
     row, ranked = ctx.incident, ctx.records("causes.ranked")
     confirmed = confirmed_cause(ctx.records(CONFIRMED))
     causes = ranked[-1].decision.get("root_causes", []) if ranked else []
-    # what that ranking could not see: entities the topology did not hold
-    unseen = unlisted_note(ranked[-1].inputs.get("unlisted", [])) if ranked else None
+    unseen = unlisted_note(unlisted_in(ranked))  # what that ranking could not see
     if not causes and unseen:
         return ctx.done(f"For {row['id']}, rtem could rank no root cause: {unseen} (seq {ranked[-1].seq}).",
                         [ranked[-1].seq])

@@ -8,10 +8,12 @@ reason starting "degraded mode" means the LLM provider's breaker was open).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .audit import AuditLog
+from .models import DecisionRecord
 
 
 @dataclass(frozen=True)
@@ -25,11 +27,17 @@ class Decider:
         return asdict(self)
 
 
-def unlisted_of(audit: AuditLog, incident_id: str) -> list[str]:
-    """The incident's entities that the topology did not hold when it was last ranked, so that ranking
-    never weighed them (`agent.reasoner.unlisted`), as its `causes.ranked` record keeps them."""
-    ranked = audit.records(incident_id=incident_id, kind="causes.ranked")
+def unlisted_in(records: Iterable[DecisionRecord]) -> list[str]:
+    """An incident's entities that the topology did not hold when it was last ranked, so that ranking
+    never weighed them (`agent.reasoner.unlisted`), as its latest `causes.ranked` record among `records`
+    keeps them."""
+    ranked = [r for r in records if r.kind == "causes.ranked"]
     return list(ranked[-1].inputs.get("unlisted", [])) if ranked else []
+
+
+def unlisted_of(audit: AuditLog, incident_id: str) -> list[str]:
+    """`unlisted_in` for one incident of the audit log."""
+    return unlisted_in(audit.records(incident_id=incident_id, kind="causes.ranked"))
 
 
 def deciders(audit: AuditLog) -> dict[str, Decider]:

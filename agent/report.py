@@ -24,6 +24,7 @@ import jinja2
 from markupsafe import Markup
 
 from .audit import AuditLog
+from .deciders import unlisted_in
 from .incident import ConfirmedCause, confirmed_cause
 from .models import DecisionRecord
 from .reasoner import unlisted_note
@@ -171,17 +172,12 @@ def _summary(row: dict[str, Any], events: list, records: list[DecisionRecord],
             "event_count": row["event_count"], "stored_events": len(events), "signal_count": row["signal_count"],
             "events_text": counts["events"], "signals_text": counts["signals"], "by_detection": counts["by_detection"],
             "records": len(records), "resolution": row.get("resolution"), "mttr_s": row.get("mttr_s"),
-            "root_cause": _top_cause(row, records) if top else None, "unlisted": _unlisted(records),
+            "root_cause": _top_cause(row, records) if top else None,
+            "unlisted": unlisted_note(unlisted_in(records)) or "",  # what the latest ranking could not see
             "confirmed_cause": _confirmed(confirmed), "confirmed_seq": confirmed.seq if confirmed else None,
             "clocks": _clocks(events, records, watermarks),
             "actions": len(row["actions"]),
             "executed": sum(1 for a in row["actions"] if a.get("executed"))}
-
-
-def _unlisted(records: list[DecisionRecord]) -> str:
-    """What the latest ranking could not see, in words (its record's `inputs.unlisted`); "" when nothing."""
-    ranked = [r for r in records if r.kind == "causes.ranked"]
-    return (unlisted_note(ranked[-1].inputs.get("unlisted", [])) or "") if ranked else ""
 
 
 def _top_cause(row: dict[str, Any], records: list[DecisionRecord]) -> str:

@@ -90,8 +90,8 @@ function hypotheses(causes, unlisted) {
   if (!causes.length && !unlisted.length) return el("p", { class: "muted" }, "Not diagnosed yet.");
   // Entities of the incident the topology did not hold when it was ranked: never weighed, never ranked.
   const unseen = unlisted.length ? el("p", { class: "small", testid: "unlisted" },
-    `Not in the topology, so their events were not weighed and none can be ranked as the cause: ${unlisted.join(", ")}. `
-    + "Add them to the topology.") : null;
+    "Not in the topology, so their events were not weighed and none can be ranked as the cause: "
+    + `${unlisted.join(", ")}. Add them to the topology.`) : null;
   return el("div", {}, el("ol", { class: "causes" }, causes.map((c, rank) =>
     el("li", { testid: "hypothesis", data: { entity: c.entity || "" } },
       el("div", { class: "cause-head" },
