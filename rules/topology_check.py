@@ -115,9 +115,10 @@ def topology_warnings(topology: Topology, file: str = "<topology>", locate: Loca
 
 @dataclass
 class EventsCoverage:
-    """How a topology covers recorded events: how many were read, the entities they name (subjects, and a
-    trace's caller and callee) with how many events name each, those the topology does not hold, and the
-    calls between services their traces show that the topology's `calls` and `uses` do not list."""
+    """How a topology covers recorded events: how many were read, the entities they are about (subjects,
+    and a trace's callee) with how many events each, those the topology does not hold, and the calls
+    between services their traces show that the topology's `calls` and `uses` do not list. A trace's
+    caller is not counted as named: its trouble is the callee's evidence, not its own."""
 
     events: int = 0
     named: Counter = field(default_factory=Counter)
@@ -136,7 +137,7 @@ def events_coverage(topology: Topology, events: Iterable[Event]) -> EventsCovera
     for event in events:
         found.events += 1
         caller, callee = event.attributes.get("caller"), event.attributes.get("callee")
-        names = {str(n) for n in (event.subject, caller, callee) if n}
+        names = {str(n) for n in (event.subject, callee) if n}
         found.named.update(names)
         if event.type == "rtem.trace.anomaly" and caller in topology and callee in topology:
             pair = (topology.service_of(str(caller)), topology.service_of(str(callee)))

@@ -105,18 +105,21 @@ def test_rtem_topology_check_events_names_what_the_topology_misses(tmp_path):
     at = "2024-05-01T12:00:00Z"
     lines = [cloud_event(f"t{n}", "cart-0", at, type="rtem.trace.anomaly", caller="web-0", callee="cart-0",
                          anomaly="PD") for n in (1, 2)]
+    # a caller the topology lacks is not named: its report is evidence about the callee
+    lines.append(cloud_event("t3", "cart-0", at, type="rtem.trace.anomaly", caller="lb-0", callee="cart-0",
+                             anomaly="PD"))
     lines += [cloud_event("m1", "cart-9", at, metric="cpu"), cloud_event("m2", "cart-9", at, metric="mem"),
               cloud_event("m3", "db-0", at, metric="cpu")]
     recording = write_events(tmp_path / "rec.events.jsonl", [*lines, b"{not json"])
     said = runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events", str(tmp_path)])
     assert said.exit_code == 0, said.output
     text = " ".join(said.output.split())
-    assert "events: 5 read, naming 4 entities, 2 of them not in the topology" in text
+    assert "events: 6 read, naming 3 entities, 2 of them not in the topology" in text
     assert "cart-9 (2), db-0 (1): named by events (how many in brackets) but not in the topology" in text
     assert "the traces show calls the topology does not list: web -> cart (2)" in text
     as_json = json.loads(runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events",
                                              str(recording), "--json"]).stdout)
-    assert as_json["events"] == {"events": 5, "entities": 4, "unlisted": {"cart-9": 2, "db-0": 1},
+    assert as_json["events"] == {"events": 6, "entities": 3, "unlisted": {"cart-9": 2, "db-0": 1},
                                  "unlisted_calls": {"web -> cart": 2}}
     calls = "  - {source: web, target: cart, type: calls}\n"
     (tmp_path / "full.yaml").write_text((tmp_path / "shop.yaml").read_text() + calls)
