@@ -24,7 +24,7 @@ from agent.llm._validate import check_diagnosis, check_proposals
 from agent.models import RootCause
 from agent.reasoner import FAULT_TYPES
 from bus import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, Event, RetryPolicy
-from rules import load_contracts
+from rules import Topology, load_contracts
 from tests.helpers import assert_bounded
 from tests.llm_server import ScriptedLLM, Status, good_diagnosis, good_proposals
 
@@ -173,6 +173,23 @@ def test_log_lines_are_grouped_by_statement_so_a_rare_one_is_not_hidden(boutique
     groups = IncidentContext.gather(events, boutique, []).groups
     assert [(g["count"], [e.id for e in g["samples"]]) for g in groups] == [(5, ["log0", "log1", "log2"]),
                                                                            (1, ["log9"])]
+
+
+def test_the_model_is_told_the_calls_the_traces_show_beside_the_topologys(boutique):
+    """A topology without calls (an inventory): the neighbourhood in the prompt still says who calls whom,
+    from the incident's traces, marked as such; the topology's own relations come first."""
+    doc = boutique.model_dump()
+    bare = Topology.from_dict({**doc, "relations": [r for r in doc["relations"] if r["type"] != "calls"]})
+    at = datetime(2022, 3, 20, tzinfo=timezone.utc)
+    slow = Event(id="tr0", source="/t", type="rtem.trace.anomaly", time=at, subject="cartservice-0",
+                 severity="warning", message="slow", attributes={"caller": "frontend-0", "callee": "cartservice-0",
+                                                                 "anomaly": "PD"})
+    candidates = [RootCause(entity="cartservice-0", confidence=0.9, evidence=["tr0"], explanation="slow")]
+    own = ["cartservice-0 runs_on node-5", "cartservice-0 instance_of cartservice"]
+    for topology, traced in ((bare, ["frontend calls cartservice (seen in traces, not in the topology)"]),
+                             (boutique, [])):  # the full topology lists that call: nothing to add
+        lines = IncidentContext.gather([slow], topology, candidates).diagnose_vars(LEVELS[0])["neighbourhood"]
+        assert lines == own + traced
 
 
 # -- checking answers and combining ---------------------------------------------------------------

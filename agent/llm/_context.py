@@ -22,6 +22,7 @@ from agent.models import RootCause
 from agent.store import IncidentRepository, event_from_row
 from bus import Event
 from rules import ActionContract, Topology
+from rules.topology_check import events_coverage
 
 from ._client import estimate_tokens
 from ._past import PastIncident, similar_past
@@ -147,6 +148,10 @@ class IncidentContext:
         radius = self.topology.blast_radius(focus)
         lines = [f"{r.source} {r.type} {r.target}" for r in self.topology.relations
                  if r.source in radius and r.target in radius and (r.source in focus or r.target in focus)]
+        # calls the incident's traces show that the topology does not list, as the deterministic reasoner
+        # reads them too (a topology may be an inventory without calls)
+        traced = events_coverage(self.topology, self.events).unlisted_calls
+        lines += [f"{pair.replace(' -> ', ' calls ')} (seen in traces, not in the topology)" for pair in traced]
         return lines[:limit]
 
 
