@@ -123,11 +123,11 @@ class EventsCoverage:
     events: int = 0
     named: Counter = field(default_factory=Counter)
     unlisted: dict[str, int] = field(default_factory=dict)
-    unlisted_calls: dict[str, int] = field(default_factory=dict)  # "caller -> callee" (services) → events
+    unlisted_calls: dict[tuple[str, str], int] = field(default_factory=dict)  # (caller, callee) services → events
 
     def to_dict(self) -> dict[str, Any]:
         return {"events": self.events, "entities": len(self.named), "unlisted": self.unlisted,
-                "unlisted_calls": self.unlisted_calls}
+                "unlisted_calls": {f"{a} -> {b}": n for (a, b), n in self.unlisted_calls.items()}}
 
 
 def events_coverage(topology: Topology, events: Iterable[Event]) -> EventsCoverage:
@@ -143,7 +143,7 @@ def events_coverage(topology: Topology, events: Iterable[Event]) -> EventsCovera
             pair = (topology.service_of(str(caller)), topology.service_of(str(callee)))
             listed = pair[1] in topology.targets(pair[0], "calls") + topology.targets(pair[0], "uses")
             if pair[0] != pair[1] and not listed:
-                calls[f"{pair[0]} -> {pair[1]}"] += 1
+                calls[pair] += 1
     ordered = sorted(found.named.items(), key=lambda item: (-item[1], item[0]))
     found.unlisted = {name: n for name, n in ordered if name not in topology}
     found.unlisted_calls = dict(sorted(calls.items(), key=lambda item: (-item[1], item[0])))

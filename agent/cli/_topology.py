@@ -64,7 +64,7 @@ def _print_coverage(coverage) -> None:
                   "in the topology, so their events are not weighed and diagnosis cannot rank them as a cause; "
                   "add them")
     if coverage.unlisted_calls:
-        calls = ", ".join(f"{pair} ({n})" for pair, n in list(coverage.unlisted_calls.items())[:10])
+        calls = ", ".join(f"{a} -> {b} ({n})" for (a, b), n in list(coverage.unlisted_calls.items())[:10])
         more = f" and {len(coverage.unlisted_calls) - 10} more" if len(coverage.unlisted_calls) > 10 else ""
         out.print(escape(f"note: the traces show calls the topology does not list: {calls}{more}; diagnosis "
                          "reads who calls whom from the traces too (docs/reasoning.md), listing them is optional"))

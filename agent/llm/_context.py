@@ -69,6 +69,9 @@ class IncidentContext:
     groups: list[dict[str, Any]] = field(default_factory=list)
     changes: list[Event] = field(default_factory=list)
     past: list[PastIncident] = field(default_factory=list)
+    # calls the incident's traces show that the topology does not list, as the deterministic reasoner reads
+    # them too (a topology may be an inventory without calls): read once, rendered at every detail level
+    traced_calls: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def event_ids(self) -> set[str]:
@@ -97,6 +100,7 @@ class IncidentContext:
         context.changes = _recent_changes(store, events, topology, entities)
         first_ts = events[0].ts if events else 0.0
         context.past = similar_past(store, audit, incident_id, entities, first_ts, topology.service_of)
+        context.traced_calls = list(events_coverage(topology, events).unlisted_calls)
         return context
 
     # -- template variables -----------------------------------------------------------------------
@@ -148,10 +152,7 @@ class IncidentContext:
         radius = self.topology.blast_radius(focus)
         lines = [f"{r.source} {r.type} {r.target}" for r in self.topology.relations
                  if r.source in radius and r.target in radius and (r.source in focus or r.target in focus)]
-        # calls the incident's traces show that the topology does not list, as the deterministic reasoner
-        # reads them too (a topology may be an inventory without calls)
-        traced = events_coverage(self.topology, self.events).unlisted_calls
-        lines += [f"{pair.replace(' -> ', ' calls ')} (seen in traces, not in the topology)" for pair in traced]
+        lines += [f"{a} calls {b} (seen in traces, not in the topology)" for a, b in self.traced_calls]
         return lines[:limit]
 
 
