@@ -21,6 +21,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from bus import Event
+
 from ._files import RulesError, node_marks, read_rule_file
 
 EntityType = Literal["service", "instance", "host", "database", "cache", "queue", "external"]
@@ -33,6 +35,9 @@ _SYNONYMS = {"nodes": "entities", "vertices": "entities", "services": "entities"
              "links": "relations", "dependencies": "relations"}
 
 Locate = Callable[[Sequence[str | int]], "tuple[int, int] | None"]
+# The attributes in which an event says which host its subject runs on: OpenTelemetry's resource attribute
+# (DESIGN.md §3 prefers its names) and Kubernetes' node name, as collectors label container metrics.
+HOST_ATTRIBUTES = ("host.name", "k8s.node.name")
 
 
 class TopologyError(ValueError):
@@ -183,6 +188,29 @@ class Topology(BaseModel):
     def matches(self, candidate: str, truth: str) -> bool:
         """True when `candidate` names `truth` or, for a service-level truth, one of its instances."""
         return candidate == truth or self.service_of(candidate) == truth
+
+
+def host_said(event: Event, topology: Topology) -> str | None:
+    """The host an event says its subject runs on (`HOST_ATTRIBUTES`), when the topology holds both, the
+    named host as a host. A host's own events and those of a service with instances place nothing: such a
+    service runs wherever its instances do, and a host named on it is the collector's."""
+    host = next((str(event.attributes[a]) for a in HOST_ATTRIBUTES if event.attributes.get(a)), None)
+    if host is None or topology.entity_type(host) != "host" or event.subject not in topology:
+        return None
+    if topology.entity_type(event.subject) == "host" or topology.instances(event.subject):
+        return None
+    return host
+
+
+def residency_said(events: Iterable[Event], topology: Topology) -> dict[str, str]:
+    """Entity → the host its events say it runs on (`host_said`); where they disagree, the latest says
+    where it runs now (a rescheduled container)."""
+    said: dict[str, tuple[float, str]] = {}
+    for event in events:
+        host = host_said(event, topology)
+        if host is not None and (event.subject not in said or event.ts >= said[event.subject][0]):
+            said[event.subject] = (event.ts, host)
+    return {entity: host for entity, (_, host) in sorted(said.items())}
 
 
 def read_topology_file(path: Path) -> tuple[Any, Locate]:

@@ -69,9 +69,10 @@ class Events:
         self.events: list[Event] = []
 
     def metric(self, subject: str, metric: str, at: float = 0, direction: str = "up",
-               severity: str = "warning") -> Event:
+               severity: str = "warning", host: str | None = None) -> Event:
+        """`host`: the host the collector says the subject runs on (the `host.name` attribute)."""
         return self._add("rtem.metric.anomaly", subject, at, severity, f"{metric} anomalous ({direction})",
-                         {"metric": metric, "direction": direction})
+                         {"metric": metric, "direction": direction} | ({"host.name": host} if host else {}))
 
     def trace(self, caller: str, callee: str, at: float = 0, anomaly: str = "PD") -> Event:
         severity = "error" if anomaly.isdigit() else "warning"

@@ -94,6 +94,29 @@ def test_calls_the_traces_show_stand_in_for_calls_the_topology_does_not_list(sho
     assert "latency/errors of its callers (checkout, frontend) point at it" in diagnose(ev, shop)[0].explanation
 
 
+def test_where_a_container_runs_comes_from_its_events_when_the_topology_does_not_say(shop):
+    """A topology without `runs_on`: the collector's `host.name` on the container's anomalies says where it
+    runs, so the host's anomaly is still shared with the container that causes it, as with the full
+    topology; with neither, the host keeps all of it."""
+    doc = shop.model_dump()
+    bare = Topology.from_dict({**doc, "relations": [r for r in doc["relations"] if r["type"] != "runs_on"]})
+
+    def incident(said: bool) -> Events:
+        ev = Events()
+        ev.metric("host-c", "system.io.r_s")
+        for metric in ("container_fs_reads./dev/vda", "container_cpu_usage_seconds", "container_memory_usage_MB"):
+            ev.metric("checkout-1", metric, host="host-c" if said else None)
+        return ev
+
+    said, listed = diagnose(incident(True), bare), diagnose(incident(True), shop)
+    assert [c.entity for c in said[:2]] == [c.entity for c in listed[:2]] == ["checkout-1", "host-c"]
+    host = said[rank_of(said, "host-c")]
+    assert "system.io.r_s is matched by checkout-1 on it" in host.explanation
+    unsaid = diagnose(incident(False), bare)
+    alone = unsaid[rank_of(unsaid, "host-c")]
+    assert "matched by" not in alone.explanation and alone.confidence > 2 * host.confidence
+
+
 def test_isolated_instance_fault_points_at_the_instance(shop):
     ev = Events()
     for metric in ("container_cpu_usage_seconds", "container_memory_usage_MB", "container_threads",

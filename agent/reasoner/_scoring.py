@@ -54,8 +54,8 @@ from rules.topology import Topology
 from ._candidate import Candidate, fault_type, symptom
 from ._catalog import RESOURCE_DOMAINS, SYMPTOM_DOMAINS
 from ._history import History
-from ._populations import (HOST, INSTANCE, CallGraph, callers_first, first_by_source, population, population_sizes,
-                           relayed, same_flow, spread_of)
+from ._populations import (HOST, INSTANCE, CallGraph, callers_first, first_by_source, placed_by_events, population,
+                           population_sizes, relayed, same_flow, spread_of)
 from ._signals import CHANGE, TRACE, Signal, first_by_kind
 
 # Anomalies first seen this many seconds after the first anomaly of their source count half. Five
@@ -96,6 +96,7 @@ class _Scorer:
         self.common_mode = {key: len(units) / (max(self.sizes.get(key[0], 0), len(units)) + 1)
                             for key, units in self.spread.items()}
         self.state = state
+        self.placed = placed_by_events(signals, topology)
         self.own: dict[str, list[Signal]] = defaultdict(list)
         for s in state:
             self.own[s.entity].append(s)
@@ -176,7 +177,9 @@ class _Scorer:
 
     def _host_shares(self, host: str) -> dict[str, float]:
         """Idea 3, hosts: the share of each host anomaly its instances' matching anomalies leave it."""
-        residents = self.topology.sources(host, "runs_on")
+        # The topology's residents, and those only the events place here: an anomaly shared with a container
+        # needs only the anomalous residents, and these are the ones whose events say where they run.
+        residents = self.topology.sources(host, "runs_on") + self.placed.get(host, ())
         shares: dict[str, float] = {}
         notes: list[str] = []
         for s in self.own.get(host, ()):
@@ -304,11 +307,15 @@ class _Scorer:
         cand.notes.extend(self.host_notes.get(cand.entity, ()))
         if not any(d in RESOURCE_DOMAINS for d in cand.domains):
             return
-        residents = self.topology.sources(cand.entity, "runs_on")
+        residents, compared = self.topology.sources(cand.entity, "runs_on"), self.all_instances
+        if not residents and cand.entity in self.placed:
+            # Only the events place them, and only anomalous instances have events: compare the ones placed
+            # here with all the ones placed anywhere, not with every instance (the quiet are not seen here).
+            residents, compared = self.placed[cand.entity], [i for group in self.placed.values() for i in group]
         if not residents:
             return
         here = sum(instance_scores.get(i, 0.0) for i in residents) / len(residents)
-        everywhere = sum(instance_scores.get(i, 0.0) for i in self.all_instances) / len(self.all_instances)
+        everywhere = sum(instance_scores.get(i, 0.0) for i in compared) / len(compared)
         if here <= everywhere:
             return
         # The system's own base rate: what runs here is more anomalous than what runs anywhere.

@@ -35,7 +35,7 @@ class DeterministicReasoner:
 
     name = "deterministic"
     # Bump when the algorithm changes: it is recorded with every decision in the audit log.
-    version = "deterministic-4"  # log lines count from warning up, and below when they say they failed
+    version = "deterministic-5"  # where a container runs also from its events (host.name)
 
     def diagnose(self, view: IncidentView, limit: int = 5) -> tuple[list[RootCause], ReasonerRun]:
         """The graph's Reasoner protocol: ranked causes, with the history the view carries."""
