@@ -192,6 +192,22 @@ def test_the_model_is_told_the_calls_the_traces_show_beside_the_topologys(boutiq
         assert lines == own + traced
 
 
+def test_the_model_is_told_where_the_events_say_a_container_runs(boutique):
+    """A topology without `runs_on`: the neighbourhood says where the container's events place it, marked
+    as the events' word; with the full topology it is the topology's relation, said once."""
+    doc = boutique.model_dump()
+    bare = Topology.from_dict({**doc, "relations": [r for r in doc["relations"] if r["type"] != "runs_on"]})
+    at = datetime(2022, 3, 20, tzinfo=timezone.utc)
+    cpu = Event(id="m0", source="/t", type="rtem.metric.anomaly", time=at, subject="cartservice-0",
+                severity="warning", message="cpu", attributes={"metric": "container_cpu_usage_seconds",
+                                                               "host.name": "node-5"})
+    candidates = [RootCause(entity="cartservice-0", confidence=0.9, evidence=["m0"], explanation="busy")]
+    for topology, placed in ((bare, ["cartservice-0 instance_of cartservice",
+                                     "cartservice-0 runs_on node-5 (its events say, not the topology)"]),
+                             (boutique, ["cartservice-0 runs_on node-5", "cartservice-0 instance_of cartservice"])):
+        assert IncidentContext.gather([cpu], topology, candidates).diagnose_vars(LEVELS[0])["neighbourhood"] == placed
+
+
 # -- checking answers and combining ---------------------------------------------------------------
 
 

@@ -120,7 +120,7 @@ def test_rtem_topology_check_events_names_what_the_topology_misses(tmp_path):
     as_json = json.loads(runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events",
                                              str(recording), "--json"]).stdout)
     assert as_json["events"] == {"events": 6, "entities": 3, "unlisted": {"cart-9": 2, "db-0": 1},
-                                 "unlisted_calls": {"web -> cart": 2}}
+                                 "unlisted_calls": {"web -> cart": 2}, "placed": {}, "misplaced": {}}
     calls = "  - {source: web, target: cart, type: calls}\n"
     (tmp_path / "full.yaml").write_text((tmp_path / "shop.yaml").read_text() + calls)
     full = json.loads(runner.invoke(app, ["topology", "check", str(tmp_path / "full.yaml"), "--events",
@@ -128,6 +128,33 @@ def test_rtem_topology_check_events_names_what_the_topology_misses(tmp_path):
     assert full["events"]["unlisted_calls"] == {}
     missing = runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events", str(tmp_path / "no")])
     assert missing.exit_code == 2 and "no such file or directory" in missing.output
+
+
+def test_rtem_topology_check_events_says_where_the_events_place_entities(tmp_path):
+    """--events: where the collectors' `host.name` places an instance the topology places on no host
+    (diagnosis reads it), and where it places one elsewhere than the topology (the topology wins: a warning);
+    a host named on a service with instances, or on a host, places nothing, and the latest event counts."""
+    (tmp_path / "shop.yaml").write_text(
+        "entities:\n  - {id: web, type: service}\n  - {id: web-0, type: instance}\n  - {id: web-1, type: instance}\n"
+        "  - {id: node-1, type: host}\n  - {id: node-2, type: host}\nrelations:\n"
+        "  - {source: web-0, target: web, type: instance_of}\n  - {source: web-1, target: web, type: instance_of}\n"
+        "  - {source: web-1, target: node-1, type: runs_on}\n")
+    lines = [cloud_event("a", "web-0", "2024-05-01T12:00:00Z", metric="cpu", **{"host.name": "node-1"}),
+             cloud_event("b", "web-0", "2024-05-01T12:01:00Z", metric="cpu", **{"k8s.node.name": "node-2"}),
+             cloud_event("c", "web-1", "2024-05-01T12:00:00Z", metric="cpu", **{"host.name": "node-2"}),
+             cloud_event("d", "web", "2024-05-01T12:00:00Z", metric="grpc-mrt", **{"host.name": "node-1"}),
+             cloud_event("e", "node-1", "2024-05-01T12:00:00Z", metric="cpu", **{"host.name": "node-2"}),
+             cloud_event("f", "web-1", "2024-05-01T11:00:00Z", metric="cpu", **{"host.name": "node-9"})]
+    recording = write_events(tmp_path / "rec.events.jsonl", lines)
+    said = runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events", str(recording)])
+    text = " ".join(said.output.split())
+    assert said.exit_code == 0, said.output
+    assert "the events say where entities run that the topology places on no host: web-0 on node-2" in text
+    assert "the events place entities elsewhere than the topology does: web-1 on node-2, not node-1" in text
+    as_json = json.loads(runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events",
+                                             str(recording), "--json"]).stdout)
+    assert as_json["events"]["placed"] == {"web-0": "node-2"}
+    assert as_json["events"]["misplaced"] == {"web-1": {"topology": "node-1", "events": "node-2"}}
 
 
 def topo(entities, relations=()):

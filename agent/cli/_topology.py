@@ -21,7 +21,8 @@ FileArg = Annotated[Path, typer.Argument(help="Topology file (JSON if it ends in
 EventsOpt = Annotated[Optional[list[Path]], typer.Option(
     "--events", help="Recorded events (CloudEvents JSON lines, or a directory of *.events.jsonl; repeatable): "
     "also say which entities they name that the topology does not hold (diagnosis cannot rank those) and "
-    "which calls their traces show that it does not list.", show_default=False)]
+    "which calls their traces show that it does not list, and where their `host.name` places entities "
+    "that the topology places nowhere or elsewhere.", show_default=False)]
 
 
 @topology_app.command("check")
@@ -68,6 +69,18 @@ def _print_coverage(coverage) -> None:
         more = f" and {len(coverage.unlisted_calls) - 10} more" if len(coverage.unlisted_calls) > 10 else ""
         out.print(escape(f"note: the traces show calls the topology does not list: {calls}{more}; diagnosis "
                          "reads who calls whom from the traces too (docs/reasoning.md), listing them is optional"))
+    if coverage.placed:
+        placed = ", ".join(f"{e} on {h}" for e, h in list(coverage.placed.items())[:10])
+        more = f" and {len(coverage.placed) - 10} more" if len(coverage.placed) > 10 else ""
+        out.print(escape(f"note: the events say where entities run that the topology places on no host: "
+                         f"{placed}{more}; diagnosis reads that from the events too (docs/reasoning.md), "
+                         "listing `runs_on` is better: only anomalous entities have events"))
+    if coverage.misplaced:
+        moved = ", ".join(f"{e} on {said}, not {listed}" for e, (listed, said) in list(coverage.misplaced.items())[:10])
+        more = f" and {len(coverage.misplaced) - 10} more" if len(coverage.misplaced) > 10 else ""
+        err.print("[yellow]warning:[/] " + escape(f"the events place entities elsewhere than the topology does: "
+                                                  f"{moved}{more}; diagnosis follows the topology, so correct its "
+                                                  "`runs_on` if they moved"))
 
 
 @topology_app.command("discover")

@@ -72,6 +72,7 @@ class IncidentContext:
     # calls the incident's traces show that the topology does not list, as the deterministic reasoner reads
     # them too (a topology may be an inventory without calls): read once, rendered at every detail level
     traced_calls: list[tuple[str, str]] = field(default_factory=list)
+    placed: dict[str, str] = field(default_factory=dict)  # entity → host, as only the events' host.name says
 
     @property
     def event_ids(self) -> set[str]:
@@ -100,7 +101,8 @@ class IncidentContext:
         context.changes = _recent_changes(store, events, topology, entities)
         first_ts = events[0].ts if events else 0.0
         context.past = similar_past(store, audit, incident_id, entities, first_ts, topology.service_of)
-        context.traced_calls = list(events_coverage(topology, events).unlisted_calls)
+        coverage = events_coverage(topology, events)
+        context.traced_calls, context.placed = list(coverage.unlisted_calls), dict(coverage.placed)
         return context
 
     # -- template variables -----------------------------------------------------------------------
@@ -153,6 +155,7 @@ class IncidentContext:
         lines = [f"{r.source} {r.type} {r.target}" for r in self.topology.relations
                  if r.source in radius and r.target in radius and (r.source in focus or r.target in focus)]
         lines += [f"{a} calls {b} (seen in traces, not in the topology)" for a, b in self.traced_calls]
+        lines += [f"{e} runs_on {h} (its events say, not the topology)" for e, h in self.placed.items()]
         return lines[:limit]
 
 
