@@ -23,7 +23,11 @@ truth) into such a system and scores them with `rca_accuracy`'s modes:
   `grpc-sr` … on each service). Traces to instances stay.
 - no-calls: the topology without its `calls` and `uses` relations: services, instances and hosts only, as
   an inventory from the cluster gives them. Who calls whom is then only what the traces show.
-- no-hosts: the topology without its `runs_on` relations: nobody says which instance runs on which host.
+- no-hosts: the topology without its `runs_on` relations; the events still say where they come from (a
+  metric anomaly's `host.name` attribute, as the recorded cases have it), as where an inventory lists
+  services and instances and the collectors label what they measure.
+- no-hosts-unsaid: `no-hosts` with the events' host attributes removed too: nobody says which instance
+  runs on which host.
 - logs: synthesised, since the cases have no logs: every metric anomaly in a bad direction (on every
   entity, not only the true cause; a success rate going up is logged by nobody) becomes an error log on
   the same subject at the same time, "<metric> anomaly" as its message; traces kept. Evidence is then logs
@@ -67,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rca_accuracy import MODES, Case, add_case_arguments, case_paths, evaluate, load_cases  # noqa: E402
 
 from agent.reasoner._catalog import is_bad_direction, metric_domain  # noqa: E402
-from rules.topology import Topology  # noqa: E402
+from rules.topology import HOST_ATTRIBUTES, Topology  # noqa: E402
 
 Doc = dict
 Rewrite = Callable[[list[Doc], Doc, Doc], tuple[list[Doc], Doc, Doc]]  # events, topology, truth
@@ -152,6 +156,18 @@ def _without(relations: set[str]) -> Rewrite:
 
 no_calls = _without({"calls", "uses"})
 no_hosts = _without({"runs_on"})
+
+
+def no_hosts_unsaid(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """`no-hosts`, and no event says where its subject runs; see the module doc."""
+    def unsaid(doc: Doc) -> Doc:
+        attributes = doc.get("data", {}).get("attributes")
+        if not attributes or not any(a in attributes for a in HOST_ATTRIBUTES):
+            return doc
+        kept = {k: v for k, v in attributes.items() if k not in HOST_ATTRIBUTES}
+        return {**doc, "data": {**doc["data"], "attributes": kept}}
+    kept, topology, truth = no_hosts(events, topology, truth)
+    return [unsaid(d) for d in kept], topology, truth
 
 
 def logs(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
@@ -270,7 +286,7 @@ VARIANTS: dict[str, Rewrite] = {"original": original, "one-instance": one_instan
                                 "json-logs": json_logs, "logfmt-logs": logfmt_logs, "two-instances": two_instances,
                                 "two-instances-raw-logs": two_instances_raw_logs, "call-logs": call_logs,
                                 "no-service-signals": no_service_signals, "no-calls": no_calls,
-                                "no-hosts": no_hosts}
+                                "no-hosts": no_hosts, "no-hosts-unsaid": no_hosts_unsaid}
 
 
 def rewrite_cases(cases: Sequence[Case], topology_doc: Doc, rewrite: Rewrite,

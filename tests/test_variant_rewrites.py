@@ -80,3 +80,14 @@ def test_no_calls_and_no_hosts_thin_only_the_topology():
         assert events == EVENTS and same == truth and topology["entities"] == TOPOLOGY["entities"]
         assert topology["relations"] == [r for r in TOPOLOGY["relations"] if r["type"] not in dropped]
         assert {r["type"] for r in topology["relations"]} == {"calls", "instance_of", "runs_on"} - dropped
+
+
+def test_no_hosts_unsaid_also_removes_where_the_events_say_they_run():
+    variants = benchmark("variants")
+    placed = {"type": "rtem.metric.anomaly", "subject": "cart-2",
+              "data": {"severity": "warning", "attributes": {"metric": "cpu", "host.name": "node-2",
+                                                              "k8s.node.name": "node-2"}}}
+    events, topology, _ = variants.no_hosts_unsaid([placed, *EVENTS], TOPOLOGY, {"root_cause_entity": "cart-2"})
+    assert events == [{**placed, "data": {"severity": "warning", "attributes": {"metric": "cpu"}}}, *EVENTS]
+    assert "runs_on" not in {r["type"] for r in topology["relations"]}
+    assert placed["data"]["attributes"]["host.name"] == "node-2", "the recorded events are not changed in place"
