@@ -24,6 +24,7 @@ from bus import Bus, EmbeddedNats
 from rules import Topology
 
 from .config import Settings
+from .deciders import unlisted_of
 from .service import build, publish_audit
 from .store import IncidentStore
 from .triage import CORRELATOR_STATE, DETECTOR_STATE, WATERMARK
@@ -110,8 +111,10 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
             "stats": {"events": parts.triage.stats.events, "invalid": stats.invalid + rejected,
                       "duplicates": duplicates + parts.triage.stats.duplicates},
         }
+        # What each incident's latest ranking could not weigh, as its record says (the terminal's note).
+        unweighed = {r["id"]: unlisted_of(parts.audit, r["id"]) for r in report["incidents"]}
         return Analysis(file=name, report=report, db_path=parts.store.path, audit_records=audit_records,
-                        extra={"failed": stats.failed, "published": published})
+                        extra={"failed": stats.failed, "published": published, "unlisted": unweighed})
     finally:
         await parts.close()
 

@@ -38,6 +38,10 @@ Locate = Callable[[Sequence[str | int]], "tuple[int, int] | None"]
 # The attributes in which an event says which host its subject runs on: OpenTelemetry's resource attribute
 # (DESIGN.md §3 prefers its names) and Kubernetes' node name, as collectors label container metrics.
 HOST_ATTRIBUTES = ("host.name", "k8s.node.name")
+# The attribute in which an event says which service its subject is an instance of (OpenTelemetry's).
+SERVICE_ATTRIBUTE = "service.name"
+# The entity types an instance can belong to (`instance_of`): a service or a data store.
+OWNER_TYPES = ("service", "database", "cache", "queue")
 
 
 class TopologyError(ValueError):
@@ -174,6 +178,20 @@ class Topology(BaseModel):
         hosts = self.targets(entity_id, "runs_on")
         return hosts[0] if hosts else None
 
+    def with_described(self, events: Iterable[Event]) -> Topology:
+        """This topology with the instances it lacks that their events describe: an event about an entity it
+        does not hold whose `service.name` names a service (or data store) it holds says that the entity is
+        an instance of it, as a pod scaled out or renamed by a rollout since the topology was written
+        (`described_by`). Where it runs is then the events' word too (`host_said`). Traces describe
+        nothing: their attributes are the call's. Returns this very topology when there is nothing to add."""
+        owners = described_by(events, self)
+        if not owners:
+            return self
+        # A new model, not model_copy: a copy would keep this one's cached lookups (`_out`, `digest` …).
+        return Topology(entities=self.entities + tuple(Entity(id=e, type="instance") for e in owners),
+                        relations=self.relations + tuple(Relation(source=e, target=s, type="instance_of")
+                                                         for e, s in owners.items()))
+
     def instances(self, service_id: str) -> tuple[str, ...]:
         return self.sources(service_id, "instance_of")
 
@@ -200,6 +218,19 @@ def host_said(event: Event, topology: Topology) -> str | None:
     if topology.entity_type(event.subject) == "host" or topology.instances(event.subject):
         return None
     return host
+
+
+def described_by(events: Iterable[Event], topology: Topology) -> dict[str, str]:
+    """Entity → the service (or data store) its events say it is an instance of (`SERVICE_ATTRIBUTE`), for
+    subjects the topology does not hold; the first event that says counts."""
+    owners: dict[str, str] = {}
+    for event in events:
+        owner = event.attributes.get(SERVICE_ATTRIBUTE)
+        if (not owner or event.type == "rtem.trace.anomaly" or event.subject in topology or event.subject in owners
+                or topology.entity_type(str(owner)) not in OWNER_TYPES):
+            continue
+        owners[event.subject] = str(owner)
+    return dict(sorted(owners.items()))
 
 
 def residency_said(events: Iterable[Event], topology: Topology) -> dict[str, str]:

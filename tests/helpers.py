@@ -69,10 +69,12 @@ class Events:
         self.events: list[Event] = []
 
     def metric(self, subject: str, metric: str, at: float = 0, direction: str = "up",
-               severity: str = "warning", host: str | None = None) -> Event:
-        """`host`: the host the collector says the subject runs on (the `host.name` attribute)."""
+               severity: str = "warning", host: str | None = None, service: str | None = None) -> Event:
+        """`host`, `service`: where the collector says the subject runs, and which service it is an instance
+        of (OpenTelemetry's `host.name` and `service.name` attributes)."""
+        said = {"host.name": host, "service.name": service}
         return self._add("rtem.metric.anomaly", subject, at, severity, f"{metric} anomalous ({direction})",
-                         {"metric": metric, "direction": direction} | ({"host.name": host} if host else {}))
+                         {"metric": metric, "direction": direction} | {k: v for k, v in said.items() if v})
 
     def trace(self, caller: str, callee: str, at: float = 0, anomaly: str = "PD") -> Event:
         severity = "error" if anomaly.isdigit() else "warning"

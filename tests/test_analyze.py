@@ -9,6 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
+from agent.reasoner import DeterministicReasoner
+from bus import parse_event
+from rules import Topology
 from tests.helpers import (RECORDING, SHARED_DATA, TOPOLOGY, analyze, analyze_json, cloud_event, decisions,
                            write_events)
 
@@ -162,6 +165,41 @@ def test_entities_the_topology_does_not_hold_are_named_not_silently_ignored(tmp_
     assert "not in the topology" not in full.output
     assert all("not in the topology" not in r for r in decisions(tmp_path / "full" / "run" / "rtem.db",
                                                                  "causes.ranked")[0]["reasons"])
+
+
+def test_entities_the_topology_lacks_are_weighed_when_their_events_say_their_service(tmp_path):
+    """Pods a rollout added since the topology was written, whose events carry OpenTelemetry's
+    `service.name`: weighed as instances of that service (the record and each one's explanation say so),
+    not named as unweighed; the ranking's leader is the full topology's."""
+    doc = json.loads(TOPOLOGY.read_text())
+    subjects = {json.loads(line).get("subject") for line in RECORDING.read_text().splitlines()}
+    gone = sorted(e["id"] for e in doc["entities"] if e["type"] == "instance" and e["id"] in subjects)[:2]
+    owner = {r["source"]: r["target"] for r in doc["relations"] if r["type"] == "instance_of"}
+    thin = tmp_path / "thin.json"
+    thin.write_text(json.dumps({"entities": [e for e in doc["entities"] if e["id"] not in gone],
+                                "relations": [r for r in doc["relations"] if r["source"] not in gone
+                                              and r["target"] not in gone]}))
+    lines = [json.loads(line) for line in RECORDING.read_text().splitlines()]
+    for event in lines:
+        if event["subject"] in gone and event["type"] != "rtem.trace.anomaly":
+            event["data"]["attributes"]["service.name"] = owner[event["subject"]]
+    recording = write_events(tmp_path / "said.jsonl", lines)
+    said = runner.invoke(app, ["analyze", str(recording), "--topology", str(thin), "--out", str(tmp_path / "said")])
+    assert said.exit_code == 0, said.output
+    assert "not weighed" not in said.output
+    [ranked] = decisions(tmp_path / "said" / "run" / "rtem.db", "causes.ranked")
+    assert ranked["inputs"]["described"] == {g: owner[g] for g in gone} and "unlisted" not in ranked["inputs"]
+    assert ranked["reasons"][0].startswith(
+        f"2 entities of this incident are not in the topology but weighed as an instance of the service its "
+        f"events' service.name names (in brackets): {gone[0]} ({owner[gone[0]]}), {gone[1]} ({owner[gone[1]]})")
+    [full] = decisions(analyze(RECORDING, "--out", tmp_path / "full") and tmp_path / "full" / "run" / "rtem.db",
+                       "causes.ranked")
+    leader = full["decision"]["root_causes"][0]["entity"]
+    assert ranked["decision"]["root_causes"][0]["entity"] == leader
+    weighed = DeterministicReasoner().rank([parse_event(json.dumps(e)) for e in lines], Topology.load(thin), 50)
+    pods = [c for c in weighed if c.entity in gone]
+    assert pods and all(f"its events' service.name says it is an instance of {owner[c.entity]}" in c.explanation
+                        for c in pods)
 
 
 def test_an_incident_only_about_entities_the_topology_lacks_says_why_nothing_was_ranked(tmp_path):

@@ -22,6 +22,7 @@ from agent.ruleset import FixedRules
 from agent.topology_reload import FixedTopology
 from agent.store import IncidentStore, event_row
 from bus._envelope import Event
+from rules import Topology
 from tests.helpers import T0, Events
 
 NOISE = ("container_memory_usage_MB", "container_threads", "container_cpu_usage_seconds")
@@ -77,6 +78,28 @@ def test_recurring_noise_is_discounted_and_the_real_fault_found(shop):
     noise = next(c for c in causes if c.entity == "checkout-0")
     assert "container_memory_usage_MB up on checkout-0 appears in 8 of 8 earlier incidents" in noise.explanation
     assert "discounted" in noise.explanation and "discounted" not in causes[0].explanation
+
+
+def test_a_pod_the_topology_lacks_has_a_past_when_its_events_say_its_service(shop):
+    """checkout-0 left out of the topology (a rollout renamed it since): its events' `service.name` makes it
+    an instance of checkout in earlier incidents too, so its habitual noise is discounted as before."""
+    doc = shop.model_dump()
+    stale = Topology.from_dict({"entities": [e for e in doc["entities"] if e["id"] != "checkout-0"],
+                                "relations": [r for r in doc["relations"]
+                                              if "checkout-0" not in (r["source"], r["target"])]})
+
+    def said(events: list[Event]) -> list[Event]:
+        return [e.model_copy(update={"attributes": {**e.attributes, "service.name": "checkout"}})
+                if e.subject == "checkout-0" else e for e in events]
+
+    now = current_incident()
+    now.events = said(now.events)
+    history = history_from_events({i: said(events) for i, events in earlier(8).items()}, stale, start(now))
+    assert ranked(now, stale)[0] == "checkout-0", "without history the noise looks like the fault"
+    causes = DeterministicReasoner().rank(now.events, stale, history=history)
+    assert causes[0].entity == "cart-1"
+    noise = next(c for c in causes if c.entity == "checkout-0")
+    assert "container_memory_usage_MB up on checkout-0 appears in 8 of 8 earlier incidents" in noise.explanation
 
 
 def test_noise_seen_in_few_earlier_incidents_is_barely_discounted(shop):

@@ -148,6 +148,34 @@ def test_an_entity_not_in_the_topology_ends_in_the_deterministic_fallback(llm, t
     assert_guard_held(db)
 
 
+def test_an_instance_only_its_events_describe_may_be_named_by_the_model(llm, tmp_path):
+    """A pod the topology lacks whose events say its service (`service.name`): the model is offered it among
+    the candidates, and naming it passes the answer checks at the first answer (an entity the topology
+    lacks and nothing describes is re-asked, as above)."""
+    doc = json.loads(TOPOLOGY.read_text())
+    lines = [json.loads(line) for line in RECORDING.read_text().splitlines()]
+    owner = {r["source"]: r["target"] for r in doc["relations"] if r["type"] == "instance_of"}
+    pod = sorted({e["subject"] for e in lines if e["subject"] in owner and e["type"] != "rtem.trace.anomaly"})[0]
+    thin = tmp_path / "thin.json"
+    thin.write_text(json.dumps({"entities": [e for e in doc["entities"] if e["id"] != pod],
+                                "relations": [r for r in doc["relations"] if pod not in (r["source"], r["target"])]}))
+    for event in lines:
+        if event["subject"] == pod and event["type"] != "rtem.trace.anomaly":
+            event["data"]["attributes"]["service.name"] = owner[pod]
+    recording = write_events(tmp_path / "said.jsonl", lines)
+    llm.default["diagnosis"] = {"hypotheses": [{"entity": pod, "fault_type": "unknown", "confidence": 0.6,
+                                                "evidence": [], "explanation": f"{pod} is where it starts"}],
+                                "summary": pod}
+    llm.on("proposals", good_proposals)
+    result = runner.invoke(app, ["analyze", str(recording), "--topology", str(thin), "--json", "--out",
+                                 str(tmp_path / "out"), "--llm", "openai"])
+    assert result.exit_code == 0, result.output
+    assert pod in candidates_in(llm.requests[0]) and llm.tasks().count("diagnosis") == 1
+    [ranked] = decisions(tmp_path / "out" / "run" / "rtem.db", "causes.ranked")
+    assert ranked["decision"]["reasoner"]["reasoner"] == "llm" and ranked["decision"]["reasoner"]["fallback"] is None
+    assert_guard_held(tmp_path / "out" / "run" / "rtem.db")
+
+
 def test_an_action_without_a_contract_is_never_proposed(llm, tmp_path):
     llm.on("diagnosis", good_diagnosis)
 

@@ -19,7 +19,7 @@ from bus import PRODUCER, embedded_credentials
 from rules import RulesError
 
 from ..config import Settings
-from ..reasoner import unlisted, unlisted_note
+from ..reasoner import unlisted_note
 from ._common import JsonOpt, LlmOpt, TopologyOpt, err, fail, out, settings, topology_of
 from ._incidents import print_incident
 
@@ -70,7 +70,7 @@ def analyze(
             print(json.dumps(doc, separators=(",", ":") if each else (", ", ": "), indent=None if each else 2))
         return
     for result in results:
-        _print_analysis(result, topo)
+        _print_analysis(result)
     err.print(f"[dim]store and audit log: {results[-1].db_path} — try `rtem incidents --db {results[-1].db_path}`[/]")
 
 
@@ -109,14 +109,14 @@ def read_recordings(paths: list[Path]) -> Iterator:
                         continue
 
 
-def _print_analysis(result, topology) -> None:
+def _print_analysis(result) -> None:
     stats = result.report["stats"]
     incidents = result.report["incidents"]
     out.rule(f"[bold]{result.file}")
     out.print(f"{stats['events']} events · {stats['invalid']} invalid (in the DLQ) · {stats['duplicates']} "
               f"duplicates · {len(incidents)} incident{'s' if len(incidents) != 1 else ''}")
     for inc in incidents:
-        print_incident(inc, note=unlisted_note(unlisted(inc["entities"], topology)))
+        print_incident(inc, note=unlisted_note(result.extra.get("unlisted", {}).get(inc["id"], [])))
 
 
 def ingest(

@@ -11,6 +11,7 @@ from langgraph.types import interrupt
 
 from bus import parse_time
 from rules import Diagnosis, Proposal
+from rules.topology import described_by
 
 from .. import incident as core
 from .. import investigate
@@ -19,7 +20,7 @@ from ..incident import PAGE, ActionStatus, PlannedAction
 from ..fitness import diagnosis_of, keep_fit
 from ..ledger import ledger_scope, step_key
 from ..models import ReasonerRun, RootCause
-from ..reasoner import DeterministicReasoner, unlisted, unlisted_note
+from ..reasoner import DeterministicReasoner, described_note, unlisted, unlisted_note
 from ._deps import Deps, IncidentState, plan_of, records
 from ._steps import others_of, page_oncall, run_step, stale
 
@@ -54,14 +55,17 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
     reasons = [f"{c.entity}: {c.explanation}" for c in causes[:3]] or ["no candidate had evidence"]
     if run.fallback:
         reasons.insert(0, f"deterministic fallback: {run.fallback}")
-    missing = unlisted(incident["entities"], view.topology)
-    if missing:
-        reasons.insert(0, unlisted_note(missing))
+    # Entities the topology lacks: weighed when their events say which service they belong to, else not.
+    described = described_by(view.events, view.topology)
+    missing = unlisted(incident["entities"], view.topology.with_described(view.events))
+    for note in (described_note(described), unlisted_note(missing)):
+        if note:
+            reasons.insert(0, note)
     deps.audit.append(
         "causes.ranked", incident_id=incident["id"], node="diagnose",
         inputs={"events": len(view.events), "entities": incident["entities"], "topology": deps.topology.digest,
                 "earlier_incidents": view.history.incidents if view.history is not None else 0,
-                **({"unlisted": missing} if missing else {})},
+                **({"unlisted": missing} if missing else {}), **({"described": described} if described else {})},
         decision={"root_causes": [c.model_dump() for c in causes], "reasoner": run.model_dump()},
         reasons=reasons, evidence=causes[0].evidence if causes else [], versions=deps.versions(run))
     return {"root_causes": [c.model_dump() for c in causes], "diagnosis": run.model_dump()}

@@ -123,7 +123,8 @@ class LLMReasoner:
 
     def diagnose(self, view: IncidentView, limit: int = 5) -> tuple[list[RootCause], ReasonerRun]:
         """The view's history (the background learned from earlier incidents) goes to the deterministic scoring."""
-        events, topology = view.events, view.topology
+        # The instances the topology lacks whose events say their service are candidates the model may name.
+        events, topology = view.events, view.topology.with_described(view.events)
         candidates = self.fallback.rank(events, topology, max(limit, len(topology.entities)), history=view.history,
                                          learned=view.learned)
         prompt = self.prompts["diagnose"]

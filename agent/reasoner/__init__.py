@@ -8,9 +8,9 @@ from ._catalog import ACTION_CATALOG, ACTION_TYPES, FAULT_TYPES
 from ._history import (HISTORY_WINDOW, MIN_HISTORY, History, SignalKind, history_from_events, history_of,
                        kinds_by_incident, learn_history)
 from ._learned import BLEND_K, Example, LearnedModel, example_of, fit
-from .deterministic import DeterministicReasoner, unlisted, unlisted_note
+from .deterministic import DeterministicReasoner, described_note, unlisted, unlisted_note
 
 __all__ = ["ACTION_CATALOG", "ACTION_TYPES", "BLEND_K", "FAULT_TYPES", "HISTORY_WINDOW", "MIN_HISTORY",
-           "DeterministicReasoner", "Example", "History", "LearnedModel", "SignalKind", "example_of", "fit",
-           "history_from_events", "history_of", "kinds_by_incident", "learn_history", "unlisted",
+           "DeterministicReasoner", "Example", "History", "LearnedModel", "SignalKind", "described_note", "example_of",
+           "fit", "history_from_events", "history_of", "kinds_by_incident", "learn_history", "unlisted",
            "unlisted_note"]

@@ -87,8 +87,12 @@ def learn_history(incidents: Collection[str], shapes: Iterable[tuple[Event, Iter
 
 def kinds_by_incident(incidents: Collection[str], shapes: Iterable[tuple[Event, Iterable[str]]],
                       topology: Topology) -> dict[str, set[SignalKind]]:
-    """Each of `incidents` with the signal kinds its shapes count as (none for one with no shape)."""
+    """Each of `incidents` with the signal kinds its shapes count as (none for one with no shape). Entities
+    the topology lacks count when their events say which service they are instances of, as in a diagnosis
+    (`Topology.with_described`): a pod a rollout renamed has a past too."""
     found: dict[str, set[SignalKind]] = {incident: set() for incident in incidents}
+    shapes = list(shapes)
+    topology = topology.with_described(event for event, _ in shapes)
     for event, seen_in in shapes:
         kinds = shape_kinds(event, topology)
         for incident in seen_in:

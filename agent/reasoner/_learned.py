@@ -245,6 +245,7 @@ def example_of(incident_id: str, events: Sequence[Event], topology: Topology, ca
     so that what is learned corrects the ranking the model will be blended with) and described, the
     confirmed cause marked (a service: it and its instances, one set); all candidates are kept, as the model
     is applied to all; None when the cause was no candidate (nothing to learn from)."""
+    topology = topology.with_described(events)
     signals = extract_signals(events, topology)
     ranked = rank_candidates(signals, topology, history)
     if not ranked:

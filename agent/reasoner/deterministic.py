@@ -12,11 +12,12 @@ cause to remedies from the action catalog. Same events, history and learned mode
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from agent.models import IncidentView, ReasonerRun, RootCause
 from bus import Event
 from rules import Proposal, Topology
+from rules.topology import described_by
 
 from ._explain import explain
 from ._history import History
@@ -55,10 +56,15 @@ class DeterministicReasoner:
              history: History | None = None, learned: LearnedModel | None = None) -> list[RootCause]:
         """Ranked causes; `history` (optional) is the background learned from earlier incidents only, and
         `learned` (optional) what marked the causes confirmed in earlier incidents, blended in by its weight."""
+        described, topology = described_by(events, topology), topology.with_described(events)
         signals = extract_signals(events, topology)
         ranked = rank_candidates(signals, topology, history)
         if not ranked or limit <= 0:
             return []
+        for cand in ranked:
+            if cand.entity in described:
+                cand.notes.insert(0, f"not in the topology: its events' service.name says it is an instance of "
+                                     f"{described[cand.entity]}, so it is weighed as one")
         start = min(s.ts for s in signals)
         shares = posterior([c.rank for c in ranked])
         if learned is None or not learned.incidents:
@@ -76,6 +82,7 @@ class DeterministicReasoner:
         reasoner keeps a model's fault type only when it is in this set (agent/llm/_combine.py), so a label
         needs a signal behind it, as a candidate does."""
         kinds: dict[str, set[str]] = {}
+        topology = topology.with_described(events)
         for cand in rank_candidates(extract_signals(events, topology), topology):
             found = {fault_type_of(d) for d in cand.domains}
             found |= {s.domain for _, s in cand.evidence if s.source == CHANGE}
@@ -111,6 +118,19 @@ def unlisted_note(missing: Sequence[str], shown: int = 5) -> str | None:
     it = "it" if len(missing) == 1 else "them"
     return (f"{said} be ranked as the cause: {names}; add {it} to the topology (`rtem topology check FILE "
             "--events RECORDING` lists what recordings name that it lacks)")
+
+
+def described_note(described: Mapping[str, str], shown: int = 5) -> str | None:
+    """The incident's entities that the topology lacks but whose events say which service they are instances
+    of (`rules.topology.described_by`: weighed as such), in words; None when there are none."""
+    if not described:
+        return None
+    items = list(described.items())
+    names = ", ".join(f"{e} ({s})" for e, s in items[:shown]) + (
+        f" and {len(items) - shown} more" if len(items) > shown else "")
+    count = "1 entity of this incident is" if len(items) == 1 else f"{len(items)} entities of this incident are"
+    return (f"{count} not in the topology but weighed as an instance of the service its events' service.name "
+            f"names (in brackets): {names}; add {'it' if len(items) == 1 else 'them'} to the topology")
 
 
 def _root_cause(cand: Candidate, share: float, start: float, learned: str = "") -> RootCause:
