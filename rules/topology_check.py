@@ -7,7 +7,8 @@ belongs to nothing, a relation whose kind does not fit the types it joins (an in
 service or a data store, things run on hosts), an entity with several `instance_of` or `runs_on`
 (only the first is followed).
 `events_coverage` is how well a topology covers recorded events (`rtem topology check --events`): the
-entities they name that it does not hold (never weighed in a diagnosis), the calls their traces show
+entities they name that it does not hold (never weighed in a diagnosis, unless their events say which
+service they are instances of), the calls their traces show
 that it does not list (diagnosis reads those from the traces anyway), and where their `host.name` places
 an entity the topology places nowhere (diagnosis reads that too) or elsewhere (the topology wins).
 `diff_topologies` is what changed between two topologies, for the audit records of reloads and
@@ -24,7 +25,7 @@ from typing import Any
 
 from bus import Event
 
-from .topology import Locate, Topology, TopologyError, read_topology_file, residency_said
+from .topology import Locate, Topology, TopologyError, described_by, read_topology_file, residency_said
 
 # What a relation of each kind may join: (source types, target types); None: any.
 _FITS: dict[str, tuple[set[str] | None, set[str] | None]] = {
@@ -119,21 +120,24 @@ class EventsCoverage:
     """How a topology covers recorded events: how many were read, the entities they are about (subjects,
     and a trace's callee) with how many events each, those the topology does not hold, and the calls
     between services their traces show that the topology's `calls` and `uses` do not list. A trace's
-    caller is not counted as named: its trouble is the callee's evidence, not its own. `placed` and
-    `misplaced`: the hosts the events say entities run on (`topology.residency_said`) where the topology
-    places them on none, and where it places them on another."""
+    caller is not counted as named: its trouble is the callee's evidence, not its own. `described`: the
+    entities it does not hold whose events say which service they are instances of (weighed as such,
+    `Topology.with_described`), not counted as unlisted. `placed` and `misplaced`: the hosts the events say
+    entities run on (`topology.residency_said`) where the topology places them on none, and where it
+    places them on another."""
 
     events: int = 0
     named: Counter = field(default_factory=Counter)
     unlisted: dict[str, int] = field(default_factory=dict)
     unlisted_calls: dict[tuple[str, str], int] = field(default_factory=dict)  # (caller, callee) services → events
+    described: dict[str, str] = field(default_factory=dict)  # entity → service: not listed, the events say
     placed: dict[str, str] = field(default_factory=dict)  # entity → host: the events say, the topology does not
     misplaced: dict[str, tuple[str, str]] = field(default_factory=dict)  # entity → (topology's host, events')
 
     def to_dict(self) -> dict[str, Any]:
         return {"events": self.events, "entities": len(self.named), "unlisted": self.unlisted,
                 "unlisted_calls": {f"{a} -> {b}": n for (a, b), n in self.unlisted_calls.items()},
-                "placed": self.placed,
+                "described": self.described, "placed": self.placed,
                 "misplaced": {e: {"topology": listed, "events": said} for e, (listed, said) in self.misplaced.items()}}
 
 
@@ -153,9 +157,10 @@ def events_coverage(topology: Topology, events: Iterable[Event]) -> EventsCovera
             if pair[0] != pair[1] and not listed:
                 calls[pair] += 1
     ordered = sorted(found.named.items(), key=lambda item: (-item[1], item[0]))
-    found.unlisted = {name: n for name, n in ordered if name not in topology}
+    found.described = described_by(seen, topology)
+    found.unlisted = {name: n for name, n in ordered if name not in topology and name not in found.described}
     found.unlisted_calls = dict(sorted(calls.items(), key=lambda item: (-item[1], item[0])))
-    for entity, host in residency_said(seen, topology).items():
+    for entity, host in residency_said(seen, topology.with_described(seen)).items():
         listed = topology.host_of(entity)
         if listed is None:
             found.placed[entity] = host

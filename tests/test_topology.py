@@ -12,6 +12,7 @@ from agent.cli import app
 from agent.discovery import Labels, Mapping, build_topology, render
 from agent.topology_reload import TopologyReloader, merge_topologies
 from rules import Entity, Relation, Topology, TopologyError
+from bus import parse_event
 from rules.topology_check import check_topology_file, diff_topologies
 from tests.helpers import EXAMPLES, ROOT, cloud_event, write_events
 
@@ -120,7 +121,7 @@ def test_rtem_topology_check_events_names_what_the_topology_misses(tmp_path):
     as_json = json.loads(runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events",
                                              str(recording), "--json"]).stdout)
     assert as_json["events"] == {"events": 6, "entities": 3, "unlisted": {"cart-9": 2, "db-0": 1},
-                                 "unlisted_calls": {"web -> cart": 2}, "placed": {}, "misplaced": {}}
+                                 "unlisted_calls": {"web -> cart": 2}, "described": {}, "placed": {}, "misplaced": {}}
     calls = "  - {source: web, target: cart, type: calls}\n"
     (tmp_path / "full.yaml").write_text((tmp_path / "shop.yaml").read_text() + calls)
     full = json.loads(runner.invoke(app, ["topology", "check", str(tmp_path / "full.yaml"), "--events",
@@ -144,17 +145,48 @@ def test_rtem_topology_check_events_says_where_the_events_place_entities(tmp_pat
              cloud_event("c", "web-1", "2024-05-01T12:00:00Z", metric="cpu", **{"host.name": "node-2"}),
              cloud_event("d", "web", "2024-05-01T12:00:00Z", metric="grpc-mrt", **{"host.name": "node-1"}),
              cloud_event("e", "node-1", "2024-05-01T12:00:00Z", metric="cpu", **{"host.name": "node-2"}),
-             cloud_event("f", "web-1", "2024-05-01T11:00:00Z", metric="cpu", **{"host.name": "node-9"})]
+             cloud_event("f", "web-1", "2024-05-01T11:00:00Z", metric="cpu", **{"host.name": "node-9"}),
+             cloud_event("g", "web-2", "2024-05-01T12:00:00Z", metric="cpu",
+                         **{"host.name": "node-1", "service.name": "web"})]
     recording = write_events(tmp_path / "rec.events.jsonl", lines)
     said = runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events", str(recording)])
     text = " ".join(said.output.split())
     assert said.exit_code == 0, said.output
-    assert "the events say where entities run that the topology places on no host: web-0 on node-2" in text
+    assert "events: 7 read, naming 5 entities, 1 of them not in the topology" in text
+    assert ("not in the topology, but their events' service.name says which service each is an instance of (in "
+            "brackets): web-2 (web)") in text and "named by events (how many in brackets)" not in text
+    assert ("the events say where entities run that the topology places on no host: web-0 on node-2, web-2 on "
+            "node-1") in text
     assert "the events place entities elsewhere than the topology does: web-1 on node-2, not node-1" in text
     as_json = json.loads(runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events",
                                              str(recording), "--json"]).stdout)
-    assert as_json["events"]["placed"] == {"web-0": "node-2"}
+    assert as_json["events"]["placed"] == {"web-0": "node-2", "web-2": "node-1"}
+    assert as_json["events"]["described"] == {"web-2": "web"} and as_json["events"]["unlisted"] == {}
     assert as_json["events"]["misplaced"] == {"web-1": {"topology": "node-1", "events": "node-2"}}
+
+
+def test_events_describe_the_instances_a_topology_lacks():
+    """An event about an entity the topology lacks, whose `service.name` names a service or data store it
+    holds, adds that entity as an instance of it; a trace, a name the topology lacks or holds as a host,
+    and an entity it already holds describe nothing; with nothing to add the topology is the same object."""
+    shop = topo([("web", "service"), ("db", "database"), ("web-0", "instance"), ("node-1", "host")],
+                [("web-0", "instance_of", "web")])
+    at = "2024-05-01T12:00:00Z"
+    events = [parse_event(json.dumps(e)) for e in (
+        cloud_event("a", "web-7f9c", at, metric="cpu", **{"service.name": "web", "host.name": "node-1"}),
+        cloud_event("b", "web-7f9c", at, metric="cpu", **{"service.name": "db"}),  # the first word counts
+        cloud_event("c", "db-1", at, message="pool exhausted", type="rtem.log", **{"service.name": "db"}),
+        cloud_event("d", "ghost-0", at, metric="cpu", **{"service.name": "ghost"}),
+        cloud_event("e", "box-0", at, metric="cpu", **{"service.name": "node-1"}),
+        cloud_event("f", "web-0", at, metric="cpu", **{"service.name": "db"}),
+        cloud_event("g", "web-9", at, type="rtem.trace.anomaly", caller="web-0", callee="web-9",
+                    **{"service.name": "web"}))]
+    grown = shop.with_described(events)
+    assert sorted(set(grown.by_id) - set(shop.by_id)) == ["db-1", "web-7f9c"]
+    assert grown.entity_type("web-7f9c") == "instance" and grown.service_of("web-7f9c") == "web"
+    assert grown.instances("db") == ("db-1",) and grown.service_of("web-0") == "web"
+    assert grown.host_of("web-7f9c") is None, "where it runs is read where it is needed (host_said), not listed"
+    assert shop.with_described(events[3:6]) is shop and "web-7f9c" not in shop
 
 
 def topo(entities, relations=()):

@@ -57,13 +57,19 @@ def check(path: FileArg, json_out: JsonOpt = False, events: EventsOpt = None) ->
 
 def _print_coverage(coverage) -> None:
     out.print(f"events: {coverage.events} read, naming {len(coverage.named)} entities, "
-              f"{len(coverage.unlisted)} of them not in the topology")
+              f"{len(coverage.unlisted) + len(coverage.described)} of them not in the topology")
     if coverage.unlisted:
         named = ", ".join(f"{name} ({n})" for name, n in list(coverage.unlisted.items())[:10])
         more = f" and {len(coverage.unlisted) - 10} more" if len(coverage.unlisted) > 10 else ""
         err.print(f"[yellow]warning:[/] {escape(named + more)}: named by events (how many in brackets) but not "
                   "in the topology, so their events are not weighed and diagnosis cannot rank them as a cause; "
                   "add them")
+    if coverage.described:
+        described = ", ".join(f"{e} ({s})" for e, s in list(coverage.described.items())[:10])
+        more = f" and {len(coverage.described) - 10} more" if len(coverage.described) > 10 else ""
+        out.print(escape(f"note: not in the topology, but their events' service.name says which service each is an "
+                         f"instance of (in brackets): {described}{more}; diagnosis weighs them as such, "
+                         "listing them is better"))
     if coverage.unlisted_calls:
         calls = ", ".join(f"{a} -> {b} ({n})" for (a, b), n in list(coverage.unlisted_calls.items())[:10])
         more = f" and {len(coverage.unlisted_calls) - 10} more" if len(coverage.unlisted_calls) > 10 else ""
