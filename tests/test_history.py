@@ -80,18 +80,24 @@ def test_recurring_noise_is_discounted_and_the_real_fault_found(shop):
     assert "discounted" in noise.explanation and "discounted" not in causes[0].explanation
 
 
+def without_checkout_0(shop) -> Topology:
+    """The shop's topology from before a rollout renamed checkout-0: it does not list it."""
+    doc = shop.model_dump()
+    return Topology.from_dict({"entities": [e for e in doc["entities"] if e["id"] != "checkout-0"],
+                               "relations": [r for r in doc["relations"]
+                                             if "checkout-0" not in (r["source"], r["target"])]})
+
+
+def said(events: list[Event]) -> list[Event]:
+    """checkout-0's events as an OpenTelemetry collector sends them: with its `service.name`."""
+    return [e.model_copy(update={"attributes": {**e.attributes, "service.name": "checkout"}})
+            if e.subject == "checkout-0" else e for e in events]
+
+
 def test_a_pod_the_topology_lacks_has_a_past_when_its_events_say_its_service(shop):
     """checkout-0 left out of the topology (a rollout renamed it since): its events' `service.name` makes it
     an instance of checkout in earlier incidents too, so its habitual noise is discounted as before."""
-    doc = shop.model_dump()
-    stale = Topology.from_dict({"entities": [e for e in doc["entities"] if e["id"] != "checkout-0"],
-                                "relations": [r for r in doc["relations"]
-                                              if "checkout-0" not in (r["source"], r["target"])]})
-
-    def said(events: list[Event]) -> list[Event]:
-        return [e.model_copy(update={"attributes": {**e.attributes, "service.name": "checkout"}})
-                if e.subject == "checkout-0" else e for e in events]
-
+    stale = without_checkout_0(shop)
     now = current_incident()
     now.events = said(now.events)
     history = history_from_events({i: said(events) for i, events in earlier(8).items()}, stale, start(now))
@@ -200,6 +206,21 @@ def test_the_store_gives_only_earlier_incidents_and_their_earlier_events(backend
     assert len([s for s, _ in shapes if s.subject == "checkout-0"]) == len(NOISE)
     assert store.past_event_shapes(start(now), limit=2)[0] == ["inc-5", "inc-4"]
     assert store.past_event_shapes(T0.timestamp()) == ([], [])
+    store.close()
+
+
+def test_the_stores_event_shapes_keep_what_describes_a_pod(backend, shop):
+    """The history a diagnosis reads from the store (its distinct event shapes) keeps `service.name`, so a
+    pod the topology lacks has the same past there as in its events."""
+    store = IncidentStore(backend)
+    past = {i: said(events) for i, events in earlier(6).items()}
+    for incident_id, events in past.items():
+        write_incident(store, incident_id, events)
+    now = current_incident(at=7 * HOUR)
+    incidents, shapes = store.past_event_shapes(start(now))
+    stale = without_checkout_0(shop)
+    assert learn_history(incidents, shapes, stale) == history_from_events(past, stale, start(now))
+    assert learn_history(incidents, shapes, stale).seen[("checkout-0", "container_threads", "up")] == 6
     store.close()
 
 

@@ -56,9 +56,10 @@ class Dialect:
     name: str  # "sqlite" | "postgres"
 
     def json_text(self, column: str, key: str) -> str:
-        """The value of `key` in the JSON object of `column` (a top-level key with no quote in it)."""
+        """The value of `key` in the JSON object of `column` (a top-level key with no quote in it; a dotted
+        key such as `service.name` is one key, not a path)."""
         if self.name == "sqlite":
-            return f"json_extract({column}, '$.{key}')"
+            return f"json_extract({column}, '$.\"{key}\"')" if "." in key else f"json_extract({column}, '$.{key}')"
         return f"(({column})::jsonb ->> '{key}')"
 
     def distinct_list(self, expr: str) -> str:

@@ -116,8 +116,9 @@ class EventQueries:
                 [before_ts, before_ts, exclude or "", limit])]
 
     def event_shapes(self, incidents: Sequence[str], before_ts: float) -> list[tuple[Event, list[str]]]:
-        """Each distinct event shape (type, subject, severity and the attributes that say what was
-        anomalous) of `incidents`' events before `before_ts`, once, with the incidents it occurred in.
+        """Each distinct event shape (type, subject, severity, the attributes that say what was anomalous,
+        and `service.name`, which describes a subject the topology lacks: `Topology.with_described`) of
+        `incidents`' events before `before_ts`, once, with the incidents it occurred in.
 
         The database groups the events, so Python sees the distinct shapes rather than every event. Trace
         and metric messages are dropped from the shape (the attributes say it all); other messages are
@@ -129,8 +130,8 @@ class EventQueries:
         field = self.dialect.json_text
         with self.db.snapshot() as conn:
             rows = conn.execute(f"""
-                SELECT type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message,
-                       MIN(time), {self.dialect.distinct_list('incident_id')}
+                SELECT type, subject, severity, metric, direction, callee, caller, anomaly, alertname, service,
+                       message, MIN(time), {self.dialect.distinct_list('incident_id')}
                 FROM (SELECT incident_id, type, subject, severity, time,
                              {field('attributes', 'metric')} AS metric,
                              {field('attributes', 'direction')} AS direction,
@@ -138,12 +139,14 @@ class EventQueries:
                              {field('attributes', 'caller')} AS caller,
                              {field('attributes', 'anomaly')} AS anomaly,
                              {field('attributes', 'alertname')} AS alertname,
+                             {field('attributes', 'service.name')} AS service,
                              CASE WHEN type = 'rtem.trace.anomaly' OR {field('attributes', 'metric')} IS NOT NULL
                                   THEN '' ELSE message END AS message
                       FROM events WHERE incident_id IN ({marks}) AND ts < ?) AS shaped
-                GROUP BY type, subject, severity, metric, direction, callee, caller, anomaly, alertname, message""",
+                GROUP BY type, subject, severity, metric, direction, callee, caller, anomaly, alertname, service,
+                         message""",
                 [*incidents, before_ts]).fetchall()
-        keys = ("metric", "direction", "callee", "caller", "anomaly", "alertname")
+        keys = ("metric", "direction", "callee", "caller", "anomaly", "alertname", "service.name")
         shapes = []
         for number, (type_, subject, severity, *values, message, time, seen_in) in enumerate(rows):
             attributes = {k: v for k, v in zip(keys, values) if v is not None}
