@@ -28,6 +28,10 @@ truth) into such a system and scores them with `rca_accuracy`'s modes:
   services and instances and the collectors label what they measure.
 - no-hosts-unsaid: `no-hosts` with the events' host attributes removed too: nobody says which instance
   runs on which host.
+- new-pods: each service's last instance (by id) left out of the topology, as a pod scaled out or renamed by
+  a rollout after the topology was written; its events (other than traces) say which service it belongs to
+  in OpenTelemetry's `service.name`, as collectors with resource attributes do.
+- new-pods-unsaid: the same pods left out, and nothing says what they are.
 - logs: synthesised, since the cases have no logs: every metric anomaly in a bad direction (on every
   entity, not only the true cause; a success rate going up is logged by nobody) becomes an error log on
   the same subject at the same time, "<metric> anomaly" as its message; traces kept. Evidence is then logs
@@ -71,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rca_accuracy import MODES, Case, add_case_arguments, case_paths, evaluate, load_cases  # noqa: E402
 
 from agent.reasoner._catalog import is_bad_direction, metric_domain  # noqa: E402
-from rules.topology import HOST_ATTRIBUTES, Topology  # noqa: E402
+from rules.topology import HOST_ATTRIBUTES, SERVICE_ATTRIBUTE, Topology  # noqa: E402
 
 Doc = dict
 Rewrite = Callable[[list[Doc], Doc, Doc], tuple[list[Doc], Doc, Doc]]  # events, topology, truth
@@ -156,6 +160,35 @@ def _without(relations: set[str]) -> Rewrite:
 
 no_calls = _without({"calls", "uses"})
 no_hosts = _without({"runs_on"})
+
+
+def _newest_pods(topology: Doc) -> dict[str, str]:
+    """Each service's last instance by id → its service."""
+    owners = {r["source"]: r["target"] for r in topology["relations"] if r["type"] == "instance_of"}
+    last: dict[str, str] = {}
+    for pod, service in sorted(owners.items()):
+        last[service] = pod
+    return {pod: service for service, pod in last.items()}
+
+
+def new_pods_unsaid(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """Each service's last instance left out of the topology; see the module doc."""
+    new = _newest_pods(topology)
+    return events, {"entities": [e for e in topology["entities"] if e["id"] not in new],
+                    "relations": [r for r in topology["relations"] if r["source"] not in new and r["target"] not in new]
+                    }, truth
+
+
+def new_pods(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
+    """`new-pods-unsaid`, but the new pods' events say their service; see the module doc."""
+    new = _newest_pods(topology)
+
+    def said(doc: Doc) -> Doc:
+        if doc.get("subject") not in new or doc["type"] == "rtem.trace.anomaly":
+            return doc
+        attributes = {**doc.get("data", {}).get("attributes", {}), SERVICE_ATTRIBUTE: new[doc["subject"]]}
+        return {**doc, "data": {**doc.get("data", {}), "attributes": attributes}}
+    return new_pods_unsaid([said(d) for d in events], topology, truth)
 
 
 def no_hosts_unsaid(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], Doc, Doc]:
@@ -286,7 +319,8 @@ VARIANTS: dict[str, Rewrite] = {"original": original, "one-instance": one_instan
                                 "json-logs": json_logs, "logfmt-logs": logfmt_logs, "two-instances": two_instances,
                                 "two-instances-raw-logs": two_instances_raw_logs, "call-logs": call_logs,
                                 "no-service-signals": no_service_signals, "no-calls": no_calls,
-                                "no-hosts": no_hosts, "no-hosts-unsaid": no_hosts_unsaid}
+                                "no-hosts": no_hosts, "no-hosts-unsaid": no_hosts_unsaid, "new-pods": new_pods,
+                                "new-pods-unsaid": new_pods_unsaid}
 
 
 def rewrite_cases(cases: Sequence[Case], topology_doc: Doc, rewrite: Rewrite,

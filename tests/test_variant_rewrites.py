@@ -91,3 +91,19 @@ def test_no_hosts_unsaid_also_removes_where_the_events_say_they_run():
     assert events == [{**placed, "data": {"severity": "warning", "attributes": {"metric": "cpu"}}}, *EVENTS]
     assert "runs_on" not in {r["type"] for r in topology["relations"]}
     assert placed["data"]["attributes"]["host.name"] == "node-2", "the recorded events are not changed in place"
+
+
+def test_new_pods_leaves_each_services_newest_pod_out_and_has_its_events_say_its_service():
+    variants = benchmark("variants")
+    trace_to_new = {"type": "rtem.trace.anomaly", "subject": "cart-2",
+                    "data": {"attributes": {"caller": "web-0", "callee": "cart-2", "anomaly": "PD"}}}
+    truth = {"root_cause_entity": "cart-2", "level": "pod"}
+    events, topology, same = variants.new_pods([*EVENTS, trace_to_new], TOPOLOGY, truth)
+    assert sorted(e["id"] for e in topology["entities"] if e["type"] == "instance") == ["cart-0", "cart-1"]
+    assert not any("cart-2" in (r["source"], r["target"]) or "web-0" in (r["source"], r["target"])
+                   for r in topology["relations"])
+    assert events[0]["data"]["attributes"] == {"metric": "cpu", "service.name": "cart"}
+    assert events[1:] == [EVENTS[1], trace_to_new], "traces say nothing of their callee's service"
+    assert same == truth and "service.name" not in EVENTS[0]["data"]["attributes"]
+    unsaid, thin, _ = variants.new_pods_unsaid(EVENTS, TOPOLOGY, truth)
+    assert unsaid == EVENTS and thin == topology
