@@ -75,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rca_accuracy import MODES, Case, add_case_arguments, case_paths, evaluate, load_cases  # noqa: E402
 
 from agent.reasoner._catalog import is_bad_direction, metric_domain  # noqa: E402
-from rules.topology import HOST_ATTRIBUTES, SERVICE_ATTRIBUTE, Topology  # noqa: E402
+from rules.topology import HOST_ATTRIBUTES, SERVICE_ATTRIBUTES, Topology  # noqa: E402
 
 Doc = dict
 Rewrite = Callable[[list[Doc], Doc, Doc], tuple[list[Doc], Doc, Doc]]  # events, topology, truth
@@ -186,7 +186,7 @@ def new_pods(events: list[Doc], topology: Doc, truth: Doc) -> tuple[list[Doc], D
     def said(doc: Doc) -> Doc:
         if doc.get("subject") not in new or doc["type"] == "rtem.trace.anomaly":
             return doc
-        attributes = {**doc.get("data", {}).get("attributes", {}), SERVICE_ATTRIBUTE: new[doc["subject"]]}
+        attributes = {**doc.get("data", {}).get("attributes", {}), SERVICE_ATTRIBUTES[0]: new[doc["subject"]]}
         return {**doc, "data": {**doc.get("data", {}), "attributes": attributes}}
     return new_pods_unsaid([said(d) for d in events], topology, truth)
 

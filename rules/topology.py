@@ -38,8 +38,9 @@ Locate = Callable[[Sequence[str | int]], "tuple[int, int] | None"]
 # The attributes in which an event says which host its subject runs on: OpenTelemetry's resource attribute
 # (DESIGN.md §3 prefers its names) and Kubernetes' node name, as collectors label container metrics.
 HOST_ATTRIBUTES = ("host.name", "k8s.node.name")
-# The attribute in which an event says which service its subject is an instance of (OpenTelemetry's).
-SERVICE_ATTRIBUTE = "service.name"
+# The attributes in which an event says which service its subject is an instance of: OpenTelemetry's, then
+# the Kubernetes workload that owns a pod (as the collector's k8s attributes processor adds them), in order.
+SERVICE_ATTRIBUTES = ("service.name", "k8s.deployment.name", "k8s.statefulset.name", "k8s.daemonset.name")
 # The entity types an instance can belong to (`instance_of`): a service or a data store.
 OWNER_TYPES = ("service", "database", "cache", "queue")
 
@@ -221,11 +222,12 @@ def host_said(event: Event, topology: Topology) -> str | None:
 
 
 def described_by(events: Iterable[Event], topology: Topology) -> dict[str, str]:
-    """Entity → the service (or data store) its events say it is an instance of (`SERVICE_ATTRIBUTE`), for
-    subjects the topology does not hold; the first event that says counts."""
+    """Entity → the service (or data store) its events say it is an instance of (the first of
+    `SERVICE_ATTRIBUTES` an event has), for subjects the topology does not hold; the first event that says
+    counts."""
     owners: dict[str, str] = {}
     for event in events:
-        owner = event.attributes.get(SERVICE_ATTRIBUTE)
+        owner = next((event.attributes[a] for a in SERVICE_ATTRIBUTES if event.attributes.get(a)), None)
         if (not owner or event.type == "rtem.trace.anomaly" or event.subject in topology or event.subject in owners
                 or topology.entity_type(str(owner)) not in OWNER_TYPES):
             continue

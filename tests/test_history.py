@@ -88,9 +88,10 @@ def without_checkout_0(shop) -> Topology:
                                              if "checkout-0" not in (r["source"], r["target"])]})
 
 
-def said(events: list[Event]) -> list[Event]:
-    """checkout-0's events as an OpenTelemetry collector sends them: with its `service.name`."""
-    return [e.model_copy(update={"attributes": {**e.attributes, "service.name": "checkout"}})
+def said(events: list[Event], attribute: str = "service.name") -> list[Event]:
+    """checkout-0's events as an OpenTelemetry collector sends them: with its `service.name` (or the
+    Kubernetes workload that owns it, as the k8s attributes processor adds it)."""
+    return [e.model_copy(update={"attributes": {**e.attributes, attribute: "checkout"}})
             if e.subject == "checkout-0" else e for e in events]
 
 
@@ -210,10 +211,11 @@ def test_the_store_gives_only_earlier_incidents_and_their_earlier_events(backend
 
 
 def test_the_stores_event_shapes_keep_what_describes_a_pod(backend, shop):
-    """The history a diagnosis reads from the store (its distinct event shapes) keeps `service.name`, so a
-    pod the topology lacks has the same past there as in its events."""
+    """The history a diagnosis reads from the store (its distinct event shapes) keeps what says a pod's
+    service (here its Kubernetes deployment), so a pod the topology lacks has the same past there as in its
+    events."""
     store = IncidentStore(backend)
-    past = {i: said(events) for i, events in earlier(6).items()}
+    past = {i: said(events, "k8s.deployment.name") for i, events in earlier(6).items()}
     for incident_id, events in past.items():
         write_incident(store, incident_id, events)
     now = current_incident(at=7 * HOUR)

@@ -166,8 +166,8 @@ def test_rtem_topology_check_events_says_where_the_events_place_entities(tmp_pat
 
 
 def test_events_describe_the_instances_a_topology_lacks():
-    """An event about an entity the topology lacks, whose `service.name` names a service or data store it
-    holds, adds that entity as an instance of it; a trace, a name the topology lacks or holds as a host,
+    """An event about an entity the topology lacks, whose `service.name` (or owning Kubernetes workload)
+    names a service or data store it holds, adds that entity as an instance of it; a trace, a name the topology lacks or holds as a host,
     and an entity it already holds describe nothing; with nothing to add the topology is the same object."""
     shop = topo([("web", "service"), ("db", "database"), ("web-0", "instance"), ("node-1", "host")],
                 [("web-0", "instance_of", "web")])
@@ -175,7 +175,7 @@ def test_events_describe_the_instances_a_topology_lacks():
     events = [parse_event(json.dumps(e)) for e in (
         cloud_event("a", "web-7f9c", at, metric="cpu", **{"service.name": "web", "host.name": "node-1"}),
         cloud_event("b", "web-7f9c", at, metric="cpu", **{"service.name": "db"}),  # the first word counts
-        cloud_event("c", "db-1", at, message="pool exhausted", type="rtem.log", **{"service.name": "db"}),
+        cloud_event("c", "db-1", at, message="pool exhausted", type="rtem.log", **{"k8s.statefulset.name": "db"}),
         cloud_event("d", "ghost-0", at, metric="cpu", **{"service.name": "ghost"}),
         cloud_event("e", "box-0", at, metric="cpu", **{"service.name": "node-1"}),
         cloud_event("f", "web-0", at, metric="cpu", **{"service.name": "db"}),

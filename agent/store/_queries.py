@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bus import Event, parse_time
+from rules.topology import SERVICE_ATTRIBUTES
 
 from ..db import Database, Dialect, dict_rows
 
@@ -117,8 +118,9 @@ class EventQueries:
 
     def event_shapes(self, incidents: Sequence[str], before_ts: float) -> list[tuple[Event, list[str]]]:
         """Each distinct event shape (type, subject, severity, the attributes that say what was anomalous,
-        and `service.name`, which describes a subject the topology lacks: `Topology.with_described`) of
-        `incidents`' events before `before_ts`, once, with the incidents it occurred in.
+        and the first of `SERVICE_ATTRIBUTES`, as `service.name`: it describes a subject the topology lacks,
+        `Topology.with_described`) of `incidents`' events before `before_ts`, once, with the incidents it
+        occurred in.
 
         The database groups the events, so Python sees the distinct shapes rather than every event. Trace
         and metric messages are dropped from the shape (the attributes say it all); other messages are
@@ -139,7 +141,7 @@ class EventQueries:
                              {field('attributes', 'caller')} AS caller,
                              {field('attributes', 'anomaly')} AS anomaly,
                              {field('attributes', 'alertname')} AS alertname,
-                             {field('attributes', 'service.name')} AS service,
+                             COALESCE({", ".join(field('attributes', a) for a in SERVICE_ATTRIBUTES)}) AS service,
                              CASE WHEN type = 'rtem.trace.anomaly' OR {field('attributes', 'metric')} IS NOT NULL
                                   THEN '' ELSE message END AS message
                       FROM events WHERE incident_id IN ({marks}) AND ts < ?) AS shaped
