@@ -24,7 +24,7 @@ from bus import Bus, EmbeddedNats
 from rules import Topology
 
 from .config import Settings
-from .deciders import unlisted_of
+from .deciders import described_of, unlisted_of
 from .service import build, publish_audit
 from .store import IncidentStore
 from .triage import CORRELATOR_STATE, DETECTOR_STATE, WATERMARK
@@ -111,10 +111,13 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
             "stats": {"events": parts.triage.stats.events, "invalid": stats.invalid + rejected,
                       "duplicates": duplicates + parts.triage.stats.duplicates},
         }
-        # What each incident's latest ranking could not weigh, as its record says (the terminal's note).
-        unweighed = {r["id"]: unlisted_of(parts.audit, r["id"]) for r in report["incidents"]}
+        # What each incident's latest ranking could not weigh, or weighed by the events' word alone, as its
+        # record says (the terminal's notes).
+        ids = [r["id"] for r in report["incidents"]]
         return Analysis(file=name, report=report, db_path=parts.store.path, audit_records=audit_records,
-                        extra={"failed": stats.failed, "published": published, "unlisted": unweighed})
+                        extra={"failed": stats.failed, "published": published,
+                               "unlisted": {i: unlisted_of(parts.audit, i) for i in ids},
+                               "described": {i: described_of(parts.audit, i) for i in ids}})
     finally:
         await parts.close()
 

@@ -31,13 +31,30 @@ def unlisted_in(records: Iterable[DecisionRecord]) -> list[str]:
     """An incident's entities that the topology did not hold when it was last ranked, so that ranking
     never weighed them (`agent.reasoner.unlisted`), as its latest `causes.ranked` record among `records`
     keeps them."""
-    ranked = [r for r in records if r.kind == "causes.ranked"]
-    return list(ranked[-1].inputs.get("unlisted", [])) if ranked else []
+    return list(_ranking_inputs(records).get("unlisted", []))
 
 
 def unlisted_of(audit: AuditLog, incident_id: str) -> list[str]:
     """`unlisted_in` for one incident of the audit log."""
     return unlisted_in(audit.records(incident_id=incident_id, kind="causes.ranked"))
+
+
+def described_in(records: Iterable[DecisionRecord]) -> dict[str, str]:
+    """An incident's entities that the topology did not hold but whose events said their service, so its
+    latest ranking among `records` weighed them as instances of it (`rules.topology.described_by`):
+    entity → service."""
+    return dict(_ranking_inputs(records).get("described", {}))
+
+
+def described_of(audit: AuditLog, incident_id: str) -> dict[str, str]:
+    """`described_in` for one incident of the audit log."""
+    return described_in(audit.records(incident_id=incident_id, kind="causes.ranked"))
+
+
+def _ranking_inputs(records: Iterable[DecisionRecord]) -> dict[str, Any]:
+    """The inputs of the latest `causes.ranked` record among `records` ({} when there is none)."""
+    ranked = [r for r in records if r.kind == "causes.ranked"]
+    return ranked[-1].inputs if ranked else {}
 
 
 def deciders(audit: AuditLog) -> dict[str, Decider]:

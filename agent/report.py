@@ -24,10 +24,10 @@ import jinja2
 from markupsafe import Markup
 
 from .audit import AuditLog
-from .deciders import unlisted_in
+from .deciders import described_in, unlisted_in
 from .incident import ConfirmedCause, confirmed_cause
 from .models import DecisionRecord
-from .reasoner import unlisted_note
+from .reasoner import described_note, unlisted_note
 from .report_chart import timeline_svg
 from .report_scores import score_causes
 from .report_wording import approver_text, merge_reasons, signals_text, split_reasons
@@ -174,6 +174,7 @@ def _summary(row: dict[str, Any], events: list, records: list[DecisionRecord],
             "records": len(records), "resolution": row.get("resolution"), "mttr_s": row.get("mttr_s"),
             "root_cause": _top_cause(row, records) if top else None,
             "unlisted": unlisted_note(unlisted_in(records)) or "",  # what the latest ranking could not see
+            "described": described_note(described_in(records)) or "",  # … or saw by the events' word alone
             "confirmed_cause": _confirmed(confirmed), "confirmed_seq": confirmed.seq if confirmed else None,
             "clocks": _clocks(events, records, watermarks),
             "actions": len(row["actions"]),

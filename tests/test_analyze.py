@@ -187,11 +187,19 @@ def test_entities_the_topology_lacks_are_weighed_when_their_events_say_their_ser
     said = runner.invoke(app, ["analyze", str(recording), "--topology", str(thin), "--out", str(tmp_path / "said")])
     assert said.exit_code == 0, said.output
     assert "not weighed" not in said.output
+    note = (f"2 entities of this incident are not in the topology but weighed as an instance of the service its "
+            f"events' service.name names (in brackets): {gone[0]} ({owner[gone[0]]}), {gone[1]} ({owner[gone[1]]})")
+    assert f"note: {note}" in " ".join(said.output.split())
     [ranked] = decisions(tmp_path / "said" / "run" / "rtem.db", "causes.ranked")
     assert ranked["inputs"]["described"] == {g: owner[g] for g in gone} and "unlisted" not in ranked["inputs"]
-    assert ranked["reasons"][0].startswith(
-        f"2 entities of this incident are not in the topology but weighed as an instance of the service its "
-        f"events' service.name names (in brackets): {gone[0]} ({owner[gone[0]]}), {gone[1]} ({owner[gone[1]]})")
+    assert ranked["reasons"][0].startswith(note)
+    db = str(tmp_path / "said" / "run" / "rtem.db")
+    shown = runner.invoke(app, ["incidents", "show", ranked["incident_id"], "--db", db])
+    assert shown.exit_code == 0 and note in " ".join(shown.output.split())
+    as_json = json.loads(runner.invoke(app, ["incidents", "show", ranked["incident_id"], "--db", db, "--json"]).stdout)
+    assert as_json["described"] == {g: owner[g] for g in gone} and as_json["unlisted"] == []
+    report = runner.invoke(app, ["report", ranked["incident_id"], "--db", db])
+    assert f"- **Described by their events:** {note}" in report.stdout and "Not weighed" not in report.stdout
     [full] = decisions(analyze(RECORDING, "--out", tmp_path / "full") and tmp_path / "full" / "run" / "rtem.db",
                        "causes.ranked")
     leader = full["decision"]["root_causes"][0]["entity"]

@@ -209,6 +209,19 @@ async def test_a_viewer_sees_no_approve_button_but_reads_the_incident_and_its_re
         "Not in the topology, so their events were not weighed and none can be ranked as the cause: stray-0. "
         "Add them to the topology.")
 
+    # A pod a rollout added, whose events say its service: weighed as an instance of it, and the page says so.
+    pod = anomaly("newpod", "cartservice-7f9c", 7200)
+    pod["data"]["attributes"]["service.name"] = "cartservice"
+    await publish(console.bus, [pod, sample("tock", "node-1", 7300)])
+    told = await wait_for(lambda: next((r for r in console.service.parts.store.incidents()
+                                        if r["entities"] == ["cartservice-7f9c"] and r["root_causes"]), None),
+                          30, message=lambda: f"incidents: {console.service.parts.store.incidents()}")
+    await page.goto(f"/incidents/{told['id']}")
+    await expect(page.get_by_test_id("described")).to_have_text(
+        "Not in the topology, but weighed as instances of the service their events name (in brackets): "
+        "cartservice-7f9c (cartservice). Add them to the topology.")
+    await expect(page.get_by_test_id("unlisted")).to_have_count(0)
+
 
 @pytest.fixture
 def drain_needs_admin(rules_dir):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from ..approvals import decide
 from ..confirm import confirmed_of
-from ..deciders import unlisted_of
+from ..deciders import described_of, unlisted_of
 from ..incident import DecisionRefused, Refusal
 from ..oncall import state_of
 from ..report import build_report
@@ -77,7 +77,8 @@ def incident(incident_id: str, request: Request, who: Principal = Reader):
     audit = context(request).audit
     confirmed = confirmed_of(audit, row["id"])  # a person's word beside rtem's ranking (agent/confirm.py)
     return {**incident_view(row), "oncall": state_of(audit, row["id"]).to_dict(),
-            "confirmed": confirmed.to_dict() if confirmed else None, "unlisted": unlisted_of(audit, row["id"])}
+            "confirmed": confirmed.to_dict() if confirmed else None, "unlisted": unlisted_of(audit, row["id"]),
+            "described": described_of(audit, row["id"])}
 
 
 @router.get("/incidents/{incident_id}/decisions")

@@ -19,7 +19,7 @@ from bus import PRODUCER, embedded_credentials
 from rules import RulesError
 
 from ..config import Settings
-from ..reasoner import unlisted_note
+from ..reasoner import described_note, unlisted_note
 from ._common import JsonOpt, LlmOpt, TopologyOpt, err, fail, out, settings, topology_of
 from ._incidents import print_incident
 
@@ -116,7 +116,8 @@ def _print_analysis(result) -> None:
     out.print(f"{stats['events']} events · {stats['invalid']} invalid (in the DLQ) · {stats['duplicates']} "
               f"duplicates · {len(incidents)} incident{'s' if len(incidents) != 1 else ''}")
     for inc in incidents:
-        print_incident(inc, note=unlisted_note(result.extra.get("unlisted", {}).get(inc["id"], [])))
+        print_incident(inc, notes=(described_note(result.extra.get("described", {}).get(inc["id"], {})),
+                                   unlisted_note(result.extra.get("unlisted", {}).get(inc["id"], []))))
 
 
 def ingest(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -72,9 +73,9 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
 
     from ..audit import AuditLog
     from ..confirm import confirmed_of
-    from ..deciders import unlisted_of
+    from ..deciders import described_of, unlisted_of
     from ..oncall import state_of
-    from ..reasoner import unlisted_note
+    from ..reasoner import described_note, unlisted_note
 
     store = open_store(db)
     row = store.incident(incident_id)
@@ -84,14 +85,15 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
         oncall = state_of(audit, row["id"]).to_dict()  # who acknowledged, the assignee, comments, pages
         confirmed = confirmed_of(audit, row["id"])  # a person's word on the cause, the latest counting
         missing = unlisted_of(audit, row["id"])  # entities the topology did not hold, never weighed
+        described = described_of(audit, row["id"])  # … or weighed, as their events said their service
     report = {**incident_report(row), "status": row["status"], "severity": row["severity"],
               "detections": row["detections"], "versions": row["versions"], "resolution": row.get("resolution"),
               "actions": row["actions"], "oncall": oncall,  # the whole plan: status, why, approval, outcome
-              "confirmed": confirmed.to_dict() if confirmed else None, "unlisted": missing}
+              "confirmed": confirmed.to_dict() if confirmed else None, "unlisted": missing, "described": described}
     if json_out:
         print(json.dumps(report, indent=2))
         return
-    print_incident(report, note=unlisted_note(missing))
+    print_incident(report, notes=(described_note(described), unlisted_note(missing)))
     out.print(f"status {row['status']} · severity {row['severity']} · detections {', '.join(row['detections'])}")
     out.print(escape(f"on call: acknowledged by {oncall['acknowledged_by'] or 'nobody'} · assignee "
                      f"{oncall['assignee'] or 'none'} · {len(oncall['pages'])} page(s)"))
@@ -100,9 +102,9 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
     out.print(escape(f"confirmed cause: {confirmed.describe() if confirmed else 'none yet'}"))
 
 
-def print_incident(inc: dict, note: str | None = None) -> None:
-    """An incident report (`agent.analyze.incident_report`): ranked causes (and `note` on them, in yellow)
-    and the verdicts on its actions."""
+def print_incident(inc: dict, notes: Iterable[str | None] = ()) -> None:
+    """An incident report (`agent.analyze.incident_report`): ranked causes (and `notes` on them, in yellow;
+    None skipped) and the verdicts on its actions."""
     out.print(f"\n[bold]{inc['id']}[/]  opened {inc['opened_at']}  ·  {inc['event_count']} events  ·  "
               f"{len(inc['entities'])} entities")
     print_table([Column("#"), Column("entity", ident=True), Column("fault"), Column("confidence"), Column("evidence")],
@@ -111,8 +113,9 @@ def print_incident(inc: dict, note: str | None = None) -> None:
                 title="ranked root causes")
     if inc["root_causes"]:
         out.print(f"[dim]{escape(inc['root_causes'][0]['explanation'])}[/]")
-    if note:
-        out.print(f"[yellow]note: {escape(note)}[/]")
+    for note in notes:
+        if note:
+            out.print(f"[yellow]note: {escape(note)}[/]")
     dry = inc.get("status") in (None, "diagnosed")
     columns = ("action", "target", "verdict", "rules", "reason") if dry else (
         "#", "action", "target", "verdict", "status", "approval", "why")

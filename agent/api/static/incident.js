@@ -30,8 +30,8 @@ async function refresh() {
   }
   document.title = `${incident.id} · rtem`;
   draw("summary", incident, () => summary(incident));
-  draw("hypotheses", [incident.root_causes, incident.unlisted],
-    () => hypotheses(incident.root_causes || [], incident.unlisted || []));
+  draw("hypotheses", [incident.root_causes, incident.unlisted, incident.described],
+    () => hypotheses(incident.root_causes || [], incident.unlisted || [], incident.described || {}));
   draw("actions", [incident.actions, who.role], () => actions(incident));
   draw("oncall", [incident.oncall, incident.status, who.role], () => oncall(incident));
   draw("confirmed", [incident.confirmed, incident.entities, incident.root_causes, who.role], () => confirmed(incident));
@@ -86,12 +86,17 @@ function awaiting(list) {
   return waiting.length ? waiting.map((a) => `#${a.index} ${a.type} on ${a.target}`).join(", ") : "nothing";
 }
 
-function hypotheses(causes, unlisted) {
+function hypotheses(causes, unlisted, described) {
   if (!causes.length && !unlisted.length) return el("p", { class: "muted" }, "Not diagnosed yet.");
   // Entities of the incident the topology did not hold when it was ranked: never weighed, never ranked.
   const unseen = unlisted.length ? el("p", { class: "small", testid: "unlisted" },
     "Not in the topology, so their events were not weighed and none can be ranked as the cause: "
     + `${unlisted.join(", ")}. Add them to the topology.`) : null;
+  // … unless their events said which service they are instances of: weighed as such.
+  const named = Object.entries(described).map(([entity, service]) => `${entity} (${service})`);
+  const told = named.length ? el("p", { class: "small", testid: "described" },
+    "Not in the topology, but weighed as instances of the service their events name (in brackets): "
+    + `${named.join(", ")}. Add them to the topology.`) : null;
   return el("div", {}, el("ol", { class: "causes" }, causes.map((c, rank) =>
     el("li", { testid: "hypothesis", data: { entity: c.entity || "" } },
       el("div", { class: "cause-head" },
@@ -100,7 +105,7 @@ function hypotheses(causes, unlisted) {
           "aria-label": `confidence of hypothesis ${rank + 1}` }),
         el("span", { class: "confidence", testid: "confidence" }, confidence(c.confidence))),
       c.explanation ? el("p", {}, c.explanation) : null,
-      evidence(c.evidence)))), unseen);
+      evidence(c.evidence)))), told, unseen);
 }
 
 function evidence(ids) {
