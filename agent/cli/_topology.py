@@ -58,35 +58,33 @@ def check(path: FileArg, json_out: JsonOpt = False, events: EventsOpt = None) ->
 def _print_coverage(coverage) -> None:
     out.print(f"events: {coverage.events} read, naming {len(coverage.named)} entities, "
               f"{len(coverage.unlisted) + len(coverage.described)} of them not in the topology")
-    if coverage.unlisted:
-        named = ", ".join(f"{name} ({n})" for name, n in list(coverage.unlisted.items())[:10])
-        more = f" and {len(coverage.unlisted) - 10} more" if len(coverage.unlisted) > 10 else ""
-        err.print(f"[yellow]warning:[/] {escape(named + more)}: named by events (how many in brackets) but not "
-                  "in the topology, so their events are not weighed and diagnosis cannot rank them as a cause; "
-                  "add them")
-    if coverage.described:
-        described = ", ".join(f"{e} ({s})" for e, s in list(coverage.described.items())[:10])
-        more = f" and {len(coverage.described) - 10} more" if len(coverage.described) > 10 else ""
-        out.print(escape(f"note: not in the topology, but their events' service.name says which service each is an "
-                         f"instance of (in brackets): {described}{more}; diagnosis weighs them as such, "
-                         "listing them is better"))
-    if coverage.unlisted_calls:
-        calls = ", ".join(f"{a} -> {b} ({n})" for (a, b), n in list(coverage.unlisted_calls.items())[:10])
-        more = f" and {len(coverage.unlisted_calls) - 10} more" if len(coverage.unlisted_calls) > 10 else ""
-        out.print(escape(f"note: the traces show calls the topology does not list: {calls}{more}; diagnosis "
-                         "reads who calls whom from the traces too (docs/reasoning.md), listing them is optional"))
-    if coverage.placed:
-        placed = ", ".join(f"{e} on {h}" for e, h in list(coverage.placed.items())[:10])
-        more = f" and {len(coverage.placed) - 10} more" if len(coverage.placed) > 10 else ""
-        out.print(escape(f"note: the events say where entities run that the topology places on no host: "
-                         f"{placed}{more}; diagnosis reads that from the events too (docs/reasoning.md), "
-                         "listing `runs_on` is better: only anomalous entities have events"))
-    if coverage.misplaced:
-        moved = ", ".join(f"{e} on {said}, not {listed}" for e, (listed, said) in list(coverage.misplaced.items())[:10])
-        more = f" and {len(coverage.misplaced) - 10} more" if len(coverage.misplaced) > 10 else ""
-        err.print("[yellow]warning:[/] " + escape(f"the events place entities elsewhere than the topology does: "
-                                                  f"{moved}{more}; diagnosis follows the topology, so correct its "
-                                                  "`runs_on` if they moved"))
+    # (a warning or a note, what it is about, what it says of them: "{}" is where they are listed)
+    said = (
+        (True, [f"{name} ({n})" for name, n in coverage.unlisted.items()],
+         "{}: named by events (how many in brackets) but not in the topology, so their events are not weighed "
+         "and diagnosis cannot rank them as a cause; add them"),
+        (False, [f"{e} ({s})" for e, s in coverage.described.items()],
+         "not in the topology, but their events' service.name says which service each is an instance of (in "
+         "brackets): {}; diagnosis weighs them as such, listing them is better"),
+        (False, [f"{a} -> {b} ({n})" for (a, b), n in coverage.unlisted_calls.items()],
+         "the traces show calls the topology does not list: {}; diagnosis reads who calls whom from the traces "
+         "too (docs/reasoning.md), listing them is optional"),
+        (False, [f"{e} on {h}" for e, h in coverage.placed.items()],
+         "the events say where entities run that the topology places on no host: {}; diagnosis reads that from "
+         "the events too (docs/reasoning.md), listing `runs_on` is better: only anomalous entities have events"),
+        (True, [f"{e} on {said}, not {listed}" for e, (listed, said) in coverage.misplaced.items()],
+         "the events place entities elsewhere than the topology does: {}; diagnosis follows the topology, so "
+         "correct its `runs_on` if they moved"),
+    )
+    for warning, items, text in said:
+        if items:
+            (err if warning else out).print(("[yellow]warning:[/] " if warning else "note: ")
+                                            + escape(text.format(_listed(items))))
+
+
+def _listed(items: list[str], shown: int = 10) -> str:
+    """The first `shown` of `items`, and how many more."""
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 @topology_app.command("discover")
