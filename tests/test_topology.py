@@ -167,8 +167,9 @@ def test_rtem_topology_check_events_says_where_the_events_place_entities(tmp_pat
 
 def test_events_describe_the_instances_a_topology_lacks():
     """An event about an entity the topology lacks, whose `service.name` (or owning Kubernetes workload)
-    names a service or data store it holds, adds that entity as an instance of it; a trace, a name the topology lacks or holds as a host,
-    and an entity it already holds describe nothing; with nothing to add the topology is the same object."""
+    names a service or data store it holds, adds that entity as an instance of it; a trace, a name the
+    topology lacks or holds as a host, and an entity it already holds describe nothing; with nothing to add
+    the topology is the same object."""
     shop = topo([("web", "service"), ("db", "database"), ("web-0", "instance"), ("node-1", "host")],
                 [("web-0", "instance_of", "web")])
     at = "2024-05-01T12:00:00Z"
