@@ -9,10 +9,10 @@ from typing import Any
 
 from .chat import CHANGE_WINDOW_S, CLOSED, Answer, Context, proposal
 from .chat_actions import action_types
-from .deciders import unlisted_in
+from .deciders import described_in, unlisted_in
 from .incident import CONFIRMED, confirmed_cause
 from .models import share_text
-from .reasoner import unlisted_note
+from .reasoner import described_note, unlisted_note
 from .report import duration
 
 __all__ = ["cause", "changed", "confirmed", "did", "happened", "mttr", "still_open"]
@@ -131,6 +131,8 @@ def cause(ctx: Context) -> Answer:
     text = f"For {row['id']}, rtem ranked {top} (seq {ranked[-1].seq})."
     if ctx.q.startswith("why") and causes[0].get("explanation"):
         text += f" Why {causes[0].get('entity')}: {causes[0]['explanation']}"
+    if told := described_note(described_in(ranked)):  # what it weighed by the events' word alone
+        text += f" Described by their events: {told}."
     if unseen:
         text += f" Not weighed: {unseen}."
     if confirmed is None:

@@ -200,6 +200,8 @@ def test_entities_the_topology_lacks_are_weighed_when_their_events_say_their_ser
     assert as_json["described"] == {g: owner[g] for g in gone} and as_json["unlisted"] == []
     report = runner.invoke(app, ["report", ranked["incident_id"], "--db", db])
     assert f"- **Described by their events:** {note}" in report.stdout and "Not weighed" not in report.stdout
+    answer = json.loads(runner.invoke(app, ["ask", f"what is wrong with {gone[0]}?", "--db", db, "--json"]).stdout)
+    assert answer["intent"] == "cause" and f"Described by their events: {note}" in answer["text"], answer
     [full] = decisions(analyze(RECORDING, "--out", tmp_path / "full") and tmp_path / "full" / "run" / "rtem.db",
                        "causes.ranked")
     leader = full["decision"]["root_causes"][0]["entity"]
