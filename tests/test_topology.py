@@ -153,8 +153,9 @@ def test_rtem_topology_check_events_says_where_the_events_place_entities(tmp_pat
     text = " ".join(said.output.split())
     assert said.exit_code == 0, said.output
     assert "events: 7 read, naming 5 entities, 1 of them not in the topology" in text
-    assert ("not in the topology, but their events' service.name says which service each is an instance of (in "
-            "brackets): web-2 (web)") in text and "named by events (how many in brackets)" not in text
+    assert ("not in the topology, but their events name the service each is an instance of (in brackets, from "
+            "service.name or the Kubernetes workload): web-2 (web)") in text
+    assert "named by events (how many in brackets)" not in text
     assert ("the events say where entities run that the topology places on no host: web-0 on node-2, web-2 on "
             "node-1") in text
     assert "the events place entities elsewhere than the topology does: web-1 on node-2, not node-1" in text

@@ -64,8 +64,8 @@ def _print_coverage(coverage) -> None:
          "{}: named by events (how many in brackets) but not in the topology, so their events are not weighed "
          "and diagnosis cannot rank them as a cause; add them"),
         (False, [f"{e} ({s})" for e, s in coverage.described.items()],
-         "not in the topology, but their events' service.name says which service each is an instance of (in "
-         "brackets): {}; diagnosis weighs them as such, listing them is better"),
+         "not in the topology, but their events name the service each is an instance of (in brackets, from "
+         "service.name or the Kubernetes workload): {}; diagnosis weighs them as such, listing them is better"),
         (False, [f"{a} -> {b} ({n})" for (a, b), n in coverage.unlisted_calls.items()],
          "the traces show calls the topology does not list: {}; diagnosis reads who calls whom from the traces "
          "too (docs/reasoning.md), listing them is optional"),

@@ -36,7 +36,7 @@ class DeterministicReasoner:
 
     name = "deterministic"
     # Bump when the algorithm changes: it is recorded with every decision in the audit log.
-    version = "deterministic-5"  # where a container runs also from its events (host.name)
+    version = "deterministic-5"  # where a container runs, and what a pod the topology lacks is, from its events
 
     def diagnose(self, view: IncidentView, limit: int = 5) -> tuple[list[RootCause], ReasonerRun]:
         """The graph's Reasoner protocol: ranked causes, with the history the view carries."""
@@ -63,8 +63,8 @@ class DeterministicReasoner:
             return []
         for cand in ranked:
             if cand.entity in described:
-                cand.notes.insert(0, f"not in the topology: its events' service.name says it is an instance of "
-                                     f"{described[cand.entity]}, so it is weighed as one")
+                cand.notes.insert(0, f"not in the topology: its events name {described[cand.entity]} as its service "
+                                     "(service.name or its Kubernetes workload), so it is weighed as its instance")
         start = min(s.ts for s in signals)
         shares = posterior([c.rank for c in ranked])
         if learned is None or not learned.incidents:
@@ -129,8 +129,8 @@ def described_note(described: Mapping[str, str], shown: int = 5) -> str | None:
     names = ", ".join(f"{e} ({s})" for e, s in items[:shown]) + (
         f" and {len(items) - shown} more" if len(items) > shown else "")
     count = "1 entity of this incident is" if len(items) == 1 else f"{len(items)} entities of this incident are"
-    return (f"{count} not in the topology but weighed as an instance of the service its events' service.name "
-            f"names (in brackets): {names}; add {'it' if len(items) == 1 else 'them'} to the topology")
+    return (f"{count} not in the topology but weighed as an instance of the service its events name "
+            f"(in brackets): {names}; add {'it' if len(items) == 1 else 'them'} to the topology")
 
 
 def _root_cause(cand: Candidate, share: float, start: float, learned: str = "") -> RootCause:
