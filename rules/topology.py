@@ -41,6 +41,8 @@ HOST_ATTRIBUTES = ("host.name", "k8s.node.name")
 # The attributes in which an event says which service its subject is an instance of: OpenTelemetry's, then
 # the Kubernetes workload that owns a pod (as the collector's k8s attributes processor adds them), in order.
 SERVICE_ATTRIBUTES = ("service.name", "k8s.deployment.name", "k8s.statefulset.name", "k8s.daemonset.name")
+# Events whose attributes describe a call (caller, callee), not their subject.
+TRACE_TYPE = "rtem.trace.anomaly"
 # The entity types an instance can belong to (`instance_of`): a service or a data store.
 OWNER_TYPES = ("service", "database", "cache", "queue")
 
@@ -181,8 +183,8 @@ class Topology(BaseModel):
 
     def with_described(self, events: Iterable[Event]) -> Topology:
         """This topology with the instances it lacks that their events describe: an event about an entity it
-        does not hold whose `service.name` names a service (or data store) it holds says that the entity is
-        an instance of it, as a pod scaled out or renamed by a rollout since the topology was written
+        does not hold whose `service.name` (else its Kubernetes workload: `SERVICE_ATTRIBUTES`) names a
+        service (or data store) it holds says that the entity is an instance of it, as a pod scaled out or renamed by a rollout since the topology was written
         (`described_by`). Where it runs is then the events' word too (`host_said`). Traces describe
         nothing: their attributes are the call's. Returns this very topology when there is nothing to add."""
         owners = described_by(events, self)
@@ -212,13 +214,13 @@ class Topology(BaseModel):
 def host_said(event: Event, topology: Topology) -> str | None:
     """The host an event says its subject runs on (`HOST_ATTRIBUTES`), when the topology holds both, the
     named host as a host. A host's own events and those of a service with instances place nothing: such a
-    service runs wherever its instances do, and a host named on it is the collector's."""
+    service runs wherever its instances do, and a host named on it is the collector's. Nor do traces:
+    their attributes are the call's, and a span's host is its caller's."""
     host = next((str(event.attributes[a]) for a in HOST_ATTRIBUTES if event.attributes.get(a)), None)
-    if host is None or topology.entity_type(host) != "host" or event.subject not in topology:
+    if host is None or event.type == TRACE_TYPE or topology.entity_type(host) != "host":
         return None
-    if topology.entity_type(event.subject) == "host" or topology.instances(event.subject):
-        return None
-    return host
+    placeable = event.subject in topology and topology.entity_type(event.subject) != "host"
+    return host if placeable and not topology.instances(event.subject) else None
 
 
 def described_by(events: Iterable[Event], topology: Topology) -> dict[str, str]:
@@ -228,7 +230,7 @@ def described_by(events: Iterable[Event], topology: Topology) -> dict[str, str]:
     owners: dict[str, str] = {}
     for event in events:
         owner = next((event.attributes[a] for a in SERVICE_ATTRIBUTES if event.attributes.get(a)), None)
-        if (not owner or event.type == "rtem.trace.anomaly" or event.subject in topology or event.subject in owners
+        if (not owner or event.type == TRACE_TYPE or event.subject in topology or event.subject in owners
                 or topology.entity_type(str(owner)) not in OWNER_TYPES):
             continue
         owners[event.subject] = str(owner)

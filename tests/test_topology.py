@@ -134,7 +134,8 @@ def test_rtem_topology_check_events_names_what_the_topology_misses(tmp_path):
 def test_rtem_topology_check_events_says_where_the_events_place_entities(tmp_path):
     """--events: where the collectors' `host.name` places an instance the topology places on no host
     (diagnosis reads it), and where it places one elsewhere than the topology (the topology wins: a warning);
-    a host named on a service with instances, or on a host, places nothing, and the latest event counts."""
+    a host named on a service with instances, on a host, or on a trace places nothing, and the latest event
+    counts."""
     (tmp_path / "shop.yaml").write_text(
         "entities:\n  - {id: web, type: service}\n  - {id: web-0, type: instance}\n  - {id: web-1, type: instance}\n"
         "  - {id: node-1, type: host}\n  - {id: node-2, type: host}\nrelations:\n"
@@ -147,12 +148,14 @@ def test_rtem_topology_check_events_says_where_the_events_place_entities(tmp_pat
              cloud_event("e", "node-1", "2024-05-01T12:00:00Z", metric="cpu", **{"host.name": "node-2"}),
              cloud_event("f", "web-1", "2024-05-01T11:00:00Z", metric="cpu", **{"host.name": "node-9"}),
              cloud_event("g", "web-2", "2024-05-01T12:00:00Z", metric="cpu",
-                         **{"host.name": "node-1", "service.name": "web"})]
+                         **{"host.name": "node-1", "service.name": "web"}),
+             cloud_event("h", "web-2", "2024-05-01T12:05:00Z", type="rtem.trace.anomaly", caller="web-0",
+                         callee="web-2", anomaly="PD", **{"host.name": "node-2"})]  # the caller's host
     recording = write_events(tmp_path / "rec.events.jsonl", lines)
     said = runner.invoke(app, ["topology", "check", str(tmp_path / "shop.yaml"), "--events", str(recording)])
     text = " ".join(said.output.split())
     assert said.exit_code == 0, said.output
-    assert "events: 7 read, naming 5 entities, 1 of them not in the topology" in text
+    assert "events: 8 read, naming 5 entities, 1 of them not in the topology" in text
     assert ("not in the topology, but their events name the service each is an instance of (in brackets, from "
             "service.name or the Kubernetes workload): web-2 (web)") in text
     assert "named by events (how many in brackets)" not in text

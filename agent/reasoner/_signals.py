@@ -55,7 +55,7 @@ def extract_signals(events: Iterable[Event], topology: Topology) -> list[Signal]
     for event in events:
         signal = _signal(event, topology)
         if signal is not None:
-            host = host_said(event, topology) if signal.source != TRACE else None
+            host = host_said(event, topology)
             signals.append(replace(signal, host=host) if host else signal)
     return signals
 
