@@ -24,7 +24,7 @@ from bus import Bus, EmbeddedNats
 from rules import Topology
 
 from .config import Settings
-from .deciders import described_of, unlisted_of
+from .deciders import topology_gaps
 from .service import build, publish_audit
 from .store import IncidentStore
 from .triage import CORRELATOR_STATE, DETECTOR_STATE, WATERMARK
@@ -113,11 +113,11 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
         }
         # What each incident's latest ranking could not weigh, or weighed by the events' word alone, as its
         # record says (the terminal's notes).
-        ids = [r["id"] for r in report["incidents"]]
+        gaps = {r["id"]: topology_gaps(parts.audit, r["id"]) for r in report["incidents"]}
         return Analysis(file=name, report=report, db_path=parts.store.path, audit_records=audit_records,
                         extra={"failed": stats.failed, "published": published,
-                               "unlisted": {i: unlisted_of(parts.audit, i) for i in ids},
-                               "described": {i: described_of(parts.audit, i) for i in ids}})
+                               "unlisted": {i: unlisted for i, (unlisted, _) in gaps.items()},
+                               "described": {i: described for i, (_, described) in gaps.items()}})
     finally:
         await parts.close()
 

@@ -34,11 +34,6 @@ def unlisted_in(records: Iterable[DecisionRecord]) -> list[str]:
     return list(_ranking_inputs(records).get("unlisted", []))
 
 
-def unlisted_of(audit: AuditLog, incident_id: str) -> list[str]:
-    """`unlisted_in` for one incident of the audit log."""
-    return unlisted_in(audit.records(incident_id=incident_id, kind="causes.ranked"))
-
-
 def described_in(records: Iterable[DecisionRecord]) -> dict[str, str]:
     """An incident's entities that the topology did not hold but whose events said their service, so its
     latest ranking among `records` weighed them as instances of it (`rules.topology.described_by`):
@@ -46,9 +41,10 @@ def described_in(records: Iterable[DecisionRecord]) -> dict[str, str]:
     return dict(_ranking_inputs(records).get("described", {}))
 
 
-def described_of(audit: AuditLog, incident_id: str) -> dict[str, str]:
-    """`described_in` for one incident of the audit log."""
-    return described_in(audit.records(incident_id=incident_id, kind="causes.ranked"))
+def topology_gaps(audit: AuditLog, incident_id: str) -> tuple[list[str], dict[str, str]]:
+    """`unlisted_in` and `described_in` for one incident of the audit log, read once."""
+    ranked = audit.records(incident_id=incident_id, kind="causes.ranked")
+    return unlisted_in(ranked), described_in(ranked)
 
 
 def _ranking_inputs(records: Iterable[DecisionRecord]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -184,10 +184,14 @@ class Topology(BaseModel):
     def with_described(self, events: Iterable[Event]) -> Topology:
         """This topology with the instances it lacks that their events describe: an event about an entity it
         does not hold whose `service.name` (else its Kubernetes workload: `SERVICE_ATTRIBUTES`) names a
-        service (or data store) it holds says that the entity is an instance of it, as a pod scaled out or renamed by a rollout since the topology was written
-        (`described_by`). Where it runs is then the events' word too (`host_said`). Traces describe
-        nothing: their attributes are the call's. Returns this very topology when there is nothing to add."""
-        owners = described_by(events, self)
+        service (or data store) it holds says that the entity is an instance of it, as a pod scaled out or
+        renamed by a rollout since the topology was written (`described_by`). Where it runs is then the
+        events' word too (`host_said`). Traces describe nothing: their attributes are the call's."""
+        return self.with_instances(described_by(events, self))
+
+    def with_instances(self, owners: Mapping[str, str]) -> Topology:
+        """This topology with each entity of `owners` (entity → its service, as `described_by` reads them) as
+        an instance of it; this very topology when there are none."""
         if not owners:
             return self
         # A new model, not model_copy: a copy would keep this one's cached lookups (`_out`, `digest` …).

@@ -8,9 +8,9 @@ service or a data store, things run on hosts), an entity with several `instance_
 (only the first is followed).
 `events_coverage` is how well a topology covers recorded events (`rtem topology check --events`): the
 entities they name that it does not hold (never weighed in a diagnosis, unless their events say which
-service they are instances of), the calls their traces show
-that it does not list (diagnosis reads those from the traces anyway), and where their `host.name` places
-an entity the topology places nowhere (diagnosis reads that too) or elsewhere (the topology wins).
+service they are instances of), the calls their traces show that it does not list (diagnosis reads those
+from the traces anyway), and where their `host.name` places an entity the topology places nowhere
+(diagnosis reads that too) or elsewhere (the topology wins).
 `diff_topologies` is what changed between two topologies, for the audit records of reloads and
 discovery.
 """
@@ -160,7 +160,7 @@ def events_coverage(topology: Topology, events: Iterable[Event]) -> EventsCovera
     found.described = described_by(seen, topology)
     found.unlisted = {name: n for name, n in ordered if name not in topology and name not in found.described}
     found.unlisted_calls = dict(sorted(calls.items(), key=lambda item: (-item[1], item[0])))
-    for entity, host in residency_said(seen, topology.with_described(seen)).items():
+    for entity, host in residency_said(seen, topology.with_instances(found.described)).items():
         listed = topology.host_of(entity)
         if listed is None:
             found.placed[entity] = host

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from ..approvals import decide
 from ..confirm import confirmed_of
-from ..deciders import described_of, unlisted_of
+from ..deciders import topology_gaps
 from ..incident import DecisionRefused, Refusal
 from ..oncall import state_of
 from ..report import build_report
@@ -76,9 +76,9 @@ def incident(incident_id: str, request: Request, who: Principal = Reader):
     row = _visible_incident(request, incident_id, who)
     audit = context(request).audit
     confirmed = confirmed_of(audit, row["id"])  # a person's word beside rtem's ranking (agent/confirm.py)
-    return {**incident_view(row), "oncall": state_of(audit, row["id"]).to_dict(),
-            "confirmed": confirmed.to_dict() if confirmed else None, "unlisted": unlisted_of(audit, row["id"]),
-            "described": described_of(audit, row["id"])}
+    unlisted, described = topology_gaps(audit, row["id"])  # what the latest ranking could not weigh, or weighed
+    return {**incident_view(row), "oncall": state_of(audit, row["id"]).to_dict(),  # by the events' word alone
+            "confirmed": confirmed.to_dict() if confirmed else None, "unlisted": unlisted, "described": described}
 
 
 @router.get("/incidents/{incident_id}/decisions")

@@ -73,7 +73,7 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
 
     from ..audit import AuditLog
     from ..confirm import confirmed_of
-    from ..deciders import described_of, unlisted_of
+    from ..deciders import topology_gaps
     from ..oncall import state_of
     from ..reasoner import described_note, unlisted_note
 
@@ -84,8 +84,8 @@ def incidents_show(incident_id: IncidentArg, json_out: JsonOpt = False, db: DbOp
     with AuditLog(store.db) as audit:
         oncall = state_of(audit, row["id"]).to_dict()  # who acknowledged, the assignee, comments, pages
         confirmed = confirmed_of(audit, row["id"])  # a person's word on the cause, the latest counting
-        missing = unlisted_of(audit, row["id"])  # entities the topology did not hold, never weighed
-        described = described_of(audit, row["id"])  # … or weighed, as their events said their service
+        # entities the topology did not hold: never weighed, or weighed as their events said their service
+        missing, described = topology_gaps(audit, row["id"])
     report = {**incident_report(row), "status": row["status"], "severity": row["severity"],
               "detections": row["detections"], "versions": row["versions"], "resolution": row.get("resolution"),
               "actions": row["actions"], "oncall": oncall,  # the whole plan: status, why, approval, outcome

@@ -57,7 +57,7 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> IncidentState:
         reasons.insert(0, f"deterministic fallback: {run.fallback}")
     # Entities the topology lacks: weighed when their events say which service they belong to, else not.
     described = described_by(view.events, view.topology)
-    missing = unlisted(incident["entities"], view.topology.with_described(view.events))
+    missing = unlisted(incident["entities"], view.topology.with_instances(described))
     for note in (described_note(described), unlisted_note(missing)):
         if note:
             reasons.insert(0, note)

@@ -32,8 +32,8 @@ from rules.topology import Topology
 from ._candidate import Candidate
 from ._history import History
 from ._populations import CallGraph
-from ._scoring import rank_candidates
-from ._signals import CHANGE, HEALTH, LOG, METRIC, TRACE, Signal, extract_signals
+from ._scoring import rank_events
+from ._signals import CHANGE, HEALTH, LOG, METRIC, TRACE, Signal
 
 # How many confirmed incidents make the learned model count as much as the cold start: after 10 it has
 # half the say, after 30 three quarters. Ten is where a feature seen in a third of incidents has been seen
@@ -245,9 +245,8 @@ def example_of(incident_id: str, events: Sequence[Event], topology: Topology, ca
     so that what is learned corrects the ranking the model will be blended with) and described, the
     confirmed cause marked (a service: it and its instances, one set); all candidates are kept, as the model
     is applied to all; None when the cause was no candidate (nothing to learn from)."""
-    topology = topology.with_described(events)
-    signals = extract_signals(events, topology)
-    ranked = rank_candidates(signals, topology, history)
+    ranking = rank_events(events, topology, history)
+    topology, signals, ranked = ranking.topology, ranking.signals, ranking.ranked
     if not ranked:
         return None
     shares = posterior([c.rank for c in ranked])

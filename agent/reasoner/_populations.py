@@ -54,21 +54,6 @@ class CallGraph:
         return sorted(self.into.get(entity, ()))
 
 
-def placed_by_events(signals: Iterable[Signal], topology: Topology) -> dict[str, tuple[str, ...]]:
-    """Host → the entities the topology places on no host and whose signals say they run there (`Signal.host`,
-    the latest signal's word). Only anomalous entities speak, so this is never all of a host's residents:
-    it serves what needs the anomalous ones (a host's anomaly shared with a container on it), not what
-    averages over all of them (a host's residents against all instances, which reads the topology's only)."""
-    latest: dict[str, Signal] = {}
-    for s in signals:
-        if s.host and not topology.host_of(s.entity) and (s.entity not in latest or s.ts >= latest[s.entity].ts):
-            latest[s.entity] = s
-    placed: dict[str, list[str]] = defaultdict(list)
-    for entity, s in sorted(latest.items()):
-        placed[str(s.host)].append(entity)
-    return {host: tuple(entities) for host, entities in placed.items()}
-
-
 def callers_first(calls: CallGraph, entities: Sequence[str]) -> list[str]:
     """`entities` ordered so that a caller comes before what it calls or uses (cycles broken by id)."""
     pending = set(entities)

@@ -47,16 +47,18 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from rules.topology import Topology
+from bus import Event
+from rules.topology import Topology, described_by, residency_said
 
 from ._candidate import Candidate, fault_type, symptom
 from ._catalog import RESOURCE_DOMAINS, SYMPTOM_DOMAINS
 from ._history import History
-from ._populations import (HOST, INSTANCE, CallGraph, callers_first, first_by_source, placed_by_events, population,
-                           population_sizes, relayed, same_flow, spread_of)
-from ._signals import CHANGE, TRACE, Signal, first_by_kind
+from ._populations import (HOST, INSTANCE, CallGraph, callers_first, first_by_source, population, population_sizes,
+                           relayed, same_flow, spread_of)
+from ._signals import CHANGE, TRACE, Signal, extract_signals, first_by_kind
 
 # Anomalies first seen this many seconds after the first anomaly of their source count half. Five
 # minutes is a few scrape intervals: long enough for a fault to show on several metrics of its own
@@ -68,18 +70,41 @@ ONSET_HALF_LIFE = 300.0
 # incidents, but they are also routine, so one must be backed by anomalies to count at all.
 CHANGE_WEIGHT = 2.5
 
-def rank_candidates(signals: Sequence[Signal], topology: Topology, history: History | None = None) -> list[Candidate]:
-    """Every topology entity with evidence, best first (ties broken by onset, then id)."""
+@dataclass(frozen=True)
+class Ranking:
+    """An incident's candidates, best first, with the signals and the topology they were ranked on."""
+
+    topology: Topology  # the topology with the instances the events describe (`Topology.with_described`)
+    described: dict[str, str]  # those instances: entity → its service
+    signals: list[Signal]
+    ranked: list[Candidate]
+
+
+def rank_events(events: Sequence[Event], topology: Topology, history: History | None = None) -> Ranking:
+    """The one way an incident's events are ranked (a diagnosis, the fault types the LLM may use, a
+    learning example): the instances the topology lacks that their events describe are added, and where
+    the events say entities run (`rules.topology.residency_said`) is read beside the topology's `runs_on`."""
+    described = described_by(events, topology)
+    topology = topology.with_instances(described)
+    signals = extract_signals(events, topology)
+    placed = {e: h for e, h in residency_said(events, topology).items() if topology.host_of(e) is None}
+    return Ranking(topology, described, signals, rank_candidates(signals, topology, history, placed))
+
+
+def rank_candidates(signals: Sequence[Signal], topology: Topology, history: History | None = None,
+                    placed: Mapping[str, str] | None = None) -> list[Candidate]:
+    """Every topology entity with evidence, best first (ties broken by onset, then id). `placed`: entity →
+    host, for entities the topology places on no host and their events do (`rank_events`)."""
     if not signals:
         return []
-    candidates = _Scorer(signals, topology, history or History()).score()
+    candidates = _Scorer(signals, topology, history or History(), placed or {}).score()
     for cand in candidates:
         cand.rank = cand.score + cand.prior
     return sorted(candidates, key=lambda c: (-c.rank, c.onset if c.onset is not None else math.inf, c.entity))
 
 
 class _Scorer:
-    def __init__(self, signals: Sequence[Signal], topology: Topology, history: History):
+    def __init__(self, signals: Sequence[Signal], topology: Topology, history: History, placed: Mapping[str, str]):
         self.topology = topology
         self.history = history
         # Traces are state like any other anomaly (about the callee: "slow or failing here or below"),
@@ -96,7 +121,12 @@ class _Scorer:
         self.common_mode = {key: len(units) / (max(self.sizes.get(key[0], 0), len(units)) + 1)
                             for key, units in self.spread.items()}
         self.state = state
-        self.placed = placed_by_events(signals, topology)
+        # Host → the entities only the events place there. Only anomalous entities have events, so this is
+        # never all of a host's residents: it serves what needs the anomalous ones (a host's anomaly shared
+        # with a container on it), and host enrichment compares them with all entities placed so.
+        self.placed: dict[str, tuple[str, ...]] = {}
+        for entity, host in sorted(placed.items()):
+            self.placed[host] = self.placed.get(host, ()) + (entity,)
         self.own: dict[str, list[Signal]] = defaultdict(list)
         for s in state:
             self.own[s.entity].append(s)

@@ -8,11 +8,11 @@ either, since a root cause must be something the operator can act on by name.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from bus import Event
 from rules import read_line, says_failure
-from rules.topology import Topology, host_said
+from rules.topology import Topology
 
 from ._catalog import (CHANGE_FAULTS, is_bad_direction, log_template, metric_domain, metric_kind, text_domain,
                        without_names)
@@ -33,9 +33,7 @@ class Signal:
     `source` is the family of events it came from, since families differ in sampling delay (metrics
     land on scrape boundaries, traces and logs as they happen) and so each is timed against its own first.
     For trace signals `caller` is the entity that observed the callee's trouble; for metric signals
-    `direction` is which way the metric moved ("up", "down"), when the event says; `host` is where the
-    event says its entity runs (`rules.topology.host_said`: the collector's `host.name`), None for traces,
-    whose attributes are the call's.
+    `direction` is which way the metric moved ("up", "down"), when the event says.
     """
 
     event_id: str
@@ -47,7 +45,6 @@ class Signal:
     weight: float
     caller: str | None = None
     direction: str | None = None
-    host: str | None = None
 
 
 def extract_signals(events: Iterable[Event], topology: Topology) -> list[Signal]:
@@ -55,8 +52,7 @@ def extract_signals(events: Iterable[Event], topology: Topology) -> list[Signal]
     for event in events:
         signal = _signal(event, topology)
         if signal is not None:
-            host = host_said(event, topology)
-            signals.append(replace(signal, host=host) if host else signal)
+            signals.append(signal)
     return signals
 
 

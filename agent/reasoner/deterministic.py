@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from agent.models import IncidentView, ReasonerRun, RootCause
 from bus import Event
 from rules import Proposal, Topology
-from rules.topology import described_by
 
 from ._explain import explain
 from ._history import History
@@ -25,8 +24,8 @@ from ._learned import LearnedModel, blend, candidate_features, posterior
 from ._remedies import propose_remedies
 from ._candidate import Candidate
 from ._catalog import fault_type_of
-from ._scoring import rank_candidates
-from ._signals import CHANGE, extract_signals
+from ._scoring import rank_events
+from ._signals import CHANGE
 
 MAX_EVIDENCE = 20
 
@@ -56,15 +55,15 @@ class DeterministicReasoner:
              history: History | None = None, learned: LearnedModel | None = None) -> list[RootCause]:
         """Ranked causes; `history` (optional) is the background learned from earlier incidents only, and
         `learned` (optional) what marked the causes confirmed in earlier incidents, blended in by its weight."""
-        described, topology = described_by(events, topology), topology.with_described(events)
-        signals = extract_signals(events, topology)
-        ranked = rank_candidates(signals, topology, history)
+        ranking = rank_events(events, topology, history)
+        topology, signals, ranked = ranking.topology, ranking.signals, ranking.ranked
         if not ranked or limit <= 0:
             return []
         for cand in ranked:
-            if cand.entity in described:
-                cand.notes.insert(0, f"not in the topology: its events name {described[cand.entity]} as its service "
-                                     "(service.name or its Kubernetes workload), so it is weighed as its instance")
+            if cand.entity in ranking.described:
+                cand.notes.insert(0, f"not in the topology: its events name {ranking.described[cand.entity]} as "
+                                     "its service (service.name or its Kubernetes workload), so it is weighed as "
+                                     "its instance")
         start = min(s.ts for s in signals)
         shares = posterior([c.rank for c in ranked])
         if learned is None or not learned.incidents:
@@ -82,8 +81,7 @@ class DeterministicReasoner:
         reasoner keeps a model's fault type only when it is in this set (agent/llm/_combine.py), so a label
         needs a signal behind it, as a candidate does."""
         kinds: dict[str, set[str]] = {}
-        topology = topology.with_described(events)
-        for cand in rank_candidates(extract_signals(events, topology), topology):
+        for cand in rank_events(events, topology).ranked:
             found = {fault_type_of(d) for d in cand.domains}
             found |= {s.domain for _, s in cand.evidence if s.source == CHANGE}
             kinds[cand.entity] = (found | {cand.fault_type}) - {"unknown"}
