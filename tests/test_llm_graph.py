@@ -150,8 +150,9 @@ def test_an_entity_not_in_the_topology_ends_in_the_deterministic_fallback(llm, t
 
 def test_an_instance_only_its_events_describe_may_be_named_by_the_model(llm, tmp_path):
     """A pod the topology lacks whose events say its service (`service.name`): the model is offered it among
-    the candidates, and naming it passes the answer checks at the first answer (an entity the topology
-    lacks and nothing describes is re-asked, as above)."""
+    the candidates, told that only its events make it an instance of that service, and naming it passes
+    the answer checks at the first answer (an entity the topology lacks and nothing describes is re-asked,
+    as above)."""
     doc = json.loads(TOPOLOGY.read_text())
     lines = [json.loads(line) for line in RECORDING.read_text().splitlines()]
     owner = {r["source"]: r["target"] for r in doc["relations"] if r["type"] == "instance_of"}
@@ -171,6 +172,8 @@ def test_an_instance_only_its_events_describe_may_be_named_by_the_model(llm, tmp
                                  str(tmp_path / "out"), "--llm", "openai"])
     assert result.exit_code == 0, result.output
     assert pod in candidates_in(llm.requests[0]) and llm.tasks().count("diagnosis") == 1
+    # The neighbourhood it is shown says whose word makes the pod an instance of its service.
+    assert f"{pod} instance_of {owner[pod]} (its events name its service, not the topology)" in llm.texts()[0]
     [ranked] = decisions(tmp_path / "out" / "run" / "rtem.db", "causes.ranked")
     assert ranked["decision"]["reasoner"]["reasoner"] == "llm" and ranked["decision"]["reasoner"]["fallback"] is None
     assert_guard_held(tmp_path / "out" / "run" / "rtem.db")

@@ -25,6 +25,7 @@ from agent.models import RootCause
 from agent.reasoner import FAULT_TYPES
 from bus import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, Event, RetryPolicy
 from rules import Topology, load_contracts
+from rules.topology import described_by
 from tests.helpers import assert_bounded
 from tests.llm_server import ScriptedLLM, Status, good_diagnosis, good_proposals
 
@@ -206,6 +207,44 @@ def test_the_model_is_told_where_the_events_say_a_container_runs(boutique):
                                      "cartservice-0 runs_on node-5 (its events say, not the topology)"]),
                              (boutique, ["cartservice-0 runs_on node-5", "cartservice-0 instance_of cartservice"])):
         assert IncidentContext.gather([cpu], topology, candidates).diagnose_vars(LEVELS[0])["neighbourhood"] == placed
+
+
+def test_the_neighbourhood_keeps_the_leading_candidates_relations_when_it_is_cut(boutique):
+    """An incident across the whole system has more relations than a prompt shows: the ones kept are the
+    leading candidates', in their order, not the first ones the topology file lists."""
+    at = datetime(2022, 3, 20, tzinfo=timezone.utc)
+    instances = [e.id for e in boutique.entities if e.type == "instance"]
+    events = [Event(id=f"m{n}", source="/t", type="rtem.metric.anomaly", time=at, subject=entity, severity="warning",
+                    message="cpu", attributes={"metric": "container_cpu_usage_seconds"})
+              for n, entity in enumerate(instances)]
+    last = [r.source for r in boutique.relations if r.source in instances][-1]  # the topology lists it last
+    candidates = [RootCause(entity=entity, confidence=0.5, evidence=[], explanation="busy")
+                  for entity in (last, instances[0])]
+    detail = LEVELS[3]
+    lines = IncidentContext.gather(events, boutique, candidates).diagnose_vars(detail)["neighbourhood"]
+    own = [f"{r.source} {r.type} {r.target}" for r in boutique.relations if last in (r.source, r.target)]
+    first = [f"{r.source} {r.type} {r.target}" for r in boutique.relations if instances[0] in (r.source, r.target)]
+    assert len(lines) == detail.relations and lines[:len(own) + len(first)] == own + first, lines
+
+
+def test_the_model_is_told_which_instances_only_their_events_describe(boutique):
+    """A pod the topology lacks whose events name its service: in the grown topology it is an instance of
+    that service, and the neighbourhood says that is the events' word, not the topology's."""
+    doc = boutique.model_dump()
+    thin = Topology.from_dict({"entities": [e for e in doc["entities"] if e["id"] != "cartservice-0"],
+                               "relations": [r for r in doc["relations"] if "cartservice-0" not in
+                                             (r["source"], r["target"])]})
+    at = datetime(2022, 3, 20, tzinfo=timezone.utc)
+    cpu = Event(id="m0", source="/t", type="rtem.metric.anomaly", time=at, subject="cartservice-0",
+                severity="warning", message="cpu", attributes={"metric": "container_cpu_usage_seconds",
+                                                               "service.name": "cartservice"})
+    candidates = [RootCause(entity="cartservice-0", confidence=0.9, evidence=["m0"], explanation="busy")]
+    described = described_by([cpu], thin)
+    lines = IncidentContext.gather([cpu], thin.with_instances(described), candidates,
+                                   described=described).diagnose_vars(LEVELS[0])["neighbourhood"]
+    assert "cartservice-0 instance_of cartservice (its events name its service, not the topology)" in lines
+    listed = IncidentContext.gather([cpu], boutique, candidates).diagnose_vars(LEVELS[0])["neighbourhood"]
+    assert "cartservice-0 instance_of cartservice" in listed
 
 
 # -- checking answers and combining ---------------------------------------------------------------

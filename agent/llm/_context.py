@@ -73,6 +73,8 @@ class IncidentContext:
     # them too (a topology may be an inventory without calls): read once, rendered at every detail level
     traced_calls: list[tuple[str, str]] = field(default_factory=list)
     placed: dict[str, str] = field(default_factory=dict)  # entity → host, as only the events' host.name says
+    # entity → its service, for the instances only the events' service.name makes (`rules.topology.described_by`)
+    described: dict[str, str] = field(default_factory=dict)
 
     @property
     def event_ids(self) -> set[str]:
@@ -85,9 +87,11 @@ class IncidentContext:
 
     @classmethod
     def gather(cls, events: Sequence[Event], topology: Topology, candidates: Sequence[RootCause],
-               store: IncidentRepository | None = None, audit=None) -> IncidentContext:
+               store: IncidentRepository | None = None, audit=None,
+               described: Mapping[str, str] | None = None) -> IncidentContext:
         """`audit` (an AuditLog) dates what was known of past incidents; without it they come without
-        outcomes."""
+        outcomes. `described`: the instances `topology` holds only because the events name their service
+        (it was grown by `Topology.with_instances`), marked as the events' word in the neighbourhood."""
         events = sorted(events, key=lambda e: (e.ts, e.id))
         row = _incident_row(store, events)
         if row is not None:
@@ -103,6 +107,7 @@ class IncidentContext:
         context.past = similar_past(store, audit, incident_id, entities, first_ts, topology.service_of)
         coverage = events_coverage(topology, events)
         context.traced_calls, context.placed = list(coverage.unlisted_calls), dict(coverage.placed)
+        context.described = dict(described or {})
         return context
 
     # -- template variables -----------------------------------------------------------------------
@@ -152,11 +157,21 @@ class IncidentContext:
             return []
         focus = set(self.entities) | {c.entity for c in self.candidates[:10]}
         radius = self.topology.blast_radius(focus)
-        lines = [f"{r.source} {r.type} {r.target}" for r in self.topology.relations
+        said = " (its events name its service, not the topology)"
+        lines = [(r.source, r.target, f"{r.source} {r.type} {r.target}{said if r.source in self.described else ''}")
+                 for r in self.topology.relations
                  if r.source in radius and r.target in radius and (r.source in focus or r.target in focus)]
-        lines += [f"{a} calls {b} (seen in traces, not in the topology)" for a, b in self.traced_calls]
-        lines += [f"{e} runs_on {h} (its events say, not the topology)" for e, h in self.placed.items()]
-        return lines[:limit]
+        lines += [(a, b, f"{a} calls {b} (seen in traces, not in the topology)") for a, b in self.traced_calls]
+        lines += [(e, h, f"{e} runs_on {h} (its events say, not the topology)") for e, h in self.placed.items()]
+        # The leading candidates' relations first, so that what is cut at the limit is about the least likely.
+        rank: dict[str, int] = {}
+        for i, cand in enumerate(self.candidates):
+            rank.setdefault(cand.entity, i)
+
+        def nearest(line: tuple[str, str, str]) -> int:
+            return min(rank.get(line[0], len(rank)), rank.get(line[1], len(rank)))
+
+        return [text for *_, text in sorted(lines, key=nearest)][:limit]
 
 
 def fit(render: Callable[[Detail], list[dict[str, str]]], budget_tokens: int) -> tuple[list[dict[str, str]], Detail, int]:

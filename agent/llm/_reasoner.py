@@ -31,6 +31,7 @@ from agent.models import IncidentView, ReasonerRun, RootCause
 from agent.fitness import fit_remedies
 from agent.reasoner import DeterministicReasoner
 from rules import ActionContract, Guard, Proposal, Ruleset
+from rules.topology import described_by
 
 from . import metrics
 from ._budget import IncidentBudget
@@ -124,12 +125,13 @@ class LLMReasoner:
     def diagnose(self, view: IncidentView, limit: int = 5) -> tuple[list[RootCause], ReasonerRun]:
         """The view's history (the background learned from earlier incidents) goes to the deterministic scoring."""
         # The instances the topology lacks whose events say their service are candidates the model may name.
-        events, topology = view.events, view.topology.with_described(view.events)
+        events, described = view.events, described_by(view.events, view.topology)
+        topology = view.topology.with_instances(described)
         candidates = self.fallback.rank(events, topology, max(limit, len(topology.entities)), history=view.history,
                                          learned=view.learned)
         prompt = self.prompts["diagnose"]
         try:
-            context = IncidentContext.gather(events, topology, candidates, self.store, self.audit)
+            context = IncidentContext.gather(events, topology, candidates, self.store, self.audit, described)
         except Exception as exc:  # a context we cannot build must not stop the incident
             log.exception("building the LLM context failed")
             return candidates[:limit], self._fallback_run("diagnose", prompt, None, f"error: {exc}", "error")
