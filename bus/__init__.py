@@ -2,7 +2,7 @@
 the one retry policy and circuit breaker every layer uses (`_resilience`)."""
 
 from ._auth import PRODUCER, RTEM_USER, TARGET, NatsAuthError, connect_options, embedded_credentials
-from ._client import Bus, PublishReport
+from ._client import Bus, BusUnreachable, PublishReport
 from ._full import full_reason, stream_full
 from ._consume import ConsumeStats, Handler
 from ._hold import Unavailable
@@ -21,5 +21,5 @@ __all__ = [
     "NatsAuth", "NatsAuthError", "NatsServerError", "PublishReport", "RetryPolicy", "connect_options",
     "dated_ahead", "embedded_credentials", "event_from_dict", "event_schema", "format_time", "loads_json",
     "nats_server_binary", "parse_event", "parse_time", "retry_async", "terminate",
-    "EVENTS_MAX_BYTES", "EVENTS_MAX_MSGS", "full_reason", "stream_full", "Unavailable",
+    "EVENTS_MAX_BYTES", "EVENTS_MAX_MSGS", "full_reason", "stream_full", "Unavailable", "BusUnreachable",
 ]

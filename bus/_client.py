@@ -75,6 +75,10 @@ def _shown(value) -> str:
     return str(getattr(value, "value", value))
 
 
+class BusUnreachable(ConnectionError):
+    """No server of the URL could be reached within the time a command gives it (`Bus.connect(give_up_s=…)`)."""
+
+
 class Reconnects:
     """How many times a connection has reconnected; `wait(after)` returns once it has more than `after`.
     A request in flight across a reconnect may have lost its reply with the old connection."""
@@ -104,14 +108,20 @@ class Bus(Consuming, DeadLetterStore, Trimming):
         self.reconnects = reconnects or Reconnects()
 
     @classmethod
-    async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "rtem") -> Bus:
+    async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "rtem",
+                      give_up_s: float | None = None) -> Bus:
         """Connect as `settings.auth` says (credentials file, nkey seed, token or user and password;
         TLS); a server that refuses them raises here, naming the server. `url` may name several servers
-        of a cluster, comma-separated: the client connects to one and fails over to the others."""
+        of a cluster, comma-separated: the client connects to one and fails over to the others.
+
+        A server that cannot be reached is tried again until it can (a service waits for its bus), each
+        failed try logged as a warning; with `give_up_s` (a command a person waits on) for that long, each
+        try logged at debug level, and then `BusUnreachable` says why the last try failed."""
         settings = settings or BusSettings()
         nc = nats.NATS()
         connected = False
         reconnects = Reconnects()
+        last_failure: list[Exception] = []
 
         async def on_reconnect() -> None:
             reconnects.note()
@@ -123,16 +133,23 @@ class Bus(Consuming, DeadLetterStore, Trimming):
                 raise NatsAuthError(f"{url} refused the connection ({_auth_kind(settings.auth)}): {exc}. Check "
                                     "RTEM_NATS_CREDS, RTEM_NATS_NKEY_SEED, RTEM_NATS_TOKEN or RTEM_NATS_USER and "
                                     "RTEM_NATS_PASSWORD, and RTEM_NATS_TLS_* (docs/nats.md)") from None
-            log.warning("NATS %s: %s: %s", url, type(exc).__name__, exc)
+            if not connected:
+                last_failure[:] = [exc]
+            log.log(logging.DEBUG if give_up_s is not None and not connected else logging.WARNING,
+                    "NATS %s: %s: %s", url, type(exc).__name__, exc)
 
+        connecting = nc.connect(servers=server_urls(url), name=name, max_reconnect_attempts=-1,
+                                reconnect_time_wait=settings.reconnect_wait_s, connect_timeout=5, error_cb=on_error,
+                                reconnected_cb=on_reconnect, **connect_options(settings.auth))
         try:
-            await nc.connect(servers=server_urls(url), name=name, max_reconnect_attempts=-1, reconnect_time_wait=settings.reconnect_wait_s,
-                             connect_timeout=5, error_cb=on_error, reconnected_cb=on_reconnect,
-                             **connect_options(settings.auth))
-        except NatsAuthError:
+            await (connecting if give_up_s is None else asyncio.wait_for(connecting, give_up_s))
+        except (NatsAuthError, asyncio.TimeoutError) as exc:
             with contextlib.suppress(Exception):  # closing a refused TLS connection can hang in nats-py
                 await asyncio.wait_for(nc.close(), 2)
-            raise
+            if isinstance(exc, NatsAuthError):
+                raise
+            why = f"{type(last_failure[0]).__name__}: {last_failure[0]}" if last_failure else "no answer"
+            raise BusUnreachable(f"no connection to {url} within {give_up_s:g} s (last try: {why})") from None
         connected = True
         return cls(nc, settings, reconnects)
 

@@ -2,11 +2,14 @@
 
 import asyncio
 import json
+import socket
+
+import pytest
 
 from typer.testing import CliRunner
 
 from agent.cli import app
-from bus import AUDIT, EVENTS, Bus
+from bus import AUDIT, EVENTS, Bus, BusUnreachable
 from tests.conftest import EXAMPLES, cloud_event, write_events
 
 runner = CliRunner()
@@ -50,6 +53,27 @@ def test_ingest_without_a_server_says_how_to_get_one(tmp_path):
     events = write_events(tmp_path / "e.jsonl", [cloud_event("e", "a", "2024-01-01T00:00:00Z")])
     result = runner.invoke(app, ["ingest", str(events)])
     assert result.exit_code == 2 and "set RTEM_NATS_URL" in result.output
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_ingest_to_a_server_that_cannot_be_reached_gives_up_and_says_why(tmp_path):
+    """A mistyped URL: `rtem ingest` exits 1 after a few seconds naming why the last try failed, instead of
+    trying again for ever as the service does while it waits for its bus."""
+    events = write_events(tmp_path / "e.jsonl", [cloud_event("e", "a", "2024-01-01T00:00:00Z")])
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"nats://127.0.0.1:{sock.getsockname()[1]}"
+    result = runner.invoke(app, ["ingest", str(events), "--nats-url", url])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, said
+    assert f"cannot publish to {url}: no connection to {url} within 5 s (last try: ConnectionRefusedError" in said
+
+    async def connect():
+        await Bus.connect(url, give_up_s=0.5)
+
+    with pytest.raises(BusUnreachable, match="last try: ConnectionRefusedError"):
+        asyncio.run(connect())
 
 
 def test_analyze_copies_every_decision_record_to_the_audit_stream(nats_server, tmp_path, monkeypatch):

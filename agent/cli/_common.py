@@ -26,6 +26,8 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 VERDICT_COLOUR = {"allow": "green", "deny": "red", "require_approval": "yellow"}
+# How long a command a person waits on tries to reach the NATS server before it says why it cannot.
+CONNECT_WAIT_S = 5.0
 
 
 class LlmChoice(str, Enum):

@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 
 from ..dlq import DeadLetterKind, DeadLetterQueue, DlqError, DlqFilter, RedriveReport
-from ._common import Column, DbOpt, JsonOpt, database_target, db_file, fail, out, print_table, settings
+from ._common import CONNECT_WAIT_S, Column, DbOpt, JsonOpt, database_target, db_file, fail, out, print_table, settings
 
 dlq_app = typer.Typer(help="The dead-letter queue: events rtem set aside, with the reason. List and show them, "
                            "send them back after a fix (redrive), or delete them (purge).", no_args_is_help=True)
@@ -169,7 +169,7 @@ def _run(operation, nats_url: str | None, db: str | None):
 
     async def run():
         logging.getLogger("nats").setLevel(logging.CRITICAL)  # one line below says what failed instead
-        bus = await asyncio.wait_for(Bus.connect(url, bus_settings, name="rtem-dlq"), 5)
+        bus = await Bus.connect(url, bus_settings, name="rtem-dlq", give_up_s=CONNECT_WAIT_S)
         try:
             with AuditLog(target) as audit:
                 return await operation(DeadLetterQueue(bus, audit, max_event_bytes=cfg.max_event_bytes))
@@ -181,5 +181,5 @@ def _run(operation, nats_url: str | None, db: str | None):
     except DlqError as exc:
         fail(str(exc), 1)
     except Exception as exc:  # noqa: BLE001 - a person reads this: where, and what to check
-        fail(f"cannot work on the DLQ at {url}: {type(exc).__name__}: {str(exc) or 'no answer within 5 s'} (is "
+        fail(f"cannot work on the DLQ at {url}: {type(exc).__name__}: {str(exc) or 'no answer'} (is "
              "`rtem run` running? pass --nats-url, or set RTEM_NATS_URL and its credentials)", 1)

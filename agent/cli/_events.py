@@ -20,7 +20,7 @@ from rules import RulesError
 
 from ..config import Settings
 from ..reasoner import described_note, unlisted_note
-from ._common import JsonOpt, LlmOpt, TopologyOpt, err, fail, out, settings, topology_of
+from ._common import CONNECT_WAIT_S, JsonOpt, LlmOpt, TopologyOpt, err, fail, out, settings, topology_of
 from ._incidents import print_incident
 
 
@@ -143,7 +143,7 @@ def ingest(
     invalid: list[InvalidLine] = []
 
     async def publish():
-        bus = await Bus.connect(url, bus_settings, name="rtem-ingest")
+        bus = await Bus.connect(url, bus_settings, name="rtem-ingest", give_up_s=CONNECT_WAIT_S)
         try:
             if producer is None:  # rtem run made the streams of its own server; a producer may not
                 await bus.ensure_streams()

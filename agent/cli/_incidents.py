@@ -14,8 +14,8 @@ import typer
 from rich.markup import escape
 
 from ..incident import IncidentStatus
-from ._common import (VERDICT_COLOUR, Column, DbOpt, IncidentArg, JsonOpt, db_file, err, fail, open_store, out,
-                      print_table, settings)
+from ._common import (CONNECT_WAIT_S, VERDICT_COLOUR, Column, DbOpt, IncidentArg, JsonOpt, db_file, err, fail,
+                      open_store, out, print_table, settings)
 
 if TYPE_CHECKING:
     from ..audit import AuditCopy
@@ -172,7 +172,7 @@ def audit_verify(
             copy = asyncio.run(_read_audit_stream(url, auth, quiet=json_out))
         except Exception as exc:  # noqa: BLE001 - any failure to read the copy is reported the same way
             reason = (f"cannot read the AUDIT stream at {url}: {type(exc).__name__}: "
-                      f"{str(exc) or 'no answer within 5 s'}")
+                      f"{str(exc) or 'no answer'}")
             if nats:
                 fail(reason)
             err.print(f"[yellow]warning:[/] {escape(reason)}; only the hash chain was checked "
@@ -230,7 +230,7 @@ async def _read_audit_stream(url: str, auth=None, *, quiet: bool = False) -> Aud
     bus_settings = settings().bus_settings()
     if auth is not None:
         bus_settings = replace(bus_settings, auth=auth)
-    bus = await asyncio.wait_for(Bus.connect(url, bus_settings, name="rtem-audit-verify"), 5)
+    bus = await Bus.connect(url, bus_settings, name="rtem-audit-verify", give_up_s=CONNECT_WAIT_S)
     try:
         copy = AuditCopy(source=url)
         with err.status(f"reading the AUDIT stream at {url}…") if not quiet else contextlib.nullcontext():
