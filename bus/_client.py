@@ -146,7 +146,7 @@ class Bus(Consuming, DeadLetterStore, Trimming):
         except (NatsAuthError, asyncio.TimeoutError) as exc:
             with contextlib.suppress(Exception):  # closing a refused TLS connection can hang in nats-py
                 await asyncio.wait_for(nc.close(), 2)
-            if isinstance(exc, NatsAuthError):
+            if isinstance(exc, NatsAuthError) or give_up_s is None:
                 raise
             why = f"{type(last_failure[0]).__name__}: {last_failure[0]}" if last_failure else "no answer"
             raise BusUnreachable(f"no connection to {url} within {give_up_s:g} s (last try: {why})") from None
