@@ -2,7 +2,8 @@
 the one retry policy and circuit breaker every layer uses (`_resilience`)."""
 
 from ._auth import PRODUCER, RTEM_USER, TARGET, NatsAuthError, connect_options, embedded_credentials
-from ._client import Bus, BusUnreachable, PublishReport
+from ._client import Bus, PublishReport
+from ._connect import BusUnreachable
 from ._full import full_reason, stream_full
 from ._consume import ConsumeStats, Handler
 from ._hold import Unavailable

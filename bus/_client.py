@@ -1,4 +1,4 @@
-"""`Bus`: rtem's JetStream client. Connecting (credentials, a cluster's URLs), the streams (made, kept up
+"""`Bus`: rtem's JetStream client. Connecting is `bus/_connect.py`; here: the streams (made, kept up
 to date, a foreign one refused), publishing events with their id as `Nats-Msg-Id` (retried through
 reconnects and leader elections; refused with a clear reason when EVENTS is full), dead-lettering with
 the reason, and the AUDIT copy. Consuming is `bus/_consume.py` (`Consuming`), reading and redriving dead
@@ -8,7 +8,6 @@ letters `bus/_dlq.py`, trimming what triage acknowledged `bus/_trim.py`; all thr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -20,7 +19,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
-from ._auth import NatsAuthError, _auth_kind, _refused, connect_options
+from ._connect import Reconnects, connect_nats
 from ._dlq import HEADER_DELIVERIES, HEADER_EVENT_ID, HEADER_REASON, HEADER_SIZE, HEADER_SUBJECT, DeadLetterStore
 from ._consume import Consuming, peek_id
 from ._resilience import retry_async
@@ -49,14 +48,6 @@ class PublishReport:
     full_reason: str | None = None  # what `reasons` says of them
 
 
-def server_urls(url: str) -> list[str]:
-    """The servers of `url`: one, or several of a cluster separated by commas."""
-    servers = [part.strip() for part in url.split(",") if part.strip()]
-    if not servers:
-        raise ValueError("no NATS server in the URL")
-    return servers
-
-
 def _refuse_foreign(current: api.StreamConfig, wanted: api.StreamConfig) -> None:
     """An existing stream rtem would have to re-create to use: say so, rather than write where it should not."""
     differs = [f"{name} is {_shown(getattr(current, name))}, rtem needs {_shown(getattr(wanted, name))}"
@@ -75,28 +66,6 @@ def _shown(value) -> str:
     return str(getattr(value, "value", value))
 
 
-class BusUnreachable(ConnectionError):
-    """No server of the URL could be reached within the time a command gives it (`Bus.connect(give_up_s=…)`)."""
-
-
-class Reconnects:
-    """How many times a connection has reconnected; `wait(after)` returns once it has more than `after`.
-    A request in flight across a reconnect may have lost its reply with the old connection."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._changed = asyncio.Event()
-
-    def note(self) -> None:
-        self.count += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait(self, after: int) -> None:
-        while self.count <= after:
-            await self._changed.wait()
-
-
 class Bus(Consuming, DeadLetterStore, Trimming):
     """A connection to NATS with rtem's streams; `await Bus.connect(url)` to get one. Reading and removing
     dead letters is `DeadLetterStore`'s (`_dlq.py`), trimming EVENTS `Trimming`'s (`_trim.py`)."""
@@ -110,47 +79,10 @@ class Bus(Consuming, DeadLetterStore, Trimming):
     @classmethod
     async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "rtem",
                       give_up_s: float | None = None) -> Bus:
-        """Connect as `settings.auth` says (credentials file, nkey seed, token or user and password;
-        TLS); a server that refuses them raises here, naming the server. `url` may name several servers
-        of a cluster, comma-separated: the client connects to one and fails over to the others.
-
-        A server that cannot be reached is tried again until it can (a service waits for its bus), each
-        failed try logged as a warning; with `give_up_s` (a command a person waits on) for that long, each
-        try logged at debug level, and then `BusUnreachable` says why the last try failed."""
+        """A bus on a connection as `bus._connect.connect_nats` makes it (credentials, a cluster's URLs, how
+        long to try); `ensure_streams` makes or updates the streams on it."""
         settings = settings or BusSettings()
-        nc = nats.NATS()
-        connected = False
-        reconnects = Reconnects()
-        last_failure: list[Exception] = []
-
-        async def on_reconnect() -> None:
-            reconnects.note()
-
-        async def on_error(exc: Exception) -> None:
-            # nats-py retries the first connection as long as later ones (forever): a refusal of the
-            # credentials or of the server's certificate will not change, so it ends the attempt here.
-            if not connected and _refused(exc):
-                raise NatsAuthError(f"{url} refused the connection ({_auth_kind(settings.auth)}): {exc}. Check "
-                                    "RTEM_NATS_CREDS, RTEM_NATS_NKEY_SEED, RTEM_NATS_TOKEN or RTEM_NATS_USER and "
-                                    "RTEM_NATS_PASSWORD, and RTEM_NATS_TLS_* (docs/nats.md)") from None
-            if not connected:
-                last_failure[:] = [exc]
-            log.log(logging.DEBUG if give_up_s is not None and not connected else logging.WARNING,
-                    "NATS %s: %s: %s", url, type(exc).__name__, exc)
-
-        connecting = nc.connect(servers=server_urls(url), name=name, max_reconnect_attempts=-1,
-                                reconnect_time_wait=settings.reconnect_wait_s, connect_timeout=5, error_cb=on_error,
-                                reconnected_cb=on_reconnect, **connect_options(settings.auth))
-        try:
-            await (connecting if give_up_s is None else asyncio.wait_for(connecting, give_up_s))
-        except (NatsAuthError, asyncio.TimeoutError) as exc:
-            with contextlib.suppress(Exception):  # closing a refused TLS connection can hang in nats-py
-                await asyncio.wait_for(nc.close(), 2)
-            if isinstance(exc, NatsAuthError) or give_up_s is None:
-                raise
-            why = f"{type(last_failure[0]).__name__}: {last_failure[0]}" if last_failure else "no answer"
-            raise BusUnreachable(f"no connection to {url} within {give_up_s:g} s (last try: {why})") from None
-        connected = True
+        nc, reconnects = await connect_nats(url, settings, name=name, give_up_s=give_up_s)
         return cls(nc, settings, reconnects)
 
     async def close(self, timeout: float = 10.0) -> None:

@@ -12,7 +12,7 @@ import nats
 import pytest
 
 from bus import DLQ, EVENTS, Bus, BusSettings, EmbeddedNats
-from bus._client import server_urls
+from bus._connect import server_urls
 from tests.live import sample
 from tests.nats_cluster import NatsCluster
 
