@@ -21,6 +21,10 @@ Modes (`--mode`, repeatable; default both):
   scored, and confirmed, on its incident holding most of its events.
 - heldout: like prequential, but only the first half of the cases is confirmed: the second half is scored
   with what was learned from the first half alone.
+- insample: not a result but a ceiling for the learning: the learned model fitted on every case's truth
+  and scored on those same cases at full weight (each with the history before it, as in `history`). No
+  number of confirmations can take prequential far past it, since a model that has seen the answers
+  ranks the cases no better; to go further, the features must carry more.
 Every mode's first and second half (in time order) are reported apart too.
 The baseline "rank entities by their number of metric anomalies" is always reported.
 
@@ -55,7 +59,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +71,7 @@ from agent.audit import AuditLog  # noqa: E402
 from agent.confirm import confirm  # noqa: E402
 from agent.models import IncidentView  # noqa: E402
 from agent.config import Settings  # noqa: E402
-from agent.reasoner import DeterministicReasoner, History, history_from_events  # noqa: E402
+from agent.reasoner import DeterministicReasoner, History, example_of, fit, history_from_events  # noqa: E402
 from agent.store import IncidentStore  # noqa: E402
 from bus._envelope import Event, InvalidEvent, parse_event  # noqa: E402
 from rules import Guard, load_contracts, load_guardrails  # noqa: E402
@@ -148,21 +152,49 @@ def run_direct(cases: Sequence[Case], topology: Topology, notes: list[str]) -> d
     return rankings
 
 
-def run_history(cases: Sequence[Case], topology: Topology, notes: list[str]) -> dict[int, Ranking]:
-    """Every case on its own, with the history of the cases that started before it (only their events
-    before it started, should cases overlap)."""
-    reasoner = DeterministicReasoner()
+def with_history(cases: Sequence[Case], topology: Topology) -> Iterator[tuple[Case, list[Event], History]]:
+    """The cases in time order, each with its events and the history of the cases that started before it
+    (only their events before it started, should cases overlap)."""
     earlier: list[tuple[float, list[Event], set]] = []  # last event time, events, signal kinds
-    rankings = {}
     for case in sorted(cases, key=lambda c: (c.start, c.number)):
         events = read_events(case.events)
         seen: Counter = Counter()
         for last, past, kinds in earlier:
             seen.update(kinds if last < case.start else history_from_events({"": past}, topology, case.start).seen)
-        causes = reasoner.rank(events, topology, limit=len(topology.entities), history=History(len(earlier), seen))
-        rankings[case.number] = [c.entity for c in causes], causes[0].fault_type if causes else "unknown"
+        yield case, events, History(len(earlier), seen)
         kinds = set(history_from_events({"": events}, topology, math.inf).seen)
         earlier.append((max((e.ts for e in events), default=case.start), events, kinds))
+
+
+def run_history(cases: Sequence[Case], topology: Topology, notes: list[str]) -> dict[int, Ranking]:
+    """Every case on its own, with the history of the cases that started before it."""
+    reasoner = DeterministicReasoner()
+    rankings = {}
+    for case, events, history in with_history(cases, topology):
+        causes = reasoner.rank(events, topology, limit=len(topology.entities), history=history)
+        rankings[case.number] = [c.entity for c in causes], causes[0].fault_type if causes else "unknown"
+    return rankings
+
+
+def run_insample(cases: Sequence[Case], topology: Topology, notes: list[str]) -> dict[int, Ranking]:
+    """Not a result, a ceiling: the learned model fitted on every case's truth and applied to those same
+    cases at full weight (each ranked with the history before it, as in `history`): the best the learned
+    model's features can tell apart on these cases, whatever a team confirmed."""
+    reasoner = DeterministicReasoner()
+    examples, fault_types = {}, {}
+    for case, events, history in with_history(cases, topology):
+        examples[case.number] = example_of(str(case.number), events, topology, case.truth["root_cause_entity"],
+                                           history)
+        causes = reasoner.rank(events, topology, limit=len(topology.entities), history=history)
+        fault_types[case.number] = {c.entity: c.fault_type for c in causes}
+    model = fit([e for e in examples.values() if e is not None])
+    notes.append(f"fitted on {model.incidents} cases and scored on the same ones; "
+                 f"{len(cases) - model.incidents} had their cause among no candidates")
+    rankings = {}
+    for number, example in examples.items():
+        if example is not None:
+            ranked = [f.entity for f in sorted(example.candidates, key=lambda f: -(f.offset + model.score(f)))]
+            rankings[number] = ranked, fault_types[number].get(ranked[0], "unknown")
     return rankings
 
 
@@ -269,7 +301,7 @@ def _main_incident(analysis, case: Case) -> dict | None:
 
 
 MODES: dict[str, Mode] = {"pipeline": run_pipeline, "direct": run_direct, "history": run_history,
-                          "prequential": run_prequential, "heldout": run_heldout}
+                          "prequential": run_prequential, "heldout": run_heldout, "insample": run_insample}
 
 # --llm scripted[:personality]: the personalities each runs (benchmarks/llm_personalities.py)
 SCRIPTED = {"scripted": ("accurate", "random", "hostile"), "scripted:accurate": ("accurate",),
