@@ -29,6 +29,10 @@ from .service import build, publish_audit
 from .store import IncidentStore
 from .triage import CORRELATOR_STATE, DETECTOR_STATE, WATERMARK
 
+# The state key under which an analysis store keeps the topology its latest analysis diagnosed with (the one
+# `--topology` named): the store's commands use it when none is given (`cli._common.topology_or_analyzed`).
+ANALYZED_TOPOLOGY = "analysis.topology"
+
 
 @dataclass
 class Progress:
@@ -81,6 +85,8 @@ async def _analyze(bus: Bus, files: list[Path], topology: Topology, settings: Se
     await bus.reset_streams()
     parts = await build(settings, topology, run_dir, database=run_dir / "rtem.db").open()
     try:
+        # what later commands on this store default to (`rtem learn status`, `incidents confirm`, `rules replay`)
+        parts.store.save_state(ANALYZED_TOPOLOGY, topology.model_dump(mode="json"))
         earlier = {row["id"] for row in parts.store.incidents(include_merged=True)}  # kept from analyses before
         state = Progress(file=name, stage="publishing")
         published = rejected = duplicates = 0

@@ -21,6 +21,7 @@ from agent.reasoner._learned import BLEND_K, LOG_SHARE, Example, Features, candi
 from agent.reasoner._scoring import rank_candidates
 from agent.reasoner._signals import extract_signals
 from agent.service import build
+from agent.store import IncidentStore
 from bus._envelope import parse_event
 from rules import Topology
 from tests.helpers import TOPOLOGY, cloud_event, write_events
@@ -207,6 +208,17 @@ def confirm(db, incident_id: str, cause: str) -> None:
     assert done.exit_code == 0, done.output
 
 
+def test_a_store_no_analysis_made_needs_a_topology_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("RTEM_TOPOLOGY", raising=False)
+    db = tmp_path / "rtem.db"
+    IncidentStore(db).close()
+    AuditLog(db).close()
+    for command in (["learn", "status"], ["rules", "replay", "--since", "1d"]):
+        found = runner.invoke(app, [*command, "--db", str(db)])
+        assert found.exit_code == 2, found.output
+        assert "no topology: pass --topology FILE or set RTEM_TOPOLOGY" in " ".join(found.stderr.split())
+
+
 @pytest.mark.integration
 def test_confirming_never_changes_an_earlier_diagnosis_learns_for_later_ones_and_the_cli_reports(tmp_path):
     out = tmp_path / "out"
@@ -236,8 +248,13 @@ def test_confirming_never_changes_an_earlier_diagnosis_learns_for_later_ones_and
     assert (found["confirmed"], found["learned_from"], found["k"]) == (2, 2, BLEND_K)
     assert any(f["says"].startswith("entities whose first signal was a log error were the confirmed cause in 2 of 2")
                for f in found["features"])
-    text = runner.invoke(app, ["learn", "status", "--topology", str(TOPOLOGY), "--db", str(db)])
+    # without --topology: the one the analyses into this store used, which it keeps, said on stderr
+    text = runner.invoke(app, ["learn", "status", "--db", str(db)])
+    assert text.exit_code == 0, text.output
     assert "2 confirmed incidents; learned from 2" in text.stdout
+    assert f"topology: the one the latest `rtem analyze` into {db} used" in " ".join(text.stderr.split())
+    kept = runner.invoke(app, ["learn", "status", "--db", str(db), "--json"])
+    assert json.loads(kept.stdout) == found and kept.stderr == ""
 
     reset = runner.invoke(app, ["learn", "reset", "--note", "new deployment", "--db", str(db), "--json"])
     assert reset.exit_code == 0, reset.output

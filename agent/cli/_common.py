@@ -141,6 +141,35 @@ def topology_of(cfg: Settings, path: Path | None):
         fail(str(exc))
 
 
+def topology_or_analyzed(cfg: Settings, path: Path | None, target: str | Path, *, quiet: bool = False):
+    """`--topology`, else RTEM_TOPOLOGY (as `topology_of` reads them), else the topology the latest `rtem
+    analyze` into the store at `target` diagnosed with (it keeps it: `agent.analyze.ANALYZED_TOPOLOGY`), said
+    on stderr unless `quiet`; else None."""
+    if path is not None or cfg.topology:
+        return topology_of(cfg, path)
+    from rules import Topology, TopologyError
+
+    from ..analyze import ANALYZED_TOPOLOGY
+    from ..db import versions
+    from ..store import STORE_SCHEMA, IncidentStore
+
+    store = IncidentStore(target, readonly=True)
+    try:  # a database with an audit log but no incident store (yet) keeps no topology either
+        doc = store.load_state(ANALYZED_TOPOLOGY) if STORE_SCHEMA.component in versions(store.db) else None
+    finally:
+        store.close()
+    if doc is None:
+        return None
+    try:
+        topology = Topology.from_dict(doc, origin=f"{target} (the topology its last analysis used)")
+    except TopologyError as exc:
+        fail(str(exc))
+    if not quiet:
+        err.print(escape(f"topology: the one the latest `rtem analyze` into {target} used ({len(topology.entities)} "
+                         f"entities, digest {topology.digest}); --topology names another"), style="dim")
+    return topology
+
+
 def db_file(db: str | None, missing: str) -> str | Path:
     """`database_target(db)`; exits with `<path>: <missing>` when it is a SQLite file that does not exist."""
     target = database_target(db)

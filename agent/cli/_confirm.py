@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ._common import DbOpt, IncidentArg, JsonOpt, TopologyOpt, db_file, fail, open_store, out, settings, topology_of
+from ._common import (DbOpt, IncidentArg, JsonOpt, TopologyOpt, db_file, fail, open_store, out, settings,
+                      topology_or_analyzed)
 
 CauseOpt = Annotated[str, typer.Option("--cause", help="The entity that really caused it: one of the topology's "
                                        "or of the incident's (a service also matches its instances).")]
@@ -27,12 +28,12 @@ def confirm(incident_id: IncidentArg, cause: CauseOpt, fault_type: FaultOpt = No
     from ..identity import operator
     from ..incident import ConfirmRefused
 
-    cfg = settings()
-    topo = topology_of(cfg, topology) if topology or cfg.topology else None
+    target = db_file(db, "no store here yet (run `rtem analyze` or `rtem run`, or pass --db)")
+    topo = topology_or_analyzed(settings(), topology, target, quiet=json_out)
     who = operator()
     store = open_store(db)
     try:
-        with AuditLog(db_file(db, "no audit log here")) as audit:
+        with AuditLog(target) as audit:
             try:
                 confirmed = keep(store, audit, incident_id, cause, by=who, via="cli", fault_type=fault_type,
                                  note=note, topology=topo, operator=who)

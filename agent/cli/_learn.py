@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ._common import DbOpt, JsonOpt, TopologyOpt, db_file, open_store, out, settings, topology_of
+from ._common import DbOpt, JsonOpt, TopologyOpt, db_file, fail, open_store, out, settings, topology_or_analyzed
 
 learn_app = typer.Typer(help="What rtem learned from confirmed causes (rtem incidents confirm), and forgetting it.",
                         no_args_is_help=True)
@@ -24,10 +24,13 @@ def learn_status(topology: TopologyOpt = None, json_out: JsonOpt = False, db: Db
     from ..audit import AuditLog
     from ..learning import status
 
-    topo = topology_of(settings(), topology)
+    target = db_file(db, "no store here yet (run `rtem analyze` or `rtem run`, or pass --db)")
+    topo = topology_or_analyzed(settings(), topology, target, quiet=json_out)
+    if topo is None:
+        fail("no topology: pass --topology FILE or set RTEM_TOPOLOGY (a store `rtem analyze` made keeps its own)")
     store = open_store(db)
     try:
-        with AuditLog(db_file(db, "no audit log here")) as audit:
+        with AuditLog(target) as audit:
             found = status(store, audit, topo)
     finally:
         store.close()

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ._common import VERDICT_COLOUR, JsonOpt, TopologyOpt, err, fail, out, settings, topology_of
+from ._common import VERDICT_COLOUR, JsonOpt, TopologyOpt, err, fail, out, settings, topology_or_analyzed
 
 rules_app = typer.Typer(
     help="Check, test and replay rules (guardrails, action contracts, detections) before they ship.\n\n"
@@ -191,7 +191,9 @@ def replay(
     path = db or cfg.db_path
     if not path.is_file():
         fail(f"{path}: no store here (pass --db, or set RTEM_DATA_DIR)")
-    topo = topology_of(cfg, topology)
+    topo = topology_or_analyzed(cfg, topology, path, quiet=json_out)
+    if topo is None:
+        fail("no topology: pass --topology FILE or set RTEM_TOPOLOGY (a store `rtem analyze` made keeps its own)")
     if rules is not None and not rules.exists():
         fail(f"{rules}: no such file or directory")
     checked = check_rules(rules if rules is not None else cfg.rules_dir)
@@ -278,7 +280,7 @@ def suggest(
     if problems:
         fail(f"the contracts do not load: {problems[0]} (run `rtem rules check`)", 1)
     # Without a topology, decisions group by exact target (which an unknown target does anyway).
-    topo = topology_of(cfg, topology) if topology or cfg.topology else Topology.from_dict({"entities": []})
+    topo = topology_or_analyzed(cfg, topology, path, quiet=json_out) or Topology.from_dict({"entities": []})
     with AuditLog(path) as audit:
         records = [r for kind in ("action.verdict", "approval.decided", "action.approval")
                    for r in audit.records(kind=kind)]
