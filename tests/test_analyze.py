@@ -221,3 +221,30 @@ def test_an_incident_only_about_entities_the_topology_lacks_says_why_nothing_was
     answer = json.loads(runner.invoke(app, ["ask", "what caused it?", "--db", db, "--json"]).stdout)
     assert "rtem could rank no root cause: 1 entity of this incident is not in the topology" in answer["text"], answer
     assert "ghost-0" in answer["text"] and answer["citations"]["seqs"]
+
+
+def test_a_why_that_names_only_an_entity_explains_its_place_in_the_ranking(tmp_path):
+    """"why node-6?" names no action: it asks why the diagnosis put that entity where it did (once it
+    answered "the question names no action I know")."""
+    [incident] = analyze_json(RECORDING, "--out", tmp_path / "out")["incidents"]
+    db = str(tmp_path / "out" / "run" / "rtem.db")
+    topology = Topology.load(TOPOLOGY)
+
+    def ask(question: str) -> dict:
+        done = runner.invoke(app, ["ask", question, "--db", db, "--json"])
+        assert done.exit_code == 0, done.output
+        return json.loads(done.stdout)
+
+    causes = incident["root_causes"]
+    asked = [(place, c) for place, c in enumerate(causes) if topology.entity_type(c["entity"]) != "service"][:3]
+    assert len(asked) >= 2 and any(place for place, _ in asked)
+    for place, cause in asked:
+        reply = ask(f"why {cause['entity']}?")
+        ranked_as = f" (ranked #{place + 1})" if place else ""
+        assert f"Why {cause['entity']}{ranked_as}: {cause['explanation']}" in reply["text"], reply["text"]
+        assert reply["intent"] == "why" and reply["citations"]["seqs"]
+    bystander = next(e for e in incident["entities"] if e not in {c["entity"] for c in causes}
+                     and topology.entity_type(e) == "instance")
+    assert f"{bystander} is not among the {len(causes)} causes it ranked" in ask(f"why {bystander}?")["text"]
+    # naming neither an action nor an entity: "I don't know", saying what it lacks
+    assert "names no action" in ask("why?")["text"]
