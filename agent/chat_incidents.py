@@ -129,12 +129,13 @@ def cause(ctx: Context) -> Answer:
     top = ", then ".join(f"{c.get('entity')} ({c.get('fault_type')}, share "
                          f"{share_text(float(c.get('confidence', 0)))})" for c in causes[:3])
     text = f"For {row['id']}, rtem ranked {top} (seq {ranked[-1].seq})."
-    # a why explains the cause the question names (the first ranked one it names), else the first
-    place, asked = next(((i, c) for i, c in enumerate(causes) if ctx.groups and ctx.about(c.get("entity"))),
+    # a why explains the cause it names (the first ranked one it names), else the first; it cites that one
+    why = ctx.q.startswith("why")
+    place, asked = next(((i, c) for i, c in enumerate(causes) if why and ctx.groups and ctx.about(c.get("entity"))),
                         (0, causes[0]))
-    if ctx.q.startswith("why") and ctx.groups and not ctx.about(asked.get("entity")):
+    if why and ctx.groups and not ctx.about(asked.get("entity")):
         text += f" {ctx.named()} is not among the {len(causes)} causes it ranked."
-    elif ctx.q.startswith("why") and asked.get("explanation"):
+    elif why and asked.get("explanation"):
         ranked_as = f" (ranked #{place + 1})" if place else ""
         text += f" Why {asked.get('entity')}{ranked_as}: {asked['explanation']}"
     if told := described_note(described_in(ranked)):  # what it weighed by the events' word alone

@@ -141,10 +141,11 @@ def topology_of(cfg: Settings, path: Path | None):
         fail(str(exc))
 
 
-def topology_or_analyzed(cfg: Settings, path: Path | None, target: str | Path, *, quiet: bool = False):
+def topology_or_analyzed(cfg: Settings, path: Path | None, target: str | Path, *, quiet: bool = False,
+                         required: bool = False):
     """`--topology`, else RTEM_TOPOLOGY (as `topology_of` reads them), else the topology the latest `rtem
     analyze` into the store at `target` diagnosed with (it keeps it: `agent.analyze.ANALYZED_TOPOLOGY`), said
-    on stderr unless `quiet`; else None."""
+    on stderr unless `quiet`; else None, or, when `required`, exits saying how to name one."""
     if path is not None or cfg.topology:
         return topology_of(cfg, path)
     from rules import Topology, TopologyError
@@ -158,6 +159,8 @@ def topology_or_analyzed(cfg: Settings, path: Path | None, target: str | Path, *
         doc = store.load_state(ANALYZED_TOPOLOGY) if STORE_SCHEMA.component in versions(store.db) else None
     finally:
         store.close()
+    if doc is None and required:
+        fail("no topology: pass --topology FILE or set RTEM_TOPOLOGY (a store `rtem analyze` made keeps its own)")
     if doc is None:
         return None
     try:

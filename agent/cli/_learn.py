@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ._common import DbOpt, JsonOpt, TopologyOpt, db_file, fail, open_store, out, settings, topology_or_analyzed
+from ._common import DbOpt, JsonOpt, TopologyOpt, db_file, open_store, out, settings, topology_or_analyzed
 
 learn_app = typer.Typer(help="What rtem learned from confirmed causes (rtem incidents confirm), and forgetting it.",
                         no_args_is_help=True)
@@ -25,9 +25,7 @@ def learn_status(topology: TopologyOpt = None, json_out: JsonOpt = False, db: Db
     from ..learning import status
 
     target = db_file(db, "no store here yet (run `rtem analyze` or `rtem run`, or pass --db)")
-    topo = topology_or_analyzed(settings(), topology, target, quiet=json_out)
-    if topo is None:
-        fail("no topology: pass --topology FILE or set RTEM_TOPOLOGY (a store `rtem analyze` made keeps its own)")
+    topo = topology_or_analyzed(settings(), topology, target, quiet=json_out, required=True)
     store = open_store(db)
     try:
         with AuditLog(target) as audit:

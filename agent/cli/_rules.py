@@ -191,9 +191,7 @@ def replay(
     path = db or cfg.db_path
     if not path.is_file():
         fail(f"{path}: no store here (pass --db, or set RTEM_DATA_DIR)")
-    topo = topology_or_analyzed(cfg, topology, path, quiet=json_out)
-    if topo is None:
-        fail("no topology: pass --topology FILE or set RTEM_TOPOLOGY (a store `rtem analyze` made keeps its own)")
+    topo = topology_or_analyzed(cfg, topology, path, quiet=json_out, required=True)
     if rules is not None and not rules.exists():
         fail(f"{rules}: no such file or directory")
     checked = check_rules(rules if rules is not None else cfg.rules_dir)
