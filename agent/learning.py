@@ -180,7 +180,8 @@ def learned_model(store, audit: AuditLog, topology: Topology, incident_id: str |
 
 
 def status(store, audit: AuditLog, topology: Topology, limit: int = 10) -> dict[str, Any]:
-    """What has been learned as of now: confirmations, the incidents used, the top features in words."""
+    """What has been learned as of now: confirmations, the incidents used, the top features in words, and
+    how often rtem's ranking had the confirmed cause first (`agreement`)."""
     cutoff = cutoff_for(audit, None, None)
     model = learned_model(store, audit, topology, None, None)
     confirmed = confirmations(audit, cutoff)
@@ -189,7 +190,25 @@ def status(store, audit: AuditLog, topology: Topology, limit: int = 10) -> dict[
             "nothing learned yet: no confirmed cause that rtem ranked among its candidates",
             "features": [{"feature": name, "weight": round(weight, 4), "caused": model.support[name].caused,
                           "seen": model.support[name].seen, "says": model.sentence(name)}
-                         for name, weight in model.top(limit)]}
+                         for name, weight in model.top(limit)],
+            "ranked": agreement(audit, confirmed)}
+
+
+def agreement(audit: AuditLog, confirmed: dict[str, ConfirmedCause]) -> dict[str, Any]:
+    """How often rtem's ranking (its latest diagnosis when the cause was confirmed) had the confirmed cause
+    first and in its top 3: over every confirmed incident, and over those diagnosed with a learned model
+    (the `causes.ranked` record's versions name one). Counts of different incidents, so a comparison of the
+    two says how rtem did, not what learning changed."""
+    def tally(causes: list[ConfirmedCause]) -> dict[str, int]:
+        return {"confirmed": len(causes), "first": sum(c.rank == 1 for c in causes),
+                "top3": sum(c.rank is not None and c.rank <= 3 for c in causes)}
+
+    learned = []
+    for incident_id, cause in confirmed.items():
+        ranked = [r for r in audit.records(incident_id=incident_id, kind=RANKED) if r.seq < cause.seq]
+        if ranked and "learned" in ranked[-1].versions:
+            learned.append(cause)
+    return {**tally(list(confirmed.values())), "with_learning": tally(learned)}
 
 
 def reset(audit: AuditLog, *, by: str, via: str, note: str = "", now: datetime | None = None):

@@ -255,10 +255,27 @@ def test_confirming_never_changes_an_earlier_diagnosis_learns_for_later_ones_and
     assert f"topology: the one the latest `rtem analyze` into {db} used" in " ".join(text.stderr.split())
     kept = runner.invoke(app, ["learn", "status", "--db", str(db), "--json"])
     assert json.loads(kept.stdout) == found and kept.stderr == ""
+    # how often rtem had ranked the confirmed cause first: the two confirmed were diagnosed before any
+    # confirmation; the third, confirmed now, was diagnosed with what the two taught
+    def ranks(*incidents) -> list[int | None]:
+        return [next((n for n, c in enumerate(i["root_causes"], 1) if c["entity"] == CULPRIT), None) for i in incidents]
+
+    assert found["ranked"] == {"confirmed": 2, "first": ranks(first, second).count(1),
+                               "top3": sum(r is not None and r <= 3 for r in ranks(first, second)),
+                               "with_learning": {"confirmed": 0, "first": 0, "top3": 0}}
+    confirm(db, third["id"], CULPRIT)
+    now = json.loads(runner.invoke(app, ["learn", "status", "--db", str(db), "--json"]).stdout)["ranked"]
+    [rank] = ranks(third)
+    assert now["confirmed"] == 3 and now["with_learning"] == {"confirmed": 1, "first": int(rank == 1),
+                                                              "top3": int(rank is not None and rank <= 3)}
+    said = " ".join(runner.invoke(app, ["learn", "status", "--db", str(db)]).stdout.split())
+    assert (f"rtem had ranked the confirmed cause first in {now['first']} of 3 confirmed incidents, in its top 3 in "
+            f"{now['top3']}; of the 1 diagnosed with what it had learned by then: {now['with_learning']['first']} "
+            "first") in said
 
     reset = runner.invoke(app, ["learn", "reset", "--note", "new deployment", "--db", str(db), "--json"])
     assert reset.exit_code == 0, reset.output
-    assert json.loads(reset.stdout)["forgotten"] == 2
+    assert json.loads(reset.stdout)["forgotten"] == 3
     with AuditLog(db) as audit:
         [record] = audit.records(kind="learn.reset")
     assert record.inputs["by"] and record.inputs["note"] == "new deployment"

@@ -20,7 +20,8 @@ NoteOpt = Annotated[str, typer.Option("--note", help="Why, for the audit log.")]
 @learn_app.command("status")
 def learn_status(topology: TopologyOpt = None, json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """How many confirmed incidents are learned from, how much say they have against the cold-start
-    ranking, and the features that weigh most, in words (as of now, after the latest reset)."""
+    ranking, the features that weigh most, in words, and how often rtem had ranked the confirmed cause
+    first (as of now, after the latest reset)."""
     from ..audit import AuditLog
     from ..learning import status
 
@@ -43,6 +44,12 @@ def learn_status(topology: TopologyOpt = None, json_out: JsonOpt = False, db: Db
         out.print(escape(f"  {feature['weight']:+.2f}  {feature['says']}"))
     if not found["features"]:
         out.print(escape(found["summary"]))
+    ranked, learned = found["ranked"], found["ranked"]["with_learning"]
+    if ranked["confirmed"]:
+        since = (f"; of the {learned['confirmed']} diagnosed with what it had learned by then: {learned['first']} "
+                 f"first, {learned['top3']} in the top 3") if learned["confirmed"] else ""
+        out.print(escape(f"rtem had ranked the confirmed cause first in {ranked['first']} of {ranked['confirmed']} "
+                         f"confirmed incidents, in its top 3 in {ranked['top3']}{since}"))
 
 
 @learn_app.command("reset")
