@@ -185,6 +185,18 @@ def test_analyze_a_directory_analyzes_its_recordings(tmp_path):
         [i["root_causes"][0]["entity"] for i in file_report["incidents"]]
 
 
+def test_a_directory_s_recordings_come_in_name_order_with_numbers_as_numbers(tmp_path):
+    """`rtem analyze cases/ --each --keep` over 0…77: 2 before 10, so each sees the ones before it."""
+    from agent.cli._events import recordings
+
+    for name in ("10.events.jsonl", "2.events.jsonl", "1.events.jsonl", "b-2.events.jsonl", "a-10.events.jsonl",
+                 "a-9.events.jsonl", "2.truth.json"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in recordings([tmp_path])] == [
+        "1.events.jsonl", "2.events.jsonl", "10.events.jsonl", "a-9.events.jsonl", "a-10.events.jsonl",
+        "b-2.events.jsonl"]
+
+
 def test_ingest_of_a_directory_says_to_pass_the_files(tmp_path):
     result = runner.invoke(app, ["ingest", str(tmp_path), "--nats-url", "nats://127.0.0.1:1"])
     assert result.exit_code == 2 and "a directory" in result.output

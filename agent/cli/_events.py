@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import sys
 from dataclasses import replace
@@ -26,7 +27,7 @@ from ._incidents import print_incident
 
 def analyze(
     files: Annotated[list[Path], typer.Argument(help="Recorded events: files of CloudEvents JSON lines, or a "
-                     "directory, which stands for the *.events.jsonl files in it (by name).", show_default=False)],
+                     "directory, which stands for the *.events.jsonl files in it (by name, 2 before 10).", show_default=False)],
     topology: TopologyOpt = None,
     json_out: JsonOpt = False,
     each: Annotated[bool, typer.Option("--each", help="Analyze every file on its own; one JSON object per line.")] = False,
@@ -39,8 +40,8 @@ def analyze(
 ) -> None:
     """Replay recorded events through the same bus, rules and graph as `rtem run` (dry run) and report the incidents.
 
-    A directory stands for the *.events.jsonl files in it, in name order; they are analyzed together (as
-    one recording) unless --each is given."""
+    A directory stands for the *.events.jsonl files in it, in name order (numbers as numbers: 2 before 10);
+    they are analyzed together (as one recording) unless --each is given."""
     from ..analyze import analyze_files
     from ..llm import LLMSetupError
 
@@ -78,13 +79,14 @@ RECORDING_GLOB = "*.events.jsonl"  # how rtem names recordings (agent/examples, 
 
 
 def recordings(paths: list[Path]) -> list[Path]:
-    """The files to analyze: each file as given, each directory as the *.events.jsonl files in it, sorted by
-    name (not its subdirectories: a directory of other things is not taken for a recording). Exits 2 naming
-    a path that is neither, or a directory without recordings."""
+    """The files to analyze: each file as given, each directory as the *.events.jsonl files in it, in name
+    order with numbers compared as numbers (`2.events.jsonl` before `10.events.jsonl`: with `--each --keep`
+    each sees those before it), not its subdirectories (a directory of other things is not taken for a
+    recording). Exits 2 naming a path that is neither, or a directory without recordings."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.glob(RECORDING_GLOB) if p.is_file())
+            found = sorted((p for p in path.glob(RECORDING_GLOB) if p.is_file()), key=name_order)
             if not found:
                 fail(f"{path}: a directory without {RECORDING_GLOB} files; pass recorded event files "
                      f"(CloudEvents JSON lines, any name), or a directory holding {RECORDING_GLOB} files")
@@ -94,6 +96,11 @@ def recordings(paths: list[Path]) -> list[Path]:
         else:
             fail(f"{path}: no such file or directory")
     return files
+
+
+def name_order(path: Path) -> tuple:
+    """A file's name as a sort key in which each run of digits counts as its number (case-9 before case-10)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name))
 
 
 def read_recordings(paths: list[Path]) -> Iterator:
