@@ -16,6 +16,7 @@ from agent.cli import app
 from agent.confirm import confirm, confirmed_of
 from agent.incident import ConfirmRefusal, ConfirmRefused, check_cause, confirmation, confirmed_causes
 from agent.store import IncidentStore
+from tests.helpers import TOPOLOGY
 from tests.live import api_client, serving_with_a_cpu_incident
 
 NOW = datetime(2026, 1, 15, 15, 0, tzinfo=timezone.utc)
@@ -109,7 +110,7 @@ def test_refusals_leave_no_record(kept, shop):
 def live(tmp_path_factory, boutique):
     service = serving_with_a_cpu_incident(tmp_path_factory.mktemp("confirm") / "data", boutique, {
         "operator": ("operator-1", "operator", ()), "viewer": ("viewer-1", "viewer", ()),
-        "scoped": ("dave", "operator", ("cartservice",))})
+        "scoped": ("dave", "operator", ("cartservice",)), "admin": ("admin-1", "admin", ())})
     yield service
     service.stop()
 
@@ -169,3 +170,27 @@ def test_confirm_and_correct_over_http_and_the_cli_then_detail_report_and_chat_s
         records = audit.records(incident_id=inc, kind="cause.confirmed")
     assert [(r.decision["cause"], r.node) for r in records] == [("cartservice-0", "api"), ("node-6", "cli")]
     assert records[0].inputs["role"] == "operator" and records[1].decision["corrects"] == records[0].seq
+
+
+@pytest.mark.integration
+def test_what_was_learned_over_http_is_what_the_cli_says_and_only_admins_forget_it(live):
+    cli = CliRunner().invoke(app, ["learn", "status", "--db", str(live.db), "--topology", str(TOPOLOGY), "--json"])
+    assert cli.exit_code == 0, cli.output
+    with api_client(live, "viewer") as viewer, api_client(live, "scoped") as scoped, \
+            api_client(live, "operator") as operator, api_client(live, "admin") as admin, api_client(live) as anonymous:
+        assert anonymous.get("/api/v1/learning").status_code == 401
+        refused = scoped.get("/api/v1/learning")
+        assert refused.status_code == 403 and "scoped" in refused.json()["error"]
+        read = viewer.get("/api/v1/learning")
+        assert read.status_code == 200 and read.json() == json.loads(cli.stdout)
+        assert operator.post("/api/v1/learning/reset", json={"note": "x"}).status_code == 403
+        forgot = admin.post("/api/v1/learning/reset", json={"note": "new platform"})
+        assert forgot.status_code == 200, forgot.text
+        assert forgot.json()["record"] == "learn.reset" and forgot.json()["by"] == "admin-1"
+        assert viewer.get("/api/v1/learning").json()["reset_seq"] == forgot.json()["seq"]
+        assert admin.post("/api/v1/learning/reset", json={"note": 5}).status_code == 422
+    with AuditLog(live.db) as audit:
+        [record] = audit.records(kind="learn.reset")
+        assert (record.node, record.inputs["by"], record.inputs["note"]) == ("api", "admin-1", "new platform")
+        denied = [r for r in audit.records(kind="access.denied") if r.inputs["path"] == "/api/v1/learning"]
+        assert denied and denied[-1].inputs["token"] == "dave"

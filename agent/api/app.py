@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from . import dlq, ingest, routes, topology
 from . import oncall  # on-call actions (agent/api/oncall.py)
+from . import learning  # what was learned from confirmed causes, and forgetting it
 from .auth import ApiError, require
 from .browser import CrossSiteCheck, SecurityHeaders, security_headers
 from .context import ApiContext
@@ -36,6 +37,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(dlq.router)
     app.include_router(topology.router)
     app.include_router(oncall.router)  # ack, assign, comment, resolve, reopen
+    app.include_router(learning.router)
     _add_probes(app)
     _add_error_handlers(app)
     try:
