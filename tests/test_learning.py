@@ -115,6 +115,25 @@ def test_the_fit_is_deterministic_and_a_cause_that_was_no_candidate_teaches_noth
     assert service is not None and CULPRIT in service.positives
 
 
+def test_one_confirmation_is_fitted_to_its_optimum_not_swung_past_it(topology):
+    """One confirmed incident whose cause the cold start ranked second: the ten features the two candidates
+    do not share all move at once, and a fixed step overshot (weights of 0.83 after one pass, 0.0008 after
+    two, and so on, ending wherever the pass count left them). Each pass now raises the objective: the
+    weights settle, and the confirmed cause gains."""
+    events = parsed([cloud_event(f"c{i}", "cartservice2-0", f"2022-03-20T00:10:{i:02d}Z", metric="container_threads",
+                                 direction="up") for i in range(3)] +
+                    [cloud_event(f"h{i}", "node-6", f"2022-03-20T00:10:{i:02d}Z", metric="system.cpu.pct_usage",
+                                 direction="up") for i in range(10)])
+    example = example_of("x", events, topology, "cartservice2-0")
+    assert [f.entity for f in example.candidates][:2] == ["node-6", "cartservice2-0"]
+    settled = [fit([example], iterations=n).weights for n in (60, 61, 100)]
+    assert all(abs(settled[0][name] - w[name]) < 1e-3 for w in settled[1:] for name in settled[0])
+    assert settled[2]["type:instance"] > 0.1 > -0.1 > settled[2]["type:host"]
+    model = fit([example])
+    shares = posterior([f.offset + model.score(f) for f in example.candidates])
+    assert shares[1] > posterior([f.offset for f in example.candidates])[1] + 0.1
+
+
 def crowded(hour: int, cause: str) -> list:
     """Twelve loud entities (nodes and services with metric anomalies; the cause, when loud, has more) and
     twenty-four quiet instances with one error log each, all ranked below the loud ones."""

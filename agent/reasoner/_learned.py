@@ -49,7 +49,12 @@ BLEND_K = 10.0
 # 82.1 against 64.1 / 83.3), and the whole benchmark took twice as long (589 s against 278 s).
 L2 = 1.0
 ITERATIONS = 100
+# The line search: each pass starts from twice the last accepted step (at most MAX_STEP) and halves it until
+# the objective rises by at least ARMIJO × step × |gradient|² (Armijo's condition), so no pass overshoots.
 STEP = 1.0
+MAX_STEP = 16.0
+MIN_STEP = 1e-8
+ARMIJO = 1e-4
 
 # Every candidate of a past incident is kept in its example, because the model is applied to every
 # candidate of a new one. (Keeping only the cold start's best ten plus the cause wherever it ranked made
@@ -272,11 +277,12 @@ def posterior(scores: Sequence[float]) -> list[float]:
 
 def fit(examples: Sequence[Example], *, k: float = BLEND_K, l2: float = L2,
         iterations: int = ITERATIONS) -> LearnedModel:
-    """The conditional logit over the examples' candidates, by full-batch gradient ascent from zero (so the
-    same examples always give the same weights). An example's positives are one set label: the objective
-    is log Σ p over them (the chance the cause is any of them), so the model is not pushed to split the
-    probability among a service's instances; its gradient gives each positive its own share of the set's
-    probability as the target."""
+    """The conditional logit over the examples' candidates, by full-batch gradient ascent from zero with a
+    backtracking line search (so the same examples always give the same weights, and each pass raises the
+    objective: a fixed step overshot and swung back and forth where few examples share many features). An
+    example's positives are one set label: the objective is log Σ p over them (the chance the cause is any
+    of them), so the model is not pushed to split the probability among a service's instances; its gradient
+    gives each positive its own share of the set's probability as the target."""
     examples = [e for e in examples if e.candidates and e.positives]
     if not examples:
         return LearnedModel(k=k)
@@ -285,19 +291,45 @@ def fit(examples: Sequence[Example], *, k: float = BLEND_K, l2: float = L2,
     rows = [[(tuple((index[n], v) for n, v in f.values.items()), f.entity in e.positives, f.offset)
              for f in e.candidates] for e in examples]
     weights = [0.0] * len(names)
+    value, grad = _objective(weights, rows, l2)
+    step = STEP
     for _ in range(iterations):
-        grad = [-l2 * w for w in weights]
-        for row in rows:
-            scores = [offset + sum(weights[i] * v for i, v in feats) for feats, _, offset in row]
-            probs = posterior(scores)
-            inside = sum(p for (_, positive, _), p in zip(row, probs) if positive)
-            share = 1.0 / sum(positive for _, positive, _ in row)  # if the set's probability underflowed
-            for (feats, positive, _), p in zip(row, probs):
-                goal = (p / inside if inside > 0 else share) if positive else 0.0
-                for i, v in feats:
-                    grad[i] += (goal - p) * v
-        weights = [w + STEP * g / len(rows) for w, g in zip(weights, grad)]
+        slope = sum(g * g for g in grad)
+        if slope < 1e-12:  # at the optimum
+            break
+        while True:
+            trial = [w + step * g for w, g in zip(weights, grad)]
+            trial_value, trial_grad = _objective(trial, rows, l2)
+            if trial_value >= value + ARMIJO * step * slope or step < MIN_STEP:
+                break
+            step /= 2
+        weights, value, grad = trial, trial_value, trial_grad
+        step = min(step * 2, MAX_STEP)  # try a longer step again next pass
     return LearnedModel({n: round(w, 6) for n, w in zip(names, weights)}, len(examples), _support(examples), k)
+
+
+def _objective(weights: Sequence[float], rows, l2: float) -> tuple[float, list[float]]:
+    """The mean over examples of log Σ p (the marked set's probability) minus the L2 penalty, and its
+    gradient; computed with log-sum-exp, so a set whose probability underflows still counts."""
+    value = -0.5 * l2 * sum(w * w for w in weights)
+    grad = [-l2 * w for w in weights]
+    for row in rows:
+        scores = [offset + sum(weights[i] * v for i, v in feats) for feats, _, offset in row]
+        every = _log_sum_exp(scores)
+        marked = _log_sum_exp([s for s, (_, positive, _) in zip(scores, row) if positive])
+        value += marked - every
+        for s, (feats, positive, _) in zip(scores, row):
+            # each candidate's target is its share of the marked set (0 outside it); p its probability now
+            gap = (math.exp(s - marked) if positive else 0.0) - math.exp(s - every)
+            for i, v in feats:
+                grad[i] += gap * v
+    n = len(rows)
+    return value / n, [g / n for g in grad]
+
+
+def _log_sum_exp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def _support(examples: Sequence[Example]) -> dict[str, Support]:
