@@ -23,7 +23,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Each page: its path, its template and its title. The ids in paths are read by the page's script.
 PAGES = {"/login": ("login", "Sign in"), "/": ("incidents", "Incidents"),
          "/incidents/{incident_id}": ("incident", "Incident"), "/chat": ("chat", "Chat"), "/rules": ("rules", "Rules"),
-         "/reports/{incident_id}": ("report", "Report")}
+         "/learning": ("learning", "Learning"), "/reports/{incident_id}": ("report", "Report")}
 _TITLES = dict(PAGES.values())
 
 router = fastapi.APIRouter(include_in_schema=False)

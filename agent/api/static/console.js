@@ -7,6 +7,7 @@ const ROLES = {
   decide: ["approver", "admin"],
   ask: ["operator", "approver", "rule_author", "admin"],
   rules: ["rule_author", "admin"],
+  admin: ["admin"],
 };
 
 export const POLL_MS = 2000;
@@ -90,7 +91,8 @@ export async function start(current) {
     el("nav", { "aria-label": "console" },
       navLink("/", "Incidents", current === "incidents"),
       navLink("/chat", "Chat", current === "chat"),
-      navLink("/rules", "Rules", current === "rules")),
+      navLink("/rules", "Rules", current === "rules"),
+      navLink("/learning", "Learning", current === "learning")),
     el("span", { class: "who", testid: "who" },
       el("span", { testid: "who-name" }, who.name), " ",
       el("span", { class: "role", testid: "who-role" }, who.role)),
