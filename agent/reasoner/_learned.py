@@ -43,10 +43,10 @@ BLEND_K = 10.0
 
 # The L2 penalty on the summed log-likelihood (a Gaussian prior of variance 1 on each weight): it keeps a
 # feature seen in one incident from deciding alone. The fit is 100 full-batch passes from zero. Measured
-# on the shared cases: with 39 examples every weight is within 0.05 of where 1,000 passes take it; with
-# 77, the rarest features' (one entity, one metric) are within 0.3. Measured 2026-12-04 (after the lower
-# median): 1,000 passes moved two of the prequential benchmark's 78 ranks and lost one top-3 case (64.1 /
-# 82.1 against 64.1 / 83.3), and the whole benchmark took twice as long (589 s against 278 s).
+# on the shared cases with the line search (2026-12-05): with 39 examples every weight is within 0.02 of
+# where 1,000 passes take it; with 77, the rarest features' (one entity, one metric) within 0.24. With the
+# fixed step before it (2026-12-04), 1,000 passes moved two of the prequential benchmark's 78 ranks and
+# lost one top-3 case (64.1 / 82.1 against 64.1 / 83.3), and the whole benchmark took twice as long.
 L2 = 1.0
 ITERATIONS = 100
 # The line search: each pass starts from GROW times the last accepted step (at most MAX_STEP) and halves it until
