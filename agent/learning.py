@@ -179,11 +179,13 @@ def learned_model(store, audit: AuditLog, topology: Topology, incident_id: str |
     return cache.model(key, lambda: fit(found))
 
 
-def status(store, audit: AuditLog, topology: Topology, limit: int = 10) -> dict[str, Any]:
+def status(store, audit: AuditLog, topology: Topology, limit: int = 10,
+           cache: LearningCache | None = None) -> dict[str, Any]:
     """What has been learned as of now: confirmations, the incidents used, the top features in words, and
-    how often rtem's ranking had the confirmed cause first (`agreement`)."""
+    how often rtem's ranking had the confirmed cause first (`agreement`). With the service's `cache`, asking
+    again refits nothing until a confirmation is added."""
     cutoff = cutoff_for(audit, None, None)
-    model = learned_model(store, audit, topology, None, None)
+    model = learned_model(store, audit, topology, None, None, cache)
     confirmed = confirmations(audit, cutoff)
     return {"confirmed": len(confirmed), "learned_from": model.incidents, "blend": round(model.blend, 4),
             "k": model.k, "reset_seq": cutoff.reset_seq or None, "summary": model.summary(limit) if model.incidents else

@@ -72,7 +72,7 @@ async def serve_http(settings: Settings, topology: TopologySource, parts: Compon
     ctx = ApiContext(
         reader=reader, topologies=topology, audit=parts.audit, ledger=parts.ledger, tokens=tokens,
         publish=bus.publish_lines, chat=chat, reloader=reloader, max_body_bytes=settings.http_max_body_bytes,
-        policy=parts.graph.deps.policy, ready=ready, role=role,
+        policy=parts.graph.deps.policy, ready=ready, role=role, learning=parts.graph.deps.learning,
         dead_letters=DeadLetterQueue(bus, parts.audit, max_event_bytes=settings.max_event_bytes))
     # Each request thread keeps a connection of the reader's while it lives: no more request threads at
     # once than the reader has connections, so a burst of requests waits for a thread instead of failing

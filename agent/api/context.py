@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from bus import PublishReport
@@ -19,6 +19,7 @@ from ..audit import AuditLog
 from ..db import Database
 from ..dlq import DeadLetterQueue
 from ..incident import Policy
+from ..learning import LearningCache
 from ..ledger import Ledger
 from ..store import IncidentStore
 from ..tokens import TokenStore
@@ -42,6 +43,9 @@ class ApiContext:
     max_body_bytes: int = 1024 * 1024
     policy: Policy = Policy()  # approval lifetime, as the service judges it
     dead_letters: DeadLetterQueue | None = None  # the DLQ over the service's bus (agent/dlq.py)
+    # examples and fitted models, the graph's own where it serves one: `GET /api/v1/learning` refits nothing
+    # that a diagnosis (or the last request) already fitted
+    learning: LearningCache = field(default_factory=LearningCache)
 
     def __post_init__(self) -> None:
         # One view for every request, so its schema is checked once, not per request; it keeps no

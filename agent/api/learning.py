@@ -36,7 +36,7 @@ async def learning(request: Request, who: Principal = Depends(require("read"))) 
 
     def read() -> dict[str, Any]:
         with ctx.store() as store:
-            return status(store, ctx.audit, ctx.topology)
+            return status(store, ctx.audit, ctx.topology, cache=ctx.learning)
     return await run_in_threadpool(read)
 
 
