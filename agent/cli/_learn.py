@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ._common import DbOpt, JsonOpt, TopologyOpt, db_file, open_store, out, settings, topology_or_analyzed
+from ._common import DbOpt, JsonOpt, TopologyOpt, db_file, err, open_store, out, settings, topology_or_analyzed
 
 learn_app = typer.Typer(help="What rtem learned from confirmed causes (rtem incidents confirm), and forgetting it.",
                         no_args_is_help=True)
@@ -30,7 +30,9 @@ def learn_status(topology: TopologyOpt = None, json_out: JsonOpt = False, db: Db
     store = open_store(db)
     try:
         with AuditLog(target) as audit:
-            found = status(store, audit, topo)
+            # a fit over every confirmed incident: seconds with dozens (docs/learning.md, "Cost")
+            with err.status("fitting what the confirmed causes teach", spinner="dots"):
+                found = status(store, audit, topo)
     finally:
         store.close()
     if json_out:
