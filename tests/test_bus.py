@@ -105,7 +105,9 @@ async def test_a_handler_that_raises_loses_nothing(bus):
             raise RuntimeError("disk full")
 
     stats = await bus.consume(flaky, until_drained=True, fetch_timeout=0.2)
-    assert stats.processed == 3 and stats.failed == 0 and stats.redelivered == 3
+    # the failed batch holds what had arrived when it was taken (all three, or fewer when the server was
+    # still delivering): each of those comes back once, and every event is processed
+    assert stats.processed == 3 and stats.failed == 0 and stats.redelivered == calls[0] >= 1, (stats, calls)
 
 
 async def test_unacked_events_survive_a_consumer_crash(bus, nats_server):
