@@ -292,7 +292,8 @@ def fit(examples: Sequence[Example], *, k: float = BLEND_K, l2: float = L2,
     rows = [[(tuple((index[n], v) for n, v in f.values.items()), f.entity in e.positives, f.offset)
              for f in e.candidates] for e in examples]
     weights = [0.0] * len(names)
-    value, grad = _objective(weights, rows, l2), _gradient(weights, rows, l2)
+    scores = _scores(weights, rows)
+    value, grad = _objective(weights, scores, rows, l2), _gradient(weights, scores, rows, l2)
     step = STEP
     for _ in range(iterations):
         slope = sum(g * g for g in grad)
@@ -300,34 +301,38 @@ def fit(examples: Sequence[Example], *, k: float = BLEND_K, l2: float = L2,
             break
         while True:
             trial = [w + step * g for w, g in zip(weights, grad)]
-            trial_value = _objective(trial, rows, l2)
+            scores = _scores(trial, rows)
+            trial_value = _objective(trial, scores, rows, l2)
             if trial_value >= value + ARMIJO * step * slope or step < MIN_STEP:
                 break
             step /= 2
-        weights, value, grad = trial, trial_value, _gradient(trial, rows, l2)
+        weights, value, grad = trial, trial_value, _gradient(trial, scores, rows, l2)
         step = min(step * GROW, MAX_STEP)  # a little longer next pass, in case the curvature eased
     return LearnedModel({n: round(w, 6) for n, w in zip(names, weights)}, len(examples), _support(examples), k)
 
 
-def _objective(weights: Sequence[float], rows, l2: float) -> float:
+def _scores(weights: Sequence[float], rows) -> list[list[float]]:
+    """Each example's candidates' scores: the cold-start offset plus weights · features."""
+    return [[offset + sum(weights[i] * v for i, v in feats) for feats, _, offset in row] for row in rows]
+
+
+def _objective(weights: Sequence[float], scores, rows, l2: float) -> float:
     """The mean over examples of log Σ p (the marked set's probability) minus the L2 penalty; computed with
     log-sum-exp, so a set whose probability underflows still counts."""
     value = -0.5 * l2 * sum(w * w for w in weights)
-    for row in rows:
-        scores = [offset + sum(weights[i] * v for i, v in feats) for feats, _, offset in row]
-        value += _log_sum_exp([s for s, (_, positive, _) in zip(scores, row) if positive]) - _log_sum_exp(scores)
+    for row, scored in zip(rows, scores):
+        value += _log_sum_exp([s for s, (_, positive, _) in zip(scored, row) if positive]) - _log_sum_exp(scored)
     return value / len(rows)
 
 
-def _gradient(weights: Sequence[float], rows, l2: float) -> list[float]:
+def _gradient(weights: Sequence[float], scores, rows, l2: float) -> list[float]:
     """The objective's gradient: per feature, what the marked set's candidates have of it, each weighed by
     its share of the set, minus what all have, each weighed by its probability; minus the penalty's."""
     grad = [-l2 * w for w in weights]
-    for row in rows:
-        scores = [offset + sum(weights[i] * v for i, v in feats) for feats, _, offset in row]
-        every = _log_sum_exp(scores)
-        marked = _log_sum_exp([s for s, (_, positive, _) in zip(scores, row) if positive])
-        for s, (feats, positive, _) in zip(scores, row):
+    for row, scored in zip(rows, scores):
+        every = _log_sum_exp(scored)
+        marked = _log_sum_exp([s for s, (_, positive, _) in zip(scored, row) if positive])
+        for s, (feats, positive, _) in zip(scored, row):
             gap = (math.exp(s - marked) if positive else 0.0) - math.exp(s - every)
             for i, v in feats:
                 grad[i] += gap * v
