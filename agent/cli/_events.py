@@ -27,7 +27,8 @@ from ._incidents import print_incident
 
 def analyze(
     files: Annotated[list[Path], typer.Argument(help="Recorded events: files of CloudEvents JSON lines, or a "
-                     "directory, which stands for the *.events.jsonl files in it (by name, 2 before 10).", show_default=False)],
+                     "directory, which stands for the *.events.jsonl files in it (by name, 2 before 10).",
+                     show_default=False)],
     topology: TopologyOpt = None,
     json_out: JsonOpt = False,
     each: Annotated[bool, typer.Option("--each", help="Analyze every file on its own; one JSON object per line.")] = False,

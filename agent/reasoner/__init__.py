@@ -7,7 +7,8 @@ two methods, `diagnose` and `propose`.
 from ._catalog import ACTION_CATALOG, ACTION_TYPES, FAULT_TYPES
 from ._history import (HISTORY_WINDOW, MIN_HISTORY, History, SignalKind, history_from_events, history_of,
                        kinds_by_incident, learn_history)
-from ._learned import BLEND_K, Example, LearnedModel, example_of, fit
+from ._fit import fit
+from ._learned import BLEND_K, Example, LearnedModel, example_of
 from .deterministic import DeterministicReasoner, described_note, unlisted, unlisted_note
 
 __all__ = ["ACTION_CATALOG", "ACTION_TYPES", "BLEND_K", "FAULT_TYPES", "HISTORY_WINDOW", "MIN_HISTORY",
